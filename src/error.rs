@@ -1,0 +1,143 @@
+//! The crate's error type.
+//!
+//! Every fallible function returns [`Result`]. Variants carry the name of the operation and of the
+//! argument at fault, so a message reads like `conv2d_forward: w has 288 elements, expected 576`.
+
+use std::fmt;
+
+/// What went wrong, and where.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A buffer has the wrong number of elements for the geometry it is used with.
+    Length {
+        /// The operation that checked the buffer.
+        op: &'static str,
+        /// The argument at fault.
+        arg: &'static str,
+        /// The number of elements the geometry requires.
+        expected: usize,
+        /// The number of elements the buffer has.
+        got: usize,
+    },
+    /// A parameter is outside its valid range (zero stride, groups that do not divide the
+    /// channels, a window larger than the padded input, a label out of range, ...).
+    InvalidArg {
+        /// The operation that checked the parameter.
+        op: &'static str,
+        /// The parameter at fault.
+        arg: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A size computation overflowed or exceeded a limit.
+    TooLarge {
+        /// The operation that computed the size.
+        op: &'static str,
+        /// What was too large.
+        what: &'static str,
+    },
+    /// A loss or statistic became NaN or infinite.
+    NonFinite {
+        /// The operation that produced the value.
+        op: &'static str,
+        /// What became non-finite.
+        what: &'static str,
+    },
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Length {
+                op,
+                arg,
+                expected,
+                got,
+            } => write!(f, "{op}: {arg} has {got} elements, expected {expected}"),
+            Error::InvalidArg { op, arg, reason } => write!(f, "{op}: invalid {arg}: {reason}"),
+            Error::TooLarge { op, what } => write!(f, "{op}: {what} is too large"),
+            Error::NonFinite { op, what } => write!(f, "{op}: {what} is not finite"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// Builds [`Error::Length`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn length(op: &'static str, arg: &'static str, expected: usize, got: usize) -> Self {
+        Error::Length {
+            op,
+            arg,
+            expected,
+            got,
+        }
+    }
+
+    /// Builds [`Error::InvalidArg`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn invalid(op: &'static str, arg: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidArg {
+            op,
+            arg,
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds [`Error::TooLarge`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn too_large(op: &'static str, what: &'static str) -> Self {
+        Error::TooLarge { op, what }
+    }
+}
+
+/// Returns `Err(Error::Length)` unless `buf.len() == expected`.
+#[inline]
+pub(crate) fn check_len<T>(
+    op: &'static str,
+    arg: &'static str,
+    buf: &[T],
+    expected: usize,
+) -> Result<()> {
+    if buf.len() == expected {
+        Ok(())
+    } else {
+        Err(Error::length(op, arg, expected, buf.len()))
+    }
+}
+
+/// Returns `Err(Error::Length)` unless `buf.len() >= expected` (scratch buffers may be larger).
+#[inline]
+pub(crate) fn check_min_len<T>(
+    op: &'static str,
+    arg: &'static str,
+    buf: &[T],
+    expected: usize,
+) -> Result<()> {
+    if buf.len() >= expected {
+        Ok(())
+    } else {
+        Err(Error::length(op, arg, expected, buf.len()))
+    }
+}
+
+/// `a * b`, or [`Error::TooLarge`] if it overflows or exceeds [`MAX_ELEMENTS`].
+#[inline]
+pub(crate) fn mul(op: &'static str, what: &'static str, a: usize, b: usize) -> Result<usize> {
+    match a.checked_mul(b) {
+        Some(p) if p <= MAX_ELEMENTS => Ok(p),
+        _ => Err(Error::too_large(op, what)),
+    }
+}
+
+/// The largest number of `f32` elements any buffer may have: its size in bytes must fit an
+/// `isize`, so element offsets and strides can be passed to GEMM as `isize`.
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 4;

@@ -1,0 +1,368 @@
+//! Element-wise activations, forward and backward, on SIMD lanes.
+//!
+//! Formulas, defaults and special values follow `torch.nn.functional`: NaN propagates through
+//! every forward, ReLU keeps the sign of `-0.0`, and the backward passes take the same branch
+//! PyTorch takes at the kinks (ReLU's gradient at 0 is 0, LeakyReLU's is the slope, ELU's is
+//! `alpha`).
+
+use crate::error::{Error, Result, check_len};
+use crate::kernels::Accum;
+use crate::par::{self, BLOCK, Items};
+use crate::rng::uniform_at;
+use crate::shape::Shape4;
+use crate::simd::{self, Lane, gt, le, lt, select, splat};
+use std::f32::consts::FRAC_1_SQRT_2;
+
+/// `sqrt(2 / pi)`.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// `1 / sqrt(2 pi)`.
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+/// The cubic coefficient of the tanh approximation of GELU.
+const GELU_KAPPA: f32 = 0.044_715;
+
+/// An element-wise activation with its parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Activation {
+    /// `max(x, 0)` (`x < 0 ? 0 : x`, so NaN and `-0.0` pass through).
+    Relu,
+    /// `x > 0 ? x : slope·x` (`torch.nn.LeakyReLU(negative_slope)`, default 0.01).
+    LeakyRelu {
+        /// Slope for `x <= 0`.
+        slope: f32,
+    },
+    /// `x > 0 ? x : alpha·(eˣ − 1)` (`torch.nn.ELU(alpha)`, default 1).
+    Elu {
+        /// Scale of the negative part.
+        alpha: f32,
+    },
+    /// `1 / (1 + e⁻ˣ)`.
+    Sigmoid,
+    /// `tanh x`.
+    Tanh,
+    /// `β·x > threshold ? x : ln(1 + e^(β·x)) / β` (`torch.nn.Softplus`, defaults β = 1,
+    /// threshold = 20).
+    Softplus {
+        /// β (non-zero).
+        beta: f32,
+        /// Above `β·x > threshold` the function is linear.
+        threshold: f32,
+    },
+    /// Exact GELU: `x·Φ(x) = x/2 · (1 + erf(x/√2))` (`torch.nn.GELU()`).
+    Gelu,
+    /// GELU's tanh approximation: `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+    /// (`torch.nn.GELU(approximate='tanh')`).
+    GeluTanh,
+}
+
+impl Activation {
+    /// `torch.nn.LeakyReLU()`'s default slope, 0.01.
+    pub const LEAKY_RELU: Activation = Activation::LeakyRelu { slope: 0.01 };
+    /// `torch.nn.ELU()`'s default, alpha 1.
+    pub const ELU: Activation = Activation::Elu { alpha: 1.0 };
+    /// `torch.nn.Softplus()`'s defaults, β = 1, threshold = 20.
+    pub const SOFTPLUS: Activation = Activation::Softplus {
+        beta: 1.0,
+        threshold: 20.0,
+    };
+
+    fn validate(self, op: &'static str) -> Result<()> {
+        if let Activation::Softplus { beta, .. } = self
+            && beta == 0.0
+        {
+            return Err(Error::invalid(op, "beta", "softplus beta must be non-zero"));
+        }
+        Ok(())
+    }
+
+    /// Relative cost per element (for the serial threshold).
+    fn cost(self) -> usize {
+        match self {
+            Activation::Relu | Activation::LeakyRelu { .. } => 1,
+            _ => 20,
+        }
+    }
+
+    #[inline(always)]
+    fn forward_lane(self, x: Lane) -> Lane {
+        let zero = splat(0.0);
+        match self {
+            Activation::Relu => select(lt(x, zero), zero, x),
+            Activation::LeakyRelu { slope } => select(gt(x, zero), x, x * splat(slope)),
+            Activation::Elu { alpha } => select(gt(x, zero), x, simd::expm1(x) * splat(alpha)),
+            Activation::Sigmoid => simd::sigmoid(x),
+            Activation::Tanh => simd::tanh(x),
+            Activation::Softplus { beta, threshold } => {
+                let bx = x * splat(beta);
+                let soft = simd::ln_1p(simd::exp(bx)) / splat(beta);
+                select(gt(bx, splat(threshold)), x, soft)
+            }
+            Activation::Gelu => x * splat(0.5) * simd::erfc(x * splat(-FRAC_1_SQRT_2)),
+            Activation::GeluTanh => {
+                let inner = (x * x * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
+                x * splat(0.5) * (splat(1.0) + simd::tanh(inner))
+            }
+        }
+    }
+
+    /// `dL/dx` given `x`, `y = f(x)` and `dy = dL/dy`.
+    #[inline(always)]
+    fn backward_lane(self, x: Lane, y: Lane, dy: Lane) -> Lane {
+        let zero = splat(0.0);
+        match self {
+            Activation::Relu => select(le(x, zero), zero, dy),
+            Activation::LeakyRelu { slope } => select(gt(x, zero), dy, dy * splat(slope)),
+            Activation::Elu { alpha } => select(gt(x, zero), dy, dy * splat(alpha) * simd::exp(x)),
+            Activation::Sigmoid => dy * y * (splat(1.0) - y),
+            Activation::Tanh => dy * y.mul_neg_add(y, splat(1.0)),
+            Activation::Softplus { beta, threshold } => {
+                let bx = x * splat(beta);
+                select(gt(bx, splat(threshold)), dy, dy * simd::sigmoid(bx))
+            }
+            Activation::Gelu => {
+                let cdf = splat(0.5) * simd::erfc(x * splat(-FRAC_1_SQRT_2));
+                let pdf = simd::exp(x * x * splat(-0.5)) * splat(INV_SQRT_2PI);
+                dy * x.mul_add(pdf, cdf)
+            }
+            Activation::GeluTanh => {
+                let x2 = x * x;
+                let inner = (x2 * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
+                let t = simd::tanh(inner);
+                let left = splat(0.5) * (splat(1.0) + t);
+                let right = x
+                    * splat(0.5)
+                    * t.mul_neg_add(t, splat(1.0))
+                    * splat(SQRT_2_OVER_PI)
+                    * x2.mul_add(splat(3.0 * GELU_KAPPA), splat(1.0));
+                dy * (left + right)
+            }
+        }
+    }
+}
+
+/// `y = f(x)` element-wise for the activation `act`.
+///
+/// # Errors
+/// [`Error::Length`] if `y.len() != x.len()`; [`Error::InvalidArg`] for softplus with `beta == 0`.
+///
+/// # Example
+/// ```
+/// use cnnkit::kernels::{activation_forward, Activation};
+/// let x = [-2.0, -0.0, 3.0, f32::NAN];
+/// let mut y = [0.0; 4];
+/// activation_forward(Activation::Relu, &x, &mut y)?;
+/// assert_eq!(&y[..3], &[0.0, -0.0, 3.0]);
+/// assert!(y[3].is_nan());
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "activation_forward";
+    act.validate(OP)?;
+    check_len(OP, "y", y, x.len())?;
+    par::for_each_block(x.len(), act.cost(), Items(y, BLOCK), &|r, Items(y, _)| {
+        simd::map(&x[r], y, |v| act.forward_lane(v));
+    });
+    Ok(())
+}
+
+/// `dx = dy · f'(x)` for the activation `act`, given the forward input `x` and output `y`
+/// (ReLU-type activations read `x`, sigmoid and tanh read `y`).
+///
+/// # Errors
+/// [`Error::Length`] if the buffers differ in length; [`Error::InvalidArg`] as for
+/// [`activation_forward`].
+pub fn activation_backward(
+    act: Activation,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "activation_backward";
+    act.validate(OP)?;
+    check_len(OP, "y", y, x.len())?;
+    check_len(OP, "dy", dy, x.len())?;
+    check_len(OP, "dx", dx, x.len())?;
+    par::for_each_block(x.len(), act.cost(), Items(dx, BLOCK), &|r, Items(dx, _)| {
+        simd::zip3_map_acc(&x[r.clone()], &y[r.clone()], &dy[r], dx, |x, y, dy, old| {
+            accum.lanes(old, act.backward_lane(x, y, dy))
+        });
+    });
+    Ok(())
+}
+
+/// Slopes of PReLU: one shared slope, or one per channel.
+fn prelu_check(op: &'static str, s: Shape4, x: &[f32], a: &[f32]) -> Result<usize> {
+    let len = s.len(op)?;
+    check_len(op, "x", x, len)?;
+    if a.len() != 1 && a.len() != s.c {
+        return Err(Error::length(op, "a", s.c, a.len()));
+    }
+    Ok(len)
+}
+
+/// PReLU, as `torch.nn.PReLU(num_parameters)`: `y = x > 0 ? x : a[c]·x`, with one learnable slope
+/// per channel (`a.len() == c`) or one shared (`a.len() == 1`).
+///
+/// - `shape`: `[n, c, h, w]` (use `h = w = 1` for a `[n, c]` input)
+/// - `x`, `y`: `shape`; `y` is overwritten
+///
+/// # Errors
+/// [`Error::Length`] if a buffer disagrees with `shape`.
+pub fn prelu_forward(shape: Shape4, x: &[f32], a: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "prelu_forward";
+    let len = prelu_check(OP, shape, x, a)?;
+    check_len(OP, "y", y, len)?;
+    let plane = shape.plane();
+    if plane == 0 {
+        return Ok(());
+    }
+    par::for_each(
+        shape.n * shape.c,
+        len,
+        Items(y, plane),
+        &|r, Items(y, _)| {
+            for (p, y_p) in r.zip(y.chunks_exact_mut(plane)) {
+                let av = splat(a[if a.len() == 1 { 0 } else { p % shape.c }]);
+                simd::map(&x[p * plane..][..plane], y_p, |x| {
+                    select(gt(x, splat(0.0)), x, x * av)
+                });
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Gradient of [`prelu_forward`]: `dx = x > 0 ? dy : a[c]·dy` and
+/// `da[c] = Σ_{n,h,w} (x > 0 ? 0 : x·dy)` (summed over all channels for a shared slope).
+///
+/// `dx` and `da` are overwritten or added to according to `accum`.
+///
+/// # Errors
+/// [`Error::Length`] if a buffer disagrees with `shape` or `a`.
+pub fn prelu_backward(
+    shape: Shape4,
+    x: &[f32],
+    a: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    da: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "prelu_backward";
+    let len = prelu_check(OP, shape, x, a)?;
+    check_len(OP, "dy", dy, len)?;
+    check_len(OP, "dx", dx, len)?;
+    check_len(OP, "da", da, a.len())?;
+    let (plane, c) = (shape.plane(), shape.c);
+    if plane == 0 {
+        return Ok(());
+    }
+    par::for_each(shape.n * c, len, Items(dx, plane), &|r, Items(dx, _)| {
+        for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
+            let av = splat(a[if a.len() == 1 { 0 } else { p % c }]);
+            let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
+            simd::zip_map_acc(x_p, dy_p, dx_p, |x, dy, old| {
+                accum.lanes(old, select(gt(x, splat(0.0)), dy, dy * av))
+            });
+        }
+        Ok(())
+    })?;
+    // da: per channel, summed over the batch in order (one thread per channel).
+    let channel_sum = |ch: usize| -> f64 {
+        (0..shape.n)
+            .map(|i| {
+                let at = (i * c + ch) * plane;
+                let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
+                simd::sum_zip(x_p, dy_p, |x, dy| {
+                    select(gt(x, splat(0.0)), splat(0.0), x * dy)
+                }) as f64
+            })
+            .sum()
+    };
+    if a.len() == 1 {
+        let s: f64 = (0..c).map(channel_sum).sum();
+        da[0] = accum.apply(da[0], s as f32);
+        return Ok(());
+    }
+    par::for_each(c, len, Items(da, 1), &|r, Items(da, _)| {
+        for (ch, d) in r.zip(da.iter_mut()) {
+            *d = accum.apply(*d, channel_sum(ch) as f32);
+        }
+        Ok(())
+    })
+}
+
+/// RReLU in training mode, as `torch.nn.functional.rrelu(x, lower, upper, training=True)`:
+/// each element with `x <= 0` gets its own slope drawn uniformly from `[lower, upper)`;
+/// `y = x · noise`, with `noise = 1` where `x > 0`. `noise` is kept for
+/// [`rrelu_backward_train`].
+///
+/// The slope of element `i` depends only on `(seed, i)`, so the result is the same for any number
+/// of threads. (PyTorch's defaults are `lower = 1/8`, `upper = 1/3`; in evaluation mode RReLU is
+/// [`Activation::LeakyRelu`] with slope `(lower + upper) / 2`.)
+///
+/// # Errors
+/// [`Error::Length`] if the buffers differ in length; [`Error::InvalidArg`] unless
+/// `lower <= upper`, both finite.
+pub fn rrelu_forward_train(
+    lower: f32,
+    upper: f32,
+    seed: u64,
+    x: &[f32],
+    y: &mut [f32],
+    noise: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "rrelu_forward_train";
+    if !(lower.is_finite() && upper.is_finite() && lower <= upper) {
+        return Err(Error::invalid(
+            OP,
+            "lower/upper",
+            format!("need finite lower <= upper, got {lower}, {upper}"),
+        ));
+    }
+    check_len(OP, "y", y, x.len())?;
+    check_len(OP, "noise", noise, x.len())?;
+    par::for_each_block(x.len(), 4, (Items(y, BLOCK), Items(noise, BLOCK)), &|r,
+                                                                              (
+        Items(y, _),
+        Items(noise, _),
+    )| {
+        for (((i, &xv), yv), nv) in r.clone().zip(&x[r]).zip(y).zip(noise) {
+            let s = if xv <= 0.0 {
+                lower + (upper - lower) * uniform_at(seed, i as u64)
+            } else {
+                1.0
+            };
+            *nv = s;
+            *yv = xv * s;
+        }
+    });
+    Ok(())
+}
+
+/// Gradient of [`rrelu_forward_train`]: `dx = dy · noise`.
+///
+/// # Errors
+/// [`Error::Length`] if the buffers differ in length.
+pub fn rrelu_backward_train(noise: &[f32], dy: &[f32], dx: &mut [f32], accum: Accum) -> Result<()> {
+    mask_backward("rrelu_backward_train", noise, dy, dx, accum)
+}
+
+/// `dx (+)= dy · mask`: the backward pass of every multiplicative mask (dropout, RReLU).
+pub(crate) fn mask_backward(
+    op: &'static str,
+    mask: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    check_len(op, "dy", dy, mask.len())?;
+    check_len(op, "dx", dx, mask.len())?;
+    par::for_each_block(mask.len(), 1, Items(dx, BLOCK), &|r, Items(dx, _)| {
+        simd::zip_map_acc(&mask[r.clone()], &dy[r], dx, |m, d, old| {
+            accum.lanes(old, m * d)
+        });
+    });
+    Ok(())
+}

@@ -1,0 +1,520 @@
+//! 2-D convolution (cross-correlation, as `torch.nn.functional.conv2d`): forward,
+//! backward-data and backward-weights (+ bias), as im2col + GEMM.
+//!
+//! Per image `n` and group `g` (`W_g`: the group's `c_out/groups` weight rows, `K_g = c_in/groups *
+//! k_h * k_w` columns):
+//! - forward: `y_n[g] = W_g · col(x_n)[g] (+ b)`
+//! - backward-data: `col(dx_n)[g] = W_gᵀ · dy_n[g]`, then col2im adds the columns into `dx_n`
+//! - backward-weights: `dW_g += dy_n[g] · col(x_n)[g]ᵀ`, `db += Σ dy`
+//!
+//! The im2col matrix is built one *tile* of output rows at a time, so the scratch a call needs is
+//! bounded: per worker at most `max(COL_TILE_ELEMS, c_in * k_h * k_w * out_w)` elements, whatever
+//! the image size. A 1x1 / stride-1 / unpadded convolution uses the input itself as its im2col
+//! matrix and needs no scratch; a depthwise convolution (one input channel per group) runs a
+//! direct kernel.
+//!
+//! Parallelism: with at least as many images as threads, each thread takes a contiguous run of
+//! images (forward, backward-data). With fewer images, each tile is split inside the image:
+//! im2col over tap rows, the GEMM over output channels (or, for backward-data, over tap rows, then
+//! col2im over input channels). Backward-weights always splits over output channels, so every
+//! weight gradient is summed by one thread in image order: results do not depend on the thread
+//! count.
+
+mod depthwise;
+pub(crate) mod im2col;
+
+use crate::error::{Result, check_len, check_min_len};
+use crate::gemm::{MatMut, MatRef, sgemm};
+use crate::kernels::Accum;
+use crate::par::{self, Items};
+use crate::shape::Conv2dGeom;
+use im2col::{col2im_add, im2col};
+use std::ops::Range;
+
+/// Elements of one im2col tile (1 MiB of `f32`), unless a single output row needs more.
+pub const COL_TILE_ELEMS: usize = 1 << 18;
+
+/// Rows of the im2col matrix over all groups: `c_in * k_h * k_w`.
+fn taps(g: &Conv2dGeom) -> usize {
+    g.c_in() * g.k_h() * g.k_w()
+}
+
+/// Output rows per im2col tile.
+fn tile_rows(g: &Conv2dGeom) -> usize {
+    if !needs_col(g) {
+        return g.out_h();
+    }
+    (COL_TILE_ELEMS / (taps(g) * g.out_w())).clamp(1, g.out_h())
+}
+
+/// The tiles of output rows.
+fn tiles(g: &Conv2dGeom) -> impl Iterator<Item = Range<usize>> + use<> {
+    let (step, out_h) = (tile_rows(g), g.out_h());
+    (0..out_h)
+        .step_by(step)
+        .map(move |s| s..(s + step).min(out_h))
+}
+
+fn needs_col(g: &Conv2dGeom) -> bool {
+    !g.is_pointwise() && !g.is_depthwise()
+}
+
+/// Scratch elements of one worker: one im2col tile.
+fn slot_len(g: &Conv2dGeom) -> usize {
+    if needs_col(g) {
+        taps(g) * tile_rows(g) * g.out_w()
+    } else {
+        0
+    }
+}
+
+/// Scratch for [`conv2d_forward`] that lets every thread of the current rayon pool work: one
+/// im2col tile per thread (0 for 1x1/stride-1/unpadded and depthwise convolutions).
+pub fn conv2d_forward_scratch_len(g: &Conv2dGeom) -> usize {
+    slot_len(g) * par::threads()
+}
+
+/// Scratch for [`conv2d_backward_data`]: as [`conv2d_forward_scratch_len`].
+pub fn conv2d_backward_data_scratch_len(g: &Conv2dGeom) -> usize {
+    slot_len(g) * par::threads()
+}
+
+/// Scratch for [`conv2d_backward_weights`]: one im2col tile, shared by all threads.
+pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
+    slot_len(g)
+}
+
+/// Flops of one pass over one image.
+fn image_work(g: &Conv2dGeom) -> usize {
+    2 * g.w_len() * g.out_plane()
+}
+
+/// How many images each worker group takes, or `None` to split inside each image instead.
+fn image_groups(g: &Conv2dGeom, ws_len: usize) -> Option<usize> {
+    let threads = par::threads();
+    let groups = par::groups(g.n(), image_work(g).saturating_mul(g.n()));
+    let slots = match slot_len(g) {
+        0 => usize::MAX,
+        s => ws_len / s,
+    };
+    if g.n() >= threads || groups == 1 || image_work(g) < par::parallel_threshold() {
+        Some(groups.min(slots).max(1))
+    } else {
+        None
+    }
+}
+
+/// 2-D cross-correlation, as `torch.nn.functional.conv2d`:
+/// `y[n,o,i,j] = b[o] + Σ_{c,p,q} x[n, g·C + c, i·s_h − pad_h + p·d_h, j·s_w − pad_w + q·d_w] · w[o, c, p, q]`
+/// where `g = o / (c_out/groups)`, `C = c_in/groups`, and out-of-range input reads are zero.
+///
+/// - `x`: `[n, c_in, in_h, in_w]` (NCHW); `w`: `[c_out, c_in/groups, k_h, k_w]` (OIHW);
+///   `b`: `[c_out]` or `None`
+/// - `y`: `[n, c_out, out_h, out_w]`, overwritten, never read
+/// - `ws`: scratch of at least one im2col tile; [`conv2d_forward_scratch_len`] lets every thread
+///   work (a shorter buffer uses fewer threads)
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+///
+/// # Example
+/// ```
+/// use cnnkit::kernels::{conv2d_forward, conv2d_forward_scratch_len};
+/// use cnnkit::{Conv2dGeom, Conv2dParams, Shape4};
+/// // A 3x3 image of ones, a 2x2 kernel of ones, padding 1: each output counts the input pixels
+/// // its window covers (1, 2 or 4).
+/// let g = Conv2dGeom::new(Shape4::new(1, 1, 3, 3), 1, [2, 2], Conv2dParams::default().padding(1))?;
+/// let (x, w) = (vec![1.0; 9], vec![1.0; 4]);
+/// let mut y = vec![0.0; g.y_len()];
+/// let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+/// conv2d_forward(&g, &x, &w, None, &mut y, &mut ws)?;
+/// assert_eq!(y, [1., 2., 2., 1., 2., 4., 4., 2., 2., 4., 4., 2., 1., 2., 2., 1.]);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+pub fn conv2d_forward(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_forward";
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "w", w, g.w_len())?;
+    if let Some(b) = b {
+        check_len(OP, "b", b, g.c_out())?;
+    }
+    check_len(OP, "y", y, g.y_len())?;
+    let slot = slot_len(g);
+    check_min_len(OP, "ws", ws, slot)?;
+    if g.n() == 0 {
+        return Ok(());
+    }
+    if g.is_depthwise() {
+        return depthwise::forward(g, x, w, b, y);
+    }
+    let (x_item, y_item) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane());
+    match image_groups(g, ws.len()) {
+        Some(groups) => par::for_each_group(
+            g.n(),
+            groups,
+            Items(y, y_item),
+            ws,
+            slot,
+            &|r, Items(y, _), col| {
+                for (i, y_n) in r.zip(y.chunks_exact_mut(y_item)) {
+                    let x_n = &x[i * x_item..][..x_item];
+                    for oh in tiles(g) {
+                        let src = if needs_col(g) {
+                            let col = &mut col[..taps(g) * oh.len() * g.out_w()];
+                            im2col(g, x_n, 0..taps(g), oh.clone(), col);
+                            Src::Col(col)
+                        } else {
+                            Src::Image(x_n)
+                        };
+                        forward_rows(g, w, b, &src, 0..g.c_out(), oh, y_n)?;
+                    }
+                }
+                Ok(())
+            },
+        ),
+        None => {
+            for (x_n, y_n) in x.chunks_exact(x_item).zip(y.chunks_exact_mut(y_item)) {
+                for oh in tiles(g) {
+                    let col = &mut ws[..slot.min(taps(g) * oh.len() * g.out_w())];
+                    let src = if needs_col(g) {
+                        im2col_parallel(g, x_n, oh.clone(), col)?;
+                        Src::Col(col)
+                    } else {
+                        Src::Image(x_n)
+                    };
+                    let work = image_work(g) * oh.len() / g.out_h();
+                    par::for_each(
+                        g.c_out(),
+                        work,
+                        Items(y_n, g.out_plane()),
+                        &|o, Items(y_rows, _)| forward_rows(g, w, b, &src, o, oh.clone(), y_rows),
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Where the im2col matrix of a tile comes from.
+enum Src<'a> {
+    /// An explicit tile: `taps x tile_cols`, row-major.
+    Col(&'a [f32]),
+    /// The image itself (1x1 / stride 1 / no padding): `c_in x in_plane`.
+    Image(&'a [f32]),
+}
+
+impl Src<'_> {
+    /// The rows `rows` of the im2col matrix restricted to the pixel columns of tile `oh`.
+    fn view(&self, g: &Conv2dGeom, rows: Range<usize>, oh: &Range<usize>) -> Result<MatRef<'_>> {
+        let cols = oh.len() * g.out_w();
+        match *self {
+            Src::Col(c) => MatRef::new(&c[rows.start * cols..], rows.len(), cols, cols, 1),
+            Src::Image(x) => {
+                let plane = g.in_plane();
+                MatRef::new(
+                    &x[rows.start * plane + oh.start * g.out_w()..],
+                    rows.len(),
+                    cols,
+                    plane,
+                    1,
+                )
+            }
+        }
+    }
+}
+
+/// The groups that output channels (or im2col rows, with `per = K_g`) `r` touch, each with the
+/// sub-range of `r` inside it.
+fn group_spans(
+    r: &Range<usize>,
+    per: usize,
+) -> impl Iterator<Item = (usize, Range<usize>)> + use<> {
+    let r = r.clone();
+    let first = r.start / per.max(1);
+    (first..).map_while(move |gi| {
+        let s = (gi * per).max(r.start);
+        let e = ((gi + 1) * per).min(r.end);
+        (s < e).then_some((gi, s..e))
+    })
+}
+
+/// im2col of one tile with its tap rows split across threads.
+fn im2col_parallel(g: &Conv2dGeom, x_n: &[f32], oh: Range<usize>, col: &mut [f32]) -> Result<()> {
+    let cols = oh.len() * g.out_w();
+    par::for_each(taps(g), col.len(), Items(col, cols), &|r, Items(c, _)| {
+        im2col(g, x_n, r, oh.clone(), c);
+        Ok(())
+    })
+}
+
+/// `y_rows[o - o.start, tile] = b[o] + W[o, :] · src[group(o)]` for output channels `o`.
+fn forward_rows(
+    g: &Conv2dGeom,
+    w: &[f32],
+    b: Option<&[f32]>,
+    src: &Src<'_>,
+    o: Range<usize>,
+    oh: Range<usize>,
+    y_rows: &mut [f32],
+) -> Result<()> {
+    let (k_g, plane, out_w) = (g.k_g(), g.out_plane(), g.out_w());
+    let (c0, cols) = (oh.start * out_w, oh.len() * out_w);
+    for (gi, os) in group_spans(&o, g.c_out_g()) {
+        let at = (os.start - o.start) * plane + c0;
+        let beta = match b {
+            Some(b) => {
+                for (k, bo) in b[os.clone()].iter().enumerate() {
+                    y_rows[at + k * plane..][..cols].fill(*bo);
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        let c = MatMut::new(&mut y_rows[at..], os.len(), cols, plane, 1)?;
+        let a = MatRef::new(&w[os.start * k_g..], os.len(), k_g, k_g, 1)?;
+        let bsrc = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?;
+        sgemm(1.0, a, bsrc, beta, c)?;
+    }
+    Ok(())
+}
+
+/// `dst[r - rows.start, :] = beta·dst + Σ_o W[o, r] · dy_n[o, tile]` for im2col rows `r`
+/// (for a pointwise convolution the rows are input channels and `dst` is `dx_n`).
+#[allow(clippy::too_many_arguments)]
+fn wt_dy_rows(
+    g: &Conv2dGeom,
+    w: &[f32],
+    dy_n: &[f32],
+    rows: Range<usize>,
+    oh: &Range<usize>,
+    dst: &mut [f32],
+    dst_rs: usize,
+    beta: f32,
+) -> Result<()> {
+    let (k_g, co_g, plane) = (g.k_g(), g.c_out_g(), g.out_plane());
+    let (c0, cols) = (oh.start * g.out_w(), oh.len() * g.out_w());
+    for (gi, rs) in group_spans(&rows, k_g) {
+        let k0 = rs.start - gi * k_g;
+        // W_gᵀ restricted to rows rs: element (k, o) at (gi*co_g + o)*K_g + k.
+        let a = MatRef::new(&w[gi * co_g * k_g + k0..], rs.len(), co_g, 1, k_g)?;
+        let b = MatRef::new(&dy_n[gi * co_g * plane + c0..], co_g, cols, plane, 1)?;
+        let c = MatMut::new(
+            &mut dst[(rs.start - rows.start) * dst_rs..],
+            rs.len(),
+            cols,
+            dst_rs,
+            1,
+        )?;
+        sgemm(1.0, a, b, beta, c)?;
+    }
+    Ok(())
+}
+
+/// Gradient of [`conv2d_forward`] with respect to its input: `dx = convᵀ(dy, w)`.
+///
+/// - `w`: `[c_out, c_in/groups, k_h, k_w]`; `dy`: `[n, c_out, out_h, out_w]`
+/// - `dx`: `[n, c_in, in_h, in_w]`, overwritten ([`Accum::Replace`]) or added to ([`Accum::Add`])
+/// - `ws`: as for [`conv2d_forward`] ([`conv2d_backward_data_scratch_len`])
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+pub fn conv2d_backward_data(
+    g: &Conv2dGeom,
+    w: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_data";
+    check_len(OP, "w", w, g.w_len())?;
+    check_len(OP, "dy", dy, g.y_len())?;
+    check_len(OP, "dx", dx, g.x_len())?;
+    let slot = slot_len(g);
+    check_min_len(OP, "ws", ws, slot)?;
+    if g.n() == 0 {
+        return Ok(());
+    }
+    if g.is_depthwise() {
+        return depthwise::backward_data(g, w, dy, dx, accum);
+    }
+    let (x_item, y_item, plane) = (
+        g.c_in() * g.in_plane(),
+        g.c_out() * g.out_plane(),
+        g.in_plane(),
+    );
+    let beta = accum.beta();
+    let full = 0..g.out_h();
+    match image_groups(g, ws.len()) {
+        Some(groups) => par::for_each_group(
+            g.n(),
+            groups,
+            Items(dx, x_item),
+            ws,
+            slot,
+            &|r, Items(dx, _), col| {
+                for (i, dx_n) in r.zip(dx.chunks_exact_mut(x_item)) {
+                    let dy_n = &dy[i * y_item..][..y_item];
+                    if !needs_col(g) {
+                        wt_dy_rows(g, w, dy_n, 0..g.c_in(), &full, dx_n, plane, beta)?;
+                        continue;
+                    }
+                    if accum == Accum::Replace {
+                        dx_n.fill(0.0);
+                    }
+                    for oh in tiles(g) {
+                        let cols = oh.len() * g.out_w();
+                        let col = &mut col[..taps(g) * cols];
+                        wt_dy_rows(g, w, dy_n, 0..taps(g), &oh, col, cols, 0.0)?;
+                        col2im_add(g, col, 0..taps(g), oh, 0..g.c_in(), dx_n);
+                    }
+                }
+                Ok(())
+            },
+        ),
+        None => {
+            let kk = g.k_h() * g.k_w();
+            for (dy_n, dx_n) in dy.chunks_exact(y_item).zip(dx.chunks_exact_mut(x_item)) {
+                if !needs_col(g) {
+                    par::for_each(
+                        g.c_in(),
+                        image_work(g),
+                        Items(dx_n, plane),
+                        &|c, Items(dx_rows, _)| {
+                            wt_dy_rows(g, w, dy_n, c, &full, dx_rows, plane, beta)
+                        },
+                    )?;
+                    continue;
+                }
+                if accum == Accum::Replace {
+                    dx_n.fill(0.0);
+                }
+                for oh in tiles(g) {
+                    let cols = oh.len() * g.out_w();
+                    let col = &mut ws[..taps(g) * cols];
+                    let work = image_work(g) * oh.len() / g.out_h();
+                    par::for_each(taps(g), work, Items(&mut *col, cols), &|r, Items(c, _)| {
+                        wt_dy_rows(g, w, dy_n, r, &oh, c, cols, 0.0)
+                    })?;
+                    let col = &*col;
+                    par::for_each(
+                        g.c_in(),
+                        col.len(),
+                        Items(&mut *dx_n, plane),
+                        &|c, Items(dx_c, _)| {
+                            let rows = c.start * kk..c.end * kk;
+                            let src = &col[rows.start * cols..rows.end * cols];
+                            col2im_add(g, src, rows, oh.clone(), c, dx_c);
+                            Ok(())
+                        },
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Gradient of [`conv2d_forward`] with respect to its weights and bias:
+/// `dw[o, c, p, q] = Σ_{n,i,j} dy[n,o,i,j] · x[n, g·C + c, i·s_h − pad_h + p·d_h, j·s_w − pad_w + q·d_w]`,
+/// `db[o] = Σ_{n,i,j} dy[n,o,i,j]`.
+///
+/// - `x`: `[n, c_in, in_h, in_w]`; `dy`: `[n, c_out, out_h, out_w]`
+/// - `dw`: `[c_out, c_in/groups, k_h, k_w]`, `db`: `[c_out]` or `None`; overwritten or added to
+///   according to `accum`
+/// - `ws`: at least [`conv2d_backward_weights_scratch_len`]
+///
+/// Each gradient element is summed by one thread in image order: the result is the same for any
+/// number of threads.
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+pub fn conv2d_backward_weights(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_weights";
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "dy", dy, g.y_len())?;
+    check_len(OP, "dw", dw, g.w_len())?;
+    if let Some(db) = db {
+        check_len(OP, "db", db, g.c_out())?;
+        bias_backward(g.n(), g.c_out(), g.out_plane(), dy, db, accum);
+    }
+    let slot = slot_len(g);
+    check_min_len(OP, "ws", ws, slot)?;
+    if g.is_depthwise() {
+        return depthwise::backward_weights(g, x, dy, dw, accum);
+    }
+    if accum == Accum::Replace {
+        dw.fill(0.0);
+    }
+    let (x_item, y_item, k_g) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane(), g.k_g());
+    for (x_n, dy_n) in x.chunks_exact(x_item).zip(dy.chunks_exact(y_item)) {
+        for oh in tiles(g) {
+            let src = if needs_col(g) {
+                let col = &mut ws[..taps(g) * oh.len() * g.out_w()];
+                im2col_parallel(g, x_n, oh.clone(), col)?;
+                Src::Col(col)
+            } else {
+                Src::Image(x_n)
+            };
+            let (plane, c0, cols) = (g.out_plane(), oh.start * g.out_w(), oh.len() * g.out_w());
+            let work = image_work(g) * oh.len() / g.out_h();
+            par::for_each(g.c_out(), work, Items(&mut *dw, k_g), &|o,
+                                                                   Items(
+                dw_rows,
+                _,
+            )| {
+                for (gi, os) in group_spans(&o, g.c_out_g()) {
+                    let a = MatRef::new(&dy_n[os.start * plane + c0..], os.len(), cols, plane, 1)?;
+                    let b = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?.t();
+                    let c = MatMut::row_major(
+                        &mut dw_rows[(os.start - o.start) * k_g..],
+                        os.len(),
+                        k_g,
+                    )?;
+                    sgemm(1.0, a, b, 1.0, c)?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `db[o] (+)= Σ_{n, pixels} dy[n, o, :]`, split over channels (one thread sums each channel, in
+/// image order).
+pub(crate) fn bias_backward(
+    n: usize,
+    c: usize,
+    plane: usize,
+    dy: &[f32],
+    db: &mut [f32],
+    accum: Accum,
+) {
+    let work = n * c * plane;
+    // Infallible body: the closure's Result is always Ok.
+    let _ = par::for_each(c, work, Items(db, 1), &|r, Items(db, _)| {
+        for (o, d) in r.zip(db.iter_mut()) {
+            let s: f64 = (0..n)
+                .map(|i| crate::simd::sum(&dy[(i * c + o) * plane..][..plane]) as f64)
+                .sum();
+            *d = accum.apply(*d, s as f32);
+        }
+        Ok(())
+    });
+}

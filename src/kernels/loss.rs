@@ -1,0 +1,166 @@
+//! Losses with mean reduction, each returning the loss and (optionally) its gradient with
+//! respect to the logits or predictions, as `loss.backward()` would leave it.
+//!
+//! The per-row terms are summed in fixed blocks ([`par`](crate::par)), so the loss is the same for
+//! any number of threads. A NaN or infinite input gives a NaN or infinite loss (the training loop
+//! turns that into [`Error::NonFinite`](crate::Error::NonFinite)).
+
+use crate::error::{Error, Result, check_len};
+use crate::kernels::softmax::{log_sum_exp, rows_of};
+use crate::par;
+use crate::simd::{self, splat};
+
+/// Softmax cross-entropy with integer labels and mean reduction, as
+/// `torch.nn.functional.cross_entropy(logits, labels, label_smoothing=ε)`:
+/// `loss = mean_r [ lse_r − (1 − ε)·x[r, y_r] − ε·mean_j x[r, j] ]` with
+/// `lse_r = ln Σ_j exp x[r, j]` (computed stably).
+///
+/// - `logits`: `[rows, classes]`; `labels`: `[rows]`, each `< classes`
+/// - `dlogits`: `None`, or `[rows, classes]` receiving
+///   `(softmax(x)[r, j] − (1 − ε)·[j = y_r] − ε/classes) / rows` (overwritten)
+///
+/// # Errors
+/// [`Error::InvalidArg`] for `classes == 0`, no rows, a label `>= classes`, or `ε` outside
+/// `[0, 1]`; [`Error::Length`] if a buffer disagrees.
+///
+/// # Example
+/// ```
+/// use cnnkit::kernels::cross_entropy_loss;
+/// // Two equal logits: p = 1/2 for the label, loss = ln 2.
+/// let loss = cross_entropy_loss(2, &[3.0, 3.0], &[1], 0.0, None)?;
+/// assert!((loss - std::f32::consts::LN_2).abs() < 1e-6);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+pub fn cross_entropy_loss(
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    label_smoothing: f32,
+    dlogits: Option<&mut [f32]>,
+) -> Result<f32> {
+    const OP: &str = "cross_entropy_loss";
+    let rows = rows_of(OP, classes, logits.len())?;
+    check_len(OP, "labels", labels, rows)?;
+    if rows == 0 {
+        return Err(Error::invalid(
+            OP,
+            "logits",
+            "no rows: the mean of an empty batch",
+        ));
+    }
+    if let Some(bad) = labels.iter().position(|&l| l as usize >= classes) {
+        return Err(Error::invalid(
+            OP,
+            "labels",
+            format!(
+                "labels[{bad}] = {} but there are {classes} classes",
+                labels[bad]
+            ),
+        ));
+    }
+    let eps = label_smoothing;
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(Error::invalid(
+            OP,
+            "label_smoothing",
+            format!("must be in [0, 1], got {eps}"),
+        ));
+    }
+    let out: &mut [f32] = match dlogits {
+        Some(d) => {
+            check_len(OP, "dlogits", d, logits.len())?;
+            d
+        }
+        None => &mut [],
+    };
+    let inv_rows = 1.0 / rows as f32;
+    let total = par::sum_over_rows(rows, classes, logits.len() * 20, out, &|rr, out| {
+        let mut s = 0.0f64;
+        for (k, i) in rr.enumerate() {
+            let x = &logits[i * classes..][..classes];
+            let label = labels[i] as usize;
+            let lse = log_sum_exp(x);
+            let smooth = if eps > 0.0 {
+                eps * (simd::sum(x) / classes as f32)
+            } else {
+                0.0
+            };
+            s += (lse - (1.0 - eps) * x[label] - smooth) as f64;
+            if !out.is_empty() {
+                let d = &mut out[k * classes..][..classes];
+                let (l, sc, off) = (splat(lse), splat(inv_rows), splat(eps / classes as f32));
+                simd::map(x, d, |v| (simd::exp(v - l) - off) * sc);
+                d[label] -= (1.0 - eps) * inv_rows;
+            }
+        }
+        s
+    });
+    Ok((total / rows as f64) as f32)
+}
+
+fn pair_check(op: &'static str, a: &[f32], b: &[f32], grad: Option<&[f32]>) -> Result<()> {
+    check_len(op, "target", b, a.len())?;
+    if a.is_empty() {
+        return Err(Error::invalid(
+            op,
+            "input",
+            "empty: the mean of no elements",
+        ));
+    }
+    if let Some(g) = grad {
+        check_len(op, "grad", g, a.len())?;
+    }
+    Ok(())
+}
+
+/// Mean squared error, as `torch.nn.functional.mse_loss(pred, target)`:
+/// `loss = mean (pred − target)²`; `dpred` receives `2·(pred − target)/len`.
+///
+/// # Errors
+/// [`Error::InvalidArg`] for empty input; [`Error::Length`] if the lengths differ.
+pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Result<f32> {
+    const OP: &str = "mse_loss";
+    pair_check(OP, pred, target, dpred.as_deref())?;
+    let n = pred.len();
+    let scale = splat(2.0 / n as f32);
+    let out: &mut [f32] = dpred.unwrap_or_default();
+    let total = par::sum_over_rows(n, 1, n * 3, out, &|r, out| {
+        let (p, t) = (&pred[r.clone()], &target[r]);
+        if !out.is_empty() {
+            simd::zip_map(p, t, out, |p, t| (p - t) * scale);
+        }
+        simd::sum_zip(p, t, |p, t| (p - t) * (p - t)) as f64
+    });
+    Ok((total / n as f64) as f32)
+}
+
+/// Binary cross-entropy on logits, as
+/// `torch.nn.functional.binary_cross_entropy_with_logits(x, t)`:
+/// `loss = mean [ max(x, 0) − x·t + ln(1 + e^(−|x|)) ]` (stable for any finite `|x|`);
+/// `dlogits` receives `(σ(x) − t)/len`.
+///
+/// # Errors
+/// [`Error::InvalidArg`] for empty input; [`Error::Length`] if the lengths differ.
+pub fn bce_with_logits_loss(
+    logits: &[f32],
+    target: &[f32],
+    dlogits: Option<&mut [f32]>,
+) -> Result<f32> {
+    const OP: &str = "bce_with_logits_loss";
+    pair_check(OP, logits, target, dlogits.as_deref())?;
+    let n = logits.len();
+    let scale = splat(1.0 / n as f32);
+    let out: &mut [f32] = dlogits.unwrap_or_default();
+    let total = par::sum_over_rows(n, 1, n * 20, out, &|r, out| {
+        let (x, t) = (&logits[r.clone()], &target[r]);
+        if !out.is_empty() {
+            simd::zip_map(x, t, out, |x, t| (simd::sigmoid(x) - t) * scale);
+        }
+        // Pad the lane tail with (x, t) = (f32::MIN, 0), whose term is exactly 0.
+        simd::sum_zip_padded(x, t, (f32::MIN, 0.0), |x, t| {
+            let soft = simd::ln_1p(simd::exp(-x.abs()));
+            x.fast_max(splat(0.0)) - x * t + soft
+        }) as f64
+    });
+    Ok((total / n as f64) as f32)
+}

@@ -1,0 +1,505 @@
+//! Batch normalisation (2-D), layer normalisation and dropout.
+//!
+//! Statistics are reductions, so they are split over their outputs: each channel's (batch norm)
+//! or each column's (layer-norm γ/β gradients) sum is taken by one thread in a fixed order. Plane
+//! and row sums are taken in `f32` lanes and combined in `f64`.
+
+use crate::error::{Error, Result, check_len, check_min_len};
+use crate::kernels::Accum;
+use crate::kernels::activation::mask_backward;
+use crate::par::{self, BLOCK, Items};
+use crate::rng::uniform_at;
+use crate::shape::Shape4;
+use crate::simd::{self, splat};
+
+/// Running statistics of a batch norm and the factor of their exponential moving average.
+#[derive(Debug)]
+pub struct RunningStats<'a> {
+    /// `[c]`: updated to `(1 − factor)·mean + factor·batch_mean`.
+    pub mean: &'a mut [f32],
+    /// `[c]`: updated to `(1 − factor)·var + factor·batch_var·M/(M − 1)` (unbiased).
+    pub var: &'a mut [f32],
+    /// PyTorch's `momentum` (default 0.1), or `1 / num_batches_tracked` for `momentum=None`.
+    pub factor: f32,
+}
+
+fn bn_check(
+    op: &'static str,
+    s: Shape4,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+) -> Result<usize> {
+    let len = s.len(op)?;
+    check_len(op, "x", x, len)?;
+    if let Some(g) = gamma {
+        check_len(op, "gamma", g, s.c)?;
+    }
+    if let Some(b) = beta {
+        check_len(op, "beta", b, s.c)?;
+    }
+    Ok(len)
+}
+
+/// Batch normalisation in training mode, as `torch.nn.BatchNorm2d` in `train()`:
+/// per channel `c`, with `M = n·h·w` values, `mean_c` and the biased `var_c` of the batch,
+/// `y = (x − mean_c) / sqrt(var_c + eps) · γ_c + β_c`.
+///
+/// - `x`, `y`: `[n, c, h, w]`; `gamma`, `beta`: `[c]` or `None` (no affine transform)
+/// - `save_mean`, `save_invstd`: `[c]`, receive `mean_c` and `1/sqrt(var_c + eps)` for
+///   [`batch_norm_backward`]
+/// - `running`: updated with the unbiased batch variance, as PyTorch
+///
+/// # Errors
+/// [`Error::Length`] if a buffer disagrees with `shape`; [`Error::InvalidArg`] if `M < 2` (as
+/// PyTorch: "expected more than 1 value per channel when training") or `eps` is negative or NaN.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_forward_train(
+    shape: Shape4,
+    eps: f32,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+    running: Option<RunningStats<'_>>,
+) -> Result<()> {
+    const OP: &str = "batch_norm_forward_train";
+    let len = bn_check(OP, shape, x, gamma, beta)?;
+    check_len(OP, "y", y, len)?;
+    check_len(OP, "save_mean", save_mean, shape.c)?;
+    check_len(OP, "save_invstd", save_invstd, shape.c)?;
+    if !(eps >= 0.0) {
+        return Err(Error::invalid(OP, "eps", "must be non-negative"));
+    }
+    let m = shape.n * shape.plane();
+    if m < 2 {
+        return Err(Error::invalid(
+            OP,
+            "x",
+            format!("expected more than 1 value per channel when training, got {m}"),
+        ));
+    }
+    if let Some(r) = &running {
+        check_len(OP, "running.mean", r.mean, shape.c)?;
+        check_len(OP, "running.var", r.var, shape.c)?;
+    }
+    let (c, plane) = (shape.c, shape.plane());
+    // Per channel: mean, then the sum of squared deviations (two passes, robust to large means).
+    par::for_each(
+        c,
+        2 * len,
+        (Items(save_mean, 1), Items(save_invstd, 1)),
+        &|r, (Items(mean, _), Items(inv, _))| {
+            for ((ch, mo), io) in r.zip(mean.iter_mut()).zip(inv.iter_mut()) {
+                let planes = (0..shape.n).map(|i| &x[(i * c + ch) * plane..][..plane]);
+                let s: f64 = planes.clone().map(|p| simd::sum(p) as f64).sum();
+                let mean = (s / m as f64) as f32;
+                let ss: f64 = planes.map(|p| simd::sum_sq_dev(p, mean) as f64).sum();
+                *mo = mean;
+                // Biased variance for normalisation; stored here until the running update.
+                *io = (ss / m as f64) as f32;
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(r) = running {
+        let unbias = m as f32 / (m - 1) as f32;
+        for ch in 0..c {
+            r.mean[ch] = (1.0 - r.factor) * r.mean[ch] + r.factor * save_mean[ch];
+            r.var[ch] = (1.0 - r.factor) * r.var[ch] + r.factor * save_invstd[ch] * unbias;
+        }
+    }
+    for v in save_invstd.iter_mut() {
+        *v = 1.0 / (*v + eps).sqrt();
+    }
+    normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
+}
+
+/// Batch normalisation in evaluation mode: as [`batch_norm_forward_train`] with the running
+/// statistics in place of the batch's (`running_*` are read, not updated). `save_mean` and
+/// `save_invstd` receive `running_mean` and `1/sqrt(running_var + eps)` for
+/// [`batch_norm_backward`] with `training = false`.
+///
+/// # Errors
+/// [`Error::Length`] if a buffer disagrees with `shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_forward_eval(
+    shape: Shape4,
+    eps: f32,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    running_mean: &[f32],
+    running_var: &[f32],
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batch_norm_forward_eval";
+    let len = bn_check(OP, shape, x, gamma, beta)?;
+    check_len(OP, "y", y, len)?;
+    check_len(OP, "running_mean", running_mean, shape.c)?;
+    check_len(OP, "running_var", running_var, shape.c)?;
+    check_len(OP, "save_mean", save_mean, shape.c)?;
+    check_len(OP, "save_invstd", save_invstd, shape.c)?;
+    save_mean.copy_from_slice(running_mean);
+    for (i, v) in save_invstd.iter_mut().zip(running_var) {
+        *i = 1.0 / (v + eps).sqrt();
+    }
+    normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
+}
+
+/// `y = (x − mean_c)·invstd_c·γ_c + β_c` per plane.
+fn normalize(
+    shape: Shape4,
+    x: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    y: &mut [f32],
+) -> Result<()> {
+    let (c, plane) = (shape.c, shape.plane());
+    if plane == 0 {
+        return Ok(());
+    }
+    par::for_each(
+        shape.n * c,
+        y.len() * 2,
+        Items(y, plane),
+        &|r, Items(y, _)| {
+            for (p, y_p) in r.zip(y.chunks_exact_mut(plane)) {
+                let ch = p % c;
+                let scale = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
+                let shift = beta.map_or(0.0, |b| b[ch]) - mean[ch] * scale;
+                let (a, b) = (splat(scale), splat(shift));
+                simd::map(&x[p * plane..][..plane], y_p, |v| v.mul_add(a, b));
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Scratch for [`batch_norm_backward`]: two values per channel.
+pub fn batch_norm_backward_scratch_len(shape: Shape4) -> usize {
+    2 * shape.c
+}
+
+/// Gradient of batch normalisation, given the forward input `x` and the `save_mean` /
+/// `save_invstd` of the forward pass. With `x̂ = (x − mean)·invstd`, per channel over its `M`
+/// values:
+/// - `dγ = Σ dy·x̂`, `dβ = Σ dy`
+/// - training: `dx = γ·invstd·(dy − Σdy/M − x̂·Σ(dy·x̂)/M)` (the batch statistics depend on `x`)
+/// - evaluation: `dx = γ·invstd·dy`
+///
+/// `dx`, `dgamma`, `dbeta` are overwritten or added to according to `accum`; `ws` needs
+/// [`batch_norm_backward_scratch_len`] elements.
+///
+/// # Errors
+/// [`Error::Length`] if a buffer disagrees with `shape`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm_backward(
+    shape: Shape4,
+    training: bool,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batch_norm_backward";
+    let len = bn_check(OP, shape, x, gamma, None)?;
+    check_len(OP, "save_mean", save_mean, shape.c)?;
+    check_len(OP, "save_invstd", save_invstd, shape.c)?;
+    check_len(OP, "dy", dy, len)?;
+    check_len(OP, "dx", dx, len)?;
+    check_min_len(OP, "ws", ws, 2 * shape.c)?;
+    let (c, plane) = (shape.c, shape.plane());
+    let (sum_dy, sum_dy_xhat) = ws[..2 * c].split_at_mut(c);
+    par::for_each(
+        c,
+        2 * len,
+        (Items(&mut *sum_dy, 1), Items(&mut *sum_dy_xhat, 1)),
+        &|r, (Items(sd, _), Items(sdx, _))| {
+            for ((ch, a), b) in r.zip(sd.iter_mut()).zip(sdx.iter_mut()) {
+                let (mut s1, mut s2) = (0.0f64, 0.0f64);
+                for i in 0..shape.n {
+                    let at = (i * c + ch) * plane;
+                    let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
+                    let mean = splat(save_mean[ch]);
+                    s1 += simd::sum(dy_p) as f64;
+                    s2 += simd::sum_zip(x_p, dy_p, |x, d| (x - mean) * d) as f64;
+                }
+                *a = s1 as f32;
+                // Σ dy·x̂ = invstd · Σ dy·(x − mean)
+                *b = (s2 * save_invstd[ch] as f64) as f32;
+            }
+            Ok(())
+        },
+    )?;
+    if let Some(dg) = dgamma {
+        check_len(OP, "dgamma", dg, c)?;
+        for (d, s) in dg.iter_mut().zip(sum_dy_xhat.iter()) {
+            *d = accum.apply(*d, *s);
+        }
+    }
+    if let Some(db) = dbeta {
+        check_len(OP, "dbeta", db, c)?;
+        for (d, s) in db.iter_mut().zip(sum_dy.iter()) {
+            *d = accum.apply(*d, *s);
+        }
+    }
+    if plane == 0 {
+        return Ok(());
+    }
+    let m = (shape.n * plane) as f32;
+    let (sum_dy, sum_dy_xhat) = (&*sum_dy, &*sum_dy_xhat);
+    par::for_each(
+        shape.n * c,
+        len * 3,
+        Items(dx, plane),
+        &|r, Items(dx, _)| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
+                let ch = p % c;
+                let inv = save_invstd[ch];
+                let k = inv * gamma.map_or(1.0, |g| g[ch]);
+                let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
+                if training {
+                    // dx = k·(dy − a − (x − mean)·b) with a = Σdy/M, b = invstd·Σ(dy·x̂)/M.
+                    let a = splat(sum_dy[ch] / m);
+                    let b = splat(inv * sum_dy_xhat[ch] / m);
+                    let (mean, kv) = (splat(save_mean[ch]), splat(k));
+                    simd::zip_map_acc(x_p, dy_p, dx_p, |x, d, old| {
+                        accum.lanes(old, kv * (x - mean).mul_neg_add(b, d - a))
+                    });
+                } else {
+                    let kv = splat(k);
+                    simd::zip_map_acc(x_p, dy_p, dx_p, |_, d, old| accum.lanes(old, kv * d));
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Layer normalisation over the last `d` elements, as
+/// `torch.nn.functional.layer_norm(x, normalized_shape, weight, bias, eps)` where the product of
+/// `normalized_shape` is `d`: per row, `y = (x − mean)/sqrt(var + eps)·γ + β` with the biased
+/// variance.
+///
+/// - `x`, `y`: `[rows, d]`; `gamma`, `beta`: `[d]` or `None`
+/// - `save_mean`, `save_invstd`: `[rows]`, for [`layer_norm_backward`]
+///
+/// # Errors
+/// [`Error::InvalidArg`] if `d == 0`; [`Error::Length`] if a buffer disagrees.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_forward(
+    d: usize,
+    eps: f32,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "layer_norm_forward";
+    let rows = crate::kernels::softmax::rows_of(OP, d, x.len())?;
+    check_len(OP, "y", y, x.len())?;
+    ln_affine_check(OP, d, gamma, beta)?;
+    check_len(OP, "save_mean", save_mean, rows)?;
+    check_len(OP, "save_invstd", save_invstd, rows)?;
+    par::for_each(
+        rows,
+        x.len() * 4,
+        (Items(y, d), Items(save_mean, 1), Items(save_invstd, 1)),
+        &|r, (Items(y, _), Items(mean, _), Items(inv, _))| {
+            for (((i, y_r), mo), io) in r.zip(y.chunks_exact_mut(d)).zip(mean).zip(inv) {
+                let x_r = &x[i * d..][..d];
+                let mean = (simd::sum(x_r) as f64 / d as f64) as f32;
+                let var = simd::sum_sq_dev(x_r, mean) / d as f32;
+                let invstd = 1.0 / (var + eps).sqrt();
+                (*mo, *io) = (mean, invstd);
+                let (mv, iv) = (splat(mean), splat(invstd));
+                simd::map(x_r, y_r, |v| (v - mv) * iv);
+                if let Some(g) = gamma {
+                    simd::map_in_place_zip(g, y_r, |g, y| y * g);
+                }
+                if let Some(b) = beta {
+                    simd::map_in_place_zip(b, y_r, |b, y| y + b);
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+fn ln_affine_check(
+    op: &'static str,
+    d: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+) -> Result<()> {
+    if let Some(g) = gamma {
+        check_len(op, "gamma", g, d)?;
+    }
+    if let Some(b) = beta {
+        check_len(op, "beta", b, d)?;
+    }
+    Ok(())
+}
+
+/// Gradient of [`layer_norm_forward`]. Per row, with `x̂ = (x − mean)·invstd` and `g = dy·γ`:
+/// `dx = invstd·(g − mean(g) − x̂·mean(g·x̂))`; over rows: `dγ = Σ dy·x̂`, `dβ = Σ dy`.
+///
+/// Outputs are overwritten or added to according to `accum`.
+///
+/// # Errors
+/// [`Error::Length`] if a buffer disagrees.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_norm_backward(
+    d: usize,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "layer_norm_backward";
+    let rows = crate::kernels::softmax::rows_of(OP, d, x.len())?;
+    ln_affine_check(OP, d, gamma, None)?;
+    check_len(OP, "save_mean", save_mean, rows)?;
+    check_len(OP, "save_invstd", save_invstd, rows)?;
+    check_len(OP, "dy", dy, x.len())?;
+    check_len(OP, "dx", dx, x.len())?;
+    par::for_each(rows, x.len() * 6, Items(dx, d), &|r, Items(dx, _)| {
+        for (i, dx_r) in r.zip(dx.chunks_exact_mut(d)) {
+            let (x_r, dy_r) = (&x[i * d..][..d], &dy[i * d..][..d]);
+            let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
+            // a = mean(g), b = mean(g·x̂), with g = dy·γ.
+            let (sa, sb) = match gamma {
+                Some(gm) => (
+                    simd::dot(dy_r, gm),
+                    weighted_xhat_sum(x_r, dy_r, Some(gm), mv, iv),
+                ),
+                None => (simd::sum(dy_r), weighted_xhat_sum(x_r, dy_r, None, mv, iv)),
+            };
+            let (a, b) = (splat(sa / d as f32), splat(sb / d as f32));
+            match gamma {
+                Some(gm) => {
+                    // dx = invstd·(dy·γ − a − x̂·b), lane by lane over (x, dy, γ).
+                    simd::zip3_map_acc(x_r, dy_r, gm, dx_r, |x, dy, g, old| {
+                        let xh = (x - mv) * iv;
+                        accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
+                    });
+                }
+                None => simd::zip_map_acc(x_r, dy_r, dx_r, |x, dy, old| {
+                    let xh = (x - mv) * iv;
+                    accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
+                }),
+            }
+        }
+        Ok(())
+    })?;
+    // γ/β gradients: split over columns; each column sums its rows in order.
+    let cols = |dst: &mut [f32], f: &(dyn Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync)| {
+        par::for_each(d, x.len() * 2, Items(dst, 1), &|jr, Items(dst, _)| {
+            if accum == Accum::Replace {
+                dst.fill(0.0);
+            }
+            for i in 0..rows {
+                f(i, jr.clone(), dst);
+            }
+            Ok(())
+        })
+    };
+    if let Some(dg) = dgamma {
+        check_len(OP, "dgamma", dg, d)?;
+        cols(dg, &|i, jr, dst| {
+            let (x_r, dy_r) = (&x[i * d..][jr.clone()], &dy[i * d..][jr]);
+            let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
+            simd::zip_map_acc(x_r, dy_r, dst, |x, dy, acc| {
+                ((x - mv) * iv).mul_add(dy, acc)
+            });
+        })?;
+    }
+    if let Some(db) = dbeta {
+        check_len(OP, "dbeta", db, d)?;
+        cols(db, &|i, jr, dst| {
+            simd::map_in_place_zip(&dy[i * d..][jr], dst, |dy, acc| acc + dy)
+        })?;
+    }
+    Ok(())
+}
+
+/// `Σ_j dy_j·γ_j·x̂_j` of one row (`γ = 1` when absent).
+fn weighted_xhat_sum(
+    x: &[f32],
+    dy: &[f32],
+    gamma: Option<&[f32]>,
+    mean: simd::Lane,
+    invstd: simd::Lane,
+) -> f32 {
+    match gamma {
+        None => simd::sum_zip(x, dy, |x, d| (x - mean) * invstd * d),
+        Some(g) => simd::sum_zip3(x, dy, g, |x, d, g| (x - mean) * invstd * d * g),
+    }
+}
+
+/// Dropout in training mode, as `torch.nn.functional.dropout(x, p, training=True)`: each element
+/// is zeroed with probability `p`, the others scaled by `1/(1 − p)`. `mask` receives the factor
+/// (`0` or `1/(1 − p)`) of each element for [`dropout_backward`]. The decision for element `i`
+/// depends only on `(seed, i)`, so it is the same for any number of threads.
+///
+/// # Errors
+/// [`Error::InvalidArg`] unless `0 <= p <= 1`; [`Error::Length`] if the buffers differ in length.
+pub fn dropout_forward_train(
+    p: f32,
+    seed: u64,
+    x: &[f32],
+    y: &mut [f32],
+    mask: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "dropout_forward_train";
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::invalid(
+            OP,
+            "p",
+            format!("must be in [0, 1], got {p}"),
+        ));
+    }
+    check_len(OP, "y", y, x.len())?;
+    check_len(OP, "mask", mask, x.len())?;
+    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
+    par::for_each_block(x.len(), 4, (Items(y, BLOCK), Items(mask, BLOCK)), &|r,
+                                                                             (
+        Items(y, _),
+        Items(mask, _),
+    )| {
+        for (((i, &xv), yv), mv) in r.clone().zip(&x[r]).zip(y).zip(mask) {
+            let keep = uniform_at(seed, i as u64) >= p;
+            *mv = if keep { scale } else { 0.0 };
+            *yv = xv * *mv;
+        }
+    });
+    Ok(())
+}
+
+/// Gradient of [`dropout_forward_train`]: `dx = dy · mask`.
+///
+/// # Errors
+/// [`Error::Length`] if the buffers differ in length.
+pub fn dropout_backward(mask: &[f32], dy: &[f32], dx: &mut [f32], accum: Accum) -> Result<()> {
+    mask_backward("dropout_backward", mask, dy, dx, accum)
+}

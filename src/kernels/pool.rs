@@ -1,0 +1,292 @@
+//! Max, average and global-average pooling, forward and backward, as `torch.nn.functional`'s
+//! `max_pool2d`, `avg_pool2d` and `adaptive_avg_pool2d(x, 1)` (floor mode, dilation 1).
+//!
+//! Work is split over the `n * c` planes, which are independent.
+
+use crate::error::{Result, check_len};
+use crate::kernels::Accum;
+use crate::par::{self, Items};
+use crate::shape::{Pool2dGeom, Shape4};
+use crate::simd;
+
+/// Max pooling, as `torch.nn.functional.max_pool2d(x, window, stride, padding)`:
+/// `y[n,c,i,j] = max` of `x[n,c]` over the window at `(i·s_h − pad_h, j·s_w − pad_w)` clipped to
+/// the input (padding never wins).
+///
+/// - `x`: `[n, c, in_h, in_w]`; `y`: `[n, c, out_h, out_w]`, overwritten
+/// - `argmax`: `None` (inference) or `[n, c, out_h, out_w]` receiving the index `ih * in_w + iw`
+///   of each maximum within its plane, as PyTorch's `return_indices=True`, for
+///   [`max_pool2d_backward`]
+///
+/// Ties go to the first element in row-major order; a NaN in the window wins (the last NaN, as
+/// PyTorch), so NaN propagates.
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+pub fn max_pool2d_forward(
+    g: &Pool2dGeom,
+    x: &[f32],
+    y: &mut [f32],
+    argmax: Option<&mut [u32]>,
+) -> Result<()> {
+    const OP: &str = "max_pool2d_forward";
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "y", y, g.y_len())?;
+    let (in_plane, out_plane) = (g.in_h() * g.in_w(), g.out_h() * g.out_w());
+    let [kh, kw] = g.params().window;
+    let work = g.y_len() * kh * kw;
+    let plane = |x_p: &[f32], y_p: &mut [f32], mut a_p: Option<&mut [u32]>| {
+        let in_w = g.in_w();
+        for oh in 0..g.out_h() {
+            let (h0, h1, _) = g.window(0, oh);
+            for ow in 0..g.out_w() {
+                let (w0, w1, _) = g.window(1, ow);
+                let mut best = f32::NEG_INFINITY;
+                let mut idx = h0 * in_w + w0;
+                for ih in h0..h1 {
+                    let row = &x_p[ih * in_w..][w0..w1];
+                    for (k, &v) in row.iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            best = v;
+                            idx = ih * in_w + w0 + k;
+                        }
+                    }
+                }
+                let o = oh * g.out_w() + ow;
+                y_p[o] = best;
+                if let Some(a) = a_p.as_deref_mut() {
+                    a[o] = idx as u32;
+                }
+            }
+        }
+    };
+    match argmax {
+        Some(a) => {
+            check_len(OP, "argmax", a, g.y_len())?;
+            par::for_each(
+                g.planes(),
+                work,
+                (Items(y, out_plane), Items(a, out_plane)),
+                &|r, (Items(y, _), Items(a, _))| {
+                    for ((p, y_p), a_p) in r
+                        .zip(y.chunks_exact_mut(out_plane))
+                        .zip(a.chunks_exact_mut(out_plane))
+                    {
+                        plane(&x[p * in_plane..][..in_plane], y_p, Some(a_p));
+                    }
+                    Ok(())
+                },
+            )
+        }
+        None => par::for_each(g.planes(), work, Items(y, out_plane), &|r, Items(y, _)| {
+            for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
+                plane(&x[p * in_plane..][..in_plane], y_p, None);
+            }
+            Ok(())
+        }),
+    }
+}
+
+/// Gradient of [`max_pool2d_forward`]: each `dy` element is added to the input position its
+/// window's maximum came from (overlapping windows accumulate).
+///
+/// - `argmax`: from the forward pass; `dy`: `[n, c, out_h, out_w]`
+/// - `dx`: `[n, c, in_h, in_w]`, overwritten or added to according to `accum`
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`;
+/// [`Error::InvalidArg`](crate::Error::InvalidArg) if an index is outside its plane.
+pub fn max_pool2d_backward(
+    g: &Pool2dGeom,
+    argmax: &[u32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "max_pool2d_backward";
+    check_len(OP, "argmax", argmax, g.y_len())?;
+    check_len(OP, "dy", dy, g.y_len())?;
+    check_len(OP, "dx", dx, g.x_len())?;
+    let (in_plane, out_plane) = (g.in_h() * g.in_w(), g.out_h() * g.out_w());
+    if argmax.iter().any(|&a| a as usize >= in_plane) {
+        return Err(crate::Error::invalid(
+            OP,
+            "argmax",
+            "index outside its input plane",
+        ));
+    }
+    par::for_each(
+        g.planes(),
+        g.x_len() + g.y_len(),
+        Items(dx, in_plane),
+        &|r, Items(dx, _)| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
+                if accum == Accum::Replace {
+                    dx_p.fill(0.0);
+                }
+                let a_p = &argmax[p * out_plane..][..out_plane];
+                let dy_p = &dy[p * out_plane..][..out_plane];
+                for (&a, &d) in a_p.iter().zip(dy_p) {
+                    dx_p[a as usize] += d;
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The divisor of the window at output `(oh, ow)`.
+#[inline]
+fn divisor(g: &Pool2dGeom, count_include_pad: bool, oh: usize, ow: usize) -> f32 {
+    let (h0, h1, eh) = g.window(0, oh);
+    let (w0, w1, ew) = g.window(1, ow);
+    if count_include_pad {
+        (eh * ew) as f32
+    } else {
+        ((h1 - h0) * (w1 - w0)) as f32
+    }
+}
+
+/// Average pooling, as `torch.nn.functional.avg_pool2d(x, window, stride, padding,
+/// count_include_pad=...)`: the sum over the window clipped to the input, divided by the window
+/// area clipped to the padded input (`count_include_pad = true`, PyTorch's default) or by the
+/// number of input elements summed (`false`).
+///
+/// - `x`: `[n, c, in_h, in_w]`; `y`: `[n, c, out_h, out_w]`, overwritten
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+pub fn avg_pool2d_forward(
+    g: &Pool2dGeom,
+    count_include_pad: bool,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "avg_pool2d_forward";
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "y", y, g.y_len())?;
+    let (in_plane, out_plane, in_w) = (g.in_h() * g.in_w(), g.out_h() * g.out_w(), g.in_w());
+    let [kh, kw] = g.params().window;
+    par::for_each(
+        g.planes(),
+        g.y_len() * kh * kw,
+        Items(y, out_plane),
+        &|r, Items(y, _)| {
+            for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
+                let x_p = &x[p * in_plane..][..in_plane];
+                for oh in 0..g.out_h() {
+                    let (h0, h1, _) = g.window(0, oh);
+                    for ow in 0..g.out_w() {
+                        let (w0, w1, _) = g.window(1, ow);
+                        let s: f32 = (h0..h1)
+                            .map(|ih| x_p[ih * in_w..][w0..w1].iter().sum::<f32>())
+                            .sum();
+                        y_p[oh * g.out_w() + ow] = s / divisor(g, count_include_pad, oh, ow);
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Gradient of [`avg_pool2d_forward`]: each `dy` element, divided by its window's divisor, is
+/// added to every input position of its window.
+///
+/// - `dy`: `[n, c, out_h, out_w]`; `dx`: `[n, c, in_h, in_w]`, overwritten or added to
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+pub fn avg_pool2d_backward(
+    g: &Pool2dGeom,
+    count_include_pad: bool,
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "avg_pool2d_backward";
+    check_len(OP, "dy", dy, g.y_len())?;
+    check_len(OP, "dx", dx, g.x_len())?;
+    let (in_plane, out_plane, in_w) = (g.in_h() * g.in_w(), g.out_h() * g.out_w(), g.in_w());
+    let [kh, kw] = g.params().window;
+    par::for_each(
+        g.planes(),
+        g.y_len() * kh * kw,
+        Items(dx, in_plane),
+        &|r, Items(dx, _)| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
+                if accum == Accum::Replace {
+                    dx_p.fill(0.0);
+                }
+                let dy_p = &dy[p * out_plane..][..out_plane];
+                for oh in 0..g.out_h() {
+                    let (h0, h1, _) = g.window(0, oh);
+                    for ow in 0..g.out_w() {
+                        let (w0, w1, _) = g.window(1, ow);
+                        let v = dy_p[oh * g.out_w() + ow] / divisor(g, count_include_pad, oh, ow);
+                        for ih in h0..h1 {
+                            for d in &mut dx_p[ih * in_w..][w0..w1] {
+                                *d += v;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Global average pooling, as `torch.nn.functional.adaptive_avg_pool2d(x, 1)` flattened:
+/// `y[n, c] = mean(x[n, c, :, :])`.
+///
+/// - `x`: `[n, c, h, w]`; `y`: `[n, c]`, overwritten
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `shape`;
+/// [`Error::InvalidArg`](crate::Error::InvalidArg) for an empty plane.
+pub fn global_avg_pool_forward(shape: Shape4, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "global_avg_pool_forward";
+    let (plane, planes) = global_dims(OP, shape)?;
+    check_len(OP, "x", x, shape.len(OP)?)?;
+    check_len(OP, "y", y, planes)?;
+    par::for_each(planes, x.len(), Items(y, 1), &|r, Items(y, _)| {
+        for (p, v) in r.zip(y.iter_mut()) {
+            *v = simd::sum(&x[p * plane..][..plane]) / plane as f32;
+        }
+        Ok(())
+    })
+}
+
+/// Gradient of [`global_avg_pool_forward`]: `dx[n, c, :, :] = dy[n, c] / (h * w)`.
+///
+/// # Errors
+/// As [`global_avg_pool_forward`].
+pub fn global_avg_pool_backward(
+    shape: Shape4,
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "global_avg_pool_backward";
+    let (plane, planes) = global_dims(OP, shape)?;
+    check_len(OP, "dy", dy, planes)?;
+    check_len(OP, "dx", dx, shape.len(OP)?)?;
+    par::for_each(planes, dx.len(), Items(dx, plane), &|r, Items(dx, _)| {
+        for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
+            let v = simd::splat(dy[p] / plane as f32);
+            simd::map_in_place(dx_p, |d| accum.lanes(d, v));
+        }
+        Ok(())
+    })
+}
+
+fn global_dims(op: &'static str, s: Shape4) -> Result<(usize, usize)> {
+    if s.h == 0 || s.w == 0 {
+        return Err(crate::Error::invalid(op, "shape", "empty plane"));
+    }
+    Ok((
+        crate::error::mul(op, "h * w", s.h, s.w)?,
+        crate::error::mul(op, "n * c", s.n, s.c)?,
+    ))
+}

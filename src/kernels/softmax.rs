@@ -1,0 +1,135 @@
+//! Softmax and log-softmax over the last axis, forward and backward.
+//!
+//! Both subtract the row maximum before exponentiating, so logits of any finite size (±1e4 and
+//! beyond) give finite results, and `-inf` logits get probability exactly 0 (log-probability
+//! `-inf`). As in PyTorch, a row whose maximum is `+inf` or that is entirely `-inf` has no defined
+//! softmax and gives NaN, and a NaN anywhere in a row makes the whole row NaN.
+
+use crate::error::{Error, Result, check_len};
+use crate::kernels::Accum;
+use crate::par::{self, Items};
+use crate::simd::{self, splat};
+
+/// Rows of a row-major `[rows, cols]` buffer of length `len`.
+pub(crate) fn rows_of(op: &'static str, cols: usize, len: usize) -> Result<usize> {
+    if cols == 0 {
+        return Err(Error::invalid(op, "cols", "must be at least 1"));
+    }
+    if len % cols != 0 {
+        return Err(Error::length(op, "x", len.div_ceil(cols) * cols, len));
+    }
+    Ok(len / cols)
+}
+
+/// Softmax over rows of length `cols`, as `torch.softmax(x, dim=-1)`:
+/// `y[r, j] = exp(x[r, j] − m_r) / Σ_k exp(x[r, k] − m_r)` with `m_r = max_k x[r, k]`.
+///
+/// # Errors
+/// [`Error::InvalidArg`] if `cols == 0`; [`Error::Length`] if `x.len()` is not a multiple of
+/// `cols` or `y.len() != x.len()`.
+///
+/// # Example
+/// ```
+/// use cnnkit::kernels::softmax_forward;
+/// let x = [0.0, 1e4, f32::NEG_INFINITY, 0.0];
+/// let mut y = [0.0; 4];
+/// softmax_forward(2, &x, &mut y)?;
+/// assert_eq!(y, [0.0, 1.0, 0.0, 1.0]);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+pub fn softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "softmax_forward";
+    let rows = rows_of(OP, cols, x.len())?;
+    check_len(OP, "y", y, x.len())?;
+    par::for_each(rows, x.len() * 20, Items(y, cols), &|r, Items(y, _)| {
+        for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
+            let x_r = &x[i * cols..][..cols];
+            let m = splat(simd::max(x_r));
+            simd::map(x_r, y_r, |v| simd::exp(v - m));
+            let inv = splat(1.0 / simd::sum(y_r));
+            simd::map_in_place(y_r, |v| v * inv);
+        }
+        Ok(())
+    })
+}
+
+/// Log-softmax over rows of length `cols`, as `torch.log_softmax(x, dim=-1)`:
+/// `y[r, j] = x[r, j] − m_r − ln Σ_k exp(x[r, k] − m_r)`.
+///
+/// # Errors
+/// As [`softmax_forward`].
+pub fn log_softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "log_softmax_forward";
+    let rows = rows_of(OP, cols, x.len())?;
+    check_len(OP, "y", y, x.len())?;
+    par::for_each(rows, x.len() * 20, Items(y, cols), &|r, Items(y, _)| {
+        for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
+            let x_r = &x[i * cols..][..cols];
+            let shift = splat(log_sum_exp(x_r));
+            simd::map(x_r, y_r, |v| v - shift);
+        }
+        Ok(())
+    })
+}
+
+/// `m + ln Σ exp(x − m)` of one row, `m = max x`.
+#[inline]
+pub(crate) fn log_sum_exp(x: &[f32]) -> f32 {
+    let m = simd::max(x);
+    let mv = splat(m);
+    m + simd::sum_map(x, f32::NEG_INFINITY, |v| simd::exp(v - mv)).ln()
+}
+
+/// Gradient of [`softmax_forward`] from its output `y`:
+/// `dx[r, j] = y[r, j] · (dy[r, j] − Σ_k dy[r, k]·y[r, k])`.
+///
+/// # Errors
+/// As [`softmax_forward`], for `y`, `dy` and `dx`.
+pub fn softmax_backward(
+    cols: usize,
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "softmax_backward";
+    let rows = rows_of(OP, cols, y.len())?;
+    check_len(OP, "dy", dy, y.len())?;
+    check_len(OP, "dx", dx, y.len())?;
+    par::for_each(rows, y.len() * 4, Items(dx, cols), &|r, Items(dx, _)| {
+        for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
+            let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
+            let s = splat(simd::dot(y_r, dy_r));
+            simd::zip_map_acc(y_r, dy_r, dx_r, |y, d, old| accum.lanes(old, y * (d - s)));
+        }
+        Ok(())
+    })
+}
+
+/// Gradient of [`log_softmax_forward`] from its output `y`:
+/// `dx[r, j] = dy[r, j] − exp(y[r, j]) · Σ_k dy[r, k]`.
+///
+/// # Errors
+/// As [`softmax_forward`], for `y`, `dy` and `dx`.
+pub fn log_softmax_backward(
+    cols: usize,
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "log_softmax_backward";
+    let rows = rows_of(OP, cols, y.len())?;
+    check_len(OP, "dy", dy, y.len())?;
+    check_len(OP, "dx", dx, y.len())?;
+    par::for_each(rows, y.len() * 20, Items(dx, cols), &|r, Items(dx, _)| {
+        for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
+            let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
+            let s = splat(simd::sum(dy_r));
+            simd::zip_map_acc(y_r, dy_r, dx_r, |y, d, old| {
+                accum.lanes(old, simd::exp(y).mul_neg_add(s, d))
+            });
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,274 @@
+//! The only module that names `rayon`: batch splitting, the serial threshold, and the serial
+//! path when the `rayon` feature is off.
+//!
+//! Kernels run on the caller's rayon pool (`rayon::current_num_threads()`), so an embedding
+//! program controls the thread count with `ThreadPool::install`. Work is split into at most one
+//! contiguous group of items per thread; every group gets disjoint `&mut` sub-slices of the outputs
+//! (and its own slot of scratch), never a shared raw pointer.
+//!
+//! **Determinism.** A reduction (weight gradients, batch-norm statistics, bias gradients) is
+//! always split over its *outputs*, never over the axis it sums: each output element is summed by
+//! one thread, in the same order, whatever the number of threads. Results are therefore
+//! bit-identical for 1, 2 or any number of threads.
+
+use crate::error::Result;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The default for [`parallel_threshold`]: below about this many floating-point operations a
+/// kernel runs on the calling thread (a rayon fork-join costs a few microseconds).
+pub const DEFAULT_PARALLEL_THRESHOLD: usize = 1 << 17;
+
+static MIN_WORK: AtomicUsize = AtomicUsize::new(DEFAULT_PARALLEL_THRESHOLD);
+
+/// Sets the amount of work (roughly, floating-point operations) below which kernels do not fork.
+///
+/// `0` makes every kernel with more than one item split, which tests use to exercise the parallel
+/// paths on tiny shapes. Results do not depend on this setting.
+pub fn set_parallel_threshold(work: usize) {
+    MIN_WORK.store(work, Ordering::Relaxed);
+}
+
+/// The current threshold (see [`set_parallel_threshold`]).
+pub fn parallel_threshold() -> usize {
+    MIN_WORK.load(Ordering::Relaxed)
+}
+
+/// Threads of the current rayon pool (1 without the `rayon` feature).
+#[inline]
+pub fn threads() -> usize {
+    #[cfg(feature = "rayon")]
+    {
+        rayon::current_num_threads()
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        1
+    }
+}
+
+/// Runs `a` and `b`, potentially in parallel.
+#[inline]
+pub(crate) fn join<RA: Send, RB: Send>(
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    #[cfg(feature = "rayon")]
+    {
+        rayon::join(a, b)
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        (a(), b())
+    }
+}
+
+/// How many groups `items` items with `work` total work should be split into.
+#[inline]
+pub(crate) fn groups(items: usize, work: usize) -> usize {
+    if items <= 1 || work < parallel_threshold() {
+        1
+    } else {
+        items.min(threads())
+    }
+}
+
+/// Something that can be cut between items: a tuple of output slices, each with its own number
+/// of elements per item.
+pub(crate) trait Parts: Send + Sized {
+    /// Splits after `items` items.
+    fn split(self, items: usize) -> (Self, Self);
+}
+
+/// A slice of `per_item` elements per item.
+pub(crate) struct Items<'a, T>(pub &'a mut [T], pub usize);
+
+impl<T: Send> Parts for Items<'_, T> {
+    #[inline]
+    fn split(self, items: usize) -> (Self, Self) {
+        let at = (items * self.1).min(self.0.len());
+        let (a, b) = self.0.split_at_mut(at);
+        (Items(a, self.1), Items(b, self.1))
+    }
+}
+
+impl Parts for () {
+    #[inline]
+    fn split(self, _: usize) -> (Self, Self) {
+        ((), ())
+    }
+}
+
+impl<A: Parts, B: Parts> Parts for (A, B) {
+    #[inline]
+    fn split(self, items: usize) -> (Self, Self) {
+        let (a0, a1) = self.0.split(items);
+        let (b0, b1) = self.1.split(items);
+        ((a0, b0), (a1, b1))
+    }
+}
+
+impl<A: Parts, B: Parts, C: Parts> Parts for (A, B, C) {
+    #[inline]
+    fn split(self, items: usize) -> (Self, Self) {
+        let (a0, a1) = self.0.split(items);
+        let (b0, b1) = self.1.split(items);
+        let (c0, c1) = self.2.split(items);
+        ((a0, b0, c0), (a1, b1, c1))
+    }
+}
+
+/// Splits items `0..n` into `groups` contiguous, near-equal ranges and runs
+/// `f(range, parts_of_range, scratch_slot)` for each, in parallel. Group `k` gets scratch
+/// `ws[k*slot..(k+1)*slot]`; the caller guarantees `ws.len() >= groups * slot`. Returns the first
+/// error in group order.
+///
+/// With `groups == 1` this is a plain call on the current thread: one body for both paths.
+pub(crate) fn for_each_group<P: Parts>(
+    n: usize,
+    groups: usize,
+    parts: P,
+    ws: &mut [f32],
+    slot: usize,
+    f: &(impl Fn(Range<usize>, P, &mut [f32]) -> Result<()> + Sync),
+) -> Result<()> {
+    debug_assert!(groups >= 1 && ws.len() >= groups * slot);
+    go(0..n, groups.clamp(1, n.max(1)), parts, ws, slot, f)
+}
+
+fn go<P: Parts>(
+    r: Range<usize>,
+    groups: usize,
+    parts: P,
+    ws: &mut [f32],
+    slot: usize,
+    f: &(impl Fn(Range<usize>, P, &mut [f32]) -> Result<()> + Sync),
+) -> Result<()> {
+    if groups <= 1 {
+        return f(r, parts, &mut ws[..slot]);
+    }
+    let left = groups / 2;
+    let mid = r.start + r.len() * left / groups;
+    let (pl, pr) = parts.split(mid - r.start);
+    let (wl, wr) = ws.split_at_mut(left * slot);
+    let (a, b) = join(
+        || go(r.start..mid, left, pl, wl, slot, f),
+        || go(mid..r.end, groups - left, pr, wr, slot, f),
+    );
+    a.and(b)
+}
+
+/// [`for_each_group`] without scratch, with the group count chosen from `work`.
+#[inline]
+pub(crate) fn for_each<P: Parts>(
+    n: usize,
+    work: usize,
+    parts: P,
+    f: &(impl Fn(Range<usize>, P) -> Result<()> + Sync),
+) -> Result<()> {
+    for_each_group(n, groups(n, work), parts, &mut [], 0, &|r, p, _| f(r, p))
+}
+
+/// Elements per block of an element-wise kernel: the unit [`for_each_block`] splits on.
+pub(crate) const BLOCK: usize = 1 << 14;
+
+/// Runs `f(element_range, parts)` over blocks of [`BLOCK`] elements of a length-`len` element-wise
+/// operation; `parts` must be built with `Items(slice, BLOCK)`. `cost` is the work per element.
+#[inline]
+pub(crate) fn for_each_block<P: Parts>(
+    len: usize,
+    cost: usize,
+    parts: P,
+    f: &(impl Fn(Range<usize>, P) + Sync),
+) {
+    let blocks = len.div_ceil(BLOCK);
+    // The closure cannot fail.
+    let _ = for_each(blocks, len.saturating_mul(cost), parts, &|r, p| {
+        f(r.start * BLOCK..(r.end * BLOCK).min(len), p);
+        Ok(())
+    });
+}
+
+/// At most this many partial sums in [`sum_over_rows`].
+const MAX_PARTIALS: usize = 64;
+
+/// `Σ f(rows_b, out_b)` over fixed blocks `rows_b` of `0..rows`, where `out_b` is the block's part
+/// of the row-major output `out` (`rows * cols` elements, or empty for no output). Blocks run in
+/// parallel; each returns its own partial sum and the partials are added in block order. The
+/// blocks depend only on `rows`, so the result is the same for any number of threads.
+pub(crate) fn sum_over_rows(
+    rows: usize,
+    cols: usize,
+    work: usize,
+    out: &mut [f32],
+    f: &(impl Fn(Range<usize>, &mut [f32]) -> f64 + Sync),
+) -> f64 {
+    let block = rows.div_ceil(MAX_PARTIALS).max(1);
+    let blocks = rows.div_ceil(block);
+    let per = if out.is_empty() { 0 } else { block * cols };
+    let mut partials = [0.0f64; MAX_PARTIALS];
+    // The closure cannot fail.
+    let _ = for_each(
+        blocks,
+        work,
+        (Items(out, per), Items(&mut partials[..blocks], 1)),
+        &|br, (Items(o, _), Items(p, _))| {
+            let mut o = o;
+            for (b, pb) in br.zip(p.iter_mut()) {
+                let rr = b * block..((b + 1) * block).min(rows);
+                let take = if per == 0 { 0 } else { rr.len() * cols };
+                let (ob, rest) = std::mem::take(&mut o).split_at_mut(take);
+                o = rest;
+                *pb = f(rr, ob);
+            }
+            Ok(())
+        },
+    );
+    partials[..blocks].iter().sum()
+}
+
+#[cfg(all(test, feature = "rayon"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_cover_every_item_once_with_their_own_slices() {
+        for threads in [1, 2, 3, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for n in 0..12 {
+                    for g in 1..6 {
+                        let mut a = vec![0u32; n * 3];
+                        let mut b = vec![0u8; n];
+                        let mut ws = vec![0.0f32; g * 2];
+                        for_each_group(
+                            n,
+                            g,
+                            (Items(&mut a, 3), Items(&mut b, 1)),
+                            &mut ws,
+                            2,
+                            &|r, (Items(a, _), Items(b, _)), s| {
+                                assert_eq!(a.len(), r.len() * 3);
+                                assert_eq!(b.len(), r.len());
+                                assert_eq!(s.len(), 2);
+                                for (k, i) in r.enumerate() {
+                                    a[3 * k] += i as u32 + 1;
+                                    b[k] += 1;
+                                }
+                                Ok(())
+                            },
+                        )
+                        .unwrap();
+                        for i in 0..n {
+                            assert_eq!(a[3 * i], i as u32 + 1);
+                            assert_eq!(b[i], 1);
+                        }
+                    }
+                }
+            });
+        }
+    }
+}

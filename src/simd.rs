@@ -1,0 +1,620 @@
+//! The only module that names `wide`: lane helpers, reductions and vector math.
+//!
+//! Kernels never split a slice into lanes and a tail themselves: they pass a lane closure to
+//! [`map`], [`zip_map`] and friends. The tail (fewer than [`LANES`] elements) is copied into one
+//! padded lane and goes through the *same* closure, so every element of a slice is computed by one
+//! algorithm, bit for bit, whatever its position. (A hand-written scalar twin would be a second
+//! implementation of every formula to keep in step and to test.)
+//!
+//! `wide` chooses its instructions at compile time: with `-C target-cpu=native` (or
+//! `-C target-feature=+avx2,+fma`) a lane is one AVX register and `mul_add` is a fused FMA;
+//! without, a lane is two SSE registers and `mul_add` is a multiply and an add. Results therefore
+//! differ between builds in the last bit, never between runs of one build.
+
+use wide::{f32x8, i32x8};
+
+/// Elements per lane.
+pub(crate) const LANES: usize = 8;
+
+/// One lane of eight `f32`.
+pub(crate) type Lane = f32x8;
+
+/// A lane with every element equal to `v`.
+#[inline(always)]
+pub(crate) fn splat(v: f32) -> Lane {
+    f32x8::splat(v)
+}
+
+/// Runs `f` on a lane built from a tail of fewer than [`LANES`] elements (padded with `pad`) and
+/// returns the lane's elements.
+#[inline(always)]
+fn tail_lane(tail: &[f32], pad: f32) -> Lane {
+    let mut buf = [pad; LANES];
+    buf[..tail.len()].copy_from_slice(tail);
+    f32x8::new(buf)
+}
+
+/// `y[i] = f(x[i])`.
+#[inline(always)]
+pub(crate) fn map(x: &[f32], y: &mut [f32], f: impl Fn(Lane) -> Lane) {
+    debug_assert_eq!(x.len(), y.len());
+    let ((xc, xt), (yc, yt)) = (x.as_chunks::<LANES>(), y.as_chunks_mut::<LANES>());
+    for (x, y) in xc.iter().zip(yc) {
+        *y = f(f32x8::new(*x)).to_array();
+    }
+    if !xt.is_empty() {
+        let r = f(tail_lane(xt, 0.0)).to_array();
+        yt.copy_from_slice(&r[..xt.len()]);
+    }
+}
+
+/// `y[i] = f(y[i])`.
+#[inline(always)]
+pub(crate) fn map_in_place(y: &mut [f32], f: impl Fn(Lane) -> Lane) {
+    let (yc, yt) = y.as_chunks_mut::<LANES>();
+    for y in yc.iter_mut() {
+        *y = f(f32x8::new(*y)).to_array();
+    }
+    if !yt.is_empty() {
+        let r = f(tail_lane(yt, 0.0)).to_array();
+        let n = yt.len();
+        yt.copy_from_slice(&r[..n]);
+    }
+}
+
+/// `out[i] = f(a[i], b[i])`.
+#[inline(always)]
+pub(crate) fn zip_map(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(Lane, Lane) -> Lane) {
+    debug_assert!(a.len() == out.len() && b.len() == out.len());
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let (oc, ot) = out.as_chunks_mut::<LANES>();
+    for ((a, b), o) in ac.iter().zip(bc).zip(oc) {
+        *o = f(f32x8::new(*a), f32x8::new(*b)).to_array();
+    }
+    if !at.is_empty() {
+        let r = f(tail_lane(at, 0.0), tail_lane(bt, 0.0)).to_array();
+        ot.copy_from_slice(&r[..at.len()]);
+    }
+}
+
+/// `out[i] = f(a[i], b[i], out[i])`: the form of every backward pass that may accumulate into
+/// its gradient output.
+#[inline(always)]
+pub(crate) fn zip_map_acc(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    f: impl Fn(Lane, Lane, Lane) -> Lane,
+) {
+    debug_assert!(a.len() == out.len() && b.len() == out.len());
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let (oc, ot) = out.as_chunks_mut::<LANES>();
+    for ((a, b), o) in ac.iter().zip(bc).zip(oc) {
+        *o = f(f32x8::new(*a), f32x8::new(*b), f32x8::new(*o)).to_array();
+    }
+    if !at.is_empty() {
+        let r = f(tail_lane(at, 0.0), tail_lane(bt, 0.0), tail_lane(ot, 0.0)).to_array();
+        let n = at.len();
+        ot.copy_from_slice(&r[..n]);
+    }
+}
+
+/// `out[i] = f(a[i], b[i], c[i], out[i])`.
+#[inline(always)]
+pub(crate) fn zip3_map_acc(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    out: &mut [f32],
+    f: impl Fn(Lane, Lane, Lane, Lane) -> Lane,
+) {
+    debug_assert!(a.len() == out.len() && b.len() == out.len() && c.len() == out.len());
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let (cc, ct) = c.as_chunks::<LANES>();
+    let (oc, ot) = out.as_chunks_mut::<LANES>();
+    for (((a, b), c), o) in ac.iter().zip(bc).zip(cc).zip(oc) {
+        *o = f(
+            f32x8::new(*a),
+            f32x8::new(*b),
+            f32x8::new(*c),
+            f32x8::new(*o),
+        )
+        .to_array();
+    }
+    if !at.is_empty() {
+        let r = f(
+            tail_lane(at, 0.0),
+            tail_lane(bt, 0.0),
+            tail_lane(ct, 0.0),
+            tail_lane(ot, 0.0),
+        )
+        .to_array();
+        let n = at.len();
+        ot.copy_from_slice(&r[..n]);
+    }
+}
+
+/// Folds `x` with `f` into four independent lane accumulators (tail padded with `neutral`), then
+/// combines them as `(a0 ∘ a1) ∘ (a2 ∘ a3)`. The order depends only on `x.len()`.
+#[inline(always)]
+fn fold4(x: &[f32], neutral: f32, f: impl Fn(Lane, Lane) -> Lane) -> Lane {
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let mut acc = [f32x8::splat(neutral); 4];
+    let (quads, rest) = xc.as_chunks::<4>();
+    for q in quads {
+        for k in 0..4 {
+            acc[k] = f(acc[k], f32x8::new(q[k]));
+        }
+    }
+    for (k, c) in rest.iter().enumerate() {
+        acc[k] = f(acc[k], f32x8::new(*c));
+    }
+    if !xt.is_empty() {
+        acc[3] = f(acc[3], tail_lane(xt, neutral));
+    }
+    f(f(acc[0], acc[1]), f(acc[2], acc[3]))
+}
+
+/// `Σ x[i]` in `f32`, in an order that depends only on `x.len()`.
+#[inline]
+pub(crate) fn sum(x: &[f32]) -> f32 {
+    fold4(x, 0.0, |a, b| a + b).reduce_add()
+}
+
+/// `Σ (x[i] - m)²`.
+#[inline]
+pub(crate) fn sum_sq_dev(x: &[f32], m: f32) -> f32 {
+    let mv = f32x8::splat(m);
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let mut acc = [f32x8::ZERO; 2];
+    for (i, c) in xc.iter().enumerate() {
+        let d = f32x8::new(*c) - mv;
+        acc[i & 1] = d.mul_add(d, acc[i & 1]);
+    }
+    if !xt.is_empty() {
+        let d = tail_lane(xt, m) - mv;
+        acc[1] = d.mul_add(d, acc[1]);
+    }
+    (acc[0] + acc[1]).reduce_add()
+}
+
+/// `Σ a[i] * b[i]`.
+#[inline]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let mut acc = [f32x8::ZERO; 2];
+    for (i, (a, b)) in ac.iter().zip(bc).enumerate() {
+        acc[i & 1] = f32x8::new(*a).mul_add(f32x8::new(*b), acc[i & 1]);
+    }
+    if !at.is_empty() {
+        acc[1] = tail_lane(at, 0.0).mul_add(tail_lane(bt, 0.0), acc[1]);
+    }
+    (acc[0] + acc[1]).reduce_add()
+}
+
+/// `Σ f(a[i], b[i])` with two lane accumulators; the tail is padded with zeros, so `f(0, 0)` must
+/// be 0.
+#[inline(always)]
+pub(crate) fn sum_zip(a: &[f32], b: &[f32], f: impl Fn(Lane, Lane) -> Lane) -> f32 {
+    sum_zip_padded(a, b, (0.0, 0.0), f)
+}
+
+/// [`sum_zip`] with the tail padded by `pad`; `f(pad.0, pad.1)` must be 0.
+#[inline(always)]
+pub(crate) fn sum_zip_padded(
+    a: &[f32],
+    b: &[f32],
+    pad: (f32, f32),
+    f: impl Fn(Lane, Lane) -> Lane,
+) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let mut acc = [f32x8::ZERO; 2];
+    for (i, (a, b)) in ac.iter().zip(bc).enumerate() {
+        acc[i & 1] += f(f32x8::new(*a), f32x8::new(*b));
+    }
+    if !at.is_empty() {
+        acc[1] += f(tail_lane(at, pad.0), tail_lane(bt, pad.1));
+    }
+    (acc[0] + acc[1]).reduce_add()
+}
+
+/// `Σ f(a[i], b[i], c[i])`; the tail is padded with zeros, so `f(0, 0, 0)` must be 0.
+#[inline(always)]
+pub(crate) fn sum_zip3(
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(Lane, Lane, Lane) -> Lane,
+) -> f32 {
+    debug_assert!(a.len() == b.len() && a.len() == c.len());
+    let (ac, at) = a.as_chunks::<LANES>();
+    let (bc, bt) = b.as_chunks::<LANES>();
+    let (cc, ct) = c.as_chunks::<LANES>();
+    let mut acc = [f32x8::ZERO; 2];
+    for (i, ((a, b), c)) in ac.iter().zip(bc).zip(cc).enumerate() {
+        acc[i & 1] += f(f32x8::new(*a), f32x8::new(*b), f32x8::new(*c));
+    }
+    if !at.is_empty() {
+        acc[1] += f(tail_lane(at, 0.0), tail_lane(bt, 0.0), tail_lane(ct, 0.0));
+    }
+    (acc[0] + acc[1]).reduce_add()
+}
+
+/// `Σ f(x[i])`; the tail is padded with `pad`, and `f(pad)` must be 0.
+#[inline(always)]
+pub(crate) fn sum_map(x: &[f32], pad: f32, f: impl Fn(Lane) -> Lane) -> f32 {
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let mut acc = [f32x8::ZERO; 2];
+    for (i, c) in xc.iter().enumerate() {
+        acc[i & 1] += f(f32x8::new(*c));
+    }
+    if !xt.is_empty() {
+        acc[1] += f(tail_lane(xt, pad));
+    }
+    (acc[0] + acc[1]).reduce_add()
+}
+
+/// `max x[i]` ignoring NaN (`-inf` for an empty slice). Callers that must propagate NaN get it
+/// from the arithmetic that follows (`exp(NaN - max)` is NaN).
+#[inline]
+pub(crate) fn max(x: &[f32]) -> f32 {
+    let m = fold4(x, f32::NEG_INFINITY, |a, b| a.fast_max(b)).to_array();
+    m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `y[i] += alpha * x[i]`.
+#[inline]
+pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let a = f32x8::splat(alpha);
+    map_in_place_zip(x, y, |x, y| x.mul_add(a, y));
+}
+
+/// `y[i] = f(x[i], y[i])`.
+#[inline(always)]
+pub(crate) fn map_in_place_zip(x: &[f32], y: &mut [f32], f: impl Fn(Lane, Lane) -> Lane) {
+    debug_assert_eq!(x.len(), y.len());
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let (yc, yt) = y.as_chunks_mut::<LANES>();
+    for (x, y) in xc.iter().zip(yc) {
+        *y = f(f32x8::new(*x), f32x8::new(*y)).to_array();
+    }
+    if !xt.is_empty() {
+        let r = f(tail_lane(xt, 0.0), tail_lane(yt, 0.0)).to_array();
+        let n = xt.len();
+        yt.copy_from_slice(&r[..n]);
+    }
+}
+
+/// Lane-wise `if m { a } else { b }` for a comparison mask `m`.
+#[inline(always)]
+pub(crate) fn select(m: Lane, a: Lane, b: Lane) -> Lane {
+    m.select(a, b)
+}
+
+/// Comparison masks (all-ones lanes where true). NaN compares false.
+#[inline(always)]
+pub(crate) fn lt(a: Lane, b: Lane) -> Lane {
+    a.simd_lt(b)
+}
+/// `a > b` mask.
+#[inline(always)]
+pub(crate) fn gt(a: Lane, b: Lane) -> Lane {
+    a.simd_gt(b)
+}
+/// `a >= b` mask.
+#[inline(always)]
+pub(crate) fn ge(a: Lane, b: Lane) -> Lane {
+    a.simd_ge(b)
+}
+/// `a <= b` mask.
+#[inline(always)]
+pub(crate) fn le(a: Lane, b: Lane) -> Lane {
+    b.simd_ge(a)
+}
+/// NaN mask.
+#[inline(always)]
+pub(crate) fn is_nan(a: Lane) -> Lane {
+    a.simd_ne(a)
+}
+
+// ----------------------------------------------------------------------------- vector math
+//
+// Polynomials from Cephes (S. L. Moshier) single-precision routines, evaluated lane-wise; the
+// reference kernels in `crate::reference` use `f64` std functions, and the tests compare.
+
+/// `2^n` for integer lanes `n` in `[-126, 127]`.
+#[inline(always)]
+fn pow2i(n: i32x8) -> Lane {
+    wide::bytemuck::cast((n + i32x8::splat(127)) << 23)
+}
+
+/// `e^x`, relative error ≤ 2 ulp on the normal range; `+inf` above ~88.72, gradual underflow to
+/// `0` below ~-87.3 (exactly `0` from about -104), NaN propagates.
+#[inline(always)]
+pub(crate) fn exp(x: Lane) -> Lane {
+    exp_split(x, None)
+}
+
+/// `e^(hi + lo)` for a small `lo`, without rounding `hi + lo` to `f32` first.
+#[inline(always)]
+fn exp_split(x: Lane, lo: Option<Lane>) -> Lane {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4; // ln 2, high part (exact in f32)
+    const C2: f32 = -2.121_944_4e-4; // ln 2 - C1
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = x.fast_max(splat(-104.0)).fast_min(splat(88.8));
+    // n = round((hi + lo)·log2 e), r = hi − n·ln 2 + lo keeps |r| <= ln2/2 for the polynomial.
+    let xn = match lo {
+        Some(lo) => xc + lo,
+        None => xc,
+    };
+    let t = xn.mul_add(splat(LOG2E), splat(MAGIC));
+    let n = t - splat(MAGIC);
+    let r = n.mul_neg_add(splat(C1), xc);
+    let mut r = n.mul_neg_add(splat(C2), r);
+    if let Some(lo) = lo {
+        r += lo;
+    }
+    let mut p = splat(1.987_569_1e-4);
+    p = p.mul_add(r, splat(1.398_199_9e-3));
+    p = p.mul_add(r, splat(8.333_452e-3));
+    p = p.mul_add(r, splat(4.166_579_6e-2));
+    p = p.mul_add(r, splat(1.666_666_5e-1));
+    p = p.mul_add(r, splat(5.000_000_1e-1));
+    let p = p.mul_add(r * r, r) + splat(1.0);
+    // Integer n sits in the low mantissa bits of t. Scale in two steps so n in [-150, 128]
+    // never leaves the normal exponent range of either factor.
+    let ni: i32x8 = wide::bytemuck::cast::<Lane, i32x8>(t) - i32x8::splat(0x4B40_0000);
+    let n1 = ni >> 1;
+    let y = p * pow2i(n1) * pow2i(ni - n1);
+    select(is_nan(x), x, y)
+}
+
+/// `e^x - 1`, accurate near 0.
+#[inline(always)]
+pub(crate) fn expm1(x: Lane) -> Lane {
+    // Taylor series to x^8/8! on |x| < 0.5 (truncation < 3e-9 relative), exp(x) - 1 elsewhere.
+    let mut p = splat(1.0 / 40320.0);
+    for c in [
+        1.0 / 5040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ] {
+        p = p.mul_add(x, splat(c));
+    }
+    let small = p.mul_add(x * x, x);
+    let big = exp(x) - splat(1.0);
+    select(lt(x.abs(), splat(0.5)), small, big)
+}
+
+/// Natural logarithm for `x >= 0` (subnormals included): `ln 0 = -inf`, `ln inf = inf`,
+/// negative or NaN input gives NaN.
+#[inline(always)]
+pub(crate) fn ln(x: Lane) -> Lane {
+    const SQRTHF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    let sub = lt(x, splat(f32::MIN_POSITIVE));
+    let xs = select(sub, x * splat(8_388_608.0), x); // 2^23
+    let bits: i32x8 = wide::bytemuck::cast(xs);
+    // Exponent e and mantissa m in [0.5, 1).
+    let e = (bits >> 23) - i32x8::splat(126);
+    let m: Lane =
+        wide::bytemuck::cast((bits & i32x8::splat(0x007F_FFFF)) | i32x8::splat(0x3F00_0000));
+    let mut e = f32x8::from_i32x8(e) - select(sub, splat(23.0), splat(0.0));
+    let small = lt(m, splat(SQRTHF));
+    e -= select(small, splat(1.0), splat(0.0));
+    let m = select(small, m + m, m) - splat(1.0);
+    let z = m * m;
+    let mut p = splat(7.037_683_6e-2);
+    for c in [
+        -1.151_461e-1,
+        1.167_699_9e-1,
+        -1.242_014_1e-1,
+        1.424_932_3e-1,
+        -1.666_805_8e-1,
+        2.000_071_4e-1,
+        -2.499_999_4e-1,
+        3.333_333e-1,
+    ] {
+        p = p.mul_add(m, splat(c));
+    }
+    let mut y = m * z * p;
+    y = e.mul_add(splat(-2.121_944_4e-4), y);
+    y = z.mul_neg_add(splat(0.5), y);
+    let r = m + y;
+    let r = e.mul_add(splat(0.693_359_4), r);
+    // Special values.
+    let r = select(x.simd_eq(splat(0.0)), splat(f32::NEG_INFINITY), r);
+    let r = select(x.simd_eq(splat(f32::INFINITY)), x, r);
+    select(lt(x, splat(0.0)) | is_nan(x), splat(f32::NAN), r)
+}
+
+/// `ln(1 + u)` for `u >= 0`, accurate for small `u`.
+#[inline(always)]
+pub(crate) fn ln_1p(u: Lane) -> Lane {
+    let w = u + splat(1.0);
+    // ln(w) + (u - (w - 1)) / w corrects the rounding of 1 + u.
+    let r = ln(w) + (u - (w - splat(1.0))) / w;
+    let r = select(w.simd_eq(splat(1.0)), u, r);
+    select(w.simd_eq(splat(f32::INFINITY)), w, r)
+}
+
+/// Hyperbolic tangent.
+#[inline(always)]
+pub(crate) fn tanh(x: Lane) -> Lane {
+    let a = x.abs();
+    let z = x * x;
+    let mut p = splat(-5.704_988_7e-3);
+    for c in [
+        2.063_908_9e-2,
+        -5.373_971_6e-2,
+        1.333_144_2e-1,
+        -3.333_328_2e-1,
+    ] {
+        p = p.mul_add(z, splat(c));
+    }
+    let small = (p * z).mul_add(x, x);
+    let big = splat(1.0) - splat(2.0) / (exp(a + a) + splat(1.0));
+    let big = big.flip_signs(x);
+    select(lt(a, splat(0.625)), small, big)
+}
+
+/// Logistic sigmoid `1 / (1 + e^-x)`.
+#[inline(always)]
+pub(crate) fn sigmoid(x: Lane) -> Lane {
+    splat(1.0) / (splat(1.0) + exp(-x))
+}
+
+/// Complementary error function (Numerical Recipes' Chebyshev fit `erfcc`, fractional error
+/// < 1.2e-7 in exact arithmetic); relative error below 5e-7 in `f32`.
+#[inline(always)]
+pub(crate) fn erfc(x: Lane) -> Lane {
+    let z = x.abs();
+    let t = splat(1.0) / z.mul_add(splat(0.5), splat(1.0));
+    let mut p = splat(0.170_872_77);
+    for c in [
+        -0.822_152_23,
+        1.488_515_87,
+        -1.135_203_98,
+        0.278_868_07,
+        -0.186_288_06,
+        0.096_784_18,
+        0.374_091_96,
+        1.000_023_68,
+        -1.265_512_23,
+    ] {
+        p = p.mul_add(t, splat(c));
+    }
+    // exp(−z² + p) with −z² split as hi + lo: zh keeps 8 fraction bits, so for z < 16 (beyond
+    // which erfc underflows) zh² is exact in f32 and only the small lo term is rounded.
+    let zh = (z * splat(256.0)).floor() * splat(1.0 / 256.0);
+    let hi = -(zh * zh);
+    let lo = -((z - zh) * (z + zh));
+    let r = t * exp_split(hi, Some(lo + p));
+    let r = select(z.simd_eq(splat(f32::INFINITY)), splat(0.0), r);
+    select(ge(x, splat(0.0)), r, splat(2.0) - r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(f: impl Fn(Lane) -> Lane, g: impl Fn(f64) -> f64, xs: &[f32], rtol: f64, atol: f64) {
+        for c in xs.chunks(LANES) {
+            let got = f(tail_lane(c, 0.0)).to_array();
+            for (i, &x) in c.iter().enumerate() {
+                // Compare with the f64 value rounded to f32 (overflow to inf included).
+                let want = g(x as f64) as f32 as f64;
+                let got = got[i] as f64;
+                if want.is_nan() {
+                    assert!(got.is_nan(), "x={x}: got {got}, want NaN");
+                } else if want.is_infinite() {
+                    assert_eq!(got, want, "x={x}");
+                } else {
+                    assert!(
+                        (got - want).abs() <= atol + rtol * want.abs(),
+                        "x={x}: got {got}, want {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn grid(lo: f32, hi: f32, n: usize) -> Vec<f32> {
+        (0..=n)
+            .map(|i| lo + (hi - lo) * i as f32 / n as f32)
+            .collect()
+    }
+
+    #[test]
+    fn exp_matches_std_over_range_and_specials() {
+        let mut xs = grid(-87.0, 88.5, 20_000);
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            89.0,
+            -200.0,
+        ]);
+        check(exp, f64::exp, &xs, 3e-7, 0.0);
+        // Gradual underflow: absolute error below the smallest normal.
+        check(exp, f64::exp, &grid(-104.0, -87.0, 1000), 0.0, 1.2e-38);
+    }
+
+    #[test]
+    fn expm1_is_accurate_near_zero() {
+        let mut xs = grid(-20.0, 20.0, 20_000);
+        xs.extend([1e-30, -1e-30, 1e-7, -3e-5, 0.49, 0.51, -0.5]);
+        check(expm1, f64::exp_m1, &xs, 4e-7, 1e-45);
+    }
+
+    #[test]
+    fn ln_and_ln_1p_match_std() {
+        let mut xs: Vec<f32> = grid(-30.0, 30.0, 10_000)
+            .into_iter()
+            .map(|e| e.exp())
+            .collect();
+        xs.extend([1e-40, f32::MIN_POSITIVE, f32::MAX, 1.0, 2.0]);
+        check(ln, f64::ln, &xs, 2e-7, 1e-7);
+        check(
+            ln,
+            |x| {
+                if x == 0.0 {
+                    f64::NEG_INFINITY
+                } else {
+                    f64::NAN
+                }
+            },
+            &[0.0, -1.0, f32::NAN],
+            0.0,
+            0.0,
+        );
+        check(ln_1p, f64::ln_1p, &xs, 3e-7, 0.0);
+    }
+
+    #[test]
+    fn tanh_sigmoid_erfc_match_f64() {
+        let mut xs = grid(-12.0, 12.0, 20_000);
+        xs.extend([
+            1e-20,
+            -1e-20,
+            0.624,
+            0.626,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        check(tanh, f64::tanh, &xs, 3e-7, 1e-45);
+        check(sigmoid, |x| 1.0 / (1.0 + (-x).exp()), &xs, 5e-7, 0.0);
+        let mut xs = grid(-6.0, 9.2, 40_000);
+        xs.extend([0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 15.0]);
+        check(erfc, crate::reference::erfc, &xs, 5e-7, 0.0);
+    }
+
+    #[test]
+    fn reductions_cover_every_tail_length() {
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 65] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let y: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let s: f64 = x.iter().map(|&v| v as f64).sum();
+            let d: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert!((sum(&x) as f64 - s).abs() < 1e-5);
+            assert!((dot(&x, &y) as f64 - d).abs() < 1e-5);
+            let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&x), m);
+            let mean = if n > 0 { s / n as f64 } else { 0.0 };
+            let v: f64 = x.iter().map(|&a| (a as f64 - mean).powi(2)).sum();
+            assert!((sum_sq_dev(&x, mean as f32) as f64 - v).abs() < 1e-5);
+        }
+    }
+}
