@@ -121,12 +121,14 @@ impl<'a> MatMut<'a> {
         } else {
             ((cols, cs), (rows, rs))
         };
-        let ok = match (inner.0 > 1, outer.0 > 1) {
-            (false, false) => true,
-            (true, false) => inner.1 >= 1,
-            (false, true) => outer.1 >= 1,
-            (true, true) => inner.1 >= 1 && outer.1 >= inner.0 * inner.1,
-        };
+        let ok = rows == 0
+            || cols == 0
+            || match (inner.0 > 1, outer.0 > 1) {
+                (false, false) => true,
+                (true, false) => inner.1 >= 1,
+                (false, true) => outer.1 >= 1,
+                (true, true) => inner.1 >= 1 && outer.1 >= inner.0 * inner.1,
+            };
         if !ok {
             return Err(Error::invalid(
                 OP,

@@ -141,14 +141,14 @@ impl Conv2dGeom {
                 return Err(Error::invalid(OP, arg, "must be at least 1"));
             }
         }
-        if x.c % p.groups != 0 {
+        if !x.c.is_multiple_of(p.groups) {
             return Err(Error::invalid(
                 OP,
                 "groups",
                 format!("{} does not divide c_in = {}", p.groups, x.c),
             ));
         }
-        if c_out % p.groups != 0 {
+        if !c_out.is_multiple_of(p.groups) {
             return Err(Error::invalid(
                 OP,
                 "groups",

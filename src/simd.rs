@@ -328,6 +328,7 @@ pub(crate) fn is_nan(a: Lane) -> Lane {
 //
 // Polynomials from Cephes (S. L. Moshier) single-precision routines, evaluated lane-wise; the
 // reference kernels in `crate::reference` use `f64` std functions, and the tests compare.
+// Published coefficients are kept digit for digit (hence `excessive_precision` is allowed).
 
 /// `2^n` for integer lanes `n` in `[-126, 127]`.
 #[inline(always)]
@@ -343,6 +344,7 @@ pub(crate) fn exp(x: Lane) -> Lane {
 }
 
 /// `e^(hi + lo)` for a small `lo`, without rounding `hi + lo` to `f32` first.
+#[allow(clippy::excessive_precision)]
 #[inline(always)]
 fn exp_split(x: Lane, lo: Option<Lane>) -> Lane {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -399,6 +401,7 @@ pub(crate) fn expm1(x: Lane) -> Lane {
 
 /// Natural logarithm for `x >= 0` (subnormals included): `ln 0 = -inf`, `ln inf = inf`,
 /// negative or NaN input gives NaN.
+#[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub(crate) fn ln(x: Lane) -> Lane {
     const SQRTHF: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -449,6 +452,7 @@ pub(crate) fn ln_1p(u: Lane) -> Lane {
 }
 
 /// Hyperbolic tangent.
+#[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub(crate) fn tanh(x: Lane) -> Lane {
     let a = x.abs();
@@ -476,6 +480,7 @@ pub(crate) fn sigmoid(x: Lane) -> Lane {
 
 /// Complementary error function (Numerical Recipes' Chebyshev fit `erfcc`, fractional error
 /// < 1.2e-7 in exact arithmetic); relative error below 5e-7 in `f32`.
+#[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub(crate) fn erfc(x: Lane) -> Lane {
     let z = x.abs();

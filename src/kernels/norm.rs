@@ -70,7 +70,7 @@ pub fn batch_norm_forward_train(
     check_len(OP, "y", y, len)?;
     check_len(OP, "save_mean", save_mean, shape.c)?;
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
-    if !(eps >= 0.0) {
+    if eps.is_nan() || eps < 0.0 {
         return Err(Error::invalid(OP, "eps", "must be non-negative"));
     }
     let m = shape.n * shape.plane();
@@ -413,20 +413,9 @@ pub fn layer_norm_backward(
         Ok(())
     })?;
     // γ/β gradients: split over columns; each column sums its rows in order.
-    let cols = |dst: &mut [f32], f: &(dyn Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync)| {
-        par::for_each(d, x.len() * 2, Items(dst, 1), &|jr, Items(dst, _)| {
-            if accum == Accum::Replace {
-                dst.fill(0.0);
-            }
-            for i in 0..rows {
-                f(i, jr.clone(), dst);
-            }
-            Ok(())
-        })
-    };
     if let Some(dg) = dgamma {
         check_len(OP, "dgamma", dg, d)?;
-        cols(dg, &|i, jr, dst| {
+        column_sums(d, rows, dg, accum, &|i, jr, dst| {
             let (x_r, dy_r) = (&x[i * d..][jr.clone()], &dy[i * d..][jr]);
             let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
             simd::zip_map_acc(x_r, dy_r, dst, |x, dy, acc| {
@@ -436,11 +425,32 @@ pub fn layer_norm_backward(
     }
     if let Some(db) = dbeta {
         check_len(OP, "dbeta", db, d)?;
-        cols(db, &|i, jr, dst| {
+        column_sums(d, rows, db, accum, &|i, jr, dst| {
             simd::map_in_place_zip(&dy[i * d..][jr], dst, |dy, acc| acc + dy)
         })?;
     }
     Ok(())
+}
+
+/// `dst[j] (+)= Σ_i term(i, j)` for the `d` columns of a `[rows, d]` layout: split over columns,
+/// each column accumulating its rows in order. `add_row(i, cols, dst)` adds row `i`'s terms for
+/// columns `cols` into `dst` (those columns' accumulators).
+fn column_sums(
+    d: usize,
+    rows: usize,
+    dst: &mut [f32],
+    accum: Accum,
+    add_row: &(impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync),
+) -> Result<()> {
+    par::for_each(d, rows * d * 2, Items(dst, 1), &|jr, Items(dst, _)| {
+        if accum == Accum::Replace {
+            dst.fill(0.0);
+        }
+        for i in 0..rows {
+            add_row(i, jr.clone(), dst);
+        }
+        Ok(())
+    })
 }
 
 /// `Σ_j dy_j·γ_j·x̂_j` of one row (`γ = 1` when absent).

@@ -15,7 +15,7 @@ pub(crate) fn rows_of(op: &'static str, cols: usize, len: usize) -> Result<usize
     if cols == 0 {
         return Err(Error::invalid(op, "cols", "must be at least 1"));
     }
-    if len % cols != 0 {
+    if !len.is_multiple_of(cols) {
         return Err(Error::length(op, "x", len.div_ceil(cols) * cols, len));
     }
     Ok(len / cols)

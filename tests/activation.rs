@@ -1,0 +1,260 @@
+//! Activations: forward and backward against the f64 reference at every lane boundary and on
+//! special values, every backward against finite differences.
+
+mod common;
+
+use cnnkit::kernels::{
+    Accum, Activation, activation_backward, activation_forward, prelu_backward, prelu_forward,
+    rrelu_backward_train, rrelu_forward_train,
+};
+use cnnkit::{Shape4, reference};
+use common::gradcheck::{Tol, check_vjp};
+use common::strategies::{off_kink, vals};
+use common::{assert_close, nans, par, values};
+use proptest::prelude::*;
+
+/// Forward tolerance against f64: a few ulp of the transcendental approximations.
+const ATOL: f32 = 1e-6;
+const RTOL: f32 = 4e-6;
+
+const LANE_LENGTHS: [usize; 9] = [0, 1, 7, 8, 9, 15, 16, 17, 33];
+
+fn all_activations() -> Vec<Activation> {
+    vec![
+        Activation::Relu,
+        Activation::LEAKY_RELU,
+        Activation::LeakyRelu { slope: 0.3 },
+        Activation::ELU,
+        Activation::Elu { alpha: 0.5 },
+        Activation::Sigmoid,
+        Activation::Tanh,
+        Activation::SOFTPLUS,
+        Activation::Softplus {
+            beta: 2.0,
+            threshold: 3.0,
+        },
+        Activation::Gelu,
+        Activation::GeluTanh,
+    ]
+}
+
+fn activation() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Relu),
+        (0.0f32..0.5).prop_map(|slope| Activation::LeakyRelu { slope }),
+        (0.1f32..2.0).prop_map(|alpha| Activation::Elu { alpha }),
+        Just(Activation::Sigmoid),
+        Just(Activation::Tanh),
+        // threshold above β·|x| for |x| <= 2: the smooth branch (the linear one is checked
+        // against the reference).
+        (0.5f32..3.0, 10.0f32..30.0)
+            .prop_map(|(beta, threshold)| Activation::Softplus { beta, threshold }),
+        Just(Activation::Gelu),
+        Just(Activation::GeluTanh),
+    ]
+}
+
+fn fwd(act: Activation, x: &[f32]) -> Vec<f32> {
+    let mut y = nans(x.len());
+    activation_forward(act, x, &mut y).unwrap();
+    y
+}
+
+fn bwd(act: Activation, x: &[f32], dy: &[f32], dx: &mut [f32], accum: Accum) {
+    let y = fwd(act, x);
+    activation_backward(act, x, &y, dy, dx, accum).unwrap();
+}
+
+/// Inputs covering both branches, the lane tail, and the special values.
+fn special_inputs(len: usize, seed: u64) -> Vec<f32> {
+    let specials = [
+        0.0,
+        -0.0,
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e4,
+        -1e4,
+        1e-30,
+        -1e-30,
+        30.0,
+        -30.0,
+        88.0,
+        -90.0,
+    ];
+    let mut v: Vec<f32> = values(seed, len).iter().map(|v| v * 8.0).collect();
+    for (i, s) in specials.iter().enumerate() {
+        if i < len {
+            v[(i * 7 + seed as usize) % len] = *s;
+        }
+    }
+    v
+}
+
+#[test]
+fn every_activation_matches_reference_at_lane_boundaries_and_special_values() {
+    for act in all_activations() {
+        for len in LANE_LENGTHS.into_iter().chain([100, 1000]) {
+            let x = special_inputs(len, len as u64);
+            let y = par(|| fwd(act, &x));
+            assert_close(
+                &format!("{act:?} y, len {len}"),
+                &y,
+                &reference::activation_forward(act, &x),
+                ATOL,
+                RTOL,
+            )
+            .unwrap();
+            let dy = values(len as u64 + 7, len);
+            let mut dx = nans(len);
+            par(|| bwd(act, &x, &dy, &mut dx, Accum::Replace));
+            let want = reference::activation_backward(act, &x, &dy);
+            assert_close(&format!("{act:?} dx, len {len}"), &dx, &want, 2e-6, 1e-5).unwrap();
+            let mut dx = vec![1.0; len];
+            par(|| bwd(act, &x, &dy, &mut dx, Accum::Add));
+            let want: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+            assert_close(
+                &format!("{act:?} dx add, len {len}"),
+                &dx,
+                &want,
+                2e-6,
+                1e-5,
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// PyTorch keeps the sign of −0.0 through ReLU (`x < 0 ? 0 : x`) and maps −1 to +0.
+#[test]
+fn relu_keeps_negative_zero_and_propagates_nan() {
+    let y = fwd(Activation::Relu, &[-0.0, -1.0, f32::NAN]);
+    assert!(y[0] == 0.0 && y[0].is_sign_negative());
+    assert!(y[1] == 0.0 && y[1].is_sign_positive());
+    assert!(y[2].is_nan());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn activation_backward_matches_finite_differences(
+        act in activation(),
+        (x, dy) in (1..40usize).prop_flat_map(|n| (off_kink(n), vals(n))),
+    ) {
+        par(|| check_vjp(
+            &x,
+            &dy,
+            |x, y| activation_forward(act, x, y).unwrap(),
+            |x, dy, dx| bwd(act, x, dy, dx, Accum::Replace),
+            Tol::DEFAULT,
+        ))?;
+    }
+
+    #[test]
+    fn prelu_backward_matches_finite_differences(
+        (s, x, a, dy) in (1..3usize, 1..4usize, 1..5usize, any::<bool>())
+            .prop_flat_map(|(n, c, hw, shared)| {
+                let s = Shape4::new(n, c, hw, 1);
+                let len = n * c * hw;
+                (Just(s), off_kink(len), vals(if shared { 1 } else { c }), vals(len))
+            })
+    ) {
+        let mut y = nans(x.len());
+        prelu_forward(s, &x, &a, &mut y).unwrap();
+        assert_close("y", &y, &reference::prelu_forward(s.c, s.h * s.w, &x, &a), 0.0, 0.0)?;
+        let grads = |x: &[f32], a: &[f32], dy: &[f32]| {
+            let (mut dx, mut da) = (nans(x.len()), nans(a.len()));
+            prelu_backward(s, x, a, dy, &mut dx, &mut da, Accum::Replace).unwrap();
+            (dx, da)
+        };
+        par(|| check_vjp(
+            &x, &dy,
+            |x, y| prelu_forward(s, x, &a, y).unwrap(),
+            |x, dy, dx| dx.copy_from_slice(&grads(x, &a, dy).0),
+            Tol::DEFAULT,
+        ))?;
+        par(|| check_vjp(
+            &a, &dy,
+            |a, y| prelu_forward(s, &x, a, y).unwrap(),
+            |a, dy, da| da.copy_from_slice(&grads(&x, a, dy).1),
+            Tol::DEFAULT,
+        ))?;
+    }
+
+    #[test]
+    fn rrelu_backward_matches_finite_differences(
+        (x, dy) in (1..40usize).prop_flat_map(|n| (off_kink(n), vals(n))),
+        seed in any::<u64>(),
+    ) {
+        let (lo, hi) = (1.0 / 8.0, 1.0 / 3.0);
+        let run = |x: &[f32], y: &mut [f32], noise: &mut [f32]| {
+            rrelu_forward_train(lo, hi, seed, x, y, noise).unwrap()
+        };
+        let mut noise = nans(x.len());
+        run(&x, &mut nans(x.len()), &mut noise);
+        for (&xv, &n) in x.iter().zip(&noise) {
+            let ok = if xv > 0.0 { n == 1.0 } else { (lo..hi).contains(&n) };
+            prop_assert!(ok, "x {} noise {}", xv, n);
+        }
+        par(|| check_vjp(
+            &x, &dy,
+            |x, y| run(x, y, &mut nans(x.len())),
+            |_, dy, dx| rrelu_backward_train(&noise, dy, dx, Accum::Replace).unwrap(),
+            Tol::DEFAULT,
+        ))?;
+    }
+}
+
+/// RReLU noise: reproducible per seed, different across seeds, the same for any thread count,
+/// uniform on [lower, upper) (mean (lower + upper)/2, which is the evaluation-mode slope).
+#[test]
+fn rrelu_noise_is_seeded_uniform_and_thread_independent() {
+    let x = vec![-1.0f32; 200_000];
+    let draw = |seed: u64| {
+        let (mut y, mut n) = (nans(x.len()), nans(x.len()));
+        rrelu_forward_train(0.125, 1.0 / 3.0, seed, &x, &mut y, &mut n).unwrap();
+        n
+    };
+    let serial = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| draw(9));
+    assert_eq!(serial, par(|| draw(9)));
+    assert_ne!(serial, draw(10));
+    let mean = serial.iter().map(|&v| v as f64).sum::<f64>() / serial.len() as f64;
+    let want = (0.125 + 1.0 / 3.0) / 2.0;
+    // sd of the mean: (1/3 − 1/8)/sqrt(12 · 2e5) ≈ 1.3e-4; allow 6 sd.
+    assert!((mean - want).abs() < 8e-4, "mean slope {mean}, want {want}");
+    for len in LANE_LENGTHS {
+        let x = special_inputs(len, 3);
+        let (mut y, mut n) = (nans(len), nans(len));
+        rrelu_forward_train(0.1, 0.2, 1, &x, &mut y, &mut n).unwrap();
+        for i in 0..len {
+            let want = x[i] * n[i];
+            assert!(y[i].to_bits() == want.to_bits() || (y[i].is_nan() && want.is_nan()));
+        }
+    }
+}
+
+#[test]
+fn activations_reject_bad_parameters() {
+    let mut y = [0.0; 2];
+    assert!(
+        activation_forward(
+            Activation::Softplus {
+                beta: 0.0,
+                threshold: 20.0
+            },
+            &[1.0, 2.0],
+            &mut y
+        )
+        .is_err()
+    );
+    assert!(activation_forward(Activation::Relu, &[1.0, 2.0], &mut [0.0; 3]).is_err());
+    assert!(rrelu_forward_train(0.5, 0.1, 0, &[1.0], &mut [0.0], &mut [0.0]).is_err());
+    assert!(rrelu_forward_train(f32::NAN, 0.1, 0, &[1.0], &mut [0.0], &mut [0.0]).is_err());
+    let s = Shape4::new(1, 3, 1, 1);
+    assert!(prelu_forward(s, &[1.0; 3], &[0.1, 0.2], &mut [0.0; 3]).is_err());
+}

@@ -1,0 +1,70 @@
+//! Shared test support: the gradient checker, proptest strategies, comparison helpers and a
+//! thread pool that forces the parallel code paths.
+#![allow(dead_code)]
+
+pub mod gradcheck;
+pub mod strategies;
+
+use proptest::test_runner::TestCaseError;
+use std::sync::OnceLock;
+
+/// A 3-thread pool with the parallel threshold at 0, so even tiny shapes take the parallel paths
+/// (batch split with `n >= threads` and the split inside an image with `n < threads`).
+pub fn pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        cnnkit::par::set_parallel_threshold(0);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap()
+    })
+}
+
+/// Runs `f` on [`pool`].
+pub fn par<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    pool().install(f)
+}
+
+/// A buffer of NaN: any element a kernel forgets to write fails the comparison.
+pub fn nans(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
+}
+
+/// `|got - want| <= atol + rtol * |want|` element-wise (NaN must match NaN).
+pub fn assert_close(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    atol: f32,
+    rtol: f32,
+) -> Result<(), TestCaseError> {
+    if got.len() != want.len() {
+        return Err(TestCaseError::fail(format!(
+            "{what}: length {} vs {}",
+            got.len(),
+            want.len()
+        )));
+    }
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ok = if w.is_nan() {
+            g.is_nan()
+        } else if w.is_infinite() {
+            g == w
+        } else {
+            (g - w).abs() <= atol + rtol * w.abs()
+        };
+        if !ok {
+            return Err(TestCaseError::fail(format!(
+                "{what}[{i}]: got {g}, want {w} (atol {atol}, rtol {rtol})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic pseudo-random values in `[-1, 1)` for tests that need data but no shrinking.
+pub fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut r = cnnkit::rng::Rng::new(seed);
+    (0..n).map(|_| r.uniform(-1.0, 1.0)).collect()
+}

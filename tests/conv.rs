@@ -1,0 +1,237 @@
+//! conv2d: every pass against the naive reference, every gradient against finite differences.
+
+mod common;
+
+use cnnkit::kernels::{
+    Accum, conv2d_backward_data, conv2d_backward_data_scratch_len, conv2d_backward_weights,
+    conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_scratch_len,
+};
+use cnnkit::{Conv2dGeom, Conv2dParams, Shape4, reference};
+use common::gradcheck::{Tol, check_vjp};
+use common::strategies::{CONV_GRAD, CONV_REF, ConvCase, conv_case};
+use common::{assert_close, nans, par, values};
+use proptest::prelude::*;
+
+/// Absolute/relative tolerance of an f32 kernel sum of at most a few hundred terms of size ≤ 1
+/// against the f64 reference.
+const ATOL: f32 = 2e-5;
+const RTOL: f32 = 1e-5;
+
+fn forward(g: &Conv2dGeom, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
+    let mut y = nans(g.y_len());
+    let mut ws = vec![0.0; conv2d_forward_scratch_len(g)];
+    conv2d_forward(g, x, w, b, &mut y, &mut ws).unwrap();
+    y
+}
+
+fn backward_data(g: &Conv2dGeom, w: &[f32], dy: &[f32], dx: &mut [f32], accum: Accum) {
+    let mut ws = vec![0.0; conv2d_backward_data_scratch_len(g)];
+    conv2d_backward_data(g, w, dy, dx, accum, &mut ws).unwrap();
+}
+
+fn backward_weights(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    accum: Accum,
+) {
+    let mut ws = vec![0.0; conv2d_backward_weights_scratch_len(g)];
+    conv2d_backward_weights(g, x, dy, dw, Some(db), accum, &mut ws).unwrap();
+}
+
+/// All three passes against the reference, with `Replace` into NaN-filled outputs and `Add` onto
+/// known values.
+fn check_against_reference(c: &ConvCase) -> Result<(), TestCaseError> {
+    let g = &c.g;
+    par(|| {
+        let y = forward(g, &c.x, &c.w, Some(&c.b));
+        assert_close(
+            "y",
+            &y,
+            &reference::conv2d_forward(g, &c.x, &c.w, Some(&c.b)),
+            ATOL,
+            RTOL,
+        )?;
+        let y0 = forward(g, &c.x, &c.w, None);
+        assert_close(
+            "y (no bias)",
+            &y0,
+            &reference::conv2d_forward(g, &c.x, &c.w, None),
+            ATOL,
+            RTOL,
+        )?;
+
+        let want_dx = reference::conv2d_backward_data(g, &c.w, &c.dy);
+        let mut dx = nans(g.x_len());
+        backward_data(g, &c.w, &c.dy, &mut dx, Accum::Replace);
+        assert_close("dx", &dx, &want_dx, ATOL, RTOL)?;
+        let mut dx = vec![1.0; g.x_len()];
+        backward_data(g, &c.w, &c.dy, &mut dx, Accum::Add);
+        let want: Vec<f32> = want_dx.iter().map(|v| v + 1.0).collect();
+        assert_close("dx (add)", &dx, &want, ATOL, RTOL)?;
+
+        let (want_dw, want_db) = reference::conv2d_backward_weights(g, &c.x, &c.dy);
+        let (mut dw, mut db) = (nans(g.w_len()), nans(g.c_out()));
+        backward_weights(g, &c.x, &c.dy, &mut dw, &mut db, Accum::Replace);
+        assert_close("dw", &dw, &want_dw, 1e-4, RTOL)?;
+        assert_close("db", &db, &want_db, 1e-4, RTOL)?;
+        let (mut dw, mut db) = (vec![-2.0; g.w_len()], vec![3.0; g.c_out()]);
+        backward_weights(g, &c.x, &c.dy, &mut dw, &mut db, Accum::Add);
+        let want: Vec<f32> = want_dw.iter().map(|v| v - 2.0).collect();
+        assert_close("dw (add)", &dw, &want, 1e-4, RTOL)?;
+        let want: Vec<f32> = want_db.iter().map(|v| v + 3.0).collect();
+        assert_close("db (add)", &db, &want, 1e-4, RTOL)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn conv2d_all_passes_match_reference(c in conv_case(CONV_REF)) {
+        check_against_reference(&c)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn conv2d_backward_data_matches_finite_differences(c in conv_case(CONV_GRAD)) {
+        let g = c.g;
+        par(|| check_vjp(
+            &c.x,
+            &c.dy,
+            |x, y| y.copy_from_slice(&forward(&g, x, &c.w, Some(&c.b))),
+            |_, dy, dx| backward_data(&g, &c.w, dy, dx, Accum::Replace),
+            Tol::DEFAULT,
+        ))?;
+    }
+
+    #[test]
+    fn conv2d_backward_weights_matches_finite_differences(c in conv_case(CONV_GRAD)) {
+        let g = c.g;
+        par(|| check_vjp(
+            &c.w,
+            &c.dy,
+            |w, y| y.copy_from_slice(&forward(&g, &c.x, w, Some(&c.b))),
+            |_, dy, dw| backward_weights(&g, &c.x, dy, dw, &mut vec![0.0; g.c_out()], Accum::Replace),
+            Tol::DEFAULT,
+        ))?;
+    }
+
+    #[test]
+    fn conv2d_backward_bias_matches_finite_differences(c in conv_case(CONV_GRAD)) {
+        let g = c.g;
+        par(|| check_vjp(
+            &c.b,
+            &c.dy,
+            |b, y| y.copy_from_slice(&forward(&g, &c.x, &c.w, Some(b))),
+            |_, dy, db| backward_weights(&g, &c.x, dy, &mut vec![0.0; g.w_len()], db, Accum::Replace),
+            Tol::DEFAULT,
+        ))?;
+    }
+}
+
+/// Every small geometry on a grid (h, w, kernel, stride, padding, dilation per axis), all passes.
+#[test]
+fn conv2d_exhaustive_small_geometries_match_reference() {
+    let mut cases = 0;
+    for (h, w) in [(1, 1), (1, 5), (3, 2), (5, 5), (8, 3)] {
+        for (kh, kw) in [(1, 1), (1, 3), (2, 2), (3, 1), (3, 3)] {
+            for s in [[1, 1], [2, 1], [1, 3], [3, 3]] {
+                for p in [[0, 0], [1, 0], [0, 2], [2, 2]] {
+                    for d in [[1, 1], [2, 1], [1, 2]] {
+                        for (ci, co, groups) in [(2, 3, 1), (4, 2, 2), (3, 3, 3)] {
+                            let params = Conv2dParams {
+                                stride: s,
+                                padding: p,
+                                dilation: d,
+                                groups,
+                            };
+                            let Ok(g) =
+                                Conv2dGeom::new(Shape4::new(2, ci, h, w), co, [kh, kw], params)
+                            else {
+                                continue;
+                            };
+                            let c = ConvCase {
+                                g,
+                                x: values(1, g.x_len()),
+                                w: values(2, g.w_len()),
+                                b: values(3, g.c_out()),
+                                dy: values(4, g.y_len()),
+                            };
+                            check_against_reference(&c).unwrap_or_else(|e| panic!("{g:?}: {e}"));
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases > 1000, "only {cases} valid geometries");
+}
+
+/// An image large enough that im2col runs in several tiles of output rows (and, for one image,
+/// the split inside the image), in all three passes.
+#[test]
+fn conv2d_tiles_large_images() {
+    for (n, groups) in [(1, 1), (3, 2)] {
+        let g = Conv2dGeom::new(
+            Shape4::new(n, 16, 96, 90),
+            4,
+            [3, 3],
+            Conv2dParams {
+                stride: [1, 2],
+                padding: [1, 2],
+                dilation: [1, 1],
+                groups,
+            },
+        )
+        .unwrap();
+        // 16·9·out_w floats per output row: the 2^18-element tile holds fewer rows than out_h.
+        assert!(g.c_in() * 9 * g.out_w() * g.out_h() > cnnkit::kernels::COL_TILE_ELEMS);
+        let c = ConvCase {
+            g,
+            x: values(5, g.x_len()),
+            w: values(6, g.w_len()),
+            b: values(7, g.c_out()),
+            dy: values(8, g.y_len()),
+        };
+        check_against_reference(&c).unwrap();
+    }
+}
+
+/// The scratch bound: per worker, one tile of at most max(COL_TILE_ELEMS, c_in·k_h·k_w·out_w).
+#[test]
+fn conv2d_scratch_is_bounded_for_large_images() {
+    let g = Conv2dGeom::new(
+        Shape4::new(1, 3, 4096, 4096),
+        8,
+        [3, 3],
+        Conv2dParams::default().padding(1),
+    )
+    .unwrap();
+    let per_worker = conv2d_backward_weights_scratch_len(&g);
+    assert!(per_worker <= cnnkit::kernels::COL_TILE_ELEMS.max(3 * 9 * 4096));
+    assert!(per_worker < g.x_len());
+}
+
+/// A smaller scratch than the full-parallel length still works (with fewer threads); less than
+/// one tile is an error.
+#[test]
+fn conv2d_accepts_one_tile_of_scratch_and_rejects_less() {
+    let g = Conv2dGeom::new(Shape4::new(4, 3, 9, 9), 5, [3, 3], Conv2dParams::default()).unwrap();
+    let (x, w) = (values(1, g.x_len()), values(2, g.w_len()));
+    let want = reference::conv2d_forward(&g, &x, &w, None);
+    let tile = conv2d_backward_weights_scratch_len(&g);
+    par(|| {
+        let mut y = nans(g.y_len());
+        conv2d_forward(&g, &x, &w, None, &mut y, &mut vec![0.0; tile]).unwrap();
+        assert_close("y", &y, &want, ATOL, RTOL).unwrap();
+        let err = conv2d_forward(&g, &x, &w, None, &mut y, &mut vec![0.0; tile - 1]).unwrap_err();
+        assert!(err.to_string().contains("ws"), "{err}");
+    });
+}

@@ -1,0 +1,172 @@
+//! Pooling: forward against the reference (ties and NaN included), backward against finite
+//! differences over overlapping windows.
+
+mod common;
+
+use cnnkit::kernels::{
+    Accum, avg_pool2d_backward, avg_pool2d_forward, global_avg_pool_backward,
+    global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward,
+};
+use cnnkit::{Pool2dGeom, Pool2dParams, Shape4, reference};
+use common::gradcheck::{Tol, check_vjp};
+use common::strategies::{distinct, pool_geom, vals};
+use common::{assert_close, nans, par};
+use proptest::prelude::*;
+
+fn max_fwd(g: &Pool2dGeom, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
+    let mut y = nans(g.y_len());
+    let mut a = vec![u32::MAX; g.y_len()];
+    max_pool2d_forward(g, x, &mut y, Some(&mut a)).unwrap();
+    let mut y2 = nans(g.y_len());
+    max_pool2d_forward(g, x, &mut y2, None).unwrap();
+    assert_eq!(
+        y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        y2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        "inference and training forward differ"
+    );
+    (y, a)
+}
+
+fn avg_fwd(g: &Pool2dGeom, cip: bool, x: &[f32]) -> Vec<f32> {
+    let mut y = nans(g.y_len());
+    avg_pool2d_forward(g, cip, x, &mut y).unwrap();
+    y
+}
+
+/// Inputs with many ties (values from {−1, 0, 1}) and occasional NaN.
+fn tie_values(len: usize) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(
+        prop_oneof![10 => (-1i32..=1).prop_map(|v| v as f32), 1 => Just(f32::NAN), 1 => Just(f32::NEG_INFINITY)],
+        len,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn max_pool_forward_matches_reference_including_ties_and_nan(
+        (g, x) in pool_geom(9).prop_flat_map(|g| (Just(g), tie_values(g.x_len())))
+    ) {
+        let (y, a) = par(|| max_fwd(&g, &x));
+        let (ry, ra) = reference::max_pool2d_forward(&g, &x);
+        assert_close("y", &y, &ry, 0.0, 0.0)?;
+        prop_assert_eq!(a, ra);
+    }
+
+    #[test]
+    fn avg_pool_forward_matches_reference(
+        (g, x, cip) in pool_geom(9).prop_flat_map(|g| (Just(g), vals(g.x_len()), any::<bool>()))
+    ) {
+        let y = par(|| avg_fwd(&g, cip, &x));
+        assert_close("y", &y, &reference::avg_pool2d_forward(&g, cip, &x), 1e-6, 1e-5)?;
+    }
+
+    #[test]
+    fn pool_backward_matches_reference_with_accumulation(
+        (g, x, dy, cip) in pool_geom(9)
+            .prop_flat_map(|g| (Just(g), distinct(g.x_len()), vals(g.y_len()), any::<bool>()))
+    ) {
+        par(|| -> Result<(), TestCaseError> {
+            let (_, a) = max_fwd(&g, &x);
+            let want = reference::max_pool2d_backward(&g, &x, &dy);
+            let mut dx = nans(g.x_len());
+            max_pool2d_backward(&g, &a, &dy, &mut dx, Accum::Replace).unwrap();
+            assert_close("max dx", &dx, &want, 1e-6, 1e-6)?;
+            let mut dx = vec![0.5; g.x_len()];
+            max_pool2d_backward(&g, &a, &dy, &mut dx, Accum::Add).unwrap();
+            assert_close("max dx add", &dx, &want.iter().map(|v| v + 0.5).collect::<Vec<_>>(), 1e-6, 1e-6)?;
+            let want = reference::avg_pool2d_backward(&g, cip, &dy);
+            let mut dx = nans(g.x_len());
+            avg_pool2d_backward(&g, cip, &dy, &mut dx, Accum::Replace).unwrap();
+            assert_close("avg dx", &dx, &want, 1e-6, 1e-5)
+        })?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn maxpool_backward_matches_finite_differences(
+        (g, x, dy) in pool_geom(8).prop_flat_map(|g| (Just(g), distinct(g.x_len()), vals(g.y_len())))
+    ) {
+        let (_, a) = max_fwd(&g, &x);
+        par(|| check_vjp(
+            &x,
+            &dy,
+            |x, y| y.copy_from_slice(&max_fwd(&g, x).0),
+            |_, dy, dx| max_pool2d_backward(&g, &a, dy, dx, Accum::Replace).unwrap(),
+            Tol::DEFAULT,
+        ))?;
+    }
+
+    #[test]
+    fn avgpool_backward_matches_finite_differences(
+        (g, x, dy, cip) in pool_geom(8).prop_flat_map(|g| (Just(g), vals(g.x_len()), vals(g.y_len()), any::<bool>()))
+    ) {
+        par(|| check_vjp(
+            &x,
+            &dy,
+            |x, y| y.copy_from_slice(&avg_fwd(&g, cip, x)),
+            |_, dy, dx| avg_pool2d_backward(&g, cip, dy, dx, Accum::Replace).unwrap(),
+            Tol::DEFAULT,
+        ))?;
+    }
+
+    #[test]
+    fn global_avg_pool_backward_matches_finite_differences(
+        (s, x, dy) in (1..3usize, 1..4usize, 1..6usize, 1..6usize)
+            .prop_flat_map(|(n, c, h, w)| {
+                let s = Shape4::new(n, c, h, w);
+                (Just(s), vals(n * c * h * w), vals(n * c))
+            })
+    ) {
+        let mut y = nans(s.n * s.c);
+        global_avg_pool_forward(s, &x, &mut y).unwrap();
+        assert_close("y", &y, &reference::global_avg_pool_forward(s, &x), 1e-6, 1e-5)?;
+        par(|| check_vjp(
+            &x,
+            &dy,
+            |x, y| global_avg_pool_forward(s, x, y).unwrap(),
+            |_, dy, dx| global_avg_pool_backward(s, dy, dx, Accum::Replace).unwrap(),
+            Tol::DEFAULT,
+        ))?;
+    }
+}
+
+/// The overlapping 3x3/stride-2/pad-1 case of ResNet stems, where windows share rows and
+/// columns: every input gradient is the sum over all windows that selected it.
+#[test]
+fn overlapping_windows_accumulate_gradients() {
+    let g = Pool2dGeom::new(
+        Shape4::new(1, 1, 5, 5),
+        Pool2dParams::new(3).stride(2).padding(1),
+    )
+    .unwrap();
+    // Windows span rows/columns [2o−1, 2o+1] for o = 0, 1, 2: position (1, 1) lies in the
+    // windows o ∈ {0, 1} of both axes, so four windows select it.
+    let mut x = vec![0.0f32; 25];
+    x[6] = 9.0;
+    let (y, a) = max_fwd(&g, &x);
+    assert_eq!((g.out_h(), g.out_w()), (3, 3));
+    assert_eq!([y[0], y[1], y[3], y[4]], [9.0; 4]);
+    let mut dx = nans(25);
+    max_pool2d_backward(&g, &a, &[1.0; 9], &mut dx, Accum::Replace).unwrap();
+    assert_eq!(dx[6], 4.0);
+    assert_eq!(dx.iter().sum::<f32>(), 9.0);
+}
+
+/// `count_include_pad` divides by the window clipped to the padded input, not by its full area
+/// (PyTorch: avg_pool2d(ones(1,1,3,3), 3, 2, 1) = 4/9 everywhere with the default, 1 without).
+#[test]
+fn avg_pool_divisors_follow_torch() {
+    let g = Pool2dGeom::new(
+        Shape4::new(1, 1, 3, 3),
+        Pool2dParams::new(3).stride(2).padding(1),
+    )
+    .unwrap();
+    let x = [1.0; 9];
+    assert_eq!(avg_fwd(&g, true, &x), vec![4.0 / 9.0; 4]);
+    assert_eq!(avg_fwd(&g, false, &x), vec![1.0; 4]);
+}
