@@ -54,3 +54,8 @@ mod simd;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
 pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -4,7 +4,8 @@
 mod common;
 
 use cnnkit::kernels::{
-    Accum, Activation, activation_backward, activation_forward, prelu_backward, prelu_forward,
+    Accum, Activation, activation_backward, activation_forward, dropout_backward,
+    dropout_forward_train, global_avg_pool_backward, prelu_backward, prelu_forward,
     rrelu_backward_train, rrelu_forward_train,
 };
 use cnnkit::{Shape4, reference};
@@ -257,4 +258,63 @@ fn activations_reject_bad_parameters() {
     assert!(rrelu_forward_train(f32::NAN, 0.1, 0, &[1.0], &mut [0.0], &mut [0.0]).is_err());
     let s = Shape4::new(1, 3, 1, 1);
     assert!(prelu_forward(s, &[1.0; 3], &[0.1, 0.2], &mut [0.0; 3]).is_err());
+}
+
+/// The element-wise kernels other than the activations, at every lane boundary: PReLU (plane
+/// lengths), dropout and mask gradients, and the global-average-pool gradient (a broadcast fill).
+#[test]
+fn other_elementwise_kernels_cover_lane_boundaries() {
+    for len in LANE_LENGTHS {
+        let x = special_inputs(len.max(1), 11)[..len].to_vec();
+        let dy = values(12, len);
+        // PReLU over two channels of `len` elements each.
+        let s = Shape4::new(1, 2, len, 1);
+        let x2 = [x.clone(), x.clone()].concat();
+        let a = [0.25, -0.5];
+        let mut y = nans(2 * len);
+        prelu_forward(s, &x2, &a, &mut y).unwrap();
+        assert_close(
+            "prelu",
+            &y,
+            &reference::prelu_forward(2, len, &x2, &a),
+            0.0,
+            0.0,
+        )
+        .unwrap();
+        let (mut dx, mut da) = (nans(2 * len), nans(2));
+        let dy2 = [dy.clone(), dy.clone()].concat();
+        prelu_backward(s, &x2, &a, &dy2, &mut dx, &mut da, Accum::Replace).unwrap();
+        for i in 0..2 * len {
+            let want = if x2[i] > 0.0 {
+                dy2[i]
+            } else {
+                a[i / len.max(1)] * dy2[i]
+            };
+            assert!(
+                dx[i] == want || (dx[i].is_nan() && want.is_nan()),
+                "prelu dx[{i}] len {len}"
+            );
+        }
+        // Dropout: y = x·mask, dx = dy·mask, for every element.
+        let (mut y, mut mask) = (nans(len), nans(len));
+        dropout_forward_train(0.5, 3, &x, &mut y, &mut mask).unwrap();
+        let mut dx = nans(len);
+        dropout_backward(&mask, &dy, &mut dx, Accum::Replace).unwrap();
+        for i in 0..len {
+            assert!(mask[i] == 0.0 || mask[i] == 2.0);
+            let want = x[i] * mask[i];
+            assert!(
+                y[i] == want || (y[i].is_nan() && want.is_nan()),
+                "dropout y[{i}] len {len}"
+            );
+            assert_eq!(dx[i], dy[i] * mask[i]);
+        }
+        // Global average pool gradient: one plane of `len` elements, accumulated.
+        if len > 0 {
+            let mut dx = vec![1.0; len];
+            global_avg_pool_backward(Shape4::new(1, 1, 1, len), &[2.0], &mut dx, Accum::Add)
+                .unwrap();
+            assert!(dx.iter().all(|&v| v == 1.0 + 2.0 / len as f32));
+        }
+    }
 }
