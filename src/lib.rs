@@ -45,7 +45,10 @@
 mod error;
 #[allow(unsafe_code)]
 pub mod gemm;
+mod init;
 pub mod kernels;
+pub mod layer;
+mod model;
 pub mod par;
 pub mod reference;
 pub mod rng;
@@ -53,6 +56,9 @@ mod shape;
 mod simd;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
+pub use init::Init;
+pub use layer::{LayerSpec, Shape3, Tensor, TensorData};
+pub use model::Sequential;
 pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};
 
 /// The README's examples, compiled and run as doctests.

@@ -1,0 +1,215 @@
+//! Activation layers: the element-wise activations, `nn.PReLU` and `nn.RReLU`.
+
+use super::{Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, grow, numel, shape_error};
+use crate::error::Result;
+use crate::kernels::{self, Accum, Activation};
+use crate::shape::Shape4;
+
+#[derive(Debug)]
+pub(crate) struct Act {
+    act: Activation,
+    shape: Shape3,
+}
+
+impl Act {
+    pub fn new(act: Activation, input: Shape3) -> Result<Self> {
+        if let Activation::Softplus { beta, .. } = act
+            && beta == 0.0
+        {
+            return Err(shape_error(
+                &LayerSpec::Activation(act),
+                input,
+                "softplus beta must be non-zero",
+            ));
+        }
+        Ok(Act { act, shape: input })
+    }
+}
+
+impl Layer for Act {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Activation(self.act)
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn forward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        kernels::activation_forward(self.act, x, y)
+    }
+    fn backward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        _: &mut [f32],
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        match dx {
+            Some(dx) => kernels::activation_backward(self.act, x, y, dy, dx, Accum::Replace),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct PRelu {
+    per_channel: bool,
+    shape: Shape3,
+}
+
+impl PRelu {
+    pub fn new(per_channel: bool, input: Shape3) -> Self {
+        PRelu {
+            per_channel,
+            shape: input,
+        }
+    }
+    fn shape4(&self, n: usize) -> Shape4 {
+        Shape4::new(n, self.shape[0], self.shape[1], self.shape[2])
+    }
+}
+
+impl Layer for PRelu {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::PRelu {
+            per_channel: self.per_channel,
+        }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        let n = if self.per_channel { self.shape[0] } else { 1 };
+        vec![ParamInfo {
+            name: "weight",
+            shape: vec![n],
+            kind: ParamKind::Const(0.25),
+        }]
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        kernels::prelu_forward(self.shape4(n), x, p, y)
+    }
+    fn backward(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        grad: &mut [f32],
+        x: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        accum: Accum,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        // The kernel always writes dx; without a caller buffer it goes to scratch.
+        let len = n * numel(self.shape);
+        match dx {
+            Some(dx) => kernels::prelu_backward(self.shape4(n), x, p, dy, dx, grad, accum),
+            None => {
+                kernels::prelu_backward(self.shape4(n), x, p, dy, &mut ctx.ws[..len], grad, accum)
+            }
+        }
+    }
+    fn scratch_len(&self, n: usize) -> usize {
+        n * numel(self.shape)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RRelu {
+    lower: f32,
+    upper: f32,
+    shape: Shape3,
+    noise: Vec<f32>,
+    /// Whether the last forward ran in training mode (noise) or evaluation (mean slope).
+    trained: bool,
+}
+
+impl RRelu {
+    pub fn new(lower: f32, upper: f32, input: Shape3) -> Result<Self> {
+        if !(lower.is_finite() && upper.is_finite() && lower <= upper) {
+            return Err(shape_error(
+                &LayerSpec::RRelu { lower, upper },
+                input,
+                "need finite lower <= upper",
+            ));
+        }
+        Ok(RRelu {
+            lower,
+            upper,
+            shape: input,
+            noise: Vec::new(),
+            trained: false,
+        })
+    }
+    fn eval_act(&self) -> Activation {
+        Activation::LeakyRelu {
+            slope: (self.lower + self.upper) / 2.0,
+        }
+    }
+}
+
+impl Layer for RRelu {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::RRelu {
+            lower: self.lower,
+            upper: self.upper,
+        }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn forward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        self.trained = ctx.training;
+        if ctx.training {
+            let noise = grow(&mut self.noise, x.len());
+            kernels::rrelu_forward_train(self.lower, self.upper, ctx.seed, x, y, noise)
+        } else {
+            kernels::activation_forward(self.eval_act(), x, y)
+        }
+    }
+    fn backward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        _: &mut [f32],
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let Some(dx) = dx else { return Ok(()) };
+        if self.trained {
+            kernels::rrelu_backward_train(&self.noise[..dy.len()], dy, dx, Accum::Replace)
+        } else {
+            kernels::activation_backward(self.eval_act(), x, y, dy, dx, Accum::Replace)
+        }
+    }
+}

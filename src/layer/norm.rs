@@ -1,0 +1,414 @@
+//! `nn.BatchNorm2d`, `nn.LayerNorm([C, H, W])` and `nn.Dropout`.
+
+use super::{
+    Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, Tensor, TensorData, grow, numel,
+    shape_error,
+};
+use crate::error::{Error, Result};
+use crate::kernels::{self, Accum, RunningStats};
+use crate::shape::Shape4;
+
+#[derive(Debug)]
+pub(crate) struct BatchNorm2d {
+    eps: f32,
+    momentum: Option<f32>,
+    shape: Shape3,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+    num_batches_tracked: i64,
+    save_mean: Vec<f32>,
+    save_invstd: Vec<f32>,
+    trained: bool,
+}
+
+impl BatchNorm2d {
+    pub fn new(eps: f32, momentum: Option<f32>, input: Shape3) -> Result<Self> {
+        let spec = LayerSpec::BatchNorm2d { eps, momentum };
+        if eps.is_nan() || eps < 0.0 {
+            return Err(shape_error(&spec, input, "eps must be non-negative"));
+        }
+        if let Some(m) = momentum
+            && !(0.0..=1.0).contains(&m)
+        {
+            return Err(shape_error(&spec, input, "momentum must be in [0, 1]"));
+        }
+        let c = input[0];
+        Ok(BatchNorm2d {
+            eps,
+            momentum,
+            shape: input,
+            running_mean: vec![0.0; c],
+            running_var: vec![1.0; c],
+            num_batches_tracked: 0,
+            save_mean: vec![0.0; c],
+            save_invstd: vec![0.0; c],
+            trained: false,
+        })
+    }
+    fn shape4(&self, n: usize) -> Shape4 {
+        Shape4::new(n, self.shape[0], self.shape[1], self.shape[2])
+    }
+}
+
+fn f32_buffer(layer: &str, name: &str, t: &Tensor, dst: &mut [f32]) -> Result<()> {
+    match &t.data {
+        TensorData::F32(v) if v.len() == dst.len() && t.shape == [dst.len()] => {
+            dst.copy_from_slice(v);
+            Ok(())
+        }
+        _ => Err(Error::invalid(
+            "Layer::set_buffer",
+            "tensor",
+            format!(
+                "{layer}.{name} must be f32 of shape [{}], got shape {:?}",
+                dst.len(),
+                t.shape
+            ),
+        )),
+    }
+}
+
+impl Layer for BatchNorm2d {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::BatchNorm2d {
+            eps: self.eps,
+            momentum: self.momentum,
+        }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        let c = self.shape[0];
+        vec![
+            ParamInfo {
+                name: "weight",
+                shape: vec![c],
+                kind: ParamKind::Const(1.0),
+            },
+            ParamInfo {
+                name: "bias",
+                shape: vec![c],
+                kind: ParamKind::Const(0.0),
+            },
+        ]
+    }
+    fn buffers(&self) -> Vec<(&'static str, Tensor)> {
+        let c = self.shape[0];
+        vec![
+            (
+                "running_mean",
+                Tensor {
+                    shape: vec![c],
+                    data: TensorData::F32(self.running_mean.clone()),
+                },
+            ),
+            (
+                "running_var",
+                Tensor {
+                    shape: vec![c],
+                    data: TensorData::F32(self.running_var.clone()),
+                },
+            ),
+            (
+                "num_batches_tracked",
+                Tensor {
+                    shape: vec![],
+                    data: TensorData::I64(vec![self.num_batches_tracked]),
+                },
+            ),
+        ]
+    }
+    fn set_buffer(&mut self, name: &str, t: &Tensor) -> Result<()> {
+        match name {
+            "running_mean" => f32_buffer("BatchNorm2d", name, t, &mut self.running_mean),
+            "running_var" => f32_buffer("BatchNorm2d", name, t, &mut self.running_var),
+            "num_batches_tracked" => match &t.data {
+                TensorData::I64(v) if v.len() == 1 && t.shape.is_empty() => {
+                    self.num_batches_tracked = v[0];
+                    Ok(())
+                }
+                _ => Err(Error::invalid(
+                    "Layer::set_buffer",
+                    "tensor",
+                    "num_batches_tracked must be an i64 scalar",
+                )),
+            },
+            _ => Err(Error::invalid(
+                "Layer::set_buffer",
+                "name",
+                format!("BatchNorm2d has no buffer {name}"),
+            )),
+        }
+    }
+    fn scratch_len(&self, n: usize) -> usize {
+        // The kernel's per-channel sums, then room for dx when this is the first layer.
+        kernels::batch_norm_backward_scratch_len(self.shape4(1)) + n * numel(self.shape)
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let c = self.shape[0];
+        let (gamma, beta) = p.split_at(c);
+        self.trained = ctx.training;
+        if ctx.training {
+            self.num_batches_tracked += 1;
+            let factor = self
+                .momentum
+                .unwrap_or(1.0 / self.num_batches_tracked as f32);
+            kernels::batch_norm_forward_train(
+                self.shape4(n),
+                self.eps,
+                x,
+                Some(gamma),
+                Some(beta),
+                y,
+                &mut self.save_mean,
+                &mut self.save_invstd,
+                Some(RunningStats {
+                    mean: &mut self.running_mean,
+                    var: &mut self.running_var,
+                    factor,
+                }),
+            )
+        } else {
+            kernels::batch_norm_forward_eval(
+                self.shape4(n),
+                self.eps,
+                x,
+                Some(gamma),
+                Some(beta),
+                &self.running_mean,
+                &self.running_var,
+                y,
+                &mut self.save_mean,
+                &mut self.save_invstd,
+            )
+        }
+    }
+    fn backward(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        grad: &mut [f32],
+        x: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        accum: Accum,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let c = self.shape[0];
+        let (dgamma, dbeta) = grad.split_at_mut(c);
+        let (ws, rest) = ctx.ws.split_at_mut(2 * c);
+        // Without a caller buffer for dx (first layer), write it to the rest of the scratch.
+        let len = x.len();
+        let dx = match dx {
+            Some(dx) => dx,
+            None => grow_slice(rest, len)?,
+        };
+        kernels::batch_norm_backward(
+            self.shape4(n),
+            self.trained,
+            x,
+            Some(&p[..c]),
+            &self.save_mean,
+            &self.save_invstd,
+            dy,
+            dx,
+            Some(dgamma),
+            Some(dbeta),
+            accum,
+            ws,
+        )
+    }
+}
+
+fn grow_slice(s: &mut [f32], len: usize) -> Result<&mut [f32]> {
+    crate::error::check_min_len("BatchNorm2d", "scratch", s, len)?;
+    Ok(&mut s[..len])
+}
+
+#[derive(Debug)]
+pub(crate) struct LayerNorm {
+    eps: f32,
+    shape: Shape3,
+    save_mean: Vec<f32>,
+    save_invstd: Vec<f32>,
+}
+
+impl LayerNorm {
+    pub fn new(eps: f32, input: Shape3) -> Result<Self> {
+        if eps.is_nan() || eps < 0.0 {
+            return Err(shape_error(
+                &LayerSpec::LayerNorm { eps },
+                input,
+                "eps must be non-negative",
+            ));
+        }
+        Ok(LayerNorm {
+            eps,
+            shape: input,
+            save_mean: Vec::new(),
+            save_invstd: Vec::new(),
+        })
+    }
+}
+
+impl Layer for LayerNorm {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::LayerNorm { eps: self.eps }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn params(&self) -> Vec<ParamInfo> {
+        // PyTorch's LayerNorm([C, H, W]) stores γ and β with the normalised shape; a flat input
+        // [F, 1, 1] corresponds to LayerNorm(F).
+        let shape = if self.shape[1] == 1 && self.shape[2] == 1 {
+            vec![self.shape[0]]
+        } else {
+            self.shape.to_vec()
+        };
+        vec![
+            ParamInfo {
+                name: "weight",
+                shape: shape.clone(),
+                kind: ParamKind::Const(1.0),
+            },
+            ParamInfo {
+                name: "bias",
+                shape,
+                kind: ParamKind::Const(0.0),
+            },
+        ]
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let d = numel(self.shape);
+        let (gamma, beta) = p.split_at(d);
+        grow(&mut self.save_mean, n);
+        grow(&mut self.save_invstd, n);
+        let (mean, inv) = (&mut self.save_mean[..n], &mut self.save_invstd[..n]);
+        kernels::layer_norm_forward(d, self.eps, x, Some(gamma), Some(beta), y, mean, inv)
+    }
+    fn backward(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        grad: &mut [f32],
+        x: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        accum: Accum,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let d = numel(self.shape);
+        let (dgamma, dbeta) = grad.split_at_mut(d);
+        let dx = match dx {
+            Some(dx) => dx,
+            None => grow_slice(ctx.ws, x.len())?,
+        };
+        kernels::layer_norm_backward(
+            d,
+            x,
+            Some(&p[..d]),
+            &self.save_mean[..n],
+            &self.save_invstd[..n],
+            dy,
+            dx,
+            Some(dgamma),
+            Some(dbeta),
+            accum,
+        )
+    }
+    fn scratch_len(&self, n: usize) -> usize {
+        n * numel(self.shape)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Dropout {
+    p: f32,
+    shape: Shape3,
+    mask: Vec<f32>,
+    trained: bool,
+}
+
+impl Dropout {
+    pub fn new(p: f32, input: Shape3) -> Result<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(shape_error(
+                &LayerSpec::Dropout { p },
+                input,
+                "p must be in [0, 1]",
+            ));
+        }
+        Ok(Dropout {
+            p,
+            shape: input,
+            mask: Vec::new(),
+            trained: false,
+        })
+    }
+}
+
+impl Layer for Dropout {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Dropout { p: self.p }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn forward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        self.trained = ctx.training;
+        if ctx.training {
+            let mask = grow(&mut self.mask, x.len());
+            kernels::dropout_forward_train(self.p, ctx.seed, x, y, mask)
+        } else {
+            crate::error::check_len("dropout", "y", y, x.len())?;
+            y.copy_from_slice(x);
+            Ok(())
+        }
+    }
+    fn backward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        _: &mut [f32],
+        _: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let Some(dx) = dx else { return Ok(()) };
+        if self.trained {
+            kernels::dropout_backward(&self.mask[..dy.len()], dy, dx, Accum::Replace)
+        } else {
+            crate::error::check_len("dropout", "dx", dx, dy.len())?;
+            dx.copy_from_slice(dy);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! `nn.MaxPool2d`, `nn.AvgPool2d`, global average pooling and `nn.Flatten`.
+
+use super::{Ctx, Layer, LayerSpec, Shape3, grow, numel, shape_error};
+use crate::error::Result;
+use crate::kernels::{self, Accum};
+use crate::shape::{Pool2dGeom, Pool2dParams, Shape4};
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    spec: LayerSpec,
+    input: Shape3,
+    params: Pool2dParams,
+    /// `Some(count_include_pad)` for average pooling, `None` for max pooling.
+    avg: Option<bool>,
+    out: Shape3,
+    argmax: Vec<u32>,
+}
+
+impl Pool {
+    pub fn new(spec: &LayerSpec, input: Shape3) -> Result<Self> {
+        let (params, avg) = match *spec {
+            LayerSpec::MaxPool2d {
+                window,
+                stride,
+                padding,
+            } => (
+                Pool2dParams {
+                    window,
+                    stride,
+                    padding,
+                },
+                None,
+            ),
+            LayerSpec::AvgPool2d {
+                window,
+                stride,
+                padding,
+                count_include_pad,
+            } => (
+                Pool2dParams {
+                    window,
+                    stride,
+                    padding,
+                },
+                Some(count_include_pad),
+            ),
+            _ => unreachable!("Pool::new with {spec:?}"),
+        };
+        let g = Pool2dGeom::new(Shape4::new(1, input[0], input[1], input[2]), params)
+            .map_err(|e| shape_error(spec, input, e))?;
+        Ok(Pool {
+            spec: spec.clone(),
+            input,
+            params,
+            avg,
+            out: [input[0], g.out_h(), g.out_w()],
+            argmax: Vec::new(),
+        })
+    }
+
+    fn geom(&self, n: usize) -> Result<Pool2dGeom> {
+        Pool2dGeom::new(
+            Shape4::new(n, self.input[0], self.input[1], self.input[2]),
+            self.params,
+        )
+    }
+}
+
+impl Layer for Pool {
+    fn spec(&self) -> LayerSpec {
+        self.spec.clone()
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.out
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let g = self.geom(n)?;
+        match self.avg {
+            Some(cip) => kernels::avg_pool2d_forward(&g, cip, x, y),
+            None if ctx.training => {
+                let a = grow(&mut self.argmax, g.y_len());
+                kernels::max_pool2d_forward(&g, x, y, Some(a))
+            }
+            None => kernels::max_pool2d_forward(&g, x, y, None),
+        }
+    }
+    fn backward(
+        &mut self,
+        n: usize,
+        _: &[f32],
+        _: &mut [f32],
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let Some(dx) = dx else { return Ok(()) };
+        let g = self.geom(n)?;
+        match self.avg {
+            Some(cip) => kernels::avg_pool2d_backward(&g, cip, dy, dx, Accum::Replace),
+            None => {
+                kernels::max_pool2d_backward(&g, &self.argmax[..g.y_len()], dy, dx, Accum::Replace)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct GlobalAvgPool {
+    input: Shape3,
+}
+
+impl GlobalAvgPool {
+    pub fn new(input: Shape3) -> Self {
+        GlobalAvgPool { input }
+    }
+    fn shape(&self, n: usize) -> Shape4 {
+        Shape4::new(n, self.input[0], self.input[1], self.input[2])
+    }
+}
+
+impl Layer for GlobalAvgPool {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::GlobalAvgPool
+    }
+    fn out_shape(&self) -> Shape3 {
+        [self.input[0], 1, 1]
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        kernels::global_avg_pool_forward(self.shape(n), x, y)
+    }
+    fn backward(
+        &mut self,
+        n: usize,
+        _: &[f32],
+        _: &mut [f32],
+        _: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        match dx {
+            Some(dx) => kernels::global_avg_pool_backward(self.shape(n), dy, dx, Accum::Replace),
+            None => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Flatten {
+    input: Shape3,
+}
+
+impl Flatten {
+    pub fn new(input: Shape3) -> Self {
+        Flatten { input }
+    }
+}
+
+impl Layer for Flatten {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Flatten
+    }
+    fn out_shape(&self) -> Shape3 {
+        [numel(self.input), 1, 1]
+    }
+    fn forward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        crate::error::check_len("flatten", "y", y, x.len())?;
+        y.copy_from_slice(x);
+        Ok(())
+    }
+    fn backward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        _: &mut [f32],
+        _: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        if let Some(dx) = dx {
+            crate::error::check_len("flatten", "dx", dx, dy.len())?;
+            dx.copy_from_slice(dy);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! [`Sequential`]: a stack of layers with its parameters, gradients, activations and scratch.
+
+use crate::error::{Error, Result, check_len};
+use crate::init::{self, Init};
+use crate::kernels::Accum;
+use crate::layer::{self, Ctx, Layer, LayerSpec, ParamInfo, Shape3, Tensor, TensorData, numel};
+use crate::rng::{Rng, mix64};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::ops::Range;
+
+/// A feed-forward network: layers applied in order, as `torch.nn.Sequential`.
+///
+/// All parameters live in one flat buffer ([`Sequential::params`]) and their gradients in another
+/// ([`Sequential::grads`]), in layer order and, within a layer, in PyTorch's `state_dict` order
+/// (`weight` then `bias`). Activations, caches and scratch are kept between calls and only grow:
+/// after the first step with the largest batch, forward and backward allocate nothing.
+///
+/// # Example
+/// ```
+/// use cnnkit::{LayerSpec, Sequential};
+/// let specs = LayerSpec::parse_list("conv(8,3,p=1),relu,maxpool(2),flatten,dense(10)")?;
+/// let mut model = Sequential::new([1, 8, 8], &specs, 42)?;
+/// assert_eq!(model.param_count(), 8 * 9 + 8 + 10 * 128 + 10);
+/// let x = vec![0.5; 4 * 64];
+/// let logits = model.forward(&x, 4)?;
+/// assert_eq!(logits.len(), 4 * 10);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Sequential {
+    input: Shape3,
+    layers: Vec<Box<dyn Layer>>,
+    shapes: Vec<Shape3>,
+    infos: Vec<Vec<ParamInfo>>,
+    ranges: Vec<Range<usize>>,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    acts: Vec<Vec<f32>>,
+    dbuf: [Vec<f32>; 2],
+    ws: Vec<f32>,
+    training: bool,
+    rng: Rng,
+    last_n: Option<usize>,
+}
+
+impl Sequential {
+    /// Builds the network `specs` for samples of shape `input` (`[C, H, W]`), with PyTorch's
+    /// default initialisation drawn from `seed`. Starts in training mode.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] naming the first layer that cannot take its input shape (a kernel
+    /// larger than the image, a dense layer on an unflattened input, ...).
+    pub fn new(input: Shape3, specs: &[LayerSpec], seed: u64) -> Result<Self> {
+        Self::with_init(input, specs, Init::TorchDefault, seed)
+    }
+
+    /// As [`Sequential::new`], with weights initialised by `init`.
+    pub fn with_init(input: Shape3, specs: &[LayerSpec], init: Init, seed: u64) -> Result<Self> {
+        const OP: &str = "Sequential::new";
+        if input.contains(&0) {
+            return Err(Error::invalid(
+                OP,
+                "input",
+                format!("empty input shape {input:?}"),
+            ));
+        }
+        if specs.is_empty() {
+            return Err(Error::invalid(OP, "architecture", "no layers"));
+        }
+        let mut layers = Vec::with_capacity(specs.len());
+        let (mut shapes, mut infos, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut shape, mut total) = (input, 0usize);
+        for spec in specs {
+            let l = layer::build(spec, shape)?;
+            shape = l.out_shape();
+            crate::error::mul(OP, "layer output", shape[0], shape[1] * shape[2])?;
+            let info = l.params();
+            let len: usize = info.iter().map(ParamInfo::len).sum();
+            ranges.push(total..total + len);
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| Error::too_large(OP, "parameter count"))?;
+            shapes.push(shape);
+            infos.push(info);
+            layers.push(l);
+        }
+        let mut m = Sequential {
+            input,
+            layers,
+            shapes,
+            infos,
+            ranges,
+            params: vec![0.0; total],
+            grads: vec![0.0; total],
+            acts: vec![Vec::new(); specs.len()],
+            dbuf: [Vec::new(), Vec::new()],
+            ws: Vec::new(),
+            training: true,
+            rng: Rng::new(seed),
+            last_n: None,
+        };
+        m.reinit(init, seed);
+        Ok(m)
+    }
+
+    /// Re-initialises every parameter with `init` from `seed` (layer by layer, tensor by tensor).
+    pub fn reinit(&mut self, init: Init, seed: u64) {
+        let mut rng = Rng::new(seed);
+        for (info, r) in self.infos.iter().zip(&self.ranges) {
+            let mut at = r.start;
+            for p in info {
+                init::fill(p, init, &mut rng, &mut self.params[at..at + p.len()]);
+                at += p.len();
+            }
+        }
+    }
+
+    /// Per-sample input shape `[C, H, W]`.
+    pub fn input_shape(&self) -> Shape3 {
+        self.input
+    }
+    /// Per-sample output shape.
+    pub fn output_shape(&self) -> Shape3 {
+        *self.shapes.last().expect("at least one layer")
+    }
+    /// Output values per sample (the number of classes for a classifier).
+    pub fn output_len(&self) -> usize {
+        numel(self.output_shape())
+    }
+    /// The layers' specifications.
+    pub fn specs(&self) -> Vec<LayerSpec> {
+        self.layers.iter().map(|l| l.spec()).collect()
+    }
+    /// Number of trainable parameters.
+    pub fn param_count(&self) -> usize {
+        self.params.len()
+    }
+    /// All parameters, flat.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+    /// All parameters, flat and mutable.
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+    /// All parameter gradients, flat (same layout as [`Sequential::params`]).
+    pub fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+    /// Parameters and gradients together, for an optimizer step.
+    pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        (&mut self.params, &self.grads)
+    }
+    /// Training mode: batch statistics, dropout and RReLU noise (the default).
+    pub fn train(&mut self) {
+        self.training = true;
+    }
+    /// Evaluation mode: running statistics, no dropout, RReLU with its mean slope.
+    pub fn eval(&mut self) {
+        self.training = false;
+    }
+    /// Whether the model is in training mode.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+    /// State of the generator that seeds dropout and RReLU noise.
+    pub fn rng_state(&self) -> [u64; 4] {
+        self.rng.state()
+    }
+    /// Restores the noise generator (to resume or to repeat a forward pass exactly).
+    pub fn set_rng_state(&mut self, s: [u64; 4]) {
+        self.rng = Rng::from_state(s);
+    }
+
+    /// Grows activations and scratch for a batch of `n` (no-op when they are large enough).
+    fn reserve(&mut self, n: usize) -> Result<()> {
+        const OP: &str = "Sequential::forward";
+        let mut widest = crate::error::mul(OP, "batch", n, numel(self.input))?;
+        let mut ws = 0;
+        for (i, l) in self.layers.iter().enumerate() {
+            let len = crate::error::mul(OP, "batch", n, numel(self.shapes[i]))?;
+            layer::grow(&mut self.acts[i], len);
+            widest = widest.max(len);
+            ws = ws.max(l.scratch_len(n));
+        }
+        for d in &mut self.dbuf {
+            layer::grow(d, widest);
+        }
+        layer::grow(&mut self.ws, ws);
+        Ok(())
+    }
+
+    /// Runs the network on `n` samples `x` (`[n, C, H, W]`) in the current mode and returns the
+    /// output (`[n, output_len]`).
+    ///
+    /// # Errors
+    /// [`Error::Length`] if `x` does not hold `n` samples of the input shape.
+    pub fn forward(&mut self, x: &[f32], n: usize) -> Result<&[f32]> {
+        check_len("Sequential::forward", "x", x, n * numel(self.input))?;
+        self.reserve(n)?;
+        let call_seed = if self.training {
+            self.rng.next_u64()
+        } else {
+            0
+        };
+        for i in 0..self.layers.len() {
+            let (prev, rest) = self.acts.split_at_mut(i);
+            let input: &[f32] = if i == 0 {
+                x
+            } else {
+                &prev[i - 1][..n * numel(self.shapes[i - 1])]
+            };
+            let out = &mut rest[0][..n * numel(self.shapes[i])];
+            let mut ctx = Ctx {
+                training: self.training,
+                seed: mix64(call_seed ^ i as u64),
+                ws: &mut self.ws,
+            };
+            self.layers[i].forward(
+                n,
+                &self.params[self.ranges[i].clone()],
+                input,
+                out,
+                &mut ctx,
+            )?;
+        }
+        self.last_n = Some(n);
+        let last = self.layers.len() - 1;
+        Ok(&self.acts[last][..n * self.output_len()])
+    }
+
+    /// Back-propagates `dout = dL/d(output)` of the last [`Sequential::forward`] call (which must
+    /// have been given the same `x`) into the parameter gradients: overwritten with
+    /// [`Accum::Replace`], added to with [`Accum::Add`] (gradient accumulation). The input
+    /// gradient of the first layer is not computed.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] without a preceding forward pass; [`Error::Length`] if `x` or `dout`
+    /// do not match its batch.
+    pub fn backward(&mut self, x: &[f32], dout: &[f32], accum: Accum) -> Result<()> {
+        const OP: &str = "Sequential::backward";
+        let n = self
+            .last_n
+            .ok_or_else(|| Error::invalid(OP, "forward", "no forward pass to differentiate"))?;
+        check_len(OP, "x", x, n * numel(self.input))?;
+        check_len(OP, "dout", dout, n * self.output_len())?;
+        let last = self.layers.len() - 1;
+        let mut cur = 0; // dbuf[cur] holds dy of layer i (except for the last layer)
+        for i in (0..self.layers.len()).rev() {
+            if i == 0 && self.ranges[0].is_empty() {
+                break;
+            }
+            let y_len = n * numel(self.shapes[i]);
+            let (prev, rest) = self.acts.split_at(i);
+            let input: &[f32] = if i == 0 {
+                x
+            } else {
+                &prev[i - 1][..n * numel(self.shapes[i - 1])]
+            };
+            let y = &rest[0][..y_len];
+            let [d0, d1] = &mut self.dbuf;
+            let (dy_buf, dx_buf) = if cur == 0 { (&*d0, d1) } else { (&*d1, d0) };
+            let dy: &[f32] = if i == last { dout } else { &dy_buf[..y_len] };
+            let dx = (i > 0).then(|| &mut dx_buf[..input.len()]);
+            let mut ctx = Ctx {
+                training: self.training,
+                seed: 0,
+                ws: &mut self.ws,
+            };
+            let r = self.ranges[i].clone();
+            self.layers[i].backward(
+                n,
+                &self.params[r.clone()],
+                &mut self.grads[r],
+                input,
+                y,
+                dy,
+                dx,
+                accum,
+                &mut ctx,
+            )?;
+            cur = 1 - cur;
+        }
+        Ok(())
+    }
+
+    /// One line per layer: index, layer, output shape and parameter count, under a header with
+    /// the input shape and the total.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let [c, h, w] = self.input;
+        let _ = writeln!(s, "input {c}x{h}x{w}, {} parameters", self.param_count());
+        let _ = writeln!(
+            s,
+            "{:>3}  {:<40} {:>14} {:>10}",
+            "#", "layer", "output", "params"
+        );
+        for (i, l) in self.layers.iter().enumerate() {
+            let [c, h, w] = self.shapes[i];
+            let out = if h == 1 && w == 1 {
+                format!("{c}")
+            } else {
+                format!("{c}x{h}x{w}")
+            };
+            let _ = writeln!(
+                s,
+                "{i:>3}  {:<40} {out:>14} {:>10}",
+                l.spec().to_string(),
+                self.ranges[i].len()
+            );
+        }
+        s
+    }
+
+    /// The model's state as PyTorch's `state_dict()` of the equivalent `torch.nn.Sequential`:
+    /// `"{index}.{name}"` for every parameter and buffer, in PyTorch's shapes.
+    pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, (l, (info, r))) in self
+            .layers
+            .iter()
+            .zip(self.infos.iter().zip(&self.ranges))
+            .enumerate()
+        {
+            let mut at = r.start;
+            for p in info {
+                let data = self.params[at..at + p.len()].to_vec();
+                out.push((
+                    format!("{i}.{}", p.name),
+                    Tensor {
+                        shape: p.shape.clone(),
+                        data: TensorData::F32(data),
+                    },
+                ));
+                at += p.len();
+            }
+            for (name, t) in l.buffers() {
+                out.push((format!("{i}.{name}"), t));
+            }
+        }
+        out
+    }
+
+    /// Loads a state dictionary (as produced by [`Sequential::state_dict`] or PyTorch's
+    /// `state_dict()` of the equivalent `nn.Sequential`). Every parameter and buffer must be present
+    /// with its exact shape and type, and no other key may be present.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] naming the missing, unexpected or mis-shaped tensor; the model is
+    /// unchanged on error.
+    pub fn load_state_dict(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        const OP: &str = "Sequential::load_state_dict";
+        let expected = self.state_dict();
+        for (name, t) in &expected {
+            let got = tensors
+                .get(name)
+                .ok_or_else(|| Error::invalid(OP, "state", format!("missing tensor {name}")))?;
+            let same_type = matches!(
+                (&got.data, &t.data),
+                (TensorData::F32(_), TensorData::F32(_)) | (TensorData::I64(_), TensorData::I64(_))
+            );
+            if got.shape != t.shape || !same_type {
+                return Err(Error::invalid(
+                    OP,
+                    "state",
+                    format!(
+                        "{name}: expected {} of shape {:?}, got {} of shape {:?}",
+                        dtype(t),
+                        t.shape,
+                        dtype(got),
+                        got.shape
+                    ),
+                ));
+            }
+        }
+        if let Some(extra) = tensors
+            .keys()
+            .find(|k| !expected.iter().any(|(n, _)| n == *k))
+        {
+            return Err(Error::invalid(
+                OP,
+                "state",
+                format!("unexpected tensor {extra}"),
+            ));
+        }
+        for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
+            let mut at = r.start;
+            for p in info {
+                if let TensorData::F32(v) = &tensors[&format!("{i}.{}", p.name)].data {
+                    self.params[at..at + p.len()].copy_from_slice(v);
+                }
+                at += p.len();
+            }
+        }
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            for (name, _) in l.buffers() {
+                l.set_buffer(name, &tensors[&format!("{i}.{name}")])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn dtype(t: &Tensor) -> &'static str {
+    match t.data {
+        TensorData::F32(_) => "f32",
+        TensorData::I64(_) => "i64",
+    }
+}
