@@ -49,6 +49,7 @@ mod init;
 pub mod kernels;
 pub mod layer;
 mod model;
+pub mod optim;
 pub mod par;
 pub mod reference;
 pub mod rng;

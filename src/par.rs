@@ -118,6 +118,17 @@ impl<A: Parts, B: Parts, C: Parts> Parts for (A, B, C) {
     }
 }
 
+impl<A: Parts, B: Parts, C: Parts, D: Parts> Parts for (A, B, C, D) {
+    #[inline]
+    fn split(self, items: usize) -> (Self, Self) {
+        let (a0, a1) = self.0.split(items);
+        let (b0, b1) = self.1.split(items);
+        let (c0, c1) = self.2.split(items);
+        let (d0, d1) = self.3.split(items);
+        ((a0, b0, c0, d0), (a1, b1, c1, d1))
+    }
+}
+
 /// Splits items `0..n` into `groups` contiguous, near-equal ranges and runs
 /// `f(range, parts_of_range, scratch_slot)` for each, in parallel. Group `k` gets scratch
 /// `ws[k*slot..(k+1)*slot]`; the caller guarantees `ws.len() >= groups * slot`. Returns the first

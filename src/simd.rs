@@ -137,6 +137,36 @@ pub(crate) fn zip3_map_acc(
     }
 }
 
+/// A fused in-place update over a gradient `g` and `K` state slices (parameters first): for each
+/// lane position, `f(g, &mut [s0, s1, …])` updates the states' lanes in place. The tail is padded
+/// with zeros, computed the same way, and only its real elements written back.
+#[inline(always)]
+pub(crate) fn update<const K: usize>(
+    g: &[f32],
+    st: [&mut [f32]; K],
+    f: impl Fn(Lane, &mut [Lane; K]),
+) {
+    debug_assert!(st.iter().all(|s| s.len() == g.len()));
+    let (gc, gt) = g.as_chunks::<LANES>();
+    let mut parts = st.map(|s| s.as_chunks_mut::<LANES>());
+    for (j, gv) in gc.iter().enumerate() {
+        let mut lanes: [Lane; K] = std::array::from_fn(|k| f32x8::new(parts[k].0[j]));
+        f(f32x8::new(*gv), &mut lanes);
+        for (k, l) in lanes.iter().enumerate() {
+            parts[k].0[j] = l.to_array();
+        }
+    }
+    if !gt.is_empty() {
+        let mut lanes: [Lane; K] = std::array::from_fn(|k| tail_lane(parts[k].1, 0.0));
+        f(tail_lane(gt, 0.0), &mut lanes);
+        for (k, l) in lanes.iter().enumerate() {
+            let t = &mut parts[k].1;
+            let len = t.len();
+            t.copy_from_slice(&l.to_array()[..len]);
+        }
+    }
+}
+
 /// Folds `x` with `f` into four independent lane accumulators (tail padded with `neutral`), then
 /// combines them as `(a0 ∘ a1) ∘ (a2 ∘ a3)`. The order depends only on `x.len()`.
 #[inline(always)]

@@ -1,0 +1,352 @@
+//! Optimizers with the update rules, defaults and `eps` placement of `torch.optim`, and
+//! learning-rate schedules.
+//!
+//! Each algorithm is a fused slice step (`sgd_step`, `adam_step`, ...) whose state buffers the
+//! caller owns; [`Optimizer`] wraps one of them with its state for a whole model's flat parameter
+//! buffer. Updates run on SIMD lanes, split over the parameter buffer by rayon.
+
+mod adadelta;
+mod adagrad;
+mod adam;
+mod rmsprop;
+mod sgd;
+
+pub use adadelta::{AdadeltaConfig, adadelta_step};
+pub use adagrad::{AdagradConfig, adagrad_step};
+pub use adam::{AdamConfig, adam_step};
+pub use rmsprop::{RmsPropConfig, rmsprop_step};
+pub use sgd::{SgdConfig, sgd_step};
+
+use crate::error::{Error, Result};
+
+fn non_negative(op: &'static str, arg: &'static str, v: f32) -> Result<()> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            arg,
+            format!("must be finite and non-negative, got {v}"),
+        ))
+    }
+}
+
+fn unit_interval(op: &'static str, arg: &'static str, v: f32) -> Result<()> {
+    if (0.0..1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            arg,
+            format!("must be in [0, 1), got {v}"),
+        ))
+    }
+}
+
+/// An optimization algorithm and its hyper-parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    /// `torch.optim.SGD`.
+    Sgd(SgdConfig),
+    /// `torch.optim.Adam`.
+    Adam(AdamConfig),
+    /// `torch.optim.AdamW` (decoupled weight decay).
+    AdamW(AdamConfig),
+    /// `torch.optim.RMSprop`.
+    RmsProp(RmsPropConfig),
+    /// `torch.optim.Adagrad`.
+    Adagrad(AdagradConfig),
+    /// `torch.optim.Adadelta`.
+    Adadelta(AdadeltaConfig),
+}
+
+impl OptimizerKind {
+    /// PyTorch's defaults for the optimizer called `name` (`sgd`, `adam`, `adamw`, `rmsprop`,
+    /// `adagrad`, `adadelta`).
+    pub fn by_name(name: &str) -> Result<Self> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "sgd" => OptimizerKind::Sgd(SgdConfig::default()),
+            "adam" => OptimizerKind::Adam(AdamConfig::default()),
+            "adamw" => OptimizerKind::AdamW(AdamConfig::adamw()),
+            "rmsprop" => OptimizerKind::RmsProp(RmsPropConfig::default()),
+            "adagrad" => OptimizerKind::Adagrad(AdagradConfig::default()),
+            "adadelta" => OptimizerKind::Adadelta(AdadeltaConfig::default()),
+            _ => {
+                return Err(Error::invalid(
+                    "OptimizerKind::by_name",
+                    "optimizer",
+                    format!(
+                        "unknown optimizer '{name}' (sgd, adam, adamw, rmsprop, adagrad, adadelta)"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// The name [`OptimizerKind::by_name`] accepts.
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd(_) => "sgd",
+            OptimizerKind::Adam(_) => "adam",
+            OptimizerKind::AdamW(_) => "adamw",
+            OptimizerKind::RmsProp(_) => "rmsprop",
+            OptimizerKind::Adagrad(_) => "adagrad",
+            OptimizerKind::Adadelta(_) => "adadelta",
+        }
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f32 {
+        match self {
+            OptimizerKind::Sgd(c) => c.lr,
+            OptimizerKind::Adam(c) | OptimizerKind::AdamW(c) => c.lr,
+            OptimizerKind::RmsProp(c) => c.lr,
+            OptimizerKind::Adagrad(c) => c.lr,
+            OptimizerKind::Adadelta(c) => c.lr,
+        }
+    }
+
+    /// Sets the learning rate.
+    pub fn set_lr(&mut self, lr: f32) {
+        match self {
+            OptimizerKind::Sgd(c) => c.lr = lr,
+            OptimizerKind::Adam(c) | OptimizerKind::AdamW(c) => c.lr = lr,
+            OptimizerKind::RmsProp(c) => c.lr = lr,
+            OptimizerKind::Adagrad(c) => c.lr = lr,
+            OptimizerKind::Adadelta(c) => c.lr = lr,
+        }
+    }
+
+    /// Sets the weight decay.
+    pub fn set_weight_decay(&mut self, wd: f32) {
+        match self {
+            OptimizerKind::Sgd(c) => c.weight_decay = wd,
+            OptimizerKind::Adam(c) | OptimizerKind::AdamW(c) => c.weight_decay = wd,
+            OptimizerKind::RmsProp(c) => c.weight_decay = wd,
+            OptimizerKind::Adagrad(c) => c.weight_decay = wd,
+            OptimizerKind::Adadelta(c) => c.weight_decay = wd,
+        }
+    }
+
+    /// Sets the momentum (SGD and RMSprop; ignored by the others, which have none).
+    pub fn set_momentum(&mut self, m: f32) {
+        match self {
+            OptimizerKind::Sgd(c) => c.momentum = m,
+            OptimizerKind::RmsProp(c) => c.momentum = m,
+            _ => {}
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            OptimizerKind::Sgd(c) => c.validate(),
+            OptimizerKind::Adam(c) | OptimizerKind::AdamW(c) => c.validate(),
+            OptimizerKind::RmsProp(c) => c.validate(),
+            OptimizerKind::Adagrad(c) => c.validate(),
+            OptimizerKind::Adadelta(c) => c.validate(),
+        }
+    }
+
+    /// Names of the per-parameter state buffers, as in PyTorch's optimizer `state`.
+    fn slots(&self) -> Vec<&'static str> {
+        match self {
+            OptimizerKind::Sgd(c) if c.momentum != 0.0 => vec!["momentum_buffer"],
+            OptimizerKind::Sgd(_) => vec![],
+            OptimizerKind::Adam(c) | OptimizerKind::AdamW(c) if c.amsgrad => {
+                vec!["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
+            }
+            OptimizerKind::Adam(_) | OptimizerKind::AdamW(_) => vec!["exp_avg", "exp_avg_sq"],
+            OptimizerKind::RmsProp(c) => {
+                let mut v = vec!["square_avg"];
+                if c.centered {
+                    v.push("grad_avg");
+                }
+                if c.momentum > 0.0 {
+                    v.push("momentum_buffer");
+                }
+                v
+            }
+            OptimizerKind::Adagrad(_) => vec!["sum"],
+            OptimizerKind::Adadelta(_) => vec!["square_avg", "acc_delta"],
+        }
+    }
+}
+
+/// An optimizer with its state for a flat parameter buffer of fixed length.
+///
+/// # Example
+/// ```
+/// use cnnkit::optim::{Optimizer, OptimizerKind, SgdConfig};
+/// let mut opt = Optimizer::new(OptimizerKind::Sgd(SgdConfig { lr: 0.1, ..Default::default() }), 2)?;
+/// let mut p = [1.0, 2.0];
+/// opt.step(&mut p, &[1.0, -1.0])?;
+/// assert_eq!(p, [0.9, 2.1]);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Optimizer {
+    kind: OptimizerKind,
+    steps: u64,
+    names: Vec<&'static str>,
+    state: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl Optimizer {
+    /// An optimizer for `len` parameters, with zeroed state (Adagrad's sum starts at its
+    /// `initial_accumulator_value`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] for an invalid configuration.
+    pub fn new(kind: OptimizerKind, len: usize) -> Result<Self> {
+        kind.validate()?;
+        let names = kind.slots();
+        let init = match kind {
+            OptimizerKind::Adagrad(c) => c.initial_accumulator_value,
+            _ => 0.0,
+        };
+        let state = names.iter().map(|_| vec![init; len]).collect();
+        Ok(Optimizer {
+            kind,
+            steps: 0,
+            names,
+            state,
+            len,
+        })
+    }
+
+    /// The algorithm and hyper-parameters.
+    pub fn kind(&self) -> &OptimizerKind {
+        &self.kind
+    }
+    /// The current learning rate.
+    pub fn lr(&self) -> f32 {
+        self.kind.lr()
+    }
+    /// Sets the learning rate (what a schedule does between epochs).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.kind.set_lr(lr);
+    }
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Updates `params` from `grads`.
+    ///
+    /// # Errors
+    /// [`Error::Length`] if either length differs from the optimizer's; [`Error::InvalidArg`] for
+    /// an invalid learning rate set since construction.
+    pub fn step(&mut self, params: &mut [f32], grads: &[f32]) -> Result<()> {
+        crate::error::check_len("Optimizer::step", "params", params, self.len)?;
+        let t = self.steps + 1;
+        let mut st = self.state.iter_mut().map(|v| v.as_mut_slice());
+        let mut next = || st.next().unwrap_or_default();
+        match &self.kind {
+            OptimizerKind::Sgd(c) => sgd_step(c, t == 1, params, grads, next())?,
+            OptimizerKind::Adam(c) => {
+                adam_step(c, false, t, params, grads, next(), next(), next())?
+            }
+            OptimizerKind::AdamW(c) => {
+                adam_step(c, true, t, params, grads, next(), next(), next())?
+            }
+            OptimizerKind::RmsProp(c) => {
+                let s = next();
+                let a = if c.centered {
+                    next()
+                } else {
+                    Default::default()
+                };
+                let b = if c.momentum > 0.0 {
+                    next()
+                } else {
+                    Default::default()
+                };
+                rmsprop_step(c, params, grads, s, a, b)?
+            }
+            OptimizerKind::Adagrad(c) => adagrad_step(c, t, params, grads, next())?,
+            OptimizerKind::Adadelta(c) => adadelta_step(c, params, grads, next(), next())?,
+        }
+        self.steps = t;
+        Ok(())
+    }
+
+    /// The state buffers by name (PyTorch's names: `momentum_buffer`, `exp_avg`, `exp_avg_sq`,
+    /// `max_exp_avg_sq`, `square_avg`, `grad_avg`, `sum`, `acc_delta`), each over the flat
+    /// parameter buffer.
+    pub fn state(&self) -> Vec<(&'static str, &[f32])> {
+        self.names
+            .iter()
+            .copied()
+            .zip(self.state.iter().map(|v| v.as_slice()))
+            .collect()
+    }
+
+    /// Restores the step count and every state buffer (to resume training exactly).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] if a buffer is missing or has the wrong length; the optimizer is
+    /// unchanged on error.
+    pub fn load_state(&mut self, steps: u64, buffers: &[(&str, &[f32])]) -> Result<()> {
+        const OP: &str = "Optimizer::load_state";
+        for name in &self.names {
+            match buffers.iter().find(|(n, _)| n == name) {
+                Some((_, v)) if v.len() == self.len => {}
+                Some((_, v)) => {
+                    return Err(Error::invalid(
+                        OP,
+                        "state",
+                        format!("{name} has {} values, expected {}", v.len(), self.len),
+                    ));
+                }
+                None => return Err(Error::invalid(OP, "state", format!("missing {name}"))),
+            }
+        }
+        for (name, dst) in self.names.iter().zip(&mut self.state) {
+            if let Some((_, v)) = buffers.iter().find(|(n, _)| n == name) {
+                dst.copy_from_slice(v);
+            }
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// A learning-rate schedule, stepped once per epoch from the optimizer's base rate.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub enum LrSchedule {
+    /// The base rate throughout.
+    #[default]
+    Constant,
+    /// `torch.optim.lr_scheduler.StepLR`: `base · gamma^⌊epoch / step_size⌋`.
+    Step {
+        /// Epochs between decays.
+        step_size: usize,
+        /// Decay factor.
+        gamma: f32,
+    },
+    /// `torch.optim.lr_scheduler.CosineAnnealingLR`:
+    /// `eta_min + (base − eta_min)·(1 + cos(π·epoch/t_max))/2`.
+    Cosine {
+        /// Epochs of one half cosine.
+        t_max: usize,
+        /// Final rate.
+        eta_min: f32,
+    },
+}
+
+impl LrSchedule {
+    /// The rate for `epoch` (0-based) given the base rate.
+    pub fn lr_at(&self, base: f32, epoch: usize) -> f32 {
+        match *self {
+            LrSchedule::Constant => base,
+            LrSchedule::Step { step_size, gamma } => {
+                base * gamma.powi((epoch / step_size.max(1)).min(i32::MAX as usize) as i32)
+            }
+            LrSchedule::Cosine { t_max, eta_min } => {
+                let phase = std::f64::consts::PI * epoch as f64 / t_max.max(1) as f64;
+                (eta_min as f64 + (base - eta_min) as f64 * (1.0 + phase.cos()) / 2.0) as f32
+            }
+        }
+    }
+}
