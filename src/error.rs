@@ -4,6 +4,7 @@
 //! argument at fault, so a message reads like `conv2d_forward: w has 288 elements, expected 576`.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 /// What went wrong, and where.
 #[derive(Debug)]
@@ -44,6 +45,20 @@ pub enum Error {
         /// What became non-finite.
         what: &'static str,
     },
+    /// Reading or writing a file failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A file's contents are malformed, inconsistent or beyond a configured limit.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.
@@ -61,11 +76,20 @@ impl fmt::Display for Error {
             Error::InvalidArg { op, arg, reason } => write!(f, "{op}: invalid {arg}: {reason}"),
             Error::TooLarge { op, what } => write!(f, "{op}: {what} is too large"),
             Error::NonFinite { op, what } => write!(f, "{op}: {what} is not finite"),
+            Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            Error::File { path, reason } => write!(f, "{}: {reason}", path.display()),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 impl Error {
     /// Builds [`Error::Length`].
@@ -87,6 +111,26 @@ impl Error {
         Error::InvalidArg {
             op,
             arg,
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds [`Error::Io`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Builds [`Error::File`].
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn file(path: &Path, reason: impl Into<String>) -> Self {
+        Error::File {
+            path: path.to_path_buf(),
             reason: reason.into(),
         }
     }

@@ -42,25 +42,32 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod data;
 mod error;
 #[allow(unsafe_code)]
 pub mod gemm;
+#[cfg(feature = "image")]
+pub mod image;
 mod init;
 pub mod kernels;
 pub mod layer;
+pub mod metrics;
 mod model;
 pub mod optim;
 pub mod par;
+pub mod preprocess;
 pub mod reference;
 pub mod rng;
 mod shape;
 mod simd;
+mod train;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
 pub use init::Init;
 pub use layer::{LayerSpec, Shape3, Tensor, TensorData};
 pub use model::Sequential;
 pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};
+pub use train::{Control, EpochReport, Event, Progress, TrainConfig, Trainer, evaluate, predict};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

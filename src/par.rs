@@ -200,6 +200,20 @@ pub(crate) fn for_each_block<P: Parts>(
     });
 }
 
+/// `f` applied to every item, in parallel (serially without the `rayon` feature), results in
+/// item order. For coarse work such as decoding files.
+pub(crate) fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+    #[cfg(feature = "rayon")]
+    {
+        use rayon::prelude::*;
+        items.par_iter().map(f).collect()
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        items.iter().map(f).collect()
+    }
+}
+
 /// At most this many partial sums in [`sum_over_rows`].
 const MAX_PARTIALS: usize = 64;
 

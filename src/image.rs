@@ -1,0 +1,286 @@
+//! Image files (feature `image`): decoding PNG and JPEG with limits, the preprocessing pipeline
+//! (grey or RGB, CLAHE or histogram equalisation, resize) into `f32` CHW, and
+//! `torchvision.datasets.ImageFolder`-style folders.
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::layer::Shape3;
+use crate::preprocess::{self, Clahe, Filter, Gray};
+use std::path::{Path, PathBuf};
+
+/// Limits on untrusted image files, checked before decoding allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest file read, in bytes (default 256 MiB).
+    pub max_file_bytes: u64,
+    /// Largest width or height in pixels (default 16384).
+    pub max_side: u32,
+    /// Largest decoder allocation in bytes (default 512 MiB).
+    pub max_alloc: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_file_bytes: 256 << 20,
+            max_side: 16384,
+            max_alloc: 512 << 20,
+        }
+    }
+}
+
+/// How images become network inputs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageOptions {
+    /// Resize every image to `[height, width]`; `None` keeps the size (all images must agree).
+    pub size: Option<[usize; 2]>,
+    /// One grey channel (ITU-R 601 luma, as `image`'s `to_luma8`) instead of RGB.
+    pub grayscale: bool,
+    /// CLAHE on each 8-bit (or 16-bit grey) channel before resizing.
+    pub clahe: Option<Clahe>,
+    /// Histogram equalisation on each 8-bit channel before resizing (after CLAHE if both).
+    pub equalize: bool,
+    /// Limits on the files.
+    pub limits: ImageLimits,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            size: None,
+            grayscale: true,
+            clahe: None,
+            equalize: false,
+            limits: ImageLimits::default(),
+        }
+    }
+}
+
+impl ImageOptions {
+    /// Channels of the output.
+    pub fn channels(&self) -> usize {
+        if self.grayscale { 1 } else { 3 }
+    }
+}
+
+fn decode(path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.len() > limits.max_file_bytes {
+        return Err(Error::file(
+            path,
+            format!(
+                "{} bytes, above the limit of {}",
+                meta.len(),
+                limits.max_file_bytes
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    l.max_alloc = Some(limits.max_alloc);
+    reader.limits(l);
+    reader
+        .decode()
+        .map_err(|e| Error::file(path, format!("cannot decode image: {e}")))
+}
+
+/// Decodes `path` and turns it into `f32` CHW values in `[0, 1]` (after CLAHE / equalisation and
+/// resizing as `opts` says). Returns the values and their shape.
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::File`] naming the file: unreadable, not an image, beyond the limits.
+pub fn load_image(path: &Path, opts: &ImageOptions) -> Result<(Vec<f32>, Shape3)> {
+    let img = decode(path, &opts.limits)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return Err(Error::file(path, "image has no pixels"));
+    }
+    let with = |e: Error| Error::file(path, e.to_string());
+    // Channels as f32 planes in [0, 1], each preprocessed in its native depth.
+    let planes: Vec<Vec<f32>> =
+        if opts.grayscale && matches!(img, image::DynamicImage::ImageLuma16(_)) {
+            let g = Gray::new(w, h, img.to_luma16().into_raw()).map_err(with)?;
+            let g = match &opts.clahe {
+                Some(c) => preprocess::clahe(&g, c).map_err(with)?,
+                None => g,
+            };
+            vec![g.data().iter().map(|&v| v as f32 / 65535.0).collect()]
+        } else {
+            let raw: Vec<Vec<u8>> = if opts.grayscale {
+                vec![img.to_luma8().into_raw()]
+            } else {
+                let rgb = img.to_rgb8().into_raw();
+                (0..3)
+                    .map(|c| rgb.iter().skip(c).step_by(3).copied().collect())
+                    .collect()
+            };
+            let mut planes = Vec::with_capacity(raw.len());
+            for p in raw {
+                let mut g = Gray::new(w, h, p).map_err(with)?;
+                if let Some(c) = &opts.clahe {
+                    g = preprocess::clahe(&g, c).map_err(with)?;
+                }
+                if opts.equalize {
+                    g = preprocess::equalize_hist(&g);
+                }
+                planes.push(g.data().iter().map(|&v| v as f32 / 255.0).collect());
+            }
+            planes
+        };
+    let [oh, ow] = opts.size.unwrap_or([h, w]);
+    let mut out = Vec::with_capacity(planes.len() * oh * ow);
+    for p in planes {
+        if [oh, ow] == [h, w] {
+            out.extend_from_slice(&p);
+        } else {
+            let filter = if ow <= w && oh <= h {
+                Filter::Area
+            } else {
+                Filter::Bilinear
+            };
+            let r = preprocess::resize(&Gray::new(w, h, p).map_err(with)?, ow, oh, filter)
+                .map_err(with)?;
+            out.extend_from_slice(r.data());
+        }
+    }
+    Ok((out, [opts.channels(), oh, ow]))
+}
+
+fn is_image(p: &Path) -> bool {
+    p.is_file()
+        && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+            ["png", "jpg", "jpeg"]
+                .iter()
+                .any(|x| e.eq_ignore_ascii_case(x))
+        })
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The classes (sub-folders, sorted by name) of `root` and their image files (sorted).
+///
+/// # Errors
+/// [`Error::File`] naming a missing folder, a folder without classes, or an empty class.
+pub fn scan_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
+    if !root.is_dir() {
+        return Err(Error::file(root, "not a directory"));
+    }
+    let mut classes = Vec::new();
+    for dir in sorted_entries(root)?.into_iter().filter(|p| p.is_dir()) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let files: Vec<PathBuf> = sorted_entries(&dir)?
+            .into_iter()
+            .filter(|p| is_image(p))
+            .collect();
+        if files.is_empty() {
+            return Err(Error::file(
+                &dir,
+                "class folder has no .png, .jpg or .jpeg images",
+            ));
+        }
+        classes.push((name, files));
+    }
+    if classes.len() < 2 {
+        return Err(Error::file(
+            root,
+            format!(
+                "found {} class folder(s); need at least two (root/<class>/*.png)",
+                classes.len()
+            ),
+        ));
+    }
+    Ok(classes)
+}
+
+/// Loads an image folder laid out as `torchvision.datasets.ImageFolder` expects:
+/// `root/<class>/*.{png,jpg,jpeg}`, classes sorted by name. Images are decoded in parallel.
+///
+/// # Errors
+/// As [`scan_folder`] and [`load_image`]; [`Error::File`] if images differ in size and no
+/// `size` was given.
+pub fn load_image_folder(root: &Path, opts: &ImageOptions) -> Result<Dataset> {
+    load_classes(&scan_folder(root)?, opts)
+}
+
+fn load_classes(classes: &[(String, Vec<PathBuf>)], opts: &ImageOptions) -> Result<Dataset> {
+    let items: Vec<(u32, &PathBuf)> = classes
+        .iter()
+        .enumerate()
+        .flat_map(|(c, (_, files))| files.iter().map(move |f| (c as u32, f)))
+        .collect();
+    let decoded = crate::par::map(&items, |(_, p)| load_image(p, opts));
+    let mut x = Vec::new();
+    let mut shape = None;
+    for (r, (_, path)) in decoded.into_iter().zip(&items) {
+        let (v, s) = r?;
+        match shape {
+            None => shape = Some(s),
+            Some(first) if first != s => {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "image is {}x{}, earlier images are {}x{}: give a size to resize them all",
+                        s[1], s[2], first[1], first[2]
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        x.extend_from_slice(&v);
+    }
+    let labels = items.iter().map(|(c, _)| *c).collect();
+    let shape = shape.ok_or_else(|| Error::invalid("load_image_folder", "root", "no images"))?;
+    Dataset::new(
+        x,
+        labels,
+        shape,
+        classes.iter().map(|(n, _)| n.clone()).collect(),
+    )
+}
+
+/// Loads `root/train` and `root/test` if both exist (the same class folders in each), else
+/// `root` alone as the training set. Returns `(train, test)`.
+///
+/// # Errors
+/// As [`load_image_folder`]; [`Error::File`] if the train and test classes differ.
+pub fn load_image_splits(root: &Path, opts: &ImageOptions) -> Result<(Dataset, Option<Dataset>)> {
+    let (tr, te) = (root.join("train"), root.join("test"));
+    if tr.is_dir() && te.is_dir() {
+        let (ctr, cte) = (scan_folder(&tr)?, scan_folder(&te)?);
+        let names =
+            |c: &[(String, Vec<PathBuf>)]| c.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        if names(&ctr) != names(&cte) {
+            return Err(Error::file(
+                &te,
+                format!(
+                    "classes {:?} differ from the training classes {:?}",
+                    names(&cte),
+                    names(&ctr)
+                ),
+            ));
+        }
+        Ok((load_classes(&ctr, opts)?, Some(load_classes(&cte, opts)?)))
+    } else {
+        Ok((load_image_folder(root, opts)?, None))
+    }
+}

@@ -1,0 +1,179 @@
+//! Classification metrics: accuracy, confusion matrix, per-class precision / recall / F1, and for
+//! two classes sensitivity, specificity and ROC AUC.
+
+use std::fmt::Write as _;
+
+/// Precision, recall and F1 of one class (0 where undefined, as scikit-learn's `zero_division=0`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClassMetrics {
+    /// `TP / (TP + FP)`.
+    pub precision: f64,
+    /// `TP / (TP + FN)`.
+    pub recall: f64,
+    /// Harmonic mean of precision and recall.
+    pub f1: f64,
+    /// Number of true instances.
+    pub support: usize,
+}
+
+/// Two-class metrics, with class 1 as the positive class (scikit-learn's `pos_label=1`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BinaryMetrics {
+    /// Recall of the positive class: `TP / (TP + FN)`.
+    pub sensitivity: f64,
+    /// Recall of the negative class: `TN / (TN + FP)`.
+    pub specificity: f64,
+    /// Area under the ROC curve of the positive-class probability (ties count one half); `None`
+    /// when only one class is present.
+    pub roc_auc: Option<f64>,
+}
+
+/// Metrics of a classifier over a dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metrics {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction of correct predictions.
+    pub accuracy: f64,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+    /// Per-class precision, recall, F1.
+    pub per_class: Vec<ClassMetrics>,
+    /// Present for two classes.
+    pub binary: Option<BinaryMetrics>,
+}
+
+impl Metrics {
+    /// Metrics from true `labels`, predicted labels `pred`, the positive-class scores (for ROC AUC,
+    /// two classes only) and the mean loss.
+    pub fn new(
+        classes: usize,
+        labels: &[u32],
+        pred: &[u32],
+        positive_scores: Option<&[f32]>,
+        loss: f64,
+    ) -> Self {
+        let mut confusion = vec![vec![0usize; classes]; classes];
+        for (&t, &p) in labels.iter().zip(pred) {
+            if (t as usize) < classes && (p as usize) < classes {
+                confusion[t as usize][p as usize] += 1;
+            }
+        }
+        let total: usize = labels.len();
+        let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
+        let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let per_class: Vec<ClassMetrics> = (0..classes)
+            .map(|c| {
+                let tp = confusion[c][c];
+                let predicted: usize = (0..classes).map(|t| confusion[t][c]).sum();
+                let support: usize = confusion[c].iter().sum();
+                let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
+                let f1 = if precision + recall > 0.0 {
+                    2.0 * precision * recall / (precision + recall)
+                } else {
+                    0.0
+                };
+                ClassMetrics {
+                    precision,
+                    recall,
+                    f1,
+                    support,
+                }
+            })
+            .collect();
+        let binary = (classes == 2).then(|| BinaryMetrics {
+            sensitivity: per_class[1].recall,
+            specificity: per_class[0].recall,
+            roc_auc: positive_scores.and_then(|s| roc_auc(labels, s)),
+        });
+        Metrics {
+            loss,
+            accuracy: ratio(correct, total),
+            confusion,
+            per_class,
+            binary,
+        }
+    }
+
+    /// The confusion matrix as text: one row per true class, one column per predicted class.
+    pub fn confusion_table(&self, names: &[String]) -> String {
+        let w = names.iter().map(|n| n.len()).max().unwrap_or(1).max(
+            self.confusion
+                .iter()
+                .flatten()
+                .max()
+                .map_or(1, |m| m.to_string().len()),
+        ) + 1;
+        let mut s = format!("{:>w$} |", "true\\pred");
+        for n in names {
+            let _ = write!(s, "{n:>w$}");
+        }
+        s.push('\n');
+        for (name, row) in names.iter().zip(&self.confusion) {
+            let _ = write!(s, "{name:>w$} |", w = w.max(9));
+            for v in row {
+                let _ = write!(s, "{v:>w$}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Per-class precision, recall, F1 and support as text, and the binary metrics if any.
+    pub fn report(&self, names: &[String]) -> String {
+        let mut s = format!(
+            "{:>12} {:>9} {:>9} {:>9} {:>8}\n",
+            "class", "precision", "recall", "f1", "support"
+        );
+        for (n, m) in names.iter().zip(&self.per_class) {
+            let _ = writeln!(
+                s,
+                "{n:>12} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+                m.precision, m.recall, m.f1, m.support
+            );
+        }
+        if let Some(b) = &self.binary {
+            let _ = write!(
+                s,
+                "sensitivity {:.4}, specificity {:.4}",
+                b.sensitivity, b.specificity
+            );
+            if let Some(auc) = b.roc_auc {
+                let _ = write!(s, ", ROC AUC {auc:.4}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// ROC AUC of `scores` for the positive class 1 against class 0, by the rank-sum (Mann–Whitney)
+/// statistic with mid-ranks for ties; `None` if either class is absent. Labels other than 0 and
+/// 1 are ignored.
+pub fn roc_auc(labels: &[u32], scores: &[f32]) -> Option<f64> {
+    let mut v: Vec<(f32, bool)> = labels
+        .iter()
+        .zip(scores)
+        .filter(|(l, _)| **l <= 1)
+        .map(|(&l, &s)| (s, l == 1))
+        .collect();
+    let pos = v.iter().filter(|p| p.1).count();
+    let neg = v.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0.0f64;
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1].0 == v[i].0 {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += mid * v[i..=j].iter().filter(|p| p.1).count() as f64;
+        i = j + 1;
+    }
+    let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
+    Some(u / (pos as f64 * neg as f64))
+}

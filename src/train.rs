@@ -1,0 +1,447 @@
+//! The training loop: epochs of seeded mini-batches, cross-entropy, an optimizer with a
+//! learning-rate schedule, evaluation, and a callback to watch (or stop) it.
+
+use crate::data::{Batches, Dataset, gather};
+use crate::error::{Error, Result};
+use crate::kernels::{Accum, cross_entropy_loss, softmax_forward};
+use crate::metrics::Metrics;
+use crate::model::Sequential;
+use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
+
+/// How to train.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Passes over the training set (default 20).
+    pub epochs: usize,
+    /// Images per step (default 32).
+    pub batch_size: usize,
+    /// Seed of the shuffling order (default 0). The model's own seed sets initialisation and
+    /// dropout noise.
+    pub seed: u64,
+    /// Learning-rate schedule over epochs (default constant).
+    pub schedule: LrSchedule,
+    /// Cross-entropy label smoothing (default 0).
+    pub label_smoothing: f32,
+    /// Batch size for evaluation (default 256).
+    pub eval_batch_size: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 20,
+            batch_size: 32,
+            seed: 0,
+            schedule: LrSchedule::Constant,
+            label_smoothing: 0.0,
+            eval_batch_size: 256,
+        }
+    }
+}
+
+/// What happened in one epoch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochReport {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Mean training loss over the epoch's steps (weighted by batch size).
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (with the weights of each step, in training mode).
+    pub train_accuracy: f64,
+    /// Validation metrics, if a validation set was given.
+    pub val: Option<Metrics>,
+    /// Wall-clock seconds of the epoch (training and validation).
+    pub seconds: f64,
+}
+
+/// Progress reported to the callback of [`Trainer::fit`].
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A training step finished.
+    Step {
+        /// 0-based epoch.
+        epoch: usize,
+        /// Steps done in this epoch.
+        step: usize,
+        /// Steps per epoch.
+        steps: usize,
+        /// The step's loss.
+        loss: f32,
+    },
+    /// An epoch finished.
+    Epoch(&'a EpochReport),
+}
+
+/// The callback's answer: go on, or stop after the current step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Keep training.
+    Continue,
+    /// Stop now; [`Trainer::fit`] returns and a later call continues where this one stopped.
+    Stop,
+}
+
+/// Where training stands, enough to continue it exactly (see [`Trainer::progress`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Steps completed in the current epoch.
+    pub step: usize,
+    /// Shuffling generator at the start of the current epoch.
+    pub shuffle_rng: [u64; 4],
+    /// Running sums of the current epoch: loss·images, correct predictions, images.
+    pub partial: (f64, usize, usize),
+}
+
+/// A model, its optimizer and the state of a training run.
+///
+/// # Example
+/// ```
+/// use cnnkit::{data, optim::OptimizerKind, LayerSpec, Sequential, TrainConfig, Trainer, Control};
+/// let (train, test) = data::digits()?;
+/// let specs = LayerSpec::parse_list("flatten,dense(10)")?;
+/// let model = Sequential::new(train.shape(), &specs, 0)?;
+/// let cfg = TrainConfig { epochs: 2, ..Default::default() };
+/// let mut t = Trainer::new(model, OptimizerKind::by_name("adam")?, cfg)?;
+/// t.fit(&train, Some(&test), &mut |_| Control::Continue)?;
+/// assert!(t.history()[1].val.as_ref().unwrap().accuracy > 0.8);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Trainer {
+    model: Sequential,
+    optimizer: Optimizer,
+    base_lr: f32,
+    cfg: TrainConfig,
+    batches: Option<Batches>,
+    progress: Progress,
+    history: Vec<EpochReport>,
+    xb: Vec<f32>,
+    yb: Vec<u32>,
+    dlogits: Vec<f32>,
+}
+
+impl Trainer {
+    /// A trainer for `model` with a fresh optimizer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] for a zero batch size or an invalid optimizer configuration.
+    pub fn new(model: Sequential, optimizer: OptimizerKind, cfg: TrainConfig) -> Result<Self> {
+        if cfg.batch_size == 0 || cfg.eval_batch_size == 0 {
+            return Err(Error::invalid(
+                "Trainer::new",
+                "batch_size",
+                "must be at least 1",
+            ));
+        }
+        let optimizer = Optimizer::new(optimizer, model.param_count())?;
+        let base_lr = optimizer.lr();
+        let shuffle_rng = crate::rng::Rng::new(cfg.seed).state();
+        Ok(Trainer {
+            model,
+            optimizer,
+            base_lr,
+            cfg,
+            batches: None,
+            progress: Progress {
+                epoch: 0,
+                step: 0,
+                shuffle_rng,
+                partial: (0.0, 0, 0),
+            },
+            history: Vec::new(),
+            xb: Vec::new(),
+            yb: Vec::new(),
+            dlogits: Vec::new(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Sequential {
+        &self.model
+    }
+    /// The model, mutably.
+    pub fn model_mut(&mut self) -> &mut Sequential {
+        &mut self.model
+    }
+    /// The optimizer.
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+    /// The optimizer, mutably (to restore its state).
+    pub fn optimizer_mut(&mut self) -> &mut Optimizer {
+        &mut self.optimizer
+    }
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+    /// Reports of the completed epochs.
+    pub fn history(&self) -> &[EpochReport] {
+        &self.history
+    }
+    /// Where training stands.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+    /// Whether every epoch has run.
+    pub fn finished(&self) -> bool {
+        self.progress.epoch >= self.cfg.epochs
+    }
+    /// Gives the model back.
+    pub fn into_model(self) -> Sequential {
+        self.model
+    }
+
+    /// Restores the position of an interrupted run (with [`Trainer::restore_history`], the
+    /// model's parameters, buffers and noise generator, and the optimizer state, training then
+    /// continues exactly as if it had not stopped).
+    pub fn restore_progress(&mut self, p: Progress) {
+        self.progress = p;
+        self.batches = None;
+    }
+    /// Restores the reports of completed epochs.
+    pub fn restore_history(&mut self, h: Vec<EpochReport>) {
+        self.history = h;
+    }
+
+    /// One optimisation step on a batch: forward, cross-entropy, backward, optimizer update.
+    /// Returns the loss and the number of correct predictions.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] if the loss is NaN or infinite (the weights are left as they were
+    /// before the step); errors of the model or the loss for bad input.
+    pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<(f32, usize)> {
+        let n = labels.len();
+        let classes = self.model.output_len();
+        self.model.train();
+        crate::layer::grow(&mut self.dlogits, n * classes);
+        let logits = self.model.forward(x, n)?;
+        let correct = labels
+            .iter()
+            .enumerate()
+            .filter(|&(i, &l)| argmax(&logits[i * classes..][..classes]) == l as usize)
+            .count();
+        let loss = cross_entropy_loss(
+            classes,
+            logits,
+            labels,
+            self.cfg.label_smoothing,
+            Some(&mut self.dlogits[..n * classes]),
+        )?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                op: "Trainer::step",
+                what: "training loss",
+            });
+        }
+        self.model
+            .backward(x, &self.dlogits[..n * classes], Accum::Replace)?;
+        let (p, g) = self.model.params_and_grads();
+        self.optimizer.step(p, g)?;
+        Ok((loss, correct))
+    }
+
+    /// Trains for the remaining epochs of the configuration, evaluating on `val` after each
+    /// epoch. `observe` sees every step and epoch; returning [`Control::Stop`] ends the call
+    /// after the current step, and calling `fit` again continues from there.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] if the datasets do not fit the model (image shape, class count) or
+    /// the training set is empty; [`Error::NonFinite`] if the loss diverges.
+    pub fn fit(
+        &mut self,
+        train: &Dataset,
+        val: Option<&Dataset>,
+        observe: &mut dyn FnMut(&Event<'_>) -> Control,
+    ) -> Result<()> {
+        const OP: &str = "Trainer::fit";
+        for (ds, what) in
+            std::iter::once((train, "training set")).chain(val.map(|v| (v, "validation set")))
+        {
+            if ds.shape() != self.model.input_shape() {
+                return Err(Error::invalid(
+                    OP,
+                    "dataset",
+                    format!(
+                        "{what} images are {:?}, the model takes {:?}",
+                        ds.shape(),
+                        self.model.input_shape()
+                    ),
+                ));
+            }
+            if ds.classes().len() != self.model.output_len() {
+                return Err(Error::invalid(
+                    OP,
+                    "dataset",
+                    format!(
+                        "{what} has {} classes, the model outputs {}",
+                        ds.classes().len(),
+                        self.model.output_len()
+                    ),
+                ));
+            }
+        }
+        if train.is_empty() {
+            return Err(Error::invalid(OP, "dataset", "the training set is empty"));
+        }
+        while self.progress.epoch < self.cfg.epochs {
+            let started = std::time::Instant::now();
+            let epoch = self.progress.epoch;
+            let lr = self.cfg.schedule.lr_at(self.base_lr, epoch);
+            self.optimizer.set_lr(lr);
+            let mut batches = match self.batches.take() {
+                Some(b) => b,
+                None => Batches::new(train.len(), self.cfg.batch_size, true, self.cfg.seed)?,
+            };
+            batches.set_rng_state(self.progress.shuffle_rng);
+            let order: Vec<&[usize]> = batches.epoch().collect();
+            let steps = order.len();
+            let mut stopped = false;
+            for idx in order.iter().skip(self.progress.step) {
+                let (mut xb, mut yb) = (std::mem::take(&mut self.xb), std::mem::take(&mut self.yb));
+                gather(train, idx, &mut xb, &mut yb);
+                let r = self.step(&xb, &yb);
+                (self.xb, self.yb) = (xb, yb);
+                let (loss, correct) = r?;
+                let p = &mut self.progress.partial;
+                p.0 += loss as f64 * idx.len() as f64;
+                p.1 += correct;
+                p.2 += idx.len();
+                self.progress.step += 1;
+                if observe(&Event::Step {
+                    epoch,
+                    step: self.progress.step,
+                    steps,
+                    loss,
+                }) == Control::Stop
+                {
+                    stopped = true;
+                    break;
+                }
+            }
+            drop(order);
+            if stopped && self.progress.step < steps {
+                self.batches = Some(batches);
+                return Ok(());
+            }
+            let val_metrics = match val {
+                Some(v) => Some(evaluate(&mut self.model, v, self.cfg.eval_batch_size)?),
+                None => None,
+            };
+            let (sum, correct, seen) = self.progress.partial;
+            let report = EpochReport {
+                epoch: epoch + 1,
+                lr,
+                train_loss: sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                val: val_metrics,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            self.progress = Progress {
+                epoch: epoch + 1,
+                step: 0,
+                shuffle_rng: batches.rng_state(),
+                partial: (0.0, 0, 0),
+            };
+            self.batches = Some(batches);
+            self.history.push(report);
+            let stop =
+                observe(&Event::Epoch(self.history.last().expect("just pushed"))) == Control::Stop;
+            if stop {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] || (v[best].is_nan() && !x.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Class probabilities (softmax of the outputs) of `n` images, in evaluation mode.
+///
+/// # Errors
+/// [`Error::Length`] if `x` does not hold `n` images of the model's input shape.
+pub fn predict(model: &mut Sequential, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let was = model.is_training();
+    model.eval();
+    let out = model.forward(x, n).map(|l| l.to_vec());
+    if was {
+        model.train();
+    }
+    let logits = out?;
+    let mut probs = vec![0.0; logits.len()];
+    softmax_forward(model.output_len(), &logits, &mut probs)?;
+    Ok(probs)
+}
+
+/// Loss, accuracy, confusion matrix and per-class metrics of `model` on `ds`, in evaluation mode
+/// (the model's mode is restored afterwards).
+///
+/// # Errors
+/// [`Error::InvalidArg`] if the dataset does not fit the model.
+pub fn evaluate(model: &mut Sequential, ds: &Dataset, batch: usize) -> Result<Metrics> {
+    const OP: &str = "evaluate";
+    if ds.shape() != model.input_shape() || ds.classes().len() != model.output_len() {
+        return Err(Error::invalid(
+            OP,
+            "dataset",
+            format!(
+                "images {:?} with {} classes; the model takes {:?} and outputs {}",
+                ds.shape(),
+                ds.classes().len(),
+                model.input_shape(),
+                model.output_len()
+            ),
+        ));
+    }
+    let classes = model.output_len();
+    let was = model.is_training();
+    model.eval();
+    let (mut pred, mut scores, mut loss_sum) = (Vec::with_capacity(ds.len()), Vec::new(), 0.0f64);
+    let (mut xb, mut yb) = (Vec::new(), Vec::new());
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let mut result = Ok(());
+    for chunk in idx.chunks(batch.max(1)) {
+        gather(ds, chunk, &mut xb, &mut yb);
+        let logits = match model.forward(&xb, chunk.len()) {
+            Ok(l) => l,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        loss_sum +=
+            cross_entropy_loss(classes, logits, &yb, 0.0, None)? as f64 * chunk.len() as f64;
+        for row in logits.chunks_exact(classes) {
+            pred.push(argmax(row) as u32);
+            if classes == 2 {
+                // P(class 1) = σ(z1 − z0).
+                scores.push(1.0 / (1.0 + (row[0] - row[1]).exp()));
+            }
+        }
+    }
+    if was {
+        model.train();
+    }
+    result?;
+    let loss = loss_sum / ds.len().max(1) as f64;
+    Ok(Metrics::new(
+        classes,
+        ds.labels(),
+        &pred,
+        (classes == 2).then_some(&scores[..]),
+        loss,
+    ))
+}
