@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod checkpoint;
 pub mod data;
 mod error;
 #[allow(unsafe_code)]

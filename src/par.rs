@@ -202,6 +202,7 @@ pub(crate) fn for_each_block<P: Parts>(
 
 /// `f` applied to every item, in parallel (serially without the `rayon` feature), results in
 /// item order. For coarse work such as decoding files.
+#[cfg_attr(not(feature = "image"), allow(dead_code))]
 pub(crate) fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
     #[cfg(feature = "rayon")]
     {

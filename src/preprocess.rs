@@ -236,8 +236,8 @@ pub fn clahe<T: Pixel>(img: &Gray<T>, p: &Clahe) -> Result<Gray<T>> {
             for v in hist.iter_mut() {
                 *v += batch;
             }
-            if residual != 0 {
-                let step = (bins / residual).max(1);
+            if let Some(q) = bins.checked_div(residual) {
+                let step = q.max(1);
                 let mut i = 0;
                 while i < bins && residual > 0 {
                     hist[i] += 1;
