@@ -95,6 +95,24 @@ impl Metrics {
         }
     }
 
+    /// Metrics rebuilt from a confusion matrix (with the mean loss and, for two classes, the ROC
+    /// AUC, which the matrix does not determine).
+    pub fn from_confusion(confusion: Vec<Vec<usize>>, loss: f64, roc_auc: Option<f64>) -> Self {
+        let classes = confusion.len();
+        let (mut labels, mut pred) = (Vec::new(), Vec::new());
+        for (t, row) in confusion.iter().enumerate() {
+            for (p, &n) in row.iter().enumerate() {
+                labels.extend(std::iter::repeat_n(t as u32, n));
+                pred.extend(std::iter::repeat_n(p as u32, n));
+            }
+        }
+        let mut m = Metrics::new(classes, &labels, &pred, None, loss);
+        if let Some(b) = &mut m.binary {
+            b.roc_auc = roc_auc;
+        }
+        m
+    }
+
     /// The confusion matrix as text: one row per true class, one column per predicted class.
     pub fn confusion_table(&self, names: &[String]) -> String {
         let w = names.iter().map(|n| n.len()).max().unwrap_or(1).max(

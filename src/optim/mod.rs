@@ -172,6 +172,119 @@ impl OptimizerKind {
     }
 }
 
+impl std::fmt::Display for OptimizerKind {
+    /// `name(key=value,...)` with every hyper-parameter, e.g.
+    /// `adam(lr=0.001,beta1=0.9,beta2=0.999,eps=1e-8,weight_decay=0.0,amsgrad=false)`; parsed back
+    /// by `str::parse`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptimizerKind::Sgd(c) => write!(
+                f,
+                "sgd(lr={:?},momentum={:?},dampening={:?},weight_decay={:?},nesterov={})",
+                c.lr, c.momentum, c.dampening, c.weight_decay, c.nesterov
+            ),
+            OptimizerKind::Adam(c) | OptimizerKind::AdamW(c) => write!(
+                f,
+                "{}(lr={:?},beta1={:?},beta2={:?},eps={:?},weight_decay={:?},amsgrad={})",
+                self.name(),
+                c.lr,
+                c.betas.0,
+                c.betas.1,
+                c.eps,
+                c.weight_decay,
+                c.amsgrad
+            ),
+            OptimizerKind::RmsProp(c) => write!(
+                f,
+                "rmsprop(lr={:?},alpha={:?},eps={:?},weight_decay={:?},momentum={:?},centered={})",
+                c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, c.centered
+            ),
+            OptimizerKind::Adagrad(c) => write!(
+                f,
+                "adagrad(lr={:?},lr_decay={:?},weight_decay={:?},initial_accumulator_value={:?},eps={:?})",
+                c.lr, c.lr_decay, c.weight_decay, c.initial_accumulator_value, c.eps
+            ),
+            OptimizerKind::Adadelta(c) => write!(
+                f,
+                "adadelta(lr={:?},rho={:?},eps={:?},weight_decay={:?})",
+                c.lr, c.rho, c.eps, c.weight_decay
+            ),
+        }
+    }
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = Error;
+
+    /// A name (`adam`: PyTorch's defaults) or the [`Display`](std::fmt::Display) form with any
+    /// subset of the hyper-parameters.
+    fn from_str(s: &str) -> Result<Self> {
+        const OP: &str = "OptimizerKind::from_str";
+        let s = s.trim();
+        let (name, args) = match s.split_once('(') {
+            Some((n, rest)) => (n, rest.strip_suffix(')').ok_or_else(|| Error::invalid(OP, "optimizer", format!("missing ')' in {s}")))?),
+            None => (s, ""),
+        };
+        let mut k = OptimizerKind::by_name(name)?;
+        for kv in args.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            let (key, v) = kv.split_once('=').ok_or_else(|| Error::invalid(OP, "optimizer", format!("'{kv}' is not key=value")))?;
+            let num = || v.parse::<f32>().map_err(|_| Error::invalid(OP, "optimizer", format!("{key} = '{v}' is not a number")));
+            let flag = || v.parse::<bool>().map_err(|_| Error::invalid(OP, "optimizer", format!("{key} = '{v}' is not true or false")));
+            let kname = k.name();
+            let unknown = || Error::invalid(OP, "optimizer", format!("{kname} has no parameter '{key}'"));
+            match (&mut k, key) {
+                (_, "lr") => k.set_lr(num()?),
+                (_, "weight_decay") => k.set_weight_decay(num()?),
+                (OptimizerKind::Sgd(c), "momentum") => c.momentum = num()?,
+                (OptimizerKind::Sgd(c), "dampening") => c.dampening = num()?,
+                (OptimizerKind::Sgd(c), "nesterov") => c.nesterov = flag()?,
+                (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "beta1") => c.betas.0 = num()?,
+                (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "beta2") => c.betas.1 = num()?,
+                (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "eps") => c.eps = num()?,
+                (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "amsgrad") => c.amsgrad = flag()?,
+                (OptimizerKind::RmsProp(c), "alpha") => c.alpha = num()?,
+                (OptimizerKind::RmsProp(c), "eps") => c.eps = num()?,
+                (OptimizerKind::RmsProp(c), "momentum") => c.momentum = num()?,
+                (OptimizerKind::RmsProp(c), "centered") => c.centered = flag()?,
+                (OptimizerKind::Adagrad(c), "lr_decay") => c.lr_decay = num()?,
+                (OptimizerKind::Adagrad(c), "initial_accumulator_value") => c.initial_accumulator_value = num()?,
+                (OptimizerKind::Adagrad(c), "eps") => c.eps = num()?,
+                (OptimizerKind::Adadelta(c), "rho") => c.rho = num()?,
+                (OptimizerKind::Adadelta(c), "eps") => c.eps = num()?,
+                _ => return Err(unknown()),
+            }
+        }
+        k.validate()?;
+        Ok(k)
+    }
+}
+
+impl std::fmt::Display for LrSchedule {
+    /// `constant`, `step:STEP_SIZE:GAMMA` or `cosine:T_MAX:ETA_MIN`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LrSchedule::Constant => write!(f, "constant"),
+            LrSchedule::Step { step_size, gamma } => write!(f, "step:{step_size}:{gamma:?}"),
+            LrSchedule::Cosine { t_max, eta_min } => write!(f, "cosine:{t_max}:{eta_min:?}"),
+        }
+    }
+}
+
+impl std::str::FromStr for LrSchedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::invalid("LrSchedule::from_str", "schedule", format!("'{s}': use constant, step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]"));
+        let parts: Vec<&str> = s.trim().split(':').collect();
+        match parts.as_slice() {
+            ["constant"] => Ok(LrSchedule::Constant),
+            ["step", n, g] => Ok(LrSchedule::Step { step_size: n.parse().map_err(|_| bad())?, gamma: g.parse().map_err(|_| bad())? }),
+            ["cosine", t] => Ok(LrSchedule::Cosine { t_max: t.parse().map_err(|_| bad())?, eta_min: 0.0 }),
+            ["cosine", t, e] => Ok(LrSchedule::Cosine { t_max: t.parse().map_err(|_| bad())?, eta_min: e.parse().map_err(|_| bad())? }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// An optimizer with its state for a flat parameter buffer of fixed length.
 ///
 /// # Example
