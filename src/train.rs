@@ -3,9 +3,9 @@
 
 use crate::checkpoint::{self, CheckpointLimits, SafeTensors};
 use crate::data::{Batches, Dataset, gather};
-use crate::layer::{LayerSpec, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::kernels::{Accum, cross_entropy_loss, softmax_forward};
+use crate::layer::{LayerSpec, Tensor, TensorData};
 use crate::metrics::Metrics;
 use crate::model::Sequential;
 use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
@@ -452,11 +452,17 @@ pub fn evaluate(model: &mut Sequential, ds: &Dataset, batch: usize) -> Result<Me
 // ------------------------------------------------------------------------- resumable state
 
 fn hex4(s: [u64; 4]) -> String {
-    s.iter().map(|v| format!("{v:016x}")).collect::<Vec<_>>().join(",")
+    s.iter()
+        .map(|v| format!("{v:016x}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_hex4(s: &str) -> Option<[u64; 4]> {
-    let v: Vec<u64> = s.split(',').map(|t| u64::from_str_radix(t, 16).ok()).collect::<Option<_>>()?;
+    let v: Vec<u64> = s
+        .split(',')
+        .map(|t| u64::from_str_radix(t, 16).ok())
+        .collect::<Option<_>>()?;
     v.try_into().ok()
 }
 
@@ -473,7 +479,12 @@ impl TrainConfig {
     fn to_text(self) -> String {
         format!(
             "epochs={};batch_size={};seed={};schedule={};label_smoothing={:?};eval_batch_size={}",
-            self.epochs, self.batch_size, self.seed, self.schedule, self.label_smoothing, self.eval_batch_size
+            self.epochs,
+            self.batch_size,
+            self.seed,
+            self.schedule,
+            self.label_smoothing,
+            self.eval_batch_size
         )
     }
     fn from_text(s: &str) -> Option<Self> {
@@ -492,10 +503,25 @@ impl TrainConfig {
 fn history_to_text(h: &[EpochReport]) -> String {
     let mut s = String::new();
     for r in h {
-        s.push_str(&format!("{};{:?};{:?};{:?};{:?}", r.epoch, r.lr, r.train_loss, r.train_accuracy, r.seconds));
+        s.push_str(&format!(
+            "{};{:?};{:?};{:?};{:?}",
+            r.epoch, r.lr, r.train_loss, r.train_accuracy, r.seconds
+        ));
         if let Some(v) = &r.val {
-            let auc = v.binary.and_then(|b| b.roc_auc).map_or("none".to_string(), |a| format!("{a:?}"));
-            let conf: Vec<String> = v.confusion.iter().map(|row| row.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" ")).collect();
+            let auc = v
+                .binary
+                .and_then(|b| b.roc_auc)
+                .map_or("none".to_string(), |a| format!("{a:?}"));
+            let conf: Vec<String> = v
+                .confusion
+                .iter()
+                .map(|row| {
+                    row.iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect();
             s.push_str(&format!(";{:?};{auc};{}", v.loss, conf.join("|")));
         }
         s.push('\n');
@@ -511,9 +537,17 @@ fn history_from_text(s: &str) -> Option<Vec<EpochReport>> {
             let val = if f.len() == 8 {
                 let confusion: Vec<Vec<usize>> = f[7]
                     .split('|')
-                    .map(|r| r.split(' ').map(|c| c.parse().ok()).collect::<Option<Vec<usize>>>())
+                    .map(|r| {
+                        r.split(' ')
+                            .map(|c| c.parse().ok())
+                            .collect::<Option<Vec<usize>>>()
+                    })
                     .collect::<Option<_>>()?;
-                let auc = if f[6] == "none" { None } else { Some(f[6].parse().ok()?) };
+                let auc = if f[6] == "none" {
+                    None
+                } else {
+                    Some(f[6].parse().ok()?)
+                };
                 Some(Metrics::from_confusion(confusion, f[5].parse().ok()?, auc))
             } else if f.len() == 5 {
                 None
@@ -542,7 +576,13 @@ impl Trainer {
             *name = format!("model.{name}");
         }
         for (slot, v) in self.optimizer.state() {
-            st.tensors.push((format!("optim.{slot}"), Tensor { shape: vec![v.len()], data: TensorData::F32(v.to_vec()) }));
+            st.tensors.push((
+                format!("optim.{slot}"),
+                Tensor {
+                    shape: vec![v.len()],
+                    data: TensorData::F32(v.to_vec()),
+                },
+            ));
         }
         let p = &self.progress;
         let mut kind = *self.optimizer.kind();
@@ -550,11 +590,22 @@ impl Trainer {
         let m = &mut st.metadata;
         m.insert("cnnkit.kind".into(), "training-state".into());
         m.insert("train.optimizer".into(), kind.to_string());
-        m.insert("train.optimizer_steps".into(), self.optimizer.steps().to_string());
+        m.insert(
+            "train.optimizer_steps".into(),
+            self.optimizer.steps().to_string(),
+        );
         m.insert("train.config".into(), self.cfg.to_text());
         m.insert(
             "train.progress".into(),
-            format!("epoch={};step={};shuffle_rng={};loss_sum={:?};correct={};seen={}", p.epoch, p.step, hex4(p.shuffle_rng).replace(',', ":"), p.partial.0, p.partial.1, p.partial.2),
+            format!(
+                "epoch={};step={};shuffle_rng={};loss_sum={:?};correct={};seen={}",
+                p.epoch,
+                p.step,
+                hex4(p.shuffle_rng).replace(',', ":"),
+                p.partial.0,
+                p.partial.1,
+                p.partial.2
+            ),
         );
         m.insert("train.model_rng".into(), hex4(self.model.rng_state()));
         m.insert("train.history".into(), history_to_text(&self.history));
@@ -578,24 +629,41 @@ impl Trainer {
         let st = checkpoint::load(path, CheckpointLimits::default())?;
         let bad = |what: &str| Error::file(path, format!("not a cnnkit training state: {what}"));
         let m = &st.metadata;
-        let get = |k: &str| m.get(k).map(String::as_str).ok_or_else(|| bad(&format!("missing {k}")));
-        let input = checkpoint::parse_shape(get(checkpoint::INPUT_KEY)?).ok_or_else(|| bad("malformed input shape"))?;
-        let specs = LayerSpec::parse_list(get(checkpoint::ARCH_KEY)?).map_err(|e| Error::file(path, e.to_string()))?;
-        let kind: OptimizerKind = get("train.optimizer")?.parse().map_err(|e: Error| Error::file(path, e.to_string()))?;
-        let cfg = TrainConfig::from_text(get("train.config")?).ok_or_else(|| bad("malformed train.config"))?;
+        let get = |k: &str| {
+            m.get(k)
+                .map(String::as_str)
+                .ok_or_else(|| bad(&format!("missing {k}")))
+        };
+        let input = checkpoint::parse_shape(get(checkpoint::INPUT_KEY)?)
+            .ok_or_else(|| bad("malformed input shape"))?;
+        let specs = LayerSpec::parse_list(get(checkpoint::ARCH_KEY)?)
+            .map_err(|e| Error::file(path, e.to_string()))?;
+        let kind: OptimizerKind = get("train.optimizer")?
+            .parse()
+            .map_err(|e: Error| Error::file(path, e.to_string()))?;
+        let cfg = TrainConfig::from_text(get("train.config")?)
+            .ok_or_else(|| bad("malformed train.config"))?;
         let pf = fields(get("train.progress")?);
         let progress = (|| {
             Some(Progress {
                 epoch: num(&pf, "epoch")?,
                 step: num(&pf, "step")?,
                 shuffle_rng: parse_hex4(&pf.get("shuffle_rng")?.replace(':', ","))?,
-                partial: (num(&pf, "loss_sum")?, num(&pf, "correct")?, num(&pf, "seen")?),
+                partial: (
+                    num(&pf, "loss_sum")?,
+                    num(&pf, "correct")?,
+                    num(&pf, "seen")?,
+                ),
             })
         })()
         .ok_or_else(|| bad("malformed train.progress"))?;
-        let model_rng = parse_hex4(get("train.model_rng")?).ok_or_else(|| bad("malformed train.model_rng"))?;
-        let steps: u64 = get("train.optimizer_steps")?.parse().map_err(|_| bad("malformed train.optimizer_steps"))?;
-        let history = history_from_text(get("train.history")?).ok_or_else(|| bad("malformed train.history"))?;
+        let model_rng =
+            parse_hex4(get("train.model_rng")?).ok_or_else(|| bad("malformed train.model_rng"))?;
+        let steps: u64 = get("train.optimizer_steps")?
+            .parse()
+            .map_err(|_| bad("malformed train.optimizer_steps"))?;
+        let history = history_from_text(get("train.history")?)
+            .ok_or_else(|| bad("malformed train.history"))?;
         let mut model_tensors = std::collections::HashMap::new();
         let mut optim = Vec::new();
         for (name, t) in &st.tensors {
@@ -610,13 +678,21 @@ impl Trainer {
                 return Err(bad(&format!("unexpected tensor {name}")));
             }
         }
-        let mut model = Sequential::new(input, &specs, 0).map_err(|e| Error::file(path, e.to_string()))?;
-        model.load_state_dict(&model_tensors).map_err(|e| Error::file(path, e.to_string()))?;
+        let mut model =
+            Sequential::new(input, &specs, 0).map_err(|e| Error::file(path, e.to_string()))?;
+        model
+            .load_state_dict(&model_tensors)
+            .map_err(|e| Error::file(path, e.to_string()))?;
         model.set_rng_state(model_rng);
         model.train();
         let mut t = Trainer::new(model, kind, cfg).map_err(|e| Error::file(path, e.to_string()))?;
-        let view: Vec<(&str, &[f32])> = optim.iter().map(|(n, v)| (n.as_str(), v.as_slice())).collect();
-        t.optimizer.load_state(steps, &view).map_err(|e| Error::file(path, e.to_string()))?;
+        let view: Vec<(&str, &[f32])> = optim
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_slice()))
+            .collect();
+        t.optimizer
+            .load_state(steps, &view)
+            .map_err(|e| Error::file(path, e.to_string()))?;
         t.restore_progress(progress);
         t.restore_history(history);
         Ok((t, st.metadata))

@@ -19,7 +19,17 @@ fn digits() -> (data::Dataset, data::Dataset) {
 
 fn trainer(arch: &str, opt: &str, epochs: usize, seed: u64) -> Trainer {
     let model = Sequential::new([1, 8, 8], &LayerSpec::parse_list(arch).unwrap(), seed).unwrap();
-    Trainer::new(model, opt.parse().unwrap(), TrainConfig { epochs, batch_size: 32, seed, ..Default::default() }).unwrap()
+    Trainer::new(
+        model,
+        opt.parse().unwrap(),
+        TrainConfig {
+            epochs,
+            batch_size: 32,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 /// The default network of `cnnkit train` (one 3x3 convolution, max pooling, one dense layer,
@@ -27,13 +37,19 @@ fn trainer(arch: &str, opt: &str, epochs: usize, seed: u64) -> Trainer {
 #[test]
 fn default_cnn_reaches_98_percent_on_the_embedded_digits() {
     let (train, test) = digits();
-    let mut t = trainer("conv(32,3,p=1),relu,maxpool(2),flatten,dense(10)", "adam", 30, 0);
+    let mut t = trainer(
+        "conv(32,3,p=1),relu,maxpool(2),flatten,dense(10)",
+        "adam",
+        30,
+        0,
+    );
     t.fit(&train, None, &mut |_| Control::Continue).unwrap();
     let m = evaluate(t.model_mut(), &test, 256).unwrap();
     assert!(m.accuracy >= 0.98, "test accuracy {}", m.accuracy);
 }
 
-const NOISY: &str = "conv(8,3,p=1),bn,rrelu,maxpool(2),flatten,dropout(0.2),dense(16),relu,dense(10)";
+const NOISY: &str =
+    "conv(8,3,p=1),bn,rrelu,maxpool(2),flatten,dropout(0.2),dense(16),relu,dense(10)";
 
 fn weights_bits(t: &Trainer) -> Vec<u32> {
     t.model().params().iter().map(|v| v.to_bits()).collect()
@@ -46,9 +62,14 @@ fn weights_bits(t: &Trainer) -> Vec<u32> {
 fn resumed_training_equals_uninterrupted_training() {
     let (train, test) = digits();
     let train = train.subset(&(0..300).collect::<Vec<_>>());
-    for opt in ["sgd(lr=0.05,momentum=0.9)", "adam", "rmsprop(centered=true,momentum=0.5)"] {
+    for opt in [
+        "sgd(lr=0.05,momentum=0.9)",
+        "adam",
+        "rmsprop(centered=true,momentum=0.5)",
+    ] {
         let mut full = trainer(NOISY, opt, 3, 7);
-        full.fit(&train, Some(&test), &mut |_| Control::Continue).unwrap();
+        full.fit(&train, Some(&test), &mut |_| Control::Continue)
+            .unwrap();
         for stop_at in [5, 10, 13] {
             let mut part = trainer(NOISY, opt, 3, 7);
             let mut steps = 0;
@@ -56,7 +77,11 @@ fn resumed_training_equals_uninterrupted_training() {
                 if let Event::Step { .. } = e {
                     steps += 1;
                 }
-                if steps == stop_at { Control::Stop } else { Control::Continue }
+                if steps == stop_at {
+                    Control::Stop
+                } else {
+                    Control::Continue
+                }
             })
             .unwrap();
             assert!(!part.finished());
@@ -68,11 +93,22 @@ fn resumed_training_equals_uninterrupted_training() {
             drop(part);
             let (mut resumed, meta) = Trainer::load(&path).unwrap();
             assert_eq!(meta["note"], "kept");
-            resumed.fit(&train, Some(&test), &mut |_| Control::Continue).unwrap();
+            resumed
+                .fit(&train, Some(&test), &mut |_| Control::Continue)
+                .unwrap();
             assert!(resumed.finished());
-            assert_eq!(weights_bits(&resumed), weights_bits(&full), "{opt}, stopped after {stop_at} steps");
+            assert_eq!(
+                weights_bits(&resumed),
+                weights_bits(&full),
+                "{opt}, stopped after {stop_at} steps"
+            );
             assert_eq!(resumed.model().state_dict(), full.model().state_dict());
-            let strip = |t: &Trainer| t.history().iter().map(|r| (r.epoch, r.train_loss, r.val.as_ref().map(|v| v.accuracy))).collect::<Vec<_>>();
+            let strip = |t: &Trainer| {
+                t.history()
+                    .iter()
+                    .map(|r| (r.epoch, r.train_loss, r.val.as_ref().map(|v| v.accuracy)))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(strip(&resumed), strip(&full));
         }
     }
@@ -85,11 +121,15 @@ fn training_is_bit_identical_on_1_2_and_3_threads() {
     let train = train.subset(&(0..256).collect::<Vec<_>>());
     cnnkit::par::set_parallel_threshold(0);
     let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
-            let mut t = trainer(NOISY, "adamw", 2, 3);
-            t.fit(&train, None, &mut |_| Control::Continue).unwrap();
-            weights_bits(&t)
-        })
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut t = trainer(NOISY, "adamw", 2, 3);
+                t.fit(&train, None, &mut |_| Control::Continue).unwrap();
+                weights_bits(&t)
+            })
     };
     let one = run(1);
     assert_eq!(one, run(2));
@@ -103,7 +143,10 @@ fn non_finite_loss_stops_training() {
     // Weights of 1e38 after one step: the logits overflow to infinity.
     let mut t = trainer("flatten,dense(10)", "sgd(lr=1e38)", 5, 0);
     let before = t.model().params().to_vec();
-    let e = t.fit(&train, None, &mut |_| Control::Continue).unwrap_err().to_string();
+    let e = t
+        .fit(&train, None, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("training loss is not finite"), "{e}");
     assert!(t.model().params().iter().all(|v| v.is_finite()));
     assert_ne!(t.model().params(), &before[..]);
@@ -112,9 +155,22 @@ fn non_finite_loss_stops_training() {
 #[test]
 fn datasets_that_do_not_fit_the_model_are_refused() {
     let (train, _) = digits();
-    let model = Sequential::new([1, 8, 8], &LayerSpec::parse_list("flatten,dense(3)").unwrap(), 0).unwrap();
-    let mut t = Trainer::new(model, OptimizerKind::by_name("sgd").unwrap(), TrainConfig::default()).unwrap();
-    let e = t.fit(&train, None, &mut |_| Control::Continue).unwrap_err().to_string();
+    let model = Sequential::new(
+        [1, 8, 8],
+        &LayerSpec::parse_list("flatten,dense(3)").unwrap(),
+        0,
+    )
+    .unwrap();
+    let mut t = Trainer::new(
+        model,
+        OptimizerKind::by_name("sgd").unwrap(),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    let e = t
+        .fit(&train, None, &mut |_| Control::Continue)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("10 classes, the model outputs 3"), "{e}");
 }
 
@@ -130,7 +186,10 @@ fn metrics_match_scikit_learn() {
     assert_eq!(m.confusion, vec![vec![3, 1], vec![2, 4]]);
     assert!((m.accuracy - 0.7).abs() < 1e-12);
     // precision [0.6, 0.8], recall [0.75, 0.6667], f1 [0.6667, 0.7273]
-    assert!((m.per_class[0].precision - 0.6).abs() < 1e-12 && (m.per_class[1].precision - 0.8).abs() < 1e-12);
+    assert!(
+        (m.per_class[0].precision - 0.6).abs() < 1e-12
+            && (m.per_class[1].precision - 0.8).abs() < 1e-12
+    );
     assert!((m.per_class[1].recall - 4.0 / 6.0).abs() < 1e-12);
     assert!((m.per_class[1].f1 - 0.727_272_727_272_727_3).abs() < 1e-12);
     let b = m.binary.unwrap();

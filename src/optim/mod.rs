@@ -222,16 +222,36 @@ impl std::str::FromStr for OptimizerKind {
         const OP: &str = "OptimizerKind::from_str";
         let s = s.trim();
         let (name, args) = match s.split_once('(') {
-            Some((n, rest)) => (n, rest.strip_suffix(')').ok_or_else(|| Error::invalid(OP, "optimizer", format!("missing ')' in {s}")))?),
+            Some((n, rest)) => (
+                n,
+                rest.strip_suffix(')').ok_or_else(|| {
+                    Error::invalid(OP, "optimizer", format!("missing ')' in {s}"))
+                })?,
+            ),
             None => (s, ""),
         };
         let mut k = OptimizerKind::by_name(name)?;
         for kv in args.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            let (key, v) = kv.split_once('=').ok_or_else(|| Error::invalid(OP, "optimizer", format!("'{kv}' is not key=value")))?;
-            let num = || v.parse::<f32>().map_err(|_| Error::invalid(OP, "optimizer", format!("{key} = '{v}' is not a number")));
-            let flag = || v.parse::<bool>().map_err(|_| Error::invalid(OP, "optimizer", format!("{key} = '{v}' is not true or false")));
+            let (key, v) = kv.split_once('=').ok_or_else(|| {
+                Error::invalid(OP, "optimizer", format!("'{kv}' is not key=value"))
+            })?;
+            let num = || {
+                v.parse::<f32>().map_err(|_| {
+                    Error::invalid(OP, "optimizer", format!("{key} = '{v}' is not a number"))
+                })
+            };
+            let flag = || {
+                v.parse::<bool>().map_err(|_| {
+                    Error::invalid(
+                        OP,
+                        "optimizer",
+                        format!("{key} = '{v}' is not true or false"),
+                    )
+                })
+            };
             let kname = k.name();
-            let unknown = || Error::invalid(OP, "optimizer", format!("{kname} has no parameter '{key}'"));
+            let unknown =
+                || Error::invalid(OP, "optimizer", format!("{kname} has no parameter '{key}'"));
             match (&mut k, key) {
                 (_, "lr") => k.set_lr(num()?),
                 (_, "weight_decay") => k.set_weight_decay(num()?),
@@ -241,13 +261,17 @@ impl std::str::FromStr for OptimizerKind {
                 (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "beta1") => c.betas.0 = num()?,
                 (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "beta2") => c.betas.1 = num()?,
                 (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "eps") => c.eps = num()?,
-                (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "amsgrad") => c.amsgrad = flag()?,
+                (OptimizerKind::Adam(c) | OptimizerKind::AdamW(c), "amsgrad") => {
+                    c.amsgrad = flag()?
+                }
                 (OptimizerKind::RmsProp(c), "alpha") => c.alpha = num()?,
                 (OptimizerKind::RmsProp(c), "eps") => c.eps = num()?,
                 (OptimizerKind::RmsProp(c), "momentum") => c.momentum = num()?,
                 (OptimizerKind::RmsProp(c), "centered") => c.centered = flag()?,
                 (OptimizerKind::Adagrad(c), "lr_decay") => c.lr_decay = num()?,
-                (OptimizerKind::Adagrad(c), "initial_accumulator_value") => c.initial_accumulator_value = num()?,
+                (OptimizerKind::Adagrad(c), "initial_accumulator_value") => {
+                    c.initial_accumulator_value = num()?
+                }
                 (OptimizerKind::Adagrad(c), "eps") => c.eps = num()?,
                 (OptimizerKind::Adadelta(c), "rho") => c.rho = num()?,
                 (OptimizerKind::Adadelta(c), "eps") => c.eps = num()?,
@@ -273,13 +297,28 @@ impl std::fmt::Display for LrSchedule {
 impl std::str::FromStr for LrSchedule {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::invalid("LrSchedule::from_str", "schedule", format!("'{s}': use constant, step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]"));
+        let bad = || {
+            Error::invalid(
+                "LrSchedule::from_str",
+                "schedule",
+                format!("'{s}': use constant, step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]"),
+            )
+        };
         let parts: Vec<&str> = s.trim().split(':').collect();
         match parts.as_slice() {
             ["constant"] => Ok(LrSchedule::Constant),
-            ["step", n, g] => Ok(LrSchedule::Step { step_size: n.parse().map_err(|_| bad())?, gamma: g.parse().map_err(|_| bad())? }),
-            ["cosine", t] => Ok(LrSchedule::Cosine { t_max: t.parse().map_err(|_| bad())?, eta_min: 0.0 }),
-            ["cosine", t, e] => Ok(LrSchedule::Cosine { t_max: t.parse().map_err(|_| bad())?, eta_min: e.parse().map_err(|_| bad())? }),
+            ["step", n, g] => Ok(LrSchedule::Step {
+                step_size: n.parse().map_err(|_| bad())?,
+                gamma: g.parse().map_err(|_| bad())?,
+            }),
+            ["cosine", t] => Ok(LrSchedule::Cosine {
+                t_max: t.parse().map_err(|_| bad())?,
+                eta_min: 0.0,
+            }),
+            ["cosine", t, e] => Ok(LrSchedule::Cosine {
+                t_max: t.parse().map_err(|_| bad())?,
+                eta_min: e.parse().map_err(|_| bad())?,
+            }),
             _ => Err(bad()),
         }
     }

@@ -1,0 +1,364 @@
+//! `cnnkit train`.
+
+use crate::pipeline::{self, Pipeline};
+use crate::{TrainArgs, report, with_threads};
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use cnnkit::image::ImageOptions;
+use cnnkit::optim::OptimizerKind;
+use cnnkit::{Control, Event, LayerSpec, Sequential, Shape3, TrainConfig, Trainer, evaluate};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Metadata key of the command line a resumable checkpoint continues.
+const ARGS_KEY: &str = "cnnkit.cli.args";
+/// Metadata key of the training-set size, checked on resume.
+const DATA_LEN_KEY: &str = "cnnkit.data.len";
+
+#[derive(Parser)]
+struct TrainOnly {
+    #[command(flatten)]
+    a: TrainArgs,
+}
+
+/// The named architectures for `classes` outputs, or a layer list.
+pub fn architecture(arch: &str, classes: usize) -> Result<Vec<LayerSpec>> {
+    let text = match arch {
+        "mlp" => format!("flatten,dense(128),relu,dense({classes})"),
+        "cnn" => format!("conv(32,3,p=1),relu,maxpool(2),flatten,dense({classes})"),
+        "lenet" => format!(
+            "conv(6,5,p=2),relu,maxpool(2),conv(16,5,p=2),relu,maxpool(2),flatten,dense(120),relu,dense(84),relu,dense({classes})"
+        ),
+        "vgg" => format!(
+            "conv(32,3,p=1),bn,relu,conv(32,3,p=1),bn,relu,maxpool(2),conv(64,3,p=1),bn,relu,conv(64,3,p=1),bn,relu,maxpool(2),\
+             flatten,dense(128),relu,dropout(0.5),dense({classes})"
+        ),
+        spec if spec.contains('(') || spec.contains(',') => spec.to_string(),
+        other => bail!(
+            "--arch {other}: not a preset (mlp, cnn, lenet, vgg) or a layer list such as \"conv(32,3,p=1),relu,flatten,dense(10)\""
+        ),
+    };
+    LayerSpec::parse_list(&text).with_context(|| format!("--arch {arch}"))
+}
+
+fn optimizer(a: &TrainArgs) -> Result<OptimizerKind> {
+    let mut k: OptimizerKind = a
+        .optimizer
+        .parse()
+        .with_context(|| format!("--optimizer {}", a.optimizer))?;
+    if let Some(lr) = a.lr {
+        k.set_lr(lr);
+    }
+    if let Some(m) = a.momentum {
+        if !matches!(k, OptimizerKind::Sgd(_) | OptimizerKind::RmsProp(_)) {
+            bail!("--momentum applies to sgd and rmsprop, not {}", k.name());
+        }
+        k.set_momentum(m);
+    }
+    if let Some(wd) = a.weight_decay {
+        k.set_weight_decay(wd);
+    }
+    // Validate now, with the option names in the message.
+    cnnkit::optim::Optimizer::new(k, 0).with_context(|| {
+        format!(
+            "--optimizer {} with --lr/--momentum/--weight-decay",
+            a.optimizer
+        )
+    })?;
+    Ok(k)
+}
+
+/// `OUT.resume.safetensors` beside `OUT`.
+pub fn resume_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{name}.resume.safetensors"))
+}
+
+pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
+    let threads = args.threads;
+    // On resume, the interrupted run's options (all but --threads) come from its checkpoint.
+    let (args, resumed) = match &args.resume {
+        Some(path) => {
+            let (t, meta) =
+                Trainer::load(path).with_context(|| format!("--resume {}", path.display()))?;
+            let stored: Vec<String> = serde_json::from_str(
+                meta.get(ARGS_KEY)
+                    .context("the checkpoint has no command line to resume")?,
+            )
+            .context("malformed command line in the checkpoint")?;
+            let mut a = TrainOnly::try_parse_from(
+                std::iter::once("train".to_string()).chain(stored.iter().cloned()),
+            )
+            .context("the checkpoint's command line no longer parses")?
+            .a;
+            a.threads = threads;
+            a.stop_after = args.stop_after;
+            (a, Some((t, meta)))
+        }
+        None => (args, None),
+    };
+    // The command line to store for a later --resume: everything but the run-control options.
+    let mut keep = Vec::new();
+    let mut it = raw.iter();
+    let stored_args = match &resumed {
+        Some((_, meta)) => meta[ARGS_KEY].clone(),
+        None => {
+            while let Some(a) = it.next() {
+                if a == "--threads" || a == "--stop-after" || a == "--resume" {
+                    it.next();
+                } else if !(a.starts_with("--threads=")
+                    || a.starts_with("--stop-after=")
+                    || a.starts_with("--resume="))
+                {
+                    keep.push(a.clone());
+                }
+            }
+            serde_json::to_string(&keep)?
+        }
+    };
+    with_threads(threads, move || train(args, resumed, stored_args))
+}
+
+fn train(
+    a: TrainArgs,
+    resumed: Option<(Trainer, BTreeMap<String, String>)>,
+    stored_args: String,
+) -> Result<ExitCode> {
+    let started = Instant::now();
+    let opts = ImageOptions {
+        size: a.size,
+        grayscale: a.grayscale,
+        clahe: a.clahe,
+        equalize: a.equalize,
+        ..Default::default()
+    };
+    let given = a.size.is_some() || a.grayscale || a.clahe.is_some() || a.equalize;
+    let loaded = pipeline::load(a.data.as_deref(), &opts, given)?;
+    let (mut train, mut val) = (loaded.train, None);
+    if a.val_split > 0.0 {
+        let (t, v) = train.split(a.val_split, a.seed).context("--val-split")?;
+        if v.is_empty() || t.is_empty() {
+            bail!(
+                "--val-split {} leaves an empty training or validation set",
+                a.val_split
+            );
+        }
+        (train, val) = (t, Some(v));
+    }
+    let mut test = loaded.test;
+    let (mean, mut std) = train.channel_stats();
+    std.iter_mut()
+        .filter(|s| s.is_nan() || **s <= 0.0)
+        .for_each(|s| *s = 1.0);
+    for ds in std::iter::once(&mut train)
+        .chain(val.as_mut())
+        .chain(test.as_mut())
+    {
+        ds.normalize(&mean, &std)?;
+    }
+    let shape: Shape3 = train.shape();
+    let pipe = Pipeline {
+        source: loaded.source.to_string(),
+        classes: train.classes().to_vec(),
+        channels: shape[0],
+        size: [shape[1], shape[2]],
+        clahe: a.clahe,
+        equalize: a.equalize,
+        mean,
+        std,
+    };
+    let mut trainer = match resumed {
+        Some((t, meta)) => {
+            let n: usize = meta
+                .get(DATA_LEN_KEY)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if n != train.len() {
+                bail!(
+                    "the training data changed since the checkpoint ({n} images then, {} now)",
+                    train.len()
+                );
+            }
+            println!(
+                "resuming at epoch {}, step {}",
+                t.progress().epoch + 1,
+                t.progress().step
+            );
+            t
+        }
+        None => {
+            let specs = architecture(&a.arch, train.classes().len())?;
+            let init = a.init.parse().context("--init")?;
+            let model = Sequential::with_init(shape, &specs, init, a.seed).with_context(|| {
+                format!(
+                    "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
+                    a.arch, shape[0], shape[1], shape[2]
+                )
+            })?;
+            if model.output_len() != train.classes().len() {
+                bail!(
+                    "--arch ends with {} outputs, but the data has {} classes",
+                    model.output_len(),
+                    train.classes().len()
+                );
+            }
+            let cfg = TrainConfig {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                seed: a.seed,
+                schedule: a.schedule.parse().context("--schedule")?,
+                label_smoothing: a.label_smoothing,
+                eval_batch_size: 256,
+            };
+            if !(0.0..=1.0).contains(&a.label_smoothing) {
+                bail!("--label-smoothing must be in [0, 1]");
+            }
+            Trainer::new(model, optimizer(&a)?, cfg).context("--batch-size")?
+        }
+    };
+    let [c, h, w] = shape;
+    println!(
+        "data: {} ({} training images{}{}, {c}x{h}x{w}, {} classes)",
+        a.data
+            .as_ref()
+            .map_or("embedded digits".to_string(), |p| p.display().to_string()),
+        train.len(),
+        val.as_ref()
+            .map_or(String::new(), |v| format!(", {} validation", v.len())),
+        test.as_ref()
+            .map_or(String::new(), |t| format!(", {} test", t.len())),
+        train.classes().len()
+    );
+    println!(
+        "optimizer: {}, {} epochs of batches of {}",
+        trainer.optimizer().kind(),
+        trainer.config().epochs,
+        trainer.config().batch_size
+    );
+    print!("{}", trainer.model().summary());
+
+    let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    let eval_set = val.as_ref().or(test.as_ref());
+    let eval_name = if val.is_some() { "val" } else { "test" };
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} loss {msg}")
+        .map(|s| s.progress_chars("=> "));
+    let mut bar: Option<ProgressBar> = None;
+    let mut steps_done = 0usize;
+    let epochs = trainer.config().epochs;
+    let result = trainer.fit(&train, eval_set, &mut |e| {
+        match e {
+            Event::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+            } => {
+                let b = bar.get_or_insert_with(|| {
+                    let b = ProgressBar::new(*steps as u64)
+                        .with_prefix(format!("epoch {}/{epochs}", epoch + 1));
+                    if let Ok(s) = &style {
+                        b.set_style(s.clone());
+                    }
+                    b
+                });
+                b.set_position(*step as u64);
+                b.set_message(format!("{loss:.4}"));
+                steps_done += 1;
+            }
+            Event::Epoch(r) => {
+                if let Some(b) = bar.take() {
+                    b.finish_and_clear();
+                }
+                let v = r.val.as_ref().map_or(String::new(), |m| {
+                    format!(
+                        "  {eval_name} loss {:.4} acc {:.2}%",
+                        m.loss,
+                        100.0 * m.accuracy
+                    )
+                });
+                println!(
+                    "epoch {:>3}/{epochs}  loss {:.4} acc {:.2}%{v}  ({:.2} s)",
+                    r.epoch,
+                    r.train_loss,
+                    100.0 * r.train_accuracy,
+                    r.seconds
+                );
+            }
+        }
+        let stop = STOP.load(Ordering::SeqCst) || a.stop_after.is_some_and(|n| steps_done >= n);
+        if stop {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    });
+    if let Some(b) = bar.take() {
+        b.finish_and_clear();
+    }
+    result?;
+    let mut meta = BTreeMap::new();
+    meta.insert(pipeline::KEY.to_string(), pipe.to_json());
+    if !trainer.finished() {
+        meta.insert(ARGS_KEY.to_string(), stored_args);
+        meta.insert(DATA_LEN_KEY.to_string(), train.len().to_string());
+        let rp = resume_path(&a.out);
+        trainer
+            .save(&rp, &meta)
+            .with_context(|| format!("saving the resumable checkpoint {}", rp.display()))?;
+        eprintln!(
+            "interrupted after epoch {}, step {}: saved {}\ncontinue with: cnnkit train --resume {}",
+            trainer.progress().epoch + 1,
+            trainer.progress().step,
+            rp.display(),
+            rp.display()
+        );
+        return Ok(ExitCode::from(130));
+    }
+    let final_set = test.as_ref().or(val.as_ref());
+    let final_metrics = match final_set {
+        Some(ds) => Some(evaluate(trainer.model_mut(), ds, 256)?),
+        None => None,
+    };
+    if let Some(m) = &final_metrics {
+        let name = if test.is_some() { "test" } else { "validation" };
+        let n = final_set.map_or(0, |d| d.len());
+        println!(
+            "\n{name} accuracy: {:.2}% ({} of {n})",
+            100.0 * m.accuracy,
+            (m.accuracy * n as f64).round() as usize
+        );
+        print!("{}", m.report(&pipe.classes));
+        println!("confusion matrix (rows: true class, columns: predicted):");
+        print!("{}", m.confusion_table(&pipe.classes));
+    }
+    let model = trainer.model();
+    model
+        .save(&a.out, &meta)
+        .with_context(|| format!("saving the model to {}", a.out.display()))?;
+    let files = report::write(
+        &a.out,
+        trainer.history(),
+        final_metrics.as_ref(),
+        &pipe.classes,
+        eval_name,
+    )?;
+    let rp = resume_path(&a.out);
+    if rp.exists() {
+        let _ = std::fs::remove_file(&rp);
+    }
+    println!(
+        "\nsaved the model to {} (report: {})",
+        a.out.display(),
+        files.join(", ")
+    );
+    println!("trained in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(ExitCode::SUCCESS)
+}
