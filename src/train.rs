@@ -103,14 +103,15 @@ pub struct Progress {
 ///
 /// # Example
 /// ```
-/// use cnnkit::{data, optim::OptimizerKind, LayerSpec, Sequential, TrainConfig, Trainer, Control};
+/// use cnnkit::{data, LayerSpec, Sequential, TrainConfig, Trainer, Control};
 /// let (train, test) = data::digits()?;
 /// let specs = LayerSpec::parse_list("flatten,dense(10)")?;
 /// let model = Sequential::new(train.shape(), &specs, 0)?;
-/// let cfg = TrainConfig { epochs: 2, ..Default::default() };
-/// let mut t = Trainer::new(model, OptimizerKind::by_name("adam")?, cfg)?;
+/// let cfg = TrainConfig { epochs: 3, ..Default::default() };
+/// let mut t = Trainer::new(model, "adam(lr=0.01)".parse()?, cfg)?;
 /// t.fit(&train, Some(&test), &mut |_| Control::Continue)?;
-/// assert!(t.history()[1].val.as_ref().unwrap().accuracy > 0.8);
+/// let acc: Vec<f64> = t.history().iter().map(|r| r.val.as_ref().unwrap().accuracy).collect();
+/// assert!(acc.len() == 3 && acc[2] > acc[0]);
 /// # Ok::<(), cnnkit::Error>(())
 /// ```
 #[derive(Debug)]
