@@ -208,3 +208,92 @@ fn eval_mode_uses_running_statistics_and_no_noise() {
     assert_eq!(c, d);
     assert_eq!(before, m.state_dict());
 }
+
+/// Mean and standard deviation of a slice.
+fn stats(v: &[f32]) -> (f64, f64) {
+    let m = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / v.len() as f64;
+    (m, var.sqrt())
+}
+
+/// Each initialisation scheme draws from `torch.nn.init`'s distribution with the layer's fans
+/// (conv: fan_in = in/groups·kh·kw, fan_out = out·kh·kw), biases from PyTorch's default, constants
+/// exact; the same seed gives the same weights.
+#[test]
+fn initialisation_follows_torch_nn_init() {
+    use cnnkit::Init;
+    let specs = LayerSpec::parse_list("conv(64,3,g=2),bn,prelu,flatten,dense(400)").unwrap();
+    // conv: in 8 → fan_in 4·9 = 36, fan_out 64·9 = 576; dense: fan_in 64·6·6 = 2304, fan_out 400.
+    let (conv_w, conv_b, dense_w) = (64 * 4 * 9, 64, 400 * 2304);
+    for (init, bound_or_std) in [
+        (
+            Init::TorchDefault,
+            [1.0 / 36f64.sqrt(), 1.0 / 2304f64.sqrt()],
+        ),
+        (
+            Init::XavierUniform,
+            [
+                (6.0 / (36.0 + 576.0f64)).sqrt(),
+                (6.0 / (2304.0 + 400.0f64)).sqrt(),
+            ],
+        ),
+        (
+            Init::KaimingUniform,
+            [(6.0 / 36.0f64).sqrt(), (6.0 / 2304.0f64).sqrt()],
+        ),
+        (
+            Init::XavierNormal,
+            [
+                (2.0 / (36.0 + 576.0f64)).sqrt(),
+                (2.0 / (2304.0 + 400.0f64)).sqrt(),
+            ],
+        ),
+        (
+            Init::KaimingNormal,
+            [(2.0 / 36.0f64).sqrt(), (2.0 / 2304.0f64).sqrt()],
+        ),
+    ] {
+        let m = Sequential::with_init([8, 8, 8], &specs, init, 11).unwrap();
+        let p = m.params();
+        let conv = &p[..conv_w];
+        let bias = &p[conv_w..conv_w + conv_b];
+        let bn = &p[conv_w + conv_b..conv_w + conv_b + 128];
+        let prelu = p[conv_w + conv_b + 128];
+        let dense = &p[conv_w + conv_b + 129..conv_w + conv_b + 129 + dense_w];
+        let normal = matches!(init, Init::XavierNormal | Init::KaimingNormal);
+        for (w, b) in [(conv, bound_or_std[0]), (dense, bound_or_std[1])] {
+            let (mean, sd) = stats(w);
+            // Uniform(−b, b) has sd b/√3; normal draws have sd b.
+            let want_sd = if normal { b } else { b / 3f64.sqrt() };
+            assert!(
+                mean.abs() < 4.0 * want_sd / (w.len() as f64).sqrt(),
+                "{init:?}: mean {mean}"
+            );
+            assert!(
+                (sd / want_sd - 1.0).abs() < 0.05,
+                "{init:?}: sd {sd}, want {want_sd}"
+            );
+            if !normal {
+                assert!(
+                    w.iter().all(|&v| (v as f64).abs() <= b),
+                    "{init:?}: a weight beyond {b}"
+                );
+            }
+        }
+        assert!(bias.iter().all(|&v| (v as f64).abs() <= 1.0 / 6.0));
+        assert!(bn[..64].iter().all(|&v| v == 1.0) && bn[64..].iter().all(|&v| v == 0.0));
+        assert_eq!(prelu, 0.25);
+        assert_eq!(
+            Sequential::with_init([8, 8, 8], &specs, init, 11)
+                .unwrap()
+                .params(),
+            p
+        );
+        assert_ne!(
+            Sequential::with_init([8, 8, 8], &specs, init, 12)
+                .unwrap()
+                .params(),
+            p
+        );
+    }
+}
