@@ -38,11 +38,11 @@ fn strided(
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
-    /// C = αAB + βC over edge sizes 0..=17 (micro-kernel boundaries), transposed and padded
-    /// layouts, and β = 0 into NaN (C must not be read).
+    /// C = αAB + βC over edge sizes 0..=17 (micro-kernel boundaries: 6x16 tiles), transposed and
+    /// padded layouts, and β = 0 into NaN (C must not be read).
     #[test]
     fn sgemm_matches_reference(
-        (m, k, n) in (0..18usize, 0..18usize, 0..18usize),
+        (m, k, n) in (0..20usize, 0..40usize, 0..36usize),
         (ta, tb, tc) in (any::<bool>(), any::<bool>(), any::<bool>()),
         pad in 0..3usize,
         alpha in prop_oneof![Just(1.0f32), -2.0f32..2.0],
@@ -53,20 +53,26 @@ proptest! {
         let (ad, ars, acs) = strided(&a, m, k, ta, pad);
         let (bd, brs, bcs) = strided(&b, k, n, tb, pad);
         let init: Vec<f32> = if beta == 0.0 { vec![f32::NAN; m * n] } else { c0.clone() };
-        let (mut cd, crs, ccs) = strided(&init, m, n, tc, pad);
-        sgemm(
-            alpha,
-            MatRef::new(&ad, m, k, ars, acs).unwrap(),
-            MatRef::new(&bd, k, n, brs, bcs).unwrap(),
-            beta,
-            MatMut::new(&mut cd, m, n, crs, ccs).unwrap(),
-        ).unwrap();
         let ab = reference::matmul(m, k, n, &a, &b);
         let want: Vec<f32> = (0..m * n)
             .map(|i| alpha * ab[i] + if beta == 0.0 { 0.0 } else { beta * c0[i] })
             .collect();
-        let got: Vec<f32> = (0..m * n).map(|i| cd[(i / n.max(1)) * crs + (i % n.max(1)) * ccs]).collect();
-        assert_close("C", &got, &want, 1e-5, 1e-5)?;
+        // Both implementations: the packed AVX2/FMA GEMM (where the CPU has it) and the
+        // portable matrixmultiply path.
+        for portable in [false, true] {
+            cnnkit::gemm::force_portable(portable);
+            let (mut cd, crs, ccs) = strided(&init, m, n, tc, pad);
+            par(|| sgemm(
+                alpha,
+                MatRef::new(&ad, m, k, ars, acs).unwrap(),
+                MatRef::new(&bd, k, n, brs, bcs).unwrap(),
+                beta,
+                MatMut::new(&mut cd, m, n, crs, ccs).unwrap(),
+            )).unwrap();
+            let got: Vec<f32> = (0..m * n).map(|i| cd[(i / n.max(1)) * crs + (i % n.max(1)) * ccs]).collect();
+            assert_close(&format!("C (portable: {portable})"), &got, &want, 1e-5, 1e-5)?;
+        }
+        cnnkit::gemm::force_portable(false);
     }
 
     #[test]

@@ -5,8 +5,40 @@
 //! `cs`); their constructors prove that every element lies inside the slice, and for [`MatMut`]
 //! that no two elements share a location, so the call below is sound for any value that
 //! type-checks. A transpose is a view with the strides swapped ([`MatRef::t`]).
+//!
+//! Two implementations, chosen at run time:
+//! - on CPUs with AVX2 and FMA, cnnkit's own packed GEMM (`packed`: BLIS blocking, a 6x16
+//!   micro-kernel in `avx2`), whose packing also reads convolution inputs directly as im2col
+//!   matrices;
+//! - elsewhere (or after [`force_portable`]), `matrixmultiply`.
+
+mod avx2;
+pub(crate) mod packed;
 
 use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static PORTABLE: AtomicBool = AtomicBool::new(false);
+
+/// Forces the portable path (`matrixmultiply`, explicit im2col) even where AVX2/FMA is available:
+/// for tests that cover both paths, and for comparisons. Results of the two paths differ in the
+/// last bits.
+pub fn force_portable(on: bool) {
+    PORTABLE.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn portable_forced() -> bool {
+    PORTABLE.load(Ordering::Relaxed)
+}
+
+/// Which GEMM implementation runs on this machine: `"avx2"` or `"portable"`.
+pub fn implementation() -> &'static str {
+    if packed::enabled() {
+        "avx2"
+    } else {
+        "portable"
+    }
+}
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy, Debug)]
@@ -204,8 +236,84 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
         ));
     }
     let (m, k, n) = (a.rows, a.cols, b.cols);
+    // Large products with row-major C are split by rows across the current pool (each row of C
+    // is computed the same way whatever the split).
+    let work = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    let groups = crate::par::groups(m.div_ceil(avx2::MR), work);
+    if groups > 1 && c.cs == 1 && packed::enabled() {
+        let (rs, cols) = (c.rs, c.cols);
+        return crate::par::for_each(
+            m.div_ceil(avx2::MR),
+            work,
+            crate::par::Items(c.data, rs * avx2::MR),
+            &|r, crate::par::Items(d, _)| {
+                let rows = r.start * avx2::MR..(r.end * avx2::MR).min(m);
+                let a = MatRef {
+                    data: a.data,
+                    rows: rows.len(),
+                    cols: k,
+                    rs: a.rs,
+                    cs: a.cs,
+                };
+                let a = MatRef {
+                    data: &a.data[rows.start * a.rs..],
+                    ..a
+                };
+                gemm_serial(
+                    alpha,
+                    a,
+                    b,
+                    beta,
+                    MatMut {
+                        data: d,
+                        rows: rows.len(),
+                        cols,
+                        rs,
+                        cs: 1,
+                    },
+                );
+                Ok(())
+            },
+        );
+    }
+    gemm_serial(alpha, a, b, beta, c);
+    Ok(())
+}
+
+/// [`sgemm`] on the calling thread, dimensions already checked.
+pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
-        return Ok(());
+        return;
+    }
+    if packed::enabled() && (c.cs == 1 || c.rs == 1) {
+        fn src<'a>(x: &MatRef<'a>) -> packed::Strided<'a> {
+            packed::Strided {
+                data: x.data,
+                rs: x.rs,
+                cs: x.cs,
+                rows: x.rows,
+            }
+        }
+        if c.cs == 1 {
+            let out = packed::Out {
+                data: c.data,
+                rs: c.rs,
+                rows: m,
+                cols: n,
+            };
+            packed::gemm(k, alpha, &src(&a), &src(&b), beta, out);
+        } else {
+            // Column-major C: compute Cᵀ = Bᵀ·Aᵀ, which is row-major.
+            let out = packed::Out {
+                data: c.data,
+                rs: c.cs,
+                rows: n,
+                cols: m,
+            };
+            packed::gemm(k, alpha, &src(&b.t()), &src(&a.t()), beta, out);
+        }
+        return;
     }
     if k == 0 {
         // C = beta * C (and exactly zero for beta == 0, without reading C).
@@ -215,14 +323,14 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
                 *e = if beta == 0.0 { 0.0 } else { beta * *e };
             }
         }
-        return Ok(());
+        return;
     }
     // SAFETY: `MatRef::new` / `MatMut::new` proved that for every i < m, j < n, l < k the offsets
     // i*rs + l*cs (A), l*rs + j*cs (B) and i*rs + j*cs (C) are below the length of the respective
     // slice and fit in isize (so the `as isize` casts are exact), and that C's elements are
     // pairwise distinct. `a.cols == b.rows == k`, `a.rows == c.rows == m`, `b.cols == c.cols == n`
-    // was checked above. C is borrowed mutably for the whole call, so it cannot alias A or B.
-    // matrixmultiply reads only those elements of A and B and writes only those of C.
+    // was checked by the caller. C is borrowed mutably for the whole call, so it cannot alias A
+    // or B. matrixmultiply reads only those elements of A and B and writes only those of C.
     unsafe {
         matrixmultiply::sgemm(
             m,
@@ -241,7 +349,6 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
             /* csc = */ c.cs as isize,
         );
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,245 @@
+//! Side-by-side comparison of cnnkit with PyTorch on the standard workloads.
+//!
+//! ```sh
+//! cargo run --release -p cnnkit-perf --bin compare                 # everything, 3 rounds
+//! cargo run --release -p cnnkit-perf --bin compare -- --only conv --rounds 5
+//! RUSTFLAGS="-C target-cpu=native" cargo run --release -p cnnkit-perf --bin compare
+//! ```
+//!
+//! Each round measures, group by group, cnnkit at every thread count and then PyTorch
+//! (`perf/torch_bench.py`, when `python3 -c "import torch"` works) in the same time window, with
+//! the same timing rule (median of individually timed calls after a warm-up). The table reports
+//! medians of the round medians, the ratio PyTorch/cnnkit (above 1: cnnkit is faster) and
+//! cnnkit's fraction of the machine's limit: the measured FMA peak for compute-bound cases, the
+//! STREAM bandwidth at the workload's size for memory-bound ones.
+
+mod peak;
+#[path = "../../benches/suite/workloads.rs"]
+mod workloads;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+struct Opts {
+    rounds: usize,
+    groups: Vec<String>,
+    threads: Vec<usize>,
+    torch: bool,
+    json: Option<String>,
+}
+
+fn parse_args() -> Opts {
+    let mut o = Opts {
+        rounds: 3,
+        groups: workloads::GROUPS.iter().map(|s| s.to_string()).collect(),
+        threads: vec![1, 2],
+        torch: true,
+        json: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let next = |i: usize| {
+            args.get(i + 1)
+                .cloned()
+                .unwrap_or_else(|| panic!("{} needs a value", args[i]))
+        };
+        match args[i].as_str() {
+            "--rounds" => o.rounds = next(i).parse().expect("--rounds N"),
+            "--only" => o.groups = next(i).split(',').map(str::to_string).collect(),
+            "--threads" => {
+                o.threads = next(i)
+                    .split(',')
+                    .map(|t| t.parse().expect("--threads 1,2"))
+                    .collect()
+            }
+            "--no-torch" => {
+                o.torch = false;
+                i += 1;
+                continue;
+            }
+            "--json" => o.json = Some(next(i)),
+            other => panic!(
+                "unknown option {other} (--rounds N, --only g1,g2, --threads 1,2, --no-torch, --json FILE)"
+            ),
+        }
+        i += 2;
+    }
+    o
+}
+
+type Key = (String, String, usize);
+
+#[derive(Default)]
+struct Row {
+    cnnkit: Vec<f64>,
+    torch: Vec<f64>,
+    flops: f64,
+    bytes: f64,
+    images: f64,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+fn torch_available() -> bool {
+    Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_torch(group: &str, threads: &[usize]) -> Vec<(Key, f64)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/torch_bench.py");
+    let ts: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--only")
+        .arg(group)
+        .arg("--threads")
+        .args(&ts)
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            Some((
+                (
+                    v["id"].as_str()?.to_string(),
+                    v["op"].as_str()?.to_string(),
+                    v["threads"].as_u64()? as usize,
+                ),
+                v["median_ms"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+/// Array size (bytes) whose STREAM bandwidth a memory-bound case is compared with.
+fn stream_size(id: &str) -> usize {
+    match id {
+        "P1" | "P2" => 6272 << 10,
+        "P3" | "B1" => 25088 << 10,
+        _ => 16384 << 10,
+    }
+}
+
+fn main() {
+    let o = parse_args();
+    let torch = o.torch && torch_available();
+    let build = if cfg!(target_feature = "avx2") {
+        "native (AVX2/FMA at compile time)"
+    } else {
+        "portable (SSE2 baseline; GEMM dispatches AVX2/FMA at run time)"
+    };
+    println!("cnnkit {} — build: {build}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "torch: {}",
+        if torch {
+            "measured side by side"
+        } else {
+            "not measured (python3 with torch not found, or --no-torch)"
+        }
+    );
+    // The machine's limits.
+    let mut peak = BTreeMap::new();
+    let mut stream = BTreeMap::new();
+    for &t in &o.threads {
+        if let Some(p) = peak::fma_gflops(t, 1.5) {
+            peak.insert(t, p);
+        }
+        for size in [6272 << 10, 16384 << 10, 25088 << 10] {
+            stream.insert((t, size), peak::stream_gbps(t, size));
+        }
+    }
+    for (t, p) in &peak {
+        println!("FMA peak, {t} thread(s): {p:.1} GFLOP/s");
+    }
+    for ((t, size), (c, tr)) in &stream {
+        println!(
+            "STREAM {t} thread(s), {} KiB arrays: copy {c:.1} GB/s, triad {tr:.1} GB/s",
+            size >> 10
+        );
+    }
+    let mut rows: BTreeMap<Key, Row> = BTreeMap::new();
+    let mut order: Vec<Key> = Vec::new();
+    for round in 0..o.rounds {
+        eprintln!("round {}/{}", round + 1, o.rounds);
+        for g in &o.groups {
+            for &t in &o.threads {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    for mut c in workloads::group(g) {
+                        let timing = workloads::measure(&mut c.run);
+                        let key = (c.id.to_string(), c.op.to_string(), t);
+                        if !rows.contains_key(&key) {
+                            order.push(key.clone());
+                        }
+                        let r = rows.entry(key).or_default();
+                        r.cnnkit.push(timing.median_ms);
+                        (r.flops, r.bytes, r.images) = (c.flops, c.bytes, c.images);
+                    }
+                });
+            }
+            if torch {
+                for (key, ms) in run_torch(g, &o.threads) {
+                    rows.entry(key).or_default().torch.push(ms);
+                }
+            }
+        }
+    }
+    println!();
+    println!("| id | op | threads | cnnkit ms | torch ms | torch/cnnkit | cnnkit | % of limit |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut records = Vec::new();
+    for key in &order {
+        let r = &rows[key];
+        let (id, op, t) = key;
+        let Some(ms) = median(&r.cnnkit) else {
+            continue;
+        };
+        let torch_ms = median(&r.torch);
+        let (rate, limit) = if r.images > 0.0 && op == "step" {
+            (
+                format!("{:.0} img/s", r.images / ms * 1e3),
+                peak.get(t).map(|p| r.flops / ms / 1e6 / p),
+            )
+        } else if r.flops > 0.0 {
+            (
+                format!("{:.1} GFLOP/s", r.flops / ms / 1e6),
+                peak.get(t).map(|p| r.flops / ms / 1e6 / p),
+            )
+        } else if r.bytes > 0.0 {
+            let gbps = r.bytes / ms / 1e6;
+            let s = stream
+                .get(&(*t, stream_size(id)))
+                .map(|&(c, tr)| if op == "bwd_data" { tr } else { c });
+            (format!("{gbps:.1} GB/s"), s.map(|s| gbps / s))
+        } else {
+            (String::new(), None)
+        };
+        println!(
+            "| {id} | {op} | {t} | {ms:.3} | {} | {} | {rate} | {} |",
+            torch_ms.map_or("-".into(), |v| format!("{v:.3}")),
+            torch_ms.map_or("-".into(), |v| format!("{:.2}x", v / ms)),
+            limit.map_or("-".into(), |l| format!("{:.0}%", 100.0 * l)),
+        );
+        records.push(serde_json::json!({
+            "id": id, "op": op, "threads": t, "cnnkit_ms": ms, "torch_ms": torch_ms,
+            "cnnkit_round_medians": r.cnnkit, "torch_round_medians": r.torch,
+            "flops": r.flops, "bytes": r.bytes, "fraction_of_limit": limit,
+        }));
+    }
+    if let Some(path) = o.json {
+        let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&path, text).expect("writing the JSON file");
+        println!("\nraw results: {path}");
+    }
+}
