@@ -49,8 +49,20 @@ fn randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| (r.normal() as f32) * scale).collect()
 }
 
-/// (id, n, c_in, hw, c_out, k, stride, pad, groups)
-pub const CONVS: [(&str, usize, usize, usize, usize, usize, usize, usize, usize); 7] = [
+/// A convolution workload: (id, n, c_in, hw, c_out, k, stride, pad, groups).
+pub type ConvWorkload = (
+    &'static str,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
+
+pub const CONVS: [ConvWorkload; 7] = [
     ("C1", 64, 1, 28, 32, 3, 1, 1, 1),
     ("C2", 64, 32, 14, 64, 3, 1, 1, 1),
     ("C3", 8, 64, 56, 64, 3, 1, 1, 1),
@@ -134,8 +146,10 @@ pub fn gemm_cases() -> Vec<Case> {
         .collect()
 }
 
-/// (id, max, n, c, hw, window, stride, pad)
-pub const POOLS: [(&str, bool, usize, usize, usize, usize, usize, usize); 3] = [
+/// A pooling workload: (id, max (else average), n, c, hw, window, stride, pad).
+pub type PoolWorkload = (&'static str, bool, usize, usize, usize, usize, usize, usize);
+
+pub const POOLS: [PoolWorkload; 3] = [
     ("P1", true, 64, 32, 28, 2, 2, 0),
     ("P2", false, 64, 32, 28, 2, 2, 0),
     ("P3", true, 8, 64, 112, 3, 2, 1),

@@ -72,7 +72,8 @@ pub fn stream_gbps(threads: usize, bytes: usize) -> (f64, f64) {
         .num_threads(threads)
         .build()
         .unwrap();
-    let mut run = |f: &(dyn Fn(&mut [f32], &mut [f32], &[f32]) + Sync)| -> f64 {
+    type Kernel = dyn Fn(&mut [f32], &mut [f32], &[f32]) + Sync;
+    let mut run = |f: &Kernel| -> f64 {
         let mut times = Vec::new();
         for _ in 0..7 {
             let t = Instant::now();
