@@ -299,13 +299,6 @@ pub(crate) fn max(x: &[f32]) -> f32 {
     m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-/// `y[i] += alpha * x[i]`.
-#[inline]
-pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let a = f32x8::splat(alpha);
-    map_in_place_zip(x, y, |x, y| x.mul_add(a, y));
-}
-
 /// `y[i] = f(x[i], y[i])`.
 #[inline(always)]
 pub(crate) fn map_in_place_zip(x: &[f32], y: &mut [f32], f: impl Fn(Lane, Lane) -> Lane) {

@@ -158,6 +158,281 @@ unsafe fn kernel(
     }
 }
 
+/// Direct-convolution tile: `C[i, j] = (beta ? C[i, j] : 0) + Σ_t a[t·MR + i] · x[base + off[t] + j]`
+/// for `i < 6, j < 16`: six output channels (packed weights `a`, one tap per step) times sixteen
+/// consecutive output pixels read straight from the prepared input `x` (tap `t` shifted by
+/// `off[t]`). Row `i` of `C` is `c[i·rs..i·rs + 16]`. `max_off` must be `max(off)`.
+///
+/// Panics (a programming error) if any read or write would leave its slice, or without AVX2/FMA.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_tile(
+    a: &[f32],
+    x: &[f32],
+    base: usize,
+    taps: &Taps<'_>,
+    beta: bool,
+    c: &mut [f32],
+    rs: usize,
+) {
+    let k = taps.off.len();
+    assert!(
+        available(),
+        "AVX2/FMA micro-kernel called without CPU support"
+    );
+    assert!(a.len() >= k * MR, "packed weights shorter than the taps");
+    assert!(
+        rs >= NR && c.len() >= (MR - 1) * rs + NR,
+        "C tile out of bounds"
+    );
+    if k == 0 {
+        if !beta {
+            for i in 0..MR {
+                c[i * rs..i * rs + NR].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(base + taps.max + NR <= x.len(), "input read out of bounds");
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2/FMA present (checked). Reads: a[..k*MR] (checked); x[base + off[t] + j] for
+    // j < 16, where every off[t] <= taps.max (a `Taps` invariant: its constructor computes the
+    // maximum) and base + taps.max + 16 <= x.len() (checked), so `x.as_ptr().add(base)` is in
+    // bounds too. Writes/reads of C stay below (MR-1)*rs + NR <= c.len() (checked).
+    unsafe {
+        conv_kernel(
+            k,
+            a.as_ptr(),
+            x.as_ptr().add(base),
+            taps.off.as_ptr(),
+            beta,
+            c.as_mut_ptr(),
+            rs,
+        );
+    }
+}
+
+/// Tap offsets for [`conv_tile`] with their maximum (private fields: the maximum is always
+/// right).
+pub(crate) struct Taps<'a> {
+    off: &'a [u32],
+    max: usize,
+}
+
+impl<'a> Taps<'a> {
+    /// The offsets and their maximum.
+    pub(crate) fn new(off: &'a [u32]) -> Self {
+        Taps {
+            off,
+            max: off.iter().copied().max().unwrap_or(0) as usize,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_kernel(
+    k: usize,
+    a: *const f32,
+    x: *const f32,
+    off: *const u32,
+    beta: bool,
+    c: *mut f32,
+    rs: usize,
+) {
+    let z = _mm256_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    for i in 0..MR {
+        // SAFETY: prefetch hints for addresses inside the C tile.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(c.add(i * rs) as *const i8) };
+    }
+    macro_rules! step {
+        ($t:expr) => {{
+            let xp = x.add(*off.add($t) as usize);
+            let ap = a.add($t * MR);
+            let b0 = _mm256_loadu_ps(xp);
+            let b1 = _mm256_loadu_ps(xp.add(8));
+            let w = _mm256_broadcast_ss(&*ap);
+            c00 = _mm256_fmadd_ps(w, b0, c00);
+            c01 = _mm256_fmadd_ps(w, b1, c01);
+            let w = _mm256_broadcast_ss(&*ap.add(1));
+            c10 = _mm256_fmadd_ps(w, b0, c10);
+            c11 = _mm256_fmadd_ps(w, b1, c11);
+            let w = _mm256_broadcast_ss(&*ap.add(2));
+            c20 = _mm256_fmadd_ps(w, b0, c20);
+            c21 = _mm256_fmadd_ps(w, b1, c21);
+            let w = _mm256_broadcast_ss(&*ap.add(3));
+            c30 = _mm256_fmadd_ps(w, b0, c30);
+            c31 = _mm256_fmadd_ps(w, b1, c31);
+            let w = _mm256_broadcast_ss(&*ap.add(4));
+            c40 = _mm256_fmadd_ps(w, b0, c40);
+            c41 = _mm256_fmadd_ps(w, b1, c41);
+            let w = _mm256_broadcast_ss(&*ap.add(5));
+            c50 = _mm256_fmadd_ps(w, b0, c50);
+            c51 = _mm256_fmadd_ps(w, b1, c51);
+        }};
+    }
+    let mut t = 0;
+    while t + 4 <= k {
+        // SAFETY: t + 3 < k: reads off[t..t+4] (caller: k entries), x[off[·] .. off[·] + 16] and
+        // a[(t..t+4)*MR ..][..MR], all in bounds per the caller's checks.
+        unsafe {
+            step!(t);
+            step!(t + 1);
+            step!(t + 2);
+            step!(t + 3);
+        }
+        t += 4;
+    }
+    while t < k {
+        // SAFETY: t < k, as above.
+        unsafe { step!(t) };
+        t += 1;
+    }
+    let rows = [
+        (c00, c01),
+        (c10, c11),
+        (c20, c21),
+        (c30, c31),
+        (c40, c41),
+        (c50, c51),
+    ];
+    for (i, (lo, hi)) in rows.into_iter().enumerate() {
+        // SAFETY: row i of the tile is c[i*rs .. i*rs + 16], inside the buffer (caller's check).
+        unsafe {
+            let p = c.add(i * rs);
+            let (mut lo, mut hi) = (lo, hi);
+            if beta {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(p));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8)));
+            }
+            _mm256_storeu_ps(p, lo);
+            _mm256_storeu_ps(p.add(8), hi);
+        }
+    }
+}
+
+/// Weight-gradient tile: `C[i, j] += Σ_{s < len} x[xo[i] + s] · b[s·bs + j]` for `i < 6, j < 16`:
+/// six filter taps (each a shifted read of the prepared input) times sixteen output channels
+/// (rows of the transposed output gradient `b`, one pixel per step).
+///
+/// Panics (a programming error) if any read or write would leave its slice, or without AVX2/FMA.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn wgrad_tile(
+    len: usize,
+    x: &[f32],
+    xo: [usize; MR],
+    b: &[f32],
+    bs: usize,
+    c: &mut [f32],
+    rs: usize,
+) {
+    assert!(
+        available(),
+        "AVX2/FMA micro-kernel called without CPU support"
+    );
+    assert!(
+        rs >= NR && c.len() >= (MR - 1) * rs + NR,
+        "C tile out of bounds"
+    );
+    if len == 0 {
+        return;
+    }
+    assert!(
+        xo.iter().all(|&o| o + len <= x.len()),
+        "input read out of bounds"
+    );
+    assert!(
+        bs >= NR && (len - 1) * bs + NR <= b.len(),
+        "gradient read out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX2/FMA present (checked). len > 0, so xo[i] + len <= x.len() makes each
+    // `add(xo[i])` in bounds and every read x[xo[i] + s], s < len, too; b[s*bs + j] for s < len,
+    // j < 16 is below (len-1)*bs + 16 <= b.len() (checked); C accesses stay below
+    // (MR-1)*rs + NR <= c.len() (checked).
+    unsafe {
+        let xs = [0, 1, 2, 3, 4, 5].map(|i| x.as_ptr().add(xo[i]));
+        wgrad_kernel(len, xs, b.as_ptr(), bs, c.as_mut_ptr(), rs);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn wgrad_kernel(
+    len: usize,
+    x: [*const f32; MR],
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    rs: usize,
+) {
+    let z = _mm256_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    let [x0, x1, x2, x3, x4, x5] = x;
+    macro_rules! step {
+        ($s:expr) => {{
+            let bp = b.add($s * bs);
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            let a = _mm256_broadcast_ss(&*x0.add($s));
+            c00 = _mm256_fmadd_ps(a, b0, c00);
+            c01 = _mm256_fmadd_ps(a, b1, c01);
+            let a = _mm256_broadcast_ss(&*x1.add($s));
+            c10 = _mm256_fmadd_ps(a, b0, c10);
+            c11 = _mm256_fmadd_ps(a, b1, c11);
+            let a = _mm256_broadcast_ss(&*x2.add($s));
+            c20 = _mm256_fmadd_ps(a, b0, c20);
+            c21 = _mm256_fmadd_ps(a, b1, c21);
+            let a = _mm256_broadcast_ss(&*x3.add($s));
+            c30 = _mm256_fmadd_ps(a, b0, c30);
+            c31 = _mm256_fmadd_ps(a, b1, c31);
+            let a = _mm256_broadcast_ss(&*x4.add($s));
+            c40 = _mm256_fmadd_ps(a, b0, c40);
+            c41 = _mm256_fmadd_ps(a, b1, c41);
+            let a = _mm256_broadcast_ss(&*x5.add($s));
+            c50 = _mm256_fmadd_ps(a, b0, c50);
+            c51 = _mm256_fmadd_ps(a, b1, c51);
+        }};
+    }
+    let mut s = 0;
+    while s + 4 <= len {
+        // SAFETY: s + 3 < len: x_i[s..s+4] and b[(s..s+4)*bs .. +16] are in bounds (caller's
+        // checks).
+        unsafe {
+            step!(s);
+            step!(s + 1);
+            step!(s + 2);
+            step!(s + 3);
+        }
+        s += 4;
+    }
+    while s < len {
+        // SAFETY: s < len, as above.
+        unsafe { step!(s) };
+        s += 1;
+    }
+    let rows = [
+        (c00, c01),
+        (c10, c11),
+        (c20, c21),
+        (c30, c31),
+        (c40, c41),
+        (c50, c51),
+    ];
+    for (i, (lo, hi)) in rows.into_iter().enumerate() {
+        // SAFETY: row i of the tile is c[i*rs .. i*rs + 16], inside the buffer (caller's check).
+        unsafe {
+            let p = c.add(i * rs);
+            _mm256_storeu_ps(p, _mm256_add_ps(lo, _mm256_loadu_ps(p)));
+            _mm256_storeu_ps(p.add(8), _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8))));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +486,44 @@ mod speed {
         }
         let s = t.elapsed().as_secs_f64();
         println!("{:.1} GFLOP/s", (reps * k * MR * NR * 2) as f64 / s / 1e9);
+    }
+}
+
+#[cfg(test)]
+mod conv_speed {
+    /// `cargo test --release --lib conv_kernel_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn conv_kernel_speed() {
+        use super::*;
+        let k = 576;
+        let a = vec![1.0f32; k * MR];
+        let x = vec![1.0f32; 4096];
+        let off: Vec<u32> = (0..k as u32).map(|t| (t * 37) % 2048).collect();
+        let taps = Taps::new(&off);
+        let mut c = vec![0.0f32; MR * NR];
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let reps = 100_000;
+            for _ in 0..reps {
+                conv_tile(&a, &x, 0, &taps, true, &mut c, NR);
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "conv_tile: {:.1} GFLOP/s",
+                (reps * k * MR * NR * 2) as f64 / s / 1e9
+            );
+            let xo = [0, 100, 200, 300, 400, 500];
+            let b = vec![1.0f32; 64 * 512];
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                wgrad_tile(512, &x, xo, &b, 64, &mut c, NR);
+            }
+            let s = t.elapsed().as_secs_f64();
+            println!(
+                "wgrad_tile: {:.1} GFLOP/s",
+                (reps * 512 * MR * NR * 2) as f64 / s / 1e9
+            );
+        }
     }
 }

@@ -12,7 +12,7 @@
 //!   matrices;
 //! - elsewhere (or after [`force_portable`]), `matrixmultiply`.
 
-mod avx2;
+pub(crate) mod avx2;
 pub(crate) mod packed;
 
 use crate::error::{Error, Result};

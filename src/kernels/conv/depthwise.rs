@@ -1,50 +1,149 @@
 //! Direct kernels for depthwise convolution (one input channel per group, any channel
-//! multiplier `m = c_out / c_in`). An im2col matrix would have `k_h * k_w` rows and one output
-//! channel per GEMM: all packing, no reuse. Here each output plane is a sum of `k_h * k_w` shifted,
-//! scaled input rows, added with lane-wide multiply-adds (stride 1) or a strided loop.
+//! multiplier `m = c_out / c_in`). An im2col matrix would have `k_h · k_w` rows and one output
+//! channel per GEMM: all packing, no reuse. Here each plane is copied once into a zero-padded
+//! buffer, and the kernels sweep it eight output pixels at a time:
+//! - forward: `y[oh, ow..ow+8] = b + Σ_{p,q} w[p, q] · xpad[oh·s + p·d, ow·s + q·d ..]`;
+//! - backward-data: the same sweep over the zero-padded output gradient with the flipped kernel
+//!   (stride 1), or a scatter of each output row into the padded input gradient (strided);
+//! - backward-weights: one pass over the gradient per plane with `k_h · k_w` lane accumulators.
+//!
+//! Every plane is processed by one thread; weight gradients are split over output channels and
+//! summed over images in order, so results do not depend on the thread count.
 
-use super::im2col::valid_range;
 use crate::error::Result;
 use crate::kernels::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
-use crate::simd;
+use crate::simd::{self, LANES, Lane, splat};
 
-/// For each tap `(p, q)` of `g`: its index `p * k_w + q`, and its offsets `(off_h, off_w)` such
-/// that input row = `oh * s_h + off_h`, input column = `ow * s_w + off_w`.
-fn taps(g: &Conv2dGeom) -> impl Iterator<Item = (usize, isize, isize)> + use<> {
-    let p = g.params();
-    let (kh, kw) = (g.k_h(), g.k_w());
-    (0..kh * kw).map(move |t| {
-        let (ph, qw) = (t / kw, t % kw);
-        (
-            t,
-            (ph * p.dilation[0]) as isize - p.padding[0] as isize,
-            (qw * p.dilation[1]) as isize - p.padding[1] as isize,
-        )
-    })
+/// A zero-padded plane: `rows x cols` with the image at `(pad_h, pad_w)`, plus a lane of slack.
+#[derive(Clone, Copy)]
+struct Padded {
+    rows: usize,
+    cols: usize,
+    pad: [usize; 2],
 }
 
-/// Calls `f(oh, ih, ow_range, iw0)` for every output row `oh` that tap offsets `(off_h, off_w)`
-/// connect to an input row `ih`, with the valid output columns and the input column of the first.
-#[inline]
-fn for_each_row(
-    g: &Conv2dGeom,
-    off_h: isize,
-    off_w: isize,
-    mut f: impl FnMut(usize, usize, std::ops::Range<usize>, usize),
+impl Padded {
+    fn len(&self) -> usize {
+        self.rows * self.cols + 2 * LANES
+    }
+
+    /// Copies the `h x w` plane `src` into `dst` (zero border).
+    fn fill(&self, src: &[f32], h: usize, w: usize, dst: &mut [f32]) {
+        dst.fill(0.0);
+        for (r, row) in src.chunks_exact(w).enumerate().take(h) {
+            dst[(r + self.pad[0]) * self.cols + self.pad[1]..][..w].copy_from_slice(row);
+        }
+    }
+}
+
+/// The padded input layout of a forward (or stride-1 backward-data) sweep.
+fn padded(
+    in_h: usize,
+    in_w: usize,
+    pad: [usize; 2],
+    out_w: usize,
+    s_w: usize,
+    span_w: usize,
+) -> Padded {
+    // Columns: the image plus padding, and enough for the last lane of outputs to read.
+    let cols = (in_w + 2 * pad[1]).max(out_w.div_ceil(LANES) * LANES * s_w + span_w);
+    Padded {
+        rows: in_h + 2 * pad[0],
+        cols,
+        pad,
+    }
+}
+
+fn fwd_layout(g: &Conv2dGeom) -> Padded {
+    let p = g.params();
+    padded(
+        g.in_h(),
+        g.in_w(),
+        p.padding,
+        g.out_w(),
+        p.stride[1],
+        (g.k_w() - 1) * p.dilation[1] + 1,
+    )
+}
+
+/// The stride-1 backward-data layout: the output gradient padded by `d·(k − 1) − pad`.
+fn bwd_layout(g: &Conv2dGeom) -> Option<Padded> {
+    let p = g.params();
+    if p.stride != [1, 1] {
+        return None;
+    }
+    let pad_h = (p.dilation[0] * (g.k_h() - 1)).checked_sub(p.padding[0])?;
+    let pad_w = (p.dilation[1] * (g.k_w() - 1)).checked_sub(p.padding[1])?;
+    Some(padded(
+        g.out_h(),
+        g.out_w(),
+        [pad_h, pad_w],
+        g.in_w(),
+        1,
+        (g.k_w() - 1) * p.dilation[1] + 1,
+    ))
+}
+
+/// Scratch of one worker (a padded plane).
+pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
+    let f = fwd_layout(g).len();
+    bwd_layout(g).map_or(f, |b| f.max(b.len()))
+}
+
+/// `out[oh, ·] (+)= Σ_{p,q} w[p·k_w + q] · src[oh·s_h + p·d_h, ··s_w + q·d_w]` for the
+/// `out_h x out_w` plane `out` over the padded plane `src`; `flip` reads the kernel rotated by
+/// 180°.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    lay: &Padded,
+    src: &[f32],
+    w: &[f32],
+    kh: usize,
+    kw: usize,
+    s: [usize; 2],
+    d: [usize; 2],
+    flip: bool,
+    out: &mut [f32],
+    out_w: usize,
+    add: bool,
 ) {
-    let [s_h, s_w] = g.params().stride;
-    let rows = valid_range(g.out_h(), g.in_h(), s_h, off_h);
-    let cols = valid_range(g.out_w(), g.in_w(), s_w, off_w);
-    if cols.is_empty() {
-        return;
+    let tap = |p: usize, q: usize| {
+        if flip {
+            w[(kh - 1 - p) * kw + (kw - 1 - q)]
+        } else {
+            w[p * kw + q]
+        }
+    };
+    for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
+        let mut ow = 0;
+        while ow < out_w {
+            let n = LANES.min(out_w - ow);
+            let mut acc = splat(0.0);
+            for p in 0..kh {
+                let row = &src[(oh * s[0] + p * d[0]) * lay.cols..];
+                for q in 0..kw {
+                    let at = ow * s[1] + q * d[1];
+                    let v = if s[1] == 1 {
+                        Lane::new(row[at..at + LANES].try_into().expect("a lane"))
+                    } else {
+                        Lane::new(std::array::from_fn(|k| row[at + k * s[1]]))
+                    };
+                    acc = v.mul_add(splat(tap(p, q)), acc);
+                }
+            }
+            let a = acc.to_array();
+            for (o, v) in orow[ow..ow + n].iter_mut().zip(&a[..n]) {
+                *o = if add { *o + v } else { *v };
+            }
+            ow += n;
+        }
     }
-    let iw0 = ((cols.start * s_w) as isize + off_w) as usize;
-    for oh in rows {
-        let ih = ((oh * s_h) as isize + off_h) as usize;
-        f(oh, ih, cols.clone(), iw0);
-    }
+}
+
+fn work(g: &Conv2dGeom) -> usize {
+    2 * g.k_h() * g.k_w() * g.out_plane() * g.n() * g.c_out()
 }
 
 pub(super) fn forward(
@@ -53,35 +152,52 @@ pub(super) fn forward(
     w: &[f32],
     b: Option<&[f32]>,
     y: &mut [f32],
+    ws: &mut [f32],
 ) -> Result<()> {
     let (c_in, c_out, m) = (g.c_in(), g.c_out(), g.c_out_g());
-    let (in_plane, out_plane, in_w, out_w) = (g.in_plane(), g.out_plane(), g.in_w(), g.out_w());
-    let kk = g.k_h() * g.k_w();
-    let s_w = g.params().stride[1];
+    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
+    let (kh, kw, kk) = (g.k_h(), g.k_w(), g.k_h() * g.k_w());
+    let p = g.params();
+    let lay = fwd_layout(g);
+    let slot = slot_len(g);
     let planes = g.n() * c_out;
-    par::for_each(
+    let groups = par::groups(planes, work(g)).min(ws.len() / slot).max(1);
+    par::for_each_group(
         planes,
-        2 * kk * out_plane * planes,
+        groups,
         Items(y, out_plane),
-        &|r, Items(y, _)| {
+        ws,
+        slot,
+        &|r, Items(y, _), pad| {
+            let mut last = usize::MAX;
             for (pi, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
                 let (i, o) = (pi / c_out, pi % c_out);
-                let x_p = &x[(i * c_in + o / m) * in_plane..][..in_plane];
-                let w_o = &w[o * kk..][..kk];
-                y_p.fill(b.map_or(0.0, |b| b[o]));
-                for (t, off_h, off_w) in taps(g) {
-                    let wv = w_o[t];
-                    for_each_row(g, off_h, off_w, |oh, ih, cols, iw0| {
-                        let x_row = &x_p[ih * in_w..][..in_w];
-                        let y_row = &mut y_p[oh * out_w..][cols.clone()];
-                        if s_w == 1 {
-                            simd::axpy(wv, &x_row[iw0..][..y_row.len()], y_row);
-                        } else {
-                            for (k, yv) in y_row.iter_mut().enumerate() {
-                                *yv += wv * x_row[iw0 + k * s_w];
-                            }
-                        }
-                    });
+                let src = i * c_in + o / m;
+                if src != last {
+                    lay.fill(
+                        &x[src * in_plane..][..in_plane],
+                        g.in_h(),
+                        g.in_w(),
+                        &mut pad[..lay.len()],
+                    );
+                    last = src;
+                }
+                sweep(
+                    &lay,
+                    pad,
+                    &w[o * kk..][..kk],
+                    kh,
+                    kw,
+                    p.stride,
+                    p.dilation,
+                    false,
+                    y_p,
+                    g.out_w(),
+                    false,
+                );
+                if let Some(b) = b {
+                    let bv = splat(b[o]);
+                    simd::map_in_place(y_p, |v| v + bv);
                 }
             }
             Ok(())
@@ -95,17 +211,25 @@ pub(super) fn backward_data(
     dy: &[f32],
     dx: &mut [f32],
     accum: Accum,
+    ws: &mut [f32],
 ) -> Result<()> {
     let (c_in, c_out, m) = (g.c_in(), g.c_out(), g.c_out_g());
     let (in_plane, out_plane, in_w, out_w) = (g.in_plane(), g.out_plane(), g.in_w(), g.out_w());
-    let kk = g.k_h() * g.k_w();
-    let s_w = g.params().stride[1];
+    let (kh, kw, kk) = (g.k_h(), g.k_w(), g.k_h() * g.k_w());
+    let p = g.params();
+    let slot = slot_len(g);
     let planes = g.n() * c_in;
-    par::for_each(
+    let groups = par::groups(planes, work(g))
+        .min(ws.len() / slot.max(1))
+        .max(1);
+    let blay = bwd_layout(g);
+    par::for_each_group(
         planes,
-        2 * kk * m * out_plane * planes,
+        groups,
         Items(dx, in_plane),
-        &|r, Items(dx, _)| {
+        ws,
+        slot,
+        &|r, Items(dx, _), pad| {
             for (pi, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
                 let (i, c) = (pi / c_in, pi % c_in);
                 if accum == Accum::Replace {
@@ -114,19 +238,26 @@ pub(super) fn backward_data(
                 for o in c * m..(c + 1) * m {
                     let dy_p = &dy[(i * c_out + o) * out_plane..][..out_plane];
                     let w_o = &w[o * kk..][..kk];
-                    for (t, off_h, off_w) in taps(g) {
-                        let wv = w_o[t];
-                        for_each_row(g, off_h, off_w, |oh, ih, cols, iw0| {
-                            let dy_row = &dy_p[oh * out_w..][cols];
-                            let dx_row = &mut dx_p[ih * in_w..][..in_w];
-                            if s_w == 1 {
-                                simd::axpy(wv, dy_row, &mut dx_row[iw0..][..dy_row.len()]);
-                            } else {
-                                for (k, d) in dy_row.iter().enumerate() {
-                                    dx_row[iw0 + k * s_w] += wv * d;
-                                }
-                            }
-                        });
+                    match &blay {
+                        // Stride 1: dx = flipped-kernel sweep over the padded gradient.
+                        Some(lay) => {
+                            lay.fill(dy_p, g.out_h(), out_w, &mut pad[..lay.len()]);
+                            sweep(
+                                lay,
+                                pad,
+                                w_o,
+                                kh,
+                                kw,
+                                [1, 1],
+                                p.dilation,
+                                true,
+                                dx_p,
+                                in_w,
+                                true,
+                            );
+                        }
+                        // Strided: scatter each output row into its taps' input rows.
+                        None => scatter(g, dy_p, w_o, dx_p),
                     }
                 }
             }
@@ -135,46 +266,105 @@ pub(super) fn backward_data(
     )
 }
 
+/// Strided backward-data for one plane: `dx[oh·s + p·d − pad, ow·s + q·d − pad] += w[p, q] ·
+/// dy[oh, ow]` over the positions inside the image.
+fn scatter(g: &Conv2dGeom, dy_p: &[f32], w_o: &[f32], dx_p: &mut [f32]) {
+    let p = g.params();
+    let (in_h, in_w, out_w) = (g.in_h() as isize, g.in_w() as isize, g.out_w());
+    for (oh, row) in dy_p.chunks_exact(out_w).enumerate() {
+        for pp in 0..g.k_h() {
+            let ih = (oh * p.stride[0] + pp * p.dilation[0]) as isize - p.padding[0] as isize;
+            if ih < 0 || ih >= in_h {
+                continue;
+            }
+            let dst = &mut dx_p[ih as usize * in_w as usize..][..in_w as usize];
+            for q in 0..g.k_w() {
+                let wv = w_o[pp * g.k_w() + q];
+                for (ow, &d) in row.iter().enumerate() {
+                    let iw =
+                        (ow * p.stride[1] + q * p.dilation[1]) as isize - p.padding[1] as isize;
+                    if iw >= 0 && iw < in_w {
+                        dst[iw as usize] += wv * d;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Most taps handled by the lane accumulators of the weight gradient at once.
+const MAX_TAPS: usize = 25;
+
 pub(super) fn backward_weights(
     g: &Conv2dGeom,
     x: &[f32],
     dy: &[f32],
     dw: &mut [f32],
     accum: Accum,
+    ws: &mut [f32],
 ) -> Result<()> {
     let (c_in, c_out, m) = (g.c_in(), g.c_out(), g.c_out_g());
-    let (in_plane, out_plane, in_w, out_w) = (g.in_plane(), g.out_plane(), g.in_w(), g.out_w());
-    let kk = g.k_h() * g.k_w();
-    let s_w = g.params().stride[1];
+    let (in_plane, out_plane, out_w) = (g.in_plane(), g.out_plane(), g.out_w());
+    let (kw, kk) = (g.k_w(), g.k_h() * g.k_w());
+    let p = g.params();
+    let lay = fwd_layout(g);
+    let slot = slot_len(g);
     let n = g.n();
-    par::for_each(
+    let groups = par::groups(c_out, work(g)).min(ws.len() / slot).max(1);
+    par::for_each_group(
         c_out,
-        2 * kk * out_plane * n * c_out,
+        groups,
         Items(dw, kk),
-        &|r, Items(dw, _)| {
+        ws,
+        slot,
+        &|r, Items(dw, _), pad| {
             for (o, dw_o) in r.zip(dw.chunks_exact_mut(kk)) {
-                for (t, off_h, off_w) in taps(g) {
-                    // Sum over images in order, rows in order: f32 row dots, f64 across rows.
-                    let mut s = 0.0f64;
+                let mut total = [0.0f64; MAX_TAPS];
+                for t0 in (0..kk).step_by(MAX_TAPS) {
+                    let taps = MAX_TAPS.min(kk - t0);
                     for i in 0..n {
-                        let x_p = &x[(i * c_in + o / m) * in_plane..][..in_plane];
+                        lay.fill(
+                            &x[(i * c_in + o / m) * in_plane..][..in_plane],
+                            g.in_h(),
+                            g.in_w(),
+                            &mut pad[..lay.len()],
+                        );
                         let dy_p = &dy[(i * c_out + o) * out_plane..][..out_plane];
-                        for_each_row(g, off_h, off_w, |oh, ih, cols, iw0| {
-                            let dy_row = &dy_p[oh * out_w..][cols];
-                            let x_row = &x_p[ih * in_w..][..in_w];
-                            let d = if s_w == 1 {
-                                simd::dot(dy_row, &x_row[iw0..][..dy_row.len()])
-                            } else {
-                                dy_row
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(k, d)| d * x_row[iw0 + k * s_w])
-                                    .sum()
-                            };
-                            s += d as f64;
-                        });
+                        // One lane accumulator per tap, over the whole plane; the tail of each row is
+                        // masked by zero-padding the gradient lane.
+                        let mut acc = [splat(0.0); MAX_TAPS];
+                        for (oh, drow) in dy_p.chunks_exact(out_w).enumerate() {
+                            let mut ow = 0;
+                            while ow < out_w {
+                                let nn = LANES.min(out_w - ow);
+                                let mut dv = [0.0f32; LANES];
+                                dv[..nn].copy_from_slice(&drow[ow..ow + nn]);
+                                let dv = Lane::new(dv);
+                                for (t, a) in acc[..taps].iter_mut().enumerate() {
+                                    let (pp, q) = ((t0 + t) / kw, (t0 + t) % kw);
+                                    let row =
+                                        &pad[(oh * p.stride[0] + pp * p.dilation[0]) * lay.cols..];
+                                    let at = ow * p.stride[1] + q * p.dilation[1];
+                                    let v = if p.stride[1] == 1 {
+                                        Lane::new(row[at..at + LANES].try_into().expect("a lane"))
+                                    } else {
+                                        Lane::new(std::array::from_fn(|k| {
+                                            row[at + k * p.stride[1]]
+                                        }))
+                                    };
+                                    *a = v.mul_add(dv, *a);
+                                }
+                                ow += nn;
+                            }
+                        }
+                        for t in 0..taps {
+                            total[t] += acc[t].reduce_add() as f64;
+                        }
                     }
-                    dw_o[t] = accum.apply(dw_o[t], s as f32);
+                    for t in 0..taps {
+                        dw_o[t0 + t] = accum.apply(dw_o[t0 + t], total[t] as f32);
+                        total[t] = 0.0;
+                    }
                 }
             }
             Ok(())

@@ -21,10 +21,11 @@
 //! count.
 
 mod depthwise;
+mod direct;
 pub(crate) mod im2col;
 
 use crate::error::{Result, check_len, check_min_len};
-use crate::gemm::{MatMut, MatRef, sgemm};
+use crate::gemm::{MatMut, MatRef, gemm_serial as sgemm_serial, packed};
 use crate::kernels::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
@@ -59,7 +60,7 @@ fn needs_col(g: &Conv2dGeom) -> bool {
     !g.is_pointwise() && !g.is_depthwise()
 }
 
-/// Scratch elements of one worker: one im2col tile.
+/// Scratch elements of one worker on the im2col path: one im2col tile.
 fn slot_len(g: &Conv2dGeom) -> usize {
     if needs_col(g) {
         taps(g) * tile_rows(g) * g.out_w()
@@ -68,20 +69,62 @@ fn slot_len(g: &Conv2dGeom) -> usize {
     }
 }
 
-/// Scratch for [`conv2d_forward`] that lets every thread of the current rayon pool work: one
-/// im2col tile per thread (0 for 1x1/stride-1/unpadded and depthwise convolutions).
+/// Whether the direct AVX2/FMA path runs (depthwise convolutions have their own kernel).
+fn use_direct(g: &Conv2dGeom) -> bool {
+    packed::enabled() && !g.is_depthwise()
+}
+
+/// Scratch of one worker for the forward pass on this machine.
+fn forward_slot(g: &Conv2dGeom) -> usize {
+    if g.is_depthwise() {
+        depthwise::slot_len(g)
+    } else if use_direct(g) {
+        direct::Direct::forward(g).slot_len()
+    } else {
+        slot_len(g)
+    }
+}
+
+/// The direct backward-data pass, where it applies: stride 1, and enough input channels per
+/// group to fill the 6-channel panels (with fewer, most of the work would be padding; the im2col
+/// path is faster).
+fn direct_backward_data(g: &Conv2dGeom) -> Option<direct::Direct> {
+    direct::Direct::backward_data(g).filter(|_| use_direct(g) && g.c_in_g() >= 4)
+}
+
+/// Scratch of one worker for the backward-data pass on this machine.
+fn backward_data_slot(g: &Conv2dGeom) -> usize {
+    match direct_backward_data(g) {
+        _ if g.is_depthwise() => depthwise::slot_len(g),
+        Some(d) => d.slot_len(),
+        None => slot_len(g),
+    }
+}
+
+/// Scratch for [`conv2d_forward`] that lets every thread of the current rayon pool work: per
+/// thread one band of the prepared input and output (direct path, AVX2/FMA machines) or one
+/// im2col tile (elsewhere), or one zero-padded plane for depthwise convolutions; 0 for
+/// 1x1/stride-1/unpadded convolutions on the im2col path.
 pub fn conv2d_forward_scratch_len(g: &Conv2dGeom) -> usize {
-    slot_len(g) * par::threads()
+    forward_slot(g) * par::threads()
 }
 
 /// Scratch for [`conv2d_backward_data`]: as [`conv2d_forward_scratch_len`].
 pub fn conv2d_backward_data_scratch_len(g: &Conv2dGeom) -> usize {
-    slot_len(g) * par::threads()
+    backward_data_slot(g) * par::threads()
 }
 
-/// Scratch for [`conv2d_backward_weights`]: one im2col tile, shared by all threads.
+/// Scratch for [`conv2d_backward_weights`]: shared by all threads (one im2col tile, or on the
+/// direct path a band of the prepared input, of the transposed output gradient, and the
+/// transposed weight gradient of one group).
 pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
-    slot_len(g)
+    if g.is_depthwise() {
+        depthwise::slot_len(g) * par::threads()
+    } else if use_direct(g) {
+        direct::Direct::forward(g).wgrad_len()
+    } else {
+        slot_len(g)
+    }
 }
 
 /// Flops of one pass over one image.
@@ -90,10 +133,10 @@ fn image_work(g: &Conv2dGeom) -> usize {
 }
 
 /// How many images each worker group takes, or `None` to split inside each image instead.
-fn image_groups(g: &Conv2dGeom, ws_len: usize) -> Option<usize> {
+fn image_groups(g: &Conv2dGeom, slot: usize, ws_len: usize) -> Option<usize> {
     let threads = par::threads();
     let groups = par::groups(g.n(), image_work(g).saturating_mul(g.n()));
-    let slots = match slot_len(g) {
+    let slots = match slot {
         0 => usize::MAX,
         s => ws_len / s,
     };
@@ -146,16 +189,54 @@ pub fn conv2d_forward(
         check_len(OP, "b", b, g.c_out())?;
     }
     check_len(OP, "y", y, g.y_len())?;
-    let slot = slot_len(g);
+    let slot = forward_slot(g);
     check_min_len(OP, "ws", ws, slot)?;
     if g.n() == 0 {
         return Ok(());
     }
     if g.is_depthwise() {
-        return depthwise::forward(g, x, w, b, y);
+        return depthwise::forward(g, x, w, b, y, ws);
     }
     let (x_item, y_item) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane());
-    match image_groups(g, ws.len()) {
+    if use_direct(g) {
+        let d = direct::Direct::forward(g);
+        let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g() * g.out_plane());
+        let groups = image_groups(g, slot, ws.len());
+        return direct::with_prep(|prep| {
+            for gi in 0..g.groups() {
+                prep.plan(&d, direct::Weights::Forward { w, group: gi });
+                let prep = &*prep;
+                let bias = b.map(|b| &b[gi * g.c_out_g()..][..g.c_out_g()]);
+                let image = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
+                    let x_g = &x[i * x_item + gi * ci_g..][..ci_g];
+                    let y_g = &mut y_n[gi * co_g..][..co_g];
+                    direct::conv_into(&d, prep, bias, x_g, y_g, Accum::Replace, ws, split)
+                };
+                match groups {
+                    Some(groups) => par::for_each_group(
+                        g.n(),
+                        groups,
+                        Items(&mut *y, y_item),
+                        ws,
+                        slot,
+                        &|r, Items(y, _), ws| {
+                            for (i, y_n) in r.zip(y.chunks_exact_mut(y_item)) {
+                                image(i, y_n, ws, false)?;
+                            }
+                            Ok(())
+                        },
+                    )?,
+                    None => {
+                        for (i, y_n) in y.chunks_exact_mut(y_item).enumerate() {
+                            image(i, y_n, &mut ws[..slot], true)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    match image_groups(g, slot, ws.len()) {
         Some(groups) => par::for_each_group(
             g.n(),
             groups,
@@ -281,7 +362,7 @@ fn forward_rows(
         let c = MatMut::new(&mut y_rows[at..], os.len(), cols, plane, 1)?;
         let a = MatRef::new(&w[os.start * k_g..], os.len(), k_g, k_g, 1)?;
         let bsrc = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?;
-        sgemm(1.0, a, bsrc, beta, c)?;
+        sgemm_serial(1.0, a, bsrc, beta, c);
     }
     Ok(())
 }
@@ -313,7 +394,7 @@ fn wt_dy_rows(
             dst_rs,
             1,
         )?;
-        sgemm(1.0, a, b, beta, c)?;
+        sgemm_serial(1.0, a, b, beta, c);
     }
     Ok(())
 }
@@ -338,22 +419,65 @@ pub fn conv2d_backward_data(
     check_len(OP, "w", w, g.w_len())?;
     check_len(OP, "dy", dy, g.y_len())?;
     check_len(OP, "dx", dx, g.x_len())?;
-    let slot = slot_len(g);
+    let slot = backward_data_slot(g);
     check_min_len(OP, "ws", ws, slot)?;
     if g.n() == 0 {
         return Ok(());
     }
     if g.is_depthwise() {
-        return depthwise::backward_data(g, w, dy, dx, accum);
+        return depthwise::backward_data(g, w, dy, dx, accum, ws);
     }
     let (x_item, y_item, plane) = (
         g.c_in() * g.in_plane(),
         g.c_out() * g.out_plane(),
         g.in_plane(),
     );
+    if let Some(d) = direct_backward_data(g) {
+        let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g() * g.out_plane());
+        let groups = image_groups(g, slot, ws.len());
+        return direct::with_prep(|prep| {
+            for gi in 0..g.groups() {
+                prep.plan(
+                    &d,
+                    direct::Weights::Flipped {
+                        w,
+                        group: gi,
+                        c_in_g: g.c_in_g(),
+                    },
+                );
+                let prep = &*prep;
+                let image = |i: usize, dx_n: &mut [f32], ws: &mut [f32], split: bool| {
+                    let dy_g = &dy[i * y_item + gi * co_g..][..co_g];
+                    let dx_g = &mut dx_n[gi * ci_g..][..ci_g];
+                    direct::conv_into(&d, prep, None, dy_g, dx_g, accum, ws, split)
+                };
+                match groups {
+                    Some(groups) => par::for_each_group(
+                        g.n(),
+                        groups,
+                        Items(&mut *dx, x_item),
+                        ws,
+                        slot,
+                        &|r, Items(dx, _), ws| {
+                            for (i, dx_n) in r.zip(dx.chunks_exact_mut(x_item)) {
+                                image(i, dx_n, ws, false)?;
+                            }
+                            Ok(())
+                        },
+                    )?,
+                    None => {
+                        for (i, dx_n) in dx.chunks_exact_mut(x_item).enumerate() {
+                            image(i, dx_n, &mut ws[..slot], true)?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
     let beta = accum.beta();
     let full = 0..g.out_h();
-    match image_groups(g, ws.len()) {
+    match image_groups(g, slot, ws.len()) {
         Some(groups) => par::for_each_group(
             g.n(),
             groups,
@@ -454,10 +578,30 @@ pub fn conv2d_backward_weights(
         check_len(OP, "db", db, g.c_out())?;
         bias_backward(g.n(), g.c_out(), g.out_plane(), dy, db, accum);
     }
-    let slot = slot_len(g);
-    check_min_len(OP, "ws", ws, slot)?;
+    check_min_len(OP, "ws", ws, conv2d_backward_weights_scratch_len(g))?;
     if g.is_depthwise() {
-        return depthwise::backward_weights(g, x, dy, dw, accum);
+        return depthwise::backward_weights(g, x, dy, dw, accum, ws);
+    }
+    if use_direct(g) {
+        let d = direct::Direct::forward(g);
+        let (x_item, y_item) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane());
+        let per_group = g.c_out_g() * g.k_g();
+        for (gi, dw_g) in dw.chunks_exact_mut(per_group).enumerate() {
+            direct::wgrad(
+                &d,
+                g.n(),
+                x,
+                x_item,
+                gi * g.c_in_g(),
+                dy,
+                y_item,
+                gi * g.c_out_g(),
+                dw_g,
+                accum,
+                ws,
+            )?;
+        }
+        return Ok(());
     }
     if accum == Accum::Replace {
         dw.fill(0.0);
@@ -487,7 +631,7 @@ pub fn conv2d_backward_weights(
                         os.len(),
                         k_g,
                     )?;
-                    sgemm(1.0, a, b, 1.0, c)?;
+                    sgemm_serial(1.0, a, b, 1.0, c);
                 }
                 Ok(())
             })?;

@@ -1,0 +1,35 @@
+//! Runs one workload case in a loop (for profilers): `one ID OP [THREADS] [SECONDS]`, e.g.
+//! `perf record -e cpu-clock target/release/one C3 fwd 1 5`.
+
+#[path = "../../../benches/suite/workloads.rs"]
+mod workloads;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (id, op) = (args.get(1).expect("ID"), args.get(2).expect("OP"));
+    let threads: usize = args.get(3).map_or(1, |t| t.parse().expect("THREADS"));
+    let secs: f64 = args.get(4).map_or(3.0, |t| t.parse().expect("SECONDS"));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let group = workloads::GROUPS.iter().find_map(|g| {
+            let mut cases = workloads::group(g);
+            let i = cases.iter().position(|c| c.id == id && c.op == op)?;
+            Some(cases.swap_remove(i))
+        });
+        let mut case = group.unwrap_or_else(|| panic!("no case {id} {op}"));
+        let t = std::time::Instant::now();
+        let mut n = 0;
+        while t.elapsed().as_secs_f64() < secs {
+            (case.run)();
+            n += 1;
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+        println!(
+            "{id} {op} t{threads}: {ms:.3} ms/call, {:.1} GFLOP/s",
+            case.flops / ms / 1e6
+        );
+    });
+}

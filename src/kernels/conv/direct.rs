@@ -1,0 +1,560 @@
+//! Direct convolution on CPUs with AVX2/FMA.
+//!
+//! im2col copies every input value `k_h · k_w` times before the GEMM reads it; on the shapes of
+//! small CNNs that copy costs as much as the multiply. Here the input is copied once, into a
+//! *prepared* layout, and the micro-kernels read it directly:
+//!
+//! - the source channels are zero-padded and split by stride phase (`s_h · s_w` planes per
+//!   channel, `plane[i][j] = src[i·s_h + ψ − pad_h][j·s_w + φ − pad_w]`), so every filter tap
+//!   becomes a constant offset and sixteen consecutive output pixels read sixteen consecutive
+//!   floats, whatever the stride, padding or dilation;
+//! - rows have a pitch `pw = out_w + max column shift`: the pixels of a band of output rows are
+//!   numbered `r·pw + ow`, so a 16-pixel tile never needs to know where a row ends (the few
+//!   columns past `out_w` are computed and dropped).
+//!
+//! Forward and stride-1 backward-data use `conv_tile` (6 output channels × 16 pixels, one tap per
+//! step); backward-weights uses `wgrad_tile` (6 taps × 16 output channels, one pixel per step)
+//! over the output gradient transposed to pixel-major. Work is split over images, or, inside an
+//! image, over output-channel panels (forward, backward-data) and tap panels (weights), so every
+//! output is summed by one thread in a fixed order.
+
+use crate::error::Result;
+use crate::gemm::avx2::{MR, NR, Taps, conv_tile, wgrad_tile};
+use crate::kernels::Accum;
+use crate::par::{self, Items};
+use crate::shape::Conv2dGeom;
+use std::cell::RefCell;
+
+/// Target size (floats) of one band's prepared input plus its output or gradient buffer.
+const BAND_BUDGET: usize = 1 << 20;
+/// Pixels per weight-gradient step block (the transposed gradient block stays in L2).
+const WGRAD_BLOCK: usize = 512;
+
+/// One direct convolution: `src [src_ch][src_h][src_w] → out [out_ch][out_h][out_w]`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Direct {
+    src_ch: usize,
+    src_h: usize,
+    src_w: usize,
+    out_ch: usize,
+    out_h: usize,
+    out_w: usize,
+    k: [usize; 2],
+    s: [usize; 2],
+    pad: [usize; 2],
+    dil: [usize; 2],
+}
+
+/// The prepared layout of one band.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    pw: usize,
+    plane: usize,
+    rows: usize,
+    /// Output pixels of the band rounded up to whole tiles.
+    npix: usize,
+    /// Length of the prepared input (planes plus room for the last tile's reads).
+    len: usize,
+}
+
+impl Direct {
+    /// One group of a forward convolution.
+    pub(super) fn forward(g: &Conv2dGeom) -> Self {
+        let p = g.params();
+        Direct {
+            src_ch: g.c_in_g(),
+            src_h: g.in_h(),
+            src_w: g.in_w(),
+            out_ch: g.c_out_g(),
+            out_h: g.out_h(),
+            out_w: g.out_w(),
+            k: [g.k_h(), g.k_w()],
+            s: p.stride,
+            pad: p.padding,
+            dil: p.dilation,
+        }
+    }
+
+    /// One group of a stride-1 backward-data pass as a forward convolution of the output gradient
+    /// with the flipped, transposed kernel; `None` for strides above 1 or padding beyond the
+    /// dilated kernel (handled by the im2col path).
+    pub(super) fn backward_data(g: &Conv2dGeom) -> Option<Self> {
+        let p = g.params();
+        if p.stride != [1, 1] {
+            return None;
+        }
+        let mut pad = [0; 2];
+        for a in 0..2 {
+            let span = p.dilation[a] * ([g.k_h(), g.k_w()][a] - 1);
+            pad[a] = span.checked_sub(p.padding[a])?;
+        }
+        Some(Direct {
+            src_ch: g.c_out_g(),
+            src_h: g.out_h(),
+            src_w: g.out_w(),
+            out_ch: g.c_in_g(),
+            out_h: g.in_h(),
+            out_w: g.in_w(),
+            k: [g.k_h(), g.k_w()],
+            s: [1, 1],
+            pad,
+            dil: p.dilation,
+        })
+    }
+
+    fn taps(&self) -> usize {
+        self.src_ch * self.k[0] * self.k[1]
+    }
+
+    /// Largest row and column shift of a tap in the phase planes.
+    fn shifts(&self) -> (usize, usize) {
+        (
+            (self.k[0] - 1) * self.dil[0] / self.s[0],
+            (self.k[1] - 1) * self.dil[1] / self.s[1],
+        )
+    }
+
+    fn layout(&self, rows: usize) -> Layout {
+        let (di, dj) = self.shifts();
+        let (ph, pw) = (rows + di, self.out_w + dj);
+        let plane = ph * pw;
+        let npix = (rows * pw).div_ceil(NR) * NR;
+        let planes = self.s[0] * self.s[1] * self.src_ch;
+        // The last tile starts at npix − 16 and reads up to the largest tap offset + 16.
+        let len = planes * plane + pw + 2 * NR;
+        Layout {
+            pw,
+            plane,
+            rows,
+            npix,
+            len,
+        }
+    }
+
+    /// Output rows per band: as many as fit the budget with the halo rows, at least one. A band
+    /// of `r` rows needs `planes·(r + halo)·pw + per_pixel_out·r·pw` floats (plus a row of
+    /// slack), so the scratch stays within `max(BAND_BUDGET, one row's needs)` for any image.
+    fn band_rows(&self, per_pixel_out: usize) -> usize {
+        let (di, _) = self.shifts();
+        let pw = self.layout(1).pw;
+        let planes = self.s[0] * self.s[1] * self.src_ch;
+        let per_row = (planes + per_pixel_out) * pw;
+        (BAND_BUDGET.saturating_sub(planes * di * pw) / per_row.max(1)).clamp(1, self.out_h)
+    }
+
+    fn bands(&self, per_pixel_out: usize) -> impl Iterator<Item = (usize, Layout)> + use<> {
+        let rows = self.band_rows(per_pixel_out);
+        let me = *self;
+        (0..self.out_h)
+            .step_by(rows)
+            .map(move |oh0| (oh0, me.layout(rows.min(me.out_h - oh0))))
+    }
+
+    fn out_rows(&self) -> usize {
+        self.out_ch.div_ceil(MR) * MR
+    }
+
+    /// Scratch of one worker for `conv_into`: a band's prepared input and output.
+    pub(super) fn slot_len(&self) -> usize {
+        let lay = self.layout(self.band_rows(self.out_rows()));
+        lay.len + self.out_rows() * lay.npix
+    }
+
+    /// Scratch for the weight gradient: prepared input, transposed gradient, and the transposed
+    /// weight gradient.
+    pub(super) fn wgrad_len(&self) -> usize {
+        let co = self.out_ch.div_ceil(NR) * NR;
+        let lay = self.layout(self.band_rows(co));
+        lay.len + lay.npix * co + self.taps().div_ceil(MR) * MR * co
+    }
+
+    /// Tap offsets in the prepared layout, taps in OIHW order `(c, p, q)`.
+    fn offsets(&self, lay: &Layout, off: &mut Vec<u32>) {
+        off.clear();
+        for c in 0..self.src_ch {
+            for p in 0..self.k[0] {
+                for q in 0..self.k[1] {
+                    let (rp, rq) = (p * self.dil[0], q * self.dil[1]);
+                    let phase = (rp % self.s[0]) * self.s[1] + rq % self.s[1];
+                    let at = ((phase * self.src_ch + c) * lay.plane)
+                        + (rp / self.s[0]) * lay.pw
+                        + rq / self.s[1];
+                    off.push(at as u32);
+                }
+            }
+        }
+    }
+
+    /// Prepares planes `planes` (indexed `phase · src_ch + c`) of the band starting at output
+    /// row `oh0` from `src` (this image's source channels), into `xs` (those planes only).
+    fn prepare(
+        &self,
+        lay: &Layout,
+        src: &[f32],
+        oh0: usize,
+        planes: std::ops::Range<usize>,
+        xs: &mut [f32],
+    ) {
+        let (sh, sw) = (self.s[0], self.s[1]);
+        let src_plane = self.src_h * self.src_w;
+        for (pi, dst) in planes.zip(xs.chunks_exact_mut(lay.plane)) {
+            let (phase, c) = (pi / self.src_ch, pi % self.src_ch);
+            let (psi, phi) = (phase / sw, phase % sw);
+            let src_c = &src[c * src_plane..][..src_plane];
+            // Columns j with 0 <= j·sw + φ − pad_w < src_w.
+            let jlo = self.pad[1].saturating_sub(phi).div_ceil(sw);
+            let jhi = ((self.src_w + self.pad[1]).saturating_sub(phi))
+                .div_ceil(sw)
+                .min(lay.pw);
+            for (i, row) in dst.chunks_exact_mut(lay.pw).enumerate() {
+                let ih = ((oh0 + i) * sh + psi) as isize - self.pad[0] as isize;
+                if ih < 0 || ih >= self.src_h as isize || jlo >= jhi {
+                    row.fill(0.0);
+                    continue;
+                }
+                let srow = &src_c[ih as usize * self.src_w..][..self.src_w];
+                row[..jlo].fill(0.0);
+                row[jhi..].fill(0.0);
+                let first = jlo * sw + phi - self.pad[1];
+                if sw == 1 {
+                    row[jlo..jhi].copy_from_slice(&srow[first..first + (jhi - jlo)]);
+                } else {
+                    for (k, v) in row[jlo..jhi].iter_mut().enumerate() {
+                        *v = srow[first + k * sw];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Prepares the whole band, in parallel over planes when it is large.
+    fn prepare_all(&self, lay: &Layout, src: &[f32], oh0: usize, xs: &mut [f32]) {
+        let planes = self.s[0] * self.s[1] * self.src_ch;
+        let (body, tail) = xs[..lay.len].split_at_mut(planes * lay.plane);
+        tail.fill(0.0);
+        let _ = par::for_each(planes, body.len(), Items(body, lay.plane), &|r,
+                                                                            Items(
+            x,
+            _,
+        )| {
+            self.prepare(lay, src, oh0, r, x);
+            Ok(())
+        });
+    }
+}
+
+/// Per-call state of a direct pass: the packed weights, and each band's start row, layout and
+/// tap offsets (the same for every image).
+#[derive(Default)]
+pub(super) struct Prep {
+    packed: Vec<f32>,
+    off: Vec<u32>,
+    bands: Vec<(usize, Layout)>,
+}
+
+thread_local! {
+    /// The calling thread's `Prep`, reused between calls (nothing allocates after the first).
+    static PREP: RefCell<Prep> = RefCell::new(Prep::default());
+}
+
+/// Runs `f` with this thread's `Prep`, taken out of the thread-local for the duration: a parallel
+/// region inside `f` may run another pass on this thread (work stealing), which then finds an
+/// empty `Prep` instead of a borrowed cell.
+pub(super) fn with_prep<R>(f: impl FnOnce(&mut Prep) -> R) -> R {
+    let mut prep = PREP.with(|c| c.take());
+    let r = f(&mut prep);
+    PREP.with(|c| *c.borrow_mut() = prep);
+    r
+}
+
+impl Prep {
+    /// Bands and their tap offsets for `d`, with `per_pixel_out` output floats per pixel.
+    fn plan_bands(&mut self, d: &Direct, per_pixel_out: usize) {
+        self.bands.clear();
+        self.off.clear();
+        for (oh0, lay) in d.bands(per_pixel_out) {
+            self.bands.push((oh0, lay));
+            d.offsets(&lay, &mut self.off);
+        }
+    }
+
+    /// Packs the weights of group `group` and plans the bands for [`conv_into`].
+    pub(super) fn plan(&mut self, d: &Direct, weights: Weights<'_>) {
+        let taps = d.taps();
+        let (kh, kw) = (d.k[0], d.k[1]);
+        match weights {
+            Weights::Forward { w, group } => pack_weights(
+                d.out_ch,
+                taps,
+                |o, t| w[(group * d.out_ch + o) * taps + t],
+                &mut self.packed,
+            ),
+            Weights::Flipped { w, group, c_in_g } => pack_weights(
+                d.out_ch,
+                taps,
+                |c, t| {
+                    let (o, pq) = (t / (kh * kw), t % (kh * kw));
+                    let (p, q) = (pq / kw, pq % kw);
+                    w[(((group * d.src_ch + o) * c_in_g + c) * kh + (kh - 1 - p)) * kw
+                        + (kw - 1 - q)]
+                },
+                &mut self.packed,
+            ),
+        }
+        self.plan_bands(d, d.out_rows());
+    }
+}
+
+/// Packs `weight(o, t)` for `o < out_ch` (zero above), taps `t < taps`, as 6-channel panels:
+/// panel `p` at `[p·taps·MR..]`, `(t, i)` at `t·MR + i`.
+fn pack_weights(
+    out_ch: usize,
+    taps: usize,
+    weight: impl Fn(usize, usize) -> f32,
+    dst: &mut Vec<f32>,
+) {
+    let panels = out_ch.div_ceil(MR);
+    dst.clear();
+    dst.resize(panels * taps * MR, 0.0);
+    for (p, panel) in dst.chunks_exact_mut(taps * MR).enumerate() {
+        for i in 0..MR {
+            let o = p * MR + i;
+            if o < out_ch {
+                for t in 0..taps {
+                    panel[t * MR + i] = weight(o, t);
+                }
+            }
+        }
+    }
+}
+
+/// Taps per block (a multiple of one channel's `per_ch` taps) whose input rows for one 16-pixel
+/// tile fit comfortably in L1 (about 12 KiB: `k_h` rows of ~2 cache lines per channel and phase).
+fn tap_block(d: &Direct, per_ch: usize) -> usize {
+    let lines_per_ch = d.s[0] * d.s[1] * d.k[0] * 2;
+    let channels = (12 * 1024 / 64 / lines_per_ch.max(1))
+        .max(d.src_ch.div_ceil(MAX_BLOCKS))
+        .clamp(1, d.src_ch);
+    channels * per_ch
+}
+
+/// Most tap blocks per pass (so their tables fit on the stack).
+const MAX_BLOCKS: usize = 32;
+
+/// Which weights a direct pass multiplies by.
+#[derive(Clone, Copy)]
+pub(super) enum Weights<'a> {
+    /// Forward: `W[g·co_g + o][t]` (OIHW rows).
+    Forward { w: &'a [f32], group: usize },
+    /// Backward-data: `W[g·co_g + o][c][k_h − 1 − p][k_w − 1 − q]` for output channel `c` and tap
+    /// `(o, p, q)`.
+    Flipped {
+        w: &'a [f32],
+        group: usize,
+        c_in_g: usize,
+    },
+}
+
+/// `out_img` (this group's output channels of one image) = conv(`src` (this group's source
+/// channels)) with the weights `prep` was planned for, plus `bias[o]`, overwritten or added to
+/// per `accum`. `ws` holds at least one [`Direct::slot_len`]; with `split`, the work inside the
+/// image is shared across the pool (the caller is then not itself inside a parallel split).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn conv_into(
+    d: &Direct,
+    prep: &Prep,
+    bias: Option<&[f32]>,
+    src: &[f32],
+    out_img: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+    split: bool,
+) -> Result<()> {
+    let taps = d.taps();
+    let out_plane = d.out_h * d.out_w;
+    let rows_out = d.out_rows();
+    let packed = &prep.packed[..];
+    for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
+        let off = &prep.off[bi * taps..][..taps];
+        let (xs, rest) = ws.split_at_mut(lay.len);
+        let yp = &mut rest[..rows_out * lay.npix];
+        if split {
+            d.prepare_all(&lay, src, oh0, xs);
+        } else {
+            let planes = d.s[0] * d.s[1] * d.src_ch;
+            xs[planes * lay.plane..lay.len].fill(0.0);
+            d.prepare(&lay, src, oh0, 0..planes, &mut xs[..planes * lay.plane]);
+        }
+        let xs = &*xs;
+        // Tiles: 6 output channels × 16 pixels, all full (padding rows and pixels exist).
+        // For each pixel tile, the taps are taken a block of source channels at a time, so the
+        // input the block reads (block · k_h rows of ~16 floats) stays in L1 while every channel
+        // panel uses it; the C tiles accumulate across blocks.
+        let panels = rows_out / MR;
+        let work = 2 * taps * d.out_ch * lay.npix;
+        let block = tap_block(d, d.k[0] * d.k[1]);
+        // The blocks' offsets and their maxima, once per band (at most MAX_BLOCKS).
+        let blocks: [Option<(usize, Taps<'_>)>; MAX_BLOCKS] = std::array::from_fn(|b| {
+            let t0 = b * block;
+            (t0 < taps).then(|| (t0, Taps::new(&off[t0..(t0 + block).min(taps)])))
+        });
+        let run = |pr: std::ops::Range<usize>, yrows: &mut [f32]| {
+            for j0 in (0..lay.npix).step_by(NR) {
+                for (t0, tb) in blocks.iter().flatten() {
+                    for (pi, p) in pr.clone().enumerate() {
+                        let a = &packed[(p * taps + t0) * MR..];
+                        let ytile = &mut yrows[pi * MR * lay.npix + j0..];
+                        conv_tile(a, xs, j0, tb, *t0 > 0, ytile, lay.npix);
+                    }
+                }
+            }
+        };
+        if split {
+            par::for_each(
+                panels,
+                work,
+                Items(&mut *yp, MR * lay.npix),
+                &|pr, Items(y, _)| {
+                    run(pr, y);
+                    Ok(())
+                },
+            )?;
+        } else {
+            run(0..panels, yp);
+        }
+        // Copy the band's valid pixels out, adding the bias.
+        let yp = &*yp;
+        let copy = |cr: std::ops::Range<usize>, out: &mut [f32]| {
+            for (ci, o) in cr.enumerate() {
+                let b = bias.map_or(0.0, |b| b[o]);
+                let dst = &mut out[ci * out_plane + oh0 * d.out_w..][..lay.rows * d.out_w];
+                let src = &yp[o * lay.npix..];
+                for (r, drow) in dst.chunks_exact_mut(d.out_w).enumerate() {
+                    let srow = &src[r * lay.pw..][..d.out_w];
+                    match accum {
+                        Accum::Replace => drow.iter_mut().zip(srow).for_each(|(y, v)| *y = v + b),
+                        Accum::Add => drow.iter_mut().zip(srow).for_each(|(y, v)| *y += v + b),
+                    }
+                }
+            }
+        };
+        if split {
+            par::for_each(
+                d.out_ch,
+                out_img.len(),
+                Items(&mut *out_img, out_plane),
+                &|cr, Items(o, _)| {
+                    copy(cr, o);
+                    Ok(())
+                },
+            )?;
+        } else {
+            copy(0..d.out_ch, out_img);
+        }
+    }
+    Ok(())
+}
+
+/// Weight gradient of one group: `dw_group[o][t] (+)= Σ_{images, pixels} dy[o][pixel] ·
+/// x[tap t shifted to pixel]`, where `x` and `dy` hold all images (`x_item` / `dy_item` floats
+/// apart) and this group's channels start at `x_ch0` / `dy_ch0` within an image.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wgrad(
+    d: &Direct,
+    n: usize,
+    x: &[f32],
+    x_item: usize,
+    x_ch0: usize,
+    dy: &[f32],
+    dy_item: usize,
+    dy_ch0: usize,
+    dw_group: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    let taps = d.taps();
+    let co = d.out_ch.div_ceil(NR) * NR;
+    let taps_pad = taps.div_ceil(MR) * MR;
+    let (src_plane, out_plane) = (d.src_h * d.src_w, d.out_h * d.out_w);
+    with_prep(|prep| {
+        prep.plan_bands(d, co);
+        let (dwt_all, ws) = ws.split_at_mut(taps_pad * co);
+        dwt_all.fill(0.0);
+        for i in 0..n {
+            let x_n = &x[i * x_item + x_ch0 * src_plane..][..d.src_ch * src_plane];
+            let dy_n = &dy[i * dy_item + dy_ch0 * out_plane..][..d.out_ch * out_plane];
+            for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
+                let off = &prep.off[bi * taps..][..taps];
+                let (xs, rest) = ws.split_at_mut(lay.len);
+                let dyt = &mut rest[..lay.npix * co];
+                d.prepare_all(&lay, x_n, oh0, xs);
+                // dyT[pixel][o]: this band's gradient, pixel-major, zero past out_w and co_g.
+                // Split by band rows (row r covers pixels r·pw .. (r+1)·pw).
+                let _ = par::for_each(
+                    lay.rows,
+                    dyt.len(),
+                    Items(&mut dyt[..lay.rows * lay.pw * co], lay.pw * co),
+                    &|rr, Items(t, _)| {
+                        for (k, r) in rr.enumerate() {
+                            let rows = &mut t[k * lay.pw * co..][..lay.pw * co];
+                            rows[d.out_w * co..].fill(0.0);
+                            let at = (oh0 + r) * d.out_w;
+                            for o in 0..co {
+                                if o >= d.out_ch {
+                                    for ow in 0..d.out_w {
+                                        rows[ow * co + o] = 0.0;
+                                    }
+                                    continue;
+                                }
+                                let src = &dy_n[o * out_plane + at..][..d.out_w];
+                                for (ow, &v) in src.iter().enumerate() {
+                                    rows[ow * co + o] = v;
+                                }
+                            }
+                        }
+                        Ok(())
+                    },
+                );
+                dyt[lay.rows * lay.pw * co..].fill(0.0);
+                let (xs, dyt) = (&*xs, &*dyt);
+                let work = 2 * taps * co * lay.npix;
+                par::for_each(
+                    taps_pad / MR,
+                    work,
+                    Items(&mut *dwt_all, MR * co),
+                    &|tr, Items(c, _)| {
+                        for (ti, tp) in tr.enumerate() {
+                            let t0 = tp * MR;
+                            let ctile = &mut c[ti * MR * co..][..MR * co];
+                            for j0 in (0..lay.npix).step_by(WGRAD_BLOCK) {
+                                let len = WGRAD_BLOCK.min(lay.npix - j0);
+                                let xo = std::array::from_fn(|i| {
+                                    off[(t0 + i).min(taps - 1)] as usize + j0
+                                });
+                                for c0 in (0..co).step_by(NR) {
+                                    wgrad_tile(
+                                        len,
+                                        xs,
+                                        xo,
+                                        &dyt[j0 * co + c0..],
+                                        co,
+                                        &mut ctile[c0..],
+                                        co,
+                                    );
+                                }
+                            }
+                        }
+                        Ok(())
+                    },
+                )?;
+            }
+        }
+        // dW[o][t] = dWᵀ[t][o].
+        for (o, row) in dw_group.chunks_exact_mut(taps).enumerate() {
+            for (t, v) in row.iter_mut().enumerate() {
+                *v = accum.apply(*v, dwt_all[t * co + o]);
+            }
+        }
+        Ok(())
+    })
+}
