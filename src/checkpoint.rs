@@ -51,8 +51,10 @@ impl Default for CheckpointLimits {
     }
 }
 
-/// Metadata key holding the hash of the tensor bytes.
-pub const HASH_KEY: &str = "cnnkit.data_hash";
+/// Metadata key of the checksum cnnkit writes: a hash of the tensor bytes, of every tensor's
+/// name, dtype, shape and offsets, and of every other metadata entry, so a flipped bit anywhere
+/// in the file is detected on load.
+pub const HASH_KEY: &str = "cnnkit.hash";
 
 /// A 64-bit hash of `bytes` (SplitMix64's mixer chained over little-endian words, then the
 /// length), written as 16 hex digits.
@@ -66,6 +68,28 @@ pub fn data_hash(bytes: &[u8]) -> String {
     last[..tail.len()].copy_from_slice(tail);
     h = mix64(h ^ u64::from_le_bytes(last));
     format!("{:016x}", mix64(h ^ bytes.len() as u64))
+}
+
+/// The value of [`HASH_KEY`] for a file with this metadata, these tensors
+/// `(name, dtype, shape, start, end)` and data section.
+fn content_hash<'a>(
+    metadata: &BTreeMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, &'a str, Vec<u64>, usize, usize)>,
+    data: &[u8],
+) -> String {
+    let mut tensors: Vec<_> = tensors.collect();
+    tensors.sort();
+    let mut desc = data_hash(data);
+    for (k, v) in metadata.iter().filter(|(k, _)| *k != HASH_KEY) {
+        desc.push_str(&format!("\0m{}:{k}={v}", k.len()));
+    }
+    for (name, dtype, shape, s, e) in tensors {
+        desc.push_str(&format!(
+            "\0t{}:{name}:{dtype}:{shape:?}:{s}:{e}",
+            name.len()
+        ));
+    }
+    data_hash(desc.as_bytes())
 }
 
 // ----------------------------------------------------------------------------------- writing
@@ -107,7 +131,19 @@ pub fn to_bytes(st: &SafeTensors) -> Vec<u8> {
         entries.push((name, dtype, &t.shape, start, data.len()));
     }
     let mut meta = st.metadata.clone();
-    meta.insert(HASH_KEY.to_string(), data_hash(&data));
+    let described = entries.iter().map(|(n, d, sh, s, e)| {
+        (
+            n.as_str(),
+            *d,
+            sh.iter().map(|&v| v as u64).collect(),
+            *s,
+            *e,
+        )
+    });
+    meta.insert(
+        HASH_KEY.to_string(),
+        content_hash(&st.metadata, described, &data),
+    );
     let mut h = String::from("{\"__metadata__\":{");
     for (i, (k, v)) in meta.iter().enumerate() {
         if i > 0 {
@@ -511,13 +547,17 @@ pub fn parse(bytes: &[u8], name: &Path, limits: CheckpointLimits) -> Result<Safe
             data.len()
         )));
     }
-    if let Some(want) = metadata.get(HASH_KEY)
-        && *want != data_hash(data)
-    {
-        return Err(Error::file(
-            name,
-            "checkpoint is corrupt: the tensor data does not match its hash",
-        ));
+    if let Some(want) = metadata.get(HASH_KEY) {
+        let described = spans.iter().map(|(s, e, key, f32s, shape)| {
+            let dtype = if *f32s { "F32" } else { "I64" };
+            (key.as_str(), dtype, shape.clone(), *s, *e)
+        });
+        if *want != content_hash(&metadata, described, data) {
+            return Err(Error::file(
+                name,
+                "checkpoint is corrupt: its contents do not match their hash",
+            ));
+        }
     }
     let tensors = spans
         .into_iter()
@@ -622,7 +662,24 @@ impl Sequential {
     /// [`Error::File`] for a corrupt file, missing architecture metadata, or tensors that do not
     /// fit the architecture.
     pub fn load(path: &Path) -> Result<(Sequential, BTreeMap<String, String>)> {
-        let st = load(path, CheckpointLimits::default())?;
+        Self::from_safetensors_meta(path, load(path, CheckpointLimits::default())?)
+    }
+
+    /// As [`Sequential::load`], from the bytes of a checkpoint (`name` is used in messages).
+    ///
+    /// # Errors
+    /// As [`Sequential::load`].
+    pub fn from_checkpoint_bytes(
+        bytes: &[u8],
+        name: &Path,
+    ) -> Result<(Sequential, BTreeMap<String, String>)> {
+        Self::from_safetensors_meta(name, parse(bytes, name, CheckpointLimits::default())?)
+    }
+
+    fn from_safetensors_meta(
+        path: &Path,
+        st: SafeTensors,
+    ) -> Result<(Sequential, BTreeMap<String, String>)> {
         let arch = st.metadata.get(ARCH_KEY).ok_or_else(|| {
             Error::file(
                 path,
@@ -657,8 +714,17 @@ impl Sequential {
         specs: &[LayerSpec],
         st: &SafeTensors,
     ) -> Result<Sequential> {
-        let mut m =
-            Sequential::new(input, specs, 0).map_err(|e| Error::file(path, e.to_string()))?;
+        // Every parameter comes from a tensor of the file, so an architecture asking for much
+        // more than the file holds is refused before its parameters are allocated (a hostile
+        // architecture string cannot allocate gigabytes). Small mismatches get through to the
+        // tensor-by-tensor check, whose message names the tensor.
+        let held = st.tensors.iter().fold(0usize, |a, (_, t)| match &t.data {
+            TensorData::F32(v) => a.saturating_add(v.len()),
+            _ => a,
+        });
+        let limit = held.max(1 << 24);
+        let mut m = Sequential::build(input, specs, crate::Init::TorchDefault, 0, limit)
+            .map_err(|e| Error::file(path, e.to_string()))?;
         let map: HashMap<String, Tensor> = st.tensors.iter().cloned().collect();
         m.load_state_dict(&map)
             .map_err(|e| Error::file(path, e.to_string()))?;

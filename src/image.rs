@@ -63,7 +63,7 @@ impl ImageOptions {
     }
 }
 
-fn decode(path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
+fn read(path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.len() > limits.max_file_bytes {
         return Err(Error::file(
@@ -76,6 +76,20 @@ fn decode(path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
         ));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_bytes(&bytes, path, limits)
+}
+
+fn decode_bytes(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(Error::file(
+            path,
+            format!(
+                "{} bytes, above the limit of {}",
+                bytes.len(),
+                limits.max_file_bytes
+            ),
+        ));
+    }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
@@ -95,7 +109,22 @@ fn decode(path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
 /// # Errors
 /// [`Error::Io`] / [`Error::File`] naming the file: unreadable, not an image, beyond the limits.
 pub fn load_image(path: &Path, opts: &ImageOptions) -> Result<(Vec<f32>, Shape3)> {
-    let img = decode(path, &opts.limits)?;
+    convert(read(path, &opts.limits)?, path, opts)
+}
+
+/// As [`load_image`], from the bytes of a PNG or JPEG file (`name` is used in messages).
+///
+/// # Errors
+/// [`Error::File`] naming `name`: not an image, beyond the limits.
+pub fn decode_image(bytes: &[u8], name: &Path, opts: &ImageOptions) -> Result<(Vec<f32>, Shape3)> {
+    convert(decode_bytes(bytes, name, &opts.limits)?, name, opts)
+}
+
+fn convert(
+    img: image::DynamicImage,
+    path: &Path,
+    opts: &ImageOptions,
+) -> Result<(Vec<f32>, Shape3)> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w == 0 || h == 0 {
         return Err(Error::file(path, "image has no pixels"));

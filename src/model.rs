@@ -57,6 +57,19 @@ impl Sequential {
 
     /// As [`Sequential::new`], with weights initialised by `init`.
     pub fn with_init(input: Shape3, specs: &[LayerSpec], init: Init, seed: u64) -> Result<Self> {
+        Self::build(input, specs, init, seed, usize::MAX)
+    }
+
+    /// As [`Sequential::with_init`], refusing (before allocating them) more than `max_params`
+    /// parameters: a checkpoint's architecture string cannot ask for more memory than its
+    /// tensors hold.
+    pub(crate) fn build(
+        input: Shape3,
+        specs: &[LayerSpec],
+        init: Init,
+        seed: u64,
+        max_params: usize,
+    ) -> Result<Self> {
         const OP: &str = "Sequential::new";
         if input.contains(&0) {
             return Err(Error::invalid(
@@ -81,6 +94,13 @@ impl Sequential {
             total = total
                 .checked_add(len)
                 .ok_or_else(|| Error::too_large(OP, "parameter count"))?;
+            if total > max_params {
+                return Err(Error::invalid(
+                    OP,
+                    "architecture",
+                    format!("needs more than {max_params} parameters"),
+                ));
+            }
             shapes.push(shape);
             infos.push(info);
             layers.push(l);
@@ -360,6 +380,17 @@ impl Sequential {
                 (&got.data, &t.data),
                 (TensorData::F32(_), TensorData::F32(_)) | (TensorData::I64(_), TensorData::I64(_))
             );
+            let data_len = match &got.data {
+                TensorData::F32(v) => v.len(),
+                TensorData::I64(v) => v.len(),
+            };
+            if data_len != got.shape.iter().product::<usize>() {
+                return Err(Error::invalid(
+                    OP,
+                    "state",
+                    format!("{name}: {data_len} values for shape {:?}", got.shape),
+                ));
+            }
             if got.shape != t.shape || !same_type {
                 return Err(Error::invalid(
                     OP,

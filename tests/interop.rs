@@ -151,7 +151,7 @@ fn safetensors_round_trip_and_validation() {
     );
     let mut flip = bytes.clone();
     *flip.last_mut().unwrap() ^= 0x10;
-    assert!(e(&flip).contains("does not match its hash"));
+    assert!(e(&flip).contains("do not match their hash"));
     let mut huge = bytes.clone();
     huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(e(&huge).contains("above the limit"));

@@ -414,3 +414,54 @@ fn bad_input_gives_one_clear_message() {
         &["nothing", "no such file"],
     );
 }
+
+/// Ctrl-C (SIGINT) during training finishes the current step, saves a resumable checkpoint and
+/// exits with 130; the checkpoint resumes.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_resumable_checkpoint() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let d = Dir::new("sigint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnkit"))
+        .current_dir(&d.0)
+        .args(["train", "--epochs", "1000", "--out", "m.safetensors"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until an epoch has been reported: the handler is installed and training is running.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while out.read_line(&mut line).unwrap() > 0 && !line.starts_with("epoch ") {
+        line.clear();
+    }
+    assert!(line.starts_with("epoch "), "training did not start");
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("continue with: cnnkit train --resume m.resume.safetensors"),
+        "{err}"
+    );
+    assert!(!d.0.join("m.safetensors").exists());
+    // The checkpoint resumes (stopping again after a few steps to keep the test short).
+    let o = cnnkit(
+        &d.0,
+        &[
+            "train",
+            "--resume",
+            "m.resume.safetensors",
+            "--stop-after",
+            "3",
+        ],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(130), "{t}");
+    assert!(t.contains("resuming at epoch"), "{t}");
+}
