@@ -1,0 +1,120 @@
+//! After the first step, a training step (forward, loss, backward, optimizer update) and an
+//! inference pass make no heap allocation at all, on one thread and on a two-thread rayon pool:
+//! every buffer, scratch area and GEMM packing buffer is reused. A counting global allocator
+//! proves it. (This file holds one test so no other test allocates while it counts.)
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f`.
+fn allocations(f: impl FnOnce()) -> usize {
+    ALLOCS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
+    f();
+    COUNTING.store(false, Ordering::SeqCst);
+    ALLOCS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn steady_state_training_and_inference_do_not_allocate() {
+    use cnnkit::{LayerSpec, Sequential, TrainConfig, Trainer};
+    // The MNIST-CNN of the benchmarks plus every other layer kind that keeps buffers.
+    let archs = [
+        "conv(32,3,p=1),relu,maxpool(2),conv(64,3,p=1),relu,maxpool(2),flatten,dense(128),relu,dense(10)",
+        "conv(8,3,p=1),bn,prelu(channels),conv(8,3,p=1,g=8),gelu,avgpool(3,s=2,p=1),conv(4,1),ln,rrelu,dropout(0.2),gap,dense(10)",
+    ];
+    // The counter sees allocations, also on worker threads.
+    assert_eq!(allocations(|| drop(std::hint::black_box(vec![1u8; 10]))), 1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let on_worker = allocations(|| {
+        pool.install(|| drop(std::hint::black_box(vec![1u8; 10])));
+    });
+    assert!(on_worker >= 1);
+    let batch = 16;
+    let mut r = cnnkit::rng::Rng::new(1);
+    let x: Vec<f32> = (0..batch * 784).map(|_| r.uniform(0.0, 1.0)).collect();
+    let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for arch in archs {
+                let specs = LayerSpec::parse_list(arch).unwrap();
+                let model = || Sequential::new([1, 28, 28], &specs, 0).unwrap();
+                for opt in [
+                    "sgd(lr=0.01,momentum=0.9,nesterov=true)",
+                    "adam(amsgrad=true)",
+                    "rmsprop(centered=true,momentum=0.5)",
+                ] {
+                    let mut t = Trainer::new(model(), opt.parse().unwrap(), TrainConfig::default())
+                        .unwrap();
+                    t.step(&x, &labels).unwrap();
+                    t.step(&x, &labels).unwrap();
+                    let n = allocations(|| {
+                        for _ in 0..3 {
+                            t.step(&x, &labels).unwrap();
+                        }
+                    });
+                    assert_eq!(
+                        n, 0,
+                        "{threads} threads, {arch}, {opt}: {n} allocations in 3 steps"
+                    );
+                }
+                let mut m = model();
+                m.eval();
+                m.forward(&x[..784], 1).unwrap();
+                let n = allocations(|| {
+                    for _ in 0..3 {
+                        std::hint::black_box(m.forward(&x[..784], 1).unwrap());
+                    }
+                });
+                assert_eq!(
+                    n, 0,
+                    "{threads} threads, {arch}: {n} allocations in 3 inferences"
+                );
+            }
+        });
+    }
+}
