@@ -347,6 +347,35 @@ pub(crate) fn is_nan(a: Lane) -> Lane {
     a.simd_ne(a)
 }
 
+/// Max pooling of up to eight outputs at once. Lane `l` covers the window whose first element is
+/// `x[base + l * step]`, with elements at `offs` from it in row-major order. Returns each lane's
+/// maximum and its index into `x`: ties go to the first offset, a NaN wins (the last NaN, as
+/// PyTorch). Lanes from `lanes` on repeat lane `lanes - 1` (`1 <= lanes <= 8`).
+///
+/// Comparisons are lane blends, not branches: on real data their outcome is random, and a
+/// mispredicted branch per element costs more than the rest of the loop.
+#[inline]
+pub(crate) fn window_max(
+    x: &[f32],
+    base: usize,
+    step: usize,
+    lanes: usize,
+    offs: &[usize],
+) -> ([f32; LANES], [i32; LANES]) {
+    let starts: [usize; LANES] = std::array::from_fn(|l| base + l.min(lanes - 1) * step);
+    let start_idx = i32x8::new(starts.map(|s| s as i32));
+    let mut best = splat(f32::NEG_INFINITY);
+    let mut idx = start_idx + i32x8::splat(offs.first().map_or(0, |&o| o as i32));
+    for &off in offs {
+        let v = f32x8::new(std::array::from_fn(|l| x[starts[l] + off]));
+        let take = gt(v, best) | is_nan(v);
+        best = select(take, v, best);
+        let take: i32x8 = wide::bytemuck::cast(take);
+        idx = take.select(start_idx + i32x8::splat(off as i32), idx);
+    }
+    (best.to_array(), idx.to_array())
+}
+
 // ----------------------------------------------------------------------------- vector math
 //
 // Polynomials from Cephes (S. L. Moshier) single-precision routines, evaluated lane-wise; the

@@ -9,6 +9,9 @@ use crate::par::{self, Items};
 use crate::shape::{Pool2dGeom, Shape4};
 use crate::simd;
 
+/// Largest window (`kh · kw`) taken by the lane path of [`max_pool2d_forward`].
+const MAX_LANE_WINDOW: usize = 64;
+
 /// Max pooling, as `torch.nn.functional.max_pool2d(x, window, stride, padding)`:
 /// `y[n,c,i,j] = max` of `x[n,c]` over the window at `(i·s_h − pad_h, j·s_w − pad_w)` clipped to
 /// the input (padding never wins).
@@ -35,28 +38,68 @@ pub fn max_pool2d_forward(
     let (in_plane, out_plane) = (g.in_h() * g.in_w(), g.out_h() * g.out_w());
     let [kh, kw] = g.params().window;
     let work = g.y_len() * kh * kw;
+    let (in_w, out_w) = (g.in_w(), g.out_w());
+    let [s_w, p_w] = [g.params().stride[1], g.params().padding[1]];
+    // Window offsets from its first element, for the lane path (windows not clipped by padding).
+    let mut offs = [0usize; MAX_LANE_WINDOW];
+    let lane_path = kh * kw <= MAX_LANE_WINDOW && in_plane <= i32::MAX as usize;
+    if lane_path {
+        for (o, slot) in offs.iter_mut().enumerate().take(kh * kw) {
+            *slot = o / kw * in_w + o % kw;
+        }
+    }
+    let offs = &offs[..kh * kw];
+    // Output columns whose windows lie inside the input.
+    let ow_lo = p_w.div_ceil(s_w).min(out_w);
+    let ow_hi = ((in_w + p_w).saturating_sub(kw) / s_w + 1).clamp(ow_lo, out_w);
     let plane = |x_p: &[f32], y_p: &mut [f32], mut a_p: Option<&mut [u32]>| {
-        let in_w = g.in_w();
-        for oh in 0..g.out_h() {
-            let (h0, h1, _) = g.window(0, oh);
-            for ow in 0..g.out_w() {
-                let (w0, w1, _) = g.window(1, ow);
-                let mut best = f32::NEG_INFINITY;
-                let mut idx = h0 * in_w + w0;
-                for ih in h0..h1 {
-                    let row = &x_p[ih * in_w..][w0..w1];
-                    for (k, &v) in row.iter().enumerate() {
-                        if v > best || v.is_nan() {
-                            best = v;
-                            idx = ih * in_w + w0 + k;
-                        }
+        // One output by scalar comparisons (windows clipped by padding).
+        let scalar = |ow: usize, h0: usize, h1: usize| {
+            let (w0, w1, _) = g.window(1, ow);
+            let mut best = f32::NEG_INFINITY;
+            let mut idx = h0 * in_w + w0;
+            for ih in h0..h1 {
+                let row = &x_p[ih * in_w..][w0..w1];
+                for (k, &v) in row.iter().enumerate() {
+                    if v > best || v.is_nan() {
+                        best = v;
+                        idx = ih * in_w + w0 + k;
                     }
                 }
-                let o = oh * g.out_w() + ow;
-                y_p[o] = best;
-                if let Some(a) = a_p.as_deref_mut() {
-                    a[o] = idx as u32;
+            }
+            (best, idx as u32)
+        };
+        for oh in 0..g.out_h() {
+            let (h0, h1, _) = g.window(0, oh);
+            let y_row = &mut y_p[oh * out_w..][..out_w];
+            let mut a_row = a_p.as_deref_mut().map(|a| &mut a[oh * out_w..][..out_w]);
+            let mut put_scalar = |ows: std::ops::Range<usize>| {
+                for ow in ows {
+                    let (v, i) = scalar(ow, h0, h1);
+                    y_row[ow] = v;
+                    if let Some(a) = a_row.as_deref_mut() {
+                        a[ow] = i;
+                    }
                 }
+            };
+            if !lane_path || h1 - h0 != kh {
+                put_scalar(0..out_w);
+                continue;
+            }
+            put_scalar(0..ow_lo);
+            put_scalar(ow_hi..out_w);
+            let mut ow = ow_lo;
+            while ow < ow_hi {
+                let lanes = (ow_hi - ow).min(simd::LANES);
+                let base = h0 * in_w + ow * s_w - p_w;
+                let (v, i) = simd::window_max(x_p, base, s_w, lanes, offs);
+                y_row[ow..ow + lanes].copy_from_slice(&v[..lanes]);
+                if let Some(a) = a_row.as_deref_mut() {
+                    for (a, &i) in a[ow..ow + lanes].iter_mut().zip(&i) {
+                        *a = i as u32;
+                    }
+                }
+                ow += lanes;
             }
         }
     };
