@@ -253,3 +253,39 @@ fn conv2d_accepts_one_tile_of_scratch_and_rejects_less() {
         assert!(err.to_string().contains("ws"), "{err}");
     });
 }
+
+/// Images large enough (or dilations wide enough) that the direct path splits the output into
+/// several row bands, each with its own layout: all three passes against the reference.
+#[test]
+fn multi_band_convolutions_match_reference() {
+    for (x, c_out, k, p) in [
+        (
+            Shape4::new(1, 3, 150, 130),
+            70,
+            [3, 3],
+            Conv2dParams::default().padding(1),
+        ),
+        (
+            Shape4::new(2, 4, 97, 61),
+            40,
+            [5, 3],
+            Conv2dParams::default().stride(2).padding(2),
+        ),
+        (
+            Shape4::new(1, 30, 8, 8),
+            12,
+            [3, 3],
+            Conv2dParams::default().padding(99).dilation(99),
+        ),
+    ] {
+        let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
+        let c = ConvCase {
+            g,
+            x: values(1, g.x_len()),
+            w: values(2, g.w_len()),
+            b: values(3, c_out),
+            dy: values(4, g.y_len()),
+        };
+        check_against_reference(&c).unwrap();
+    }
+}

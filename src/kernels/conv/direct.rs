@@ -168,9 +168,8 @@ impl Direct {
         lay.len + lay.npix * co + self.taps().div_ceil(MR) * MR * co
     }
 
-    /// Tap offsets in the prepared layout, taps in OIHW order `(c, p, q)`.
+    /// Appends the tap offsets in the prepared layout `lay`, taps in OIHW order `(c, p, q)`.
     fn offsets(&self, lay: &Layout, off: &mut Vec<u32>) {
-        off.clear();
         for c in 0..self.src_ch {
             for p in 0..self.k[0] {
                 for q in 0..self.k[1] {
