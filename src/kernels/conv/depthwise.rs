@@ -119,26 +119,71 @@ fn sweep(
     for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
         let mut ow = 0;
         while ow < out_w {
-            let n = LANES.min(out_w - ow);
-            let mut acc = splat(0.0);
-            for p in 0..kh {
-                let row = &src[(oh * s[0] + p * d[0]) * lay.cols..];
-                for q in 0..kw {
-                    let at = ow * s[1] + q * d[1];
-                    let v = if s[1] == 1 {
+            // Up to four lanes of outputs at once: independent accumulators hide the FMA
+            // latency that a single chain of `k_h · k_w` dependent FMAs would expose.
+            let b = Block {
+                src,
+                cols: lay.cols,
+                top: oh * s[0],
+                ow,
+                s,
+                d,
+            };
+            ow += match (out_w - ow).div_ceil(LANES) {
+                1 => b.run::<1>(kh, kw, &tap, orow, add),
+                2 => b.run::<2>(kh, kw, &tap, orow, add),
+                3 => b.run::<3>(kh, kw, &tap, orow, add),
+                _ => b.run::<4>(kh, kw, &tap, orow, add),
+            };
+        }
+    }
+}
+
+/// `NB` lanes of one output row of [`sweep`], starting at column `ow`.
+struct Block<'a> {
+    src: &'a [f32],
+    cols: usize,
+    top: usize,
+    ow: usize,
+    s: [usize; 2],
+    d: [usize; 2],
+}
+
+impl Block<'_> {
+    /// Computes and stores the block; returns the number of outputs written.
+    #[inline(always)]
+    fn run<const NB: usize>(
+        &self,
+        kh: usize,
+        kw: usize,
+        tap: &impl Fn(usize, usize) -> f32,
+        orow: &mut [f32],
+        add: bool,
+    ) -> usize {
+        let mut acc = [splat(0.0); NB];
+        for p in 0..kh {
+            let row = &self.src[(self.top + p * self.d[0]) * self.cols..];
+            for q in 0..kw {
+                let wv = splat(tap(p, q));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let at = (self.ow + j * LANES) * self.s[1] + q * self.d[1];
+                    let v = if self.s[1] == 1 {
                         Lane::new(row[at..at + LANES].try_into().expect("a lane"))
                     } else {
-                        Lane::new(std::array::from_fn(|k| row[at + k * s[1]]))
+                        Lane::new(std::array::from_fn(|k| row[at + k * self.s[1]]))
                     };
-                    acc = v.mul_add(splat(tap(p, q)), acc);
+                    *acc = v.mul_add(wv, *acc);
                 }
             }
-            let a = acc.to_array();
-            for (o, v) in orow[ow..ow + n].iter_mut().zip(&a[..n]) {
-                *o = if add { *o + v } else { *v };
-            }
-            ow += n;
         }
+        let end = (self.ow + NB * LANES).min(orow.len());
+        for (o, v) in orow[self.ow..end]
+            .iter_mut()
+            .zip(acc.iter().flat_map(|a| a.to_array()))
+        {
+            *o = if add { *o + v } else { v };
+        }
+        end - self.ow
     }
 }
 
