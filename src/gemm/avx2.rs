@@ -527,3 +527,130 @@ mod conv_speed {
         }
     }
 }
+
+/// One output row of a stride-1 (along the row) depthwise sweep:
+/// `out[j] (+)= Σ_{p<kh, q<kw} w(p, q) · src[(top + p·d_h)·cols + j + q·d_w]`, where `w(p, q)` is
+/// `w[p·kw + q]`, or the kernel rotated by 180° if `flip`. Reads `src` up to the next multiple
+/// of eight outputs past the row's end.
+///
+/// Panics (a programming error) if `src` does not hold every row read, `w` is shorter than the
+/// kernel, or the CPU lacks AVX2/FMA.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_row(
+    src: &[f32],
+    cols: usize,
+    top: usize,
+    d: [usize; 2],
+    w: &[f32],
+    k: [usize; 2],
+    flip: bool,
+    out: &mut [f32],
+    add: bool,
+) {
+    assert!(
+        available(),
+        "AVX2/FMA depthwise kernel called without CPU support"
+    );
+    assert!(k[0] > 0 && k[1] > 0 && w.len() >= k[0] * k[1], "kernel");
+    let span = out.len().div_ceil(8) * 8 + (k[1] - 1) * d[1];
+    assert!(
+        (top + (k[0] - 1) * d[0]) * cols + span <= src.len(),
+        "depthwise read out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available()` proved AVX2 and FMA. Every read is
+    // `src[(top + p·d_h)·cols + ow + 8·i + q·d_w ..][..8]` with `ow + 8·i + 8 <= ceil8(out.len())`,
+    // so it ends at or below `(top + (kh−1)·d_h)·cols + span <= src.len()` (checked above);
+    // weights are read at `p·kw + q < kh·kw <= w.len()`; writes touch `out[..out.len()]` only.
+    unsafe {
+        depthwise_row_kernel(
+            src.as_ptr(),
+            cols,
+            top,
+            d,
+            w.as_ptr(),
+            k,
+            flip,
+            out.as_mut_ptr(),
+            out.len(),
+            add,
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn depthwise_row_kernel(
+    src: *const f32,
+    cols: usize,
+    top: usize,
+    d: [usize; 2],
+    w: *const f32,
+    k: [usize; 2],
+    flip: bool,
+    out: *mut f32,
+    n: usize,
+    add: bool,
+) {
+    let [kh, kw] = k;
+    let tap = |p: usize, q: usize| {
+        let i = if flip {
+            (kh - 1 - p) * kw + (kw - 1 - q)
+        } else {
+            p * kw + q
+        };
+        // SAFETY: i < kh·kw <= w.len() (the caller's check).
+        _mm256_set1_ps(unsafe { *w.add(i) })
+    };
+    // SAFETY (whole body): pointer ranges as in `depthwise_row`'s SAFETY comment.
+    unsafe {
+        let store = |at: usize, v: __m256| {
+            let o = out.add(at);
+            let v = if add {
+                _mm256_add_ps(_mm256_loadu_ps(o), v)
+            } else {
+                v
+            };
+            _mm256_storeu_ps(o, v);
+        };
+        let mut ow = 0;
+        while ow + 32 <= n {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for p in 0..kh {
+                let row = src.add((top + p * d[0]) * cols + ow);
+                for q in 0..kw {
+                    let (wv, r) = (tap(p, q), row.add(q * d[1]));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = _mm256_fmadd_ps(_mm256_loadu_ps(r.add(8 * i)), wv, *a);
+                    }
+                }
+            }
+            for (i, a) in acc.into_iter().enumerate() {
+                store(ow + 8 * i, a);
+            }
+            ow += 32;
+        }
+        while ow < n {
+            let mut a = _mm256_setzero_ps();
+            for p in 0..kh {
+                let row = src.add((top + p * d[0]) * cols + ow);
+                for q in 0..kw {
+                    a = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(q * d[1])), tap(p, q), a);
+                }
+            }
+            let m = (n - ow).min(8);
+            if m == 8 {
+                store(ow, a);
+            } else {
+                let mut t = [0.0f32; 8];
+                _mm256_storeu_ps(t.as_mut_ptr(), a);
+                for (i, &v) in t.iter().enumerate().take(m) {
+                    let o = out.add(ow + i);
+                    *o = if add { *o + v } else { v };
+                }
+            }
+            ow += 8;
+        }
+    }
+}

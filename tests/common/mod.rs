@@ -2,6 +2,7 @@
 //! thread pool that forces the parallel code paths.
 #![allow(dead_code)]
 
+pub mod conv_check;
 pub mod gradcheck;
 pub mod strategies;
 

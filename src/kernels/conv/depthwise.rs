@@ -116,6 +116,22 @@ fn sweep(
             w[p * kw + q]
         }
     };
+    if s[1] == 1 && crate::gemm::packed::enabled() {
+        for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
+            crate::gemm::avx2::depthwise_row(
+                src,
+                lay.cols,
+                oh * s[0],
+                d,
+                w,
+                [kh, kw],
+                flip,
+                orow,
+                add,
+            );
+        }
+        return;
+    }
     for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
         let mut ow = 0;
         while ow < out_w {

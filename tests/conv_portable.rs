@@ -1,0 +1,57 @@
+//! conv2d on the portable path (im2col + `matrixmultiply`, `wide` depthwise sweeps), which CPUs
+//! without AVX2/FMA run: every pass against the naive reference. This binary forces the portable
+//! path in every test and never turns it off, so no test here runs the AVX2 kernels.
+
+mod common;
+
+use cnnkit::{Conv2dGeom, Conv2dParams, Shape4};
+use common::conv_check::check_against_reference;
+use common::strategies::{CONV_REF, ConvCase, conv_case};
+use common::values;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn portable_conv2d_all_passes_match_reference(c in conv_case(CONV_REF)) {
+        cnnkit::gemm::force_portable(true);
+        check_against_reference(&c)?;
+    }
+}
+
+/// Depthwise and strided depthwise layers of the size of the benchmark's, and a large image.
+#[test]
+fn portable_large_convolutions_match_reference() {
+    cnnkit::gemm::force_portable(true);
+    for (x, c_out, k, p) in [
+        (
+            Shape4::new(2, 8, 30, 29),
+            8,
+            [3, 3],
+            Conv2dParams::default().padding(1).groups(8),
+        ),
+        (
+            Shape4::new(1, 6, 21, 40),
+            12,
+            [3, 5],
+            Conv2dParams::default().stride(2).padding(1).groups(6),
+        ),
+        (
+            Shape4::new(1, 3, 120, 90),
+            20,
+            [3, 3],
+            Conv2dParams::default().padding(1),
+        ),
+    ] {
+        let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
+        let c = ConvCase {
+            g,
+            x: values(1, g.x_len()),
+            w: values(2, g.w_len()),
+            b: values(3, c_out),
+            dy: values(4, g.y_len()),
+        };
+        check_against_reference(&c).unwrap();
+    }
+}
