@@ -170,3 +170,24 @@ fn avg_pool_divisors_follow_torch() {
     assert_eq!(avg_fwd(&g, true, &x), vec![4.0 / 9.0; 4]);
     assert_eq!(avg_fwd(&g, false, &x), vec![1.0; 4]);
 }
+
+/// Windows larger than the lane path takes (more than 64 elements) use the scalar path.
+#[test]
+fn max_pool_with_a_large_window_matches_reference() {
+    let g = Pool2dGeom::new(
+        Shape4::new(1, 2, 20, 19),
+        Pool2dParams {
+            window: [9, 8],
+            stride: [2, 1],
+            padding: [4, 0],
+        },
+    )
+    .unwrap();
+    let x = common::values(5, g.x_len());
+    let mut y = nans(g.y_len());
+    let mut idx = vec![0; g.y_len()];
+    par(|| max_pool2d_forward(&g, &x, &mut y, Some(&mut idx))).unwrap();
+    let (want, want_idx) = reference::max_pool2d_forward(&g, &x);
+    assert_eq!(y, want);
+    assert_eq!(idx, want_idx);
+}

@@ -603,7 +603,7 @@ unsafe fn depthwise_row_kernel(
         // SAFETY: i < kh·kw <= w.len() (the caller's check).
         _mm256_set1_ps(unsafe { *w.add(i) })
     };
-    // SAFETY (whole body): pointer ranges as in `depthwise_row`'s SAFETY comment.
+    // SAFETY: every pointer range is the one `depthwise_row` checked (see its SAFETY comment).
     unsafe {
         let store = |at: usize, v: __m256| {
             let o = out.add(at);

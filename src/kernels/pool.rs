@@ -48,7 +48,7 @@ pub fn max_pool2d_forward(
             *slot = o / kw * in_w + o % kw;
         }
     }
-    let offs = &offs[..kh * kw];
+    let offs = &offs[..if lane_path { kh * kw } else { 0 }];
     // Output columns whose windows lie inside the input.
     let ow_lo = p_w.div_ceil(s_w).min(out_w);
     let ow_hi = ((in_w + p_w).saturating_sub(kw) / s_w + 1).clamp(ow_lo, out_w);
