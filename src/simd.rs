@@ -376,6 +376,21 @@ pub(crate) fn window_max(
     (best.to_array(), idx.to_array())
 }
 
+/// Lane `r` = `x[(first + min(r, rows − 1))·stride + col]`: one column of up to eight rows of a
+/// row-major matrix (rows past `rows` repeat the last one).
+#[inline(always)]
+pub(crate) fn column(x: &[f32], first: usize, rows: usize, stride: usize, col: usize) -> Lane {
+    f32x8::new(std::array::from_fn(|r| {
+        x[(first + r.min(rows - 1)) * stride + col]
+    }))
+}
+
+/// Lane-wise maximum (which of the two a NaN lane yields is unspecified).
+#[inline(always)]
+pub(crate) fn max_lanes(a: Lane, b: Lane) -> Lane {
+    a.fast_max(b)
+}
+
 // ----------------------------------------------------------------------------- vector math
 //
 // Polynomials from Cephes (S. L. Moshier) single-precision routines, evaluated lane-wise; the

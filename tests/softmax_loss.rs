@@ -37,7 +37,8 @@ fn rows_case() -> impl Strategy<Value = (usize, Vec<f32>, Vec<f32>)> {
 }
 
 fn labels_case() -> impl Strategy<Value = (usize, Vec<f32>, Vec<u32>, f32)> {
-    (1..6usize, 1..12usize).prop_flat_map(|(rows, classes)| {
+    // Narrow rows (one row per lane, blocks of 8 rows and a partial block) and wide rows.
+    (1..20usize, prop_oneof![1..12usize, 30..40usize]).prop_flat_map(|(rows, classes)| {
         (
             Just(classes),
             vals(rows * classes).prop_map(|v| v.iter().map(|x| x * 4.0).collect::<Vec<f32>>()),
