@@ -280,10 +280,26 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
     Ok(())
 }
 
+/// Most rows of `A` computed by dot products instead of a packed product.
+const FEW_ROWS: usize = 2;
+
 /// [`sgemm`] on the calling thread, dimensions already checked.
 pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
+        return;
+    }
+    if m <= FEW_ROWS && k > 0 && a.cs == 1 && b.rs == 1 {
+        // A few rows against a B whose columns are contiguous (a dense layer's `x·Wᵀ` on one
+        // sample): one dot product per element; packing B would copy all of it for one use.
+        for i in 0..m {
+            let a_i = &a.data[i * a.rs..][..k];
+            for j in 0..n {
+                let d = alpha * crate::simd::dot(a_i, &b.data[j * b.cs..][..k]);
+                let e = &mut c.data[i * c.rs + j * c.cs];
+                *e = if beta == 0.0 { d } else { d + beta * *e };
+            }
+        }
         return;
     }
     if packed::enabled() && (c.cs == 1 || c.rs == 1) {
