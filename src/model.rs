@@ -60,9 +60,23 @@ impl Sequential {
         Self::build(input, specs, init, seed, usize::MAX)
     }
 
+    /// As [`Sequential::new`], refusing with an error (before allocating anything) a network of
+    /// more than `max_params` parameters: for architectures from untrusted sources, where a short
+    /// string can ask for gigabytes.
+    ///
+    /// # Errors
+    /// As [`Sequential::new`], and [`Error::InvalidArg`] naming the limit.
+    pub fn new_with_limit(
+        input: Shape3,
+        specs: &[LayerSpec],
+        seed: u64,
+        max_params: usize,
+    ) -> Result<Self> {
+        Self::build(input, specs, Init::TorchDefault, seed, max_params)
+    }
+
     /// As [`Sequential::with_init`], refusing (before allocating them) more than `max_params`
-    /// parameters: a checkpoint's architecture string cannot ask for more memory than its
-    /// tensors hold.
+    /// parameters.
     pub(crate) fn build(
         input: Shape3,
         specs: &[LayerSpec],
@@ -139,6 +153,10 @@ impl Sequential {
     /// Per-sample input shape `[C, H, W]`.
     pub fn input_shape(&self) -> Shape3 {
         self.input
+    }
+    /// Per-sample output shape of every layer, in order.
+    pub fn layer_shapes(&self) -> &[Shape3] {
+        &self.shapes
     }
     /// Per-sample output shape.
     pub fn output_shape(&self) -> Shape3 {

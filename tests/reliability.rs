@@ -221,3 +221,21 @@ fn a_tensor_with_too_few_values_is_refused() {
     let e = m.load_state_dict(&sd).unwrap_err().to_string();
     assert!(e.contains("0.weight") && e.contains("26 values"), "{e}");
 }
+
+/// An architecture from an untrusted source is built with a parameter limit: a short string asking
+/// for gigabytes is an error before anything is allocated.
+#[test]
+fn a_parameter_limit_refuses_huge_networks_before_allocating() {
+    let specs = LayerSpec::parse_list("flatten,dense(4000000000)").unwrap();
+    let e = Sequential::new_with_limit([1, 8, 8], &specs, 0, 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs more than 1048576 parameters"), "{e}");
+    let specs = LayerSpec::parse_list("conv(4,3,p=1),relu,flatten,dense(3)").unwrap();
+    let m = Sequential::new_with_limit([1, 8, 8], &specs, 0, 1 << 20).unwrap();
+    assert_eq!(m.param_count(), 4 * 9 + 4 + 3 * 256 + 3);
+    assert_eq!(
+        m.layer_shapes(),
+        [[4, 8, 8], [4, 8, 8], [256, 1, 1], [3, 1, 1]]
+    );
+}
