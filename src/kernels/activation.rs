@@ -184,11 +184,53 @@ pub fn activation_backward(
     check_len(OP, "dy", dy, x.len())?;
     check_len(OP, "dx", dx, x.len())?;
     par::for_each_block(x.len(), act.cost(), Items(dx, BLOCK), &|r, Items(dx, _)| {
-        simd::zip3_map_acc(&x[r.clone()], &y[r.clone()], &dy[r], dx, |x, y, dy, old| {
-            accum.lanes(old, act.backward_lane(x, y, dy))
-        });
+        let (x, y, dy) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+        let z = splat(0.0);
+        // One loop per activation, reading only the operand it needs (x, or y for sigmoid and
+        // tanh) and, when overwriting, not reading dx: this pass is bound by memory traffic.
+        match act {
+            Activation::Sigmoid => backward_from(y, dy, dx, accum, |y, d| {
+                Activation::Sigmoid.backward_lane(z, y, d)
+            }),
+            Activation::Tanh => backward_from(y, dy, dx, accum, |y, d| {
+                Activation::Tanh.backward_lane(z, y, d)
+            }),
+            Activation::Relu => backward_from(x, dy, dx, accum, |x, d| {
+                Activation::Relu.backward_lane(x, z, d)
+            }),
+            a @ Activation::LeakyRelu { .. } => {
+                backward_from(x, dy, dx, accum, |x, d| a.backward_lane(x, z, d))
+            }
+            a @ Activation::Elu { .. } => {
+                backward_from(x, dy, dx, accum, |x, d| a.backward_lane(x, z, d))
+            }
+            a @ Activation::Softplus { .. } => {
+                backward_from(x, dy, dx, accum, |x, d| a.backward_lane(x, z, d))
+            }
+            Activation::Gelu => backward_from(x, dy, dx, accum, |x, d| {
+                Activation::Gelu.backward_lane(x, z, d)
+            }),
+            Activation::GeluTanh => backward_from(x, dy, dx, accum, |x, d| {
+                Activation::GeluTanh.backward_lane(x, z, d)
+            }),
+        }
     });
     Ok(())
+}
+
+/// `dx (+)= f(a, dy)` lane by lane; `dx` is read only when adding to it.
+#[inline(always)]
+fn backward_from(
+    a: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+    f: impl Fn(Lane, Lane) -> Lane,
+) {
+    match accum {
+        Accum::Replace => simd::zip_map(a, dy, dx, f),
+        Accum::Add => simd::zip_map_acc(a, dy, dx, |a, d, old| old + f(a, d)),
+    }
 }
 
 /// Slopes of PReLU: one shared slope, or one per channel.
