@@ -454,9 +454,38 @@ pub(super) fn conv_into(
     Ok(())
 }
 
-/// Weight gradient of one group: `dw_group[o][t] (+)= Σ_{images, pixels} dy[o][pixel] ·
-/// x[tap t shifted to pixel]`, where `x` and `dy` hold all images (`x_item` / `dy_item` floats
-/// apart) and this group's channels start at `x_ch0` / `dy_ch0` within an image.
+/// Images per weight-gradient pass are split into this many fixed chunks (when the images are
+/// small) whose partial sums are added in chunk order: a split that does not depend on the
+/// thread count, so results do not either.
+const WGRAD_CHUNKS: usize = 4;
+
+/// Below this many flops per image, a weight-gradient pass splits over images (in
+/// [`WGRAD_CHUNKS`] chunks) instead of inside each image, where every image would cost three
+/// fork-joins for little work.
+const WGRAD_CHUNK_WORK: usize = 1 << 24;
+
+impl Direct {
+    /// Partial sums of a weight-gradient pass over `n` images (a function of the geometry only).
+    fn wgrad_chunks(&self, n: usize) -> usize {
+        let co = self.out_ch.div_ceil(NR) * NR;
+        let work = 2 * self.taps() * co * self.out_h * self.out_w;
+        if work < WGRAD_CHUNK_WORK {
+            WGRAD_CHUNKS.min(n).max(1)
+        } else {
+            1
+        }
+    }
+
+    /// Scratch of [`wgrad`] over `n` images: per chunk a transposed weight gradient, a band of
+    /// the prepared input and of the transposed output gradient.
+    pub(super) fn wgrad_scratch(&self, n: usize) -> usize {
+        self.wgrad_len() * self.wgrad_chunks(n)
+    }
+}
+
+/// Weight gradient of one group over `n` images: `dW (+)= Σ_images dY·Xᵀ` through the prepared
+/// input bands, as `WGRAD_CHUNKS` fixed partial sums (small images, in parallel over chunks) or
+/// one sum split inside each image (large images).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wgrad(
     d: &Direct,
@@ -475,11 +504,13 @@ pub(super) fn wgrad(
     let co = d.out_ch.div_ceil(NR) * NR;
     let taps_pad = taps.div_ceil(MR) * MR;
     let (src_plane, out_plane) = (d.src_h * d.src_w, d.out_h * d.out_w);
+    let chunks = d.wgrad_chunks(n);
+    let slot = d.wgrad_len();
     with_prep(|prep| {
         prep.plan_bands(d, co);
-        let (dwt_all, ws) = ws.split_at_mut(taps_pad * co);
-        dwt_all.fill(0.0);
-        for i in 0..n {
+        let prep = &*prep;
+        // One image into `dwt` (the transposed gradient, accumulated), with band scratch `ws`.
+        let image = |i: usize, dwt: &mut [f32], ws: &mut [f32]| -> Result<()> {
             let x_n = &x[i * x_item + x_ch0 * src_plane..][..d.src_ch * src_plane];
             let dy_n = &dy[i * dy_item + dy_ch0 * out_plane..][..d.out_ch * out_plane];
             for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
@@ -487,40 +518,13 @@ pub(super) fn wgrad(
                 let (xs, rest) = ws.split_at_mut(lay.len);
                 let dyt = &mut rest[..lay.npix * co];
                 d.prepare_all(&lay, x_n, oh0, xs);
-                // dyT[pixel][o]: this band's gradient, pixel-major, zero past out_w and co_g.
-                // Split by band rows (row r covers pixels r·pw .. (r+1)·pw).
-                let _ = par::for_each(
-                    lay.rows,
-                    dyt.len(),
-                    Items(&mut dyt[..lay.rows * lay.pw * co], lay.pw * co),
-                    &|rr, Items(t, _)| {
-                        for (k, r) in rr.enumerate() {
-                            let rows = &mut t[k * lay.pw * co..][..lay.pw * co];
-                            rows[d.out_w * co..].fill(0.0);
-                            let at = (oh0 + r) * d.out_w;
-                            for o in 0..co {
-                                if o >= d.out_ch {
-                                    for ow in 0..d.out_w {
-                                        rows[ow * co + o] = 0.0;
-                                    }
-                                    continue;
-                                }
-                                let src = &dy_n[o * out_plane + at..][..d.out_w];
-                                for (ow, &v) in src.iter().enumerate() {
-                                    rows[ow * co + o] = v;
-                                }
-                            }
-                        }
-                        Ok(())
-                    },
-                );
-                dyt[lay.rows * lay.pw * co..].fill(0.0);
+                transpose_band(d, &lay, dy_n, oh0, co, dyt);
                 let (xs, dyt) = (&*xs, &*dyt);
                 let work = 2 * taps * co * lay.npix;
                 par::for_each(
                     taps_pad / MR,
                     work,
-                    Items(&mut *dwt_all, MR * co),
+                    Items(&mut *dwt, MR * co),
                     &|tr, Items(c, _)| {
                         for (ti, tp) in tr.enumerate() {
                             let t0 = tp * MR;
@@ -547,8 +551,35 @@ pub(super) fn wgrad(
                     },
                 )?;
             }
+            Ok(())
+        };
+        let dwt_len = taps_pad * co;
+        let per = n.div_ceil(chunks);
+        par::for_each_group(
+            chunks,
+            par::groups(chunks, 2 * taps * co * out_plane * n),
+            Items(&mut ws[..chunks * slot], slot),
+            &mut [],
+            0,
+            &|r, Items(slots, _), _| {
+                for (c, s) in r.zip(slots.chunks_exact_mut(slot)) {
+                    let (dwt, band) = s.split_at_mut(dwt_len);
+                    dwt.fill(0.0);
+                    for i in c * per..((c + 1) * per).min(n) {
+                        image(i, dwt, band)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        // Partial sums in chunk order, then dW[o][t] = dWᵀ[t][o].
+        let (first, rest) = ws[..chunks * slot].split_at_mut(slot);
+        for s in rest.chunks_exact(slot) {
+            for (a, b) in first[..dwt_len].iter_mut().zip(&s[..dwt_len]) {
+                *a += b;
+            }
         }
-        // dW[o][t] = dWᵀ[t][o].
+        let dwt_all = &first[..dwt_len];
         for (o, row) in dw_group.chunks_exact_mut(taps).enumerate() {
             for (t, v) in row.iter_mut().enumerate() {
                 *v = accum.apply(*v, dwt_all[t * co + o]);
@@ -556,4 +587,37 @@ pub(super) fn wgrad(
         }
         Ok(())
     })
+}
+
+/// `dyT[pixel][o]` for one band: the gradient pixel-major, zero past `out_w` and `out_ch`
+/// (split by band rows; row `r` covers pixels `r·pw .. (r+1)·pw`).
+fn transpose_band(d: &Direct, lay: &Layout, dy_n: &[f32], oh0: usize, co: usize, dyt: &mut [f32]) {
+    let out_plane = d.out_h * d.out_w;
+    let (body, tail) = dyt.split_at_mut(lay.rows * lay.pw * co);
+    tail.fill(0.0);
+    let _ = par::for_each(
+        lay.rows,
+        lay.npix * co,
+        Items(body, lay.pw * co),
+        &|rr, Items(t, _)| {
+            for (k, r) in rr.enumerate() {
+                let rows = &mut t[k * lay.pw * co..][..lay.pw * co];
+                rows[d.out_w * co..].fill(0.0);
+                let at = (oh0 + r) * d.out_w;
+                for o in 0..co {
+                    if o >= d.out_ch {
+                        for ow in 0..d.out_w {
+                            rows[ow * co + o] = 0.0;
+                        }
+                        continue;
+                    }
+                    let src = &dy_n[o * out_plane + at..][..d.out_w];
+                    for (ow, &v) in src.iter().enumerate() {
+                        rows[ow * co + o] = v;
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
 }

@@ -115,13 +115,13 @@ pub fn conv2d_backward_data_scratch_len(g: &Conv2dGeom) -> usize {
 }
 
 /// Scratch for [`conv2d_backward_weights`]: shared by all threads (one im2col tile, or on the
-/// direct path a band of the prepared input, of the transposed output gradient, and the
-/// transposed weight gradient of one group).
+/// direct path, per fixed chunk of images, a band of the prepared input and of the transposed
+/// output gradient and a partial transposed weight gradient of one group).
 pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
     if g.is_depthwise() {
         depthwise::slot_len(g) * par::threads()
     } else if use_direct(g) {
-        direct::Direct::forward(g).wgrad_len()
+        direct::Direct::forward(g).wgrad_scratch(g.n())
     } else {
         slot_len(g)
     }
