@@ -252,3 +252,38 @@ fn wide_depthwise_convolutions_match_reference() {
         check_against_reference(&c).unwrap();
     }
 }
+
+/// A stride far larger than the image (found by the layer_spec fuzzer: `conv(16,7,50202)` asked
+/// for 20 GB of scratch) needs scratch of the order of the data, and matches the reference.
+#[test]
+fn huge_strides_need_little_scratch() {
+    let dense = Conv2dParams {
+        stride: [50202, 3],
+        padding: [3, 0],
+        ..Conv2dParams::default()
+    };
+    let depthwise = Conv2dParams {
+        stride: [2, 40000],
+        padding: [1, 1],
+        groups: 3,
+        ..Conv2dParams::default()
+    };
+    for (c_out, k, p) in [(16, [7, 2], dense), (6, [3, 3], depthwise)] {
+        let g = Conv2dGeom::new(Shape4::new(2, 3, 8, 9), c_out, k, p).unwrap();
+        for len in [
+            conv2d_forward_scratch_len(&g),
+            conv2d_backward_weights_scratch_len(&g),
+            cnnkit::kernels::conv2d_backward_data_scratch_len(&g),
+        ] {
+            assert!(len < 1 << 16, "{len} floats of scratch");
+        }
+        let c = ConvCase {
+            g,
+            x: values(1, g.x_len()),
+            w: values(2, g.w_len()),
+            b: values(3, c_out),
+            dy: values(4, g.y_len()),
+        };
+        check_against_reference(&c).unwrap();
+    }
+}

@@ -47,8 +47,15 @@ fn padded(
     s_w: usize,
     span_w: usize,
 ) -> Padded {
-    // Columns: the image plus padding, and enough for the last lane of outputs to read.
-    let cols = (in_w + 2 * pad[1]).max(out_w.div_ceil(LANES) * LANES * s_w + span_w);
+    // Columns: the image plus padding, and enough for the last lane of outputs to read (a whole
+    // lane at stride 1; strided gathers read only the valid outputs, so a huge stride does not
+    // make the plane huge).
+    let reach = if s_w == 1 {
+        out_w.div_ceil(LANES) * LANES + span_w
+    } else {
+        (out_w - 1) * s_w + span_w
+    };
+    let cols = (in_w + 2 * pad[1]).max(reach);
     Padded {
         rows: in_h + 2 * pad[0],
         cols,
@@ -186,7 +193,11 @@ impl Block<'_> {
                     let v = if self.s[1] == 1 {
                         Lane::new(row[at..at + LANES].try_into().expect("a lane"))
                     } else {
-                        Lane::new(std::array::from_fn(|k| row[at + k * self.s[1]]))
+                        // Lanes past the row's end repeat the last valid output.
+                        let valid = (orow.len() - (self.ow + j * LANES)).min(LANES);
+                        Lane::new(std::array::from_fn(|k| {
+                            row[at + k.min(valid - 1) * self.s[1]]
+                        }))
                     };
                     *acc = v.mul_add(wv, *acc);
                 }
@@ -409,8 +420,9 @@ pub(super) fn backward_weights(
                                     let v = if p.stride[1] == 1 {
                                         Lane::new(row[at..at + LANES].try_into().expect("a lane"))
                                     } else {
+                                        // Lanes past `nn` meet a zero gradient.
                                         Lane::new(std::array::from_fn(|k| {
-                                            row[at + k * p.stride[1]]
+                                            row[at + k.min(nn - 1) * p.stride[1]]
                                         }))
                                     };
                                     *a = v.mul_add(dv, *a);

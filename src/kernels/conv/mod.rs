@@ -71,8 +71,15 @@ fn slot_len(g: &Conv2dGeom) -> usize {
 
 /// Whether the direct AVX2/FMA path runs (depthwise convolutions have their own kernel).
 fn use_direct(g: &Conv2dGeom) -> bool {
-    packed::enabled() && !g.is_depthwise()
+    // The direct path splits the input into stride_h·stride_w phase planes: for large strides
+    // (rare, and mostly empty planes) im2col keeps the scratch small.
+    packed::enabled()
+        && !g.is_depthwise()
+        && g.params().stride.iter().all(|&s| s <= MAX_DIRECT_STRIDE)
 }
+
+/// Largest stride (per axis) taken by the direct path.
+const MAX_DIRECT_STRIDE: usize = 4;
 
 /// Scratch of one worker for the forward pass on this machine.
 fn forward_slot(g: &Conv2dGeom) -> usize {
