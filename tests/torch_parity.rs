@@ -17,7 +17,10 @@ fn close(what: &str, got: &[f32], want: &[f32]) {
 }
 
 fn conv_all(g: &Conv2dGeom, x: &[f32], w: &[f32], b: Option<&[f32]>, dy: &[f32]) -> [Vec<f32>; 4] {
-    let mut ws = vec![0.0; conv2d_forward_scratch_len(g).max(conv2d_backward_data_scratch_len(g))];
+    let ws_len = conv2d_forward_scratch_len(g)
+        .max(conv2d_backward_data_scratch_len(g))
+        .max(conv2d_backward_weights_scratch_len(g));
+    let mut ws = vec![0.0; ws_len];
     let mut y = nans(g.y_len());
     conv2d_forward(g, x, w, b, &mut y, &mut ws).unwrap();
     let mut dx = nans(g.x_len());
