@@ -466,7 +466,8 @@ pub fn layer_spec(data: &[u8]) {
                 .iter()
                 .map(|s| s.iter().product::<usize>())
                 .sum();
-            if acts > 1 << 20 {
+            // ... nor of many GFLOP (`conv(6,28,7,503)` on a flattened input is 12 GFLOP).
+            if acts > 1 << 20 || acts.saturating_mul(m.param_count()) > 1 << 30 {
                 continue;
             }
             let [c, h, w] = input;
