@@ -7,7 +7,7 @@ use cnnkit::kernels::{
 };
 use cnnkit::{Conv2dGeom, Conv2dParams, Shape4, reference};
 use common::conv_check::{
-    ATOL, RTOL, backward_data, backward_weights, check_against_reference, forward,
+    ATOL, RTOL, backward_data, backward_weights, case, check_against_reference, forward,
 };
 use common::gradcheck::{Tol, check_vjp};
 use common::strategies::{CONV_GRAD, CONV_REF, ConvCase, conv_case};
@@ -207,14 +207,7 @@ fn multi_band_convolutions_match_reference() {
         ),
     ] {
         let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
-        let c = ConvCase {
-            g,
-            x: values(1, g.x_len()),
-            w: values(2, g.w_len()),
-            b: values(3, c_out),
-            dy: values(4, g.y_len()),
-        };
-        check_against_reference(&c).unwrap();
+        check_against_reference(&case(g)).unwrap();
     }
 }
 
@@ -242,14 +235,7 @@ fn wide_depthwise_convolutions_match_reference() {
         ),
     ] {
         let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
-        let c = ConvCase {
-            g,
-            x: values(1, g.x_len()),
-            w: values(2, g.w_len()),
-            b: values(3, c_out),
-            dy: values(4, g.y_len()),
-        };
-        check_against_reference(&c).unwrap();
+        check_against_reference(&case(g)).unwrap();
     }
 }
 
@@ -277,13 +263,6 @@ fn huge_strides_need_little_scratch() {
         ] {
             assert!(len < 1 << 16, "{len} floats of scratch");
         }
-        let c = ConvCase {
-            g,
-            x: values(1, g.x_len()),
-            w: values(2, g.w_len()),
-            b: values(3, c_out),
-            dy: values(4, g.y_len()),
-        };
-        check_against_reference(&c).unwrap();
+        check_against_reference(&case(g)).unwrap();
     }
 }

@@ -5,9 +5,8 @@
 mod common;
 
 use cnnkit::{Conv2dGeom, Conv2dParams, Shape4};
-use common::conv_check::check_against_reference;
-use common::strategies::{CONV_REF, ConvCase, conv_case};
-use common::values;
+use common::conv_check::{case, check_against_reference};
+use common::strategies::{CONV_REF, conv_case};
 use proptest::prelude::*;
 
 proptest! {
@@ -45,13 +44,6 @@ fn portable_large_convolutions_match_reference() {
         ),
     ] {
         let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
-        let c = ConvCase {
-            g,
-            x: values(1, g.x_len()),
-            w: values(2, g.w_len()),
-            b: values(3, c_out),
-            dy: values(4, g.y_len()),
-        };
-        check_against_reference(&c).unwrap();
+        check_against_reference(&case(g)).unwrap();
     }
 }

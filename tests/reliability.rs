@@ -1,29 +1,15 @@
 //! Never lose a model, never trust a file: saves killed mid-write, bit-flipped and hostile
 //! checkpoints, and the limits on untrusted input.
 
+mod common;
+
 use cnnkit::checkpoint::{self, CheckpointLimits};
 use cnnkit::{LayerSpec, Sequential, Tensor, TensorData};
+use common::TempDir;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("cnnkit-rel-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A model of about 4 MB, so that a save takes long enough to be killed in the middle.
 fn big_model(seed: u64) -> Sequential {

@@ -8,6 +8,7 @@ use cnnkit::kernels::{
     conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_scratch_len,
 };
 use cnnkit::{Conv2dGeom, reference};
+
 use proptest::test_runner::TestCaseError;
 
 /// Absolute/relative tolerance of an f32 kernel sum of at most a few hundred terms of size ≤ 1
@@ -82,4 +83,15 @@ pub fn check_against_reference(c: &ConvCase) -> Result<(), TestCaseError> {
         let want: Vec<f32> = want_db.iter().map(|v| v + 3.0).collect();
         assert_close("db (add)", &db, &want, 1e-4, RTOL)
     })
+}
+
+/// A case over `g` with fixed pseudo-random inputs, weights, bias and output gradient.
+pub fn case(g: Conv2dGeom) -> ConvCase {
+    ConvCase {
+        g,
+        x: super::values(1, g.x_len()),
+        w: super::values(2, g.w_len()),
+        b: super::values(3, g.c_out()),
+        dy: super::values(4, g.y_len()),
+    }
 }
