@@ -154,6 +154,40 @@ fn image_groups(g: &Conv2dGeom, slot: usize, ws_len: usize) -> Option<usize> {
     }
 }
 
+/// Runs `image(i, out_i, scratch, split)` for every image `i` of `out` (items of `item` floats):
+/// `Some(groups)` splits the images over that many worker groups, each with its own `slot` of
+/// `ws`; `None` runs them in order, each splitting its own work inside (`split`).
+fn each_image(
+    groups: Option<usize>,
+    out: &mut [f32],
+    item: usize,
+    ws: &mut [f32],
+    slot: usize,
+    image: &(impl Fn(usize, &mut [f32], &mut [f32], bool) -> Result<()> + Sync),
+) -> Result<()> {
+    match groups {
+        Some(groups) => par::for_each_group(
+            out.len() / item.max(1),
+            groups,
+            Items(out, item),
+            ws,
+            slot,
+            &|r, Items(out, _), ws| {
+                for (i, o) in r.zip(out.chunks_exact_mut(item)) {
+                    image(i, o, ws, false)?;
+                }
+                Ok(())
+            },
+        ),
+        None => {
+            for (i, o) in out.chunks_exact_mut(item).enumerate() {
+                image(i, o, &mut ws[..slot], true)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// 2-D cross-correlation, as `torch.nn.functional.conv2d`:
 /// `y[n,o,i,j] = b[o] + Σ_{c,p,q} x[n, g·C + c, i·s_h − pad_h + p·d_h, j·s_w − pad_w + q·d_w] · w[o, c, p, q]`
 /// where `g = o / (c_out/groups)`, `C = c_in/groups`, and out-of-range input reads are zero.
@@ -219,26 +253,7 @@ pub fn conv2d_forward(
                     let y_g = &mut y_n[gi * co_g..][..co_g];
                     direct::conv_into(&d, prep, bias, x_g, y_g, Accum::Replace, ws, split)
                 };
-                match groups {
-                    Some(groups) => par::for_each_group(
-                        g.n(),
-                        groups,
-                        Items(&mut *y, y_item),
-                        ws,
-                        slot,
-                        &|r, Items(y, _), ws| {
-                            for (i, y_n) in r.zip(y.chunks_exact_mut(y_item)) {
-                                image(i, y_n, ws, false)?;
-                            }
-                            Ok(())
-                        },
-                    )?,
-                    None => {
-                        for (i, y_n) in y.chunks_exact_mut(y_item).enumerate() {
-                            image(i, y_n, &mut ws[..slot], true)?;
-                        }
-                    }
-                }
+                each_image(groups, &mut *y, y_item, ws, slot, &image)?;
             }
             Ok(())
         });
@@ -458,26 +473,7 @@ pub fn conv2d_backward_data(
                     let dx_g = &mut dx_n[gi * ci_g..][..ci_g];
                     direct::conv_into(&d, prep, None, dy_g, dx_g, accum, ws, split)
                 };
-                match groups {
-                    Some(groups) => par::for_each_group(
-                        g.n(),
-                        groups,
-                        Items(&mut *dx, x_item),
-                        ws,
-                        slot,
-                        &|r, Items(dx, _), ws| {
-                            for (i, dx_n) in r.zip(dx.chunks_exact_mut(x_item)) {
-                                image(i, dx_n, ws, false)?;
-                            }
-                            Ok(())
-                        },
-                    )?,
-                    None => {
-                        for (i, dx_n) in dx.chunks_exact_mut(x_item).enumerate() {
-                            image(i, dx_n, &mut ws[..slot], true)?;
-                        }
-                    }
-                }
+                each_image(groups, &mut *dx, x_item, ws, slot, &image)?;
             }
             Ok(())
         });
