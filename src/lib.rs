@@ -32,9 +32,10 @@
 //! ```
 //!
 //! ## SIMD and threads
-//! Element-wise kernels use the `wide` crate, which picks instructions at compile time: build with
-//! `RUSTFLAGS="-C target-cpu=native"` (or `-C target-feature=+avx2,+fma`) to get 8-lane AVX
-//! registers and fused multiply-add. Kernels run on the current rayon pool; use
+//! The GEMM and convolution micro-kernels are AVX2/FMA code, and the element-wise kernels are
+//! compiled twice (AVX2 + FMA, and the build's baseline); both are chosen at run time, so a
+//! default build uses AVX2 where the CPU has it, and element-wise results are the same bits on
+//! every CPU. Kernels run on the current rayon pool; use
 //! `rayon::ThreadPool::install` to choose the thread count. Results do not depend on it.
 
 #![deny(unsafe_code)]

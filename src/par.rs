@@ -141,10 +141,10 @@ pub(crate) fn for_each_group<P: Parts>(
     parts: P,
     ws: &mut [f32],
     slot: usize,
-    f: &(impl Fn(Range<usize>, P, &mut [f32]) -> Result<()> + Sync),
+    f: impl Fn(Range<usize>, P, &mut [f32]) -> Result<()> + Sync,
 ) -> Result<()> {
     debug_assert!(groups >= 1 && ws.len() >= groups * slot);
-    go(0..n, groups.clamp(1, n.max(1)), parts, ws, slot, f)
+    go(0..n, groups.clamp(1, n.max(1)), parts, ws, slot, &f)
 }
 
 fn go<P: Parts>(
@@ -156,7 +156,11 @@ fn go<P: Parts>(
     f: &(impl Fn(Range<usize>, P, &mut [f32]) -> Result<()> + Sync),
 ) -> Result<()> {
     if groups <= 1 {
-        return f(r, parts, &mut ws[..slot]);
+        // Each group's work is compiled for AVX2 + FMA and for the baseline (see `simd`).
+        return crate::simd::dispatch(
+            #[inline(always)]
+            || f(r, parts, &mut ws[..slot]),
+        );
     }
     let left = groups / 2;
     let mid = r.start + r.len() * left / groups;
@@ -175,9 +179,17 @@ pub(crate) fn for_each<P: Parts>(
     n: usize,
     work: usize,
     parts: P,
-    f: &(impl Fn(Range<usize>, P) -> Result<()> + Sync),
+    f: impl Fn(Range<usize>, P) -> Result<()> + Sync,
 ) -> Result<()> {
-    for_each_group(n, groups(n, work), parts, &mut [], 0, &|r, p, _| f(r, p))
+    for_each_group(
+        n,
+        groups(n, work),
+        parts,
+        &mut [],
+        0,
+        #[inline(always)]
+        |r, p, _| f(r, p),
+    )
 }
 
 /// Elements per block of an element-wise kernel: the unit [`for_each_block`] splits on.
@@ -190,14 +202,20 @@ pub(crate) fn for_each_block<P: Parts>(
     len: usize,
     cost: usize,
     parts: P,
-    f: &(impl Fn(Range<usize>, P) + Sync),
+    f: impl Fn(Range<usize>, P) + Sync,
 ) {
     let blocks = len.div_ceil(BLOCK);
     // The closure cannot fail.
-    let _ = for_each(blocks, len.saturating_mul(cost), parts, &|r, p| {
-        f(r.start * BLOCK..(r.end * BLOCK).min(len), p);
-        Ok(())
-    });
+    let _ = for_each(
+        blocks,
+        len.saturating_mul(cost),
+        parts,
+        #[inline(always)]
+        |r, p| {
+            f(r.start * BLOCK..(r.end * BLOCK).min(len), p);
+            Ok(())
+        },
+    );
 }
 
 /// `f` applied to every item, in parallel (serially without the `rayon` feature), results in
@@ -227,7 +245,7 @@ pub(crate) fn sum_over_rows(
     cols: usize,
     work: usize,
     out: &mut [f32],
-    f: &(impl Fn(Range<usize>, &mut [f32]) -> f64 + Sync),
+    f: impl Fn(Range<usize>, &mut [f32]) -> f64 + Sync,
 ) -> f64 {
     let block = rows.div_ceil(MAX_PARTIALS).max(1);
     let blocks = rows.div_ceil(block);
@@ -238,7 +256,8 @@ pub(crate) fn sum_over_rows(
         blocks,
         work,
         (Items(out, per), Items(&mut partials[..blocks], 1)),
-        &|br, (Items(o, _), Items(p, _))| {
+        #[inline(always)]
+        |br, (Items(o, _), Items(p, _))| {
             let mut o = o;
             for (b, pb) in br.zip(p.iter_mut()) {
                 let rr = b * block..((b + 1) * block).min(rows);
@@ -276,7 +295,7 @@ mod tests {
                             (Items(&mut a, 3), Items(&mut b, 1)),
                             &mut ws,
                             2,
-                            &|r, (Items(a, _), Items(b, _)), s| {
+                            |r, (Items(a, _), Items(b, _)), s| {
                                 assert_eq!(a.len(), r.len() * 3);
                                 assert_eq!(b.len(), r.len());
                                 assert_eq!(s.len(), 2);

@@ -1,4 +1,5 @@
-//! The only module that names `wide`: lane helpers, reductions and vector math.
+//! The lane type, lane helpers, reductions and vector math: the only module that decides how
+//! element-wise code becomes SIMD instructions.
 //!
 //! Kernels never split a slice into lanes and a tail themselves: they pass a lane closure to
 //! [`map`], [`zip_map`] and friends. The tail (fewer than [`LANES`] elements) is copied into one
@@ -6,23 +7,331 @@
 //! algorithm, bit for bit, whatever its position. (A hand-written scalar twin would be a second
 //! implementation of every formula to keep in step and to test.)
 //!
-//! `wide` chooses its instructions at compile time: with `-C target-cpu=native` (or
-//! `-C target-feature=+avx2,+fma`) a lane is one AVX register and `mul_add` is a fused FMA;
-//! without, a lane is two SSE registers and `mul_add` is a multiply and an add. Results therefore
-//! differ between builds in the last bit, never between runs of one build.
+//! A [`Lane`] is eight `f32` whose operations are written element by element; the compiler turns
+//! them into vector instructions for the target features of the function they end up in. Kernels
+//! run their lane code through [`dispatch`], which compiles it twice — once for AVX2 + FMA (one
+//! 256-bit register per lane, fused multiply-add), chosen at run time on CPUs that have them, and
+//! once for the build's baseline (two SSE registers on x86-64). `mul_add` is always a fused
+//! multiply-add (in software on a baseline x86-64 CPU, which is slow but exact), so both variants
+//! and every build give bit-identical results.
 
-use wide::{f32x8, i32x8};
+#![allow(unsafe_code)]
+
+use std::ops::{Add, AddAssign, BitAnd, BitOr, Div, Mul, MulAssign, Neg, Not, Sub, SubAssign};
 
 /// Elements per lane.
 pub(crate) const LANES: usize = 8;
 
-/// One lane of eight `f32`.
-pub(crate) type Lane = f32x8;
+/// Runs `f` compiled for AVX2 + FMA when this CPU has them (and [`crate::gemm::force_portable`] is
+/// off), otherwise compiled for the build's baseline.
+///
+/// Pass an `#[inline(always)]` closure that contains the lane code: only code inlined into the
+/// two variants is compiled for them. (Lane code reached outside `dispatch` still computes the
+/// same results, but on x86-64 its `mul_add` becomes a software call.)
+#[inline(always)]
+pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if crate::gemm::packed::enabled() {
+        // SAFETY: `enabled` is true only when the CPU reports AVX2 and FMA
+        // (`is_x86_feature_detected!`), the features `with_avx2_fma` is compiled for.
+        return unsafe { with_avx2_fma(f) };
+    }
+    baseline(f)
+}
+
+/// The AVX2 + FMA variant of [`dispatch`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// The baseline variant of [`dispatch`] (kept out of line so the two stay separate functions).
+#[inline(never)]
+fn baseline<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Returns `f`: lets a named lane closure carry `#[inline(always)]`, so that it is compiled into
+/// both variants of [`dispatch`] rather than once, out of line, for the baseline.
+#[inline(always)]
+pub(crate) fn inlined<F>(f: F) -> F {
+    f
+}
+
+/// Eight `f32`, operated on element by element. Comparison results ("masks") are lanes whose
+/// elements have all bits set (true) or clear (false).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub(crate) struct Lane(pub(crate) [f32; LANES]);
+
+/// Eight `i32`: exponent and index arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(transparent)]
+pub(crate) struct Ints(pub(crate) [i32; LANES]);
+
+macro_rules! each {
+    ($t:ident, |$i:ident| $e:expr) => {
+        $t(std::array::from_fn(
+            #[inline(always)]
+            |$i| $e,
+        ))
+    };
+}
+
+/// All bits set where `c`.
+#[inline(always)]
+fn mask_bit(c: bool) -> f32 {
+    f32::from_bits((-(c as i32)) as u32)
+}
+
+macro_rules! lane_binop {
+    ($tr:ident, $f:ident, $tra:ident, $fa:ident, $op:tt) => {
+        impl $tr for Lane {
+            type Output = Lane;
+            #[inline(always)]
+            fn $f(self, o: Lane) -> Lane {
+                each!(Lane, |i| self.0[i] $op o.0[i])
+            }
+        }
+        impl $tra for Lane {
+            #[inline(always)]
+            fn $fa(&mut self, o: Lane) {
+                *self = *self $op o;
+            }
+        }
+    };
+}
+lane_binop!(Add, add, AddAssign, add_assign, +);
+lane_binop!(Sub, sub, SubAssign, sub_assign, -);
+lane_binop!(Mul, mul, MulAssign, mul_assign, *);
+
+impl Div for Lane {
+    type Output = Lane;
+    #[inline(always)]
+    fn div(self, o: Lane) -> Lane {
+        each!(Lane, |i| self.0[i] / o.0[i])
+    }
+}
+
+impl Neg for Lane {
+    type Output = Lane;
+    #[inline(always)]
+    fn neg(self) -> Lane {
+        each!(Lane, |i| -self.0[i])
+    }
+}
+
+impl BitAnd for Lane {
+    type Output = Lane;
+    #[inline(always)]
+    fn bitand(self, o: Lane) -> Lane {
+        from_bits(bits(self) & bits(o))
+    }
+}
+
+impl BitOr for Lane {
+    type Output = Lane;
+    #[inline(always)]
+    fn bitor(self, o: Lane) -> Lane {
+        from_bits(bits(self) | bits(o))
+    }
+}
+
+impl Not for Lane {
+    type Output = Lane;
+    #[inline(always)]
+    fn not(self) -> Lane {
+        from_bits(!bits(self))
+    }
+}
+
+impl Lane {
+    /// All elements zero.
+    pub(crate) const ZERO: Lane = Lane([0.0; LANES]);
+
+    /// The lane holding `a`.
+    #[inline(always)]
+    pub(crate) fn new(a: [f32; LANES]) -> Lane {
+        Lane(a)
+    }
+
+    /// The elements.
+    #[inline(always)]
+    pub(crate) fn to_array(self) -> [f32; LANES] {
+        self.0
+    }
+
+    /// `self·b + c`, rounded once.
+    #[inline(always)]
+    pub(crate) fn mul_add(self, b: Lane, c: Lane) -> Lane {
+        each!(Lane, |i| self.0[i].mul_add(b.0[i], c.0[i]))
+    }
+
+    /// `c − self·b`, rounded once.
+    #[inline(always)]
+    pub(crate) fn mul_neg_add(self, b: Lane, c: Lane) -> Lane {
+        each!(Lane, |i| (-self.0[i]).mul_add(b.0[i], c.0[i]))
+    }
+
+    /// `self > b ? self : b` (so `b` where either is NaN).
+    #[inline(always)]
+    pub(crate) fn fast_max(self, b: Lane) -> Lane {
+        each!(Lane, |i| if self.0[i] > b.0[i] {
+            self.0[i]
+        } else {
+            b.0[i]
+        })
+    }
+
+    /// `self < b ? self : b` (so `b` where either is NaN).
+    #[inline(always)]
+    pub(crate) fn fast_min(self, b: Lane) -> Lane {
+        each!(Lane, |i| if self.0[i] < b.0[i] {
+            self.0[i]
+        } else {
+            b.0[i]
+        })
+    }
+
+    /// Element-wise `f32::max`: a NaN element yields the other operand.
+    #[inline(always)]
+    pub(crate) fn max(self, b: Lane) -> Lane {
+        each!(Lane, |i| self.0[i].max(b.0[i]))
+    }
+
+    /// `|self|` (clears the sign bit).
+    #[inline(always)]
+    pub(crate) fn abs(self) -> Lane {
+        from_bits(bits(self) & Ints::splat(i32::MAX))
+    }
+
+    /// Rounds toward −∞.
+    #[inline(always)]
+    pub(crate) fn floor(self) -> Lane {
+        each!(Lane, |i| self.0[i].floor())
+    }
+
+    /// Square root.
+    #[inline(always)]
+    pub(crate) fn sqrt(self) -> Lane {
+        each!(Lane, |i| self.0[i].sqrt())
+    }
+
+    /// `self` with its sign flipped where `s` is negative (sign bit set).
+    #[inline(always)]
+    pub(crate) fn flip_signs(self, s: Lane) -> Lane {
+        from_bits(bits(self) ^ (bits(s) & Ints::splat(i32::MIN)))
+    }
+
+    /// Sum of the elements, as `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
+    #[inline(always)]
+    pub(crate) fn reduce_add(self) -> f32 {
+        let a = self.0;
+        let h: [f32; 4] = std::array::from_fn(|i| a[i] + a[i + 4]);
+        (h[0] + h[2]) + (h[1] + h[3])
+    }
+
+    /// `self == b` mask (false for NaN).
+    #[inline(always)]
+    pub(crate) fn simd_eq(self, b: Lane) -> Lane {
+        each!(Lane, |i| mask_bit(self.0[i] == b.0[i]))
+    }
+    /// `self != b` mask (true for NaN).
+    #[inline(always)]
+    pub(crate) fn simd_ne(self, b: Lane) -> Lane {
+        each!(Lane, |i| mask_bit(self.0[i] != b.0[i]))
+    }
+    /// `self < b` mask.
+    #[inline(always)]
+    pub(crate) fn simd_lt(self, b: Lane) -> Lane {
+        each!(Lane, |i| mask_bit(self.0[i] < b.0[i]))
+    }
+    /// `self > b` mask.
+    #[inline(always)]
+    pub(crate) fn simd_gt(self, b: Lane) -> Lane {
+        each!(Lane, |i| mask_bit(self.0[i] > b.0[i]))
+    }
+    /// `self >= b` mask.
+    #[inline(always)]
+    pub(crate) fn simd_ge(self, b: Lane) -> Lane {
+        each!(Lane, |i| mask_bit(self.0[i] >= b.0[i]))
+    }
+}
+
+impl Ints {
+    #[inline(always)]
+    fn splat(v: i32) -> Ints {
+        Ints([v; LANES])
+    }
+    /// Element-wise conversion to `f32`.
+    #[inline(always)]
+    fn to_f32(self) -> Lane {
+        each!(Lane, |i| self.0[i] as f32)
+    }
+}
+
+macro_rules! ints_binop {
+    ($tr:ident, $f:ident, $e:expr) => {
+        impl std::ops::$tr for Ints {
+            type Output = Ints;
+            #[inline(always)]
+            fn $f(self, o: Ints) -> Ints {
+                each!(Ints, |i| $e(self.0[i], o.0[i]))
+            }
+        }
+    };
+}
+ints_binop!(Add, add, i32::wrapping_add);
+ints_binop!(Sub, sub, i32::wrapping_sub);
+ints_binop!(BitAnd, bitand, |a, b| a & b);
+ints_binop!(BitOr, bitor, |a, b| a | b);
+ints_binop!(BitXor, bitxor, |a, b| a ^ b);
+
+impl std::ops::Not for Ints {
+    type Output = Ints;
+    #[inline(always)]
+    fn not(self) -> Ints {
+        each!(Ints, |i| !self.0[i])
+    }
+}
+
+impl std::ops::Shl<u32> for Ints {
+    type Output = Ints;
+    #[inline(always)]
+    fn shl(self, s: u32) -> Ints {
+        each!(Ints, |i| self.0[i] << s)
+    }
+}
+
+impl std::ops::Shr<u32> for Ints {
+    type Output = Ints;
+    /// Arithmetic shift.
+    #[inline(always)]
+    fn shr(self, s: u32) -> Ints {
+        each!(Ints, |i| self.0[i] >> s)
+    }
+}
+
+/// The bit patterns of a lane.
+#[inline(always)]
+fn bits(a: Lane) -> Ints {
+    each!(Ints, |i| a.0[i].to_bits() as i32)
+}
+
+/// The lane with bit patterns `a`.
+#[inline(always)]
+fn from_bits(a: Ints) -> Lane {
+    each!(Lane, |i| f32::from_bits(a.0[i] as u32))
+}
 
 /// A lane with every element equal to `v`.
 #[inline(always)]
 pub(crate) fn splat(v: f32) -> Lane {
-    f32x8::splat(v)
+    Lane([v; LANES])
 }
 
 /// Runs `f` on a lane built from a tail of fewer than [`LANES`] elements (padded with `pad`) and
@@ -31,7 +340,7 @@ pub(crate) fn splat(v: f32) -> Lane {
 fn tail_lane(tail: &[f32], pad: f32) -> Lane {
     let mut buf = [pad; LANES];
     buf[..tail.len()].copy_from_slice(tail);
-    f32x8::new(buf)
+    Lane(buf)
 }
 
 /// `y[i] = f(x[i])`.
@@ -40,7 +349,7 @@ pub(crate) fn map(x: &[f32], y: &mut [f32], f: impl Fn(Lane) -> Lane) {
     debug_assert_eq!(x.len(), y.len());
     let ((xc, xt), (yc, yt)) = (x.as_chunks::<LANES>(), y.as_chunks_mut::<LANES>());
     for (x, y) in xc.iter().zip(yc) {
-        *y = f(f32x8::new(*x)).to_array();
+        *y = f(Lane(*x)).to_array();
     }
     if !xt.is_empty() {
         let r = f(tail_lane(xt, 0.0)).to_array();
@@ -53,7 +362,7 @@ pub(crate) fn map(x: &[f32], y: &mut [f32], f: impl Fn(Lane) -> Lane) {
 pub(crate) fn map_in_place(y: &mut [f32], f: impl Fn(Lane) -> Lane) {
     let (yc, yt) = y.as_chunks_mut::<LANES>();
     for y in yc.iter_mut() {
-        *y = f(f32x8::new(*y)).to_array();
+        *y = f(Lane(*y)).to_array();
     }
     if !yt.is_empty() {
         let r = f(tail_lane(yt, 0.0)).to_array();
@@ -70,7 +379,7 @@ pub(crate) fn zip_map(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(Lane, La
     let (bc, bt) = b.as_chunks::<LANES>();
     let (oc, ot) = out.as_chunks_mut::<LANES>();
     for ((a, b), o) in ac.iter().zip(bc).zip(oc) {
-        *o = f(f32x8::new(*a), f32x8::new(*b)).to_array();
+        *o = f(Lane(*a), Lane(*b)).to_array();
     }
     if !at.is_empty() {
         let r = f(tail_lane(at, 0.0), tail_lane(bt, 0.0)).to_array();
@@ -92,7 +401,7 @@ pub(crate) fn zip_map_acc(
     let (bc, bt) = b.as_chunks::<LANES>();
     let (oc, ot) = out.as_chunks_mut::<LANES>();
     for ((a, b), o) in ac.iter().zip(bc).zip(oc) {
-        *o = f(f32x8::new(*a), f32x8::new(*b), f32x8::new(*o)).to_array();
+        *o = f(Lane(*a), Lane(*b), Lane(*o)).to_array();
     }
     if !at.is_empty() {
         let r = f(tail_lane(at, 0.0), tail_lane(bt, 0.0), tail_lane(ot, 0.0)).to_array();
@@ -116,13 +425,7 @@ pub(crate) fn zip3_map_acc(
     let (cc, ct) = c.as_chunks::<LANES>();
     let (oc, ot) = out.as_chunks_mut::<LANES>();
     for (((a, b), c), o) in ac.iter().zip(bc).zip(cc).zip(oc) {
-        *o = f(
-            f32x8::new(*a),
-            f32x8::new(*b),
-            f32x8::new(*c),
-            f32x8::new(*o),
-        )
-        .to_array();
+        *o = f(Lane(*a), Lane(*b), Lane(*c), Lane(*o)).to_array();
     }
     if !at.is_empty() {
         let r = f(
@@ -150,8 +453,8 @@ pub(crate) fn update<const K: usize>(
     let (gc, gt) = g.as_chunks::<LANES>();
     let mut parts = st.map(|s| s.as_chunks_mut::<LANES>());
     for (j, gv) in gc.iter().enumerate() {
-        let mut lanes: [Lane; K] = std::array::from_fn(|k| f32x8::new(parts[k].0[j]));
-        f(f32x8::new(*gv), &mut lanes);
+        let mut lanes: [Lane; K] = std::array::from_fn(|k| Lane(parts[k].0[j]));
+        f(Lane(*gv), &mut lanes);
         for (k, l) in lanes.iter().enumerate() {
             parts[k].0[j] = l.to_array();
         }
@@ -169,62 +472,116 @@ pub(crate) fn update<const K: usize>(
 
 /// Folds `x` with `f` into four independent lane accumulators (tail padded with `neutral`), then
 /// combines them as `(a0 ∘ a1) ∘ (a2 ∘ a3)`. The order depends only on `x.len()`.
+///
+/// The accumulators are named variables, not an indexed array: an array indexed by the loop
+/// counter would live in memory.
 #[inline(always)]
 fn fold4(x: &[f32], neutral: f32, f: impl Fn(Lane, Lane) -> Lane) -> Lane {
     let (xc, xt) = x.as_chunks::<LANES>();
-    let mut acc = [f32x8::splat(neutral); 4];
+    let n = splat(neutral);
+    let (mut a0, mut a1, mut a2, mut a3) = (n, n, n, n);
     let (quads, rest) = xc.as_chunks::<4>();
     for q in quads {
-        for k in 0..4 {
-            acc[k] = f(acc[k], f32x8::new(q[k]));
-        }
+        a0 = f(a0, Lane(q[0]));
+        a1 = f(a1, Lane(q[1]));
+        a2 = f(a2, Lane(q[2]));
+        a3 = f(a3, Lane(q[3]));
     }
-    for (k, c) in rest.iter().enumerate() {
-        acc[k] = f(acc[k], f32x8::new(*c));
+    if let Some(c) = rest.first() {
+        a0 = f(a0, Lane(*c));
+    }
+    if let Some(c) = rest.get(1) {
+        a1 = f(a1, Lane(*c));
+    }
+    if let Some(c) = rest.get(2) {
+        a2 = f(a2, Lane(*c));
     }
     if !xt.is_empty() {
-        acc[3] = f(acc[3], tail_lane(xt, neutral));
+        a3 = f(a3, tail_lane(xt, neutral));
     }
-    f(f(acc[0], acc[1]), f(acc[2], acc[3]))
+    f(f(a0, a1), f(a2, a3))
+}
+
+/// Two-accumulator fold over `chunks` lane positions: `step(acc, j)` folds position `j` into an
+/// accumulator (even positions into the first, odd into the second), `tail` folds the padded
+/// tail into the second; returns the sum of both accumulators' elements.
+#[inline(always)]
+fn fold2(
+    chunks: usize,
+    step: impl Fn(Lane, usize) -> Lane,
+    tail: impl FnOnce(Lane) -> Lane,
+) -> f32 {
+    let (mut a0, mut a1) = (Lane::ZERO, Lane::ZERO);
+    let mut j = 0;
+    while j + 1 < chunks {
+        a0 = step(a0, j);
+        a1 = step(a1, j + 1);
+        j += 2;
+    }
+    if j < chunks {
+        a0 = step(a0, j);
+    }
+    (a0 + tail(a1)).reduce_add()
 }
 
 /// `Σ x[i]` in `f32`, in an order that depends only on `x.len()`.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum(x: &[f32]) -> f32 {
-    fold4(x, 0.0, |a, b| a + b).reduce_add()
+    fold4(
+        x,
+        0.0,
+        #[inline(always)]
+        |a, b| a + b,
+    )
+    .reduce_add()
 }
 
 /// `Σ (x[i] - m)²`.
-#[inline]
+#[inline(always)]
 pub(crate) fn sum_sq_dev(x: &[f32], m: f32) -> f32 {
-    let mv = f32x8::splat(m);
+    let mv = splat(m);
     let (xc, xt) = x.as_chunks::<LANES>();
-    let mut acc = [f32x8::ZERO; 2];
-    for (i, c) in xc.iter().enumerate() {
-        let d = f32x8::new(*c) - mv;
-        acc[i & 1] = d.mul_add(d, acc[i & 1]);
-    }
-    if !xt.is_empty() {
-        let d = tail_lane(xt, m) - mv;
-        acc[1] = d.mul_add(d, acc[1]);
-    }
-    (acc[0] + acc[1]).reduce_add()
+    let sq = inlined(
+        #[inline(always)]
+        |acc: Lane, v: Lane| {
+            let d = v - mv;
+            d.mul_add(d, acc)
+        },
+    );
+    fold2(
+        xc.len(),
+        #[inline(always)]
+        |acc, j| sq(acc, Lane(xc[j])),
+        #[inline(always)]
+        |acc| {
+            if xt.is_empty() {
+                acc
+            } else {
+                sq(acc, tail_lane(xt, m))
+            }
+        },
+    )
 }
 
 /// `Σ a[i] * b[i]`.
-#[inline]
+#[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let (ac, at) = a.as_chunks::<LANES>();
     let (bc, bt) = b.as_chunks::<LANES>();
-    let mut acc = [f32x8::ZERO; 2];
-    for (i, (a, b)) in ac.iter().zip(bc).enumerate() {
-        acc[i & 1] = f32x8::new(*a).mul_add(f32x8::new(*b), acc[i & 1]);
-    }
-    if !at.is_empty() {
-        acc[1] = tail_lane(at, 0.0).mul_add(tail_lane(bt, 0.0), acc[1]);
-    }
-    (acc[0] + acc[1]).reduce_add()
+    fold2(
+        ac.len().min(bc.len()),
+        #[inline(always)]
+        |acc, j| Lane(ac[j]).mul_add(Lane(bc[j]), acc),
+        #[inline(always)]
+        |acc| {
+            if at.is_empty() {
+                acc
+            } else {
+                tail_lane(at, 0.0).mul_add(tail_lane(bt, 0.0), acc)
+            }
+        },
+    )
 }
 
 /// `Σ f(a[i], b[i])` with two lane accumulators; the tail is padded with zeros, so `f(0, 0)` must
@@ -245,14 +602,19 @@ pub(crate) fn sum_zip_padded(
     debug_assert_eq!(a.len(), b.len());
     let (ac, at) = a.as_chunks::<LANES>();
     let (bc, bt) = b.as_chunks::<LANES>();
-    let mut acc = [f32x8::ZERO; 2];
-    for (i, (a, b)) in ac.iter().zip(bc).enumerate() {
-        acc[i & 1] += f(f32x8::new(*a), f32x8::new(*b));
-    }
-    if !at.is_empty() {
-        acc[1] += f(tail_lane(at, pad.0), tail_lane(bt, pad.1));
-    }
-    (acc[0] + acc[1]).reduce_add()
+    fold2(
+        ac.len().min(bc.len()),
+        #[inline(always)]
+        |acc, j| acc + f(Lane(ac[j]), Lane(bc[j])),
+        #[inline(always)]
+        |acc| {
+            if at.is_empty() {
+                acc
+            } else {
+                acc + f(tail_lane(at, pad.0), tail_lane(bt, pad.1))
+            }
+        },
+    )
 }
 
 /// `Σ f(a[i], b[i], c[i])`; the tail is padded with zeros, so `f(0, 0, 0)` must be 0.
@@ -267,35 +629,51 @@ pub(crate) fn sum_zip3(
     let (ac, at) = a.as_chunks::<LANES>();
     let (bc, bt) = b.as_chunks::<LANES>();
     let (cc, ct) = c.as_chunks::<LANES>();
-    let mut acc = [f32x8::ZERO; 2];
-    for (i, ((a, b), c)) in ac.iter().zip(bc).zip(cc).enumerate() {
-        acc[i & 1] += f(f32x8::new(*a), f32x8::new(*b), f32x8::new(*c));
-    }
-    if !at.is_empty() {
-        acc[1] += f(tail_lane(at, 0.0), tail_lane(bt, 0.0), tail_lane(ct, 0.0));
-    }
-    (acc[0] + acc[1]).reduce_add()
+    fold2(
+        ac.len().min(bc.len()).min(cc.len()),
+        #[inline(always)]
+        |acc, j| acc + f(Lane(ac[j]), Lane(bc[j]), Lane(cc[j])),
+        #[inline(always)]
+        |acc| {
+            if at.is_empty() {
+                acc
+            } else {
+                acc + f(tail_lane(at, 0.0), tail_lane(bt, 0.0), tail_lane(ct, 0.0))
+            }
+        },
+    )
 }
 
 /// `Σ f(x[i])`; the tail is padded with `pad`, and `f(pad)` must be 0.
 #[inline(always)]
 pub(crate) fn sum_map(x: &[f32], pad: f32, f: impl Fn(Lane) -> Lane) -> f32 {
     let (xc, xt) = x.as_chunks::<LANES>();
-    let mut acc = [f32x8::ZERO; 2];
-    for (i, c) in xc.iter().enumerate() {
-        acc[i & 1] += f(f32x8::new(*c));
-    }
-    if !xt.is_empty() {
-        acc[1] += f(tail_lane(xt, pad));
-    }
-    (acc[0] + acc[1]).reduce_add()
+    fold2(
+        xc.len(),
+        #[inline(always)]
+        |acc, j| acc + f(Lane(xc[j])),
+        #[inline(always)]
+        |acc| {
+            if xt.is_empty() {
+                acc
+            } else {
+                acc + f(tail_lane(xt, pad))
+            }
+        },
+    )
 }
 
 /// `max x[i]` ignoring NaN (`-inf` for an empty slice). Callers that must propagate NaN get it
 /// from the arithmetic that follows (`exp(NaN - max)` is NaN).
-#[inline]
+#[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {
-    let m = fold4(x, f32::NEG_INFINITY, |a, b| a.fast_max(b)).to_array();
+    let m = fold4(
+        x,
+        f32::NEG_INFINITY,
+        #[inline(always)]
+        |a, b| a.fast_max(b),
+    )
+    .to_array();
     m.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
@@ -306,7 +684,7 @@ pub(crate) fn map_in_place_zip(x: &[f32], y: &mut [f32], f: impl Fn(Lane, Lane) 
     let (xc, xt) = x.as_chunks::<LANES>();
     let (yc, yt) = y.as_chunks_mut::<LANES>();
     for (x, y) in xc.iter().zip(yc) {
-        *y = f(f32x8::new(*x), f32x8::new(*y)).to_array();
+        *y = f(Lane(*x), Lane(*y)).to_array();
     }
     if !xt.is_empty() {
         let r = f(tail_lane(xt, 0.0), tail_lane(yt, 0.0)).to_array();
@@ -318,7 +696,7 @@ pub(crate) fn map_in_place_zip(x: &[f32], y: &mut [f32], f: impl Fn(Lane, Lane) 
 /// Lane-wise `if m { a } else { b }` for a comparison mask `m`.
 #[inline(always)]
 pub(crate) fn select(m: Lane, a: Lane, b: Lane) -> Lane {
-    m.select(a, b)
+    (m & a) | (!m & b)
 }
 
 /// Comparison masks (all-ones lanes where true). NaN compares false.
@@ -354,7 +732,7 @@ pub(crate) fn is_nan(a: Lane) -> Lane {
 ///
 /// Comparisons are lane blends, not branches: on real data their outcome is random, and a
 /// mispredicted branch per element costs more than the rest of the loop.
-#[inline]
+#[inline(always)]
 pub(crate) fn window_max(
     x: &[f32],
     base: usize,
@@ -363,24 +741,24 @@ pub(crate) fn window_max(
     offs: &[usize],
 ) -> ([f32; LANES], [i32; LANES]) {
     let starts: [usize; LANES] = std::array::from_fn(|l| base + l.min(lanes - 1) * step);
-    let start_idx = i32x8::new(starts.map(|s| s as i32));
+    let start_idx = Ints(starts.map(|s| s as i32));
     let mut best = splat(f32::NEG_INFINITY);
-    let mut idx = start_idx + i32x8::splat(offs.first().map_or(0, |&o| o as i32));
+    let mut idx = start_idx + Ints::splat(offs.first().map_or(0, |&o| o as i32));
     for &off in offs {
-        let v = f32x8::new(std::array::from_fn(|l| x[starts[l] + off]));
+        let v = Lane(std::array::from_fn(|l| x[starts[l] + off]));
         let take = gt(v, best) | is_nan(v);
         best = select(take, v, best);
-        let take: i32x8 = wide::bytemuck::cast(take);
-        idx = take.select(start_idx + i32x8::splat(off as i32), idx);
+        let take = bits(take);
+        idx = (take & (start_idx + Ints::splat(off as i32))) | (!take & idx);
     }
-    (best.to_array(), idx.to_array())
+    (best.to_array(), idx.0)
 }
 
 /// Lane `r` = `x[(first + min(r, rows − 1))·stride + col]`: one column of up to eight rows of a
 /// row-major matrix (rows past `rows` repeat the last one).
 #[inline(always)]
 pub(crate) fn column(x: &[f32], first: usize, rows: usize, stride: usize, col: usize) -> Lane {
-    f32x8::new(std::array::from_fn(|r| {
+    Lane(std::array::from_fn(|r| {
         x[(first + r.min(rows - 1)) * stride + col]
     }))
 }
@@ -399,8 +777,8 @@ pub(crate) fn max_lanes(a: Lane, b: Lane) -> Lane {
 
 /// `2^n` for integer lanes `n` in `[-126, 127]`.
 #[inline(always)]
-fn pow2i(n: i32x8) -> Lane {
-    wide::bytemuck::cast((n + i32x8::splat(127)) << 23)
+fn pow2i(n: Ints) -> Lane {
+    from_bits((n + Ints::splat(127)) << 23)
 }
 
 /// `e^x`, relative error ≤ 2 ulp on the normal range; `+inf` above ~88.72, gradual underflow to
@@ -440,7 +818,7 @@ fn exp_split(x: Lane, lo: Option<Lane>) -> Lane {
     let p = p.mul_add(r * r, r) + splat(1.0);
     // Integer n sits in the low mantissa bits of t. Scale in two steps so n in [-150, 128]
     // never leaves the normal exponent range of either factor.
-    let ni: i32x8 = wide::bytemuck::cast::<Lane, i32x8>(t) - i32x8::splat(0x4B40_0000);
+    let ni = bits(t) - Ints::splat(0x4B40_0000);
     let n1 = ni >> 1;
     let y = p * pow2i(n1) * pow2i(ni - n1);
     select(is_nan(x), x, y)
@@ -474,12 +852,11 @@ pub(crate) fn ln(x: Lane) -> Lane {
     const SQRTHF: f32 = std::f32::consts::FRAC_1_SQRT_2;
     let sub = lt(x, splat(f32::MIN_POSITIVE));
     let xs = select(sub, x * splat(8_388_608.0), x); // 2^23
-    let bits: i32x8 = wide::bytemuck::cast(xs);
+    let b = bits(xs);
     // Exponent e and mantissa m in [0.5, 1).
-    let e = (bits >> 23) - i32x8::splat(126);
-    let m: Lane =
-        wide::bytemuck::cast((bits & i32x8::splat(0x007F_FFFF)) | i32x8::splat(0x3F00_0000));
-    let mut e = f32x8::from_i32x8(e) - select(sub, splat(23.0), splat(0.0));
+    let e = (b >> 23) - Ints::splat(126);
+    let m = from_bits((b & Ints::splat(0x007F_FFFF)) | Ints::splat(0x3F00_0000));
+    let mut e = e.to_f32() - select(sub, splat(23.0), splat(0.0));
     let small = lt(m, splat(SQRTHF));
     e -= select(small, splat(1.0), splat(0.0));
     let m = select(small, m + m, m) - splat(1.0);

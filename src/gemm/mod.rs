@@ -20,9 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static PORTABLE: AtomicBool = AtomicBool::new(false);
 
-/// Forces the portable path (`matrixmultiply`, explicit im2col) even where AVX2/FMA is available:
-/// for tests that cover both paths, and for comparisons. Results of the two paths differ in the
-/// last bits.
+/// Forces the portable path (`matrixmultiply`, explicit im2col, and the baseline variant of the
+/// element-wise kernels) even where AVX2/FMA is available: for tests that cover both paths, and
+/// for comparisons. GEMM and convolution results of the two paths differ in the last bits; the
+/// element-wise kernels give identical bits on both.
 pub fn force_portable(on: bool) {
     PORTABLE.store(on, Ordering::Relaxed);
 }
@@ -246,7 +247,8 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
             m.div_ceil(avx2::MR),
             work,
             crate::par::Items(c.data, rs * avx2::MR),
-            &|r, crate::par::Items(d, _)| {
+            #[inline(always)]
+            |r, crate::par::Items(d, _)| {
                 let rows = r.start * avx2::MR..(r.end * avx2::MR).min(m);
                 let a = MatRef {
                     data: a.data,
@@ -292,14 +294,19 @@ pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c
     if m <= FEW_ROWS && k > 0 && a.cs == 1 && b.rs == 1 {
         // A few rows against a B whose columns are contiguous (a dense layer's `x·Wᵀ` on one
         // sample): one dot product per element; packing B would copy all of it for one use.
-        for i in 0..m {
-            let a_i = &a.data[i * a.rs..][..k];
-            for j in 0..n {
-                let d = alpha * crate::simd::dot(a_i, &b.data[j * b.cs..][..k]);
-                let e = &mut c.data[i * c.rs + j * c.cs];
-                *e = if beta == 0.0 { d } else { d + beta * *e };
-            }
-        }
+        crate::simd::dispatch(
+            #[inline(always)]
+            || {
+                for i in 0..m {
+                    let a_i = &a.data[i * a.rs..][..k];
+                    for j in 0..n {
+                        let d = alpha * crate::simd::dot(a_i, &b.data[j * b.cs..][..k]);
+                        let e = &mut c.data[i * c.rs + j * c.cs];
+                        *e = if beta == 0.0 { d } else { d + beta * *e };
+                    }
+                }
+            },
+        );
         return;
     }
     if packed::enabled() && (c.cs == 1 || c.rs == 1) {

@@ -158,9 +158,20 @@ pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) -> Result<(
     const OP: &str = "activation_forward";
     act.validate(OP)?;
     check_len(OP, "y", y, x.len())?;
-    par::for_each_block(x.len(), act.cost(), Items(y, BLOCK), &|r, Items(y, _)| {
-        simd::map(&x[r], y, |v| act.forward_lane(v));
-    });
+    par::for_each_block(
+        x.len(),
+        act.cost(),
+        Items(y, BLOCK),
+        #[inline(always)]
+        |r, Items(y, _)| {
+            simd::map(
+                &x[r],
+                y,
+                #[inline(always)]
+                |v| act.forward_lane(v),
+            );
+        },
+    );
     Ok(())
 }
 
@@ -183,38 +194,84 @@ pub fn activation_backward(
     check_len(OP, "y", y, x.len())?;
     check_len(OP, "dy", dy, x.len())?;
     check_len(OP, "dx", dx, x.len())?;
-    par::for_each_block(x.len(), act.cost(), Items(dx, BLOCK), &|r, Items(dx, _)| {
-        let (x, y, dy) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-        let z = splat(0.0);
-        // One loop per activation, reading only the operand it needs (x, or y for sigmoid and
-        // tanh) and, when overwriting, not reading dx: this pass is bound by memory traffic.
-        match act {
-            Activation::Sigmoid => backward_from(y, dy, dx, accum, |y, d| {
-                Activation::Sigmoid.backward_lane(z, y, d)
-            }),
-            Activation::Tanh => backward_from(y, dy, dx, accum, |y, d| {
-                Activation::Tanh.backward_lane(z, y, d)
-            }),
-            Activation::Relu => backward_from(x, dy, dx, accum, |x, d| {
-                Activation::Relu.backward_lane(x, z, d)
-            }),
-            a @ Activation::LeakyRelu { .. } => {
-                backward_from(x, dy, dx, accum, |x, d| a.backward_lane(x, z, d))
+    par::for_each_block(
+        x.len(),
+        act.cost(),
+        Items(dx, BLOCK),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            let (x, y, dy) = (&x[r.clone()], &y[r.clone()], &dy[r]);
+            let z = splat(0.0);
+            // One loop per activation, reading only the operand it needs (x, or y for sigmoid and
+            // tanh) and, when overwriting, not reading dx: this pass is bound by memory traffic.
+            match act {
+                Activation::Sigmoid => backward_from(
+                    y,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |y, d| Activation::Sigmoid.backward_lane(z, y, d),
+                ),
+                Activation::Tanh => backward_from(
+                    y,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |y, d| Activation::Tanh.backward_lane(z, y, d),
+                ),
+                Activation::Relu => backward_from(
+                    x,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |x, d| Activation::Relu.backward_lane(x, z, d),
+                ),
+                a @ Activation::LeakyRelu { .. } => backward_from(
+                    x,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |x, d| a.backward_lane(x, z, d),
+                ),
+                a @ Activation::Elu { .. } => backward_from(
+                    x,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |x, d| a.backward_lane(x, z, d),
+                ),
+                a @ Activation::Softplus { .. } => backward_from(
+                    x,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |x, d| a.backward_lane(x, z, d),
+                ),
+                Activation::Gelu => backward_from(
+                    x,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |x, d| Activation::Gelu.backward_lane(x, z, d),
+                ),
+                Activation::GeluTanh => backward_from(
+                    x,
+                    dy,
+                    dx,
+                    accum,
+                    #[inline(always)]
+                    |x, d| Activation::GeluTanh.backward_lane(x, z, d),
+                ),
             }
-            a @ Activation::Elu { .. } => {
-                backward_from(x, dy, dx, accum, |x, d| a.backward_lane(x, z, d))
-            }
-            a @ Activation::Softplus { .. } => {
-                backward_from(x, dy, dx, accum, |x, d| a.backward_lane(x, z, d))
-            }
-            Activation::Gelu => backward_from(x, dy, dx, accum, |x, d| {
-                Activation::Gelu.backward_lane(x, z, d)
-            }),
-            Activation::GeluTanh => backward_from(x, dy, dx, accum, |x, d| {
-                Activation::GeluTanh.backward_lane(x, z, d)
-            }),
-        }
-    });
+        },
+    );
     Ok(())
 }
 
@@ -229,7 +286,13 @@ fn backward_from(
 ) {
     match accum {
         Accum::Replace => simd::zip_map(a, dy, dx, f),
-        Accum::Add => simd::zip_map_acc(a, dy, dx, |a, d, old| old + f(a, d)),
+        Accum::Add => simd::zip_map_acc(
+            a,
+            dy,
+            dx,
+            #[inline(always)]
+            |a, d, old| old + f(a, d),
+        ),
     }
 }
 
@@ -263,12 +326,16 @@ pub fn prelu_forward(shape: Shape4, x: &[f32], a: &[f32], y: &mut [f32]) -> Resu
         shape.n * shape.c,
         len,
         Items(y, plane),
-        &|r, Items(y, _)| {
+        #[inline(always)]
+        |r, Items(y, _)| {
             for (p, y_p) in r.zip(y.chunks_exact_mut(plane)) {
                 let av = splat(a[if a.len() == 1 { 0 } else { p % shape.c }]);
-                simd::map(&x[p * plane..][..plane], y_p, |x| {
-                    select(gt(x, splat(0.0)), x, x * av)
-                });
+                simd::map(
+                    &x[p * plane..][..plane],
+                    y_p,
+                    #[inline(always)]
+                    |x| select(gt(x, splat(0.0)), x, x * av),
+                );
             }
             Ok(())
         },
@@ -300,39 +367,70 @@ pub fn prelu_backward(
     if plane == 0 {
         return Ok(());
     }
-    par::for_each(shape.n * c, len, Items(dx, plane), &|r, Items(dx, _)| {
-        for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
-            let av = splat(a[if a.len() == 1 { 0 } else { p % c }]);
-            let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
-            simd::zip_map_acc(x_p, dy_p, dx_p, |x, dy, old| {
-                accum.lanes(old, select(gt(x, splat(0.0)), dy, dy * av))
-            });
-        }
-        Ok(())
-    })?;
+    par::for_each(
+        shape.n * c,
+        len,
+        Items(dx, plane),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
+                let av = splat(a[if a.len() == 1 { 0 } else { p % c }]);
+                let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
+                simd::zip_map_acc(
+                    x_p,
+                    dy_p,
+                    dx_p,
+                    #[inline(always)]
+                    |x, dy, old| accum.lanes(old, select(gt(x, splat(0.0)), dy, dy * av)),
+                );
+            }
+            Ok(())
+        },
+    )?;
     // da: per channel, summed over the batch in order (one thread per channel).
-    let channel_sum = |ch: usize| -> f64 {
-        (0..shape.n)
-            .map(|i| {
+    let channel_sum = simd::inlined(
+        #[inline(always)]
+        |ch: usize| -> f64 {
+            let mut s = 0.0;
+            for i in 0..shape.n {
                 let at = (i * c + ch) * plane;
                 let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
-                simd::sum_zip(x_p, dy_p, |x, dy| {
-                    select(gt(x, splat(0.0)), splat(0.0), x * dy)
-                }) as f64
-            })
-            .sum()
-    };
+                s += simd::sum_zip(
+                    x_p,
+                    dy_p,
+                    #[inline(always)]
+                    |x, dy| select(gt(x, splat(0.0)), splat(0.0), x * dy),
+                ) as f64;
+            }
+            s
+        },
+    );
     if a.len() == 1 {
-        let s: f64 = (0..c).map(channel_sum).sum();
+        let s: f64 = simd::dispatch(
+            #[inline(always)]
+            || {
+                let mut s = 0.0;
+                for ch in 0..c {
+                    s += channel_sum(ch);
+                }
+                s
+            },
+        );
         da[0] = accum.apply(da[0], s as f32);
         return Ok(());
     }
-    par::for_each(c, len, Items(da, 1), &|r, Items(da, _)| {
-        for (ch, d) in r.zip(da.iter_mut()) {
-            *d = accum.apply(*d, channel_sum(ch) as f32);
-        }
-        Ok(())
-    })
+    par::for_each(
+        c,
+        len,
+        Items(da, 1),
+        #[inline(always)]
+        |r, Items(da, _)| {
+            for (ch, d) in r.zip(da.iter_mut()) {
+                *d = accum.apply(*d, channel_sum(ch) as f32);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// RReLU in training mode, as `torch.nn.functional.rrelu(x, lower, upper, training=True)`:
@@ -365,21 +463,23 @@ pub fn rrelu_forward_train(
     }
     check_len(OP, "y", y, x.len())?;
     check_len(OP, "noise", noise, x.len())?;
-    par::for_each_block(x.len(), 4, (Items(y, BLOCK), Items(noise, BLOCK)), &|r,
-                                                                              (
-        Items(y, _),
-        Items(noise, _),
-    )| {
-        for (((i, &xv), yv), nv) in r.clone().zip(&x[r]).zip(y).zip(noise) {
-            let s = if xv <= 0.0 {
-                lower + (upper - lower) * uniform_at(seed, i as u64)
-            } else {
-                1.0
-            };
-            *nv = s;
-            *yv = xv * s;
-        }
-    });
+    par::for_each_block(
+        x.len(),
+        4,
+        (Items(y, BLOCK), Items(noise, BLOCK)),
+        #[inline(always)]
+        |r, (Items(y, _), Items(noise, _))| {
+            for (((i, &xv), yv), nv) in r.clone().zip(&x[r]).zip(y).zip(noise) {
+                let s = if xv <= 0.0 {
+                    lower + (upper - lower) * uniform_at(seed, i as u64)
+                } else {
+                    1.0
+                };
+                *nv = s;
+                *yv = xv * s;
+            }
+        },
+    );
     Ok(())
 }
 
@@ -401,10 +501,20 @@ pub(crate) fn mask_backward(
 ) -> Result<()> {
     check_len(op, "dy", dy, mask.len())?;
     check_len(op, "dx", dx, mask.len())?;
-    par::for_each_block(mask.len(), 1, Items(dx, BLOCK), &|r, Items(dx, _)| {
-        simd::zip_map_acc(&mask[r.clone()], &dy[r], dx, |m, d, old| {
-            accum.lanes(old, m * d)
-        });
-    });
+    par::for_each_block(
+        mask.len(),
+        1,
+        Items(dx, BLOCK),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            simd::zip_map_acc(
+                &mask[r.clone()],
+                &dy[r],
+                dx,
+                #[inline(always)]
+                |m, d, old| accum.lanes(old, m * d),
+            );
+        },
+    );
     Ok(())
 }

@@ -121,13 +121,21 @@ pub fn dense_forward(
     };
     if g.n == 1 {
         // One row: split the output features instead of the batch.
-        par::for_each(out, g.work(), Items(y, 1), &|c, Items(y, _)| {
-            block(0..1, c, y)
-        })
+        par::for_each(
+            out,
+            g.work(),
+            Items(y, 1),
+            #[inline(always)]
+            |c, Items(y, _)| block(0..1, c, y),
+        )
     } else {
-        par::for_each(g.n, g.work(), Items(y, out), &|r, Items(y, _)| {
-            block(r, 0..out, y)
-        })
+        par::for_each(
+            g.n,
+            g.work(),
+            Items(y, out),
+            #[inline(always)]
+            |r, Items(y, _)| block(r, 0..out, y),
+        )
     }
 }
 
@@ -161,13 +169,21 @@ pub fn dense_backward_data(
         )
     };
     if g.n == 1 {
-        par::for_each(inp, g.work(), Items(dx, 1), &|c, Items(dx, _)| {
-            block(0..1, c, dx)
-        })
+        par::for_each(
+            inp,
+            g.work(),
+            Items(dx, 1),
+            #[inline(always)]
+            |c, Items(dx, _)| block(0..1, c, dx),
+        )
     } else {
-        par::for_each(g.n, g.work(), Items(dx, inp), &|r, Items(dx, _)| {
-            block(r, 0..inp, dx)
-        })
+        par::for_each(
+            g.n,
+            g.work(),
+            Items(dx, inp),
+            #[inline(always)]
+            |r, Items(dx, _)| block(r, 0..inp, dx),
+        )
     }
 }
 
@@ -197,10 +213,16 @@ pub fn dense_backward_weights(
         bias_backward(g.n, g.out, 1, dy, db, accum);
     }
     let (inp, out, n, beta) = (g.inp, g.out, g.n, accum.beta());
-    par::for_each(out, g.work(), Items(dw, inp), &|o, Items(dw, _)| {
-        // dyᵀ restricted to rows o: element (j, i) = dy[i, j].
-        let a = MatRef::new(&dy[o.start..], o.len(), n, 1, out)?;
-        let b = MatRef::row_major(x, n, inp)?;
-        sgemm(1.0, a, b, beta, MatMut::row_major(dw, o.len(), inp)?)
-    })
+    par::for_each(
+        out,
+        g.work(),
+        Items(dw, inp),
+        #[inline(always)]
+        |o, Items(dw, _)| {
+            // dyᵀ restricted to rows o: element (j, i) = dy[i, j].
+            let a = MatRef::new(&dy[o.start..], o.len(), n, 1, out)?;
+            let b = MatRef::row_major(x, n, inp)?;
+            sgemm(1.0, a, b, beta, MatMut::row_major(dw, o.len(), inp)?)
+        },
+    )
 }

@@ -75,30 +75,42 @@ pub fn cross_entropy_loss(
     };
     let inv_rows = 1.0 / rows as f32;
     let narrow = classes <= NARROW;
-    let total = par::sum_over_rows(rows, classes, logits.len() * 20, out, &|rr, out| {
-        if narrow {
-            return ce_narrow(logits, labels, classes, eps, inv_rows, rr, out);
-        }
-        let mut s = 0.0f64;
-        for (k, i) in rr.enumerate() {
-            let x = &logits[i * classes..][..classes];
-            let label = labels[i] as usize;
-            let lse = log_sum_exp(x);
-            let smooth = if eps > 0.0 {
-                eps * (simd::sum(x) / classes as f32)
-            } else {
-                0.0
-            };
-            s += (lse - (1.0 - eps) * x[label] - smooth) as f64;
-            if !out.is_empty() {
-                let d = &mut out[k * classes..][..classes];
-                let (l, sc, off) = (splat(lse), splat(inv_rows), splat(eps / classes as f32));
-                simd::map(x, d, |v| (simd::exp(v - l) - off) * sc);
-                d[label] -= (1.0 - eps) * inv_rows;
+    let total = par::sum_over_rows(
+        rows,
+        classes,
+        logits.len() * 20,
+        out,
+        #[inline(always)]
+        |rr, out| {
+            if narrow {
+                return ce_narrow(logits, labels, classes, eps, inv_rows, rr, out);
             }
-        }
-        s
-    });
+            let mut s = 0.0f64;
+            for (k, i) in rr.enumerate() {
+                let x = &logits[i * classes..][..classes];
+                let label = labels[i] as usize;
+                let lse = log_sum_exp(x);
+                let smooth = if eps > 0.0 {
+                    eps * (simd::sum(x) / classes as f32)
+                } else {
+                    0.0
+                };
+                s += (lse - (1.0 - eps) * x[label] - smooth) as f64;
+                if !out.is_empty() {
+                    let d = &mut out[k * classes..][..classes];
+                    let (l, sc, off) = (splat(lse), splat(inv_rows), splat(eps / classes as f32));
+                    simd::map(
+                        x,
+                        d,
+                        #[inline(always)]
+                        |v| (simd::exp(v - l) - off) * sc,
+                    );
+                    d[label] -= (1.0 - eps) * inv_rows;
+                }
+            }
+            s
+        },
+    );
     Ok((total / rows as f64) as f32)
 }
 
@@ -109,6 +121,7 @@ const NARROW: usize = 32;
 /// rows (ten classes, say) a row per lane does one vector `exp` per eight elements, where a lane
 /// per row would be mostly padding. Every row takes this path whatever the split over threads,
 /// so results do not depend on it. Returns the sum of the row losses, in row order.
+#[inline(always)]
 fn ce_narrow(
     logits: &[f32],
     labels: &[u32],
@@ -188,13 +201,31 @@ pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Resu
     let n = pred.len();
     let scale = splat(2.0 / n as f32);
     let out: &mut [f32] = dpred.unwrap_or_default();
-    let total = par::sum_over_rows(n, 1, n * 3, out, &|r, out| {
-        let (p, t) = (&pred[r.clone()], &target[r]);
-        if !out.is_empty() {
-            simd::zip_map(p, t, out, |p, t| (p - t) * scale);
-        }
-        simd::sum_zip(p, t, |p, t| (p - t) * (p - t)) as f64
-    });
+    let total = par::sum_over_rows(
+        n,
+        1,
+        n * 3,
+        out,
+        #[inline(always)]
+        |r, out| {
+            let (p, t) = (&pred[r.clone()], &target[r]);
+            if !out.is_empty() {
+                simd::zip_map(
+                    p,
+                    t,
+                    out,
+                    #[inline(always)]
+                    |p, t| (p - t) * scale,
+                );
+            }
+            simd::sum_zip(
+                p,
+                t,
+                #[inline(always)]
+                |p, t| (p - t) * (p - t),
+            ) as f64
+        },
+    );
     Ok((total / n as f64) as f32)
 }
 
@@ -215,16 +246,35 @@ pub fn bce_with_logits_loss(
     let n = logits.len();
     let scale = splat(1.0 / n as f32);
     let out: &mut [f32] = dlogits.unwrap_or_default();
-    let total = par::sum_over_rows(n, 1, n * 20, out, &|r, out| {
-        let (x, t) = (&logits[r.clone()], &target[r]);
-        if !out.is_empty() {
-            simd::zip_map(x, t, out, |x, t| (simd::sigmoid(x) - t) * scale);
-        }
-        // Pad the lane tail with (x, t) = (f32::MIN, 0), whose term is exactly 0.
-        simd::sum_zip_padded(x, t, (f32::MIN, 0.0), |x, t| {
-            let soft = simd::ln_1p(simd::exp(-x.abs()));
-            x.fast_max(splat(0.0)) - x * t + soft
-        }) as f64
-    });
+    let total = par::sum_over_rows(
+        n,
+        1,
+        n * 20,
+        out,
+        #[inline(always)]
+        |r, out| {
+            let (x, t) = (&logits[r.clone()], &target[r]);
+            if !out.is_empty() {
+                simd::zip_map(
+                    x,
+                    t,
+                    out,
+                    #[inline(always)]
+                    |x, t| (simd::sigmoid(x) - t) * scale,
+                );
+            }
+            // Pad the lane tail with (x, t) = (f32::MIN, 0), whose term is exactly 0.
+            simd::sum_zip_padded(
+                x,
+                t,
+                (f32::MIN, 0.0),
+                #[inline(always)]
+                |x, t| {
+                    let soft = simd::ln_1p(simd::exp(-x.abs()));
+                    x.fast_max(splat(0.0)) - x * t + soft
+                },
+            ) as f64
+        },
+    );
     Ok((total / n as f64) as f32)
 }

@@ -91,12 +91,20 @@ pub fn batch_norm_forward_train(
         c,
         2 * len,
         (Items(save_mean, 1), Items(save_invstd, 1)),
-        &|r, (Items(mean, _), Items(inv, _))| {
+        #[inline(always)]
+        |r, (Items(mean, _), Items(inv, _))| {
             for ((ch, mo), io) in r.zip(mean.iter_mut()).zip(inv.iter_mut()) {
-                let planes = (0..shape.n).map(|i| &x[(i * c + ch) * plane..][..plane]);
-                let s: f64 = planes.clone().map(|p| simd::sum(p) as f64).sum();
+                let at = |i: usize| &x[(i * c + ch) * plane..][..plane];
+                // Plain loops: an iterator's `fold` would keep the lane code out of line.
+                let mut s = 0.0f64;
+                for i in 0..shape.n {
+                    s += simd::sum(at(i)) as f64;
+                }
                 let mean = (s / m as f64) as f32;
-                let ss: f64 = planes.map(|p| simd::sum_sq_dev(p, mean) as f64).sum();
+                let mut ss = 0.0f64;
+                for i in 0..shape.n {
+                    ss += simd::sum_sq_dev(at(i), mean) as f64;
+                }
                 *mo = mean;
                 // Biased variance for normalisation; stored here until the running update.
                 *io = (ss / m as f64) as f32;
@@ -169,13 +177,19 @@ fn normalize(
         shape.n * c,
         y.len() * 2,
         Items(y, plane),
-        &|r, Items(y, _)| {
+        #[inline(always)]
+        |r, Items(y, _)| {
             for (p, y_p) in r.zip(y.chunks_exact_mut(plane)) {
                 let ch = p % c;
                 let scale = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
                 let shift = beta.map_or(0.0, |b| b[ch]) - mean[ch] * scale;
                 let (a, b) = (splat(scale), splat(shift));
-                simd::map(&x[p * plane..][..plane], y_p, |v| v.mul_add(a, b));
+                simd::map(
+                    &x[p * plane..][..plane],
+                    y_p,
+                    #[inline(always)]
+                    |v| v.mul_add(a, b),
+                );
             }
             Ok(())
         },
@@ -227,7 +241,8 @@ pub fn batch_norm_backward(
         c,
         2 * len,
         (Items(&mut *sum_dy, 1), Items(&mut *sum_dy_xhat, 1)),
-        &|r, (Items(sd, _), Items(sdx, _))| {
+        #[inline(always)]
+        |r, (Items(sd, _), Items(sdx, _))| {
             for ((ch, a), b) in r.zip(sd.iter_mut()).zip(sdx.iter_mut()) {
                 let (mut s1, mut s2) = (0.0f64, 0.0f64);
                 for i in 0..shape.n {
@@ -235,7 +250,12 @@ pub fn batch_norm_backward(
                     let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
                     let mean = splat(save_mean[ch]);
                     s1 += simd::sum(dy_p) as f64;
-                    s2 += simd::sum_zip(x_p, dy_p, |x, d| (x - mean) * d) as f64;
+                    s2 += simd::sum_zip(
+                        x_p,
+                        dy_p,
+                        #[inline(always)]
+                        |x, d| (x - mean) * d,
+                    ) as f64;
                 }
                 *a = s1 as f32;
                 // Σ dy·x̂ = invstd · Σ dy·(x − mean)
@@ -265,7 +285,8 @@ pub fn batch_norm_backward(
         shape.n * c,
         len * 3,
         Items(dx, plane),
-        &|r, Items(dx, _)| {
+        #[inline(always)]
+        |r, Items(dx, _)| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
                 let ch = p % c;
                 let inv = save_invstd[ch];
@@ -276,12 +297,22 @@ pub fn batch_norm_backward(
                     let a = splat(sum_dy[ch] / m);
                     let b = splat(inv * sum_dy_xhat[ch] / m);
                     let (mean, kv) = (splat(save_mean[ch]), splat(k));
-                    simd::zip_map_acc(x_p, dy_p, dx_p, |x, d, old| {
-                        accum.lanes(old, kv * (x - mean).mul_neg_add(b, d - a))
-                    });
+                    simd::zip_map_acc(
+                        x_p,
+                        dy_p,
+                        dx_p,
+                        #[inline(always)]
+                        |x, d, old| accum.lanes(old, kv * (x - mean).mul_neg_add(b, d - a)),
+                    );
                 } else {
                     let kv = splat(k);
-                    simd::zip_map_acc(x_p, dy_p, dx_p, |_, d, old| accum.lanes(old, kv * d));
+                    simd::zip_map_acc(
+                        x_p,
+                        dy_p,
+                        dx_p,
+                        #[inline(always)]
+                        |_, d, old| accum.lanes(old, kv * d),
+                    );
                 }
             }
             Ok(())
@@ -320,7 +351,8 @@ pub fn layer_norm_forward(
         rows,
         x.len() * 4,
         (Items(y, d), Items(save_mean, 1), Items(save_invstd, 1)),
-        &|r, (Items(y, _), Items(mean, _), Items(inv, _))| {
+        #[inline(always)]
+        |r, (Items(y, _), Items(mean, _), Items(inv, _))| {
             for (((i, y_r), mo), io) in r.zip(y.chunks_exact_mut(d)).zip(mean).zip(inv) {
                 let x_r = &x[i * d..][..d];
                 let mean = (simd::sum(x_r) as f64 / d as f64) as f32;
@@ -328,12 +360,27 @@ pub fn layer_norm_forward(
                 let invstd = 1.0 / (var + eps).sqrt();
                 (*mo, *io) = (mean, invstd);
                 let (mv, iv) = (splat(mean), splat(invstd));
-                simd::map(x_r, y_r, |v| (v - mv) * iv);
+                simd::map(
+                    x_r,
+                    y_r,
+                    #[inline(always)]
+                    |v| (v - mv) * iv,
+                );
                 if let Some(g) = gamma {
-                    simd::map_in_place_zip(g, y_r, |g, y| y * g);
+                    simd::map_in_place_zip(
+                        g,
+                        y_r,
+                        #[inline(always)]
+                        |g, y| y * g,
+                    );
                 }
                 if let Some(b) = beta {
-                    simd::map_in_place_zip(b, y_r, |b, y| y + b);
+                    simd::map_in_place_zip(
+                        b,
+                        y_r,
+                        #[inline(always)]
+                        |b, y| y + b,
+                    );
                 }
             }
             Ok(())
@@ -383,51 +430,93 @@ pub fn layer_norm_backward(
     check_len(OP, "save_invstd", save_invstd, rows)?;
     check_len(OP, "dy", dy, x.len())?;
     check_len(OP, "dx", dx, x.len())?;
-    par::for_each(rows, x.len() * 6, Items(dx, d), &|r, Items(dx, _)| {
-        for (i, dx_r) in r.zip(dx.chunks_exact_mut(d)) {
-            let (x_r, dy_r) = (&x[i * d..][..d], &dy[i * d..][..d]);
-            let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
-            // a = mean(g), b = mean(g·x̂), with g = dy·γ.
-            let (sa, sb) = match gamma {
-                Some(gm) => (
-                    simd::dot(dy_r, gm),
-                    weighted_xhat_sum(x_r, dy_r, Some(gm), mv, iv),
-                ),
-                None => (simd::sum(dy_r), weighted_xhat_sum(x_r, dy_r, None, mv, iv)),
-            };
-            let (a, b) = (splat(sa / d as f32), splat(sb / d as f32));
-            match gamma {
-                Some(gm) => {
-                    // dx = invstd·(dy·γ − a − x̂·b), lane by lane over (x, dy, γ).
-                    simd::zip3_map_acc(x_r, dy_r, gm, dx_r, |x, dy, g, old| {
-                        let xh = (x - mv) * iv;
-                        accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
-                    });
+    par::for_each(
+        rows,
+        x.len() * 6,
+        Items(dx, d),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            for (i, dx_r) in r.zip(dx.chunks_exact_mut(d)) {
+                let (x_r, dy_r) = (&x[i * d..][..d], &dy[i * d..][..d]);
+                let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
+                // a = mean(g), b = mean(g·x̂), with g = dy·γ.
+                let (sa, sb) = match gamma {
+                    Some(gm) => (
+                        simd::dot(dy_r, gm),
+                        weighted_xhat_sum(x_r, dy_r, Some(gm), mv, iv),
+                    ),
+                    None => (simd::sum(dy_r), weighted_xhat_sum(x_r, dy_r, None, mv, iv)),
+                };
+                let (a, b) = (splat(sa / d as f32), splat(sb / d as f32));
+                match gamma {
+                    Some(gm) => {
+                        // dx = invstd·(dy·γ − a − x̂·b), lane by lane over (x, dy, γ).
+                        simd::zip3_map_acc(
+                            x_r,
+                            dy_r,
+                            gm,
+                            dx_r,
+                            #[inline(always)]
+                            |x, dy, g, old| {
+                                let xh = (x - mv) * iv;
+                                accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
+                            },
+                        );
+                    }
+                    None => simd::zip_map_acc(
+                        x_r,
+                        dy_r,
+                        dx_r,
+                        #[inline(always)]
+                        |x, dy, old| {
+                            let xh = (x - mv) * iv;
+                            accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
+                        },
+                    ),
                 }
-                None => simd::zip_map_acc(x_r, dy_r, dx_r, |x, dy, old| {
-                    let xh = (x - mv) * iv;
-                    accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
-                }),
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     // γ/β gradients: split over columns; each column sums its rows in order.
     if let Some(dg) = dgamma {
         check_len(OP, "dgamma", dg, d)?;
-        column_sums(d, rows, dg, accum, &|i, jr, dst| {
-            let (x_r, dy_r) = (&x[i * d..][jr.clone()], &dy[i * d..][jr]);
-            let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
-            simd::zip_map_acc(x_r, dy_r, dst, |x, dy, acc| {
-                ((x - mv) * iv).mul_add(dy, acc)
-            });
-        })?;
+        column_sums(
+            d,
+            rows,
+            dg,
+            accum,
+            #[inline(always)]
+            |i, jr, dst| {
+                let (x_r, dy_r) = (&x[i * d..][jr.clone()], &dy[i * d..][jr]);
+                let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
+                simd::zip_map_acc(
+                    x_r,
+                    dy_r,
+                    dst,
+                    #[inline(always)]
+                    |x, dy, acc| ((x - mv) * iv).mul_add(dy, acc),
+                );
+            },
+        )?;
     }
     if let Some(db) = dbeta {
         check_len(OP, "dbeta", db, d)?;
-        column_sums(d, rows, db, accum, &|i, jr, dst| {
-            simd::map_in_place_zip(&dy[i * d..][jr], dst, |dy, acc| acc + dy)
-        })?;
+        column_sums(
+            d,
+            rows,
+            db,
+            accum,
+            #[inline(always)]
+            |i, jr, dst| {
+                simd::map_in_place_zip(
+                    &dy[i * d..][jr],
+                    dst,
+                    #[inline(always)]
+                    |dy, acc| acc + dy,
+                )
+            },
+        )?;
     }
     Ok(())
 }
@@ -440,20 +529,27 @@ fn column_sums(
     rows: usize,
     dst: &mut [f32],
     accum: Accum,
-    add_row: &(impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync),
+    add_row: impl Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
 ) -> Result<()> {
-    par::for_each(d, rows * d * 2, Items(dst, 1), &|jr, Items(dst, _)| {
-        if accum == Accum::Replace {
-            dst.fill(0.0);
-        }
-        for i in 0..rows {
-            add_row(i, jr.clone(), dst);
-        }
-        Ok(())
-    })
+    par::for_each(
+        d,
+        rows * d * 2,
+        Items(dst, 1),
+        #[inline(always)]
+        |jr, Items(dst, _)| {
+            if accum == Accum::Replace {
+                dst.fill(0.0);
+            }
+            for i in 0..rows {
+                add_row(i, jr.clone(), dst);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// `Σ_j dy_j·γ_j·x̂_j` of one row (`γ = 1` when absent).
+#[inline(always)]
 fn weighted_xhat_sum(
     x: &[f32],
     dy: &[f32],
@@ -462,8 +558,19 @@ fn weighted_xhat_sum(
     invstd: simd::Lane,
 ) -> f32 {
     match gamma {
-        None => simd::sum_zip(x, dy, |x, d| (x - mean) * invstd * d),
-        Some(g) => simd::sum_zip3(x, dy, g, |x, d, g| (x - mean) * invstd * d * g),
+        None => simd::sum_zip(
+            x,
+            dy,
+            #[inline(always)]
+            |x, d| (x - mean) * invstd * d,
+        ),
+        Some(g) => simd::sum_zip3(
+            x,
+            dy,
+            g,
+            #[inline(always)]
+            |x, d, g| (x - mean) * invstd * d * g,
+        ),
     }
 }
 
@@ -492,17 +599,19 @@ pub fn dropout_forward_train(
     check_len(OP, "y", y, x.len())?;
     check_len(OP, "mask", mask, x.len())?;
     let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
-    par::for_each_block(x.len(), 4, (Items(y, BLOCK), Items(mask, BLOCK)), &|r,
-                                                                             (
-        Items(y, _),
-        Items(mask, _),
-    )| {
-        for (((i, &xv), yv), mv) in r.clone().zip(&x[r]).zip(y).zip(mask) {
-            let keep = uniform_at(seed, i as u64) >= p;
-            *mv = if keep { scale } else { 0.0 };
-            *yv = xv * *mv;
-        }
-    });
+    par::for_each_block(
+        x.len(),
+        4,
+        (Items(y, BLOCK), Items(mask, BLOCK)),
+        #[inline(always)]
+        |r, (Items(y, _), Items(mask, _))| {
+            for (((i, &xv), yv), mv) in r.clone().zip(&x[r]).zip(y).zip(mask) {
+                let keep = uniform_at(seed, i as u64) >= p;
+                *mv = if keep { scale } else { 0.0 };
+                *yv = xv * *mv;
+            }
+        },
+    );
     Ok(())
 }
 

@@ -52,57 +52,60 @@ pub fn max_pool2d_forward(
     // Output columns whose windows lie inside the input.
     let ow_lo = p_w.div_ceil(s_w).min(out_w);
     let ow_hi = ((in_w + p_w).saturating_sub(kw) / s_w + 1).clamp(ow_lo, out_w);
-    let plane = |x_p: &[f32], y_p: &mut [f32], mut a_p: Option<&mut [u32]>| {
-        // One output by scalar comparisons (windows clipped by padding).
-        let scalar = |ow: usize, h0: usize, h1: usize| {
-            let (w0, w1, _) = g.window(1, ow);
-            let mut best = f32::NEG_INFINITY;
-            let mut idx = h0 * in_w + w0;
-            for ih in h0..h1 {
-                let row = &x_p[ih * in_w..][w0..w1];
-                for (k, &v) in row.iter().enumerate() {
-                    if v > best || v.is_nan() {
-                        best = v;
-                        idx = ih * in_w + w0 + k;
+    let plane = simd::inlined(
+        #[inline(always)]
+        |x_p: &[f32], y_p: &mut [f32], mut a_p: Option<&mut [u32]>| {
+            // One output by scalar comparisons (windows clipped by padding).
+            let scalar = |ow: usize, h0: usize, h1: usize| {
+                let (w0, w1, _) = g.window(1, ow);
+                let mut best = f32::NEG_INFINITY;
+                let mut idx = h0 * in_w + w0;
+                for ih in h0..h1 {
+                    let row = &x_p[ih * in_w..][w0..w1];
+                    for (k, &v) in row.iter().enumerate() {
+                        if v > best || v.is_nan() {
+                            best = v;
+                            idx = ih * in_w + w0 + k;
+                        }
                     }
                 }
-            }
-            (best, idx as u32)
-        };
-        for oh in 0..g.out_h() {
-            let (h0, h1, _) = g.window(0, oh);
-            let y_row = &mut y_p[oh * out_w..][..out_w];
-            let mut a_row = a_p.as_deref_mut().map(|a| &mut a[oh * out_w..][..out_w]);
-            let mut put_scalar = |ows: std::ops::Range<usize>| {
-                for ow in ows {
-                    let (v, i) = scalar(ow, h0, h1);
-                    y_row[ow] = v;
-                    if let Some(a) = a_row.as_deref_mut() {
-                        a[ow] = i;
-                    }
-                }
+                (best, idx as u32)
             };
-            if !lane_path || h1 - h0 != kh {
-                put_scalar(0..out_w);
-                continue;
-            }
-            put_scalar(0..ow_lo);
-            put_scalar(ow_hi..out_w);
-            let mut ow = ow_lo;
-            while ow < ow_hi {
-                let lanes = (ow_hi - ow).min(simd::LANES);
-                let base = h0 * in_w + ow * s_w - p_w;
-                let (v, i) = simd::window_max(x_p, base, s_w, lanes, offs);
-                y_row[ow..ow + lanes].copy_from_slice(&v[..lanes]);
-                if let Some(a) = a_row.as_deref_mut() {
-                    for (a, &i) in a[ow..ow + lanes].iter_mut().zip(&i) {
-                        *a = i as u32;
+            for oh in 0..g.out_h() {
+                let (h0, h1, _) = g.window(0, oh);
+                let y_row = &mut y_p[oh * out_w..][..out_w];
+                let mut a_row = a_p.as_deref_mut().map(|a| &mut a[oh * out_w..][..out_w]);
+                let mut put_scalar = |ows: std::ops::Range<usize>| {
+                    for ow in ows {
+                        let (v, i) = scalar(ow, h0, h1);
+                        y_row[ow] = v;
+                        if let Some(a) = a_row.as_deref_mut() {
+                            a[ow] = i;
+                        }
                     }
+                };
+                if !lane_path || h1 - h0 != kh {
+                    put_scalar(0..out_w);
+                    continue;
                 }
-                ow += lanes;
+                put_scalar(0..ow_lo);
+                put_scalar(ow_hi..out_w);
+                let mut ow = ow_lo;
+                while ow < ow_hi {
+                    let lanes = (ow_hi - ow).min(simd::LANES);
+                    let base = h0 * in_w + ow * s_w - p_w;
+                    let (v, i) = simd::window_max(x_p, base, s_w, lanes, offs);
+                    y_row[ow..ow + lanes].copy_from_slice(&v[..lanes]);
+                    if let Some(a) = a_row.as_deref_mut() {
+                        for (a, &i) in a[ow..ow + lanes].iter_mut().zip(&i) {
+                            *a = i as u32;
+                        }
+                    }
+                    ow += lanes;
+                }
             }
-        }
-    };
+        },
+    );
     match argmax {
         Some(a) => {
             check_len(OP, "argmax", a, g.y_len())?;
@@ -110,7 +113,8 @@ pub fn max_pool2d_forward(
                 g.planes(),
                 work,
                 (Items(y, out_plane), Items(a, out_plane)),
-                &|r, (Items(y, _), Items(a, _))| {
+                #[inline(always)]
+                |r, (Items(y, _), Items(a, _))| {
                     for ((p, y_p), a_p) in r
                         .zip(y.chunks_exact_mut(out_plane))
                         .zip(a.chunks_exact_mut(out_plane))
@@ -121,12 +125,18 @@ pub fn max_pool2d_forward(
                 },
             )
         }
-        None => par::for_each(g.planes(), work, Items(y, out_plane), &|r, Items(y, _)| {
-            for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
-                plane(&x[p * in_plane..][..in_plane], y_p, None);
-            }
-            Ok(())
-        }),
+        None => par::for_each(
+            g.planes(),
+            work,
+            Items(y, out_plane),
+            #[inline(always)]
+            |r, Items(y, _)| {
+                for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
+                    plane(&x[p * in_plane..][..in_plane], y_p, None);
+                }
+                Ok(())
+            },
+        ),
     }
 }
 
@@ -162,7 +172,8 @@ pub fn max_pool2d_backward(
         g.planes(),
         g.x_len() + g.y_len(),
         Items(dx, in_plane),
-        &|r, Items(dx, _)| {
+        #[inline(always)]
+        |r, Items(dx, _)| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
                 if accum == Accum::Replace {
                     dx_p.fill(0.0);
@@ -214,7 +225,8 @@ pub fn avg_pool2d_forward(
         g.planes(),
         g.y_len() * kh * kw,
         Items(y, out_plane),
-        &|r, Items(y, _)| {
+        #[inline(always)]
+        |r, Items(y, _)| {
             for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
                 let x_p = &x[p * in_plane..][..in_plane];
                 for oh in 0..g.out_h() {
@@ -256,7 +268,8 @@ pub fn avg_pool2d_backward(
         g.planes(),
         g.y_len() * kh * kw,
         Items(dx, in_plane),
-        &|r, Items(dx, _)| {
+        #[inline(always)]
+        |r, Items(dx, _)| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
                 if accum == Accum::Replace {
                     dx_p.fill(0.0);
@@ -293,12 +306,18 @@ pub fn global_avg_pool_forward(shape: Shape4, x: &[f32], y: &mut [f32]) -> Resul
     let (plane, planes) = global_dims(OP, shape)?;
     check_len(OP, "x", x, shape.len(OP)?)?;
     check_len(OP, "y", y, planes)?;
-    par::for_each(planes, x.len(), Items(y, 1), &|r, Items(y, _)| {
-        for (p, v) in r.zip(y.iter_mut()) {
-            *v = simd::sum(&x[p * plane..][..plane]) / plane as f32;
-        }
-        Ok(())
-    })
+    par::for_each(
+        planes,
+        x.len(),
+        Items(y, 1),
+        #[inline(always)]
+        |r, Items(y, _)| {
+            for (p, v) in r.zip(y.iter_mut()) {
+                *v = simd::sum(&x[p * plane..][..plane]) / plane as f32;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Gradient of [`global_avg_pool_forward`]: `dx[n, c, :, :] = dy[n, c] / (h * w)`.
@@ -315,13 +334,23 @@ pub fn global_avg_pool_backward(
     let (plane, planes) = global_dims(OP, shape)?;
     check_len(OP, "dy", dy, planes)?;
     check_len(OP, "dx", dx, shape.len(OP)?)?;
-    par::for_each(planes, dx.len(), Items(dx, plane), &|r, Items(dx, _)| {
-        for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
-            let v = simd::splat(dy[p] / plane as f32);
-            simd::map_in_place(dx_p, |d| accum.lanes(d, v));
-        }
-        Ok(())
-    })
+    par::for_each(
+        planes,
+        dx.len(),
+        Items(dx, plane),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
+                let v = simd::splat(dy[p] / plane as f32);
+                simd::map_in_place(
+                    dx_p,
+                    #[inline(always)]
+                    |d| accum.lanes(d, v),
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 fn global_dims(op: &'static str, s: Shape4) -> Result<(usize, usize)> {

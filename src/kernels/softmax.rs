@@ -41,16 +41,31 @@ pub fn softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     const OP: &str = "softmax_forward";
     let rows = rows_of(OP, cols, x.len())?;
     check_len(OP, "y", y, x.len())?;
-    par::for_each(rows, x.len() * 20, Items(y, cols), &|r, Items(y, _)| {
-        for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
-            let x_r = &x[i * cols..][..cols];
-            let m = splat(simd::max(x_r));
-            simd::map(x_r, y_r, |v| simd::exp(v - m));
-            let inv = splat(1.0 / simd::sum(y_r));
-            simd::map_in_place(y_r, |v| v * inv);
-        }
-        Ok(())
-    })
+    par::for_each(
+        rows,
+        x.len() * 20,
+        Items(y, cols),
+        #[inline(always)]
+        |r, Items(y, _)| {
+            for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
+                let x_r = &x[i * cols..][..cols];
+                let m = splat(simd::max(x_r));
+                simd::map(
+                    x_r,
+                    y_r,
+                    #[inline(always)]
+                    |v| simd::exp(v - m),
+                );
+                let inv = splat(1.0 / simd::sum(y_r));
+                simd::map_in_place(
+                    y_r,
+                    #[inline(always)]
+                    |v| v * inv,
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Log-softmax over rows of length `cols`, as `torch.log_softmax(x, dim=-1)`:
@@ -62,22 +77,39 @@ pub fn log_softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> 
     const OP: &str = "log_softmax_forward";
     let rows = rows_of(OP, cols, x.len())?;
     check_len(OP, "y", y, x.len())?;
-    par::for_each(rows, x.len() * 20, Items(y, cols), &|r, Items(y, _)| {
-        for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
-            let x_r = &x[i * cols..][..cols];
-            let shift = splat(log_sum_exp(x_r));
-            simd::map(x_r, y_r, |v| v - shift);
-        }
-        Ok(())
-    })
+    par::for_each(
+        rows,
+        x.len() * 20,
+        Items(y, cols),
+        #[inline(always)]
+        |r, Items(y, _)| {
+            for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
+                let x_r = &x[i * cols..][..cols];
+                let shift = splat(log_sum_exp(x_r));
+                simd::map(
+                    x_r,
+                    y_r,
+                    #[inline(always)]
+                    |v| v - shift,
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 /// `m + ln Σ exp(x − m)` of one row, `m = max x`.
-#[inline]
+#[inline(always)]
 pub(crate) fn log_sum_exp(x: &[f32]) -> f32 {
     let m = simd::max(x);
     let mv = splat(m);
-    m + simd::sum_map(x, f32::NEG_INFINITY, |v| simd::exp(v - mv)).ln()
+    m + simd::sum_map(
+        x,
+        f32::NEG_INFINITY,
+        #[inline(always)]
+        |v| simd::exp(v - mv),
+    )
+    .ln()
 }
 
 /// Gradient of [`softmax_forward`] from its output `y`:
@@ -96,14 +128,26 @@ pub fn softmax_backward(
     let rows = rows_of(OP, cols, y.len())?;
     check_len(OP, "dy", dy, y.len())?;
     check_len(OP, "dx", dx, y.len())?;
-    par::for_each(rows, y.len() * 4, Items(dx, cols), &|r, Items(dx, _)| {
-        for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
-            let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
-            let s = splat(simd::dot(y_r, dy_r));
-            simd::zip_map_acc(y_r, dy_r, dx_r, |y, d, old| accum.lanes(old, y * (d - s)));
-        }
-        Ok(())
-    })
+    par::for_each(
+        rows,
+        y.len() * 4,
+        Items(dx, cols),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
+                let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
+                let s = splat(simd::dot(y_r, dy_r));
+                simd::zip_map_acc(
+                    y_r,
+                    dy_r,
+                    dx_r,
+                    #[inline(always)]
+                    |y, d, old| accum.lanes(old, y * (d - s)),
+                );
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Gradient of [`log_softmax_forward`] from its output `y`:
@@ -122,14 +166,24 @@ pub fn log_softmax_backward(
     let rows = rows_of(OP, cols, y.len())?;
     check_len(OP, "dy", dy, y.len())?;
     check_len(OP, "dx", dx, y.len())?;
-    par::for_each(rows, y.len() * 20, Items(dx, cols), &|r, Items(dx, _)| {
-        for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
-            let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
-            let s = splat(simd::sum(dy_r));
-            simd::zip_map_acc(y_r, dy_r, dx_r, |y, d, old| {
-                accum.lanes(old, simd::exp(y).mul_neg_add(s, d))
-            });
-        }
-        Ok(())
-    })
+    par::for_each(
+        rows,
+        y.len() * 20,
+        Items(dx, cols),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
+                let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
+                let s = splat(simd::sum(dy_r));
+                simd::zip_map_acc(
+                    y_r,
+                    dy_r,
+                    dx_r,
+                    #[inline(always)]
+                    |y, d, old| accum.lanes(old, simd::exp(y).mul_neg_add(s, d)),
+                );
+            }
+            Ok(())
+        },
+    )
 }

@@ -74,14 +74,20 @@ pub fn adadelta_step(
             Items(square_avg, BLOCK),
             Items(acc_delta, BLOCK),
         ),
-        &|r, (Items(p, _), Items(s, _), Items(a, _))| {
-            simd::update(&grads[r], [p, s, a], |g, [p, s, a]| {
-                let g = if has_wd { p.mul_add(wd, g) } else { g };
-                *s = (g * g).mul_add(w, *s * rho);
-                let delta = (*a + eps).sqrt() / (*s + eps).sqrt() * g;
-                *a = (delta * delta).mul_add(w, *a * rho);
-                *p = delta.mul_neg_add(lr, *p);
-            });
+        #[inline(always)]
+        |r, (Items(p, _), Items(s, _), Items(a, _))| {
+            simd::update(
+                &grads[r],
+                [p, s, a],
+                #[inline(always)]
+                |g, [p, s, a]| {
+                    let g = if has_wd { p.mul_add(wd, g) } else { g };
+                    *s = (g * g).mul_add(w, *s * rho);
+                    let delta = (*a + eps).sqrt() / (*s + eps).sqrt() * g;
+                    *a = (delta * delta).mul_add(w, *a * rho);
+                    *p = delta.mul_neg_add(lr, *p);
+                },
+            );
         },
     );
     Ok(())

@@ -75,12 +75,18 @@ pub fn adagrad_step(
         params.len(),
         6,
         (Items(params, BLOCK), Items(sum, BLOCK)),
-        &|r, (Items(p, _), Items(s, _))| {
-            simd::update(&grads[r], [p, s], |g, [p, s]| {
-                let g = if has_wd { p.mul_add(wd, g) } else { g };
-                *s = g.mul_add(g, *s);
-                *p = (g / (s.sqrt() + eps)).mul_neg_add(clr, *p);
-            });
+        #[inline(always)]
+        |r, (Items(p, _), Items(s, _))| {
+            simd::update(
+                &grads[r],
+                [p, s],
+                #[inline(always)]
+                |g, [p, s]| {
+                    let g = if has_wd { p.mul_add(wd, g) } else { g };
+                    *s = g.mul_add(g, *s);
+                    *p = (g / (s.sqrt() + eps)).mul_neg_add(clr, *p);
+                },
+            );
         },
     );
     Ok(())

@@ -104,9 +104,11 @@ pub fn adam_step(
             Items(v, BLOCK),
             Items(vmax, per),
         ),
-        &|r, (Items(p, _), Items(m, _), Items(v, _), Items(vmax, _))| {
+        #[inline(always)]
+        |r, (Items(p, _), Items(m, _), Items(v, _), Items(vmax, _))| {
             let g = &grads[r];
-            let moments =
+            let moments = simd::inlined(
+                #[inline(always)]
                 |g: simd::Lane, p: &mut simd::Lane, m: &mut simd::Lane, v: &mut simd::Lane| {
                     let g = if has_wd && !decoupled {
                         p.mul_add(wd, g)
@@ -118,22 +120,36 @@ pub fn adam_step(
                     }
                     *m = (g - *m).mul_add(w1, *m);
                     *v = (g * g).mul_add(w2, *v * beta2);
-                };
-            let apply = |p: &mut simd::Lane, m: simd::Lane, v: simd::Lane| {
-                let denom = v.sqrt() / bc2_sqrt + eps;
-                *p = (m / denom).mul_neg_add(step_size, *p);
-            };
+                },
+            );
+            let apply = simd::inlined(
+                #[inline(always)]
+                |p: &mut simd::Lane, m: simd::Lane, v: simd::Lane| {
+                    let denom = v.sqrt() / bc2_sqrt + eps;
+                    *p = (m / denom).mul_neg_add(step_size, *p);
+                },
+            );
             if amsgrad {
-                simd::update(g, [p, m, v, vmax], |g, [p, m, v, vmax]| {
-                    moments(g, p, m, v);
-                    *vmax = vmax.max(*v);
-                    apply(p, *m, *vmax);
-                });
+                simd::update(
+                    g,
+                    [p, m, v, vmax],
+                    #[inline(always)]
+                    |g, [p, m, v, vmax]| {
+                        moments(g, p, m, v);
+                        *vmax = vmax.max(*v);
+                        apply(p, *m, *vmax);
+                    },
+                );
             } else {
-                simd::update(g, [p, m, v], |g, [p, m, v]| {
-                    moments(g, p, m, v);
-                    apply(p, *m, *v);
-                });
+                simd::update(
+                    g,
+                    [p, m, v],
+                    #[inline(always)]
+                    |g, [p, m, v]| {
+                        moments(g, p, m, v);
+                        apply(p, *m, *v);
+                    },
+                );
             }
         },
     );

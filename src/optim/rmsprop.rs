@@ -101,43 +101,61 @@ pub fn rmsprop_step(
             Items(grad_avg, per(centered)),
             Items(buf, per(momentum)),
         ),
-        &|r, (Items(p, _), Items(s, _), Items(a, _), Items(b, _))| {
+        #[inline(always)]
+        |r, (Items(p, _), Items(s, _), Items(a, _), Items(b, _))| {
             let g = &grads[r.clone()];
             // The optional states are empty when unused; give `update` zero-length-safe stand-ins
             // by handling the four combinations.
-            let step = |g: simd::Lane,
-                        p: &mut simd::Lane,
-                        s: &mut simd::Lane,
-                        a: Option<&mut simd::Lane>,
-                        b: Option<&mut simd::Lane>| {
-                let g = if has_wd { p.mul_add(wd, g) } else { g };
-                *s = (g * g).mul_add(w, *s * alpha);
-                let avg = match a {
-                    Some(a) => {
-                        *a = (g - *a).mul_add(w, *a);
-                        a.mul_neg_add(*a, *s).sqrt() + eps
+            let step = simd::inlined(
+                #[inline(always)]
+                |g: simd::Lane,
+                 p: &mut simd::Lane,
+                 s: &mut simd::Lane,
+                 a: Option<&mut simd::Lane>,
+                 b: Option<&mut simd::Lane>| {
+                    let g = if has_wd { p.mul_add(wd, g) } else { g };
+                    *s = (g * g).mul_add(w, *s * alpha);
+                    let avg = match a {
+                        Some(a) => {
+                            *a = (g - *a).mul_add(w, *a);
+                            a.mul_neg_add(*a, *s).sqrt() + eps
+                        }
+                        None => s.sqrt() + eps,
+                    };
+                    match b {
+                        Some(b) => {
+                            *b = b.mul_add(mu, g / avg);
+                            *p = b.mul_neg_add(lr, *p);
+                        }
+                        None => *p = (g / avg).mul_neg_add(lr, *p),
                     }
-                    None => s.sqrt() + eps,
-                };
-                match b {
-                    Some(b) => {
-                        *b = b.mul_add(mu, g / avg);
-                        *p = b.mul_neg_add(lr, *p);
-                    }
-                    None => *p = (g / avg).mul_neg_add(lr, *p),
-                }
-            };
+                },
+            );
             match (centered, momentum) {
-                (true, true) => simd::update(g, [p, s, a, b], |g, [p, s, a, b]| {
-                    step(g, p, s, Some(a), Some(b))
-                }),
-                (true, false) => {
-                    simd::update(g, [p, s, a], |g, [p, s, a]| step(g, p, s, Some(a), None))
-                }
-                (false, true) => {
-                    simd::update(g, [p, s, b], |g, [p, s, b]| step(g, p, s, None, Some(b)))
-                }
-                (false, false) => simd::update(g, [p, s], |g, [p, s]| step(g, p, s, None, None)),
+                (true, true) => simd::update(
+                    g,
+                    [p, s, a, b],
+                    #[inline(always)]
+                    |g, [p, s, a, b]| step(g, p, s, Some(a), Some(b)),
+                ),
+                (true, false) => simd::update(
+                    g,
+                    [p, s, a],
+                    #[inline(always)]
+                    |g, [p, s, a]| step(g, p, s, Some(a), None),
+                ),
+                (false, true) => simd::update(
+                    g,
+                    [p, s, b],
+                    #[inline(always)]
+                    |g, [p, s, b]| step(g, p, s, None, Some(b)),
+                ),
+                (false, false) => simd::update(
+                    g,
+                    [p, s],
+                    #[inline(always)]
+                    |g, [p, s]| step(g, p, s, None, None),
+                ),
             }
         },
     );

@@ -86,20 +86,31 @@ pub fn sgd_step(
         params.len(),
         4,
         (Items(params, BLOCK), Items(vel, per)),
-        &|r, (Items(p, _), Items(v, _))| {
+        #[inline(always)]
+        |r, (Items(p, _), Items(v, _))| {
             let g = &grads[r];
             if momentum {
-                simd::update(g, [p, v], |g, [p, v]| {
-                    let g = if has_wd { p.mul_add(wd, g) } else { g };
-                    *v = if first { g } else { g.mul_add(damp, *v * mu) };
-                    let d = if nesterov { v.mul_add(mu, g) } else { *v };
-                    *p = d.mul_neg_add(lr, *p);
-                });
+                simd::update(
+                    g,
+                    [p, v],
+                    #[inline(always)]
+                    |g, [p, v]| {
+                        let g = if has_wd { p.mul_add(wd, g) } else { g };
+                        *v = if first { g } else { g.mul_add(damp, *v * mu) };
+                        let d = if nesterov { v.mul_add(mu, g) } else { *v };
+                        *p = d.mul_neg_add(lr, *p);
+                    },
+                );
             } else {
-                simd::update(g, [p], |g, [p]| {
-                    let g = if has_wd { p.mul_add(wd, g) } else { g };
-                    *p = g.mul_neg_add(lr, *p);
-                });
+                simd::update(
+                    g,
+                    [p],
+                    #[inline(always)]
+                    |g, [p]| {
+                        let g = if has_wd { p.mul_add(wd, g) } else { g };
+                        *p = g.mul_neg_add(lr, *p);
+                    },
+                );
             }
         },
     );

@@ -1,5 +1,6 @@
 //! Runs one workload case in a loop (for profilers): `one ID OP [THREADS] [SECONDS]`, e.g.
-//! `perf record -e cpu-clock target/release/one C3 fwd 1 5`.
+//! `perf record -e cpu-clock target/release/one C3 fwd 1 5`. With `CNNKIT_PORTABLE=1` in the
+//! environment it runs the portable path (what CPUs without AVX2/FMA run).
 
 #[path = "../../../benches/suite/workloads.rs"]
 mod workloads;
@@ -9,6 +10,9 @@ fn main() {
     let (id, op) = (args.get(1).expect("ID"), args.get(2).expect("OP"));
     let threads: usize = args.get(3).map_or(1, |t| t.parse().expect("THREADS"));
     let secs: f64 = args.get(4).map_or(3.0, |t| t.parse().expect("SECONDS"));
+    if std::env::var_os("CNNKIT_PORTABLE").is_some_and(|v| v == "1") {
+        cnnkit::gemm::force_portable(true);
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()

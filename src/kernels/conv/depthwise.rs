@@ -103,6 +103,7 @@ pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
 /// `out_h x out_w` plane `out` over the padded plane `src`; `flip` reads the kernel rotated by
 /// 180°.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn sweep(
     lay: &Padded,
     src: &[f32],
@@ -240,7 +241,8 @@ pub(super) fn forward(
         Items(y, out_plane),
         ws,
         slot,
-        &|r, Items(y, _), pad| {
+        #[inline(always)]
+        |r, Items(y, _), pad| {
             let mut last = usize::MAX;
             for (pi, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
                 let (i, o) = (pi / c_out, pi % c_out);
@@ -269,7 +271,11 @@ pub(super) fn forward(
                 );
                 if let Some(b) = b {
                     let bv = splat(b[o]);
-                    simd::map_in_place(y_p, |v| v + bv);
+                    simd::map_in_place(
+                        y_p,
+                        #[inline(always)]
+                        |v| v + bv,
+                    );
                 }
             }
             Ok(())
@@ -301,7 +307,8 @@ pub(super) fn backward_data(
         Items(dx, in_plane),
         ws,
         slot,
-        &|r, Items(dx, _), pad| {
+        #[inline(always)]
+        |r, Items(dx, _), pad| {
             for (pi, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
                 let (i, c) = (pi / c_in, pi % c_in);
                 if accum == Accum::Replace {
@@ -389,7 +396,8 @@ pub(super) fn backward_weights(
         Items(dw, kk),
         ws,
         slot,
-        &|r, Items(dw, _), pad| {
+        #[inline(always)]
+        |r, Items(dw, _), pad| {
             for (o, dw_o) in r.zip(dw.chunks_exact_mut(kk)) {
                 let mut total = [0.0f64; MAX_TAPS];
                 for t0 in (0..kk).step_by(MAX_TAPS) {

@@ -231,14 +231,16 @@ impl Direct {
         let planes = self.s[0] * self.s[1] * self.src_ch;
         let (body, tail) = xs[..lay.len].split_at_mut(planes * lay.plane);
         tail.fill(0.0);
-        let _ = par::for_each(planes, body.len(), Items(body, lay.plane), &|r,
-                                                                            Items(
-            x,
-            _,
-        )| {
-            self.prepare(lay, src, oh0, r, x);
-            Ok(())
-        });
+        let _ = par::for_each(
+            planes,
+            body.len(),
+            Items(body, lay.plane),
+            #[inline(always)]
+            |r, Items(x, _)| {
+                self.prepare(lay, src, oh0, r, x);
+                Ok(())
+            },
+        );
     }
 }
 
@@ -413,7 +415,8 @@ pub(super) fn conv_into(
                 panels,
                 work,
                 Items(&mut *yp, MR * lay.npix),
-                &|pr, Items(y, _)| {
+                #[inline(always)]
+                |pr, Items(y, _)| {
                     run(pr, y);
                     Ok(())
                 },
@@ -442,7 +445,8 @@ pub(super) fn conv_into(
                 d.out_ch,
                 out_img.len(),
                 Items(&mut *out_img, out_plane),
-                &|cr, Items(o, _)| {
+                #[inline(always)]
+                |cr, Items(o, _)| {
                     copy(cr, o);
                     Ok(())
                 },
@@ -525,7 +529,8 @@ pub(super) fn wgrad(
                     taps_pad / MR,
                     work,
                     Items(&mut *dwt, MR * co),
-                    &|tr, Items(c, _)| {
+                    #[inline(always)]
+                    |tr, Items(c, _)| {
                         for (ti, tp) in tr.enumerate() {
                             let t0 = tp * MR;
                             let ctile = &mut c[ti * MR * co..][..MR * co];
@@ -561,7 +566,8 @@ pub(super) fn wgrad(
             Items(&mut ws[..chunks * slot], slot),
             &mut [],
             0,
-            &|r, Items(slots, _), _| {
+            #[inline(always)]
+            |r, Items(slots, _), _| {
                 for (c, s) in r.zip(slots.chunks_exact_mut(slot)) {
                     let (dwt, band) = s.split_at_mut(dwt_len);
                     dwt.fill(0.0);
@@ -599,7 +605,8 @@ fn transpose_band(d: &Direct, lay: &Layout, dy_n: &[f32], oh0: usize, co: usize,
         lay.rows,
         lay.npix * co,
         Items(body, lay.pw * co),
-        &|rr, Items(t, _)| {
+        #[inline(always)]
+        |rr, Items(t, _)| {
             for (k, r) in rr.enumerate() {
                 let rows = &mut t[k * lay.pw * co..][..lay.pw * co];
                 rows[d.out_w * co..].fill(0.0);

@@ -115,7 +115,12 @@ pub(crate) fn col2im_add(
             let src = &src[ow_ok.clone()];
             let dst = &mut dx_c[ih as usize * in_w + iw0..];
             if s_w == 1 {
-                crate::simd::map_in_place_zip(src, &mut dst[..src.len()], |s, d| d + s);
+                crate::simd::map_in_place_zip(
+                    src,
+                    &mut dst[..src.len()],
+                    #[inline(always)]
+                    |s, d| d + s,
+                );
             } else {
                 for (k, s) in src.iter().enumerate() {
                     dst[k * s_w] += s;

@@ -172,7 +172,8 @@ fn each_image(
             Items(out, item),
             ws,
             slot,
-            &|r, Items(out, _), ws| {
+            #[inline(always)]
+            |r, Items(out, _), ws| {
                 for (i, o) in r.zip(out.chunks_exact_mut(item)) {
                     image(i, o, ws, false)?;
                 }
@@ -265,7 +266,8 @@ pub fn conv2d_forward(
             Items(y, y_item),
             ws,
             slot,
-            &|r, Items(y, _), col| {
+            #[inline(always)]
+            |r, Items(y, _), col| {
                 for (i, y_n) in r.zip(y.chunks_exact_mut(y_item)) {
                     let x_n = &x[i * x_item..][..x_item];
                     for oh in tiles(g) {
@@ -297,7 +299,8 @@ pub fn conv2d_forward(
                         g.c_out(),
                         work,
                         Items(y_n, g.out_plane()),
-                        &|o, Items(y_rows, _)| forward_rows(g, w, b, &src, o, oh.clone(), y_rows),
+                        #[inline(always)]
+                        |o, Items(y_rows, _)| forward_rows(g, w, b, &src, o, oh.clone(), y_rows),
                     )?;
                 }
             }
@@ -352,10 +355,16 @@ fn group_spans(
 /// im2col of one tile with its tap rows split across threads.
 fn im2col_parallel(g: &Conv2dGeom, x_n: &[f32], oh: Range<usize>, col: &mut [f32]) -> Result<()> {
     let cols = oh.len() * g.out_w();
-    par::for_each(taps(g), col.len(), Items(col, cols), &|r, Items(c, _)| {
-        im2col(g, x_n, r, oh.clone(), c);
-        Ok(())
-    })
+    par::for_each(
+        taps(g),
+        col.len(),
+        Items(col, cols),
+        #[inline(always)]
+        |r, Items(c, _)| {
+            im2col(g, x_n, r, oh.clone(), c);
+            Ok(())
+        },
+    )
 }
 
 /// `y_rows[o - o.start, tile] = b[o] + W[o, :] · src[group(o)]` for output channels `o`.
@@ -487,7 +496,8 @@ pub fn conv2d_backward_data(
             Items(dx, x_item),
             ws,
             slot,
-            &|r, Items(dx, _), col| {
+            #[inline(always)]
+            |r, Items(dx, _), col| {
                 for (i, dx_n) in r.zip(dx.chunks_exact_mut(x_item)) {
                     let dy_n = &dy[i * y_item..][..y_item];
                     if !needs_col(g) {
@@ -515,7 +525,8 @@ pub fn conv2d_backward_data(
                         g.c_in(),
                         image_work(g),
                         Items(dx_n, plane),
-                        &|c, Items(dx_rows, _)| {
+                        #[inline(always)]
+                        |c, Items(dx_rows, _)| {
                             wt_dy_rows(g, w, dy_n, c, &full, dx_rows, plane, beta)
                         },
                     )?;
@@ -528,15 +539,20 @@ pub fn conv2d_backward_data(
                     let cols = oh.len() * g.out_w();
                     let col = &mut ws[..taps(g) * cols];
                     let work = image_work(g) * oh.len() / g.out_h();
-                    par::for_each(taps(g), work, Items(&mut *col, cols), &|r, Items(c, _)| {
-                        wt_dy_rows(g, w, dy_n, r, &oh, c, cols, 0.0)
-                    })?;
+                    par::for_each(
+                        taps(g),
+                        work,
+                        Items(&mut *col, cols),
+                        #[inline(always)]
+                        |r, Items(c, _)| wt_dy_rows(g, w, dy_n, r, &oh, c, cols, 0.0),
+                    )?;
                     let col = &*col;
                     par::for_each(
                         g.c_in(),
                         col.len(),
                         Items(&mut *dx_n, plane),
-                        &|c, Items(dx_c, _)| {
+                        #[inline(always)]
+                        |c, Items(dx_c, _)| {
                             let rows = c.start * kk..c.end * kk;
                             let src = &col[rows.start * cols..rows.end * cols];
                             col2im_add(g, src, rows, oh.clone(), c, dx_c);
@@ -621,23 +637,26 @@ pub fn conv2d_backward_weights(
             };
             let (plane, c0, cols) = (g.out_plane(), oh.start * g.out_w(), oh.len() * g.out_w());
             let work = image_work(g) * oh.len() / g.out_h();
-            par::for_each(g.c_out(), work, Items(&mut *dw, k_g), &|o,
-                                                                   Items(
-                dw_rows,
-                _,
-            )| {
-                for (gi, os) in group_spans(&o, g.c_out_g()) {
-                    let a = MatRef::new(&dy_n[os.start * plane + c0..], os.len(), cols, plane, 1)?;
-                    let b = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?.t();
-                    let c = MatMut::row_major(
-                        &mut dw_rows[(os.start - o.start) * k_g..],
-                        os.len(),
-                        k_g,
-                    )?;
-                    sgemm_serial(1.0, a, b, 1.0, c);
-                }
-                Ok(())
-            })?;
+            par::for_each(
+                g.c_out(),
+                work,
+                Items(&mut *dw, k_g),
+                #[inline(always)]
+                |o, Items(dw_rows, _)| {
+                    for (gi, os) in group_spans(&o, g.c_out_g()) {
+                        let a =
+                            MatRef::new(&dy_n[os.start * plane + c0..], os.len(), cols, plane, 1)?;
+                        let b = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?.t();
+                        let c = MatMut::row_major(
+                            &mut dw_rows[(os.start - o.start) * k_g..],
+                            os.len(),
+                            k_g,
+                        )?;
+                        sgemm_serial(1.0, a, b, 1.0, c);
+                    }
+                    Ok(())
+                },
+            )?;
         }
     }
     Ok(())
@@ -655,13 +674,20 @@ pub(crate) fn bias_backward(
 ) {
     let work = n * c * plane;
     // Infallible body: the closure's Result is always Ok.
-    let _ = par::for_each(c, work, Items(db, 1), &|r, Items(db, _)| {
-        for (o, d) in r.zip(db.iter_mut()) {
-            let s: f64 = (0..n)
-                .map(|i| crate::simd::sum(&dy[(i * c + o) * plane..][..plane]) as f64)
-                .sum();
-            *d = accum.apply(*d, s as f32);
-        }
-        Ok(())
-    });
+    let _ = par::for_each(
+        c,
+        work,
+        Items(db, 1),
+        #[inline(always)]
+        |r, Items(db, _)| {
+            for (o, d) in r.zip(db.iter_mut()) {
+                let mut s = 0.0f64;
+                for i in 0..n {
+                    s += crate::simd::sum(&dy[(i * c + o) * plane..][..plane]) as f64;
+                }
+                *d = accum.apply(*d, s as f32);
+            }
+            Ok(())
+        },
+    );
 }
