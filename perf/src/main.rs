@@ -132,9 +132,9 @@ fn main() {
     let o = parse_args();
     let torch = o.torch && torch_available();
     let build = if cfg!(target_feature = "avx2") {
-        "native (AVX2/FMA at compile time)"
+        "native (compiled for AVX2; SIMD kernels still dispatch at run time)"
     } else {
-        "portable (SSE2 baseline; GEMM dispatches AVX2/FMA at run time)"
+        "portable (SSE2 baseline; SIMD kernels dispatch AVX2/FMA at run time)"
     };
     println!("cnnkit {} — build: {build}", env!("CARGO_PKG_VERSION"));
     println!(
