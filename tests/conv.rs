@@ -211,10 +211,28 @@ fn multi_band_convolutions_match_reference() {
     }
 }
 
-/// Depthwise layers wide enough for the four-lane blocks of the AVX2 sweep, stride 1 and 2.
+/// Depthwise layers wide enough for the four-lane blocks of the AVX2 sweep, stride 1 and 2, and
+/// the nine-tap weight-gradient path (3x3 and 1x9, row strides above 1, dilation, row tails).
 #[test]
 fn wide_depthwise_convolutions_match_reference() {
     for (x, c_out, k, p) in [
+        (
+            Shape4::new(2, 3, 17, 29),
+            6,
+            [3, 3],
+            Conv2dParams {
+                stride: [2, 1],
+                padding: [1, 2],
+                dilation: [2, 1],
+                groups: 3,
+            },
+        ),
+        (
+            Shape4::new(3, 2, 7, 35),
+            2,
+            [1, 9],
+            Conv2dParams::default().padding(2).groups(2),
+        ),
         (
             Shape4::new(2, 8, 30, 77),
             8,

@@ -374,6 +374,44 @@ fn scatter(g: &Conv2dGeom, dy_p: &[f32], w_o: &[f32], dx_p: &mut [f32]) {
 /// Most taps handled by the lane accumulators of the weight gradient at once.
 const MAX_TAPS: usize = 25;
 
+/// For a fixed number of taps `T` and stride 1 along rows: lane `t` of the result is
+/// `Σ_{oh, ow} pad[oh·row_step + offs[t] + ow] · dy[oh, ow]`, accumulated in the same order as the
+/// general loop in [`backward_weights`] (rows in order, lanes left to right, one fused
+/// multiply-add per tap), so both give the same bits. With `T` known the accumulators are
+/// registers rather than an indexed array in memory.
+#[inline(always)]
+fn tap_dots<const T: usize>(
+    pad: &[f32],
+    dy_p: &[f32],
+    out_w: usize,
+    row_step: usize,
+    offs: &[usize; T],
+) -> [Lane; T] {
+    let mut acc = [splat(0.0); T];
+    for (oh, drow) in dy_p.chunks_exact(out_w).enumerate() {
+        let base = oh * row_step;
+        let mut ow = 0;
+        while ow < out_w {
+            let nn = LANES.min(out_w - ow);
+            let dv = match drow.get(ow..ow + LANES) {
+                Some(d) => Lane::new(d.try_into().expect("a lane")),
+                None => {
+                    let mut dv = [0.0f32; LANES];
+                    dv[..nn].copy_from_slice(&drow[ow..]);
+                    Lane::new(dv)
+                }
+            };
+            for t in 0..T {
+                let at = base + offs[t] + ow;
+                let v = Lane::new(pad[at..at + LANES].try_into().expect("a lane"));
+                acc[t] = v.mul_add(dv, acc[t]);
+            }
+            ow += nn;
+        }
+    }
+    acc
+}
+
 pub(super) fn backward_weights(
     g: &Conv2dGeom,
     x: &[f32],
@@ -410,6 +448,25 @@ pub(super) fn backward_weights(
                             &mut pad[..lay.len()],
                         );
                         let dy_p = &dy[(i * c_out + o) * out_plane..][..out_plane];
+                        if taps == 9 && p.stride[1] == 1 {
+                            // Nine taps (3x3, the common case): nine accumulators that stay in
+                            // registers.
+                            let offs: [usize; 9] = std::array::from_fn(|t| {
+                                let (pp, q) = ((t0 + t) / kw, (t0 + t) % kw);
+                                pp * p.dilation[0] * lay.cols + q * p.dilation[1]
+                            });
+                            let acc = tap_dots(
+                                &pad[..lay.len()],
+                                dy_p,
+                                out_w,
+                                p.stride[0] * lay.cols,
+                                &offs,
+                            );
+                            for (t, a) in acc.iter().enumerate() {
+                                total[t] += a.reduce_add() as f64;
+                            }
+                            continue;
+                        }
                         // One lane accumulator per tap, over the whole plane; the tail of each row is
                         // masked by zero-padding the gradient lane.
                         let mut acc = [splat(0.0); MAX_TAPS];
