@@ -171,6 +171,37 @@ fn avg_pool_divisors_follow_torch() {
     assert_eq!(avg_fwd(&g, false, &x), vec![1.0; 4]);
 }
 
+/// 2x2 windows with stride 2 and no padding (the tiled fast path), on sizes that leave the last
+/// input row or column outside every window: forward and both gradient modes against the
+/// reference, the gradient buffer pre-filled with NaN so an element left unwritten shows.
+#[test]
+fn avg_pool_tiles_match_reference() {
+    for (h, w) in [(4, 6), (7, 9), (2, 3), (9, 18)] {
+        let g = Pool2dGeom::new(Shape4::new(2, 3, h, w), Pool2dParams::new(2)).unwrap();
+        let x = common::values(h as u64, g.x_len());
+        let dy = common::values(w as u64, g.y_len());
+        for cip in [true, false] {
+            let y = avg_fwd(&g, cip, &x);
+            assert_close(
+                "y",
+                &y,
+                &reference::avg_pool2d_forward(&g, cip, &x),
+                1e-6,
+                1e-6,
+            )
+            .unwrap();
+            let want = reference::avg_pool2d_backward(&g, cip, &dy);
+            let mut dx = nans(g.x_len());
+            par(|| avg_pool2d_backward(&g, cip, &dy, &mut dx, Accum::Replace)).unwrap();
+            assert_close("dx", &dx, &want, 1e-6, 1e-6).unwrap();
+            let mut dx = vec![0.5; g.x_len()];
+            par(|| avg_pool2d_backward(&g, cip, &dy, &mut dx, Accum::Add)).unwrap();
+            let plus: Vec<f32> = want.iter().map(|v| v + 0.5).collect();
+            assert_close("dx add", &dx, &plus, 1e-6, 1e-6).unwrap();
+        }
+    }
+}
+
 /// Windows larger than the lane path takes (more than 64 elements) use the scalar path.
 #[test]
 fn max_pool_with_a_large_window_matches_reference() {

@@ -189,6 +189,54 @@ pub fn max_pool2d_backward(
     )
 }
 
+/// `Some(k)` when the windows are `k`x`k` squares that tile the input without padding or overlap
+/// (stride = window): every window is full and its divisor is `k²` whatever `count_include_pad`.
+fn tiles(g: &Pool2dGeom) -> Option<usize> {
+    let p = g.params();
+    let [kh, kw] = p.window;
+    (kh == kw && p.stride == p.window && p.padding == [0, 0]).then_some(kh)
+}
+
+/// Average pooling over `K`x`K` tiles of one plane: the same sums, in the same order, as the
+/// general loop (each row of a window summed, the row sums added in order, then divided; the
+/// general loop's outer `sum` starts from `-0.0`, which leaves its first term unchanged), with the
+/// window arithmetic known at compile time.
+#[inline(always)]
+fn avg_tiles_forward<const K: usize>(x_p: &[f32], in_w: usize, y_p: &mut [f32], out_w: usize) {
+    let div = (K * K) as f32;
+    for (oh, y_row) in y_p.chunks_exact_mut(out_w).enumerate() {
+        for kh in 0..K {
+            let (tiles, _) = x_p[(oh * K + kh) * in_w..][..out_w * K].as_chunks::<K>();
+            for (y, t) in y_row.iter_mut().zip(tiles) {
+                let s = t.iter().sum::<f32>();
+                *y = if kh == 0 { s } else { *y + s };
+            }
+        }
+        for y in y_row.iter_mut() {
+            *y /= div;
+        }
+    }
+}
+
+/// Gradient of [`avg_tiles_forward`]: `dy / K²` added to every element of its tile (the caller
+/// has zeroed `dx_p` when overwriting).
+#[inline(always)]
+fn avg_tiles_backward<const K: usize>(dy_p: &[f32], out_w: usize, dx_p: &mut [f32], in_w: usize) {
+    let div = (K * K) as f32;
+    for (oh, dy_row) in dy_p.chunks_exact(out_w).enumerate() {
+        for kh in 0..K {
+            let row = &mut dx_p[(oh * K + kh) * in_w..][..out_w * K];
+            let (tiles, _) = row.as_chunks_mut::<K>();
+            for (t, &d) in tiles.iter_mut().zip(dy_row) {
+                let v = d / div;
+                for e in t.iter_mut() {
+                    *e += v;
+                }
+            }
+        }
+    }
+}
+
 /// The divisor of the window at output `(oh, ow)`.
 #[inline]
 fn divisor(g: &Pool2dGeom, count_include_pad: bool, oh: usize, ow: usize) -> f32 {
@@ -221,6 +269,7 @@ pub fn avg_pool2d_forward(
     check_len(OP, "y", y, g.y_len())?;
     let (in_plane, out_plane, in_w) = (g.in_h() * g.in_w(), g.out_h() * g.out_w(), g.in_w());
     let [kh, kw] = g.params().window;
+    let tiled = tiles(g);
     par::for_each(
         g.planes(),
         g.y_len() * kh * kw,
@@ -229,6 +278,10 @@ pub fn avg_pool2d_forward(
         |r, Items(y, _)| {
             for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
                 let x_p = &x[p * in_plane..][..in_plane];
+                if tiled == Some(2) {
+                    avg_tiles_forward::<2>(x_p, in_w, y_p, g.out_w());
+                    continue;
+                }
                 for oh in 0..g.out_h() {
                     let (h0, h1, _) = g.window(0, oh);
                     for ow in 0..g.out_w() {
@@ -264,6 +317,7 @@ pub fn avg_pool2d_backward(
     check_len(OP, "dx", dx, g.x_len())?;
     let (in_plane, out_plane, in_w) = (g.in_h() * g.in_w(), g.out_h() * g.out_w(), g.in_w());
     let [kh, kw] = g.params().window;
+    let tiled = tiles(g);
     par::for_each(
         g.planes(),
         g.y_len() * kh * kw,
@@ -275,6 +329,10 @@ pub fn avg_pool2d_backward(
                     dx_p.fill(0.0);
                 }
                 let dy_p = &dy[p * out_plane..][..out_plane];
+                if tiled == Some(2) {
+                    avg_tiles_backward::<2>(dy_p, g.out_w(), dx_p, in_w);
+                    continue;
+                }
                 for oh in 0..g.out_h() {
                     let (h0, h1, _) = g.window(0, oh);
                     for ow in 0..g.out_w() {
