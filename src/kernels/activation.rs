@@ -204,71 +204,30 @@ pub fn activation_backward(
             let z = splat(0.0);
             // One loop per activation, reading only the operand it needs (x, or y for sigmoid and
             // tanh) and, when overwriting, not reading dx: this pass is bound by memory traffic.
+            // `lanes!(operand, |v, d| gradient)`: the pass for one activation, specialised for it.
+            macro_rules! lanes {
+                ($src:expr, |$v:ident, $d:ident| $g:expr) => {
+                    backward_from(
+                        $src,
+                        dy,
+                        dx,
+                        accum,
+                        #[inline(always)]
+                        |$v, $d| $g,
+                    )
+                };
+            }
             match act {
-                Activation::Sigmoid => backward_from(
-                    y,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |y, d| Activation::Sigmoid.backward_lane(z, y, d),
-                ),
-                Activation::Tanh => backward_from(
-                    y,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |y, d| Activation::Tanh.backward_lane(z, y, d),
-                ),
-                Activation::Relu => backward_from(
-                    x,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |x, d| Activation::Relu.backward_lane(x, z, d),
-                ),
-                a @ Activation::LeakyRelu { .. } => backward_from(
-                    x,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |x, d| a.backward_lane(x, z, d),
-                ),
-                a @ Activation::Elu { .. } => backward_from(
-                    x,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |x, d| a.backward_lane(x, z, d),
-                ),
-                a @ Activation::Softplus { .. } => backward_from(
-                    x,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |x, d| a.backward_lane(x, z, d),
-                ),
-                Activation::Gelu => backward_from(
-                    x,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |x, d| Activation::Gelu.backward_lane(x, z, d),
-                ),
-                Activation::GeluTanh => backward_from(
-                    x,
-                    dy,
-                    dx,
-                    accum,
-                    #[inline(always)]
-                    |x, d| Activation::GeluTanh.backward_lane(x, z, d),
-                ),
+                Activation::Sigmoid => lanes!(y, |y, d| Activation::Sigmoid.backward_lane(z, y, d)),
+                Activation::Tanh => lanes!(y, |y, d| Activation::Tanh.backward_lane(z, y, d)),
+                Activation::Relu => lanes!(x, |x, d| Activation::Relu.backward_lane(x, z, d)),
+                a @ Activation::LeakyRelu { .. } => lanes!(x, |x, d| a.backward_lane(x, z, d)),
+                a @ Activation::Elu { .. } => lanes!(x, |x, d| a.backward_lane(x, z, d)),
+                a @ Activation::Softplus { .. } => lanes!(x, |x, d| a.backward_lane(x, z, d)),
+                Activation::Gelu => lanes!(x, |x, d| Activation::Gelu.backward_lane(x, z, d)),
+                Activation::GeluTanh => {
+                    lanes!(x, |x, d| Activation::GeluTanh.backward_lane(x, z, d))
+                }
             }
         },
     );
