@@ -218,6 +218,31 @@ pub(crate) fn for_each_block<P: Parts>(
     );
 }
 
+/// `f(i, out_row)` for every row `i` of the row-major output `out` (rows of `cols`, at least 1),
+/// rows split over the current pool. `f` should be `#[inline(always)]` (see `simd::dispatch`).
+#[inline(always)]
+pub(crate) fn for_each_row(
+    cols: usize,
+    work: usize,
+    out: &mut [f32],
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    let rows = out.len() / cols;
+    // The closure cannot fail.
+    let _ = for_each(
+        rows,
+        work,
+        Items(out, cols),
+        #[inline(always)]
+        |r, Items(o, _)| {
+            for (i, o_r) in r.zip(o.chunks_exact_mut(cols)) {
+                f(i, o_r);
+            }
+            Ok(())
+        },
+    );
+}
+
 /// `f` applied to every item, in parallel (serially without the `rayon` feature), results in
 /// item order. For coarse work such as decoding files.
 #[cfg_attr(not(feature = "image"), allow(dead_code))]

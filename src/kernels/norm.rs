@@ -430,54 +430,51 @@ pub fn layer_norm_backward(
     check_len(OP, "save_invstd", save_invstd, rows)?;
     check_len(OP, "dy", dy, x.len())?;
     check_len(OP, "dx", dx, x.len())?;
-    par::for_each(
-        rows,
+    par::for_each_row(
+        d,
         x.len() * 6,
-        Items(dx, d),
+        dx,
         #[inline(always)]
-        |r, Items(dx, _)| {
-            for (i, dx_r) in r.zip(dx.chunks_exact_mut(d)) {
-                let (x_r, dy_r) = (&x[i * d..][..d], &dy[i * d..][..d]);
-                let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
-                // a = mean(g), b = mean(g·x̂), with g = dy·γ.
-                let (sa, sb) = match gamma {
-                    Some(gm) => (
-                        simd::dot(dy_r, gm),
-                        weighted_xhat_sum(x_r, dy_r, Some(gm), mv, iv),
-                    ),
-                    None => (simd::sum(dy_r), weighted_xhat_sum(x_r, dy_r, None, mv, iv)),
-                };
-                let (a, b) = (splat(sa / d as f32), splat(sb / d as f32));
-                match gamma {
-                    Some(gm) => {
-                        // dx = invstd·(dy·γ − a − x̂·b), lane by lane over (x, dy, γ).
-                        simd::zip3_map_acc(
-                            x_r,
-                            dy_r,
-                            gm,
-                            dx_r,
-                            #[inline(always)]
-                            |x, dy, g, old| {
-                                let xh = (x - mv) * iv;
-                                accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
-                            },
-                        );
-                    }
-                    None => simd::zip_map_acc(
+        |i, dx_r| {
+            let (x_r, dy_r) = (&x[i * d..][..d], &dy[i * d..][..d]);
+            let (mv, iv) = (splat(save_mean[i]), splat(save_invstd[i]));
+            // a = mean(g), b = mean(g·x̂), with g = dy·γ.
+            let (sa, sb) = match gamma {
+                Some(gm) => (
+                    simd::dot(dy_r, gm),
+                    weighted_xhat_sum(x_r, dy_r, Some(gm), mv, iv),
+                ),
+                None => (simd::sum(dy_r), weighted_xhat_sum(x_r, dy_r, None, mv, iv)),
+            };
+            let (a, b) = (splat(sa / d as f32), splat(sb / d as f32));
+            match gamma {
+                Some(gm) => {
+                    // dx = invstd·(dy·γ − a − x̂·b), lane by lane over (x, dy, γ).
+                    simd::zip3_map_acc(
                         x_r,
                         dy_r,
+                        gm,
                         dx_r,
                         #[inline(always)]
-                        |x, dy, old| {
+                        |x, dy, g, old| {
                             let xh = (x - mv) * iv;
-                            accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
+                            accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
                         },
-                    ),
+                    );
                 }
+                None => simd::zip_map_acc(
+                    x_r,
+                    dy_r,
+                    dx_r,
+                    #[inline(always)]
+                    |x, dy, old| {
+                        let xh = (x - mv) * iv;
+                        accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
+                    },
+                ),
             }
-            Ok(())
         },
-    )?;
+    );
     // γ/β gradients: split over columns; each column sums its rows in order.
     if let Some(dg) = dgamma {
         check_len(OP, "dgamma", dg, d)?;

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::kernels::Accum;
-use crate::par::{self, Items};
+use crate::par;
 use crate::simd::{self, splat};
 
 /// Rows of a row-major `[rows, cols]` buffer of length `len`.
@@ -39,33 +39,31 @@ pub(crate) fn rows_of(op: &'static str, cols: usize, len: usize) -> Result<usize
 /// ```
 pub fn softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     const OP: &str = "softmax_forward";
-    let rows = rows_of(OP, cols, x.len())?;
+    rows_of(OP, cols, x.len())?;
     check_len(OP, "y", y, x.len())?;
-    par::for_each(
-        rows,
+    par::for_each_row(
+        cols,
         x.len() * 20,
-        Items(y, cols),
+        y,
         #[inline(always)]
-        |r, Items(y, _)| {
-            for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
-                let x_r = &x[i * cols..][..cols];
-                let m = splat(simd::max(x_r));
-                simd::map(
-                    x_r,
-                    y_r,
-                    #[inline(always)]
-                    |v| simd::exp(v - m),
-                );
-                let inv = splat(1.0 / simd::sum(y_r));
-                simd::map_in_place(
-                    y_r,
-                    #[inline(always)]
-                    |v| v * inv,
-                );
-            }
-            Ok(())
+        |i, y_r| {
+            let x_r = &x[i * cols..][..cols];
+            let m = splat(simd::max(x_r));
+            simd::map(
+                x_r,
+                y_r,
+                #[inline(always)]
+                |v| simd::exp(v - m),
+            );
+            let inv = splat(1.0 / simd::sum(y_r));
+            simd::map_in_place(
+                y_r,
+                #[inline(always)]
+                |v| v * inv,
+            );
         },
-    )
+    );
+    Ok(())
 }
 
 /// Log-softmax over rows of length `cols`, as `torch.log_softmax(x, dim=-1)`:
@@ -75,27 +73,25 @@ pub fn softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
 /// As [`softmax_forward`].
 pub fn log_softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
     const OP: &str = "log_softmax_forward";
-    let rows = rows_of(OP, cols, x.len())?;
+    rows_of(OP, cols, x.len())?;
     check_len(OP, "y", y, x.len())?;
-    par::for_each(
-        rows,
+    par::for_each_row(
+        cols,
         x.len() * 20,
-        Items(y, cols),
+        y,
         #[inline(always)]
-        |r, Items(y, _)| {
-            for (i, y_r) in r.zip(y.chunks_exact_mut(cols)) {
-                let x_r = &x[i * cols..][..cols];
-                let shift = splat(log_sum_exp(x_r));
-                simd::map(
-                    x_r,
-                    y_r,
-                    #[inline(always)]
-                    |v| v - shift,
-                );
-            }
-            Ok(())
+        |i, y_r| {
+            let x_r = &x[i * cols..][..cols];
+            let shift = splat(log_sum_exp(x_r));
+            simd::map(
+                x_r,
+                y_r,
+                #[inline(always)]
+                |v| v - shift,
+            );
         },
-    )
+    );
+    Ok(())
 }
 
 /// `m + ln Σ exp(x − m)` of one row, `m = max x`.
@@ -125,29 +121,27 @@ pub fn softmax_backward(
     accum: Accum,
 ) -> Result<()> {
     const OP: &str = "softmax_backward";
-    let rows = rows_of(OP, cols, y.len())?;
+    rows_of(OP, cols, y.len())?;
     check_len(OP, "dy", dy, y.len())?;
     check_len(OP, "dx", dx, y.len())?;
-    par::for_each(
-        rows,
+    par::for_each_row(
+        cols,
         y.len() * 4,
-        Items(dx, cols),
+        dx,
         #[inline(always)]
-        |r, Items(dx, _)| {
-            for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
-                let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
-                let s = splat(simd::dot(y_r, dy_r));
-                simd::zip_map_acc(
-                    y_r,
-                    dy_r,
-                    dx_r,
-                    #[inline(always)]
-                    |y, d, old| accum.lanes(old, y * (d - s)),
-                );
-            }
-            Ok(())
+        |i, dx_r| {
+            let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
+            let s = splat(simd::dot(y_r, dy_r));
+            simd::zip_map_acc(
+                y_r,
+                dy_r,
+                dx_r,
+                #[inline(always)]
+                |y, d, old| accum.lanes(old, y * (d - s)),
+            );
         },
-    )
+    );
+    Ok(())
 }
 
 /// Gradient of [`log_softmax_forward`] from its output `y`:
@@ -163,27 +157,25 @@ pub fn log_softmax_backward(
     accum: Accum,
 ) -> Result<()> {
     const OP: &str = "log_softmax_backward";
-    let rows = rows_of(OP, cols, y.len())?;
+    rows_of(OP, cols, y.len())?;
     check_len(OP, "dy", dy, y.len())?;
     check_len(OP, "dx", dx, y.len())?;
-    par::for_each(
-        rows,
+    par::for_each_row(
+        cols,
         y.len() * 20,
-        Items(dx, cols),
+        dx,
         #[inline(always)]
-        |r, Items(dx, _)| {
-            for (i, dx_r) in r.zip(dx.chunks_exact_mut(cols)) {
-                let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
-                let s = splat(simd::sum(dy_r));
-                simd::zip_map_acc(
-                    y_r,
-                    dy_r,
-                    dx_r,
-                    #[inline(always)]
-                    |y, d, old| accum.lanes(old, simd::exp(y).mul_neg_add(s, d)),
-                );
-            }
-            Ok(())
+        |i, dx_r| {
+            let (y_r, dy_r) = (&y[i * cols..][..cols], &dy[i * cols..][..cols]);
+            let s = splat(simd::sum(dy_r));
+            simd::zip_map_acc(
+                y_r,
+                dy_r,
+                dx_r,
+                #[inline(always)]
+                |y, d, old| accum.lanes(old, simd::exp(y).mul_neg_add(s, d)),
+            );
         },
-    )
+    );
+    Ok(())
 }
