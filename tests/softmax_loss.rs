@@ -184,3 +184,112 @@ fn losses_reject_bad_input() {
     assert!(softmax_forward(0, &[], &mut []).is_err());
     assert!(softmax_forward(3, &[0.0; 4], &mut [0.0; 4]).is_err());
 }
+
+/// Rows of large logits: equal, near-equal (a few units or a few f32 steps apart) and mixed
+/// magnitudes around ±1e4 and 2e4, in narrow (row-per-lane) and wide rows.
+fn large_logits_case() -> impl Strategy<Value = (usize, Vec<f32>, Vec<u32>, f32)> {
+    (1..12usize, prop_oneof![1..17usize, 33..40usize]).prop_flat_map(|(rows, classes)| {
+        let logit = prop_oneof![
+            Just(2e4f32),
+            Just(1e4f32),
+            Just(-1e4f32),
+            (-3i32..=3).prop_map(|k| 2e4f32 + k as f32 * 0.001_953_125),
+            (-3.0f32..3.0).prop_map(|d| 1e4 + d),
+            (-3.0f32..3.0).prop_map(|d| -1e4 + d),
+        ];
+        (
+            Just(classes),
+            prop::collection::vec(logit, rows * classes),
+            prop::collection::vec(0..classes as u32, rows),
+            prop_oneof![Just(0.0f32), Just(0.1f32), 0.0f32..1.0],
+        )
+    })
+}
+
+/// Log-softmax of one row in f64, from the f32 inputs.
+fn log_softmax_f64(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+    let ln_sum = row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+    row.iter().map(|&v| (v as f64 - m) - ln_sum).collect()
+}
+
+#[test]
+fn log_softmax_of_equal_large_logits_is_minus_ln_cols() {
+    // Exactly −ln(cols), whatever the magnitude of the (equal) logits.
+    for cols in [8usize, 16, 40] {
+        for big in [2e4f32, -1e4, 3e7] {
+            let want = -(cols as f32).ln();
+            for v in log_softmax(cols, &vec![big; 2 * cols]) {
+                assert!(
+                    (v - want).abs() <= 2.0 * f32::EPSILON * want.abs(),
+                    "{cols} x {big}: {v} vs {want}"
+                );
+            }
+            let mut d = nans(2 * cols);
+            let loss =
+                cross_entropy_loss(cols, &vec![big; 2 * cols], &[0, 1], 0.0, Some(&mut d)).unwrap();
+            assert!(
+                (loss + want).abs() <= 2.0 * f32::EPSILON * want.abs(),
+                "{cols} x {big}: loss {loss}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// With logits of 1e4 an f32 step is ~1e-3: rounding `m + ln Σ` before subtracting (the old
+    /// formula) missed by up to that much; `(x − m) − ln Σ` stays within a few ulps of the result.
+    #[test]
+    fn large_logits_log_softmax_and_cross_entropy_match_f64((classes, x, labels, eps) in large_logits_case()) {
+        let rows = labels.len();
+        let (ly, sy) = par(|| (log_softmax(classes, &x), softmax(classes, &x)));
+        let mut dl = nans(x.len());
+        let loss = par(|| cross_entropy_loss(classes, &x, &labels, eps, Some(&mut dl))).unwrap();
+        let loss_only = par(|| cross_entropy_loss(classes, &x, &labels, eps, None)).unwrap();
+        prop_assert_eq!(loss.to_bits(), loss_only.to_bits());
+        let mut want_loss = 0.0f64;
+        for r in 0..rows {
+            let row = &x[r * classes..][..classes];
+            let lp = log_softmax_f64(row);
+            let label = labels[r] as usize;
+            want_loss += -(1.0 - eps as f64) * lp[label] - eps as f64 * lp.iter().sum::<f64>() / classes as f64;
+            for (j, &lpj) in lp.iter().enumerate() {
+                let at = r * classes + j;
+                let tol = 4.0 * f32::EPSILON as f64 * (1.0 + lpj.abs());
+                prop_assert!((ly[at] as f64 - lpj).abs() <= tol,
+                    "log_softmax[{}] = {}, f64 {}", at, ly[at], lpj);
+                let p = lpj.exp();
+                prop_assert!((sy[at] as f64 - p).abs() <= 4.0 * f32::EPSILON as f64 * (p + 1e-30),
+                    "softmax[{}] = {}, f64 {}", at, sy[at], p);
+                let target = (1.0 - eps as f64) * f64::from(u8::from(j == label)) + eps as f64 / classes as f64;
+                let g = (p - target) / rows as f64;
+                prop_assert!((dl[at] as f64 - g).abs() <= 8.0 * f32::EPSILON as f64 / rows as f64,
+                    "dlogits[{}] = {}, f64 {}", at, dl[at], g);
+            }
+        }
+        want_loss /= rows as f64;
+        prop_assert!((loss as f64 - want_loss).abs() <= 1e-5 * (1.0 + want_loss.abs()),
+            "loss {} vs f64 {}", loss, want_loss);
+    }
+
+    /// The gradient of log-softmax at large logits, against the f64 Jacobian-vector product.
+    #[test]
+    fn large_logits_log_softmax_backward_matches_f64((classes, x, _labels, _eps) in large_logits_case(), seed in 0u64..1000) {
+        let y = log_softmax(classes, &x);
+        let dy = values(seed, x.len());
+        let mut dx = nans(x.len());
+        par(|| log_softmax_backward(classes, &y, &dy, &mut dx, Accum::Replace)).unwrap();
+        for (r, row) in x.chunks(classes).enumerate() {
+            let lp = log_softmax_f64(row);
+            let d = &dy[r * classes..][..classes];
+            let s: f64 = d.iter().map(|&v| v as f64).sum();
+            for j in 0..classes {
+                let want = d[j] as f64 - lp[j].exp() * s;
+                let got = dx[r * classes + j] as f64;
+                prop_assert!((got - want).abs() <= 1e-5 * (1.0 + s.abs()), "dx {} vs f64 {}", got, want);
+            }
+        }
+    }
+}

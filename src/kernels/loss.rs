@@ -6,7 +6,7 @@
 //! turns that into [`Error::NonFinite`](crate::Error::NonFinite)).
 
 use crate::error::{Error, Result, check_len};
-use crate::kernels::softmax::{log_sum_exp, rows_of};
+use crate::kernels::softmax::{max_and_sum_exp, rows_of};
 use crate::par;
 use crate::simd::{self, splat};
 
@@ -89,21 +89,36 @@ pub fn cross_entropy_loss(
             for (k, i) in rr.enumerate() {
                 let x = &logits[i * classes..][..classes];
                 let label = labels[i] as usize;
-                let lse = log_sum_exp(x);
+                let (m, sum) = max_and_sum_exp(x);
+                let ln_sum = sum.ln();
+                // lse − (1 − ε)·x_label − ε·mean x, with every term taken relative to m.
                 let smooth = if eps > 0.0 {
-                    eps * (simd::sum(x) / classes as f32)
+                    let mv = splat(m);
+                    let shifted = simd::sum_map(
+                        x,
+                        m,
+                        #[inline(always)]
+                        |v| v - mv,
+                    );
+                    eps as f64 * (shifted as f64 / classes as f64)
                 } else {
                     0.0
                 };
-                s += (lse - (1.0 - eps) * x[label] - smooth) as f64;
+                s += ln_sum as f64 + (1.0 - eps) as f64 * (m - x[label]) as f64 - smooth;
                 if !out.is_empty() {
                     let d = &mut out[k * classes..][..classes];
-                    let (l, sc, off) = (splat(lse), splat(inv_rows), splat(eps / classes as f32));
+                    let inv_sum = 1.0 / sum;
+                    let (mv, p_sc, sc, off) = (
+                        splat(m),
+                        splat(inv_sum),
+                        splat(inv_rows),
+                        splat(eps / classes as f32),
+                    );
                     simd::map(
                         x,
                         d,
                         #[inline(always)]
-                        |v| (simd::exp(v - l) - off) * sc,
+                        |v| (simd::exp(v - mv) * p_sc - off) * sc,
                     );
                     d[label] -= (1.0 - eps) * inv_rows;
                 }
@@ -144,24 +159,29 @@ fn ce_narrow(
         for c in 0..classes {
             let v = col(c);
             e += simd::exp(v - m);
-            sx += v;
+            sx += v - m;
         }
-        let lse = m + simd::ln(e);
-        let (lse_a, sx_a) = (lse.to_array(), sx.to_array());
+        // Relative to the row maximum m: lse − x_label = ln Σ + (m − x_label), and
+        // mean x = m + mean (x − m); p = exp(x − m) / Σ.
+        let ln_sum = simd::ln(e);
+        let mean_shift = sx * splat(1.0 / classes as f32);
+        let (m_a, ln_a, ms_a) = (m.to_array(), ln_sum.to_array(), mean_shift.to_array());
         for r in 0..n {
             let i = i0 + r;
             let label = labels[i] as usize;
             let smooth = if eps > 0.0 {
-                eps * (sx_a[r] / classes as f32)
+                eps as f64 * ms_a[r] as f64
             } else {
                 0.0
             };
-            s += (lse_a[r] - (1.0 - eps) * logits[i * classes + label] - smooth) as f64;
+            s += ln_a[r] as f64
+                + (1.0 - eps) as f64 * (m_a[r] - logits[i * classes + label]) as f64
+                - smooth;
         }
         if !out.is_empty() {
-            let (sc, off) = (splat(inv_rows), splat(eps / classes as f32));
+            let (sc, off, inv_sum) = (splat(inv_rows), splat(eps / classes as f32), splat(1.0) / e);
             for c in 0..classes {
-                let g = ((simd::exp(col(c) - lse) - off) * sc).to_array();
+                let g = ((simd::exp(col(c) - m) * inv_sum - off) * sc).to_array();
                 for (r, &g) in g.iter().enumerate().take(n) {
                     out[(i0 + r - first) * classes + c] = g;
                 }

@@ -67,7 +67,11 @@ pub fn softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
 }
 
 /// Log-softmax over rows of length `cols`, as `torch.log_softmax(x, dim=-1)`:
-/// `y[r, j] = x[r, j] − m_r − ln Σ_k exp(x[r, k] − m_r)`.
+/// `y[r, j] = (x[r, j] − m_r) − ln Σ_k exp(x[r, k] − m_r)`.
+///
+/// The shifted value `x − m` is exact near the maximum, and `m + ln Σ` is never rounded to one
+/// `f32` first: for large logits that rounding would lose up to half an `f32` step of `m` (about
+/// 1e-3 at 2e4).
 ///
 /// # Errors
 /// As [`softmax_forward`].
@@ -82,30 +86,32 @@ pub fn log_softmax_forward(cols: usize, x: &[f32], y: &mut [f32]) -> Result<()> 
         #[inline(always)]
         |i, y_r| {
             let x_r = &x[i * cols..][..cols];
-            let shift = splat(log_sum_exp(x_r));
+            let (m, sum) = max_and_sum_exp(x_r);
+            let (m, ln_sum) = (splat(m), splat(sum.ln()));
             simd::map(
                 x_r,
                 y_r,
                 #[inline(always)]
-                |v| v - shift,
+                |v| (v - m) - ln_sum,
             );
         },
     );
     Ok(())
 }
 
-/// `m + ln Σ exp(x − m)` of one row, `m = max x`.
+/// `(m, Σ exp(x − m))` of one row, `m = max x`: the log-sum-exp is `m + ln Σ`, kept as two
+/// terms so callers subtract `m` first (exact near the maximum) and never round their sum.
 #[inline(always)]
-pub(crate) fn log_sum_exp(x: &[f32]) -> f32 {
+pub(crate) fn max_and_sum_exp(x: &[f32]) -> (f32, f32) {
     let m = simd::max(x);
     let mv = splat(m);
-    m + simd::sum_map(
+    let sum = simd::sum_map(
         x,
         f32::NEG_INFINITY,
         #[inline(always)]
         |v| simd::exp(v - mv),
-    )
-    .ln()
+    );
+    (m, sum)
 }
 
 /// Gradient of [`softmax_forward`] from its output `y`:
