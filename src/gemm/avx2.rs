@@ -28,6 +28,17 @@ pub(crate) fn available() -> bool {
 ///
 /// Panics (a programming error, not a data error) if the panels are shorter than `k` steps, `C`
 /// does not hold the tile, or the CPU lacks AVX2/FMA.
+/// Whether a C tile of `MR` rows of `NR` elements, rows `rs` apart (`rs >= NR`, so rows do not
+/// overlap), fits in `len` elements; checked arithmetic, so no stride can wrap past the check.
+#[inline]
+fn c_tile_fits(len: usize, rs: usize) -> bool {
+    rs >= NR
+        && (MR - 1)
+            .checked_mul(rs)
+            .and_then(|v| v.checked_add(NR))
+            .is_some_and(|end| end <= len)
+}
+
 #[inline]
 pub(crate) fn tile(
     k: usize,
@@ -43,13 +54,11 @@ pub(crate) fn tile(
         "AVX2/FMA micro-kernel called without CPU support"
     );
     assert!(
-        a.len() >= k * MR && b.len() >= k * NR,
+        k.checked_mul(MR).is_some_and(|n| n <= a.len())
+            && k.checked_mul(NR).is_some_and(|n| n <= b.len()),
         "packed panels shorter than k"
     );
-    assert!(
-        rs >= NR && c.len() >= (MR - 1) * rs + NR,
-        "C tile out of bounds"
-    );
+    assert!(c_tile_fits(c.len(), rs), "C tile out of bounds");
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `available()` proved AVX2 and FMA, so the target-feature function may run. Reads
     // stay within `a[..k*MR]` and `b[..k*NR]` (checked above); writes and reads of C touch
@@ -180,11 +189,11 @@ pub(crate) fn conv_tile(
         available(),
         "AVX2/FMA micro-kernel called without CPU support"
     );
-    assert!(a.len() >= k * MR, "packed weights shorter than the taps");
     assert!(
-        rs >= NR && c.len() >= (MR - 1) * rs + NR,
-        "C tile out of bounds"
+        k.checked_mul(MR).is_some_and(|n| n <= a.len()),
+        "packed weights shorter than the taps"
     );
+    assert!(c_tile_fits(c.len(), rs), "C tile out of bounds");
     if k == 0 {
         if !beta {
             for i in 0..MR {
@@ -193,7 +202,12 @@ pub(crate) fn conv_tile(
         }
         return;
     }
-    assert!(base + taps.max + NR <= x.len(), "input read out of bounds");
+    assert!(
+        base.checked_add(taps.max)
+            .and_then(|v| v.checked_add(NR))
+            .is_some_and(|end| end <= x.len()),
+        "input read out of bounds"
+    );
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX2/FMA present (checked). Reads: a[..k*MR] (checked); x[base + off[t] + j] for
     // j < 16, where every off[t] <= taps.max (a `Taps` invariant: its constructor computes the
@@ -333,19 +347,21 @@ pub(crate) fn wgrad_tile(
         available(),
         "AVX2/FMA micro-kernel called without CPU support"
     );
-    assert!(
-        rs >= NR && c.len() >= (MR - 1) * rs + NR,
-        "C tile out of bounds"
-    );
+    assert!(c_tile_fits(c.len(), rs), "C tile out of bounds");
     if len == 0 {
         return;
     }
     assert!(
-        xo.iter().all(|&o| o + len <= x.len()),
+        xo.iter()
+            .all(|&o| o.checked_add(len).is_some_and(|end| end <= x.len())),
         "input read out of bounds"
     );
     assert!(
-        bs >= NR && (len - 1) * bs + NR <= b.len(),
+        bs >= NR
+            && (len - 1)
+                .checked_mul(bs)
+                .and_then(|v| v.checked_add(NR))
+                .is_some_and(|end| end <= b.len()),
         "gradient read out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
@@ -551,16 +567,29 @@ pub(crate) fn depthwise_row(
         available(),
         "AVX2/FMA depthwise kernel called without CPU support"
     );
-    assert!(k[0] > 0 && k[1] > 0 && w.len() >= k[0] * k[1], "kernel");
-    let span = out.len().div_ceil(8) * 8 + (k[1] - 1) * d[1];
     assert!(
-        (top + (k[0] - 1) * d[0]) * cols + span <= src.len(),
+        k[0] > 0 && k[1] > 0 && k[0].checked_mul(k[1]).is_some_and(|n| n <= w.len()),
+        "kernel"
+    );
+    // The last element read: (top + (kh−1)·d_h)·cols + ceil8(out.len()) + (kw−1)·d_w.
+    let end = (|| {
+        let span = out
+            .len()
+            .div_ceil(8)
+            .checked_mul(8)?
+            .checked_add((k[1] - 1).checked_mul(d[1])?)?;
+        top.checked_add((k[0] - 1).checked_mul(d[0])?)?
+            .checked_mul(cols)?
+            .checked_add(span)
+    })();
+    assert!(
+        end.is_some_and(|e| e <= src.len()),
         "depthwise read out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `available()` proved AVX2 and FMA. Every read is
     // `src[(top + p·d_h)·cols + ow + 8·i + q·d_w ..][..8]` with `ow + 8·i + 8 <= ceil8(out.len())`,
-    // so it ends at or below `(top + (kh−1)·d_h)·cols + span <= src.len()` (checked above);
+    // so it ends at or below `end <= src.len()` (checked above, without overflow);
     // weights are read at `p·kw + q < kh·kw <= w.len()`; writes touch `out[..out.len()]` only.
     unsafe {
         depthwise_row_kernel(

@@ -285,8 +285,23 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
 /// Most rows of `A` computed by dot products instead of a packed product.
 const FEW_ROWS: usize = 2;
 
-/// [`sgemm`] on the calling thread, dimensions already checked.
+/// [`sgemm`] on the calling thread.
+///
+/// # Panics
+/// If the views' dimensions disagree (`a.cols != b.rows`, `a.rows != c.rows` or
+/// `b.cols != c.cols`): an internal caller's bug, checked here because the unsafe product below
+/// relies on it. Public entry points check the dimensions first and return an error.
 pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    assert!(
+        a.cols == b.rows && a.rows == c.rows && b.cols == c.cols,
+        "gemm_serial: A is {}x{}, B {}x{}, C {}x{}",
+        a.rows,
+        a.cols,
+        b.rows,
+        b.cols,
+        c.rows,
+        c.cols
+    );
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
@@ -352,7 +367,7 @@ pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c
     // i*rs + l*cs (A), l*rs + j*cs (B) and i*rs + j*cs (C) are below the length of the respective
     // slice and fit in isize (so the `as isize` casts are exact), and that C's elements are
     // pairwise distinct. `a.cols == b.rows == k`, `a.rows == c.rows == m`, `b.cols == c.cols == n`
-    // was checked by the caller. C is borrowed mutably for the whole call, so it cannot alias A
+    // was asserted at the top of this function. C is borrowed mutably for the whole call, so it cannot alias A
     // or B. matrixmultiply reads only those elements of A and B and writes only those of C.
     unsafe {
         matrixmultiply::sgemm(

@@ -106,6 +106,12 @@ impl Direct {
         self.src_ch * self.k[0] * self.k[1]
     }
 
+    /// Whether every tap offset of every band fits the `u32` offsets the micro-kernels read. A
+    /// band never has more rows than the whole output, so the full-height layout bounds them all.
+    pub(super) fn offsets_fit(&self) -> bool {
+        self.layout(self.out_h).len <= u32::MAX as usize
+    }
+
     /// Largest row and column shift of a tap in the phase planes.
     fn shifts(&self) -> (usize, usize) {
         (
@@ -178,7 +184,9 @@ impl Direct {
                     let at = ((phase * self.src_ch + c) * lay.plane)
                         + (rp / self.s[0]) * lay.pw
                         + rq / self.s[1];
-                    off.push(at as u32);
+                    // In range: the path is only chosen when `offsets_fit` (the micro-kernel
+                    // reads u32 offsets).
+                    off.push(u32::try_from(at).expect("tap offset checked by offsets_fit"));
                 }
             }
         }

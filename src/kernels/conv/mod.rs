@@ -25,7 +25,7 @@ mod direct;
 pub(crate) mod im2col;
 
 use crate::error::{Result, check_len, check_min_len};
-use crate::gemm::{MatMut, MatRef, gemm_serial as sgemm_serial, packed};
+use crate::gemm::{MatMut, MatRef, gemm_serial, packed};
 use crate::kernels::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
@@ -76,6 +76,7 @@ fn use_direct(g: &Conv2dGeom) -> bool {
     packed::enabled()
         && !g.is_depthwise()
         && g.params().stride.iter().all(|&s| s <= MAX_DIRECT_STRIDE)
+        && direct::Direct::forward(g).offsets_fit()
 }
 
 /// Largest stride (per axis) taken by the direct path.
@@ -96,7 +97,7 @@ fn forward_slot(g: &Conv2dGeom) -> usize {
 /// group to fill the 6-channel panels (with fewer, most of the work would be padding; the im2col
 /// path is faster).
 fn direct_backward_data(g: &Conv2dGeom) -> Option<direct::Direct> {
-    direct::Direct::backward_data(g).filter(|_| use_direct(g) && g.c_in_g() >= 4)
+    direct::Direct::backward_data(g).filter(|d| use_direct(g) && g.c_in_g() >= 4 && d.offsets_fit())
 }
 
 /// Scratch of one worker for the backward-data pass on this machine.
@@ -393,7 +394,7 @@ fn forward_rows(
         let c = MatMut::new(&mut y_rows[at..], os.len(), cols, plane, 1)?;
         let a = MatRef::new(&w[os.start * k_g..], os.len(), k_g, k_g, 1)?;
         let bsrc = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?;
-        sgemm_serial(1.0, a, bsrc, beta, c);
+        gemm_serial(1.0, a, bsrc, beta, c);
     }
     Ok(())
 }
@@ -425,7 +426,7 @@ fn wt_dy_rows(
             dst_rs,
             1,
         )?;
-        sgemm_serial(1.0, a, b, beta, c);
+        gemm_serial(1.0, a, b, beta, c);
     }
     Ok(())
 }
@@ -652,7 +653,7 @@ pub fn conv2d_backward_weights(
                             os.len(),
                             k_g,
                         )?;
-                        sgemm_serial(1.0, a, b, 1.0, c);
+                        gemm_serial(1.0, a, b, 1.0, c);
                     }
                     Ok(())
                 },
