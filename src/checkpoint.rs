@@ -180,7 +180,8 @@ pub fn to_bytes(st: &SafeTensors) -> Vec<u8> {
 /// the old file or the new one, never a mixture.
 ///
 /// # Errors
-/// [`Error::Io`] naming the file; the temporary file is removed on failure.
+/// [`Error::Io`] naming the file; the temporary file is removed on failure. Temporary files that
+/// earlier, killed writes of the same target left behind are removed first.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -195,7 +196,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
     );
-    let tmp = dir.join(format!(".{}.tmp-{nonce:016x}", name.to_string_lossy()));
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    remove_stale_temporaries(&dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}-{nonce:016x}", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -214,6 +217,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Removes temporary files `PREFIX{pid}-{nonce}` of earlier writes of the same target that were
+/// killed before they could rename or remove them: those whose process is gone (Linux: no
+/// `/proc/{pid}`), or, where that cannot be told or for names without a pid, older than a minute.
+/// A write in progress in a live process is never touched.
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let proc_fs = Path::new("/proc/self").exists();
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let pid = rest
+            .split_once('-')
+            .and_then(|(p, _)| p.parse::<u32>().ok());
+        let stale = match pid {
+            Some(p) if p == std::process::id() => false,
+            Some(p) if proc_fs => !Path::new(&format!("/proc/{p}")).exists(),
+            _ => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 60),
+        };
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Writes `st` to `path` as safetensors, atomically ([`write_atomic`]).

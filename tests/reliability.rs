@@ -38,7 +38,8 @@ fn save_loop_child() {
 /// Kills a process that saves checkpoints in a loop at many points in time: every time, the file
 /// under the final name loads and is exactly one of the two models, never a mixture or a torn
 /// file. At least some kills land while a temporary file is being written (it is left behind,
-/// under a hidden name that is never loaded).
+/// under a hidden name that is never loaded), and the next save of the same target removes such
+/// leftovers of dead processes, but never the temporary file of a save still running.
 #[test]
 fn an_interrupted_save_leaves_the_previous_checkpoint_intact() {
     let t = TempDir::new("kill");
@@ -65,17 +66,34 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_intact() {
             want.contains(&sd),
             "round {round}: the checkpoint is neither model"
         );
-        for e in std::fs::read_dir(&t.0).unwrap() {
-            let p = e.unwrap().path();
-            if p != path {
-                torn += 1;
-                std::fs::remove_file(p).unwrap();
-            }
-        }
+        // At most the one leftover of the child just killed: each save removed the earlier
+        // children's.
+        let leftovers = std::fs::read_dir(&t.0).unwrap().count() - 1;
+        assert!(
+            leftovers <= 1,
+            "round {round}: {leftovers} temporary files left"
+        );
+        torn += leftovers;
     }
     assert!(
         torn > 0,
         "no kill landed during a write in {rounds} rounds: the test did not test anything"
+    );
+    // A save in progress elsewhere (pid 1 is always alive) is left alone; the dead ones go.
+    let live = t.0.join(".model.safetensors.tmp-1-00000000deadbeef");
+    std::fs::write(&live, b"in progress").unwrap();
+    big_model(2).save(&path, &BTreeMap::new()).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&t.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".model.safetensors.tmp-1-00000000deadbeef",
+            "model.safetensors"
+        ]
     );
 }
 
