@@ -38,6 +38,27 @@ pub enum Error {
         /// What was too large.
         what: &'static str,
     },
+    /// A request for memory above the process's memory budget (see [`crate::memory`]), refused
+    /// before anything was allocated.
+    OverBudget {
+        /// The operation that asked.
+        op: &'static str,
+        /// What the memory was for.
+        what: &'static str,
+        /// Bytes asked for.
+        bytes: u128,
+        /// The budget in bytes.
+        budget: usize,
+    },
+    /// The system refused an allocation within the budget.
+    OutOfMemory {
+        /// The operation that asked.
+        op: &'static str,
+        /// What the memory was for.
+        what: &'static str,
+        /// Bytes asked for.
+        bytes: u128,
+    },
     /// A loss or statistic became NaN or infinite.
     NonFinite {
         /// The operation that produced the value.
@@ -75,6 +96,24 @@ impl fmt::Display for Error {
             } => write!(f, "{op}: {arg} has {got} elements, expected {expected}"),
             Error::InvalidArg { op, arg, reason } => write!(f, "{op}: invalid {arg}: {reason}"),
             Error::TooLarge { op, what } => write!(f, "{op}: {what} is too large"),
+            Error::OverBudget {
+                op,
+                what,
+                bytes,
+                budget,
+            } => write!(
+                f,
+                "{op}: {what} would need {}, above the memory budget of {} \
+                 (set {}=SIZE, such as 32G, to change it)",
+                crate::memory::human(*bytes),
+                crate::memory::human(*budget as u128),
+                crate::memory::BUDGET_ENV
+            ),
+            Error::OutOfMemory { op, what, bytes } => write!(
+                f,
+                "{op}: the system refused {} for {what}",
+                crate::memory::human(*bytes)
+            ),
             Error::NonFinite { op, what } => write!(f, "{op}: {what} is not finite"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::File { path, reason } => write!(f, "{}: {reason}", path.display()),

@@ -29,12 +29,14 @@ impl Default for ImageLimits {
     }
 }
 
-/// How images become network inputs.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How images become network inputs. The default: original size, RGB, no CLAHE or
+/// equalisation, default limits.
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct ImageOptions {
     /// Resize every image to `[height, width]`; `None` keeps the size (all images must agree).
     pub size: Option<[usize; 2]>,
-    /// One grey channel (ITU-R 601 luma, as `image`'s `to_luma8`) instead of RGB.
+    /// One grey channel (ITU-R 601 luma, as `image`'s `to_luma8`) instead of RGB (default
+    /// `false`: RGB, as torchvision's `ImageFolder` loader and the `cnnkit` command).
     pub grayscale: bool,
     /// CLAHE on each 8-bit (or 16-bit grey) channel before resizing.
     pub clahe: Option<Clahe>,
@@ -44,17 +46,6 @@ pub struct ImageOptions {
     pub limits: ImageLimits,
 }
 
-impl Default for ImageOptions {
-    fn default() -> Self {
-        ImageOptions {
-            size: None,
-            grayscale: true,
-            clahe: None,
-            equalize: false,
-            limits: ImageLimits::default(),
-        }
-    }
-}
 
 impl ImageOptions {
     /// Channels of the output.
@@ -162,7 +153,9 @@ fn convert(
             planes
         };
     let [oh, ow] = opts.size.unwrap_or([h, w]);
-    let mut out = Vec::with_capacity(planes.len() * oh * ow);
+    let mut out = Vec::new();
+    let len = crate::error::mul("load_image", "image", planes.len() * oh, ow)?;
+    crate::memory::reserve("load_image", "the converted image", &mut out, len).map_err(with)?;
     for p in planes {
         if [oh, ow] == [h, w] {
             out.extend_from_slice(&p);
@@ -203,7 +196,30 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// The classes (sub-folders, sorted by name) of `root` and their image files (sorted).
+/// Deepest folder nesting searched below a class folder (a guard against link cycles).
+const MAX_DEPTH: usize = 32;
+
+/// Appends the image files in `dir` and, recursively, in its sub-folders (hidden entries
+/// skipped, links followed as torchvision does, at most [`MAX_DEPTH`] levels).
+fn images_below(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::file(
+            dir,
+            format!("folders nested deeper than {MAX_DEPTH} levels (a link cycle?)"),
+        ));
+    }
+    for p in sorted_entries(dir)? {
+        if p.is_dir() {
+            images_below(&p, out, depth + 1)?;
+        } else if is_image(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// The classes (sub-folders, sorted by name) of `root` and their image files: every image in
+/// the class folder and its sub-folders, as `torchvision.datasets.ImageFolder` finds them.
 ///
 /// # Errors
 /// [`Error::File`] naming a missing folder, a folder without classes, or an empty class.
@@ -217,14 +233,14 @@ pub fn scan_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let files: Vec<PathBuf> = sorted_entries(&dir)?
-            .into_iter()
-            .filter(|p| is_image(p))
-            .collect();
+        let mut files = Vec::new();
+        images_below(&dir, &mut files, 0)?;
+        // torchvision's order: folders by path (`sorted(os.walk(...))`), then file names.
+        files.sort_by(|a, b| (a.parent(), a.file_name()).cmp(&(b.parent(), b.file_name())));
         if files.is_empty() {
             return Err(Error::file(
                 &dir,
-                "class folder has no .png, .jpg or .jpeg images",
+                "class folder has no .png, .jpg or .jpeg images (searched recursively)",
             ));
         }
         classes.push((name, files));
@@ -257,6 +273,17 @@ fn load_classes(classes: &[(String, Vec<PathBuf>)], opts: &ImageOptions) -> Resu
         .enumerate()
         .flat_map(|(c, (_, files))| files.iter().map(move |f| (c as u32, f)))
         .collect();
+    const OP: &str = "load_image_folder";
+    // The decoded images, the data set they are copied into, and per thread the working copies
+    // of one image being converted (planes, resize pass, output): refused before decoding.
+    if let Some([oh, ow]) = opts.size {
+        let per_image = opts.channels() as u128 * oh as u128 * ow as u128;
+        crate::memory::check_elems::<f32>(
+            OP,
+            "the data set at this image size",
+            per_image * (2 * items.len() as u128 + 3 * crate::par::threads() as u128),
+        )?;
+    }
     let decoded = crate::par::map(&items, |(_, p)| load_image(p, opts));
     let mut x = Vec::new();
     let mut shape = None;
@@ -274,6 +301,10 @@ fn load_classes(classes: &[(String, Vec<PathBuf>)], opts: &ImageOptions) -> Resu
                 ));
             }
             Some(_) => {}
+        }
+        if x.is_empty() {
+            let total = crate::error::mul(OP, "data set", v.len(), items.len())?;
+            crate::memory::reserve(OP, "the data set", &mut x, total)?;
         }
         x.extend_from_slice(&v);
     }

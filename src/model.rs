@@ -119,14 +119,19 @@ impl Sequential {
             infos.push(info);
             layers.push(l);
         }
+        crate::memory::check_elems::<f32>(
+            OP,
+            "the parameters and their gradients",
+            2 * total as u128,
+        )?;
         let mut m = Sequential {
             input,
             layers,
             shapes,
             infos,
             ranges,
-            params: vec![0.0; total],
-            grads: vec![0.0; total],
+            params: crate::memory::vec_of(OP, "parameters", total, 0.0)?,
+            grads: crate::memory::vec_of(OP, "gradients", total, 0.0)?,
             acts: vec![Vec::new(); specs.len()],
             dbuf: [Vec::new(), Vec::new()],
             ws: Vec::new(),
@@ -212,20 +217,32 @@ impl Sequential {
     }
 
     /// Grows activations and scratch for a batch of `n` (no-op when they are large enough).
+    /// The whole batch's memory is checked against the budget first (activations, the two
+    /// gradient buffers, scratch and, as an upper bound of the layers' caches, the activations
+    /// once more), so an oversized batch is refused before anything is allocated.
     fn reserve(&mut self, n: usize) -> Result<()> {
         const OP: &str = "Sequential::forward";
-        let mut widest = crate::error::mul(OP, "batch", n, numel(self.input))?;
-        let mut ws = 0;
-        for (i, l) in self.layers.iter().enumerate() {
-            let len = crate::error::mul(OP, "batch", n, numel(self.shapes[i]))?;
-            layer::grow(&mut self.acts[i], len);
-            widest = widest.max(len);
+        let len = |s: Shape3| crate::error::mul(OP, "batch", n, numel(s));
+        let mut widest = len(self.input)?;
+        let (mut acts, mut ws) = (0u128, 0usize);
+        for (l, &s) in self.layers.iter().zip(&self.shapes) {
+            let k = len(s)?;
+            acts += k as u128;
+            widest = widest.max(k);
             ws = ws.max(l.scratch_len(n));
         }
-        for d in &mut self.dbuf {
-            layer::grow(d, widest);
+        crate::memory::check_elems::<f32>(
+            OP,
+            "the activations of the batch",
+            2 * acts + 2 * widest as u128 + ws as u128,
+        )?;
+        for (a, &s) in self.acts.iter_mut().zip(&self.shapes) {
+            crate::memory::grow(OP, "activations", a, len(s)?)?;
         }
-        layer::grow(&mut self.ws, ws);
+        for d in &mut self.dbuf {
+            crate::memory::grow(OP, "gradients", d, widest)?;
+        }
+        crate::memory::grow(OP, "scratch", &mut self.ws, ws)?;
         Ok(())
     }
 

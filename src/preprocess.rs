@@ -266,7 +266,7 @@ pub fn clahe<T: Pixel>(img: &Gray<T>, p: &Clahe) -> Result<Gray<T>> {
         )
     };
     let xs: Vec<(usize, usize, f32)> = (0..w).map(|x| axis(x, tw, tx)).collect();
-    let mut data = vec![T::default(); w * h];
+    let mut data = crate::memory::vec_of(OP, "the equalised image", w * h, T::default())?;
     for (y, out) in data.chunks_exact_mut(w).enumerate() {
         let (ty1, ty2, ya) = axis(y, th, ty);
         let ya1 = 1.0 - ya;
@@ -328,6 +328,15 @@ pub fn resize(img: &Gray<f32>, width: usize, height: usize, filter: Filter) -> R
         ));
     }
     let len = crate::error::mul(OP, "target pixels", width, height)?;
+    // The output, the horizontal pass (source rows at the target width) and the filter taps.
+    crate::memory::check_elems::<f32>(
+        OP,
+        "the resized image",
+        len as u128 + img.height as u128 * width as u128 + 8 * (width as u128 + height as u128),
+    )?;
+    // The two large buffers first, so a request the system refuses fails before any work.
+    let mut data = crate::memory::vec_of(OP, "the resized image", len, 0.0f32)?;
+    let mut tmp = crate::memory::vec_of(OP, "the resized image", img.height * width, 0.0f32)?;
     let shrink = width <= img.width && height <= img.height;
     let (hx, hy) = if filter == Filter::Area && shrink {
         (
@@ -341,14 +350,12 @@ pub fn resize(img: &Gray<f32>, width: usize, height: usize, filter: Filter) -> R
         )
     };
     // Horizontal pass into rows, then vertical.
-    let mut tmp = vec![0.0f32; img.height * width];
     for (y, out) in tmp.chunks_exact_mut(width).enumerate() {
         let row = img.row(y);
         for (o, taps) in out.iter_mut().zip(&hx) {
             *o = taps.iter().map(|&(i, wt)| row[i] * wt).sum();
         }
     }
-    let mut data = vec![0.0f32; len];
     for (out, taps) in data.chunks_exact_mut(width).zip(&hy) {
         for &(i, wt) in taps {
             for (o, v) in out.iter_mut().zip(&tmp[i * width..(i + 1) * width]) {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 /// How to train.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainConfig {
-    /// Passes over the training set (default 20).
+    /// Passes over the training set (default 30, as the `cnnkit` command).
     pub epochs: usize,
     /// Images per step (default 32).
     pub batch_size: usize,
@@ -32,7 +32,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            epochs: 20,
+            epochs: 30,
             batch_size: 32,
             seed: 0,
             schedule: LrSchedule::Constant,
@@ -118,7 +118,6 @@ pub struct Progress {
 pub struct Trainer {
     model: Sequential,
     optimizer: Optimizer,
-    base_lr: f32,
     cfg: TrainConfig,
     batches: Option<Batches>,
     progress: Progress,
@@ -141,13 +140,12 @@ impl Trainer {
                 "must be at least 1",
             ));
         }
+        cfg.schedule.validate()?;
         let optimizer = Optimizer::new(optimizer, model.param_count())?;
-        let base_lr = optimizer.lr();
         let shuffle_rng = crate::rng::Rng::new(cfg.seed).state();
         Ok(Trainer {
             model,
             optimizer,
-            base_lr,
             cfg,
             batches: None,
             progress: Progress {
@@ -175,7 +173,8 @@ impl Trainer {
     pub fn optimizer(&self) -> &Optimizer {
         &self.optimizer
     }
-    /// The optimizer, mutably (to restore its state).
+    /// The optimizer, mutably (to restore its state, or to change the learning rate: the
+    /// schedule continues from a rate set here, see [`Optimizer::lr`]).
     pub fn optimizer_mut(&mut self) -> &mut Optimizer {
         &mut self.optimizer
     }
@@ -222,7 +221,7 @@ impl Trainer {
         let n = labels.len();
         let classes = self.model.output_len();
         self.model.train();
-        crate::layer::grow(&mut self.dlogits, n * classes);
+        crate::layer::grow("Trainer::step", &mut self.dlogits, n * classes)?;
         let logits = self.model.forward(x, n)?;
         let correct = labels
             .iter()
@@ -292,11 +291,25 @@ impl Trainer {
         if train.is_empty() {
             return Err(Error::invalid(OP, "dataset", "the training set is empty"));
         }
+        // The batch buffer, checked against the memory budget before the first gather.
+        let batch_len = crate::error::mul(
+            OP,
+            "batch",
+            self.cfg.batch_size.min(train.len()),
+            crate::layer::numel(train.shape()),
+        )?;
+        let have = self.xb.len();
+        crate::memory::reserve(
+            OP,
+            "a batch of images",
+            &mut self.xb,
+            batch_len.saturating_sub(have),
+        )?;
         while self.progress.epoch < self.cfg.epochs {
             let started = std::time::Instant::now();
             let epoch = self.progress.epoch;
-            let lr = self.cfg.schedule.lr_at(self.base_lr, epoch);
-            self.optimizer.set_lr(lr);
+            // The optimizer holds the rate; the schedule moves it between epochs (below).
+            let lr = self.optimizer.lr();
             let mut batches = match self.batches.take() {
                 Some(b) => b,
                 None => Batches::new(train.len(), self.cfg.batch_size, true, self.cfg.seed)?,
@@ -353,6 +366,11 @@ impl Trainer {
             };
             self.batches = Some(batches);
             self.history.push(report);
+            let next = self
+                .cfg
+                .schedule
+                .next_lr(lr, self.optimizer.initial_lr(), epoch + 1);
+            self.optimizer.set_lr(next);
             let stop =
                 observe(&Event::Epoch(self.history.last().expect("just pushed"))) == Control::Stop;
             if stop {
@@ -586,11 +604,14 @@ impl Trainer {
             ));
         }
         let p = &self.progress;
-        let mut kind = *self.optimizer.kind();
-        kind.set_lr(self.base_lr);
         let m = &mut st.metadata;
         m.insert("cnnkit.kind".into(), "training-state".into());
-        m.insert("train.optimizer".into(), kind.to_string());
+        // The optimizer with its current rate, and the rate it started from.
+        m.insert("train.optimizer".into(), self.optimizer.kind().to_string());
+        m.insert(
+            "train.initial_lr".into(),
+            format!("{:?}", self.optimizer.initial_lr()),
+        );
         m.insert(
             "train.optimizer_steps".into(),
             self.optimizer.steps().to_string(),
@@ -694,6 +715,18 @@ impl Trainer {
         t.optimizer
             .load_state(steps, &view)
             .map_err(|e| Error::file(path, e.to_string()))?;
+        // Files without train.initial_lr stored the initial rate as the optimizer's rate.
+        match m.get("train.initial_lr") {
+            Some(v) => {
+                let initial: f32 = v.parse().map_err(|_| bad("malformed train.initial_lr"))?;
+                t.optimizer.set_initial_lr(initial);
+            }
+            None => {
+                let initial = t.optimizer.lr();
+                t.optimizer
+                    .set_lr(cfg.schedule.lr_at(initial, progress.epoch));
+            }
+        }
         t.restore_progress(progress);
         t.restore_history(history);
         Ok((t, st.metadata))

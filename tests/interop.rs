@@ -68,20 +68,13 @@ fn save_and_load_round_trip_exactly() {
 }
 
 /// cnnkit's checkpoint loads into the equivalent `torch.nn.Sequential` with
-/// `load_state_dict(strict=True)` and gives cnnkit's outputs. Needs python3 with torch and
-/// safetensors; where they are missing the check says so and passes.
+/// `load_state_dict(strict=True)` and gives cnnkit's outputs. Needs python3 with torch,
+/// safetensors and numpy (`pip install torch safetensors numpy`), which the test command does not
+/// install (torch is gigabytes), so it runs with `cargo test --test interop -- --ignored`; a
+/// missing module fails it, never passes it.
 #[test]
+#[ignore = "needs python3 with torch, safetensors and numpy: cargo test --test interop -- --ignored"]
 fn cnnkit_checkpoint_loads_into_pytorch() {
-    let has_torch = std::process::Command::new("python3")
-        .args(["-c", "import torch, safetensors, numpy"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_torch {
-        eprintln!(
-            "cnnkit_checkpoint_loads_into_pytorch: skipped, python3 with torch and safetensors not found"
-        );
-        return;
-    }
     let t = TempDir::new("totorch");
     let mut m = torch_model();
     // Make it cnnkit's own weights: perturb every parameter.

@@ -79,7 +79,14 @@ fn idx_files_load_raw_and_gzip() {
         gz(&t.0.join(n), b);
     }
     let (train, test) = load_mnist_dir(t.path(), IdxLimits::default()).unwrap();
-    assert_eq!((train.len(), test.len()), (3, 3));
+    assert_eq!((train.len(), test.map(|t| t.len())), (3, Some(3)));
+    // Without the t10k files: a training-only set. With only one of them: an error naming it.
+    std::fs::remove_file(t.0.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let e = err(load_mnist_dir(t.path(), IdxLimits::default()));
+    assert!(e.contains("no t10k-images-idx3-ubyte"), "{e}");
+    std::fs::remove_file(t.0.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let (train, test) = load_mnist_dir(t.path(), IdxLimits::default()).unwrap();
+    assert_eq!((train.len(), test.is_none()), (3, true));
 }
 
 #[test]
@@ -159,15 +166,28 @@ fn make_folder(root: &Path) {
 fn image_folders_load_sorted_classes_and_resize() {
     let t = TempDir::new("folder");
     make_folder(t.path());
-    let ds = load_image_folder(t.path(), &ImageOptions::default()).unwrap();
+    // Class folders are searched recursively, in torchvision's order: a folder's own files
+    // (sorted) before those of its sub-folders ("normal/2.png" before "normal/batch2/0.png",
+    // although "2.png" > "batch2/…" as a path would not say so).
+    std::fs::create_dir_all(t.0.join("normal/batch2")).unwrap();
+    png_gray(&t.0.join("normal/batch2/0.png"), 6, 4, |x, _| x as u8);
+    let grey = ImageOptions {
+        grayscale: true,
+        ..Default::default()
+    };
+    let ds = load_image_folder(t.path(), &grey).unwrap();
     assert_eq!(ds.classes(), ["normal", "pneumonia"]);
-    assert_eq!(ds.labels(), [0, 0, 0, 1, 1, 1]);
+    assert_eq!(ds.labels(), [0, 0, 0, 0, 1, 1, 1]);
     assert_eq!(ds.shape(), [1, 4, 6]);
     // Pixel (x=2, y=1) of normal/1.png = 2·10 + 1·3 + 50.
     assert_eq!(ds.get(1).unwrap().0[6 + 2], 73.0 / 255.0);
+    // Pixel (x=5, y=0) of normal/batch2/0.png, the fourth image.
+    assert_eq!(ds.get(3).unwrap().0[5], 5.0 / 255.0);
+    // The default is RGB, as torchvision's loader and the command.
+    let ds = load_image_folder(t.path(), &ImageOptions::default()).unwrap();
+    assert_eq!(ds.shape(), [3, 4, 6]);
     let opts = ImageOptions {
         size: Some([8, 3]),
-        grayscale: false,
         ..Default::default()
     };
     let ds = load_image_folder(t.path(), &opts).unwrap();
@@ -178,7 +198,7 @@ fn image_folders_load_sorted_classes_and_resize() {
             clip_limit: 2.0,
             tiles: [2, 2],
         }),
-        ..Default::default()
+        ..grey
     };
     let (v, _) = load_image(&t.0.join("normal/0.png"), &opts).unwrap();
     let raw: Vec<u8> = (0..24)
@@ -210,7 +230,11 @@ fn sixteen_bit_grey_images_keep_their_depth() {
     })
     .save(&p)
     .unwrap();
-    let (v, s) = load_image(&p, &ImageOptions::default()).unwrap();
+    let grey = ImageOptions {
+        grayscale: true,
+        ..Default::default()
+    };
+    let (v, s) = load_image(&p, &grey).unwrap();
     assert_eq!(s, [1, 3, 5]);
     assert_eq!(v[5 + 3], 3007.0 / 65535.0);
 }

@@ -234,6 +234,7 @@ pub(super) fn idx_to_dataset(
     if classes < 2 {
         return Err(Error::file(labels, "fewer than two classes"));
     }
+    crate::memory::check_elems::<f32>("idx_dataset", "the images as f32", pixels.len() as u128)?;
     let x = pixels.iter().map(|&p| p as f32 / max_value).collect();
     Dataset::new(
         x,
@@ -262,11 +263,13 @@ fn find(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
 
 /// Loads an MNIST-style directory (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
 /// `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, optionally `.gz`) as `(train, test)`,
-/// pixels scaled to `[0, 1]`.
+/// pixels scaled to `[0, 1]`. A directory with no `t10k` files at all is a training-only set
+/// (`test` is `None`; hold out a validation split with [`Dataset::split`]).
 ///
 /// # Errors
-/// [`Error::File`] naming a missing or malformed file.
-pub fn load_mnist_dir(dir: &Path, limits: IdxLimits) -> Result<(Dataset, Dataset)> {
+/// [`Error::File`] naming a missing or malformed file (a `t10k` images file without its labels
+/// file, or the reverse, included).
+pub fn load_mnist_dir(dir: &Path, limits: IdxLimits) -> Result<(Dataset, Option<Dataset>)> {
     if !dir.is_dir() {
         return Err(Error::file(dir, "not a directory"));
     }
@@ -276,11 +279,14 @@ pub fn load_mnist_dir(dir: &Path, limits: IdxLimits) -> Result<(Dataset, Dataset
         255.0,
         limits,
     )?;
-    let test = idx_dataset(
-        &find(dir, "t10k-images", "idx3")?,
-        &find(dir, "t10k-labels", "idx1")?,
-        255.0,
-        limits,
-    )?;
+    // A training-only directory has no t10k files at all; one of the two alone is an error.
+    let (images, labels) = (
+        find(dir, "t10k-images", "idx3"),
+        find(dir, "t10k-labels", "idx1"),
+    );
+    let test = match (images, labels) {
+        (Err(_), Err(_)) => None,
+        (i, l) => Some(idx_dataset(&i?, &l?, 255.0, limits)?),
+    };
     Ok((train, test))
 }

@@ -22,6 +22,7 @@ const GELU_KAPPA: f32 = 0.044_715;
 
 /// An element-wise activation with its parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Activation {
     /// `max(x, 0)` (`x < 0 ? 0 : x`, so NaN and `-0.0` pass through).
     Relu,

@@ -187,7 +187,7 @@ impl Layer for RRelu {
     ) -> Result<()> {
         self.trained = ctx.training;
         if ctx.training {
-            let noise = grow(&mut self.noise, x.len());
+            let noise = grow("RReLU::forward", &mut self.noise, x.len())?;
             kernels::rrelu_forward_train(self.lower, self.upper, ctx.seed, x, y, noise)
         } else {
             kernels::activation_forward(self.eval_act(), x, y)

@@ -153,12 +153,14 @@ pub(crate) fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
     })
 }
 
-/// `v[..len]`, growing `v` first if it is shorter (allocates only when the batch grows).
-pub(crate) fn grow<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
-    if v.len() < len {
-        v.resize(len, T::default());
-    }
-    &mut v[..len]
+/// `v[..len]`, growing `v` first if it is shorter (allocates only when the batch grows; checked
+/// against the memory budget, see [`crate::memory`]).
+pub(crate) fn grow<'a, T: Clone + Default>(
+    op: &'static str,
+    v: &'a mut Vec<T>,
+    len: usize,
+) -> Result<&'a mut [T]> {
+    crate::memory::grow(op, "a layer cache", v, len)
 }
 
 /// The error for a layer that cannot take its input shape.

@@ -298,8 +298,8 @@ impl Layer for LayerNorm {
     ) -> Result<()> {
         let d = numel(self.shape);
         let (gamma, beta) = p.split_at(d);
-        grow(&mut self.save_mean, n);
-        grow(&mut self.save_invstd, n);
+        grow("LayerNorm::forward", &mut self.save_mean, n)?;
+        grow("LayerNorm::forward", &mut self.save_invstd, n)?;
         let (mean, inv) = (&mut self.save_mean[..n], &mut self.save_invstd[..n]);
         kernels::layer_norm_forward(d, self.eps, x, Some(gamma), Some(beta), y, mean, inv)
     }
@@ -382,7 +382,7 @@ impl Layer for Dropout {
     ) -> Result<()> {
         self.trained = ctx.training;
         if ctx.training {
-            let mask = grow(&mut self.mask, x.len());
+            let mask = grow("Dropout::forward", &mut self.mask, x.len())?;
             kernels::dropout_forward_train(self.p, ctx.seed, x, y, mask)
         } else {
             crate::error::check_len("dropout", "y", y, x.len())?;

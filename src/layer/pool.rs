@@ -85,7 +85,7 @@ impl Layer for Pool {
         match self.avg {
             Some(cip) => kernels::avg_pool2d_forward(&g, cip, x, y),
             None if ctx.training => {
-                let a = grow(&mut self.argmax, g.y_len());
+                let a = grow("MaxPool2d::forward", &mut self.argmax, g.y_len())?;
                 kernels::max_pool2d_forward(&g, x, y, Some(a))
             }
             None => kernels::max_pool2d_forward(&g, x, y, None),

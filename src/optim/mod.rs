@@ -45,6 +45,7 @@ fn unit_interval(op: &'static str, arg: &'static str, v: f32) -> Result<()> {
 
 /// An optimization algorithm and its hyper-parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum OptimizerKind {
     /// `torch.optim.SGD`.
     Sgd(SgdConfig),
@@ -305,7 +306,7 @@ impl std::str::FromStr for LrSchedule {
             )
         };
         let parts: Vec<&str> = s.trim().split(':').collect();
-        match parts.as_slice() {
+        let sched = match parts.as_slice() {
             ["constant"] => Ok(LrSchedule::Constant),
             ["step", n, g] => Ok(LrSchedule::Step {
                 step_size: n.parse().map_err(|_| bad())?,
@@ -320,7 +321,9 @@ impl std::str::FromStr for LrSchedule {
                 eta_min: e.parse().map_err(|_| bad())?,
             }),
             _ => Err(bad()),
-        }
+        }?;
+        sched.validate()?;
+        Ok(sched)
     }
 }
 
@@ -338,6 +341,7 @@ impl std::str::FromStr for LrSchedule {
 #[derive(Clone, Debug)]
 pub struct Optimizer {
     kind: OptimizerKind,
+    initial_lr: f32,
     steps: u64,
     names: Vec<&'static str>,
     state: Vec<Vec<f32>>,
@@ -349,7 +353,8 @@ impl Optimizer {
     /// `initial_accumulator_value`).
     ///
     /// # Errors
-    /// [`Error::InvalidArg`] for an invalid configuration.
+    /// [`Error::InvalidArg`] for an invalid configuration; [`Error::OverBudget`] if the state
+    /// would exceed the memory budget.
     pub fn new(kind: OptimizerKind, len: usize) -> Result<Self> {
         kind.validate()?;
         let names = kind.slots();
@@ -357,9 +362,19 @@ impl Optimizer {
             OptimizerKind::Adagrad(c) => c.initial_accumulator_value,
             _ => 0.0,
         };
-        let state = names.iter().map(|_| vec![init; len]).collect();
+        const OP: &str = "Optimizer::new";
+        crate::memory::check_elems::<f32>(
+            OP,
+            "the optimizer state",
+            names.len() as u128 * len as u128,
+        )?;
+        let state = names
+            .iter()
+            .map(|_| crate::memory::vec_of(OP, "the optimizer state", len, init))
+            .collect::<Result<_>>()?;
         Ok(Optimizer {
             kind,
+            initial_lr: kind.lr(),
             steps: 0,
             names,
             state,
@@ -371,13 +386,24 @@ impl Optimizer {
     pub fn kind(&self) -> &OptimizerKind {
         &self.kind
     }
-    /// The current learning rate.
+    /// The current learning rate: the one home of the rate. A schedule run by
+    /// [`crate::Trainer`] reads it and writes the next epoch's rate here, so a rate set with
+    /// [`Optimizer::set_lr`] is the one the next steps use and the schedule continues from.
     pub fn lr(&self) -> f32 {
         self.kind.lr()
     }
-    /// Sets the learning rate (what a schedule does between epochs).
+    /// Sets the current learning rate.
     pub fn set_lr(&mut self, lr: f32) {
         self.kind.set_lr(lr);
+    }
+    /// The rate the optimizer was created with (PyTorch's `initial_lr`), which the cosine
+    /// schedule anneals from.
+    pub fn initial_lr(&self) -> f32 {
+        self.initial_lr
+    }
+    /// Sets [`Optimizer::initial_lr`] (to restore a saved run).
+    pub fn set_initial_lr(&mut self, lr: f32) {
+        self.initial_lr = lr;
     }
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
@@ -466,6 +492,7 @@ impl Optimizer {
 
 /// A learning-rate schedule, stepped once per epoch from the optimizer's base rate.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub enum LrSchedule {
     /// The base rate throughout.
     #[default]
@@ -488,7 +515,76 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
-    /// The rate for `epoch` (0-based) given the base rate.
+    /// Checks the parameters as PyTorch's schedulers do: a step size and a `t_max` of at least 1
+    /// (PyTorch divides by both), and finite `gamma` / `eta_min`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] naming the parameter.
+    pub fn validate(&self) -> Result<()> {
+        const OP: &str = "LrSchedule";
+        match *self {
+            LrSchedule::Constant => Ok(()),
+            LrSchedule::Step { step_size: 0, .. } => {
+                Err(Error::invalid(OP, "step_size", "must be at least 1 epoch"))
+            }
+            LrSchedule::Step { gamma, .. } if !(gamma.is_finite() && gamma >= 0.0) => {
+                Err(Error::invalid(
+                    OP,
+                    "gamma",
+                    format!("must be finite and non-negative, got {gamma}"),
+                ))
+            }
+            LrSchedule::Cosine { t_max: 0, .. } => Err(Error::invalid(
+                OP,
+                "t_max",
+                "must be at least 1 epoch (PyTorch's CosineAnnealingLR divides by it)",
+            )),
+            LrSchedule::Cosine { eta_min, .. } if !eta_min.is_finite() => Err(Error::invalid(
+                OP,
+                "eta_min",
+                format!("must be finite, got {eta_min}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The rate for `epoch` (≥ 1) from the rate `lr` of the epoch before, as PyTorch's
+    /// schedulers compute it in `scheduler.step()` (their chainable form): StepLR multiplies
+    /// by `gamma` every `step_size` epochs; CosineAnnealingLR follows its recursive formula,
+    /// which uses the initial rate `base` only at the restarts. Without intervention this gives
+    /// [`LrSchedule::lr_at`] (up to rounding); a rate changed between epochs is continued from.
+    pub fn next_lr(&self, lr: f32, base: f32, epoch: usize) -> f32 {
+        match *self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Step { step_size, gamma } => {
+                if epoch > 0 && epoch.is_multiple_of(step_size.max(1)) {
+                    lr * gamma
+                } else {
+                    lr
+                }
+            }
+            LrSchedule::Cosine { t_max, eta_min } => {
+                let (t, e, lr, base, eta) = (
+                    t_max.max(1) as f64,
+                    epoch as f64,
+                    lr as f64,
+                    base as f64,
+                    eta_min as f64,
+                );
+                let pi = std::f64::consts::PI;
+                if epoch == 0 {
+                    base as f32
+                } else if (epoch - 1 + t_max.max(1)).is_multiple_of(2 * t_max.max(1)) {
+                    (lr + (base - eta) * (1.0 - (pi / t).cos()) / 2.0) as f32
+                } else {
+                    ((1.0 + (pi * e / t).cos()) / (1.0 + (pi * (e - 1.0) / t).cos()) * (lr - eta)
+                        + eta) as f32
+                }
+            }
+        }
+    }
+
+    /// The rate for `epoch` (0-based) given the base rate (the closed form).
     pub fn lr_at(&self, base: f32, epoch: usize) -> f32 {
         match *self {
             LrSchedule::Constant => base,
