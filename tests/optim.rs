@@ -37,6 +37,31 @@ fn schedules_follow_torch_schedulers() {
         assert_close(&format!("{sched:?}"), &got, want, 1e-7, 1e-6).unwrap();
     }
     assert_eq!(LrSchedule::Constant.lr_at(0.3, 99), 0.3);
+    // The chainable form the trainer runs (each epoch's rate from the one before, as
+    // scheduler.step() does) follows the same trajectory, restarts of the cosine included.
+    for (sched, want) in [fixtures::STEP_LR, fixtures::COSINE_LR] {
+        let mut lr = 0.1f32;
+        let mut got = vec![lr];
+        for e in 1..want.len() {
+            lr = sched.next_lr(lr, 0.1, e);
+            got.push(lr);
+        }
+        assert_close(&format!("{sched:?} chained"), &got, want, 1e-7, 1e-5).unwrap();
+    }
+    let cos = LrSchedule::Cosine {
+        t_max: 4,
+        eta_min: 0.01,
+    };
+    let mut lr = 0.1f32;
+    for e in 1..40 {
+        lr = cos.next_lr(lr, 0.1, e);
+        let want = cos.lr_at(0.1, e);
+        assert!((lr - want).abs() <= 1e-6, "epoch {e}: {lr} vs {want}");
+    }
+    // Zero step sizes are refused, as PyTorch's schedulers divide by them.
+    for bad in ["cosine:0", "step:0:0.5", "step:2:nan", "cosine:3:inf"] {
+        assert!(bad.parse::<LrSchedule>().is_err(), "{bad}");
+    }
 }
 
 /// Saving the state and step count mid-way and loading them into a fresh optimizer continues the

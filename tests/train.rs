@@ -32,6 +32,39 @@ fn trainer(arch: &str, opt: &str, epochs: usize, seed: u64) -> Trainer {
     .unwrap()
 }
 
+/// The optimizer holds the one learning rate: a rate the caller sets between epochs is the
+/// rate the next epoch uses and the schedule continues from (it used to be overwritten by the
+/// trainer's own copy of the base rate every epoch).
+#[test]
+fn a_rate_set_on_the_optimizer_is_used_and_the_schedule_continues_from_it() {
+    let (train, _) = digits();
+    for (schedule, want) in [
+        ("constant", [0.05, 0.5, 0.5, 0.5]),
+        ("step:2:0.1", [0.05, 0.5, 0.05, 0.05]),
+    ] {
+        let mut t = trainer("flatten,dense(10)", "sgd(lr=0.05)", 4, 0);
+        let cfg = TrainConfig {
+            schedule: schedule.parse().unwrap(),
+            ..*t.config()
+        };
+        let model = t.into_model();
+        t = Trainer::new(model, "sgd(lr=0.05)".parse().unwrap(), cfg).unwrap();
+        let mut first = true;
+        let mut stop_after_first = |e: &Event<'_>| match e {
+            Event::Epoch(_) if std::mem::take(&mut first) => Control::Stop,
+            _ => Control::Continue,
+        };
+        t.fit(&train, None, &mut stop_after_first).unwrap();
+        assert_eq!(t.history().len(), 1);
+        t.optimizer_mut().set_lr(0.5);
+        t.fit(&train, None, &mut |_| Control::Continue).unwrap();
+        let got: Vec<f32> = t.history().iter().map(|r| r.lr).collect();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() <= 1e-6 * w, "{schedule}: {got:?} vs {want:?}");
+        }
+    }
+}
+
 /// The default network of `cnnkit train` (one 3x3 convolution, max pooling, one dense layer,
 /// Adam, 30 epochs) on the embedded digits reaches at least 98% test accuracy.
 #[test]
