@@ -6,15 +6,48 @@ use anyhow::{Context, Result, bail};
 use cnnkit::data::normalize_images;
 use cnnkit::image::load_image;
 use cnnkit::preprocess::{self, Filter, Gray};
-use cnnkit::{Sequential, evaluate, predict as predict_probs};
+use cnnkit::{LayerSpec, Sequential, Shape3, evaluate, predict as predict_probs};
 use std::path::{Path, PathBuf};
 
-/// Loads a model saved by `cnnkit train` and its pipeline.
-fn load_model(path: &Path) -> Result<(Sequential, Pipeline)> {
-    let (model, meta) = Sequential::load(path)?;
+/// Loads a model saved by `cnnkit train` and its pipeline; or, given `--arch`, a state dict
+/// saved elsewhere, for inputs of `input` with classes `classes` and no normalisation.
+fn load_model(
+    path: &Path,
+    arch: Option<&str>,
+    input: impl FnOnce() -> Result<(Shape3, Vec<String>, String)>,
+) -> Result<(Sequential, Pipeline)> {
+    if let Some(arch) = arch {
+        let (shape, classes, source) = input()?;
+        let specs = LayerSpec::parse_list(arch).with_context(|| format!("--arch {arch}"))?;
+        let mut model = Sequential::load_with(path, shape, &specs)
+            .with_context(|| format!("{} with --arch {arch}", path.display()))?;
+        model.eval();
+        let [c, h, w] = shape;
+        let pipe = Pipeline {
+            source,
+            data: None,
+            classes,
+            channels: c,
+            size: [h, w],
+            clahe: None,
+            equalize: false,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+        };
+        return Ok((model, pipe));
+    }
+    let (model, meta) = Sequential::load(path).map_err(|e| match e {
+        cnnkit::Error::File { reason, .. } if reason.contains(cnnkit::checkpoint::ARCH_KEY) => {
+            anyhow::anyhow!(
+                "{}: no architecture in the file (saved outside cnnkit?): give it with --arch, such as --arch \"conv(32,3,p=1),relu,flatten,dense(10)\"",
+                path.display()
+            )
+        }
+        e => e.into(),
+    })?;
     let pipe = Pipeline::from_json(meta.get(pipeline::KEY).with_context(|| {
         format!(
-            "{}: no {} metadata (not saved by cnnkit train)",
+            "{}: no {} metadata (not saved by cnnkit train): give the architecture with --arch",
             path.display(),
             pipeline::KEY
         )
@@ -32,17 +65,41 @@ fn load_model(path: &Path) -> Result<(Sequential, Pipeline)> {
 }
 
 pub fn eval(a: &EvalArgs) -> Result<()> {
-    let (mut model, pipe) = load_model(&a.model)?;
-    let data = match (&a.data, pipe.source.as_str()) {
-        (None, "digits") => None,
-        (None, _) => bail!(
-            "--data is needed: the model was trained on {} data",
-            pipe.source
-        ),
-        (Some(p), _) => Some(p.as_path()),
+    // With --arch, the data says what the inputs and classes are.
+    let mut early = None;
+    let (mut model, pipe) = load_model(&a.model, a.foreign.arch.as_deref(), || {
+        let Some(data) = &a.data else {
+            bail!("--arch needs --data: the images to evaluate on");
+        };
+        let opts = a.foreign.image_options();
+        let given = opts.size.is_some() || opts.grayscale;
+        let loaded = pipeline::load(Some(data), &opts, given)?;
+        let ds = loaded.test.unwrap_or(loaded.train);
+        let r = (ds.shape(), ds.classes().to_vec(), loaded.source.to_string());
+        early = Some(ds);
+        Ok(r)
+    })?;
+    let mut ds = match early {
+        Some(ds) => ds,
+        None => {
+            let data = match (&a.data, pipe.source.as_str(), &pipe.data) {
+                (Some(p), _, _) => Some(p.clone()),
+                (None, "digits", _) => None,
+                (None, source, Some(p)) if Path::new(p).is_dir() => {
+                    println!("data: {p} (the {source} data the model was trained on)");
+                    Some(PathBuf::from(p))
+                }
+                (None, source, Some(p)) => bail!(
+                    "--data is needed: the model was trained on the {source} data in {p}, which is not there any more"
+                ),
+                (None, source, None) => bail!(
+                    "--data is needed: the model was trained on {source} data whose location it does not record"
+                ),
+            };
+            let loaded = pipeline::load(data.as_deref(), &pipe.image_options(), false)?;
+            loaded.test.unwrap_or(loaded.train)
+        }
     };
-    let loaded = pipeline::load(data, &pipe.image_options(), false)?;
-    let mut ds = loaded.test.unwrap_or(loaded.train);
     if ds.classes() != pipe.classes.as_slice() {
         bail!(
             "the data's classes {:?} differ from the model's {:?}",
@@ -72,7 +129,22 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
 }
 
 pub fn predict(a: &PredictArgs) -> Result<()> {
-    let (mut model, pipe) = load_model(&a.model)?;
+    let (mut model, pipe) = load_model(&a.model, a.foreign.arch.as_deref(), || {
+        let Some([h, w]) = a.foreign.size else {
+            bail!("--arch needs --size HxW: the model's input size");
+        };
+        let c = a.foreign.image_options().channels();
+        Ok(([c, h, w], Vec::new(), "folder".to_string()))
+    })?;
+    // A model given with --arch has numbered classes.
+    let pipe = if pipe.classes.is_empty() {
+        Pipeline {
+            classes: (0..model.output_len()).map(|i| i.to_string()).collect(),
+            ..pipe
+        }
+    } else {
+        pipe
+    };
     let opts = pipe.image_options();
     for path in &a.images {
         let (mut x, shape) = load_image(path, &opts)?;
@@ -201,7 +273,43 @@ fn save(output: &Path, f: impl FnOnce() -> image::ImageResult<()>) -> Result<()>
 
 pub fn preprocess(a: &PreprocessArgs) -> Result<()> {
     if !a.input.exists() {
+        if crate::parse_clahe(&a.input.to_string_lossy()).is_ok() {
+            bail!(
+                "{}: no such file; to give CLAHE a setting, write --clahe={}",
+                a.input.display(),
+                a.input.display()
+            );
+        }
         bail!("{}: no such file or directory", a.input.display());
+    }
+    if a.input.is_dir() {
+        // Writing inside the input folder would add the output as a new class folder.
+        let abs = |p: &Path| -> PathBuf {
+            let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            // The output may not exist yet: resolve its nearest existing ancestor.
+            let mut base = p.clone();
+            let mut rest = Vec::new();
+            while !base.exists() {
+                match (base.parent(), base.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name.to_os_string());
+                        base = parent.to_path_buf();
+                    }
+                    _ => break,
+                }
+            }
+            let mut r = std::fs::canonicalize(&base).unwrap_or(base);
+            r.extend(rest.iter().rev());
+            r
+        };
+        let (input, output) = (abs(&a.input), abs(&a.output));
+        if output.starts_with(&input) {
+            bail!(
+                "{}: the output folder is inside the input folder {}; choose one outside it",
+                a.output.display(),
+                a.input.display()
+            );
+        }
     }
     if !(a.contrast.is_finite() && a.brightness.is_finite()) {
         bail!("--contrast and --brightness must be finite numbers");

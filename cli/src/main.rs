@@ -7,6 +7,7 @@ mod train;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use cnnkit::TrainConfig;
 use cnnkit::preprocess::Clahe;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,11 @@ use std::process::ExitCode;
     about = "Train, evaluate and run convolutional networks on the CPU"
 )]
 struct Cli {
+    /// Largest amount of memory any single request (a data set, a batch's activations, an image
+    /// being resized) may take, such as 8G or 512M. Default: CNNKIT_MEMORY_BUDGET if set, else
+    /// three quarters of the smaller of physical memory and `ulimit -v`.
+    #[arg(long, global = true, value_parser = parse_budget, value_name = "SIZE")]
+    memory_budget: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -47,7 +53,8 @@ pub struct TrainArgs {
     /// Use one grey channel instead of RGB (image folders).
     #[arg(long)]
     pub grayscale: bool,
-    /// Apply CLAHE before resizing (image folders): clip limit and tile grid, default 2.0,8x8.
+    /// Apply CLAHE before resizing (image folders): `--clahe` for clip limit 2.0 on an 8x8 grid,
+    /// or `--clahe CLIP[,GRID]` such as `--clahe 3.0,8x8`.
     #[arg(long, num_args = 0..=1, default_missing_value = "2.0,8x8", value_parser = parse_clahe, value_name = "CLIP[,GRID]")]
     pub clahe: Option<Clahe>,
     /// Apply histogram equalisation before resizing (image folders).
@@ -57,11 +64,11 @@ pub struct TrainArgs {
     /// "conv(32,3,p=1),relu,maxpool(2),flatten,dense(10)".
     #[arg(long, default_value = "cnn")]
     pub arch: String,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 30)]
+    /// Passes over the training set (at least 1).
+    #[arg(long, default_value_t = TrainConfig::default().epochs, value_parser = parse_epochs)]
     pub epochs: usize,
     /// Images per step.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
     /// sgd, adam, adamw, rmsprop, adagrad or adadelta (PyTorch's defaults), or a full form such
     /// as "adam(lr=0.001,amsgrad=true)".
@@ -98,7 +105,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub val_split: f32,
     /// Continue an interrupted run from its resumable checkpoint (OUT.resume.safetensors). The
-    /// other options are those of the interrupted run, except --threads.
+    /// other options are those of the interrupted run, except --threads and --out.
     #[arg(long, value_name = "CHECKPOINT")]
     pub resume: Option<PathBuf>,
     /// Stop as Ctrl-C does after this many steps (for testing).
@@ -109,11 +116,15 @@ pub struct TrainArgs {
 /// Options of `cnnkit eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A model saved by `cnnkit train`.
+    /// A model saved by `cnnkit train`, or a safetensors state dict saved elsewhere (PyTorch)
+    /// together with `--arch`.
     pub model: PathBuf,
-    /// Test data (as for train); default: the data the model was trained on, if embedded.
+    /// Test data (as for train); default: the data the model was trained on (the embedded
+    /// digits, or the folder recorded in the model).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub foreign: ForeignModel,
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -127,6 +138,35 @@ pub struct PredictArgs {
     /// Images to classify.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub foreign: ForeignModel,
+}
+
+/// How to read a model file without cnnkit metadata (a PyTorch state dict saved with
+/// safetensors): its architecture and input. Its inputs are the images' values in [0, 1], not
+/// normalised; classes are the data's folders (eval) or numbered (predict).
+#[derive(Args, Debug)]
+pub struct ForeignModel {
+    /// The architecture of a model file without cnnkit metadata (a layer list as for train).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Resize images to HxW for a model given with --arch (needed by predict).
+    #[arg(long, value_parser = parse_size, value_name = "HxW")]
+    pub size: Option<[usize; 2]>,
+    /// One grey channel instead of RGB, for a model given with --arch.
+    #[arg(long)]
+    pub grayscale: bool,
+}
+
+impl ForeignModel {
+    /// The image options of such a model.
+    pub fn image_options(&self) -> cnnkit::image::ImageOptions {
+        cnnkit::image::ImageOptions {
+            size: self.size,
+            grayscale: self.grayscale,
+            ..Default::default()
+        }
+    }
 }
 
 /// Options of `cnnkit preprocess`.
@@ -136,21 +176,37 @@ pub struct PreprocessArgs {
     pub input: PathBuf,
     /// Output image (PNG) or folder (mirrors the input tree, as PNG).
     pub output: PathBuf,
-    /// CLAHE with clip limit and tile grid (default 2.0,8x8).
-    #[arg(long, num_args = 0..=1, default_missing_value = "2.0,8x8", value_parser = parse_clahe, value_name = "CLIP[,GRID]")]
+    /// CLAHE: `--clahe` for clip limit 2.0 on an 8x8 grid, or `--clahe=CLIP[,GRID]` such as
+    /// `--clahe=3.0,8x8` (the `=` keeps the setting apart from the file names).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "2.0,8x8", value_parser = parse_clahe, value_name = "CLIP[,GRID]")]
     pub clahe: Option<Clahe>,
     /// Histogram equalisation (8-bit).
     #[arg(long)]
     pub equalize: bool,
     /// Contrast factor: v·CONTRAST + BRIGHTNESS (8-bit).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub contrast: f32,
     /// Brightness offset (8-bit grey levels).
-    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub brightness: f32,
     /// Resize to HxW.
     #[arg(long, value_parser = parse_size, value_name = "HxW")]
     pub size: Option<[usize; 2]>,
+}
+
+/// A memory size such as `8G` or `512M`.
+fn parse_budget(s: &str) -> Result<usize, String> {
+    cnnkit::memory::parse_bytes(s)
+        .ok_or_else(|| format!("'{s}' is not a memory size: use bytes or K, M, G, T such as 8G"))
+}
+
+/// Epochs: at least one (zero would save an untrained model).
+fn parse_epochs(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 epochs would save an untrained model)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a whole number of epochs")),
+    }
 }
 
 /// `HxW` or `N` (square).
@@ -164,7 +220,7 @@ fn parse_size(s: &str) -> Result<[usize; 2], String> {
 }
 
 /// `CLIP[,GRID]` with GRID `N` or `XxY` (tiles across and down).
-fn parse_clahe(s: &str) -> Result<Clahe, String> {
+pub(crate) fn parse_clahe(s: &str) -> Result<Clahe, String> {
     let bad = || format!("'{s}' is not a CLAHE setting: use CLIP[,GRID] such as 2.0,8x8");
     let (clip, grid) = match s.split_once(',') {
         Some((c, g)) => (c, Some(g)),
@@ -200,8 +256,35 @@ pub fn with_threads<T: Send>(
     }
 }
 
+/// The message of `e` and its causes, each cause once: a cause whose text the message already
+/// holds (a library error that names its I/O error, wrapped with context that names it again)
+/// is not repeated.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let mut c = cause.to_string();
+        // "PATH: reason" after a message that already names PATH: keep the reason only.
+        if let Some((head, tail)) = c.split_once(": ")
+            && !msg.is_empty()
+            && msg.contains(head)
+        {
+            c = tail.to_string();
+        }
+        if !msg.contains(&c) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&c);
+        }
+    }
+    msg
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(b) = cli.memory_budget {
+        cnnkit::set_memory_budget(b);
+    }
     let result = match cli.cmd {
         Cmd::Train(a) => train::run(a, std::env::args().skip(2).collect()),
         Cmd::Eval(a) => with_threads(a.threads, || commands::eval(&a)).map(|_| ExitCode::SUCCESS),
@@ -211,7 +294,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -16,6 +16,8 @@ pub const KEY: &str = "cnnkit.pipeline";
 pub struct Pipeline {
     /// `digits`, `idx` or `folder`.
     pub source: String,
+    /// The data folder trained on (absolute), for `idx` and `folder` sources.
+    pub data: Option<String>,
     /// Class names by label.
     pub classes: Vec<String>,
     /// Input channels.
@@ -36,6 +38,7 @@ impl Pipeline {
     pub fn to_json(&self) -> String {
         json!({
             "source": self.source,
+            "data": self.data,
             "classes": self.classes,
             "channels": self.channels,
             "size": self.size,
@@ -88,6 +91,7 @@ impl Pipeline {
                 .as_str()
                 .context("pipeline: missing source")?
                 .to_string(),
+            data: v["data"].as_str().map(str::to_string),
             classes: v["classes"]
                 .as_array()
                 .context("pipeline: missing classes")?
@@ -168,7 +172,7 @@ pub fn load(data: Option<&Path>, opts: &ImageOptions, image_opts_given: bool) ->
             Ok(Loaded {
                 source: "idx",
                 train,
-                test: Some(test),
+                test,
             })
         }
         Some(p) => {

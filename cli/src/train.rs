@@ -82,6 +82,55 @@ pub fn resume_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{name}.resume.safetensors"))
 }
 
+/// Fails unless a file can be created beside `out`: checked before the first step, so a long
+/// run never ends in a save that cannot happen.
+fn check_writable(out: &Path) -> Result<()> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!(
+            "--out {}: the folder {} does not exist",
+            out.display(),
+            dir.display()
+        );
+    }
+    if out.is_dir() {
+        bail!("--out {}: is a folder, not a file name", out.display());
+    }
+    let probe = dir.join(format!(".cnnkit-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Saves with `save` to `path`; if that fails, tries once more, then saves to a rescue file in
+/// the system's temporary folder, so the weights of a long run are never lost. Returns where
+/// the file went and the error of the first attempt if it was not `path`.
+fn save_or_rescue(
+    path: &Path,
+    save: impl Fn(&Path) -> cnnkit::Result<()>,
+) -> (Option<PathBuf>, Option<cnnkit::Error>) {
+    let first = match save(path) {
+        Ok(()) => return (Some(path.to_path_buf()), None),
+        Err(e) => e,
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    if save(path).is_ok() {
+        return (Some(path.to_path_buf()), None);
+    }
+    let name = path.file_name().map_or("model.safetensors".into(), |n| {
+        n.to_string_lossy().into_owned()
+    });
+    let rescue = std::env::temp_dir().join(format!("cnnkit-rescue-{}-{name}", std::process::id()));
+    match save(&rescue) {
+        Ok(()) => (Some(rescue), Some(first)),
+        Err(_) => (None, Some(first)),
+    }
+}
+
 pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
     let threads = args.threads;
     // On resume, the interrupted run's options (all but --threads) come from its checkpoint.
@@ -101,6 +150,10 @@ pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
             .a;
             a.threads = threads;
             a.stop_after = args.stop_after;
+            // A new --out (say, the first location went away) overrides the stored one.
+            if raw.iter().any(|r| r == "--out" || r.starts_with("--out=")) {
+                a.out = args.out.clone();
+            }
             (a, Some((t, meta)))
         }
         None => (args, None),
@@ -124,6 +177,7 @@ pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
             serde_json::to_string(&keep)?
         }
     };
+    check_writable(&args.out)?;
     with_threads(threads, move || train(args, resumed, stored_args))
 }
 
@@ -167,6 +221,12 @@ fn train(
     let shape: Shape3 = train.shape();
     let pipe = Pipeline {
         source: loaded.source.to_string(),
+        data: a.data.as_ref().map(|p| {
+            std::fs::canonicalize(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
+        }),
         classes: train.classes().to_vec(),
         channels: shape[0],
         size: [shape[1], shape[2]],
@@ -245,6 +305,8 @@ fn train(
     );
     print!("{}", trainer.model().summary());
 
+    // Ctrl-C, and SIGTERM / SIGHUP (what `timeout` and batch schedulers send): stop after the
+    // current step and save a resumable checkpoint.
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     let eval_set = val.as_ref().or(test.as_ref());
     let eval_name = if val.is_some() { "val" } else { "test" };
@@ -310,15 +372,27 @@ fn train(
         meta.insert(ARGS_KEY.to_string(), stored_args);
         meta.insert(DATA_LEN_KEY.to_string(), train.len().to_string());
         let rp = resume_path(&a.out);
-        trainer
-            .save(&rp, &meta)
-            .with_context(|| format!("saving the resumable checkpoint {}", rp.display()))?;
+        let (saved, err) = save_or_rescue(&rp, |p| trainer.save(p, &meta));
+        let Some(saved) = saved else {
+            bail!(
+                "saving the resumable checkpoint {}: {}",
+                rp.display(),
+                err.map_or(String::new(), |e| e.to_string())
+            );
+        };
+        if let Some(e) = err {
+            eprintln!(
+                "error: saving the resumable checkpoint to {} failed ({e}); saved it to {} instead",
+                rp.display(),
+                saved.display()
+            );
+        }
         eprintln!(
             "interrupted after epoch {}, step {}: saved {}\ncontinue with: cnnkit train --resume {}",
             trainer.progress().epoch + 1,
             trainer.progress().step,
-            rp.display(),
-            rp.display()
+            saved.display(),
+            saved.display()
         );
         return Ok(ExitCode::from(130));
     }
@@ -340,9 +414,17 @@ fn train(
         print!("{}", m.confusion_table(&pipe.classes));
     }
     let model = trainer.model();
-    model
-        .save(&a.out, &meta)
-        .with_context(|| format!("saving the model to {}", a.out.display()))?;
+    let (saved, err) = save_or_rescue(&a.out, |p| model.save(p, &meta));
+    if let Some(e) = err {
+        match saved {
+            Some(p) => bail!(
+                "saving the model to {} failed ({e}); saved it to {} instead",
+                a.out.display(),
+                p.display()
+            ),
+            None => bail!("saving the model to {}: {e}", a.out.display()),
+        }
+    }
     let files = report::write(
         &a.out,
         trainer.history(),
