@@ -46,7 +46,6 @@ pub struct ImageOptions {
     pub limits: ImageLimits,
 }
 
-
 impl ImageOptions {
     /// Channels of the output.
     pub fn channels(&self) -> usize {

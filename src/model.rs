@@ -42,6 +42,8 @@ pub struct Sequential {
     training: bool,
     rng: Rng,
     last_n: Option<usize>,
+    /// Threads of the pool whose per-thread buffers the last growth made (0: none yet).
+    warmed: usize,
 }
 
 impl Sequential {
@@ -138,6 +140,7 @@ impl Sequential {
             training: true,
             rng: Rng::new(seed),
             last_n: None,
+            warmed: 0,
         };
         m.reinit(init, seed);
         Ok(m)
@@ -243,6 +246,13 @@ impl Sequential {
             crate::memory::grow(OP, "gradients", d, widest)?;
         }
         crate::memory::grow(OP, "scratch", &mut self.ws, ws)?;
+        // Every thread of the pool makes its packing buffers on the first call (and in a new
+        // pool): which thread runs which product later depends on scheduling, and none of the
+        // steps after the first may allocate.
+        if self.warmed != crate::par::threads() {
+            crate::par::on_every_thread(crate::gemm::warm_thread);
+            self.warmed = crate::par::threads();
+        }
         Ok(())
     }
 

@@ -55,11 +55,66 @@ pub(crate) fn join<RA: Send, RB: Send>(
 ) -> (RA, RB) {
     #[cfg(feature = "rayon")]
     {
-        rayon::join(a, b)
+        // rayon's own bookkeeping runs outside the probe; cnnkit's closures inside it, on
+        // whichever thread runs them (see `probe`).
+        let tracked = probe::set(false);
+        let r = rayon::join(
+            move || probe::within(tracked, a),
+            move || probe::within(tracked, b),
+        );
+        probe::set(tracked);
+        r
     }
     #[cfg(not(feature = "rayon"))]
     {
         (a(), b())
+    }
+}
+
+/// Which code is cnnkit's own, per thread: for tests that count heap allocations (a counting
+/// global allocator asks [`probe::active`]) and must not count the thread pool's internal
+/// bookkeeping, which allocates now and then depending on scheduling. A thread marks itself with
+/// [`probe::set`]; every closure cnnkit hands to the pool runs with the mark of the thread that
+/// forked it, and the pool's own code between them runs unmarked. Costs a thread-local write per
+/// fork.
+#[doc(hidden)]
+pub mod probe {
+    use std::cell::Cell;
+
+    thread_local! {
+        static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Whether this thread is running code under the probe (safe to call from an allocator).
+    pub fn active() -> bool {
+        ACTIVE.try_with(Cell::get).unwrap_or(false)
+    }
+
+    /// Marks (or unmarks) this thread; returns the previous mark.
+    pub fn set(on: bool) -> bool {
+        ACTIVE.try_with(|a| a.replace(on)).unwrap_or(false)
+    }
+
+    /// Runs `f` with this thread marked `on`, then restores the mark.
+    #[inline]
+    pub(crate) fn within<R>(on: bool, f: impl FnOnce() -> R) -> R {
+        let prev = set(on);
+        let r = f();
+        set(prev);
+        r
+    }
+}
+
+/// Runs `f` once on every thread of the current pool (on the calling thread without the `rayon`
+/// feature): to make per-thread buffers before the steps that must not allocate.
+pub(crate) fn on_every_thread(f: impl Fn() + Sync) {
+    #[cfg(feature = "rayon")]
+    {
+        rayon::broadcast(|_| f());
+    }
+    #[cfg(not(feature = "rayon"))]
+    {
+        f();
     }
 }
 
@@ -299,6 +354,33 @@ pub(crate) fn sum_over_rows(
 
 #[cfg(all(test, feature = "rayon"))]
 mod tests {
+    /// The probe mark follows cnnkit's closures onto the pool's threads, and the forking
+    /// thread's mark is back after the join.
+    #[test]
+    fn probe_marks_forked_closures_on_every_thread() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for on in [true, false] {
+                let was = super::probe::set(on);
+                let seen = std::sync::Mutex::new(Vec::new());
+                let _ = super::for_each_group(8, 8, (), &mut [], 0, |_, _, _| {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                    seen.lock()
+                        .unwrap()
+                        .push((std::thread::current().id(), super::probe::active()));
+                    Ok(())
+                });
+                let seen = seen.into_inner().unwrap();
+                assert!(seen.iter().all(|&(_, a)| a == on), "{seen:?}");
+                assert_eq!(super::probe::active(), on);
+                super::probe::set(was);
+            }
+        });
+    }
+
     use super::*;
 
     #[test]

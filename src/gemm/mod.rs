@@ -282,6 +282,14 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
     Ok(())
 }
 
+/// Makes the calling thread's GEMM packing buffers now (where the packed path runs), so that no
+/// later product allocates on this thread.
+pub(crate) fn warm_thread() {
+    if packed::enabled() {
+        packed::warm();
+    }
+}
+
 /// Most rows of `A` computed by dot products instead of a packed product.
 const FEW_ROWS: usize = 2;
 

@@ -42,9 +42,31 @@ pub(crate) struct Out<'a> {
 }
 
 thread_local! {
-    /// Per-thread packing buffers, grown on first use and reused (a training step allocates
-    /// nothing after its first call).
+    /// Per-thread packing buffers at their full size (`KC x MC` of A, `KC x NC` of B: 4.2 MB,
+    /// zero-filled by the allocator, so pages are touched only as far as a product uses them),
+    /// made on a thread's first product or by [`warm`] and reused: which thread of a pool runs
+    /// which product depends on scheduling, so a buffer that grew with the product would
+    /// allocate at unpredictable times.
     static BUFFERS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Makes this thread's packing buffers (see `BUFFERS`); no-op once they exist.
+fn ensure(bufs: &mut (Vec<f32>, Vec<f32>)) {
+    if bufs.0.len() < KC * MC {
+        bufs.0 = vec![0.0; KC * MC];
+    }
+    if bufs.1.len() < KC * NC {
+        bufs.1 = vec![0.0; KC * NC];
+    }
+}
+
+/// Makes the calling thread's packing buffers now, so that no later product allocates on it.
+pub(crate) fn warm() {
+    BUFFERS.with(|cell| {
+        if let Ok(mut b) = cell.try_borrow_mut() {
+            ensure(&mut b);
+        }
+    });
 }
 
 /// Whether the packed path is available (AVX2/FMA present and not disabled).
@@ -72,14 +94,8 @@ pub(crate) fn gemm(k: usize, alpha: f32, a: &impl PackA, b: &impl PackB, beta: f
     }
     BUFFERS.with(|cell| {
         let mut guard = cell.borrow_mut();
+        ensure(&mut guard);
         let (abuf, bbuf) = &mut *guard;
-        let need_b = KC * NC.min(n.div_ceil(NR) * NR);
-        if bbuf.len() < need_b {
-            bbuf.resize(need_b, 0.0);
-        }
-        if abuf.len() < KC * MC {
-            abuf.resize(KC * MC, 0.0);
-        }
         let mut tilebuf = [0.0f32; MR * NR];
         for jc in (0..n).step_by(NC) {
             let nc = NC.min(n - jc);
