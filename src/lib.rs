@@ -3,17 +3,97 @@
 //! Convolutional neural networks on the CPU, with its own SIMD kernels and no tensor library
 //! underneath. Layouts and semantics follow PyTorch: NCHW activations, OIHW convolution weights
 //! (`[out, in/groups, kh, kw]`), dense weights `[out, in]`, and the formulas, defaults and edge
-//! cases of the matching `torch.nn` pieces.
+//! cases of the matching `torch.nn` / `torch.optim` pieces.
 //!
-//! The crate is built in layers:
-//! - [`kernels`]: stateless math over `f32` slices (convolution, pooling, activations, softmax,
-//!   normalisation, dense, losses), each forward with its backward, on SIMD lanes and the
-//!   caller's rayon pool. Buffers and scratch are owned by the caller, so nothing allocates on the
-//!   hot path.
-//! - [`gemm`]: the matrix-multiply gateway the convolution and dense kernels use.
-//! - [`reference`]: naive versions of every kernel, the oracle the tests compare against.
+//! ## Which API for what
+//! | you want to | use |
+//! |---|---|
+//! | build a network from a layer list and run it | [`Sequential`], [`LayerSpec`] |
+//! | train it (epochs, batches, schedule, validation, Ctrl-C-safe resumption) | [`Trainer`], [`TrainConfig`], [`evaluate`], [`predict`] |
+//! | train with your own loop | [`Sequential::forward`] / [`Sequential::backward`] and an [`optim::Optimizer`] |
+//! | load data | [`data`]: embedded digits, MNIST IDX; [`image`](mod@image) (feature `image`): PNG/JPEG folders |
+//! | enhance X-rays (CLAHE, equalisation, resize) as OpenCV does | [`preprocess`] |
+//! | save, load, exchange weights with PyTorch (safetensors) | [`Sequential::save`], [`Sequential::load`], [`checkpoint`] |
+//! | call one kernel on your own buffers (no allocation) | [`kernels`], [`gemm`] |
+//! | check your results against an obviously-correct version | [`reference`](mod@reference) |
+//! | bound the memory a request from user input may take | [`memory`] |
 //!
-//! ## Quick start
+//! The crate is built in layers: [`kernels`] (stateless math over `f32` slices, each forward with
+//! its backward, on SIMD lanes and the caller's rayon pool; buffers and scratch owned by the
+//! caller) on [`gemm`] (the matrix-multiply gateway); layers and [`Sequential`] own parameters,
+//! caches and scratch, reused from step to step, so a steady-state training step allocates
+//! nothing.
+//!
+//! ## Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `rayon` | yes | batch-level parallelism on the caller's rayon pool; without it every kernel runs serially |
+//! | `image` | no | decoding PNG and JPEG ([`image`](mod@image)): image files and `ImageFolder`-style folders |
+//! | `gzip` | no | reading gzip-compressed IDX (MNIST) files |
+//!
+//! ## Training
+//! ```
+//! use cnnkit::{data, Control, LayerSpec, Sequential, TrainConfig, Trainer};
+//! let (train, test) = data::digits()?; // embedded 8x8 digits, no download
+//! let specs = LayerSpec::parse_list("conv(8,3,p=1),relu,maxpool(2),flatten,dense(10)")?;
+//! let model = Sequential::new(train.shape(), &specs, 0)?;
+//! let cfg = TrainConfig { epochs: 2, ..Default::default() };
+//! let mut t = Trainer::new(model, "adam".parse()?, cfg)?;
+//! t.fit(&train, Some(&test), &mut |_| Control::Continue)?;
+//! let acc = t.history()[1].val.as_ref().unwrap().accuracy;
+//! assert!(acc > 0.5, "{acc}");
+//! # Ok::<(), cnnkit::Error>(())
+//! ```
+//!
+//! ## Checkpoints
+//! ```
+//! use cnnkit::{LayerSpec, Sequential};
+//! use std::collections::BTreeMap;
+//! let specs = LayerSpec::parse_list("flatten,dense(3)")?;
+//! let mut m = Sequential::new([1, 2, 2], &specs, 7)?;
+//! let path = std::env::temp_dir().join(format!("cnnkit-doc-{}.safetensors", std::process::id()));
+//! m.save(&path, &BTreeMap::new())?; // atomic: the old file or the new one, never a mixture
+//! let (mut back, _meta) = Sequential::load(&path)?;
+//! let x = [0.1, 0.2, 0.3, 0.4];
+//! assert_eq!(back.forward(&x, 1)?, m.forward(&x, 1)?);
+//! # std::fs::remove_file(&path).ok();
+//! # Ok::<(), cnnkit::Error>(())
+//! ```
+//!
+//! ## Preprocessing
+//! ```
+//! use cnnkit::preprocess::{Clahe, Filter, Gray, clahe, resize};
+//! // A dim 16x16 ramp: CLAHE (OpenCV's createCLAHE(2.0, (8, 8))) spreads its contrast.
+//! let img = Gray::new(16, 16, (0..256).map(|v| (v / 8) as u8).collect())?;
+//! let out = clahe(&img, &Clahe { clip_limit: 2.0, tiles: [8, 8] })?;
+//! let span = |g: &Gray<u8>| g.data().iter().max().unwrap() - g.data().iter().min().unwrap();
+//! assert!(span(&out) > span(&img));
+//! // Resize as cv2.resize(..., INTER_AREA) on a float image.
+//! let f = Gray::new(16, 16, out.data().iter().map(|&v| v as f32).collect())?;
+//! assert_eq!(resize(&f, 8, 8, Filter::Area)?.data().len(), 64);
+//! # Ok::<(), cnnkit::Error>(())
+//! ```
+//!
+//! ## Image folders (feature `image`)
+//! ```
+//! # #[cfg(feature = "image")] {
+//! use cnnkit::image::{ImageOptions, load_image_folder};
+//! // root/<class>/*.png, as torchvision's ImageFolder (searched recursively, classes sorted).
+//! let root = std::env::temp_dir().join(format!("cnnkit-doc-folder-{}", std::process::id()));
+//! for (class, v) in [("normal", 40u8), ("pneumonia", 200)] {
+//!     std::fs::create_dir_all(root.join(class)).unwrap();
+//!     image::GrayImage::from_pixel(12, 10, image::Luma([v]))
+//!         .save(root.join(class).join("0.png"))
+//!         .unwrap();
+//! }
+//! let opts = ImageOptions { size: Some([8, 8]), grayscale: true, ..Default::default() };
+//! let ds = load_image_folder(&root, &opts).unwrap();
+//! assert_eq!((ds.len(), ds.shape(), ds.classes()), (2, [1, 8, 8], &["normal".to_string(), "pneumonia".to_string()][..]));
+//! # std::fs::remove_dir_all(&root).ok();
+//! # }
+//! ```
+//!
+//! ## One kernel on your own buffers
 //! ```
 //! use cnnkit::kernels::{conv2d_forward, conv2d_forward_scratch_len};
 //! use cnnkit::{Conv2dGeom, Conv2dParams, Shape4};

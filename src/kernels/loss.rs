@@ -1,9 +1,9 @@
 //! Losses with mean reduction, each returning the loss and (optionally) its gradient with
 //! respect to the logits or predictions, as `loss.backward()` would leave it.
 //!
-//! The per-row terms are summed in fixed blocks ([`par`](crate::par)), so the loss is the same for
+//! The per-row terms are summed in fixed blocks ([`par`]), so the loss is the same for
 //! any number of threads. A NaN or infinite input gives a NaN or infinite loss (the training loop
-//! turns that into [`Error::NonFinite`](crate::Error::NonFinite)).
+//! turns that into [`Error::NonFinite`]).
 
 use crate::error::{Error, Result, check_len};
 use crate::kernels::softmax::{max_and_sum_exp, rows_of};
