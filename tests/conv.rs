@@ -3,14 +3,13 @@
 mod common;
 
 use cnnkit::kernels::{
-    Accum, conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_scratch_len,
+    conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_scratch_len,
 };
 use cnnkit::{Conv2dGeom, Conv2dParams, Shape4, reference};
 use common::conv_check::{
-    ATOL, RTOL, backward_data, backward_weights, case, check_against_reference, forward,
+    ATOL, RTOL, case, check_against_reference, check_gradients, check_weight_gradient,
 };
-use common::gradcheck::{Tol, check_vjp};
-use common::strategies::{CONV_GRAD, CONV_REF, ConvCase, conv_case};
+use common::strategies::{CONV_GRAD, CONV_REF, ConvCase, conv_case, conv_many_pixels};
 use common::{assert_close, nans, par, values};
 use proptest::prelude::*;
 
@@ -26,40 +25,22 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
+    /// The input, weight and bias gradients against finite differences of the forward pass.
     #[test]
-    fn conv2d_backward_data_matches_finite_differences(c in conv_case(CONV_GRAD)) {
-        let g = c.g;
-        par(|| check_vjp(
-            &c.x,
-            &c.dy,
-            |x, y| y.copy_from_slice(&forward(&g, x, &c.w, Some(&c.b))),
-            |_, dy, dx| backward_data(&g, &c.w, dy, dx, Accum::Replace),
-            Tol::DEFAULT,
-        ))?;
+    fn conv2d_gradients_match_finite_differences(c in conv_case(CONV_GRAD)) {
+        check_gradients(&c)?;
     }
+}
 
-    #[test]
-    fn conv2d_backward_weights_matches_finite_differences(c in conv_case(CONV_GRAD)) {
-        let g = c.g;
-        par(|| check_vjp(
-            &c.w,
-            &c.dy,
-            |w, y| y.copy_from_slice(&forward(&g, &c.x, w, Some(&c.b))),
-            |_, dy, dw| backward_weights(&g, &c.x, dy, dw, &mut vec![0.0; g.c_out()], Accum::Replace),
-            Tol::DEFAULT,
-        ))?;
-    }
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
 
+    /// Images past one weight-gradient block (512 output pixels) and one band: every pass
+    /// against the reference, and the weight gradient against finite differences.
     #[test]
-    fn conv2d_backward_bias_matches_finite_differences(c in conv_case(CONV_GRAD)) {
-        let g = c.g;
-        par(|| check_vjp(
-            &c.b,
-            &c.dy,
-            |b, y| y.copy_from_slice(&forward(&g, &c.x, &c.w, Some(b))),
-            |_, dy, db| backward_weights(&g, &c.x, dy, &mut vec![0.0; g.w_len()], db, Accum::Replace),
-            Tol::DEFAULT,
-        ))?;
+    fn conv2d_many_pixels_match_reference_and_finite_differences(c in conv_many_pixels()) {
+        check_against_reference(&c)?;
+        check_weight_gradient(&c)?;
     }
 }
 

@@ -1,12 +1,12 @@
-//! conv2d on the portable path (im2col + `matrixmultiply`, `wide` depthwise sweeps), which CPUs
-//! without AVX2/FMA run: every pass against the naive reference. This binary forces the portable
+//! conv2d on the portable path (im2col + `matrixmultiply`, baseline depthwise sweeps), which CPUs
+//! without AVX2/FMA run: every pass against the naive reference and against finite differences. This binary forces the portable
 //! path in every test and never turns it off, so no test here runs the AVX2 kernels.
 
 mod common;
 
 use cnnkit::{Conv2dGeom, Conv2dParams, Shape4};
-use common::conv_check::{case, check_against_reference};
-use common::strategies::{CONV_REF, conv_case};
+use common::conv_check::{case, check_against_reference, check_gradients, check_weight_gradient};
+use common::strategies::{CONV_GRAD, CONV_REF, conv_case, conv_many_pixels};
 use proptest::prelude::*;
 
 proptest! {
@@ -16,6 +16,27 @@ proptest! {
     fn portable_conv2d_all_passes_match_reference(c in conv_case(CONV_REF)) {
         cnnkit::gemm::force_portable(true);
         check_against_reference(&c)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn portable_conv2d_many_pixels_match_reference(c in conv_many_pixels()) {
+        cnnkit::gemm::force_portable(true);
+        check_against_reference(&c)?;
+        check_weight_gradient(&c)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn portable_conv2d_gradients_match_finite_differences(c in conv_case(CONV_GRAD)) {
+        cnnkit::gemm::force_portable(true);
+        check_gradients(&c)?;
     }
 }
 

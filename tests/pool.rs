@@ -10,7 +10,7 @@ use cnnkit::kernels::{
 use cnnkit::{Pool2dGeom, Pool2dParams, Shape4, reference};
 use common::gradcheck::{Tol, check_vjp};
 use common::strategies::{distinct, pool_geom, vals};
-use common::{assert_close, nans, par};
+use common::{assert_close, nans, par, values};
 use proptest::prelude::*;
 
 fn max_fwd(g: &Pool2dGeom, x: &[f32]) -> (Vec<f32>, Vec<u32>) {
@@ -73,9 +73,10 @@ proptest! {
             let mut dx = nans(g.x_len());
             max_pool2d_backward(&g, &a, &dy, &mut dx, Accum::Replace).unwrap();
             assert_close("max dx", &dx, &want, 1e-6, 1e-6)?;
-            let mut dx = vec![0.5; g.x_len()];
+            let old = values(g.x_len() as u64, g.x_len());
+            let mut dx = old.clone();
             max_pool2d_backward(&g, &a, &dy, &mut dx, Accum::Add).unwrap();
-            assert_close("max dx add", &dx, &want.iter().map(|v| v + 0.5).collect::<Vec<_>>(), 1e-6, 1e-6)?;
+            assert_close("max dx add", &dx, &want.iter().zip(&old).map(|(v, o)| v + o).collect::<Vec<_>>(), 1e-6, 1e-6)?;
             let want = reference::avg_pool2d_backward(&g, cip, &dy);
             let mut dx = nans(g.x_len());
             avg_pool2d_backward(&g, cip, &dy, &mut dx, Accum::Replace).unwrap();
@@ -194,9 +195,10 @@ fn avg_pool_tiles_match_reference() {
             let mut dx = nans(g.x_len());
             par(|| avg_pool2d_backward(&g, cip, &dy, &mut dx, Accum::Replace)).unwrap();
             assert_close("dx", &dx, &want, 1e-6, 1e-6).unwrap();
-            let mut dx = vec![0.5; g.x_len()];
+            let old = values(g.x_len() as u64 + 1, g.x_len());
+            let mut dx = old.clone();
             par(|| avg_pool2d_backward(&g, cip, &dy, &mut dx, Accum::Add)).unwrap();
-            let plus: Vec<f32> = want.iter().map(|v| v + 0.5).collect();
+            let plus: Vec<f32> = want.iter().zip(&old).map(|(v, o)| v + o).collect();
             assert_close("dx add", &dx, &plus, 1e-6, 1e-6).unwrap();
         }
     }

@@ -1,6 +1,7 @@
 //! The conv2d passes against the naive reference, shared by the test binaries of the AVX2/FMA
 //! path (`conv.rs`) and the portable path (`conv_portable.rs`).
 
+use super::gradcheck::{Tol, check_vjp};
 use super::strategies::ConvCase;
 use super::{assert_close, nans, par};
 use cnnkit::kernels::{
@@ -66,9 +67,11 @@ pub fn check_against_reference(c: &ConvCase) -> Result<(), TestCaseError> {
         let mut dx = nans(g.x_len());
         backward_data(g, &c.w, &c.dy, &mut dx, Accum::Replace);
         assert_close("dx", &dx, &want_dx, ATOL, RTOL)?;
-        let mut dx = vec![1.0; g.x_len()];
+        // Accumulation onto random values: reading the old value from the wrong index fails.
+        let old = super::values(11, g.x_len());
+        let mut dx = old.clone();
         backward_data(g, &c.w, &c.dy, &mut dx, Accum::Add);
-        let want: Vec<f32> = want_dx.iter().map(|v| v + 1.0).collect();
+        let want: Vec<f32> = want_dx.iter().zip(&old).map(|(v, o)| v + o).collect();
         assert_close("dx (add)", &dx, &want, ATOL, RTOL)?;
 
         let (want_dw, want_db) = reference::conv2d_backward_weights(g, &c.x, &c.dy);
@@ -76,12 +79,53 @@ pub fn check_against_reference(c: &ConvCase) -> Result<(), TestCaseError> {
         backward_weights(g, &c.x, &c.dy, &mut dw, &mut db, Accum::Replace);
         assert_close("dw", &dw, &want_dw, 1e-4, RTOL)?;
         assert_close("db", &db, &want_db, 1e-4, RTOL)?;
-        let (mut dw, mut db) = (vec![-2.0; g.w_len()], vec![3.0; g.c_out()]);
+        let (old_w, old_b) = (super::values(12, g.w_len()), super::values(13, g.c_out()));
+        let (mut dw, mut db) = (old_w.clone(), old_b.clone());
         backward_weights(g, &c.x, &c.dy, &mut dw, &mut db, Accum::Add);
-        let want: Vec<f32> = want_dw.iter().map(|v| v - 2.0).collect();
+        let want: Vec<f32> = want_dw.iter().zip(&old_w).map(|(v, o)| v + o).collect();
         assert_close("dw (add)", &dw, &want, 1e-4, RTOL)?;
-        let want: Vec<f32> = want_db.iter().map(|v| v + 3.0).collect();
+        let want: Vec<f32> = want_db.iter().zip(&old_b).map(|(v, o)| v + o).collect();
         assert_close("db (add)", &db, &want, 1e-4, RTOL)
+    })
+}
+
+/// The input, weight and bias gradients against finite differences of the forward pass.
+pub fn check_gradients(c: &ConvCase) -> Result<(), TestCaseError> {
+    let g = c.g;
+    par(|| {
+        check_vjp(
+            &c.x,
+            &c.dy,
+            |x, y| y.copy_from_slice(&forward(&g, x, &c.w, Some(&c.b))),
+            |_, dy, dx| backward_data(&g, &c.w, dy, dx, Accum::Replace),
+            Tol::DEFAULT,
+        )?;
+        check_vjp(
+            &c.b,
+            &c.dy,
+            |b, y| y.copy_from_slice(&forward(&g, &c.x, &c.w, Some(b))),
+            |_, dy, db| {
+                backward_weights(&g, &c.x, dy, &mut vec![0.0; g.w_len()], db, Accum::Replace)
+            },
+            Tol::DEFAULT,
+        )
+    })?;
+    check_weight_gradient(c)
+}
+
+/// The weight gradient against finite differences of the forward pass.
+pub fn check_weight_gradient(c: &ConvCase) -> Result<(), TestCaseError> {
+    let g = c.g;
+    par(|| {
+        check_vjp(
+            &c.w,
+            &c.dy,
+            |w, y| y.copy_from_slice(&forward(&g, &c.x, w, Some(&c.b))),
+            |_, dy, dw| {
+                backward_weights(&g, &c.x, dy, dw, &mut vec![0.0; g.c_out()], Accum::Replace)
+            },
+            Tol::DEFAULT,
+        )
     })
 }
 

@@ -125,13 +125,123 @@ fn conv_depthwise(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
         )
 }
 
-/// Any convolution geometry: general, pointwise or depthwise.
+/// The direct backward-data pass (AVX2 machines): stride 1, at least 4 input channels per group
+/// (fewer take the im2col path), padding within the dilated kernel.
+fn conv_direct_backward_data(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
+    (
+        1..=s.n,
+        4..=5usize,
+        1..=s.c_g,
+        1..=s.groups.min(2),
+        (1..=s.hw.min(6), 1..=s.hw.min(6)),
+        (1..=s.k, 1..=s.k),
+        (0..=s.pad, 0..=s.pad),
+        (1..=s.dil, 1..=s.dil),
+    )
+        .prop_filter_map(
+            "window larger than padded input",
+            |(n, ci, co, g, (h, w), (kh, kw), (ph, pw), (dh, dw))| {
+                Conv2dGeom::new(
+                    Shape4::new(n, ci * g, h, w),
+                    co * g,
+                    [kh, kw],
+                    Conv2dParams {
+                        stride: [1, 1],
+                        padding: [ph.min(dh * (kh - 1)), pw.min(dw * (kw - 1))],
+                        dilation: [dh, dw],
+                        groups: g,
+                    },
+                )
+                .ok()
+            },
+        )
+}
+
+/// Strides above the direct path's limit of 4 (the im2col path, with its own weight gradient,
+/// on every instruction set).
+fn conv_wide_stride(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
+    (
+        1..=s.n,
+        1..=s.c_g,
+        1..=s.c_g,
+        (5..=6usize, 1..=6usize),
+        (1..=3usize, 1..=3usize),
+        (0..=1usize, 0..=1usize),
+        any::<bool>(),
+    )
+        .prop_filter_map(
+            "window larger than padded input",
+            |(n, ci, co, (sa, sb), (kh, kw), (ph, pw), swap)| {
+                let stride = if swap { [sb, sa] } else { [sa, sb] };
+                Conv2dGeom::new(
+                    Shape4::new(n, ci, kh + 2 * stride[0] - 1, kw + stride[1] + 2),
+                    co,
+                    [kh, kw],
+                    Conv2dParams {
+                        stride,
+                        padding: [ph, pw],
+                        dilation: [1, 1],
+                        groups: 1,
+                    },
+                )
+                .ok()
+            },
+        )
+}
+
+/// Any convolution geometry: general, pointwise, depthwise, the direct backward-data shape and
+/// the wide-stride shape.
 pub fn conv_geom(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
     prop_oneof![
         3 => conv_general(s),
         1 => conv_pointwise(s),
         1 => conv_depthwise(s),
+        1 => conv_direct_backward_data(s),
+        1 => conv_wide_stride(s),
     ]
+}
+
+/// Images with more output pixels than one block of the direct weight gradient (512) and than
+/// one band of the direct passes, with few channels (large enough to cross those boundaries,
+/// small enough for finite differences over the weights).
+pub fn conv_many_pixels() -> impl Strategy<Value = ConvCase> {
+    (
+        1..=2usize,
+        1..=2usize,
+        1..=3usize,
+        (23..=40usize, 23..=40usize),
+        (1..=3usize, 1..=3usize),
+        (0..=1usize, 0..=1usize),
+        1..=2usize,
+    )
+        .prop_filter_map(
+            "window larger than padded input",
+            |(n, ci, co, (h, w), (kh, kw), (ph, pw), s)| {
+                Conv2dGeom::new(
+                    Shape4::new(n, ci, h, w),
+                    co,
+                    [kh, kw],
+                    Conv2dParams {
+                        stride: [s, s],
+                        padding: [ph, pw],
+                        dilation: [1, 1],
+                        groups: 1,
+                    },
+                )
+                .ok()
+            },
+        )
+        .prop_flat_map(case_of)
+}
+
+fn case_of(g: Conv2dGeom) -> impl Strategy<Value = ConvCase> {
+    (
+        vals(g.x_len()),
+        vals(g.w_len()),
+        vals(g.c_out()),
+        vals(g.y_len()),
+    )
+        .prop_map(move |(x, w, b, dy)| ConvCase { g, x, w, b, dy })
 }
 
 /// `len` values in `[-1, 1)`.
@@ -150,15 +260,7 @@ pub struct ConvCase {
 }
 
 pub fn conv_case(s: ConvSizes) -> impl Strategy<Value = ConvCase> {
-    conv_geom(s).prop_flat_map(|g| {
-        (
-            vals(g.x_len()),
-            vals(g.w_len()),
-            vals(g.c_out()),
-            vals(g.y_len()),
-        )
-            .prop_map(move |(x, w, b, dy)| ConvCase { g, x, w, b, dy })
-    })
+    conv_geom(s).prop_flat_map(case_of)
 }
 
 /// A pooling geometry: window, stride and padding independent per axis, padding at most half
