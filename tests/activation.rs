@@ -137,7 +137,7 @@ fn relu_keeps_negative_zero_and_propagates_nan() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
     #[test]
     fn activation_backward_matches_finite_differences(

@@ -14,7 +14,7 @@ use common::{assert_close, nans, par, values};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
 
     #[test]
     fn conv2d_all_passes_match_reference(c in conv_case(CONV_REF)) {
@@ -23,7 +23,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
     /// The input, weight and bias gradients against finite differences of the forward pass.
     #[test]
@@ -33,7 +33,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24)))]
 
     /// Images past one weight-gradient block (512 output pixels) and one band: every pass
     /// against the reference, and the weight gradient against finite differences.

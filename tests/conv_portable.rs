@@ -10,7 +10,7 @@ use common::strategies::{CONV_GRAD, CONV_REF, conv_case, conv_many_pixels};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
 
     #[test]
     fn portable_conv2d_all_passes_match_reference(c in conv_case(CONV_REF)) {
@@ -20,7 +20,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(24)))]
 
     #[test]
     fn portable_conv2d_many_pixels_match_reference(c in conv_many_pixels()) {
@@ -31,7 +31,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
     #[test]
     fn portable_conv2d_gradients_match_finite_differences(c in conv_case(CONV_GRAD)) {

@@ -36,7 +36,7 @@ fn strided(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
 
     /// C = αAB + βC over edge sizes 0..=17 (micro-kernel boundaries: 6x16 tiles), transposed and
     /// padded layouts, and β = 0 into NaN (C must not be read).
@@ -111,7 +111,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
     /// 64 finite-difference cases with random values (the dense test above covers the reference).
     #[test]

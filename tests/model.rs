@@ -146,7 +146,7 @@ fn fit_slope(l: &mut impl FnMut(f32) -> f64, v0: f32, h: f32) -> Fit {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
     /// Every parameter gradient of the full backward pass (convolutions, batch norm, layer norm,
     /// pooling, activations with learnable slopes, dropout, dense, cross-entropy) against central

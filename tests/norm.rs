@@ -98,7 +98,7 @@ fn running() -> (Vec<f32>, Vec<f32>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(128)))]
 
     #[test]
     fn batch_norm_forward_and_running_stats_match_reference((s, x, g, b, _) in bn_case(), momentum in 0.0f32..1.0) {
@@ -126,7 +126,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
     #[test]
     fn batch_norm_backward_matches_finite_differences((s, x, g, b, dy) in bn_case(), training in any::<bool>()) {

@@ -49,7 +49,7 @@ fn labels_case() -> impl Strategy<Value = (usize, Vec<f32>, Vec<u32>, f32)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(128)))]
 
     #[test]
     fn softmax_forward_matches_reference((cols, x, _) in rows_case()) {
@@ -237,7 +237,7 @@ fn log_softmax_of_equal_large_logits_is_minus_ln_cols() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
 
     /// With logits of 1e4 an f32 step is ~1e-3: rounding `m + ln Σ` before subtracting (the old
     /// formula) missed by up to that much; `(x − m) − ln Σ` stays within a few ulps of the result.

@@ -9,6 +9,17 @@ pub mod strategies;
 use proptest::test_runner::TestCaseError;
 use std::sync::OnceLock;
 
+/// `n` proptest cases, times `CNNKIT_PROPTEST_SCALE` if set (e.g. 4 for a longer search):
+/// the tests' own case counts are explicit, so proptest's `PROPTEST_CASES` does not change them.
+pub fn cases(n: u32) -> u32 {
+    let scale = std::env::var("CNNKIT_PROPTEST_SCALE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    n.saturating_mul(scale)
+}
+
 /// A 3-thread pool with the parallel threshold at 0, so even tiny shapes take the parallel paths
 /// (batch split with `n >= threads` and the split inside an image with `n < threads`).
 pub fn pool() -> &'static rayon::ThreadPool {
