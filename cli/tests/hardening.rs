@@ -331,32 +331,20 @@ fn eval_and_predict_find_the_data_and_take_foreign_models() {
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("8 images: accuracy"), "{}", text(&o));
+    let base = [
+        "predict",
+        "torch.safetensors",
+        "moved/left/0.png",
+        "--arch",
+        arch,
+    ];
     let o = cnnkit(
         &d.0,
-        &[
-            "predict",
-            "torch.safetensors",
-            "moved/left/0.png",
-            "--arch",
-            arch,
-            "--grayscale",
-            "--size",
-            "10x12",
-        ],
+        &[&base[..], &["--grayscale", "--size", "10x12"]].concat(),
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("moved/left/0.png: "), "{}", text(&o));
-    fails(
-        &d.0,
-        &[
-            "predict",
-            "torch.safetensors",
-            "moved/left/0.png",
-            "--arch",
-            arch,
-        ],
-        &["--size"],
-    );
+    fails(&d.0, &base, &["--size"]);
 }
 
 /// An IDX directory with training files only trains with a validation split.

@@ -41,6 +41,31 @@ pub const CONV_GRAD: ConvSizes = ConvSizes {
     dil: 2,
 };
 
+/// `groups` groups of `ci` input and `co` output channels each over `[n, ci·groups, h, w]`, or
+/// `None` where the window does not fit the padded input.
+fn geom(
+    n: usize,
+    [ci, co, groups]: [usize; 3],
+    [h, w]: [usize; 2],
+    k: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Option<Conv2dGeom> {
+    Conv2dGeom::new(
+        Shape4::new(n, ci * groups, h, w),
+        co * groups,
+        k,
+        Conv2dParams {
+            stride,
+            padding,
+            dilation,
+            groups,
+        },
+    )
+    .ok()
+}
+
 /// A general convolution: every parameter independent per axis.
 fn conv_general(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
     (
@@ -57,18 +82,15 @@ fn conv_general(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
         .prop_filter_map(
             "window larger than padded input",
             |(n, ci, co, g, (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw))| {
-                Conv2dGeom::new(
-                    Shape4::new(n, ci * g, h, w),
-                    co * g,
+                geom(
+                    n,
+                    [ci, co, g],
+                    [h, w],
                     [kh, kw],
-                    Conv2dParams {
-                        stride: [sh, sw],
-                        padding: [ph, pw],
-                        dilation: [dh, dw],
-                        groups: g,
-                    },
+                    [sh, sw],
+                    [ph, pw],
+                    [dh, dw],
                 )
-                .ok()
             },
         )
 }
@@ -109,18 +131,7 @@ fn conv_depthwise(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
         .prop_filter_map(
             "window larger than padded input",
             |(n, c, m, (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw))| {
-                Conv2dGeom::new(
-                    Shape4::new(n, c, h, w),
-                    c * m,
-                    [kh, kw],
-                    Conv2dParams {
-                        stride: [sh, sw],
-                        padding: [ph, pw],
-                        dilation: [dh, dw],
-                        groups: c,
-                    },
-                )
-                .ok()
+                geom(n, [1, m, c], [h, w], [kh, kw], [sh, sw], [ph, pw], [dh, dw])
             },
         )
 }
@@ -141,18 +152,8 @@ fn conv_direct_backward_data(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> 
         .prop_filter_map(
             "window larger than padded input",
             |(n, ci, co, g, (h, w), (kh, kw), (ph, pw), (dh, dw))| {
-                Conv2dGeom::new(
-                    Shape4::new(n, ci * g, h, w),
-                    co * g,
-                    [kh, kw],
-                    Conv2dParams {
-                        stride: [1, 1],
-                        padding: [ph.min(dh * (kh - 1)), pw.min(dw * (kw - 1))],
-                        dilation: [dh, dw],
-                        groups: g,
-                    },
-                )
-                .ok()
+                let pad = [ph.min(dh * (kh - 1)), pw.min(dw * (kw - 1))];
+                geom(n, [ci, co, g], [h, w], [kh, kw], [1, 1], pad, [dh, dw])
             },
         )
 }
@@ -173,18 +174,8 @@ fn conv_wide_stride(s: ConvSizes) -> impl Strategy<Value = Conv2dGeom> {
             "window larger than padded input",
             |(n, ci, co, (sa, sb), (kh, kw), (ph, pw), swap)| {
                 let stride = if swap { [sb, sa] } else { [sa, sb] };
-                Conv2dGeom::new(
-                    Shape4::new(n, ci, kh + 2 * stride[0] - 1, kw + stride[1] + 2),
-                    co,
-                    [kh, kw],
-                    Conv2dParams {
-                        stride,
-                        padding: [ph, pw],
-                        dilation: [1, 1],
-                        groups: 1,
-                    },
-                )
-                .ok()
+                let hw = [kh + 2 * stride[0] - 1, kw + stride[1] + 2];
+                geom(n, [ci, co, 1], hw, [kh, kw], stride, [ph, pw], [1, 1])
             },
         )
 }
@@ -217,18 +208,7 @@ pub fn conv_many_pixels() -> impl Strategy<Value = ConvCase> {
         .prop_filter_map(
             "window larger than padded input",
             |(n, ci, co, (h, w), (kh, kw), (ph, pw), s)| {
-                Conv2dGeom::new(
-                    Shape4::new(n, ci, h, w),
-                    co,
-                    [kh, kw],
-                    Conv2dParams {
-                        stride: [s, s],
-                        padding: [ph, pw],
-                        dilation: [1, 1],
-                        groups: 1,
-                    },
-                )
-                .ok()
+                geom(n, [ci, co, 1], [h, w], [kh, kw], [s, s], [ph, pw], [1, 1])
             },
         )
         .prop_flat_map(case_of)
