@@ -453,6 +453,50 @@ unsafe fn wgrad_kernel(
 mod tests {
     use super::*;
 
+    /// Strides and offsets so large that the bound arithmetic would wrap around are refused:
+    /// with wrapping arithmetic `(MR-1)·rs + NR` came out small, the check passed, and the
+    /// kernel would have written far outside `c`.
+    #[test]
+    fn bound_checks_do_not_wrap() {
+        let rs = usize::MAX / (MR - 1) + 1;
+        assert!(!c_tile_fits(64, rs));
+        assert!(c_tile_fits((MR - 1) * 19 + NR, 19));
+        assert!(!c_tile_fits((MR - 1) * 19 + NR - 1, 19));
+        let refused =
+            |f: &(dyn Fn() + std::panic::RefUnwindSafe)| std::panic::catch_unwind(f).is_err();
+        assert!(refused(&|| {
+            let mut c = vec![0.0; 64];
+            tile(1, &[0.0; MR], &[0.0; NR], 1.0, 0.0, &mut c, rs);
+        }));
+        assert!(refused(&|| {
+            let mut c = vec![0.0; MR * NR];
+            let off = [0u32];
+            conv_tile(
+                &[0.0; MR],
+                &[0.0; 64],
+                usize::MAX - 4,
+                &Taps::new(&off),
+                false,
+                &mut c,
+                NR,
+            );
+        }));
+        assert!(refused(&|| {
+            let mut out = [0.0; 8];
+            depthwise_row(
+                &[0.0; 64],
+                8,
+                usize::MAX / 2,
+                [1, 1],
+                &[0.0; 9],
+                [3, 3],
+                false,
+                &mut out,
+                false,
+            );
+        }));
+    }
+
     #[test]
     fn tile_matches_naive_sums_with_alpha_and_beta() {
         if !available() {

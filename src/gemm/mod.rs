@@ -401,6 +401,20 @@ pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c
 mod tests {
     use super::*;
 
+    /// Views whose dimensions disagree stop `gemm_serial` before its unsafe product (it used to
+    /// trust its callers).
+    #[test]
+    fn gemm_serial_refuses_mismatched_views() {
+        let (a, b) = ([1.0f32; 6], [1.0f32; 6]);
+        let r = std::panic::catch_unwind(|| {
+            let mut c = [0.0f32; 4];
+            let a = MatRef::new(&a, 2, 3, 3, 1).unwrap();
+            let b = MatRef::new(&b, 2, 3, 3, 1).unwrap(); // 2 rows, but A has 3 columns
+            gemm_serial(1.0, a, b, 0.0, MatMut::new(&mut c, 2, 2, 2, 1).unwrap());
+        });
+        assert!(r.is_err());
+    }
+
     #[test]
     fn mat_mut_rejects_aliasing_strides() {
         let mut d = [0.0; 16];

@@ -692,3 +692,19 @@ pub(crate) fn bias_backward(
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{Conv2dGeom, Conv2dParams, Shape4};
+
+    /// The direct path reads tap offsets as u32: a layer whose prepared input would need larger
+    /// offsets takes the im2col path instead of truncating them.
+    #[test]
+    fn the_direct_path_needs_tap_offsets_that_fit_u32() {
+        let p = Conv2dParams::default().padding(1);
+        let huge = Conv2dGeom::new(Shape4::new(1, 1, 70_000, 70_000), 1, [3, 3], p).unwrap();
+        assert!(!super::use_direct(&huge));
+        let small = Conv2dGeom::new(Shape4::new(1, 1, 64, 64), 1, [3, 3], p).unwrap();
+        assert_eq!(super::use_direct(&small), super::packed::enabled());
+    }
+}
