@@ -123,6 +123,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod arch;
 pub mod checkpoint;
 pub mod data;
 mod error;

@@ -9,7 +9,7 @@
 //!
 //! A [`Lane`] is eight `f32` whose operations are written element by element; the compiler turns
 //! them into vector instructions for the target features of the function they end up in. Kernels
-//! run their lane code through [`dispatch`], which compiles it twice — once for AVX2 + FMA (one
+//! run their lane code through [`dispatch`] (from [`crate::arch`]), which compiles it twice — once for AVX2 + FMA (one
 //! 256-bit register per lane, fused multiply-add), chosen at run time on CPUs that have them, and
 //! once for the build's baseline (two SSE registers on x86-64). `mul_add` is always a fused
 //! multiply-add (in software on a baseline x86-64 CPU, which is slow but exact), so both variants
@@ -22,45 +22,7 @@ use std::ops::{Add, AddAssign, BitAnd, BitOr, Div, Mul, MulAssign, Neg, Not, Sub
 /// Elements per lane.
 pub(crate) const LANES: usize = 8;
 
-/// Runs `f` compiled for AVX2 + FMA when this CPU has them (and [`crate::gemm::force_portable`] is
-/// off), otherwise compiled for the build's baseline.
-///
-/// Pass an `#[inline(always)]` closure that contains the lane code: only code inlined into the
-/// two variants is compiled for them. (Lane code reached outside `dispatch` still computes the
-/// same results, but on x86-64 its `mul_add` becomes a software call.)
-#[inline(always)]
-pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if crate::gemm::packed::enabled() {
-        // SAFETY: `enabled` is true only when the CPU reports AVX2 and FMA
-        // (`is_x86_feature_detected!`), the features `with_avx2_fma` is compiled for.
-        return unsafe { with_avx2_fma(f) };
-    }
-    baseline(f)
-}
-
-/// The AVX2 + FMA variant of [`dispatch`].
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-/// The baseline variant of [`dispatch`] (kept out of line so the two stay separate functions).
-#[inline(never)]
-fn baseline<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-/// Returns `f`: lets a named lane closure carry `#[inline(always)]`, so that it is compiled into
-/// both variants of [`dispatch`] rather than once, out of line, for the baseline.
-#[inline(always)]
-pub(crate) fn inlined<F>(f: F) -> F {
-    f
-}
+pub(crate) use crate::arch::{dispatch, inlined};
 
 /// Eight `f32`, operated on element by element. Comparison results ("masks") are lanes whose
 /// elements have all bits set (true) or clear (false).

@@ -14,7 +14,7 @@ proptest! {
 
     #[test]
     fn portable_conv2d_all_passes_match_reference(c in conv_case(CONV_REF)) {
-        cnnkit::gemm::force_portable(true);
+        cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
         check_against_reference(&c)?;
     }
 }
@@ -24,7 +24,7 @@ proptest! {
 
     #[test]
     fn portable_conv2d_many_pixels_match_reference(c in conv_many_pixels()) {
-        cnnkit::gemm::force_portable(true);
+        cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
         check_against_reference(&c)?;
         check_weight_gradient(&c)?;
     }
@@ -35,7 +35,7 @@ proptest! {
 
     #[test]
     fn portable_conv2d_gradients_match_finite_differences(c in conv_case(CONV_GRAD)) {
-        cnnkit::gemm::force_portable(true);
+        cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
         check_gradients(&c)?;
     }
 }
@@ -43,7 +43,7 @@ proptest! {
 /// Depthwise and strided depthwise layers of the size of the benchmark's, and a large image.
 #[test]
 fn portable_large_convolutions_match_reference() {
-    cnnkit::gemm::force_portable(true);
+    cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
     for (x, c_out, k, p) in [
         (
             Shape4::new(2, 8, 30, 29),

@@ -60,7 +60,7 @@ proptest! {
         // Both implementations: the packed AVX2/FMA GEMM (where the CPU has it) and the
         // portable matrixmultiply path.
         for portable in [false, true] {
-            cnnkit::gemm::force_portable(portable);
+            cnnkit::arch::limit(portable.then_some(cnnkit::arch::Isa::Portable));
             let (mut cd, crs, ccs) = strided(&init, m, n, tc, pad);
             par(|| sgemm(
                 alpha,
@@ -72,7 +72,7 @@ proptest! {
             let got: Vec<f32> = (0..m * n).map(|i| cd[(i / n.max(1)) * crs + (i % n.max(1)) * ccs]).collect();
             assert_close(&format!("C (portable: {portable})"), &got, &want, 1e-5, 1e-5)?;
         }
-        cnnkit::gemm::force_portable(false);
+        cnnkit::arch::limit(None);
     }
 
     #[test]

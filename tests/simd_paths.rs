@@ -3,7 +3,7 @@
 //! multiply-add in both (an instruction in one, exact software in the other) and every other
 //! lane operation is exactly rounded, so nothing may differ but the sign and payload of a NaN
 //! (hardware and software make different default NaNs). This binary runs each kernel on the
-//! AVX2 variant and again with [`cnnkit::gemm::force_portable`] (the baseline) and compares bit
+//! AVX2 variant and again with [`cnnkit::arch::limit`] (the baseline) and compares bit
 //! for bit. It is its own test binary, with one test, because the switch is process-wide. (On a
 //! CPU without AVX2/FMA both runs take the baseline and the test checks nothing more than
 //! determinism.)
@@ -218,7 +218,7 @@ fn run_all() -> Vec<(String, Vec<f32>)> {
 #[test]
 fn both_compiled_variants_give_identical_bits() {
     let fast = common::par(run_all);
-    cnnkit::gemm::force_portable(true);
+    cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
     let baseline = common::par(run_all);
     assert_eq!(fast.len(), baseline.len());
     for ((name, a), (_, b)) in fast.iter().zip(&baseline) {

@@ -8,38 +8,13 @@
 //!
 //! Two implementations, chosen at run time:
 //! - on CPUs with AVX2 and FMA, cnnkit's own packed GEMM (`packed`: BLIS blocking, a 6x16
-//!   micro-kernel in `avx2`), whose packing also reads convolution inputs directly as im2col
+//!   micro-kernel in `arch::x86_64::avx2`), whose packing also reads convolution inputs directly as im2col
 //!   matrices;
-//! - elsewhere (or after [`force_portable`]), `matrixmultiply`.
+//! - elsewhere (or under [`crate::arch::limit`]`(Some(Isa::Portable))`), `matrixmultiply`.
 
-pub(crate) mod avx2;
 pub(crate) mod packed;
 
 use crate::error::{Error, Result};
-use std::sync::atomic::{AtomicBool, Ordering};
-
-static PORTABLE: AtomicBool = AtomicBool::new(false);
-
-/// Forces the portable path (`matrixmultiply`, explicit im2col, and the baseline variant of the
-/// element-wise kernels) even where AVX2/FMA is available: for tests that cover both paths, and
-/// for comparisons. GEMM and convolution results of the two paths differ in the last bits; the
-/// element-wise kernels give identical bits on both.
-pub fn force_portable(on: bool) {
-    PORTABLE.store(on, Ordering::Relaxed);
-}
-
-pub(crate) fn portable_forced() -> bool {
-    PORTABLE.load(Ordering::Relaxed)
-}
-
-/// Which GEMM implementation runs on this machine: `"avx2"` or `"portable"`.
-pub fn implementation() -> &'static str {
-    if packed::enabled() {
-        "avx2"
-    } else {
-        "portable"
-    }
-}
 
 /// A read-only strided matrix view.
 #[derive(Clone, Copy, Debug)]
@@ -240,16 +215,17 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
     // Large products with row-major C are split by rows across the current pool (each row of C
     // is computed the same way whatever the split).
     let work = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
-    let groups = crate::par::groups(m.div_ceil(avx2::MR), work);
+    let groups = crate::par::groups(m.div_ceil(crate::arch::x86_64::avx2::MR), work);
     if groups > 1 && c.cs == 1 && packed::enabled() {
         let (rs, cols) = (c.rs, c.cols);
         return crate::par::for_each(
-            m.div_ceil(avx2::MR),
+            m.div_ceil(crate::arch::x86_64::avx2::MR),
             work,
-            crate::par::Items(c.data, rs * avx2::MR),
+            crate::par::Items(c.data, rs * crate::arch::x86_64::avx2::MR),
             #[inline(always)]
             |r, crate::par::Items(d, _)| {
-                let rows = r.start * avx2::MR..(r.end * avx2::MR).min(m);
+                let rows = r.start * crate::arch::x86_64::avx2::MR
+                    ..(r.end * crate::arch::x86_64::avx2::MR).min(m);
                 let a = MatRef {
                     data: a.data,
                     rows: rows.len(),

@@ -9,7 +9,7 @@
 //! whichever rows or columns a call covers, so splitting a product across threads by rows or
 //! columns gives bit-identical results.
 
-use super::avx2::{self, MR, NR};
+use crate::arch::x86_64::avx2::{self, MR, NR};
 use std::cell::RefCell;
 
 /// Depth of a packed block (the `k` extent per micro-kernel call).
@@ -69,9 +69,9 @@ pub(crate) fn warm() {
     });
 }
 
-/// Whether the packed path is available (AVX2/FMA present and not disabled).
+/// Whether the packed path runs (AVX2/FMA active, see [`crate::arch::active`]).
 pub(crate) fn enabled() -> bool {
-    avx2::available() && !super::portable_forced()
+    crate::arch::avx2_fma()
 }
 
 /// `C = alpha·A·B + beta·C` with `A: m x k`, `B: k x n`, `C: m x n` (`C.rows == m`,

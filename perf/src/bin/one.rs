@@ -11,7 +11,7 @@ fn main() {
     let threads: usize = args.get(3).map_or(1, |t| t.parse().expect("THREADS"));
     let secs: f64 = args.get(4).map_or(3.0, |t| t.parse().expect("SECONDS"));
     if std::env::var_os("CNNKIT_PORTABLE").is_some_and(|v| v == "1") {
-        cnnkit::gemm::force_portable(true);
+        cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

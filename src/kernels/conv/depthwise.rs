@@ -124,9 +124,9 @@ fn sweep(
             w[p * kw + q]
         }
     };
-    if s[1] == 1 && crate::gemm::packed::enabled() {
+    if s[1] == 1 && crate::arch::avx2_fma() {
         for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
-            crate::gemm::avx2::depthwise_row(
+            crate::arch::x86_64::avx2::depthwise_row(
                 src,
                 lay.cols,
                 oh * s[0],

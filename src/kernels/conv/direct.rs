@@ -18,8 +18,8 @@
 //! image, over output-channel panels (forward, backward-data) and tap panels (weights), so every
 //! output is summed by one thread in a fixed order.
 
+use crate::arch::x86_64::avx2::{MR, NR, Taps, conv_tile, wgrad_tile};
 use crate::error::Result;
-use crate::gemm::avx2::{MR, NR, Taps, conv_tile, wgrad_tile};
 use crate::kernels::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;

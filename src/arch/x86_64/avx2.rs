@@ -9,18 +9,10 @@ pub(crate) const MR: usize = 6;
 /// Columns of a micro-tile.
 pub(crate) const NR: usize = 16;
 
-/// Whether this CPU has AVX2 and FMA (detected once).
+/// Whether this CPU has AVX2 and FMA (the safety condition of every kernel here; whether they
+/// *run* is [`crate::arch::active`]'s decision).
 pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::arch::Isa::detected() >= crate::arch::Isa::Avx2Fma
 }
 
 /// `C[i, j] = alpha·Σ_p a[p·MR + i]·b[p·NR + j] + beta·C[i, j]` for `i < 6, j < 16`, where row `i`

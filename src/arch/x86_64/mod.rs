@@ -1,0 +1,3 @@
+//! x86-64 micro-kernels, one file per instruction set.
+
+pub(crate) mod avx2;
