@@ -26,6 +26,8 @@ struct Opts {
     threads: Vec<usize>,
     torch: bool,
     json: Option<String>,
+    /// Print the machine's limits and stop.
+    peak_only: bool,
 }
 
 fn parse_args() -> Opts {
@@ -35,6 +37,7 @@ fn parse_args() -> Opts {
         threads: vec![1, 2],
         torch: true,
         json: None,
+        peak_only: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -59,8 +62,17 @@ fn parse_args() -> Opts {
                 continue;
             }
             "--json" => o.json = Some(next(i)),
+            // Caps cnnkit's instruction set (to compare, say, the AVX2 kernels on an AVX-512 CPU).
+            "--isa" => {
+                cnnkit::arch::limit(Some(next(i).parse().expect("--isa portable|avx2|avx512")))
+            }
+            "--peak-only" => {
+                o.peak_only = true;
+                i += 1;
+                continue;
+            }
             other => panic!(
-                "unknown option {other} (--rounds N, --only g1,g2, --threads 1,2, --no-torch, --json FILE)"
+                "unknown option {other} (--rounds N, --only g1,g2, --threads 1,2, --no-torch, --json FILE, --isa NAME, --peak-only)"
             ),
         }
         i += 2;
@@ -146,24 +158,41 @@ fn main() {
         }
     );
     // The machine's limits.
+    // The FMA peak of the widest instruction set the CPU has (AVX-512 where present), which
+    // "% of limit" divides by; the AVX2 peak beside it for reference.
     let mut peak = BTreeMap::new();
+    let mut peak_isa = "none";
     let mut stream = BTreeMap::new();
     for &t in &o.threads {
-        if let Some(p) = peak::fma_gflops(t, 1.5) {
+        if let Some((p, isa)) = peak::fma_gflops(t, 1.5) {
             peak.insert(t, p);
+            peak_isa = isa;
+            if isa != "avx2"
+                && let Some(p2) = peak::fma_gflops_of("avx2", t, 1.5)
+            {
+                println!("FMA peak (avx2, for reference), {t} thread(s): {p2:.1} GFLOP/s");
+            }
         }
         for size in [6272 << 10, 16384 << 10, 25088 << 10] {
             stream.insert((t, size), peak::stream_gbps(t, size));
         }
     }
     for (t, p) in &peak {
-        println!("FMA peak, {t} thread(s): {p:.1} GFLOP/s");
+        println!("FMA peak ({peak_isa}), {t} thread(s): {p:.1} GFLOP/s");
     }
+    println!(
+        "cnnkit kernels: {} (CPU: {})",
+        cnnkit::arch::active(),
+        cnnkit::arch::Isa::detected()
+    );
     for ((t, size), (c, tr)) in &stream {
         println!(
             "STREAM {t} thread(s), {} KiB arrays: copy {c:.1} GB/s, triad {tr:.1} GB/s",
             size >> 10
         );
+    }
+    if o.peak_only {
+        return;
     }
     let mut rows: BTreeMap<Key, Row> = BTreeMap::new();
     let mut order: Vec<Key> = Vec::new();
@@ -196,7 +225,9 @@ fn main() {
         }
     }
     println!();
-    println!("| id | op | threads | cnnkit ms | torch ms | torch/cnnkit | cnnkit | % of limit |");
+    println!(
+        "| id | op | threads | cnnkit ms | torch ms | torch/cnnkit | cnnkit | % of limit ({peak_isa} FMA peak; STREAM) |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     let mut records = Vec::new();
     for key in &order {

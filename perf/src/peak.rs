@@ -3,26 +3,56 @@
 
 use std::time::Instant;
 
-/// FMA peak over `secs`: 12 independent chains of 8-lane FMAs per thread (enough to cover the
-/// FMA latency on current x86 cores). `None` without AVX2 + FMA.
-pub fn fma_gflops(threads: usize, secs: f64) -> Option<f64> {
+/// The widest f32 FMA peak of this CPU over `secs` on `threads` threads, and the instruction set
+/// that reached it (`"avx512"` or `"avx2"`): 12 independent chains of FMAs per thread (enough to
+/// cover the FMA latency on current x86 cores) in the widest registers the CPU has. `None`
+/// without AVX2 + FMA.
+pub fn fma_gflops(threads: usize, secs: f64) -> Option<(f64, &'static str)> {
     #[cfg(target_arch = "x86_64")]
     {
-        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            return None;
+        if is_x86_feature_detected!("avx512f") {
+            return fma_gflops_of("avx512", threads, secs).map(|g| (g, "avx512"));
         }
-        let iters = 20_000_000usize;
+        fma_gflops_of("avx2", threads, secs).map(|g| (g, "avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (threads, secs);
+        None
+    }
+}
+
+/// The f32 FMA peak of one instruction set (`"avx2"` or `"avx512"`), `None` where the CPU lacks
+/// it.
+pub fn fma_gflops_of(isa: &str, threads: usize, secs: f64) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        // (kernel, floating-point operations per call per iteration)
+        let (kernel, flops_per_iter): (fn(usize) -> f32, f64) = match isa {
+            "avx2" if avx2 => (
+                // SAFETY: AVX2 and FMA support was checked just above.
+                |n| unsafe { fma_chains_avx2(n) },
+                12.0 * 16.0,
+            ),
+            "avx512" if avx2 && is_x86_feature_detected!("avx512f") => (
+                // SAFETY: AVX-512F support was checked just above.
+                |n| unsafe { fma_chains_avx512(n) },
+                12.0 * 32.0,
+            ),
+            _ => return None,
+        };
+        let iters = 1_000_000usize;
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 std::thread::spawn(move || {
                     let t = Instant::now();
                     let mut done = 0usize;
                     while t.elapsed().as_secs_f64() < secs {
-                        // SAFETY: AVX2 and FMA support was checked above.
-                        std::hint::black_box(unsafe { fma_chains(iters / 20) });
-                        done += iters / 20;
+                        std::hint::black_box(kernel(iters));
+                        done += iters;
                     }
-                    (done as f64 * 12.0 * 16.0, t.elapsed().as_secs_f64())
+                    (done as f64 * flops_per_iter, t.elapsed().as_secs_f64())
                 })
             })
             .collect();
@@ -33,14 +63,14 @@ pub fn fma_gflops(threads: usize, secs: f64) -> Option<f64> {
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (threads, secs);
+        let _ = (isa, threads, secs);
         None
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn fma_chains(iters: usize) -> f32 {
+fn fma_chains_avx2(iters: usize) -> f32 {
     use std::arch::x86_64::*;
     let a = _mm256_set1_ps(0.999_999);
     let b = _mm256_set1_ps(1e-7);
@@ -58,6 +88,25 @@ fn fma_chains(iters: usize) -> f32 {
     // SAFETY: `out` holds 8 floats, the width of one unaligned store.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), s) };
     out.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn fma_chains_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut s = _mm512_setzero_ps();
+    for v in acc {
+        s = _mm512_add_ps(s, v);
+    }
+    _mm512_reduce_add_ps(s)
 }
 
 /// STREAM-style bandwidth in GB/s with arrays of `bytes` each on `threads` threads: `copy`

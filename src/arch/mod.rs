@@ -7,8 +7,8 @@
 //! [`Isa::detected`], a file of micro-kernels beside `x86_64/avx2.rs` (or `aarch64/neon.rs`), the
 //! arm of `dispatch` that compiles lane code for it, and the kernels' selection on [`active`].
 //!
-//! Kernels for AVX-512 do not exist yet: on an AVX-512 CPU [`Isa::detected`] says so, and the
-//! AVX2/FMA kernels (which every AVX-512 CPU can run) are the ones that run.
+//! Kernels for AVX-512 do not exist yet ([`WIDEST_IMPLEMENTED`]): on an AVX-512 CPU
+//! [`Isa::detected`] says so, and [`active`] is AVX2/FMA (which every AVX-512 CPU can run).
 
 #![allow(unsafe_code)]
 
@@ -63,6 +63,23 @@ impl Isa {
     }
 }
 
+impl std::str::FromStr for Isa {
+    type Err = crate::Error;
+    /// `portable`, `avx2` or `avx512`.
+    fn from_str(s: &str) -> crate::Result<Isa> {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == s.trim())
+            .ok_or_else(|| {
+                crate::Error::invalid(
+                    "Isa::from_str",
+                    "isa",
+                    format!("'{s}': use portable, avx2 or avx512"),
+                )
+            })
+    }
+}
+
 impl std::fmt::Display for Isa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
@@ -83,10 +100,14 @@ pub fn limit(isa: Option<Isa>) {
     LIMIT.store(v, Ordering::Relaxed);
 }
 
-/// The instruction set the kernels use now: the CPU's, capped by [`limit`].
+/// The widest instruction set cnnkit has kernels for.
+pub const WIDEST_IMPLEMENTED: Isa = Isa::Avx2Fma;
+
+/// The instruction set the kernels use now: the CPU's, capped by [`limit`] and by
+/// [`WIDEST_IMPLEMENTED`].
 #[inline]
 pub fn active() -> Isa {
-    let cpu = Isa::detected();
+    let cpu = Isa::detected().min(WIDEST_IMPLEMENTED);
     match Isa::ALL.get(LIMIT.load(Ordering::Relaxed) as usize) {
         Some(&cap) if cap < cpu => cap,
         _ => cpu,
@@ -146,13 +167,17 @@ mod tests {
 
     #[test]
     fn the_limit_caps_the_detected_instruction_set() {
-        let cpu = Isa::detected();
+        let cpu = Isa::detected().min(WIDEST_IMPLEMENTED);
         for cap in Isa::ALL {
             limit(Some(cap));
             assert_eq!(active(), cap.min(cpu));
         }
         limit(None);
         assert_eq!(active(), cpu);
+        for isa in Isa::ALL {
+            assert_eq!(isa.name().parse::<Isa>().unwrap(), isa);
+        }
+        assert!("sse9".parse::<Isa>().is_err());
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
             cpu >= Isa::Avx2Fma,

@@ -1,6 +1,6 @@
 //! Runs one workload case in a loop (for profilers): `one ID OP [THREADS] [SECONDS]`, e.g.
-//! `perf record -e cpu-clock target/release/one C3 fwd 1 5`. With `CNNKIT_PORTABLE=1` in the
-//! environment it runs the portable path (what CPUs without AVX2/FMA run).
+//! `perf record -e cpu-clock target/release/one C3 fwd 1 5`. `CNNKIT_ISA=avx2` (or `portable`)
+//! in the environment caps the instruction set (`CNNKIT_PORTABLE=1` is `CNNKIT_ISA=portable`).
 
 #[path = "../../../benches/suite/workloads.rs"]
 mod workloads;
@@ -12,6 +12,11 @@ fn main() {
     let secs: f64 = args.get(4).map_or(3.0, |t| t.parse().expect("SECONDS"));
     if std::env::var_os("CNNKIT_PORTABLE").is_some_and(|v| v == "1") {
         cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
+    }
+    if let Ok(isa) = std::env::var("CNNKIT_ISA") {
+        cnnkit::arch::limit(Some(
+            isa.parse().expect("CNNKIT_ISA: portable, avx2 or avx512"),
+        ));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
