@@ -42,7 +42,7 @@ pub struct Sequential {
     training: bool,
     rng: Rng,
     last_n: Option<usize>,
-    /// Threads of the pool whose per-thread buffers the last growth made (0: none yet).
+    /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
 }
 
@@ -246,9 +246,9 @@ impl Sequential {
             crate::memory::grow(OP, "gradients", d, widest)?;
         }
         crate::memory::grow(OP, "scratch", &mut self.ws, ws)?;
-        // Every thread of the pool makes its packing buffers on the first call (and in a new
-        // pool): which thread runs which product later depends on scheduling, and none of the
-        // steps after the first may allocate.
+        // Every thread of the pool makes its packing buffers on the first call (and again when
+        // the pool's size changes): which thread runs which product later depends on
+        // scheduling, and none of the steps after the first may allocate.
         if self.warmed != crate::par::threads() {
             crate::par::on_every_thread(crate::gemm::warm_thread);
             self.warmed = crate::par::threads();
