@@ -9,6 +9,33 @@ pub(crate) const MR: usize = 6;
 /// Columns of a micro-tile.
 pub(crate) const NR: usize = 16;
 
+/// The accumulator body every 6x16 tile here shares, written once: row `i` of the tile (the
+/// accumulator pair `lo_i`, `hi_i`) gains `broadcast(*a_i) · (b0, b1)`, where `b0, b1` are the
+/// 16 columns of this step and `a_i` points at row `i`'s factor. `packed` takes the six factors
+/// as consecutive floats at one pointer (a packed panel); the list form takes one pointer per
+/// row. Must be used inside `unsafe` with the reads in bounds.
+#[cfg(target_arch = "x86_64")]
+macro_rules! fma_rows {
+    (packed $a:expr, $b0:expr, $b1:expr,
+     [$l0:ident $h0:ident, $l1:ident $h1:ident, $l2:ident $h2:ident,
+      $l3:ident $h3:ident, $l4:ident $h4:ident, $l5:ident $h5:ident]) => {{
+        let ap = $a;
+        fma_rows!($b0, $b1, [
+            ($l0, $h0, ap), ($l1, $h1, ap.add(1)), ($l2, $h2, ap.add(2)),
+            ($l3, $h3, ap.add(3)), ($l4, $h4, ap.add(4)), ($l5, $h5, ap.add(5))
+        ])
+    }};
+    ($b0:expr, $b1:expr, [$(($lo:ident, $hi:ident, $a:expr)),* $(,)?]) => {{
+        let b0 = _mm256_loadu_ps($b0);
+        let b1 = _mm256_loadu_ps($b1);
+        $(
+            let a = _mm256_broadcast_ss(&*$a);
+            $lo = _mm256_fmadd_ps(a, b0, $lo);
+            $hi = _mm256_fmadd_ps(a, b1, $hi);
+        )*
+    }};
+}
+
 /// Whether this CPU has AVX2 and FMA (the safety condition of every kernel here; whether they
 /// *run* is [`crate::arch::active`]'s decision).
 pub(crate) fn available() -> bool {
@@ -89,28 +116,14 @@ unsafe fn kernel(
     // One k step: two B vectors, then one broadcast of A at a time (12 accumulators + 2 B + 1 A =
     // 15 of the 16 registers, so nothing spills).
     macro_rules! step {
-        ($u:expr) => {{
-            let b0 = _mm256_loadu_ps(bp.add(NR * $u));
-            let b1 = _mm256_loadu_ps(bp.add(NR * $u + 8));
-            let a = _mm256_broadcast_ss(&*ap.add(MR * $u));
-            c00 = _mm256_fmadd_ps(a, b0, c00);
-            c01 = _mm256_fmadd_ps(a, b1, c01);
-            let a = _mm256_broadcast_ss(&*ap.add(MR * $u + 1));
-            c10 = _mm256_fmadd_ps(a, b0, c10);
-            c11 = _mm256_fmadd_ps(a, b1, c11);
-            let a = _mm256_broadcast_ss(&*ap.add(MR * $u + 2));
-            c20 = _mm256_fmadd_ps(a, b0, c20);
-            c21 = _mm256_fmadd_ps(a, b1, c21);
-            let a = _mm256_broadcast_ss(&*ap.add(MR * $u + 3));
-            c30 = _mm256_fmadd_ps(a, b0, c30);
-            c31 = _mm256_fmadd_ps(a, b1, c31);
-            let a = _mm256_broadcast_ss(&*ap.add(MR * $u + 4));
-            c40 = _mm256_fmadd_ps(a, b0, c40);
-            c41 = _mm256_fmadd_ps(a, b1, c41);
-            let a = _mm256_broadcast_ss(&*ap.add(MR * $u + 5));
-            c50 = _mm256_fmadd_ps(a, b0, c50);
-            c51 = _mm256_fmadd_ps(a, b1, c51);
-        }};
+        ($u:expr) => {
+            fma_rows!(
+                packed ap.add(MR * $u),
+                bp.add(NR * $u),
+                bp.add(NR * $u + 8),
+                [c00 c01, c10 c11, c20 c21, c30 c31, c40 c41, c50 c51]
+            )
+        };
     }
     // Unrolled by 4 to cut loop overhead.
     for _ in 0..k / 4 {
@@ -256,27 +269,12 @@ unsafe fn conv_kernel(
     macro_rules! step {
         ($t:expr) => {{
             let xp = x.add(*off.add($t) as usize);
-            let ap = a.add($t * MR);
-            let b0 = _mm256_loadu_ps(xp);
-            let b1 = _mm256_loadu_ps(xp.add(8));
-            let w = _mm256_broadcast_ss(&*ap);
-            c00 = _mm256_fmadd_ps(w, b0, c00);
-            c01 = _mm256_fmadd_ps(w, b1, c01);
-            let w = _mm256_broadcast_ss(&*ap.add(1));
-            c10 = _mm256_fmadd_ps(w, b0, c10);
-            c11 = _mm256_fmadd_ps(w, b1, c11);
-            let w = _mm256_broadcast_ss(&*ap.add(2));
-            c20 = _mm256_fmadd_ps(w, b0, c20);
-            c21 = _mm256_fmadd_ps(w, b1, c21);
-            let w = _mm256_broadcast_ss(&*ap.add(3));
-            c30 = _mm256_fmadd_ps(w, b0, c30);
-            c31 = _mm256_fmadd_ps(w, b1, c31);
-            let w = _mm256_broadcast_ss(&*ap.add(4));
-            c40 = _mm256_fmadd_ps(w, b0, c40);
-            c41 = _mm256_fmadd_ps(w, b1, c41);
-            let w = _mm256_broadcast_ss(&*ap.add(5));
-            c50 = _mm256_fmadd_ps(w, b0, c50);
-            c51 = _mm256_fmadd_ps(w, b1, c51);
+            fma_rows!(
+                packed a.add($t * MR),
+                xp,
+                xp.add(8),
+                [c00 c01, c10 c11, c20 c21, c30 c31, c40 c41, c50 c51]
+            )
         }};
     }
     let mut t = 0;
@@ -384,26 +382,18 @@ unsafe fn wgrad_kernel(
     macro_rules! step {
         ($s:expr) => {{
             let bp = b.add($s * bs);
-            let b0 = _mm256_loadu_ps(bp);
-            let b1 = _mm256_loadu_ps(bp.add(8));
-            let a = _mm256_broadcast_ss(&*x0.add($s));
-            c00 = _mm256_fmadd_ps(a, b0, c00);
-            c01 = _mm256_fmadd_ps(a, b1, c01);
-            let a = _mm256_broadcast_ss(&*x1.add($s));
-            c10 = _mm256_fmadd_ps(a, b0, c10);
-            c11 = _mm256_fmadd_ps(a, b1, c11);
-            let a = _mm256_broadcast_ss(&*x2.add($s));
-            c20 = _mm256_fmadd_ps(a, b0, c20);
-            c21 = _mm256_fmadd_ps(a, b1, c21);
-            let a = _mm256_broadcast_ss(&*x3.add($s));
-            c30 = _mm256_fmadd_ps(a, b0, c30);
-            c31 = _mm256_fmadd_ps(a, b1, c31);
-            let a = _mm256_broadcast_ss(&*x4.add($s));
-            c40 = _mm256_fmadd_ps(a, b0, c40);
-            c41 = _mm256_fmadd_ps(a, b1, c41);
-            let a = _mm256_broadcast_ss(&*x5.add($s));
-            c50 = _mm256_fmadd_ps(a, b0, c50);
-            c51 = _mm256_fmadd_ps(a, b1, c51);
+            fma_rows!(
+                bp,
+                bp.add(8),
+                [
+                    (c00, c01, x0.add($s)),
+                    (c10, c11, x1.add($s)),
+                    (c20, c21, x2.add($s)),
+                    (c30, c31, x3.add($s)),
+                    (c40, c41, x4.add($s)),
+                    (c50, c51, x5.add($s)),
+                ]
+            )
         }};
     }
     let mut s = 0;
