@@ -36,6 +36,27 @@ macro_rules! fma_rows {
     }};
 }
 
+/// Runs `step!(i)` for `i` in `0..n`, unrolled by 4 to cut loop overhead. Unsafe steps must be
+/// wrapped, with their `SAFETY` reason, at the call site.
+#[cfg(target_arch = "x86_64")]
+macro_rules! unrolled_by_4 {
+    ($n:expr, $step:ident) => {{
+        let n = $n;
+        let mut i = 0;
+        while i + 4 <= n {
+            $step!(i);
+            $step!(i + 1);
+            $step!(i + 2);
+            $step!(i + 3);
+            i += 4;
+        }
+        while i < n {
+            $step!(i);
+            i += 1;
+        }
+    }};
+}
+
 /// Whether this CPU has AVX2 and FMA (the safety condition of every kernel here; whether they
 /// *run* is [`crate::arch::active`]'s decision).
 pub(crate) fn available() -> bool {
@@ -277,23 +298,9 @@ unsafe fn conv_kernel(
             )
         }};
     }
-    let mut t = 0;
-    while t + 4 <= k {
-        // SAFETY: t + 3 < k: reads off[t..t+4] (caller: k entries), x[off[·] .. off[·] + 16] and
-        // a[(t..t+4)*MR ..][..MR], all in bounds per the caller's checks.
-        unsafe {
-            step!(t);
-            step!(t + 1);
-            step!(t + 2);
-            step!(t + 3);
-        }
-        t += 4;
-    }
-    while t < k {
-        // SAFETY: t < k, as above.
-        unsafe { step!(t) };
-        t += 1;
-    }
+    // SAFETY: every step t < k reads off[t] (caller: k entries), x[off[t] .. off[t] + 16] and
+    // a[t*MR ..][..MR], all in bounds per the caller's checks.
+    unsafe { unrolled_by_4!(k, step) };
     let rows = [
         (c00, c01),
         (c10, c11),
@@ -302,19 +309,8 @@ unsafe fn conv_kernel(
         (c40, c41),
         (c50, c51),
     ];
-    for (i, (lo, hi)) in rows.into_iter().enumerate() {
-        // SAFETY: row i of the tile is c[i*rs .. i*rs + 16], inside the buffer (caller's check).
-        unsafe {
-            let p = c.add(i * rs);
-            let (mut lo, mut hi) = (lo, hi);
-            if beta {
-                lo = _mm256_add_ps(lo, _mm256_loadu_ps(p));
-                hi = _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8)));
-            }
-            _mm256_storeu_ps(p, lo);
-            _mm256_storeu_ps(p.add(8), hi);
-        }
-    }
+    // SAFETY: AVX2 present (this function's contract); the C tile is in bounds (caller's check).
+    unsafe { store_rows(rows, c, rs, beta) };
 }
 
 /// Weight-gradient tile: `C[i, j] += Σ_{s < len} x[xo[i] + s] · b[s·bs + j]` for `i < 6, j < 16`:
@@ -396,23 +392,9 @@ unsafe fn wgrad_kernel(
             )
         }};
     }
-    let mut s = 0;
-    while s + 4 <= len {
-        // SAFETY: s + 3 < len: x_i[s..s+4] and b[(s..s+4)*bs .. +16] are in bounds (caller's
-        // checks).
-        unsafe {
-            step!(s);
-            step!(s + 1);
-            step!(s + 2);
-            step!(s + 3);
-        }
-        s += 4;
-    }
-    while s < len {
-        // SAFETY: s < len, as above.
-        unsafe { step!(s) };
-        s += 1;
-    }
+    // SAFETY: every step s < len reads x_i[s] and b[s*bs ..][..16], in bounds per the caller's
+    // checks.
+    unsafe { unrolled_by_4!(len, step) };
     let rows = [
         (c00, c01),
         (c10, c11),
@@ -421,12 +403,29 @@ unsafe fn wgrad_kernel(
         (c40, c41),
         (c50, c51),
     ];
-    for (i, (lo, hi)) in rows.into_iter().enumerate() {
-        // SAFETY: row i of the tile is c[i*rs .. i*rs + 16], inside the buffer (caller's check).
+    // SAFETY: AVX2 present (this function's contract); the C tile is in bounds (caller's check).
+    unsafe { store_rows(rows, c, rs, true) };
+}
+
+/// Writes the accumulated rows of a 6x16 tile to `c` (row `i` at `c[i·rs..][..16]`), added to
+/// what is there if `add`.
+///
+/// # Safety
+/// The CPU must support AVX2, and `c[i·rs + j]` must be writable for `i < 6`, `j < 16`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_rows(rows: [(__m256, __m256); MR], c: *mut f32, rs: usize, add: bool) {
+    for (i, (mut lo, mut hi)) in rows.into_iter().enumerate() {
+        // SAFETY: row i of the tile is c[i*rs .. i*rs + 16], writable (the caller's contract).
         unsafe {
             let p = c.add(i * rs);
-            _mm256_storeu_ps(p, _mm256_add_ps(lo, _mm256_loadu_ps(p)));
-            _mm256_storeu_ps(p.add(8), _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8))));
+            if add {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(p));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(p.add(8)));
+            }
+            _mm256_storeu_ps(p, lo);
+            _mm256_storeu_ps(p.add(8), hi);
         }
     }
 }
