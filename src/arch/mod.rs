@@ -12,6 +12,10 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod kernel;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
 
 use std::sync::OnceLock;
@@ -101,7 +105,7 @@ pub fn limit(isa: Option<Isa>) {
 }
 
 /// The widest instruction set cnnkit has kernels for.
-pub const WIDEST_IMPLEMENTED: Isa = Isa::Avx2Fma;
+pub const WIDEST_IMPLEMENTED: Isa = Isa::Avx512;
 
 /// The instruction set the kernels use now: the CPU's, capped by [`limit`] and by
 /// [`WIDEST_IMPLEMENTED`].
@@ -114,13 +118,74 @@ pub fn active() -> Isa {
     }
 }
 
-/// Whether the AVX2/FMA kernels run (the CPU has them and no limit below them is set).
+/// Whether cnnkit's own micro-kernels run (some instruction set beyond the baseline is active):
+/// the packed GEMM, direct and depthwise convolution; otherwise `matrixmultiply` and im2col.
 #[inline]
-pub(crate) fn avx2_fma() -> bool {
-    active() >= Isa::Avx2Fma
+pub(crate) fn micro_kernels() -> bool {
+    active() > Isa::Portable
 }
 
-/// Runs `f` compiled for AVX2 + FMA when [`active`] allows them, otherwise compiled for the
+/// The instruction sets that have micro-kernels, widest first: the [`Isa`] variant, the token
+/// type of its kernels (implementing [`kernel::MicroKernel`]), and the target features its code
+/// is compiled for (exactly what [`Isa::detected`] checks before reporting it). Kernel selection
+/// ([`with_kernel!`]), the element-wise variants ([`dispatch`]) and the per-instruction-set test
+/// harness all expand from this one list: `arch::$then!((args) entries…)`.
+macro_rules! kernel_table {
+    ($($then:ident)::+, ($($args:tt)*)) => {
+        $crate::arch::$($then)::+! { ($($args)*)
+            #[cfg(target_arch = "x86_64")]
+            Avx512 = $crate::arch::x86_64::avx512::Avx512, "avx512f,avx2,fma";
+            #[cfg(target_arch = "x86_64")]
+            Avx2Fma = $crate::arch::x86_64::avx2::Avx2, "avx2,fma";
+        }
+    };
+}
+pub(crate) use kernel_table;
+
+/// Evaluates `$body` with `$k` bound to the token of the active instruction set's micro-kernels
+/// (a type implementing [`kernel::MicroKernel`], so `$body` is compiled once per instruction
+/// set), or `$portable` when no micro-kernels are active.
+macro_rules! with_kernel {
+    ($k:ident => $body:expr; else $portable:expr) => {
+        $crate::arch::kernel_table!(select_kernel, ($k, $body, $portable))
+    };
+}
+pub(crate) use with_kernel;
+
+/// The expansion of [`with_kernel!`] over the kernel table.
+macro_rules! select_kernel {
+    (($k:ident, $body:expr, $portable:expr)
+     $(#[$m:meta] $isa:ident = $tok:path, $feat:literal;)*) => {
+        'select: {
+            let isa = $crate::arch::active();
+            $(
+                #[$m]
+                {
+                    if isa == $crate::arch::Isa::$isa {
+                        if let Some($k) = <$tok>::new() {
+                            break 'select ($body);
+                        }
+                    }
+                }
+            )*
+            let _ = isa;
+            $portable
+        }
+    };
+}
+pub(crate) use select_kernel;
+
+/// The register tile `(MR, NR)` of the active micro-kernels (`None` on the portable path).
+pub(crate) fn tile() -> Option<(usize, usize)> {
+    with_kernel!(k => Some(shape_of(k)); else None)
+}
+
+/// The tile shape of a kernel token.
+fn shape_of<K: kernel::MicroKernel>(_: K) -> (usize, usize) {
+    (K::MR, K::NR)
+}
+
+/// Runs `f` compiled for the instruction set [`active`] allows (AVX-512, AVX2 + FMA), or for the
 /// build's baseline.
 ///
 /// Pass an `#[inline(always)]` closure that contains the lane code: only code inlined into the
@@ -128,25 +193,33 @@ pub(crate) fn avx2_fma() -> bool {
 /// results, but on x86-64 its `mul_add` becomes a software call.)
 #[inline(always)]
 pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: `avx2_fma` is true only when the CPU reports AVX2 and FMA
-        // (`is_x86_feature_detected!` in `Isa::detected`), the features `with_avx2_fma` is
-        // compiled for.
-        return unsafe { with_avx2_fma(f) };
-    }
+    kernel_table!(dispatch_variants, (f));
     baseline(f)
 }
 
-/// The AVX2 + FMA variant of [`dispatch`].
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
-    f()
+/// The expansion of [`dispatch`] over the kernel table: one variant of `f` per entry, compiled
+/// for its features.
+macro_rules! dispatch_variants {
+    (($f:ident) $(#[$m:meta] $isa:ident = $tok:path, $feat:literal;)*) => {
+        match active() {
+            $(
+                #[$m]
+                Isa::$isa => {
+                    #[target_feature(enable = $feat)]
+                    unsafe fn variant<R>(f: impl FnOnce() -> R) -> R {
+                        f()
+                    }
+                    // SAFETY: `active` never exceeds `Isa::detected`, which reports this
+                    // instruction set only when `is_x86_feature_detected!` found every feature
+                    // the table lists for it.
+                    return unsafe { variant($f) };
+                }
+            )*
+            _ => {}
+        }
+    };
 }
+pub(crate) use dispatch_variants;
 
 /// The baseline variant of [`dispatch`] (kept out of line so the variants stay separate).
 #[inline(never)]
@@ -162,7 +235,7 @@ pub(crate) fn inlined<F>(f: F) -> F {
 }
 
 #[cfg(test)]
-mod tests {
+mod limit_tests {
     use super::*;
 
     #[test]

@@ -7,9 +7,8 @@
 //! type-checks. A transpose is a view with the strides swapped ([`MatRef::t`]).
 //!
 //! Two implementations, chosen at run time:
-//! - on CPUs with AVX2 and FMA, cnnkit's own packed GEMM (`packed`: BLIS blocking, a 6x16
-//!   micro-kernel in `arch::x86_64::avx2`), whose packing also reads convolution inputs directly as im2col
-//!   matrices;
+//! - on CPUs with AVX2 and FMA or AVX-512, cnnkit's own packed GEMM (`packed`: BLIS blocking
+//!   around the instruction set's micro-kernel from `arch`);
 //! - elsewhere (or under [`crate::arch::limit`]`(Some(Isa::Portable))`), `matrixmultiply`.
 
 pub(crate) mod packed;
@@ -200,6 +199,22 @@ impl<'a> MatMut<'a> {
 /// # Ok::<(), cnnkit::Error>(())
 /// ```
 pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) -> Result<()> {
+    let dots = a.rows <= FEW_ROWS;
+    sgemm_rows(alpha, a, b, beta, c, dots)
+}
+
+/// [`sgemm`], with the choice of dot products for a product of few rows made by the caller:
+/// `dots` must depend on the whole product a caller splits (say, the batch), never on one part
+/// of it, or results would depend on how the work was split (the dot products sum in another
+/// order than the packed product).
+pub(crate) fn sgemm_rows(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    dots: bool,
+) -> Result<()> {
     const OP: &str = "sgemm";
     if a.cols != b.rows || a.rows != c.rows || b.cols != c.cols {
         return Err(Error::invalid(
@@ -215,17 +230,17 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
     // Large products with row-major C are split by rows across the current pool (each row of C
     // is computed the same way whatever the split).
     let work = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
-    let groups = crate::par::groups(m.div_ceil(crate::arch::x86_64::avx2::MR), work);
+    let mr = crate::arch::tile().map_or(1, |t| t.0);
+    let groups = crate::par::groups(m.div_ceil(mr), work);
     if groups > 1 && c.cs == 1 && packed::enabled() {
         let (rs, cols) = (c.rs, c.cols);
         return crate::par::for_each(
-            m.div_ceil(crate::arch::x86_64::avx2::MR),
+            m.div_ceil(mr),
             work,
-            crate::par::Items(c.data, rs * crate::arch::x86_64::avx2::MR),
+            crate::par::Items(c.data, rs * mr),
             #[inline(always)]
             |r, crate::par::Items(d, _)| {
-                let rows = r.start * crate::arch::x86_64::avx2::MR
-                    ..(r.end * crate::arch::x86_64::avx2::MR).min(m);
+                let rows = r.start * mr..(r.end * mr).min(m);
                 let a = MatRef {
                     data: a.data,
                     rows: rows.len(),
@@ -249,12 +264,13 @@ pub fn sgemm(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>)
                         rs,
                         cs: 1,
                     },
+                    dots,
                 );
                 Ok(())
             },
         );
     }
-    gemm_serial(alpha, a, b, beta, c);
+    gemm_serial(alpha, a, b, beta, c, dots);
     Ok(())
 }
 
@@ -267,15 +283,23 @@ pub(crate) fn warm_thread() {
 }
 
 /// Most rows of `A` computed by dot products instead of a packed product.
-const FEW_ROWS: usize = 2;
+pub(crate) const FEW_ROWS: usize = 2;
 
-/// [`sgemm`] on the calling thread.
+/// [`sgemm`] on the calling thread; `dots` allows dot products for a product of at most
+/// `FEW_ROWS` rows (see [`sgemm_rows`]).
 ///
 /// # Panics
 /// If the views' dimensions disagree (`a.cols != b.rows`, `a.rows != c.rows` or
 /// `b.cols != c.cols`): an internal caller's bug, checked here because the unsafe product below
 /// relies on it. Public entry points check the dimensions first and return an error.
-pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+pub(crate) fn gemm_serial(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    dots: bool,
+) {
     assert!(
         a.cols == b.rows && a.rows == c.rows && b.cols == c.cols,
         "gemm_serial: A is {}x{}, B {}x{}, C {}x{}",
@@ -290,7 +314,7 @@ pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c
     if m == 0 || n == 0 {
         return;
     }
-    if m <= FEW_ROWS && k > 0 && a.cs == 1 && b.rs == 1 {
+    if dots && m <= FEW_ROWS && k > 0 && a.cs == 1 && b.rs == 1 {
         // A few rows against a B whose columns are contiguous (a dense layer's `x·Wᵀ` on one
         // sample): one dot product per element; packing B would copy all of it for one use.
         crate::simd::dispatch(
@@ -308,7 +332,7 @@ pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c
         );
         return;
     }
-    if packed::enabled() && (c.cs == 1 || c.rs == 1) {
+    if c.cs == 1 || c.rs == 1 {
         fn src<'a>(x: &MatRef<'a>) -> packed::Strided<'a> {
             packed::Strided {
                 data: x.data,
@@ -317,25 +341,34 @@ pub(crate) fn gemm_serial(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c
                 rows: x.rows,
             }
         }
-        if c.cs == 1 {
+        // Column-major C: compute Cᵀ = Bᵀ·Aᵀ, which is row-major.
+        let (l, r, out) = if c.cs == 1 {
             let out = packed::Out {
-                data: c.data,
+                data: &mut *c.data,
                 rs: c.rs,
                 rows: m,
                 cols: n,
             };
-            packed::gemm(k, alpha, &src(&a), &src(&b), beta, out);
+            (src(&a), src(&b), out)
         } else {
-            // Column-major C: compute Cᵀ = Bᵀ·Aᵀ, which is row-major.
             let out = packed::Out {
-                data: c.data,
+                data: &mut *c.data,
                 rs: c.cs,
                 rows: n,
                 cols: m,
             };
-            packed::gemm(k, alpha, &src(&b.t()), &src(&a.t()), beta, out);
+            (src(&b.t()), src(&a.t()), out)
+        };
+        let done = crate::arch::with_kernel!(
+            kern => {
+                packed::gemm(kern, k, alpha, &l, &r, beta, out);
+                true
+            };
+            else false
+        );
+        if done {
+            return;
         }
-        return;
     }
     if k == 0 {
         // C = beta * C (and exactly zero for beta == 0, without reading C).
@@ -386,7 +419,14 @@ mod tests {
             let mut c = [0.0f32; 4];
             let a = MatRef::new(&a, 2, 3, 3, 1).unwrap();
             let b = MatRef::new(&b, 2, 3, 3, 1).unwrap(); // 2 rows, but A has 3 columns
-            gemm_serial(1.0, a, b, 0.0, MatMut::new(&mut c, 2, 2, 2, 1).unwrap());
+            gemm_serial(
+                1.0,
+                a,
+                b,
+                0.0,
+                MatMut::new(&mut c, 2, 2, 2, 1).unwrap(),
+                true,
+            );
         });
         assert!(r.is_err());
     }

@@ -1,36 +1,43 @@
 //! The packed GEMM driver (BLIS loop order) over any sources that can pack themselves.
 //!
 //! `B` is packed a `KC x NC` block at a time into `NR`-column panels, `A` an `MC x KC` block at a
-//! time into `MR`-row panels, and the micro-kernel multiplies one `MR x NR` tile of `C` per call.
+//! time into `MR`-row panels, and the micro-kernel (any [`MicroKernel`]: the tile shape comes
+//! from the instruction set) multiplies one `MR x NR` tile of `C` per call.
 //! Sources implement [`PackA`] / [`PackB`]: a strided matrix, or (for convolutions) an image read
 //! as its im2col matrix without that matrix ever being built.
 //!
-//! Every element of `C` is accumulated over `k` in the same order (blocks of `KC`, in order)
-//! whichever rows or columns a call covers, so splitting a product across threads by rows or
-//! columns gives bit-identical results.
+//! Every element of `C` is accumulated over `k` in the same order (blocks of `KC`, in order, one
+//! fused multiply-add per step) whichever rows or columns a call covers and whichever
+//! instruction set runs it, so splitting a product across threads by rows or columns gives
+//! bit-identical results, and so do AVX2 and AVX-512.
 
-use crate::arch::x86_64::avx2::{self, MR, NR};
+use crate::arch::kernel::MicroKernel;
 use std::cell::RefCell;
 
-/// Depth of a packed block (the `k` extent per micro-kernel call).
+/// Depth of a packed block (the `k` extent per micro-kernel call; the same for every instruction
+/// set, which keeps their sums in the same blocks).
 pub(crate) const KC: usize = 256;
-/// Rows of `A` packed at a time (a multiple of `MR`; `MC x KC` floats stay in L2).
+/// Rows of `A` packed at a time, at most (rounded down to a multiple of `MR`; `MC x KC` floats
+/// stay in L2).
 pub(crate) const MC: usize = 120;
-/// Columns of `B` packed at a time (a multiple of `NR`).
-pub(crate) const NC: usize = 4080;
+/// Columns of `B` packed at a time, at most (rounded down to a multiple of `NR`).
+pub(crate) const NC: usize = 4096;
 
-/// A left operand that packs `MR`-row panels of itself.
+/// The largest register tile of any instruction set, in floats (the edge-tile buffer).
+const MAX_TILE: usize = 32 * 64;
+
+/// A left operand that packs `K::MR`-row panels of itself.
 pub(crate) trait PackA: Sync {
     /// Packs rows `r0..r0 + mc` and inner indices `k0..k0 + kc` as `ceil(mc / MR)` panels: panel
     /// `p` at `out[p·kc·MR..]`, element `(k, i)` at `k·MR + i`; rows past `mc` are zero.
-    fn pack_a(&self, r0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]);
+    fn pack_a<K: MicroKernel>(&self, r0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]);
 }
 
-/// A right operand that packs `NR`-column panels of itself.
+/// A right operand that packs `K::NR`-column panels of itself.
 pub(crate) trait PackB: Sync {
     /// Packs inner indices `k0..k0 + kc` and columns `c0..c0 + nc` as `ceil(nc / NR)` panels:
     /// panel `p` at `out[p·kc·NR..]`, element `(k, j)` at `k·NR + j`; columns past `nc` are zero.
-    fn pack_b(&self, k0: usize, kc: usize, c0: usize, nc: usize, out: &mut [f32]);
+    fn pack_b<K: MicroKernel>(&self, k0: usize, kc: usize, c0: usize, nc: usize, out: &mut [f32]);
 }
 
 /// A row-major destination: row `i` is `data[i·rs..i·rs + cols]`.
@@ -69,14 +76,24 @@ pub(crate) fn warm() {
     });
 }
 
-/// Whether the packed path runs (AVX2/FMA active, see [`crate::arch::active`]).
+/// Whether the packed path runs (some micro-kernels active, see [`crate::arch::active`]).
 pub(crate) fn enabled() -> bool {
-    crate::arch::avx2_fma()
+    crate::arch::micro_kernels()
 }
 
 /// `C = alpha·A·B + beta·C` with `A: m x k`, `B: k x n`, `C: m x n` (`C.rows == m`,
-/// `C.cols == n`). With `beta == 0`, `C` is not read. Requires [`enabled`].
-pub(crate) fn gemm(k: usize, alpha: f32, a: &impl PackA, b: &impl PackB, beta: f32, c: Out<'_>) {
+/// `C.cols == n`), on the micro-kernels of `kern`. With `beta == 0`, `C` is not read.
+pub(crate) fn gemm<K: MicroKernel>(
+    kern: K,
+    k: usize,
+    alpha: f32,
+    a: &impl PackA,
+    b: &impl PackB,
+    beta: f32,
+    c: Out<'_>,
+) {
+    let (mr, nr) = (K::MR, K::NR);
+    let (mcb, ncb) = (MC / mr * mr, NC / nr * nr);
     let (m, n) = (c.rows, c.cols);
     if m == 0 || n == 0 {
         return;
@@ -96,37 +113,40 @@ pub(crate) fn gemm(k: usize, alpha: f32, a: &impl PackA, b: &impl PackB, beta: f
         let mut guard = cell.borrow_mut();
         ensure(&mut guard);
         let (abuf, bbuf) = &mut *guard;
-        let mut tilebuf = [0.0f32; MR * NR];
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
+        // An edge tile is computed in `tilebuf` (C's live part copied in, the rest zero) by the
+        // same kernel with the same alpha and beta, so edges round exactly as full tiles do.
+        let mut tilebuf = [0.0f32; MAX_TILE];
+        let tilebuf = &mut tilebuf[..mr * nr];
+        for jc in (0..n).step_by(ncb) {
+            let nc = ncb.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                b.pack_b(pc, kc, jc, nc, &mut bbuf[..kc * nc.div_ceil(NR) * NR]);
+                b.pack_b::<K>(pc, kc, jc, nc, &mut bbuf[..kc * nc.div_ceil(nr) * nr]);
                 let beta = if pc == 0 { beta } else { 1.0 };
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
-                    a.pack_a(ic, mc, pc, kc, &mut abuf[..kc * mc.div_ceil(MR) * MR]);
-                    for jr in (0..nc).step_by(NR) {
-                        let bp = &bbuf[(jr / NR) * kc * NR..][..kc * NR];
-                        let cols = NR.min(nc - jr);
-                        for ir in (0..mc).step_by(MR) {
-                            let ap = &abuf[(ir / MR) * kc * MR..][..kc * MR];
-                            let rows = MR.min(mc - ir);
+                for ic in (0..m).step_by(mcb) {
+                    let mc = mcb.min(m - ic);
+                    a.pack_a::<K>(ic, mc, pc, kc, &mut abuf[..kc * mc.div_ceil(mr) * mr]);
+                    for jr in (0..nc).step_by(nr) {
+                        let bp = &bbuf[(jr / nr) * kc * nr..][..kc * nr];
+                        let cols = nr.min(nc - jr);
+                        for ir in (0..mc).step_by(mr) {
+                            let ap = &abuf[(ir / mr) * kc * mr..][..kc * mr];
+                            let rows = mr.min(mc - ir);
                             let at = (ic + ir) * c.rs + jc + jr;
-                            if rows == MR && cols == NR && c.rs >= NR {
-                                avx2::tile(kc, ap, bp, alpha, beta, &mut c.data[at..], c.rs);
+                            if rows == mr && cols == nr && c.rs >= nr {
+                                kern.tile(kc, ap, bp, alpha, beta, &mut c.data[at..], c.rs);
                             } else {
-                                avx2::tile(kc, ap, bp, 1.0, 0.0, &mut tilebuf, NR);
-                                for i in 0..rows {
-                                    let dst = &mut c.data[at + i * c.rs..][..cols];
-                                    let src = &tilebuf[i * NR..][..cols];
-                                    for (d, s) in dst.iter_mut().zip(src) {
-                                        *d = if beta == 0.0 {
-                                            alpha * s
-                                        } else {
-                                            alpha * s + beta * *d
-                                        };
+                                tilebuf.fill(0.0);
+                                if beta != 0.0 {
+                                    for i in 0..rows {
+                                        tilebuf[i * nr..][..cols]
+                                            .copy_from_slice(&c.data[at + i * c.rs..][..cols]);
                                     }
+                                }
+                                kern.tile(kc, ap, bp, alpha, beta, tilebuf, nr);
+                                for i in 0..rows {
+                                    c.data[at + i * c.rs..][..cols]
+                                        .copy_from_slice(&tilebuf[i * nr..][..cols]);
                                 }
                             }
                         }
@@ -147,32 +167,26 @@ pub(crate) struct Strided<'a> {
 }
 
 impl PackA for Strided<'_> {
-    fn pack_a(&self, r0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]) {
-        for (p, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
-            let live = MR
-                .min(mc.saturating_sub(p * MR))
-                .min(self.rows.saturating_sub(r0 + p * MR));
-            if self.cs == 1 && live == MR {
-                // Six contiguous rows: read them in step, write the panel contiguously.
-                let row = |i: usize| {
-                    let at = (r0 + p * MR + i) * self.rs + k0;
-                    &self.data[at..at + kc]
-                };
-                let rows = [row(0), row(1), row(2), row(3), row(4), row(5)];
-                for (k, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                    for (d, r) in dst.iter_mut().zip(&rows) {
-                        *d = r[k];
+    fn pack_a<K: MicroKernel>(&self, r0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]) {
+        let mr = K::MR;
+        for (p, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
+            let live = mr
+                .min(mc.saturating_sub(p * mr))
+                .min(self.rows.saturating_sub(r0 + p * mr));
+            for i in 0..mr {
+                let r = r0 + p * mr + i;
+                if i >= live {
+                    panel[i..].iter_mut().step_by(mr).for_each(|d| *d = 0.0);
+                } else if self.cs == 1 {
+                    // A contiguous row: read it in order, write every MR-th float of the panel.
+                    let src = &self.data[r * self.rs + k0..][..kc];
+                    for (d, s) in panel[i..].iter_mut().step_by(mr).zip(src) {
+                        *d = *s;
                     }
-                }
-                continue;
-            }
-            for (k, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = if i < live {
-                        self.data[(r0 + p * MR + i) * self.rs + (k0 + k) * self.cs]
-                    } else {
-                        0.0
-                    };
+                } else {
+                    for (k, d) in panel[i..].iter_mut().step_by(mr).enumerate() {
+                        *d = self.data[r * self.rs + (k0 + k) * self.cs];
+                    }
                 }
             }
         }
@@ -180,18 +194,17 @@ impl PackA for Strided<'_> {
 }
 
 impl PackB for Strided<'_> {
-    fn pack_b(&self, k0: usize, kc: usize, c0: usize, nc: usize, out: &mut [f32]) {
-        for (p, panel) in out.chunks_exact_mut(kc * NR).enumerate() {
-            let j0 = c0 + p * NR;
-            let w = NR.min(c0 + nc - j0);
+    fn pack_b<K: MicroKernel>(&self, k0: usize, kc: usize, c0: usize, nc: usize, out: &mut [f32]) {
+        let nr = K::NR;
+        for (p, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
+            let j0 = c0 + p * nr;
+            let w = nr.min(c0 + nc - j0);
             for k in 0..kc {
-                let dst = &mut panel[k * NR..][..NR];
+                let dst = &mut panel[k * nr..][..nr];
                 let base = (k0 + k) * self.rs + j0 * self.cs;
-                if self.cs == 1 && w == NR {
-                    // A constant-size copy: two vector moves, no call.
-                    let src: &[f32; NR] = self.data[base..base + NR].try_into().expect("NR floats");
-                    let dst: &mut [f32; NR] = dst.try_into().expect("NR floats");
-                    *dst = *src;
+                if self.cs == 1 && w == nr {
+                    // A constant-size copy (a few vector moves, no call).
+                    dst.copy_from_slice(&self.data[base..base + nr]);
                     continue;
                 }
                 if self.cs == 1 {

@@ -2,7 +2,7 @@
 //! `[out, in]`.
 
 use crate::error::{Error, Result, check_len, mul};
-use crate::gemm::{MatMut, MatRef, sgemm};
+use crate::gemm::{FEW_ROWS, MatMut, MatRef, sgemm_rows};
 use crate::kernels::Accum;
 use crate::kernels::conv::bias_backward;
 use crate::par::{self, Items};
@@ -98,6 +98,8 @@ pub fn dense_forward(
     }
     check_len(OP, "y", y, g.y_len())?;
     let (inp, out) = (g.inp, g.out);
+    // Dot products for the whole batch or for none of it, however the rows are split.
+    let dots = g.n <= FEW_ROWS;
     // y[rows, cols] = x[rows] · W[cols]ᵀ (+ b[cols]); `y_rows` starts at (rows.start, cols.start).
     let block = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, y_blk: &mut [f32]| {
         let beta = match b {
@@ -111,12 +113,13 @@ pub fn dense_forward(
         };
         let a = MatRef::new(&x[rows.start * inp..], rows.len(), inp, inp, 1)?;
         let wt = MatRef::new(&w[cols.start * inp..], cols.len(), inp, inp, 1)?.t();
-        sgemm(
+        sgemm_rows(
             1.0,
             a,
             wt,
             beta,
             MatMut::new(y_blk, rows.len(), cols.len(), out, 1)?,
+            dots,
         )
     };
     if g.n == 1 {
@@ -157,15 +160,17 @@ pub fn dense_backward_data(
     check_len(OP, "dy", dy, g.y_len())?;
     check_len(OP, "dx", dx, g.x_len())?;
     let (inp, out, beta) = (g.inp, g.out, accum.beta());
+    let dots = g.n <= FEW_ROWS;
     let block = |rows: std::ops::Range<usize>, cols: std::ops::Range<usize>, dx_blk: &mut [f32]| {
         let a = MatRef::new(&dy[rows.start * out..], rows.len(), out, out, 1)?;
         let b = MatRef::new(&w[cols.start..], out, cols.len(), inp, 1)?;
-        sgemm(
+        sgemm_rows(
             1.0,
             a,
             b,
             beta,
             MatMut::new(dx_blk, rows.len(), cols.len(), inp, 1)?,
+            dots,
         )
     };
     if g.n == 1 {
@@ -222,7 +227,14 @@ pub fn dense_backward_weights(
             // dyᵀ restricted to rows o: element (j, i) = dy[i, j].
             let a = MatRef::new(&dy[o.start..], o.len(), n, 1, out)?;
             let b = MatRef::row_major(x, n, inp)?;
-            sgemm(1.0, a, b, beta, MatMut::row_major(dw, o.len(), inp)?)
+            sgemm_rows(
+                1.0,
+                a,
+                b,
+                beta,
+                MatMut::row_major(dw, o.len(), inp)?,
+                out <= FEW_ROWS,
+            )
         },
     )
 }

@@ -1,3 +1,4 @@
 //! x86-64 micro-kernels, one file per instruction set.
 
 pub(crate) mod avx2;
+pub(crate) mod avx512;

@@ -10,13 +10,15 @@
 //! Every plane is processed by one thread; weight gradients are split over output channels and
 //! summed over images in order, so results do not depend on the thread count.
 
+use crate::arch::kernel::{MAX_LANES, MicroKernel};
 use crate::error::Result;
 use crate::kernels::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
 use crate::simd::{self, LANES, Lane, splat};
 
-/// A zero-padded plane: `rows x cols` with the image at `(pad_h, pad_w)`, plus a lane of slack.
+/// A zero-padded plane: `rows x cols` with the image at `(pad_h, pad_w)`, plus slack for the
+/// widest register's reads past the last row.
 #[derive(Clone, Copy)]
 struct Padded {
     rows: usize,
@@ -26,7 +28,7 @@ struct Padded {
 
 impl Padded {
     fn len(&self) -> usize {
-        self.rows * self.cols + 2 * LANES
+        self.rows * self.cols + 2 * MAX_LANES
     }
 
     /// Copies the `h x w` plane `src` into `dst` (zero border).
@@ -124,21 +126,19 @@ fn sweep(
             w[p * kw + q]
         }
     };
-    if s[1] == 1 && crate::arch::avx2_fma() {
-        for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
-            crate::arch::x86_64::avx2::depthwise_row(
-                src,
-                lay.cols,
-                oh * s[0],
-                d,
-                w,
-                [kh, kw],
-                flip,
-                orow,
-                add,
-            );
+    if s[1] == 1 {
+        let done = crate::arch::with_kernel!(
+            kern => {
+                for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
+                    kern.depthwise_row(src, lay.cols, oh * s[0], d, w, [kh, kw], flip, orow, add);
+                }
+                true
+            };
+            else false
+        );
+        if done {
+            return;
         }
-        return;
     }
     for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
         let mut ow = 0;

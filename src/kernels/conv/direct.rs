@@ -1,4 +1,4 @@
-//! Direct convolution on CPUs with AVX2/FMA.
+//! Direct convolution on the micro-kernels of `arch` (AVX2/FMA, AVX-512).
 //!
 //! im2col copies every input value `k_h · k_w` times before the GEMM reads it; on the shapes of
 //! small CNNs that copy costs as much as the multiply. Here the input is copied once, into a
@@ -12,14 +12,15 @@
 //!   numbered `r·pw + ow`, so a 16-pixel tile never needs to know where a row ends (the few
 //!   columns past `out_w` are computed and dropped).
 //!
-//! Forward and stride-1 backward-data use `conv_tile` (6 output channels × 16 pixels, one tap per
-//! step); backward-weights uses `wgrad_tile` (6 taps × 16 output channels, one pixel per step)
+//! Forward and stride-1 backward-data use `conv_tile` (`MR` output channels × `NR` pixels, one tap
+//! per step); backward-weights uses `wgrad_tile` (`MR` taps × `NR` output channels, one pixel per
+//! step)
 //! over the output gradient transposed to pixel-major. Work is split over images, or, inside an
 //! image, over output-channel panels (forward, backward-data) and tap panels (weights), so every
 //! output is summed by one thread in a fixed order.
 
-use crate::arch::x86_64::avx2::{MR, NR, Taps, conv_tile, wgrad_tile};
-use crate::error::Result;
+use crate::arch::kernel::{MicroKernel, Taps};
+use crate::error::{Error, Result};
 use crate::kernels::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
@@ -43,6 +44,23 @@ pub(super) struct Direct {
     s: [usize; 2],
     pad: [usize; 2],
     dil: [usize; 2],
+    /// The register tile `(MR, NR)` of the micro-kernels the pass is planned for.
+    tile: (usize, usize),
+}
+
+/// The register tile of the active micro-kernels (the direct path runs only when there are).
+fn active_tile() -> (usize, usize) {
+    crate::arch::tile().unwrap_or((1, 1))
+}
+
+/// The error when the instruction set changed between planning a pass and running it (through
+/// [`crate::arch::limit`] on another thread).
+fn changed(op: &'static str) -> Error {
+    Error::invalid(
+        op,
+        "instruction set",
+        "changed while the convolution ran (arch::limit called concurrently)",
+    )
 }
 
 /// The prepared layout of one band.
@@ -72,6 +90,7 @@ impl Direct {
             s: p.stride,
             pad: p.padding,
             dil: p.dilation,
+            tile: active_tile(),
         }
     }
 
@@ -99,6 +118,7 @@ impl Direct {
             s: [1, 1],
             pad,
             dil: p.dilation,
+            tile: active_tile(),
         })
     }
 
@@ -124,10 +144,11 @@ impl Direct {
         let (di, dj) = self.shifts();
         let (ph, pw) = (rows + di, self.out_w + dj);
         let plane = ph * pw;
-        let npix = (rows * pw).div_ceil(NR) * NR;
+        let nr = self.tile.1;
+        let npix = (rows * pw).div_ceil(nr) * nr;
         let planes = self.s[0] * self.s[1] * self.src_ch;
         // The last tile starts at npix − 16 and reads up to the largest tap offset + 16.
-        let len = planes * plane + pw + 2 * NR;
+        let len = planes * plane + pw + 2 * nr;
         Layout {
             pw,
             plane,
@@ -140,7 +161,12 @@ impl Direct {
     /// Output rows per band: as many as fit the budget with the halo rows, at least one. A band
     /// of `r` rows needs `planes·(r + halo)·pw + per_pixel_out·r·pw` floats (plus a row of
     /// slack), so the scratch stays within `max(BAND_BUDGET, one row's needs)` for any image.
+    ///
+    /// `per_pixel_out` is rounded up to a multiple of 32 here rather than to the tile: bands are
+    /// then the same on every instruction set, and so are the blocks that weight-gradient sums
+    /// are cut into (and with them the bits of the result).
     fn band_rows(&self, per_pixel_out: usize) -> usize {
+        let per_pixel_out = per_pixel_out.div_ceil(32) * 32;
         let (di, _) = self.shifts();
         let pw = self.layout(1).pw;
         let planes = self.s[0] * self.s[1] * self.src_ch;
@@ -157,21 +183,22 @@ impl Direct {
     }
 
     fn out_rows(&self) -> usize {
-        self.out_ch.div_ceil(MR) * MR
+        self.out_ch.div_ceil(self.tile.0) * self.tile.0
     }
 
     /// Scratch of one worker for `conv_into`: a band's prepared input and output.
     pub(super) fn slot_len(&self) -> usize {
-        let lay = self.layout(self.band_rows(self.out_rows()));
+        let lay = self.layout(self.band_rows(self.out_ch));
         lay.len + self.out_rows() * lay.npix
     }
 
     /// Scratch for the weight gradient: prepared input, transposed gradient, and the transposed
     /// weight gradient.
     pub(super) fn wgrad_len(&self) -> usize {
-        let co = self.out_ch.div_ceil(NR) * NR;
-        let lay = self.layout(self.band_rows(co));
-        lay.len + lay.npix * co + self.taps().div_ceil(MR) * MR * co
+        let (mr, nr) = self.tile;
+        let co = self.out_ch.div_ceil(nr) * nr;
+        let lay = self.layout(self.band_rows(self.out_ch));
+        lay.len + lay.npix * co + self.taps().div_ceil(mr) * mr * co
     }
 
     /// Appends the tap offsets in the prepared layout `lay`, taps in OIHW order `(c, p, q)`.
@@ -293,12 +320,14 @@ impl Prep {
         let (kh, kw) = (d.k[0], d.k[1]);
         match weights {
             Weights::Forward { w, group } => pack_weights(
+                d.tile.0,
                 d.out_ch,
                 taps,
                 |o, t| w[(group * d.out_ch + o) * taps + t],
                 &mut self.packed,
             ),
             Weights::Flipped { w, group, c_in_g } => pack_weights(
+                d.tile.0,
                 d.out_ch,
                 taps,
                 |c, t| {
@@ -310,27 +339,28 @@ impl Prep {
                 &mut self.packed,
             ),
         }
-        self.plan_bands(d, d.out_rows());
+        self.plan_bands(d, d.out_ch);
     }
 }
 
-/// Packs `weight(o, t)` for `o < out_ch` (zero above), taps `t < taps`, as 6-channel panels:
-/// panel `p` at `[p·taps·MR..]`, `(t, i)` at `t·MR + i`.
+/// Packs `weight(o, t)` for `o < out_ch` (zero above), taps `t < taps`, as `mr`-channel panels:
+/// panel `p` at `[p·taps·mr..]`, `(t, i)` at `t·mr + i`.
 fn pack_weights(
+    mr: usize,
     out_ch: usize,
     taps: usize,
     weight: impl Fn(usize, usize) -> f32,
     dst: &mut Vec<f32>,
 ) {
-    let panels = out_ch.div_ceil(MR);
+    let panels = out_ch.div_ceil(mr);
     dst.clear();
-    dst.resize(panels * taps * MR, 0.0);
-    for (p, panel) in dst.chunks_exact_mut(taps * MR).enumerate() {
-        for i in 0..MR {
-            let o = p * MR + i;
+    dst.resize(panels * taps * mr, 0.0);
+    for (p, panel) in dst.chunks_exact_mut(taps * mr).enumerate() {
+        for i in 0..mr {
+            let o = p * mr + i;
             if o < out_ch {
                 for t in 0..taps {
-                    panel[t * MR + i] = weight(o, t);
+                    panel[t * mr + i] = weight(o, t);
                 }
             }
         }
@@ -340,12 +370,17 @@ fn pack_weights(
 /// Taps per block (a multiple of one channel's `per_ch` taps) whose input rows for one 16-pixel
 /// tile fit comfortably in L1 (about 12 KiB: `k_h` rows of ~2 cache lines per channel and phase).
 fn tap_block(d: &Direct, per_ch: usize) -> usize {
+    // (Independent of the tile width, so that the blocks, and the bits of the sums, are the same
+    // on every instruction set.)
     let lines_per_ch = d.s[0] * d.s[1] * d.k[0] * 2;
     let channels = (12 * 1024 / 64 / lines_per_ch.max(1))
         .max(d.src_ch.div_ceil(MAX_BLOCKS))
         .clamp(1, d.src_ch);
     channels * per_ch
 }
+
+/// Most rows of any instruction set's register tile.
+const MAX_MR: usize = 32;
 
 /// Most tap blocks per pass (so their tables fit on the stack).
 const MAX_BLOCKS: usize = 32;
@@ -379,6 +414,29 @@ pub(super) fn conv_into(
     ws: &mut [f32],
     split: bool,
 ) -> Result<()> {
+    crate::arch::with_kernel!(
+        kern => conv_into_on(kern, d, prep, bias, src, out_img, accum, ws, split);
+        else Err(changed("conv2d"))
+    )
+}
+
+/// [`conv_into`] on the micro-kernels `kern`.
+#[allow(clippy::too_many_arguments)]
+fn conv_into_on<K: MicroKernel>(
+    kern: K,
+    d: &Direct,
+    prep: &Prep,
+    bias: Option<&[f32]>,
+    src: &[f32],
+    out_img: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+    split: bool,
+) -> Result<()> {
+    let (mr, nr) = (K::MR, K::NR);
+    if d.tile != (mr, nr) {
+        return Err(changed("conv2d"));
+    }
     let taps = d.taps();
     let out_plane = d.out_h * d.out_w;
     let rows_out = d.out_rows();
@@ -395,11 +453,11 @@ pub(super) fn conv_into(
             d.prepare(&lay, src, oh0, 0..planes, &mut xs[..planes * lay.plane]);
         }
         let xs = &*xs;
-        // Tiles: 6 output channels × 16 pixels, all full (padding rows and pixels exist).
+        // Tiles: MR output channels × NR pixels, all full (padding rows and pixels exist).
         // For each pixel tile, the taps are taken a block of source channels at a time, so the
         // input the block reads (block · k_h rows of ~16 floats) stays in L1 while every channel
         // panel uses it; the C tiles accumulate across blocks.
-        let panels = rows_out / MR;
+        let panels = rows_out / mr;
         let work = 2 * taps * d.out_ch * lay.npix;
         let block = tap_block(d, d.k[0] * d.k[1]);
         // The blocks' offsets and their maxima, once per band (at most MAX_BLOCKS).
@@ -408,12 +466,12 @@ pub(super) fn conv_into(
             (t0 < taps).then(|| (t0, Taps::new(&off[t0..(t0 + block).min(taps)])))
         });
         let run = |pr: std::ops::Range<usize>, yrows: &mut [f32]| {
-            for j0 in (0..lay.npix).step_by(NR) {
+            for j0 in (0..lay.npix).step_by(nr) {
                 for (t0, tb) in blocks.iter().flatten() {
                     for (pi, p) in pr.clone().enumerate() {
-                        let a = &packed[(p * taps + t0) * MR..];
-                        let ytile = &mut yrows[pi * MR * lay.npix + j0..];
-                        conv_tile(a, xs, j0, tb, *t0 > 0, ytile, lay.npix);
+                        let a = &packed[(p * taps + t0) * mr..];
+                        let ytile = &mut yrows[pi * mr * lay.npix + j0..];
+                        kern.conv_tile(a, xs, j0, tb, *t0 > 0, ytile, lay.npix);
                     }
                 }
             }
@@ -422,7 +480,7 @@ pub(super) fn conv_into(
             par::for_each(
                 panels,
                 work,
-                Items(&mut *yp, MR * lay.npix),
+                Items(&mut *yp, mr * lay.npix),
                 #[inline(always)]
                 |pr, Items(y, _)| {
                     run(pr, y);
@@ -479,7 +537,7 @@ const WGRAD_CHUNK_WORK: usize = 1 << 24;
 impl Direct {
     /// Partial sums of a weight-gradient pass over `n` images (a function of the geometry only).
     fn wgrad_chunks(&self, n: usize) -> usize {
-        let co = self.out_ch.div_ceil(NR) * NR;
+        let co = self.out_ch.div_ceil(self.tile.1) * self.tile.1;
         let work = 2 * self.taps() * co * self.out_h * self.out_w;
         if work < WGRAD_CHUNK_WORK {
             WGRAD_CHUNKS.min(n).max(1)
@@ -512,14 +570,42 @@ pub(super) fn wgrad(
     accum: Accum,
     ws: &mut [f32],
 ) -> Result<()> {
+    crate::arch::with_kernel!(
+        kern => wgrad_on(
+            kern, d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
+        );
+        else Err(changed("conv2d_backward_weights"))
+    )
+}
+
+/// [`wgrad`] on the micro-kernels `kern`.
+#[allow(clippy::too_many_arguments)]
+fn wgrad_on<K: MicroKernel>(
+    kern: K,
+    d: &Direct,
+    n: usize,
+    x: &[f32],
+    x_item: usize,
+    x_ch0: usize,
+    dy: &[f32],
+    dy_item: usize,
+    dy_ch0: usize,
+    dw_group: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    let (mr, nr) = (K::MR, K::NR);
+    if d.tile != (mr, nr) {
+        return Err(changed("conv2d_backward_weights"));
+    }
     let taps = d.taps();
-    let co = d.out_ch.div_ceil(NR) * NR;
-    let taps_pad = taps.div_ceil(MR) * MR;
+    let co = d.out_ch.div_ceil(nr) * nr;
+    let taps_pad = taps.div_ceil(mr) * mr;
     let (src_plane, out_plane) = (d.src_h * d.src_w, d.out_h * d.out_w);
     let chunks = d.wgrad_chunks(n);
     let slot = d.wgrad_len();
     with_prep(|prep| {
-        prep.plan_bands(d, co);
+        prep.plan_bands(d, d.out_ch);
         let prep = &*prep;
         // One image into `dwt` (the transposed gradient, accumulated), with band scratch `ws`.
         let image = |i: usize, dwt: &mut [f32], ws: &mut [f32]| -> Result<()> {
@@ -534,24 +620,25 @@ pub(super) fn wgrad(
                 let (xs, dyt) = (&*xs, &*dyt);
                 let work = 2 * taps * co * lay.npix;
                 par::for_each(
-                    taps_pad / MR,
+                    taps_pad / mr,
                     work,
-                    Items(&mut *dwt, MR * co),
+                    Items(&mut *dwt, mr * co),
                     #[inline(always)]
                     |tr, Items(c, _)| {
+                        let mut xo = [0usize; MAX_MR];
                         for (ti, tp) in tr.enumerate() {
-                            let t0 = tp * MR;
-                            let ctile = &mut c[ti * MR * co..][..MR * co];
+                            let t0 = tp * mr;
+                            let ctile = &mut c[ti * mr * co..][..mr * co];
                             for j0 in (0..lay.npix).step_by(WGRAD_BLOCK) {
                                 let len = WGRAD_BLOCK.min(lay.npix - j0);
-                                let xo = std::array::from_fn(|i| {
-                                    off[(t0 + i).min(taps - 1)] as usize + j0
-                                });
-                                for c0 in (0..co).step_by(NR) {
-                                    wgrad_tile(
+                                for (i, o) in xo[..mr].iter_mut().enumerate() {
+                                    *o = off[(t0 + i).min(taps - 1)] as usize + j0;
+                                }
+                                for c0 in (0..co).step_by(nr) {
+                                    kern.wgrad_tile(
                                         len,
                                         xs,
-                                        xo,
+                                        &xo[..mr],
                                         &dyt[j0 * co + c0..],
                                         co,
                                         &mut ctile[c0..],

@@ -394,7 +394,7 @@ fn forward_rows(
         let c = MatMut::new(&mut y_rows[at..], os.len(), cols, plane, 1)?;
         let a = MatRef::new(&w[os.start * k_g..], os.len(), k_g, k_g, 1)?;
         let bsrc = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?;
-        gemm_serial(1.0, a, bsrc, beta, c);
+        gemm_serial(1.0, a, bsrc, beta, c, false);
     }
     Ok(())
 }
@@ -426,7 +426,7 @@ fn wt_dy_rows(
             dst_rs,
             1,
         )?;
-        gemm_serial(1.0, a, b, beta, c);
+        gemm_serial(1.0, a, b, beta, c, false);
     }
     Ok(())
 }
@@ -653,7 +653,7 @@ pub fn conv2d_backward_weights(
                             os.len(),
                             k_g,
                         )?;
-                        gemm_serial(1.0, a, b, 1.0, c);
+                        gemm_serial(1.0, a, b, 1.0, c, false);
                     }
                     Ok(())
                 },

@@ -1,0 +1,788 @@
+//! The micro-kernel families, written once for any vector register type.
+//!
+//! An instruction set supplies a [`Vector`] (its register type and the seven operations the tile
+//! bodies use) and a zero-sized token type, and instantiates the bodies below for its tile shape
+//! with [`micro_kernels!`]: that gives the token its [`MicroKernel`] implementation. The token can
+//! only be made on a CPU that has the instruction set, so holding one is the proof every kernel's
+//! safety needs; the bounds of each call are checked by the trait's safe methods here, once for
+//! every instruction set.
+//!
+//! Every body accumulates each output in the same order (over `k`, taps or pixels, one fused
+//! multiply-add at a time): results are the same bits on every instruction set, whatever its
+//! register width or tile shape, as long as the drivers cut the sums into the same blocks.
+
+#![allow(unsafe_code)]
+
+use super::Isa;
+
+/// One SIMD register of `N` floats and the operations the tile bodies use. Implementations are
+/// `#[inline(always)]` wrappers around one intrinsic each; they are compiled for the instruction
+/// set only inside the `#[target_feature]` functions [`micro_kernels!`] makes.
+pub(crate) trait Vector: Copy {
+    /// Floats per register.
+    const N: usize;
+    /// All zero.
+    ///
+    /// # Safety
+    /// The CPU must support the instruction set (as for every method here).
+    unsafe fn zero() -> Self;
+    /// `v` in every element.
+    unsafe fn splat(v: f32) -> Self;
+    /// `N` floats from `p` (unaligned).
+    ///
+    /// # Safety
+    /// `p[..N]` must be readable.
+    unsafe fn load(p: *const f32) -> Self;
+    /// Writes the `N` floats to `p` (unaligned).
+    ///
+    /// # Safety
+    /// `p[..N]` must be writable.
+    unsafe fn store(self, p: *mut f32);
+    /// `self · b + c`, fused (one rounding).
+    unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+    /// `self + b`.
+    unsafe fn add(self, b: Self) -> Self;
+    /// `self · b`.
+    unsafe fn mul(self, b: Self) -> Self;
+    /// A hint to bring the line holding `p` into L1 (any address).
+    unsafe fn prefetch(p: *const f32);
+}
+
+/// Tap offsets for [`MicroKernel::conv_tile`] with their maximum (private fields: the maximum is
+/// always right).
+pub(crate) struct Taps<'a> {
+    off: &'a [u32],
+    max: usize,
+}
+
+impl<'a> Taps<'a> {
+    /// The offsets and their maximum.
+    pub(crate) fn new(off: &'a [u32]) -> Self {
+        Taps {
+            off,
+            max: off.iter().copied().max().unwrap_or(0) as usize,
+        }
+    }
+}
+
+/// Whether a tile of `mr` rows of `nr` elements, rows `rs` apart (`rs >= nr`, so rows do not
+/// overlap), fits in `len` elements; checked arithmetic, so no stride can wrap past the check.
+#[inline]
+pub(crate) fn tile_fits(len: usize, mr: usize, nr: usize, rs: usize) -> bool {
+    rs >= nr
+        && (mr - 1)
+            .checked_mul(rs)
+            .and_then(|v| v.checked_add(nr))
+            .is_some_and(|end| end <= len)
+}
+
+/// The micro-kernels of one instruction set. The implementing type is a token that exists only on
+/// CPUs with the instruction set; the `*_raw` functions are the bodies below compiled for it
+/// (made by [`micro_kernels!`]), and the provided methods check every bound before calling them.
+///
+/// # Safety
+/// Implementations must construct `Self` only when the CPU supports [`Self::ISA`], and the raw
+/// functions must access memory only as their documentation says.
+pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
+    /// The instruction set.
+    const ISA: Isa;
+    /// Rows of a GEMM or convolution tile (output channels), and taps of a weight-gradient tile.
+    const MR: usize;
+    /// Columns of a GEMM tile, pixels of a convolution tile, output channels of a weight-gradient
+    /// tile: a whole number of registers.
+    const NR: usize;
+    /// Floats per register: a depthwise row reads up to the next multiple of it.
+    const LANES: usize;
+
+    /// [`gemm_body`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`gemm_body`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_raw(
+        self,
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        alpha: f32,
+        beta: f32,
+        c: *mut f32,
+        rs: usize,
+    );
+    /// [`conv_body`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`conv_body`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn conv_raw(
+        self,
+        k: usize,
+        a: *const f32,
+        x: *const f32,
+        off: *const u32,
+        add: bool,
+        c: *mut f32,
+        rs: usize,
+    );
+    /// [`wgrad_body`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`wgrad_body`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn wgrad_raw(
+        self,
+        len: usize,
+        x: *const f32,
+        xo: *const usize,
+        b: *const f32,
+        bs: usize,
+        c: *mut f32,
+        rs: usize,
+    );
+    /// [`depthwise_body`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`depthwise_body`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn depthwise_raw(
+        self,
+        src: *const f32,
+        cols: usize,
+        top: usize,
+        d: [usize; 2],
+        w: *const f32,
+        k: [usize; 2],
+        flip: bool,
+        out: *mut f32,
+        n: usize,
+        add: bool,
+    );
+
+    /// GEMM tile: `C[i, j] = alpha·Σ_p a[p·MR + i]·b[p·NR + j] + beta·C[i, j]` for `i < MR`,
+    /// `j < NR`, where row `i` of `C` is `c[i·rs..][..NR]`. With `beta == 0`, `C` is not read.
+    ///
+    /// Panics (a programming error, not a data error) if the panels are shorter than `k` steps or
+    /// `C` does not hold the tile.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn tile(self, k: usize, a: &[f32], b: &[f32], alpha: f32, beta: f32, c: &mut [f32], rs: usize) {
+        assert!(
+            k.checked_mul(Self::MR).is_some_and(|n| n <= a.len())
+                && k.checked_mul(Self::NR).is_some_and(|n| n <= b.len()),
+            "{} GEMM tile: packed panels shorter than k",
+            Self::ISA
+        );
+        assert!(
+            tile_fits(c.len(), Self::MR, Self::NR, rs),
+            "C tile out of bounds"
+        );
+        // SAFETY: `self` exists, so the CPU has the instruction set. Reads stay within
+        // `a[..k·MR]` and `b[..k·NR]` (checked above); C accesses touch `c[i·rs + j]` for
+        // i < MR, j < NR, all below `(MR−1)·rs + NR <= c.len()` (checked above). The slices come
+        // from references: valid, aligned for f32, `c` the only mutable one.
+        unsafe { self.gemm_raw(k, a.as_ptr(), b.as_ptr(), alpha, beta, c.as_mut_ptr(), rs) }
+    }
+
+    /// Direct-convolution tile: `C[i, j] = (add ? C[i, j] : 0) + Σ_t a[t·MR + i] · x[base +
+    /// off[t] + j]` for `i < MR`, `j < NR`: `MR` output channels (packed weights, one tap per
+    /// step) times `NR` consecutive output pixels read straight from the prepared input `x` (tap
+    /// `t` shifted by `off[t]`). Row `i` of `C` is `c[i·rs..][..NR]`.
+    ///
+    /// Panics (a programming error) if any read or write would leave its slice.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn conv_tile(
+        self,
+        a: &[f32],
+        x: &[f32],
+        base: usize,
+        taps: &Taps<'_>,
+        add: bool,
+        c: &mut [f32],
+        rs: usize,
+    ) {
+        let k = taps.off.len();
+        assert!(
+            k.checked_mul(Self::MR).is_some_and(|n| n <= a.len()),
+            "{} convolution tile: packed weights shorter than the taps",
+            Self::ISA
+        );
+        assert!(
+            tile_fits(c.len(), Self::MR, Self::NR, rs),
+            "C tile out of bounds"
+        );
+        if k == 0 {
+            if !add {
+                for i in 0..Self::MR {
+                    c[i * rs..][..Self::NR].fill(0.0);
+                }
+            }
+            return;
+        }
+        assert!(
+            base.checked_add(taps.max)
+                .and_then(|v| v.checked_add(Self::NR))
+                .is_some_and(|end| end <= x.len()),
+            "input read out of bounds"
+        );
+        // SAFETY: the CPU has the instruction set (`self` exists). Reads: a[..k·MR] (checked);
+        // x[base + off[t] + j] for j < NR, where every off[t] <= taps.max (a `Taps` invariant)
+        // and base + taps.max + NR <= x.len() (checked), so `x.as_ptr().add(base)` is in bounds
+        // too. C accesses stay below (MR−1)·rs + NR <= c.len() (checked).
+        unsafe {
+            self.conv_raw(
+                k,
+                a.as_ptr(),
+                x.as_ptr().add(base),
+                taps.off.as_ptr(),
+                add,
+                c.as_mut_ptr(),
+                rs,
+            )
+        }
+    }
+
+    /// Weight-gradient tile: `C[i, j] += Σ_{s < len} x[xo[i] + s] · b[s·bs + j]` for `i < MR`,
+    /// `j < NR`: `MR` filter taps (each a shifted read of the prepared input) times `NR` output
+    /// channels (rows of the transposed output gradient `b`, one pixel per step).
+    ///
+    /// Panics (a programming error) if `xo` does not have `MR` entries or any read or write would
+    /// leave its slice.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn wgrad_tile(
+        self,
+        len: usize,
+        x: &[f32],
+        xo: &[usize],
+        b: &[f32],
+        bs: usize,
+        c: &mut [f32],
+        rs: usize,
+    ) {
+        assert_eq!(xo.len(), Self::MR, "one input offset per tap row");
+        assert!(
+            tile_fits(c.len(), Self::MR, Self::NR, rs),
+            "C tile out of bounds"
+        );
+        if len == 0 {
+            return;
+        }
+        assert!(
+            xo.iter()
+                .all(|&o| o.checked_add(len).is_some_and(|end| end <= x.len())),
+            "input read out of bounds"
+        );
+        assert!(
+            bs >= Self::NR
+                && (len - 1)
+                    .checked_mul(bs)
+                    .and_then(|v| v.checked_add(Self::NR))
+                    .is_some_and(|end| end <= b.len()),
+            "gradient read out of bounds"
+        );
+        // SAFETY: the CPU has the instruction set (`self` exists). xo has MR entries (checked);
+        // len > 0, so xo[i] + len <= x.len() makes every read x[xo[i] + s], s < len, in bounds;
+        // b[s·bs + j] for s < len, j < NR is below (len−1)·bs + NR <= b.len() (checked); C
+        // accesses stay below (MR−1)·rs + NR <= c.len() (checked).
+        unsafe {
+            self.wgrad_raw(
+                len,
+                x.as_ptr(),
+                xo.as_ptr(),
+                b.as_ptr(),
+                bs,
+                c.as_mut_ptr(),
+                rs,
+            )
+        }
+    }
+
+    /// One output row of a stride-1 (along the row) depthwise sweep:
+    /// `out[j] (+)= Σ_{p<kh, q<kw} w(p, q) · src[(top + p·d_h)·cols + j + q·d_w]`, where
+    /// `w(p, q)` is `w[p·kw + q]`, or the kernel rotated by 180° if `flip`. Reads `src` up to the
+    /// next multiple of [`Self::LANES`] outputs past the row's end.
+    ///
+    /// Panics (a programming error) if `src` does not hold every row read or `w` is shorter than
+    /// the kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_row(
+        self,
+        src: &[f32],
+        cols: usize,
+        top: usize,
+        d: [usize; 2],
+        w: &[f32],
+        k: [usize; 2],
+        flip: bool,
+        out: &mut [f32],
+        add: bool,
+    ) {
+        assert!(
+            k[0] > 0 && k[1] > 0 && k[0].checked_mul(k[1]).is_some_and(|n| n <= w.len()),
+            "kernel"
+        );
+        // The last element read: (top + (kh−1)·d_h)·cols + ceil_LANES(out.len()) + (kw−1)·d_w.
+        let end = (|| {
+            let span = out
+                .len()
+                .div_ceil(Self::LANES)
+                .checked_mul(Self::LANES)?
+                .checked_add((k[1] - 1).checked_mul(d[1])?)?;
+            top.checked_add((k[0] - 1).checked_mul(d[0])?)?
+                .checked_mul(cols)?
+                .checked_add(span)
+        })();
+        assert!(
+            end.is_some_and(|e| e <= src.len()),
+            "depthwise read out of bounds"
+        );
+        // SAFETY: the CPU has the instruction set (`self` exists). Every read is
+        // `src[(top + p·d_h)·cols + ow + q·d_w ..][..LANES]` with `ow + LANES <=
+        // ceil_LANES(out.len())`, so it ends at or below `end <= src.len()` (checked above,
+        // without overflow); weights are read at `p·kw + q < kh·kw <= w.len()`; writes touch
+        // `out[..out.len()]` only.
+        unsafe {
+            self.depthwise_raw(
+                src.as_ptr(),
+                cols,
+                top,
+                d,
+                w.as_ptr(),
+                k,
+                flip,
+                out.as_mut_ptr(),
+                out.len(),
+                add,
+            )
+        }
+    }
+}
+
+/// Implements [`MicroKernel`] for the token `$token` with vector `$v`, `$mr` rows and `$nv`
+/// registers per row, compiling every body for `$features`. The bodies' contracts are the
+/// safety conditions of the `*_raw` functions made here.
+macro_rules! micro_kernels {
+    ($token:ty, $isa:expr, $v:ty, $features:literal, mr = $mr:literal, nv = $nv:literal) => {
+        // SAFETY: `$token` is constructed only when the CPU has `$isa` (its constructor checks
+        // `Isa::detected()`), and the raw functions are the bodies of `arch::kernel`, which touch
+        // exactly the memory their contracts name.
+        unsafe impl $crate::arch::kernel::MicroKernel for $token {
+            const ISA: $crate::arch::Isa = $isa;
+            const MR: usize = $mr;
+            const NR: usize = $nv * <$v as $crate::arch::kernel::Vector>::N;
+            const LANES: usize = <$v as $crate::arch::kernel::Vector>::N;
+
+            #[inline]
+            unsafe fn gemm_raw(
+                self,
+                k: usize,
+                a: *const f32,
+                b: *const f32,
+                alpha: f32,
+                beta: f32,
+                c: *mut f32,
+                rs: usize,
+            ) {
+                #[target_feature(enable = $features)]
+                unsafe fn f(
+                    k: usize,
+                    a: *const f32,
+                    b: *const f32,
+                    alpha: f32,
+                    beta: f32,
+                    c: *mut f32,
+                    rs: usize,
+                ) {
+                    // SAFETY: the caller's contract (as `gemm_body`'s).
+                    unsafe {
+                        $crate::arch::kernel::gemm_body::<$v, $mr, $nv>(k, a, b, alpha, beta, c, rs)
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(k, a, b, alpha, beta, c, rs) }
+            }
+
+            #[inline]
+            unsafe fn conv_raw(
+                self,
+                k: usize,
+                a: *const f32,
+                x: *const f32,
+                off: *const u32,
+                add: bool,
+                c: *mut f32,
+                rs: usize,
+            ) {
+                #[target_feature(enable = $features)]
+                unsafe fn f(
+                    k: usize,
+                    a: *const f32,
+                    x: *const f32,
+                    off: *const u32,
+                    add: bool,
+                    c: *mut f32,
+                    rs: usize,
+                ) {
+                    // SAFETY: the caller's contract (as `conv_body`'s).
+                    unsafe {
+                        $crate::arch::kernel::conv_body::<$v, $mr, $nv>(k, a, x, off, add, c, rs)
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(k, a, x, off, add, c, rs) }
+            }
+
+            #[inline]
+            unsafe fn wgrad_raw(
+                self,
+                len: usize,
+                x: *const f32,
+                xo: *const usize,
+                b: *const f32,
+                bs: usize,
+                c: *mut f32,
+                rs: usize,
+            ) {
+                #[target_feature(enable = $features)]
+                unsafe fn f(
+                    len: usize,
+                    x: *const f32,
+                    xo: *const usize,
+                    b: *const f32,
+                    bs: usize,
+                    c: *mut f32,
+                    rs: usize,
+                ) {
+                    // SAFETY: the caller's contract (as `wgrad_body`'s).
+                    unsafe {
+                        $crate::arch::kernel::wgrad_body::<$v, $mr, $nv>(len, x, xo, b, bs, c, rs)
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(len, x, xo, b, bs, c, rs) }
+            }
+
+            #[inline]
+            unsafe fn depthwise_raw(
+                self,
+                src: *const f32,
+                cols: usize,
+                top: usize,
+                d: [usize; 2],
+                w: *const f32,
+                k: [usize; 2],
+                flip: bool,
+                out: *mut f32,
+                n: usize,
+                add: bool,
+            ) {
+                #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn f(
+                    src: *const f32,
+                    cols: usize,
+                    top: usize,
+                    d: [usize; 2],
+                    w: *const f32,
+                    k: [usize; 2],
+                    flip: bool,
+                    out: *mut f32,
+                    n: usize,
+                    add: bool,
+                ) {
+                    // SAFETY: the caller's contract (as `depthwise_body`'s).
+                    unsafe {
+                        $crate::arch::kernel::depthwise_body::<$v>(
+                            src, cols, top, d, w, k, flip, out, n, add,
+                        )
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(src, cols, top, d, w, k, flip, out, n, add) }
+            }
+        }
+    };
+}
+pub(crate) use micro_kernels;
+
+/// Runs `step(i)` for `i` in `0..n`, unrolled by 4 to cut loop overhead.
+#[inline(always)]
+fn unrolled_by_4(n: usize, mut step: impl FnMut(usize)) {
+    let mut i = 0;
+    while i + 4 <= n {
+        step(i);
+        step(i + 1);
+        step(i + 2);
+        step(i + 3);
+        i += 4;
+    }
+    while i < n {
+        step(i);
+        i += 1;
+    }
+}
+
+/// The accumulator body every tile family shares, written once: each row `i` of the
+/// `MR x NV` register tile gains `broadcast(a_i) · b`, where `b` is one step's `NV` registers.
+#[inline(always)]
+unsafe fn fma_rows<V: Vector, const MR: usize, const NV: usize>(
+    acc: &mut [[V; NV]; MR],
+    a: impl Fn(usize) -> f32,
+    b: *const f32,
+) {
+    // SAFETY: the caller guarantees `b[..NV·N]` readable and the CPU's support.
+    let bv: [V; NV] = std::array::from_fn(
+        #[inline(always)]
+        |v| unsafe { V::load(b.add(v * V::N)) },
+    );
+    for (i, row) in acc.iter_mut().enumerate() {
+        // SAFETY: as above.
+        let av = unsafe { V::splat(a(i)) };
+        for (r, &bv) in row.iter_mut().zip(&bv) {
+            // SAFETY: as above.
+            *r = unsafe { av.mul_add(bv, *r) };
+        }
+    }
+}
+
+/// Writes the register tile to `c` (row `i` at `c[i·rs..][..NV·N]`): `alpha·acc + beta·C`
+/// (`C` not read when `beta == 0`).
+#[inline(always)]
+unsafe fn store_scaled<V: Vector, const MR: usize, const NV: usize>(
+    acc: [[V; NV]; MR],
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rs: usize,
+) {
+    // SAFETY: the caller guarantees the tile writable (and readable) and the CPU's support.
+    unsafe {
+        let (va, vb) = (V::splat(alpha), V::splat(beta));
+        for (i, row) in acc.into_iter().enumerate() {
+            for (v, r) in row.into_iter().enumerate() {
+                let p = c.add(i * rs + v * V::N);
+                let mut r = r.mul(va);
+                if beta != 0.0 {
+                    r = V::load(p).mul_add(vb, r);
+                }
+                r.store(p);
+            }
+        }
+    }
+}
+
+/// Writes the register tile to `c` (row `i` at `c[i·rs..][..NV·N]`), added to what is there if
+/// `add`.
+#[inline(always)]
+unsafe fn store_rows<V: Vector, const MR: usize, const NV: usize>(
+    acc: [[V; NV]; MR],
+    c: *mut f32,
+    rs: usize,
+    add: bool,
+) {
+    // SAFETY: the caller guarantees the tile writable (and readable) and the CPU's support.
+    unsafe {
+        for (i, row) in acc.into_iter().enumerate() {
+            for (v, r) in row.into_iter().enumerate() {
+                let p = c.add(i * rs + v * V::N);
+                let r = if add { r.add(V::load(p)) } else { r };
+                r.store(p);
+            }
+        }
+    }
+}
+
+/// `C[i, j] = alpha·Σ_{p<k} a[p·MR + i]·b[p·NR + j] + beta·C[i, j]` for `i < MR`, `j < NR = NV·N`
+/// (row `i` of `C` at `c[i·rs..]`; not read when `beta == 0`).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `a[..k·MR]` and `b[..k·NR]` are readable; `c[i·rs +
+/// j]` is readable and writable for `i < MR`, `j < NR`.
+#[inline(always)]
+pub(crate) unsafe fn gemm_body<V: Vector, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    alpha: f32,
+    beta: f32,
+    c: *mut f32,
+    rs: usize,
+) {
+    let nr = NV * V::N;
+    // SAFETY: the CPU's support is the caller's contract; prefetches are hints.
+    let mut acc = [[unsafe { V::zero() }; NV]; MR];
+    for i in 0..MR {
+        // SAFETY: prefetching is only a hint; the addresses are inside the tile. Start fetching
+        // the C tile now: it is read (beta != 0) and written after the loop, and its rows are
+        // usually far apart in a large matrix.
+        unsafe {
+            V::prefetch(c.add(i * rs));
+            V::prefetch(c.add(i * rs + nr - 1));
+        }
+    }
+    unrolled_by_4(
+        k,
+        #[inline(always)]
+        |p| {
+            // SAFETY: p < k, so a[p·MR..][..MR] and b[p·NR..][..NR] are readable.
+            unsafe {
+                let ap = a.add(p * MR);
+                fma_rows(&mut acc, |i| *ap.add(i), b.add(p * nr));
+            }
+        },
+    );
+    // SAFETY: the C tile is the caller's contract.
+    unsafe { store_scaled(acc, alpha, beta, c, rs) };
+}
+
+/// `C[i, j] = (add ? C[i, j] : 0) + Σ_{t<k} a[t·MR + i] · x[off[t] + j]` for `i < MR`,
+/// `j < NR = NV·N` (row `i` of `C` at `c[i·rs..]`).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `off[..k]`, `a[..k·MR]` and `x[off[t]..][..NR]` for
+/// every `t < k` are readable; the C tile is readable and writable.
+#[inline(always)]
+pub(crate) unsafe fn conv_body<V: Vector, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    x: *const f32,
+    off: *const u32,
+    add: bool,
+    c: *mut f32,
+    rs: usize,
+) {
+    // SAFETY: the CPU's support is the caller's contract.
+    let mut acc = [[unsafe { V::zero() }; NV]; MR];
+    for i in 0..MR {
+        // SAFETY: prefetch hints for addresses inside the C tile.
+        unsafe { V::prefetch(c.add(i * rs)) };
+    }
+    unrolled_by_4(
+        k,
+        #[inline(always)]
+        |t| {
+            // SAFETY: t < k: off[t], a[t·MR..][..MR] and x[off[t]..][..NR] are readable.
+            unsafe {
+                let at = a.add(t * MR);
+                fma_rows(&mut acc, |i| *at.add(i), x.add(*off.add(t) as usize));
+            }
+        },
+    );
+    // SAFETY: the C tile is the caller's contract.
+    unsafe { store_rows(acc, c, rs, add) };
+}
+
+/// `C[i, j] += Σ_{s<len} x[xo[i] + s] · b[s·bs + j]` for `i < MR`, `j < NR = NV·N` (row `i` of
+/// `C` at `c[i·rs..]`).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `xo[..MR]` is readable, and so are `x[xo[i]..][..len]`
+/// for every `i < MR` and `b[s·bs..][..NR]` for every `s < len`; the C tile is readable and
+/// writable.
+#[inline(always)]
+pub(crate) unsafe fn wgrad_body<V: Vector, const MR: usize, const NV: usize>(
+    len: usize,
+    x: *const f32,
+    xo: *const usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    rs: usize,
+) {
+    // SAFETY: xo[..MR] is readable and each x[xo[i]..] in bounds (the caller's contract).
+    let xs: [*const f32; MR] = std::array::from_fn(|i| unsafe { x.add(*xo.add(i)) });
+    // SAFETY: the CPU's support is the caller's contract.
+    let mut acc = [[unsafe { V::zero() }; NV]; MR];
+    unrolled_by_4(
+        len,
+        #[inline(always)]
+        |s| {
+            // SAFETY: s < len: x_i[s] and b[s·bs..][..NR] are readable.
+            unsafe { fma_rows(&mut acc, |i| *xs[i].add(s), b.add(s * bs)) };
+        },
+    );
+    // SAFETY: the C tile is the caller's contract.
+    unsafe { store_rows(acc, c, rs, true) };
+}
+
+/// `out[j] (+)= Σ_{p<kh, q<kw} w(p, q) · src[(top + p·d_h)·cols + j + q·d_w]` for `j < n`
+/// (`w(p, q) = w[p·kw + q]`, or rotated by 180° if `flip`), four registers of outputs at a time.
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `w[..kh·kw]` is readable, and so is
+/// `src[(top + p·d_h)·cols + q·d_w ..][..ceil_N(n)]` for every tap; `out[..n]` is writable.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) unsafe fn depthwise_body<V: Vector>(
+    src: *const f32,
+    cols: usize,
+    top: usize,
+    d: [usize; 2],
+    w: *const f32,
+    k: [usize; 2],
+    flip: bool,
+    out: *mut f32,
+    n: usize,
+    add: bool,
+) {
+    let [kh, kw] = k;
+    let tap = |p: usize, q: usize| {
+        let i = if flip {
+            (kh - 1 - p) * kw + (kw - 1 - q)
+        } else {
+            p * kw + q
+        };
+        // SAFETY: i < kh·kw, readable (the caller's contract).
+        unsafe { V::splat(*w.add(i)) }
+    };
+    // SAFETY: every pointer range is the caller's contract (see above).
+    unsafe {
+        let store = |at: usize, v: V| {
+            let o = out.add(at);
+            let v = if add { V::load(o).add(v) } else { v };
+            v.store(o);
+        };
+        let mut ow = 0;
+        while ow + 4 * V::N <= n {
+            let mut acc = [V::zero(); 4];
+            for p in 0..kh {
+                let row = src.add((top + p * d[0]) * cols + ow);
+                for q in 0..kw {
+                    let (wv, r) = (tap(p, q), row.add(q * d[1]));
+                    for (i, a) in acc.iter_mut().enumerate() {
+                        *a = V::load(r.add(V::N * i)).mul_add(wv, *a);
+                    }
+                }
+            }
+            for (i, a) in acc.into_iter().enumerate() {
+                store(ow + V::N * i, a);
+            }
+            ow += 4 * V::N;
+        }
+        while ow < n {
+            let mut a = V::zero();
+            for p in 0..kh {
+                let row = src.add((top + p * d[0]) * cols + ow);
+                for q in 0..kw {
+                    a = V::load(row.add(q * d[1])).mul_add(tap(p, q), a);
+                }
+            }
+            let m = (n - ow).min(V::N);
+            if m == V::N {
+                store(ow, a);
+            } else {
+                let mut t = [0.0f32; MAX_LANES];
+                a.store(t.as_mut_ptr());
+                for (i, &v) in t.iter().enumerate().take(m) {
+                    let o = out.add(ow + i);
+                    *o = if add { *o + v } else { v };
+                }
+            }
+            ow += V::N;
+        }
+    }
+}
+
+/// The widest register of any instruction set, in floats (depthwise planes keep this much slack).
+pub(crate) const MAX_LANES: usize = 16;

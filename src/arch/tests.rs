@@ -1,0 +1,472 @@
+//! One test harness per micro-kernel family, run on the micro-kernels of every instruction set
+//! this CPU has (expanded from the kernel table, so a new instruction set is tested as soon as it
+//! is listed there).
+//!
+//! The references are scalar loops that accumulate in the kernels' documented order with
+//! `f32::mul_add` (one rounding per step, as a fused multiply-add instruction), so every kernel
+//! must match them *bit for bit* — which also makes the instruction sets identical to each other.
+//! Sizes cover the edges (0..2·MR by 0..2·NR for GEMM, short and long `k`), every accumulate
+//! mode, and outputs pre-filled with NaN wherever a kernel must not read them.
+
+use super::Isa;
+use super::kernel::{MicroKernel, Taps};
+use crate::gemm::packed::{self, Out, Strided};
+
+/// A test over any instruction set's micro-kernels.
+pub(crate) trait KernelTest {
+    fn run<K: MicroKernel>(&mut self, kern: K);
+}
+
+/// The expansion of [`on_every_kernel`] over the kernel table.
+macro_rules! every_kernel {
+    (($t:ident, $ran:ident) $(#[$m:meta] $isa:ident = $tok:path, $feat:literal;)*) => {
+        $(
+            #[$m]
+            {
+                if let Some(k) = <$tok>::new() {
+                    $t.run(k);
+                    $ran.push(Isa::$isa);
+                }
+            }
+        )*
+    };
+}
+pub(crate) use every_kernel;
+
+/// Runs `t` on the micro-kernels of every instruction set this CPU supports; returns which ran.
+pub(crate) fn on_every_kernel(t: &mut impl KernelTest) -> Vec<Isa> {
+    let mut ran = Vec::new();
+    super::kernel_table!(tests::every_kernel, (t, ran));
+    ran
+}
+
+/// Deterministic values in [-1, 1) with a few exact zeros.
+fn values(seed: u64, n: usize) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let u = crate::rng::uniform_at(seed, i);
+            if i % 29 == 3 { 0.0 } else { 2.0 * u - 1.0 }
+        })
+        .collect()
+}
+
+/// Bit-for-bit equality (NaN never expected here).
+#[track_caller]
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g.to_bits() == w.to_bits(),
+            "{what}[{i}]: kernel {g:e} ({:#010x}), reference {w:e} ({:#010x})",
+            g.to_bits(),
+            w.to_bits()
+        );
+    }
+}
+
+#[test]
+fn every_instruction_set_the_cpu_has_is_exercised() {
+    struct Seen(Vec<(Isa, usize, usize)>);
+    impl KernelTest for Seen {
+        fn run<K: MicroKernel>(&mut self, _: K) {
+            self.0.push((K::ISA, K::MR, K::NR));
+        }
+    }
+    let mut seen = Seen(Vec::new());
+    let ran = on_every_kernel(&mut seen);
+    let expected: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .rev()
+        .filter(|&i| i > Isa::Portable && i <= Isa::detected())
+        .collect();
+    assert_eq!(
+        ran, expected,
+        "the CPU supports an instruction set the kernel harness did not run"
+    );
+    for (isa, mr, nr) in seen.0 {
+        assert!(
+            ran.contains(&isa),
+            "a token reports {isa} but was listed as another"
+        );
+        assert!(
+            mr > 0 && nr > 0 && mr <= 32 && nr <= 64,
+            "{isa}: tile {mr}x{nr}"
+        );
+    }
+}
+
+/// The GEMM tile, directly: every `k` from 0 to past a packed block, four alpha/beta modes, C
+/// rows further apart than the tile (the gap must stay untouched).
+#[test]
+fn gemm_tile_matches_the_reference_bit_for_bit() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            let (mr, nr) = (K::MR, K::NR);
+            for k in [0, 1, 2, 3, 4, 5, 17, 64, 300] {
+                let (a, b) = (values(1, k * mr), values(2, k * nr));
+                for (alpha, beta) in [(1.0, 0.0), (-2.0, 0.0), (1.0, 1.0), (0.5, -1.5)] {
+                    let rs = nr + 3;
+                    let len = (mr - 1) * rs + nr;
+                    let mut c = if beta == 0.0 {
+                        let mut c = values(3, len);
+                        for i in 0..mr {
+                            c[i * rs..][..nr].fill(f32::NAN);
+                        }
+                        c
+                    } else {
+                        values(3, len)
+                    };
+                    let mut want = c.clone();
+                    for i in 0..mr {
+                        for j in 0..nr {
+                            let mut acc = 0.0f32;
+                            for p in 0..k {
+                                acc = a[p * mr + i].mul_add(b[p * nr + j], acc);
+                            }
+                            let mut r = acc * alpha;
+                            if beta != 0.0 {
+                                r = want[i * rs + j].mul_add(beta, r);
+                            }
+                            want[i * rs + j] = r;
+                        }
+                    }
+                    kern.tile(k, &a, &b, alpha, beta, &mut c, rs);
+                    same_bits(
+                        &format!("{} tile k={k} alpha={alpha} beta={beta}", K::ISA),
+                        &c,
+                        &want,
+                    );
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
+/// The packed GEMM driver around the tile: every `m` in 0..=2·MR against edge and interior
+/// widths of `n` (and every `n` in 0..=2·NR at a few heights), short and long `k` (257 crosses a
+/// packed block, whose partial sums are added to C), row- and column-major sources.
+#[test]
+fn packed_gemm_matches_the_blocked_reference_bit_for_bit() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            let (mr, nr) = (K::MR, K::NR);
+            let edge_n = [0, 1, nr - 1, nr, nr + 1, 2 * nr - 1, 2 * nr];
+            let mut shapes: Vec<(usize, usize)> = (0..=2 * mr)
+                .flat_map(|m| edge_n.iter().map(move |&n| (m, n)))
+                .collect();
+            shapes.extend(
+                [1, mr, mr + 1]
+                    .iter()
+                    .flat_map(|&m| (0..=2 * nr).map(move |n| (m, n))),
+            );
+            for (si, &(m, n)) in shapes.iter().enumerate() {
+                let ks: &[usize] = if si % 7 == 0 {
+                    &[0, 1, 6, 257]
+                } else {
+                    &[1, 6]
+                };
+                for &k in ks {
+                    for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, 1.5)] {
+                        let col_major_a = si % 2 == 1;
+                        check_packed(kern, m, n, k, alpha, beta, col_major_a);
+                    }
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
+fn check_packed<K: MicroKernel>(
+    kern: K,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    beta: f32,
+    col_major_a: bool,
+) {
+    let (a, b) = (values(4, m * k), values(5, k * n));
+    // A element (i, p): row-major a[i·k + p], or column-major a[p·m + i].
+    let a_at = |i: usize, p: usize| {
+        if col_major_a {
+            a[p * m + i]
+        } else {
+            a[i * k + p]
+        }
+    };
+    let rs = n + 2;
+    let len = if m == 0 { 0 } else { (m - 1) * rs + n };
+    let mut c = values(6, len);
+    if beta == 0.0 {
+        for i in 0..m {
+            c[i * rs..][..n].fill(f32::NAN);
+        }
+    }
+    let mut want = c.clone();
+    for i in 0..m {
+        for j in 0..n {
+            let e = &mut want[i * rs + j];
+            if k == 0 {
+                *e = if beta == 0.0 { 0.0 } else { *e * beta };
+                continue;
+            }
+            for p0 in (0..k).step_by(packed::KC) {
+                let mut acc = 0.0f32;
+                for p in p0..(p0 + packed::KC).min(k) {
+                    acc = a_at(i, p).mul_add(b[p * n + j], acc);
+                }
+                let bb = if p0 == 0 { beta } else { 1.0 };
+                let r = acc * alpha;
+                *e = if bb == 0.0 { r } else { e.mul_add(bb, r) };
+            }
+        }
+    }
+    let sa = if col_major_a {
+        Strided {
+            data: &a,
+            rs: 1,
+            cs: m,
+            rows: m,
+        }
+    } else {
+        Strided {
+            data: &a,
+            rs: k,
+            cs: 1,
+            rows: m,
+        }
+    };
+    let sb = Strided {
+        data: &b,
+        rs: n,
+        cs: 1,
+        rows: k,
+    };
+    let out = Out {
+        data: &mut c,
+        rs,
+        rows: m,
+        cols: n,
+    };
+    packed::gemm(kern, k, alpha, &sa, &sb, beta, out);
+    same_bits(
+        &format!(
+            "{} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a}",
+            K::ISA
+        ),
+        &c,
+        &want,
+    );
+}
+
+/// The convolution tile: tap counts from none to many, both accumulate modes (overwrite onto NaN),
+/// offsets in any order.
+#[test]
+fn conv_tile_matches_the_reference_bit_for_bit() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            let (mr, nr) = (K::MR, K::NR);
+            let x = values(7, 900);
+            for taps in [0, 1, 2, 3, 4, 5, 9, 27, 70] {
+                let a = values(8, taps * mr);
+                let off: Vec<u32> = (0..taps as u32).map(|t| (t * 37 + 11) % 700).collect();
+                for (base, add) in [(0, false), (5, true), (100, false), (3, true)] {
+                    let rs = nr + 1;
+                    let len = (mr - 1) * rs + nr;
+                    let mut c = values(9, len);
+                    if !add {
+                        for i in 0..mr {
+                            c[i * rs..][..nr].fill(f32::NAN);
+                        }
+                    }
+                    let mut want = c.clone();
+                    for i in 0..mr {
+                        for j in 0..nr {
+                            let mut acc = 0.0f32;
+                            for t in 0..taps {
+                                let xv = x[base + off[t] as usize + j];
+                                acc = a[t * mr + i].mul_add(xv, acc);
+                            }
+                            let e = &mut want[i * rs + j];
+                            *e = if add { acc + *e } else { acc };
+                        }
+                    }
+                    kern.conv_tile(&a, &x, base, &Taps::new(&off), add, &mut c, rs);
+                    same_bits(
+                        &format!("{} conv tile taps={taps} base={base} add={add}", K::ISA),
+                        &c,
+                        &want,
+                    );
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
+/// The weight-gradient tile: pixel counts from none to long, gradient rows further apart than
+/// the tile, added onto existing values.
+#[test]
+fn wgrad_tile_matches_the_reference_bit_for_bit() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            let (mr, nr) = (K::MR, K::NR);
+            let x = values(10, 1200);
+            for len in [0, 1, 2, 3, 4, 5, 17, 64, 301] {
+                let xo: Vec<usize> = (0..mr).map(|i| (i * 53 + 7) % 800).collect();
+                let bs = nr + 5;
+                let b = values(11, len.max(1) * bs);
+                let rs = nr + 2;
+                let mut c = values(12, (mr - 1) * rs + nr);
+                let mut want = c.clone();
+                for i in 0..mr {
+                    for j in 0..nr {
+                        let mut acc = 0.0f32;
+                        for s in 0..len {
+                            acc = x[xo[i] + s].mul_add(b[s * bs + j], acc);
+                        }
+                        let e = &mut want[i * rs + j];
+                        if len > 0 {
+                            *e += acc;
+                        }
+                    }
+                }
+                kern.wgrad_tile(len, &x, &xo, &b, bs, &mut c, rs);
+                same_bits(&format!("{} wgrad tile len={len}", K::ISA), &c, &want);
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
+/// The depthwise row: every length up to past four registers, several kernel shapes and
+/// dilations, flipped and not, added or overwriting NaN.
+#[test]
+fn depthwise_row_matches_the_reference_bit_for_bit() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            let lanes = K::LANES;
+            for (kh, kw, dh, dw) in [(1, 1, 1, 1), (3, 3, 1, 1), (2, 5, 2, 1), (3, 2, 1, 3)] {
+                let w = values(13, kh * kw);
+                for n in (0..=4 * lanes + 3).chain([8 * lanes + 5]) {
+                    let cols = n.div_ceil(lanes) * lanes + (kw - 1) * dw + 3;
+                    let (top, rows) = (1, 1 + (kh - 1) * dh + 2);
+                    let src = values(14, rows * cols + lanes);
+                    for (flip, add) in [(false, false), (true, true), (true, false)] {
+                        let mut out = if add {
+                            values(15, n)
+                        } else {
+                            vec![f32::NAN; n]
+                        };
+                        let mut want = out.clone();
+                        for (j, e) in want.iter_mut().enumerate() {
+                            let mut acc = 0.0f32;
+                            for p in 0..kh {
+                                for q in 0..kw {
+                                    let wi = if flip {
+                                        (kh - 1 - p) * kw + (kw - 1 - q)
+                                    } else {
+                                        p * kw + q
+                                    };
+                                    let xv = src[(top + p * dh) * cols + j + q * dw];
+                                    acc = xv.mul_add(w[wi], acc);
+                                }
+                            }
+                            *e = if add { *e + acc } else { acc };
+                        }
+                        kern.depthwise_row(
+                            &src,
+                            cols,
+                            top,
+                            [dh, dw],
+                            &w,
+                            [kh, kw],
+                            flip,
+                            &mut out,
+                            add,
+                        );
+                        same_bits(
+                            &format!(
+                                "{} depthwise row n={n} k={kh}x{kw} d={dh}x{dw} flip={flip} add={add}",
+                                K::ISA
+                            ),
+                            &out,
+                            &want,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
+/// Strides and offsets so large that the bound arithmetic would wrap around are refused: with
+/// wrapping arithmetic `(MR-1)·rs + NR` came out small, the check passed, and the kernel would
+/// have written far outside `c`.
+#[test]
+fn bound_checks_refuse_what_would_wrap() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            use super::kernel::tile_fits;
+            let (mr, nr) = (K::MR, K::NR);
+            let rs = usize::MAX / (mr - 1) + 1;
+            assert!(!tile_fits(64, mr, nr, rs));
+            let fit = nr + 3;
+            assert!(tile_fits((mr - 1) * fit + nr, mr, nr, fit));
+            assert!(!tile_fits((mr - 1) * fit + nr - 1, mr, nr, fit));
+            let refused =
+                |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+            assert!(refused(&|| {
+                let mut c = vec![0.0; 64];
+                kern.tile(1, &vec![0.0; mr], &vec![0.0; nr], 1.0, 0.0, &mut c, rs);
+            }));
+            assert!(refused(&|| {
+                let mut c = vec![0.0; mr * nr];
+                let off = [0u32];
+                kern.conv_tile(
+                    &vec![0.0; mr],
+                    &[0.0; 64],
+                    usize::MAX - 4,
+                    &Taps::new(&off),
+                    false,
+                    &mut c,
+                    nr,
+                );
+            }));
+            assert!(refused(&|| {
+                let mut c = vec![0.0; mr * nr];
+                let xo = vec![usize::MAX - 1; mr];
+                kern.wgrad_tile(4, &[0.0; 64], &xo, &vec![0.0; 4 * nr], nr, &mut c, nr);
+            }));
+            assert!(refused(&|| {
+                let mut out = [0.0; 8];
+                kern.depthwise_row(
+                    &[0.0; 64],
+                    8,
+                    usize::MAX / 2,
+                    [1, 1],
+                    &[0.0; 9],
+                    [3, 3],
+                    false,
+                    &mut out,
+                    false,
+                );
+            }));
+            // A C tile one element short is refused too.
+            assert!(refused(&|| {
+                let mut c = vec![0.0; mr * nr - 1];
+                kern.tile(1, &vec![0.0; mr], &vec![0.0; nr], 1.0, 0.0, &mut c, nr);
+            }));
+        }
+    }
+    on_every_kernel(&mut T);
+}
