@@ -1,12 +1,12 @@
-//! The element-wise kernels are compiled twice — for AVX2 + FMA, chosen at run time, and for the
-//! build's baseline — and both variants must give the same bits: `mul_add` is a fused
-//! multiply-add in both (an instruction in one, exact software in the other) and every other
-//! lane operation is exactly rounded, so nothing may differ but the sign and payload of a NaN
-//! (hardware and software make different default NaNs). This binary runs each kernel on the
-//! AVX2 variant and again with [`cnnkit::arch::limit`] (the baseline) and compares bit
-//! for bit. It is its own test binary, with one test, because the switch is process-wide. (On a
-//! CPU without AVX2/FMA both runs take the baseline and the test checks nothing more than
-//! determinism.)
+//! The element-wise kernels are compiled three times — for AVX-512, for AVX2 + FMA (chosen at
+//! run time) and for the build's baseline — and every variant must give the same bits: `mul_add`
+//! is a fused multiply-add in all of them (an instruction, or exact software on the baseline) and
+//! every other lane operation is exactly rounded, so nothing may differ but the sign and payload
+//! of a NaN (hardware and software make different default NaNs). This binary runs each kernel
+//! under every instruction set the CPU has ([`cnnkit::arch::limit`]) and compares each with the
+//! baseline bit for bit. It is its own test binary, with one test, because the switch is
+//! process-wide. (On a CPU with fewer instruction sets, the runs it cannot make are skipped: the
+//! test lists which ran.)
 
 mod common;
 
@@ -216,20 +216,36 @@ fn run_all() -> Vec<(String, Vec<f32>)> {
 }
 
 #[test]
-fn both_compiled_variants_give_identical_bits() {
-    let fast = common::par(run_all);
-    cnnkit::arch::limit(Some(cnnkit::arch::Isa::Portable));
+fn every_compiled_variant_gives_identical_bits() {
+    use cnnkit::arch::{self, Isa};
+    arch::limit(Some(Isa::Portable));
     let baseline = common::par(run_all);
-    assert_eq!(fast.len(), baseline.len());
-    for ((name, a), (_, b)) in fast.iter().zip(&baseline) {
-        assert_eq!(a.len(), b.len(), "{name}");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
-                "{name}[{i}]: AVX2 variant {x:e} ({:#010x}), baseline {y:e} ({:#010x})",
-                x.to_bits(),
-                y.to_bits()
-            );
+    let mut ran = vec![];
+    for isa in Isa::ALL.into_iter().filter(|&i| i > Isa::Portable) {
+        arch::limit(Some(isa));
+        if arch::active() != isa {
+            continue;
+        }
+        ran.push(isa);
+        let fast = common::par(run_all);
+        assert_eq!(fast.len(), baseline.len());
+        for ((name, a), (_, b)) in fast.iter().zip(&baseline) {
+            assert_eq!(a.len(), b.len(), "{name}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(
+                    x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()),
+                    "{name}[{i}]: {isa} variant {x:e} ({:#010x}), baseline {y:e} ({:#010x})",
+                    x.to_bits(),
+                    y.to_bits()
+                );
+            }
         }
     }
+    arch::limit(None);
+    // Every instruction set the CPU has (and cnnkit has kernels for) was compared.
+    let expected: Vec<Isa> = Isa::ALL
+        .into_iter()
+        .filter(|&i| i > Isa::Portable && i <= Isa::detected().min(arch::WIDEST_IMPLEMENTED))
+        .collect();
+    assert_eq!(ran, expected);
 }
