@@ -12,6 +12,12 @@
 //! register width or tile shape, as long as the drivers cut the sums into the same blocks.
 
 #![allow(unsafe_code)]
+// The bodies, `Vector` and `micro_kernels!` are used by every instruction set's file; on a
+// target without one yet (anything but x86-64 today) they are not.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_macros, unused_imports)
+)]
 
 use super::Isa;
 
@@ -361,7 +367,8 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
 
 /// Implements [`MicroKernel`] for the token `$token` with vector `$v`, `$mr` rows and `$nv`
 /// registers per row, compiling every body for `$features`. The bodies' contracts are the
-/// safety conditions of the `*_raw` functions made here.
+/// safety conditions of the `*_raw` functions made here. (Unused on targets that have no
+/// instruction set with micro-kernels yet.)
 macro_rules! micro_kernels {
     ($token:ty, $isa:expr, $v:ty, $features:literal, mr = $mr:literal, nv = $nv:literal) => {
         // SAFETY: `$token` is constructed only when the CPU has `$isa` (its constructor checks
@@ -505,6 +512,70 @@ macro_rules! micro_kernels {
     };
 }
 pub(crate) use micro_kernels;
+
+/// The micro-kernels of no instruction set: a type without values, so code written for any
+/// [`MicroKernel`] type-checks on every target (see `with_kernel!`) but never runs with it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Never {}
+
+// SAFETY: no value of `Never` exists, so none of its functions can be called.
+unsafe impl MicroKernel for Never {
+    const ISA: Isa = Isa::Portable;
+    const MR: usize = 1;
+    const NR: usize = 1;
+    const LANES: usize = 1;
+    unsafe fn gemm_raw(
+        self,
+        _: usize,
+        _: *const f32,
+        _: *const f32,
+        _: f32,
+        _: f32,
+        _: *mut f32,
+        _: usize,
+    ) {
+        match self {}
+    }
+    unsafe fn conv_raw(
+        self,
+        _: usize,
+        _: *const f32,
+        _: *const f32,
+        _: *const u32,
+        _: bool,
+        _: *mut f32,
+        _: usize,
+    ) {
+        match self {}
+    }
+    unsafe fn wgrad_raw(
+        self,
+        _: usize,
+        _: *const f32,
+        _: *const usize,
+        _: *const f32,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+    ) {
+        match self {}
+    }
+    unsafe fn depthwise_raw(
+        self,
+        _: *const f32,
+        _: usize,
+        _: usize,
+        _: [usize; 2],
+        _: *const f32,
+        _: [usize; 2],
+        _: bool,
+        _: *mut f32,
+        _: usize,
+        _: bool,
+    ) {
+        match self {}
+    }
+}
 
 /// Runs `step(i)` for `i` in `0..n`, unrolled by 4 to cut loop overhead.
 #[inline(always)]

@@ -158,6 +158,11 @@ macro_rules! select_kernel {
      $(#[$m:meta] $isa:ident = $tok:path, $feat:literal;)*) => {
         'select: {
             let isa = $crate::arch::active();
+            // Never taken (no value of `Never` exists): type-checks `$body` on every target,
+            // also those without micro-kernels, where the arms below are compiled out.
+            if let Some($k) = None::<$crate::arch::kernel::Never> {
+                break 'select ($body);
+            }
             $(
                 #[$m]
                 {

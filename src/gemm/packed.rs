@@ -168,25 +168,68 @@ pub(crate) struct Strided<'a> {
 
 impl PackA for Strided<'_> {
     fn pack_a<K: MicroKernel>(&self, r0: usize, mc: usize, k0: usize, kc: usize, out: &mut [f32]) {
-        let mr = K::MR;
+        // The common tile heights get a loop whose row count is a constant (the rows are read in
+        // step and the panel written in order, as fast as a copy); any other height, the same
+        // work with a run-time count.
+        match K::MR {
+            6 => self.pack_rows::<6>(r0, mc, k0, kc, out),
+            8 => self.pack_rows::<8>(r0, mc, k0, kc, out),
+            12 => self.pack_rows::<12>(r0, mc, k0, kc, out),
+            mr => self.pack_rows_any(mr, r0, mc, k0, kc, out),
+        }
+    }
+}
+
+impl Strided<'_> {
+    /// Rows of panel `p` that exist (below `mc` and the matrix's height).
+    fn live(&self, mr: usize, p: usize, r0: usize, mc: usize) -> usize {
+        mr.min(mc.saturating_sub(p * mr))
+            .min(self.rows.saturating_sub(r0 + p * mr))
+    }
+
+    /// [`PackA::pack_a`] for `MR`-row panels.
+    fn pack_rows<const MR: usize>(
+        &self,
+        r0: usize,
+        mc: usize,
+        k0: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        for (p, panel) in out.chunks_exact_mut(kc * MR).enumerate() {
+            if self.cs == 1 && self.live(MR, p, r0, mc) == MR {
+                let rows: [&[f32]; MR] =
+                    std::array::from_fn(|i| &self.data[(r0 + p * MR + i) * self.rs + k0..][..kc]);
+                for (k, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                    for (d, r) in dst.iter_mut().zip(&rows) {
+                        *d = r[k];
+                    }
+                }
+            } else {
+                self.pack_rows_any(MR, r0 + p * MR, mc.saturating_sub(p * MR), k0, kc, panel);
+            }
+        }
+    }
+
+    /// [`PackA::pack_a`] for `mr`-row panels, element by element.
+    fn pack_rows_any(
+        &self,
+        mr: usize,
+        r0: usize,
+        mc: usize,
+        k0: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
         for (p, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
-            let live = mr
-                .min(mc.saturating_sub(p * mr))
-                .min(self.rows.saturating_sub(r0 + p * mr));
-            for i in 0..mr {
-                let r = r0 + p * mr + i;
-                if i >= live {
-                    panel[i..].iter_mut().step_by(mr).for_each(|d| *d = 0.0);
-                } else if self.cs == 1 {
-                    // A contiguous row: read it in order, write every MR-th float of the panel.
-                    let src = &self.data[r * self.rs + k0..][..kc];
-                    for (d, s) in panel[i..].iter_mut().step_by(mr).zip(src) {
-                        *d = *s;
-                    }
-                } else {
-                    for (k, d) in panel[i..].iter_mut().step_by(mr).enumerate() {
-                        *d = self.data[r * self.rs + (k0 + k) * self.cs];
-                    }
+            let live = self.live(mr, p, r0, mc);
+            for (k, dst) in panel.chunks_exact_mut(mr).enumerate() {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = if i < live {
+                        self.data[(r0 + p * mr + i) * self.rs + (k0 + k) * self.cs]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

@@ -67,71 +67,55 @@ impl Vector for Zmm {
     }
 }
 
-micro_kernels!(
-    Avx512,
-    Isa::Avx512,
-    Zmm,
-    "avx512f,avx2,fma",
-    mr = 12,
-    nv = 2
-);
+micro_kernels!(Avx512, Isa::Avx512, Zmm, "avx512f,avx2,fma", mr = 8, nv = 2);
 
 #[cfg(test)]
 mod shapes {
-    //! `cargo test --release --lib avx512_tile_shapes -- --ignored --nocapture`: the GEMM body at
-    //! candidate register tiles, in L1 (k = 256), for choosing the shape above.
+    //! `cargo test --release --lib avx512_tile_shapes -- --ignored --nocapture`: the packed GEMM
+    //! (1024³, one thread) on candidate register tiles, interleaved rounds, for choosing the shape
+    //! above.
     use super::*;
-    use crate::arch::kernel::gemm_body;
+    use crate::arch::kernel::MicroKernel;
+    use crate::gemm::packed::{self, Out, Strided};
 
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn run<const MR: usize, const NV: usize>(k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-        // SAFETY: sizes checked by the caller's allocation (k·MR, k·NR, MR·NR).
-        unsafe {
-            gemm_body::<Zmm, MR, NV>(k, a.as_ptr(), b.as_ptr(), 1.0, 1.0, c.as_mut_ptr(), NV * 16)
-        }
+    macro_rules! candidate {
+        ($name:ident, $mr:literal, $nv:literal) => {
+            #[derive(Clone, Copy, Debug)]
+            struct $name(());
+            micro_kernels!(
+                $name,
+                Isa::Avx512,
+                Zmm,
+                "avx512f,avx2,fma",
+                mr = $mr,
+                nv = $nv
+            );
+        };
     }
+    candidate!(S12x32, 12, 2);
+    candidate!(S8x32, 8, 2);
+    candidate!(S14x32, 14, 2);
+    candidate!(S24x16, 24, 1);
+    candidate!(S16x16, 16, 1);
+    candidate!(S6x64, 6, 4);
+    candidate!(S8x48, 8, 3);
 
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(k: usize, a: &[f32], b: &[f32], c: &mut [f32]) {
-        use crate::arch::x86_64::avx2::Ymm;
-        // SAFETY: sizes checked by the caller's allocation (k·6, k·16, 6·16).
-        unsafe { gemm_body::<Ymm, 6, 2>(k, a.as_ptr(), b.as_ptr(), 1.0, 1.0, c.as_mut_ptr(), 16) }
-    }
-
-    fn measure_avx2() {
-        let k = 256;
-        let (a, b) = (vec![1e-3f32; k * 6], vec![1e-3f32; k * 16]);
-        let mut c = vec![0.0f32; 6 * 16];
-        let mut best = 0.0f64;
-        for _ in 0..5 {
-            let reps = 40_000;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                // SAFETY: AVX-512 CPUs have AVX2 and FMA.
-                unsafe { run_avx2(k, &a, &b, &mut c) };
-            }
-            let s = t.elapsed().as_secs_f64();
-            best = best.max((reps * k * 6 * 16 * 2) as f64 / s / 1e9);
-        }
-        println!("avx2 6x16 {best:.1} GFLOP/s");
-    }
-
-    fn measure<const MR: usize, const NV: usize>() {
-        let k = 256;
-        let (a, b) = (vec![1e-3f32; k * MR], vec![1e-3f32; k * NV * 16]);
-        let mut c = vec![0.0f32; MR * NV * 16];
-        let mut best = 0.0f64;
-        for _ in 0..5 {
-            let reps = 40_000;
-            let t = std::time::Instant::now();
-            for _ in 0..reps {
-                // SAFETY: the test only runs on AVX-512 CPUs (checked by the caller).
-                unsafe { run::<MR, NV>(k, &a, &b, &mut c) };
-            }
-            let s = t.elapsed().as_secs_f64();
-            best = best.max((reps * k * MR * NV * 16 * 2) as f64 / s / 1e9);
-        }
-        println!("{MR:>2}x{:<3} {best:.1} GFLOP/s", NV * 16);
+    fn time<K: MicroKernel>(k: K, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> f64 {
+        let src = |d| Strided {
+            data: d,
+            rs: n,
+            cs: 1,
+            rows: n,
+        };
+        let t = std::time::Instant::now();
+        let out = Out {
+            data: c,
+            rs: n,
+            rows: n,
+            cols: n,
+        };
+        packed::gemm(k, n, 1.0, &src(a), &src(b), 0.0, out);
+        (2 * n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9
     }
 
     #[test]
@@ -140,14 +124,36 @@ mod shapes {
         if Avx512::new().is_none() {
             return;
         }
-        measure_avx2();
-        measure::<6, 2>();
-        measure::<8, 2>();
-        measure::<12, 2>();
-        measure::<14, 2>();
-        measure::<4, 4>();
-        measure::<6, 4>();
-        measure::<8, 3>();
-        measure::<9, 3>();
+        let n = 1024;
+        let (a, b) = (vec![1e-3f32; n * n], vec![1e-3f32; n * n]);
+        let mut c = vec![0.0f32; n * n];
+        let avx2 = crate::arch::x86_64::avx2::Avx2::new().unwrap();
+        let mut runs: Vec<(&str, Vec<f64>)> = vec![];
+        for round in 0..7 {
+            let r = [
+                ("avx2 6x16", time(avx2, n, &a, &b, &mut c)),
+                ("12x32", time(S12x32(()), n, &a, &b, &mut c)),
+                ("8x32", time(S8x32(()), n, &a, &b, &mut c)),
+                ("14x32", time(S14x32(()), n, &a, &b, &mut c)),
+                ("24x16", time(S24x16(()), n, &a, &b, &mut c)),
+                ("16x16", time(S16x16(()), n, &a, &b, &mut c)),
+                ("6x64", time(S6x64(()), n, &a, &b, &mut c)),
+                ("8x48", time(S8x48(()), n, &a, &b, &mut c)),
+            ];
+            if round == 0 {
+                runs = r.iter().map(|(s, _)| (*s, vec![])).collect();
+            }
+            for (i, (_, g)) in r.iter().enumerate() {
+                runs[i].1.push(*g);
+            }
+        }
+        for (s, mut g) in runs {
+            g.sort_by(f64::total_cmp);
+            println!(
+                "{s:>10}: median {:.1} GFLOP/s, best {:.1}",
+                g[g.len() / 2],
+                g[g.len() - 1]
+            );
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! Every plane is processed by one thread; weight gradients are split over output channels and
 //! summed over images in order, so results do not depend on the thread count.
 
-use crate::arch::kernel::{MAX_LANES, MicroKernel};
+use crate::arch::kernel::MAX_LANES;
 use crate::error::Result;
 use crate::kernels::Accum;
 use crate::par::{self, Items};
@@ -130,7 +130,18 @@ fn sweep(
         let done = crate::arch::with_kernel!(
             kern => {
                 for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
-                    kern.depthwise_row(src, lay.cols, oh * s[0], d, w, [kh, kw], flip, orow, add);
+                    crate::arch::kernel::MicroKernel::depthwise_row(
+                        kern,
+                        src,
+                        lay.cols,
+                        oh * s[0],
+                        d,
+                        w,
+                        [kh, kw],
+                        flip,
+                        orow,
+                        add,
+                    );
                 }
                 true
             };

@@ -706,16 +706,29 @@ fn transpose_band(d: &Direct, lay: &Layout, dy_n: &[f32], oh0: usize, co: usize,
                 let rows = &mut t[k * lay.pw * co..][..lay.pw * co];
                 rows[d.out_w * co..].fill(0.0);
                 let at = (oh0 + r) * d.out_w;
-                for o in 0..co {
-                    if o >= d.out_ch {
-                        for ow in 0..d.out_w {
-                            rows[ow * co + o] = 0.0;
+                // 8 x 8 blocks: eight channels' runs of eight pixels read, written as eight
+                // pixels' runs of eight channels (channels past `out_ch` are zero).
+                for o0 in (0..co).step_by(8) {
+                    let live = d.out_ch.saturating_sub(o0).min(8);
+                    for ow0 in (0..d.out_w).step_by(8) {
+                        let w = (d.out_w - ow0).min(8);
+                        let mut blk = [[0.0f32; 8]; 8];
+                        for (i, b) in blk.iter_mut().enumerate().take(live) {
+                            let src = &dy_n[(o0 + i) * out_plane + at + ow0..];
+                            if w == 8 {
+                                *b = src[..8].try_into().expect("eight floats");
+                            } else {
+                                for (d, s) in b.iter_mut().zip(&src[..w]) {
+                                    *d = *s;
+                                }
+                            }
                         }
-                        continue;
-                    }
-                    let src = &dy_n[o * out_plane + at..][..d.out_w];
-                    for (ow, &v) in src.iter().enumerate() {
-                        rows[ow * co + o] = v;
+                        for j in 0..w {
+                            let dst: &mut [f32; 8] = (&mut rows[(ow0 + j) * co + o0..][..8])
+                                .try_into()
+                                .expect("eight floats");
+                            *dst = std::array::from_fn(|i| blk[i][j]);
+                        }
                     }
                 }
             }
