@@ -807,51 +807,70 @@ pub(crate) unsafe fn depthwise_body<V: Vector>(
         // SAFETY: i < kh·kw, readable (the caller's contract).
         unsafe { V::splat(*w.add(i)) }
     };
-    // SAFETY: every pointer range is the caller's contract (see above).
-    unsafe {
-        let store = |at: usize, v: V| {
-            let o = out.add(at);
-            let v = if add { V::load(o).add(v) } else { v };
-            v.store(o);
+    // Up to four registers of outputs at once (independent accumulators hide the latency of
+    // the `kh·kw` dependent fused multiply-adds); the last register of a row may be partial.
+    let mut ow = 0;
+    while ow < n {
+        // SAFETY: the caller's contract covers every read and write of the block.
+        ow += unsafe {
+            match (n - ow).div_ceil(V::N) {
+                1 => depthwise_block::<V, 1>(src, cols, top, d, &tap, k, out, ow, n, add),
+                2 => depthwise_block::<V, 2>(src, cols, top, d, &tap, k, out, ow, n, add),
+                3 => depthwise_block::<V, 3>(src, cols, top, d, &tap, k, out, ow, n, add),
+                _ => depthwise_block::<V, 4>(src, cols, top, d, &tap, k, out, ow, n, add),
+            }
         };
-        let mut ow = 0;
-        while ow + 4 * V::N <= n {
-            let mut acc = [V::zero(); 4];
-            for p in 0..kh {
-                let row = src.add((top + p * d[0]) * cols + ow);
-                for q in 0..kw {
-                    let (wv, r) = (tap(p, q), row.add(q * d[1]));
-                    for (i, a) in acc.iter_mut().enumerate() {
-                        *a = V::load(r.add(V::N * i)).mul_add(wv, *a);
-                    }
+    }
+}
+
+/// `NB` registers of outputs of [`depthwise_body`] from column `ow`; returns how many outputs it
+/// wrote (`NB·N`, or fewer at the row's end).
+///
+/// # Safety
+/// As [`depthwise_body`], for the outputs `ow..min(ow + NB·N, n)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn depthwise_block<V: Vector, const NB: usize>(
+    src: *const f32,
+    cols: usize,
+    top: usize,
+    d: [usize; 2],
+    tap: &impl Fn(usize, usize) -> V,
+    k: [usize; 2],
+    out: *mut f32,
+    ow: usize,
+    n: usize,
+    add: bool,
+) -> usize {
+    // SAFETY: every pointer range is the caller's contract.
+    unsafe {
+        let mut acc = [V::zero(); NB];
+        for p in 0..k[0] {
+            let row = src.add((top + p * d[0]) * cols + ow);
+            for q in 0..k[1] {
+                let (wv, r) = (tap(p, q), row.add(q * d[1]));
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = V::load(r.add(V::N * i)).mul_add(wv, *a);
                 }
             }
-            for (i, a) in acc.into_iter().enumerate() {
-                store(ow + V::N * i, a);
-            }
-            ow += 4 * V::N;
         }
-        while ow < n {
-            let mut a = V::zero();
-            for p in 0..kh {
-                let row = src.add((top + p * d[0]) * cols + ow);
-                for q in 0..kw {
-                    a = V::load(row.add(q * d[1])).mul_add(tap(p, q), a);
-                }
-            }
-            let m = (n - ow).min(V::N);
-            if m == V::N {
-                store(ow, a);
+        let end = (ow + NB * V::N).min(n);
+        for (i, a) in acc.into_iter().enumerate() {
+            let at = ow + V::N * i;
+            let o = out.add(at);
+            if at + V::N <= end {
+                let v = if add { V::load(o).add(a) } else { a };
+                v.store(o);
             } else {
                 let mut t = [0.0f32; MAX_LANES];
                 a.store(t.as_mut_ptr());
-                for (i, &v) in t.iter().enumerate().take(m) {
-                    let o = out.add(ow + i);
+                for (j, &v) in t.iter().enumerate().take(end - at) {
+                    let o = o.add(j);
                     *o = if add { *o + v } else { v };
                 }
             }
-            ow += V::N;
         }
+        end - ow
     }
 }
 
