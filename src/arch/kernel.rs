@@ -99,6 +99,13 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     const NR: usize;
     /// Floats per register: a depthwise row reads up to the next multiple of it.
     const LANES: usize;
+    /// The kernels for weight gradients of at most `Narrow::NR` output channels: the same sums,
+    /// bit for bit, on a narrower tile, so that a narrow layer is not padded to this tile's
+    /// width (`Self` where there is nothing narrower).
+    type Narrow: MicroKernel;
+
+    /// The [`Self::Narrow`] kernels (the CPU that has these has those).
+    fn narrow(self) -> Self::Narrow;
 
     /// [`gemm_body`] compiled for this instruction set.
     ///
@@ -370,7 +377,8 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
 /// safety conditions of the `*_raw` functions made here. (Unused on targets that have no
 /// instruction set with micro-kernels yet.)
 macro_rules! micro_kernels {
-    ($token:ty, $isa:expr, $v:ty, $features:literal, mr = $mr:literal, nv = $nv:literal) => {
+    ($token:ty, $isa:expr, $v:ty, $features:literal, mr = $mr:literal, nv = $nv:literal,
+     narrow = $narrow:ty => $to_narrow:expr) => {
         // SAFETY: `$token` is constructed only when the CPU has `$isa` (its constructor checks
         // `Isa::detected()`), and the raw functions are the bodies of `arch::kernel`, which touch
         // exactly the memory their contracts name.
@@ -379,6 +387,12 @@ macro_rules! micro_kernels {
             const MR: usize = $mr;
             const NR: usize = $nv * <$v as $crate::arch::kernel::Vector>::N;
             const LANES: usize = <$v as $crate::arch::kernel::Vector>::N;
+            type Narrow = $narrow;
+
+            #[inline]
+            fn narrow(self) -> $narrow {
+                ($to_narrow)(self)
+            }
 
             #[inline]
             unsafe fn gemm_raw(
@@ -524,6 +538,10 @@ unsafe impl MicroKernel for Never {
     const MR: usize = 1;
     const NR: usize = 1;
     const LANES: usize = 1;
+    type Narrow = Never;
+    fn narrow(self) -> Never {
+        self
+    }
     unsafe fn gemm_raw(
         self,
         _: usize,

@@ -160,8 +160,11 @@ macro_rules! select_kernel {
             let isa = $crate::arch::active();
             // Never taken (no value of `Never` exists): type-checks `$body` on every target,
             // also those without micro-kernels, where the arms below are compiled out.
-            if let Some($k) = None::<$crate::arch::kernel::Never> {
-                break 'select ($body);
+            #[allow(unreachable_code)]
+            {
+                if let Some($k) = None::<$crate::arch::kernel::Never> {
+                    break 'select ($body);
+                }
             }
             $(
                 #[$m]
@@ -188,6 +191,22 @@ pub(crate) fn tile() -> Option<(usize, usize)> {
 /// The tile shape of a kernel token.
 fn shape_of<K: kernel::MicroKernel>(_: K) -> (usize, usize) {
     (K::MR, K::NR)
+}
+
+/// The register tile `(MR, NR)` of the active micro-kernels for a weight gradient with
+/// `out_ch` output channels: [`kernel::MicroKernel::Narrow`]'s when that is wide enough.
+pub(crate) fn wgrad_tile(out_ch: usize) -> Option<(usize, usize)> {
+    fn shape<K: kernel::MicroKernel>(_: K, out_ch: usize) -> (usize, usize) {
+        if out_ch <= <K::Narrow as kernel::MicroKernel>::NR {
+            (
+                <K::Narrow as kernel::MicroKernel>::MR,
+                <K::Narrow as kernel::MicroKernel>::NR,
+            )
+        } else {
+            (K::MR, K::NR)
+        }
+    }
+    with_kernel!(k => Some(shape(k, out_ch)); else None)
 }
 
 /// Runs `f` compiled for the instruction set [`active`] allows (AVX-512, AVX2 + FMA), or for the

@@ -66,4 +66,12 @@ impl Vector for Ymm {
     }
 }
 
-micro_kernels!(Avx2, Isa::Avx2Fma, Ymm, "avx2,fma", mr = 6, nv = 2);
+micro_kernels!(
+    Avx2,
+    Isa::Avx2Fma,
+    Ymm,
+    "avx2,fma",
+    mr = 6,
+    nv = 2,
+    narrow = Avx2 => |k| k
+);

@@ -7,6 +7,7 @@
 
 use crate::arch::Isa;
 use crate::arch::kernel::{Vector, micro_kernels};
+use crate::arch::x86_64::avx2::Avx2;
 use std::arch::x86_64::*;
 
 /// The AVX-512 micro-kernels; a value exists only on CPUs with AVX-512F (and AVX2 and FMA).
@@ -68,7 +69,15 @@ impl Vector for Zmm {
     }
 }
 
-micro_kernels!(Avx512, Isa::Avx512, Zmm, "avx512f,avx2,fma", mr = 8, nv = 2);
+micro_kernels!(
+    Avx512,
+    Isa::Avx512,
+    Zmm,
+    "avx512f,avx2,fma",
+    mr = 8,
+    nv = 2,
+    narrow = Avx2 => |_| Avx2::new().expect("every AVX-512 CPU has AVX2 and FMA")
+);
 
 #[cfg(test)]
 mod shapes {
@@ -89,7 +98,8 @@ mod shapes {
                 Zmm,
                 "avx512f,avx2,fma",
                 mr = $mr,
-                nv = $nv
+                nv = $nv,
+                narrow = $name => |k| k
             );
         };
     }

@@ -94,6 +94,16 @@ impl Direct {
         }
     }
 
+    /// One group of a weight-gradient pass: [`Direct::forward`] planned for the tile that
+    /// `arch::wgrad_tile` picks for its output channels.
+    pub(super) fn for_wgrad(g: &Conv2dGeom) -> Self {
+        let d = Direct::forward(g);
+        Direct {
+            tile: crate::arch::wgrad_tile(d.out_ch).unwrap_or(d.tile),
+            ..d
+        }
+    }
+
     /// One group of a stride-1 backward-data pass as a forward convolution of the output gradient
     /// with the flipped, transposed kernel; `None` for strides above 1 or padding beyond the
     /// dilated kernel (handled by the im2col path).
@@ -570,10 +580,19 @@ pub(super) fn wgrad(
     accum: Accum,
     ws: &mut [f32],
 ) -> Result<()> {
+    fn narrow_enough<K: MicroKernel>(_: K, out_ch: usize) -> bool {
+        out_ch <= <K::Narrow as MicroKernel>::NR
+    }
     crate::arch::with_kernel!(
-        kern => wgrad_on(
-            kern, d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
-        );
+        kern => if narrow_enough(kern, d.out_ch) {
+            wgrad_on(
+                kern.narrow(), d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
+            )
+        } else {
+            wgrad_on(
+                kern, d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
+            )
+        };
         else Err(changed("conv2d_backward_weights"))
     )
 }

@@ -129,7 +129,7 @@ pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
     if g.is_depthwise() {
         depthwise::slot_len(g) * par::threads()
     } else if use_direct(g) {
-        direct::Direct::forward(g).wgrad_scratch(g.n())
+        direct::Direct::for_wgrad(g).wgrad_scratch(g.n())
     } else {
         slot_len(g)
     }
@@ -603,7 +603,7 @@ pub fn conv2d_backward_weights(
         return depthwise::backward_weights(g, x, dy, dw, accum, ws);
     }
     if use_direct(g) {
-        let d = direct::Direct::forward(g);
+        let d = direct::Direct::for_wgrad(g);
         let (x_item, y_item) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane());
         let per_group = g.c_out_g() * g.k_g();
         for (gi, dw_g) in dw.chunks_exact_mut(per_group).enumerate() {
