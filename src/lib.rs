@@ -112,10 +112,10 @@
 //! ```
 //!
 //! ## SIMD and threads
-//! The GEMM and convolution micro-kernels are AVX2/FMA code, and the element-wise kernels are
-//! compiled twice (AVX2 + FMA, and the build's baseline); both are chosen at run time, so a
-//! default build uses AVX2 where the CPU has it, and element-wise results are the same bits on
-//! every CPU. Kernels run on the current rayon pool; use
+//! The GEMM and convolution micro-kernels are compiled for AVX-512 and for AVX2 + FMA, and the
+//! element-wise kernels for those and for the build's baseline; [`arch`] chooses at run time, so
+//! a default build uses the widest instruction set the CPU has. AVX-512 and AVX2 give the same
+//! bits, and element-wise results are the same bits on every CPU. Kernels run on the current rayon pool; use
 //! `rayon::ThreadPool::install` to choose the thread count. Results do not depend on it.
 
 #![deny(unsafe_code)]

@@ -211,7 +211,7 @@ fn go<P: Parts>(
     f: &(impl Fn(Range<usize>, P, &mut [f32]) -> Result<()> + Sync),
 ) -> Result<()> {
     if groups <= 1 {
-        // Each group's work is compiled for AVX2 + FMA and for the baseline (see `simd`).
+        // Each group's work is compiled for every instruction set (see `arch::dispatch`).
         return crate::simd::dispatch(
             #[inline(always)]
             || f(r, parts, &mut ws[..slot]),

@@ -9,11 +9,11 @@
 //!
 //! A [`Lane`] is eight `f32` whose operations are written element by element; the compiler turns
 //! them into vector instructions for the target features of the function they end up in. Kernels
-//! run their lane code through [`dispatch`] (from [`crate::arch`]), which compiles it twice — once for AVX2 + FMA (one
-//! 256-bit register per lane, fused multiply-add), chosen at run time on CPUs that have them, and
-//! once for the build's baseline (two SSE registers on x86-64). `mul_add` is always a fused
-//! multiply-add (in software on a baseline x86-64 CPU, which is slow but exact), so both variants
-//! and every build give bit-identical results.
+//! run their lane code through [`dispatch`] (from [`crate::arch`]), which compiles it once per
+//! instruction set — AVX-512 and AVX2 + FMA (fused multiply-add), chosen at run time on CPUs that
+//! have them, and the build's baseline (two SSE registers per lane on x86-64). `mul_add` is always
+//! a fused multiply-add (in software on a baseline x86-64 CPU, which is slow but exact), so every
+//! variant and every build give bit-identical results.
 
 #![allow(unsafe_code)]
 

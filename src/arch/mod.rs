@@ -1,14 +1,22 @@
 //! The instruction sets: which one this CPU has (detected once), the limit that tests and
 //! comparisons put on it, and running code compiled for the chosen one. Every intrinsic of the
-//! crate lives below this module (`x86_64/avx2.rs`: the AVX2/FMA micro-kernels); the rest of the
-//! crate asks [`active`] and never a CPU feature of its own.
+//! crate lives below this module; the rest of the crate asks [`active`] and never a CPU feature of
+//! its own.
 //!
-//! **Adding an instruction set**: a variant of [`Isa`] with its detection line in
-//! [`Isa::detected`], a file of micro-kernels beside `x86_64/avx2.rs` (or `aarch64/neon.rs`), the
-//! arm of `dispatch` that compiles lane code for it, and the kernels' selection on [`active`].
+//! - `kernel.rs`: the micro-kernel trait (tile sizes; GEMM tile, convolution tile, weight-gradient
+//!   tile, depthwise row) with its bounds checks, and the tile bodies, written once for any
+//!   register type.
+//! - `x86_64/avx2.rs`, `x86_64/avx512.rs`: one file per instruction set — its register type, its
+//!   kernel token and its tile shape.
+//! - Here: [`Isa`], its detection, [`limit`] and [`active`], and the *kernel table*, from which
+//!   kernel selection (`with_kernel!`), the element-wise variants of `dispatch` and the
+//!   per-instruction-set test harness (`tests.rs`) are expanded.
 //!
-//! Kernels for AVX-512 do not exist yet ([`WIDEST_IMPLEMENTED`]): on an AVX-512 CPU
-//! [`Isa::detected`] says so, and [`active`] is AVX2/FMA (which every AVX-512 CPU can run).
+//! **Adding an instruction set** (NEON on aarch64, say): one new file beside `x86_64/avx2.rs`
+//! (`aarch64/neon.rs`: a `kernel::Vector`, a token type, one `micro_kernels!` line), one detection
+//! line in [`Isa::detected`] (with its variant of [`Isa`]), and one line in `kernel_table!` —
+//! which is also the test line: the harness runs every kernel family on each table entry the CPU
+//! supports, and fails when the CPU reports an instruction set it did not run.
 
 #![allow(unsafe_code)]
 
@@ -95,8 +103,10 @@ static LIMIT: AtomicU8 = AtomicU8::new(u8::MAX);
 
 /// Caps the instruction set the kernels use at `isa` (`None`: no cap), process-wide: for tests
 /// that cover every path on one machine, and for side-by-side comparisons. A cap above what the
-/// CPU has changes nothing. GEMM and convolution results differ between instruction sets in the
-/// last bits; element-wise results are the same bits on all of them.
+/// CPU has changes nothing. AVX2 and AVX-512 give the same bits everywhere; the portable path's
+/// GEMM and convolution results differ from theirs in the last bits (another summation order),
+/// its element-wise results do not. A call already running when the cap changes finishes on the
+/// kernels it started with, or, if its plan no longer fits them, returns an error.
 pub fn limit(isa: Option<Isa>) {
     let v = isa.map_or(u8::MAX, |i| {
         Isa::ALL.iter().position(|&a| a == i).unwrap_or(0) as u8

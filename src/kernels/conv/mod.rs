@@ -69,7 +69,8 @@ fn slot_len(g: &Conv2dGeom) -> usize {
     }
 }
 
-/// Whether the direct AVX2/FMA path runs (depthwise convolutions have their own kernel).
+/// Whether the direct path runs on cnnkit's micro-kernels (depthwise convolutions have their own
+/// kernel).
 fn use_direct(g: &Conv2dGeom) -> bool {
     // The direct path splits the input into stride_h·stride_w phase planes: for large strides
     // (rare, and mostly empty planes) im2col keeps the scratch small.
@@ -110,7 +111,7 @@ fn backward_data_slot(g: &Conv2dGeom) -> usize {
 }
 
 /// Scratch for [`conv2d_forward`] that lets every thread of the current rayon pool work: per
-/// thread one band of the prepared input and output (direct path, AVX2/FMA machines) or one
+/// thread one band of the prepared input and output (direct path, AVX2 or AVX-512 machines) or one
 /// im2col tile (elsewhere), or one zero-padded plane for depthwise convolutions; 0 for
 /// 1x1/stride-1/unpadded convolutions on the im2col path.
 pub fn conv2d_forward_scratch_len(g: &Conv2dGeom) -> usize {
