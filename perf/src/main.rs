@@ -146,7 +146,7 @@ fn main() {
     let build = if cfg!(target_feature = "avx2") {
         "native (compiled for AVX2; SIMD kernels still dispatch at run time)"
     } else {
-        "portable (SSE2 baseline; SIMD kernels dispatch AVX2/FMA at run time)"
+        "portable (SSE2 baseline; SIMD kernels dispatch AVX-512 or AVX2/FMA at run time)"
     };
     println!("cnnkit {} — build: {build}", env!("CARGO_PKG_VERSION"));
     println!(
