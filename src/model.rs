@@ -38,6 +38,9 @@ pub struct Sequential {
     grads: Vec<f32>,
     acts: Vec<Vec<f32>>,
     dbuf: [Vec<f32>; 2],
+    /// Where [`Sequential::input_gradient`] writes the parameter gradients it is not asked for
+    /// (made on its first call).
+    spare_grads: Vec<f32>,
     ws: Vec<f32>,
     training: bool,
     rng: Rng,
@@ -136,6 +139,7 @@ impl Sequential {
             grads: crate::memory::vec_of(OP, "gradients", total, 0.0)?,
             acts: vec![Vec::new(); specs.len()],
             dbuf: [Vec::new(), Vec::new()],
+            spare_grads: Vec::new(),
             ws: Vec::new(),
             training: true,
             rng: Rng::new(seed),
@@ -298,22 +302,83 @@ impl Sequential {
     /// Back-propagates `dout = dL/d(output)` of the last [`Sequential::forward`] call (which must
     /// have been given the same `x`) into the parameter gradients: overwritten with
     /// [`Accum::Replace`], added to with [`Accum::Add`] (gradient accumulation). The input
-    /// gradient of the first layer is not computed.
+    /// gradient is not computed (see [`Sequential::input_gradient`]).
     ///
     /// # Errors
     /// [`Error::InvalidArg`] without a preceding forward pass; [`Error::Length`] if `x` or `dout`
     /// do not match its batch.
     pub fn backward(&mut self, x: &[f32], dout: &[f32], accum: Accum) -> Result<()> {
-        const OP: &str = "Sequential::backward";
+        self.backprop("Sequential::backward", x, dout, None, Some(accum))
+    }
+
+    /// The gradient with respect to the input, `dx = (∂output/∂x)ᵀ · dout`, for the last
+    /// [`Sequential::forward`] call (which must have been given the same `x`) and any upstream
+    /// gradient `dout` on its output: a loss gradient, or the gradient of any functional of the
+    /// output (for `½‖f(x + r) − f(x)‖²` at `x + r`, `dout = f(x + r) − f(x)`). `dx` (the shape
+    /// of `x`) is overwritten.
+    ///
+    /// The parameter gradients are left exactly as they were with `params = None`, or
+    /// overwritten / added to with `Some(accum)` as by [`Sequential::backward`] (one pass for
+    /// both, as adversarial training needs). Dropout and RReLU use the masks of that forward pass,
+    /// so in training mode the gradient is that of the same random network.
+    ///
+    /// # Errors
+    /// As [`Sequential::backward`]; [`Error::Length`] if `dx` does not match `x`.
+    ///
+    /// # Example
+    /// ```
+    /// use cnnkit::{kernels::{cross_entropy_loss, Accum}, LayerSpec, Sequential};
+    /// let specs = LayerSpec::parse_list("conv(4,3,p=1),relu,flatten,dense(3)")?;
+    /// let mut m = Sequential::new([1, 6, 6], &specs, 0)?;
+    /// let x = vec![0.5f32; 2 * 36];
+    /// let logits = m.forward(&x, 2)?.to_vec();
+    /// let mut dlogits = vec![0.0; logits.len()];
+    /// cross_entropy_loss(3, &logits, &[0, 2], 0.0, Some(&mut dlogits))?;
+    /// let mut dx = vec![0.0; x.len()];
+    /// m.input_gradient(&x, &dlogits, &mut dx, None)?; // dL/dx; parameter gradients untouched
+    /// assert!(dx.iter().any(|&v| v != 0.0));
+    /// # Ok::<(), cnnkit::Error>(())
+    /// ```
+    pub fn input_gradient(
+        &mut self,
+        x: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        params: Option<Accum>,
+    ) -> Result<()> {
+        const OP: &str = "Sequential::input_gradient";
+        check_len(OP, "dx", dx, x.len())?;
+        self.backprop(OP, x, dout, Some(dx), params)
+    }
+
+    /// The backward pass: parameter gradients into `grads` per `params` (into a spare buffer when
+    /// `None`), and the input gradient into `dx_in` when given.
+    fn backprop(
+        &mut self,
+        op: &'static str,
+        x: &[f32],
+        dout: &[f32],
+        mut dx_in: Option<&mut [f32]>,
+        params: Option<Accum>,
+    ) -> Result<()> {
         let n = self
             .last_n
-            .ok_or_else(|| Error::invalid(OP, "forward", "no forward pass to differentiate"))?;
-        check_len(OP, "x", x, n * numel(self.input))?;
-        check_len(OP, "dout", dout, n * self.output_len())?;
+            .ok_or_else(|| Error::invalid(op, "forward", "no forward pass to differentiate"))?;
+        check_len(op, "x", x, n * numel(self.input))?;
+        check_len(op, "dout", dout, n * self.output_len())?;
+        if params.is_none() && self.spare_grads.len() != self.grads.len() {
+            self.spare_grads =
+                crate::memory::vec_of(op, "spare parameter gradients", self.grads.len(), 0.0)?;
+        }
+        let (grads, accum) = match params {
+            Some(a) => (&mut self.grads, a),
+            None => (&mut self.spare_grads, Accum::Replace),
+        };
         let last = self.layers.len() - 1;
         let mut cur = 0; // dbuf[cur] holds dy of layer i (except for the last layer)
         for i in (0..self.layers.len()).rev() {
-            if i == 0 && self.ranges[0].is_empty() {
+            // Without an input gradient, a first layer without parameters has nothing to do.
+            if i == 0 && dx_in.is_none() && self.ranges[0].is_empty() {
                 break;
             }
             let y_len = n * numel(self.shapes[i]);
@@ -327,7 +392,11 @@ impl Sequential {
             let [d0, d1] = &mut self.dbuf;
             let (dy_buf, dx_buf) = if cur == 0 { (&*d0, d1) } else { (&*d1, d0) };
             let dy: &[f32] = if i == last { dout } else { &dy_buf[..y_len] };
-            let dx = (i > 0).then(|| &mut dx_buf[..input.len()]);
+            let dx = if i > 0 {
+                Some(&mut dx_buf[..input.len()])
+            } else {
+                dx_in.as_deref_mut()
+            };
             let mut ctx = Ctx {
                 training: self.training,
                 seed: 0,
@@ -337,7 +406,7 @@ impl Sequential {
             self.layers[i].backward(
                 n,
                 &self.params[r.clone()],
-                &mut self.grads[r],
+                &mut grads[r],
                 input,
                 y,
                 dy,

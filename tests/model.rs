@@ -233,6 +233,90 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(48)))]
+
+    /// The input gradient (`Sequential::input_gradient`) of random networks of every layer kind
+    /// against central differences of the loss in each input value (the same fitted slopes,
+    /// noise bound and kink handling as the parameter check above); the parameter gradients are
+    /// left untouched by it, and a pass that is asked for both gives the same parameter
+    /// gradients as `backward`.
+    #[test]
+    fn input_gradients_match_finite_differences((input, arch, classes) in network(), seed in 0..1000u64) {
+        let specs = LayerSpec::parse_list(&arch).unwrap();
+        let Ok(mut model) = Sequential::new(input, &specs, seed) else {
+            return Err(TestCaseError::reject("architecture does not fit the input"));
+        };
+        let n = 3;
+        let mut x: Vec<f32> = values(seed + 7, n * input.iter().product::<usize>()).iter().map(|v| v * 2.0).collect();
+        let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+        let rng = model.rng_state();
+        par(|| -> Result<(), TestCaseError> {
+            model.set_rng_state(rng);
+            let logits = model.forward(&x, n).unwrap().to_vec();
+            let mut d = vec![0.0; logits.len()];
+            cross_entropy_loss(classes, &logits, &labels, 0.0, Some(&mut d)).unwrap();
+            // Parameter gradients before: a marker that must survive.
+            model.backward(&x, &d, Accum::Replace).unwrap();
+            let before = model.grads().to_vec();
+            let mut dx = vec![f32::NAN; x.len()];
+            model.input_gradient(&x, &d, &mut dx, None).unwrap();
+            prop_assert!(model.grads() == &before[..], "input_gradient(None) changed the parameter gradients");
+            let mut dx2 = vec![0.0; x.len()];
+            model.input_gradient(&x, &d, &mut dx2, Some(Accum::Replace)).unwrap();
+            prop_assert!(model.grads() == &before[..], "input_gradient(Some) differs from backward");
+            prop_assert!(dx == dx2);
+            let eta = [0, x.len() / 2, x.len() - 1]
+                .iter()
+                .map(|&i| {
+                    let x0 = x[i];
+                    let e = noise_level(
+                        |v| {
+                            x[i] = v;
+                            loss(&mut model, rng, &x, n, &labels)
+                        },
+                        x0,
+                        2e-3,
+                    );
+                    x[i] = x0;
+                    e
+                })
+                .fold(0.0, f64::max);
+            let (mut checked, mut skipped) = (0, 0);
+            let step = x.len().div_ceil(96);
+            for i in (0..x.len()).step_by(step) {
+                let x0 = x[i];
+                let mut at = |v: f32| {
+                    x[i] = v;
+                    loss(&mut model, rng, &x, n, &labels)
+                };
+                let fit = [2e-3f32, 5e-4]
+                    .into_iter()
+                    .map(|h| fit_slope(&mut at, x0, h))
+                    .find(|f| f.residual <= 4.0 * NOISE_MARGIN * eta + 1e-12);
+                x[i] = x0;
+                let Some(f) = fit else {
+                    skipped += 1;
+                    continue;
+                };
+                // `d` is the gradient of the mean loss, so `dx` is too.
+                let (num, ana) = (f.slope, dx[i] as f64);
+                let noise = NOISE_MARGIN * f.noise_gain * f.residual.max(eta);
+                prop_assert!(
+                    (num - ana).abs() <= 2e-3 + 2e-2 * num.abs() + noise,
+                    "{arch}: dx[{i}] analytic {ana}, finite difference {num} (window {:.1e}, noise allowance {noise:.2e})",
+                    f.h
+                );
+                checked += 1;
+            }
+            if checked * 5 < (checked + skipped) * 4 {
+                return Err(TestCaseError::reject("too many inputs on a kink"));
+            }
+            Ok(())
+        })?;
+    }
+}
+
 #[test]
 fn summary_lists_layers_shapes_and_parameters() {
     let specs =

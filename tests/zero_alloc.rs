@@ -104,6 +104,26 @@ fn steady_state_training_and_inference_do_not_allocate() {
                         "{threads} threads, {arch}, {opt}: {n} allocations in 3 steps"
                     );
                 }
+                // The input gradient (for adversarial examples and saliency): no allocation
+                // after its first call either.
+                let mut m = model();
+                let out = m.output_len();
+                let dout = vec![0.1f32; batch * out];
+                let mut dx = vec![0.0f32; x.len()];
+                for _ in 0..2 {
+                    m.forward(&x, batch).unwrap();
+                    m.input_gradient(&x, &dout, &mut dx, None).unwrap();
+                }
+                let n = allocations(|| {
+                    for _ in 0..3 {
+                        m.forward(&x, batch).unwrap();
+                        m.input_gradient(&x, &dout, &mut dx, None).unwrap();
+                    }
+                });
+                assert_eq!(
+                    n, 0,
+                    "{threads} threads, {arch}: {n} allocations in 3 input gradients"
+                );
                 let mut m = model();
                 m.eval();
                 m.forward(&x[..784], 1).unwrap();
