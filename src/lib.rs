@@ -15,6 +15,7 @@
 //! | enhance X-rays (CLAHE, equalisation, resize) as OpenCV does | [`preprocess`] |
 //! | save, load, exchange weights with PyTorch (safetensors) | [`Sequential::save`], [`Sequential::load`], [`checkpoint`] |
 //! | call one kernel on your own buffers (no allocation) | [`kernels`], [`gemm`] |
+//! | the gradient with respect to the input; how unstable a model is at an input | [`Sequential::input_gradient`], [`stability`] |
 //! | check your results against an obviously-correct version | [`reference`](mod@reference) |
 //! | bound the memory a request from user input may take | [`memory`] |
 //!
@@ -144,6 +145,7 @@ pub mod reference;
 pub mod rng;
 mod shape;
 mod simd;
+pub mod stability;
 mod train;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
