@@ -145,6 +145,58 @@ fn fit_slope(l: &mut impl FnMut(f32) -> f64, v0: f32, h: f32) -> Fit {
     }
 }
 
+/// Checks `grad[i]` for every `i` in `idx` against the fitted slope of `eval(i, v)` (the loss
+/// with variable `i` set to `v`) around `orig[i]`; `eval(i, orig[i])` restores each variable.
+/// The loss's rounding noise η is measured first at `eta_at`. Returns how many were checked and
+/// how many skipped (a window too kinked even at h/4).
+///
+/// A network of pooling and activations is piecewise smooth on a scale finer than the kernels'
+/// h = 1e-2 (max-pool switches among close values, leaky slopes), and its f32 forward pass makes
+/// the loss noisy at the 1e-7 level. So the slope is not a quotient of two values but the linear
+/// coefficient of a least-squares cubic through 13 values on [p − h, p + h] (see `fit_slope`):
+/// rounding noise averages out, the cubic absorbs curvature, and the fit's residual tells a kink
+/// from noise. A window whose residual is well above η holds a kink, and is shrunk to h/4 once
+/// before the variable is skipped. The allowance for rounding is the bound the fit's weights give
+/// for the residual actually seen, not a guess.
+fn check_slopes(
+    what: &str,
+    orig: &[f32],
+    grad: &[f32],
+    idx: impl Iterator<Item = usize>,
+    eta_at: &[usize],
+    eval: &mut dyn FnMut(usize, f32) -> f64,
+) -> Result<(usize, usize), TestCaseError> {
+    let eta = eta_at
+        .iter()
+        .map(|&i| {
+            let e = noise_level(|v| eval(i, v), orig[i], 2e-3);
+            eval(i, orig[i]);
+            e
+        })
+        .fold(0.0, f64::max);
+    let (mut checked, mut skipped) = (0, 0);
+    for i in idx {
+        let fit = [2e-3f32, 5e-4]
+            .into_iter()
+            .map(|h| fit_slope(&mut |v| eval(i, v), orig[i], h))
+            .find(|f| f.residual <= 4.0 * NOISE_MARGIN * eta + 1e-12);
+        eval(i, orig[i]);
+        let Some(f) = fit else {
+            skipped += 1;
+            continue;
+        };
+        let (num, ana) = (f.slope, grad[i] as f64);
+        let noise = NOISE_MARGIN * f.noise_gain * f.residual.max(eta);
+        prop_assert!(
+            (num - ana).abs() <= 2e-3 + 2e-2 * num.abs() + noise,
+            "{what}: gradient[{i}] analytic {ana}, finite difference {num} (window {:.1e}, noise allowance {noise:.2e})",
+            f.h
+        );
+        checked += 1;
+    }
+    Ok((checked, skipped))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
 
@@ -171,58 +223,19 @@ proptest! {
             cross_entropy_loss(classes, &logits, &labels, 0.0, Some(&mut d)).unwrap();
             model.backward(&x, &d, Accum::Replace).unwrap();
             let grads = model.grads().to_vec();
-            let (mut checked, mut skipped) = (0, 0);
-            // A network of pooling and activations is piecewise smooth on a scale finer than the
-            // kernels' h = 1e-2 (max-pool switches among close values, leaky slopes), and its
-            // f32 forward pass makes the loss noisy at the 1e-7 level. So the slope is not a
-            // quotient of two values but the linear coefficient of a least-squares cubic through
-            // 13 values on [p − h, p + h] (see `fit_slope`): rounding noise averages out, the
-            // cubic absorbs curvature, and the fit's residual tells a kink from noise. The
-            // loss's noise η is measured first on a few parameters; a window whose residual is
-            // well above it holds a kink, and is shrunk to h/4 once before the parameter is
-            // skipped. The allowance for rounding is the bound the fit's weights give for the
-            // residual actually seen, not a guess.
-            let count = model.param_count();
-            let eta = [0, count / 3, 2 * count / 3, count.saturating_sub(1)]
-                .iter()
-                .map(|&i| {
-                    let p0 = model.params()[i];
-                    let e = noise_level(
-                        |v| {
-                            model.params_mut()[i] = v;
-                            loss(&mut model, rng, &x, n, &labels)
-                        },
-                        p0,
-                        2e-3,
-                    );
-                    model.params_mut()[i] = p0;
-                    e
-                })
-                .fold(0.0, f64::max);
-            for (i, &g) in grads.iter().enumerate() {
-                let p0 = model.params()[i];
-                let mut at = |v: f32| {
+            let orig = model.params().to_vec();
+            let count = orig.len();
+            let (checked, skipped) = check_slopes(
+                &arch,
+                &orig,
+                &grads,
+                0..count,
+                &[0, count / 3, 2 * count / 3, count.saturating_sub(1)],
+                &mut |i, v| {
                     model.params_mut()[i] = v;
                     loss(&mut model, rng, &x, n, &labels)
-                };
-                let fit = [2e-3f32, 5e-4]
-                    .into_iter()
-                    .map(|h| fit_slope(&mut at, p0, h))
-                    .find(|f| f.residual <= 4.0 * NOISE_MARGIN * eta + 1e-12);
-                model.params_mut()[i] = p0;
-                let Some(f) = fit else {
-                    skipped += 1;
-                    continue;
-                };
-                let (num, ana) = (f.slope, g as f64);
-                let noise = NOISE_MARGIN * f.noise_gain * f.residual.max(eta);
-                prop_assert!(
-                    (num - ana).abs() <= 2e-3 + 2e-2 * num.abs() + noise,
-                    "{arch}: gradient[{i}] analytic {ana}, finite difference {num} (window {:.1e}, noise allowance {noise:.2e})",
-                    f.h
-                );
-                checked += 1;
-            }
+                },
+            )?;
             // A unit sitting on a kink makes every parameter upstream of it non-differentiable
             // at this point; such a case says nothing either way, so draw another.
             if checked * 5 < (checked + skipped) * 4 {
@@ -266,49 +279,20 @@ proptest! {
             model.input_gradient(&x, &d, &mut dx2, Some(Accum::Replace)).unwrap();
             prop_assert!(model.grads() == &before[..], "input_gradient(Some) differs from backward");
             prop_assert!(dx == dx2);
-            let eta = [0, x.len() / 2, x.len() - 1]
-                .iter()
-                .map(|&i| {
-                    let x0 = x[i];
-                    let e = noise_level(
-                        |v| {
-                            x[i] = v;
-                            loss(&mut model, rng, &x, n, &labels)
-                        },
-                        x0,
-                        2e-3,
-                    );
-                    x[i] = x0;
-                    e
-                })
-                .fold(0.0, f64::max);
-            let (mut checked, mut skipped) = (0, 0);
-            let step = x.len().div_ceil(96);
-            for i in (0..x.len()).step_by(step) {
-                let x0 = x[i];
-                let mut at = |v: f32| {
+            // `d` is the gradient of the mean loss, so `dx` is too.
+            let orig = x.clone();
+            let len = x.len();
+            let (checked, skipped) = check_slopes(
+                &format!("{arch}: dx"),
+                &orig,
+                &dx,
+                (0..len).step_by(len.div_ceil(96)),
+                &[0, len / 2, len - 1],
+                &mut |i, v| {
                     x[i] = v;
                     loss(&mut model, rng, &x, n, &labels)
-                };
-                let fit = [2e-3f32, 5e-4]
-                    .into_iter()
-                    .map(|h| fit_slope(&mut at, x0, h))
-                    .find(|f| f.residual <= 4.0 * NOISE_MARGIN * eta + 1e-12);
-                x[i] = x0;
-                let Some(f) = fit else {
-                    skipped += 1;
-                    continue;
-                };
-                // `d` is the gradient of the mean loss, so `dx` is too.
-                let (num, ana) = (f.slope, dx[i] as f64);
-                let noise = NOISE_MARGIN * f.noise_gain * f.residual.max(eta);
-                prop_assert!(
-                    (num - ana).abs() <= 2e-3 + 2e-2 * num.abs() + noise,
-                    "{arch}: dx[{i}] analytic {ana}, finite difference {num} (window {:.1e}, noise allowance {noise:.2e})",
-                    f.h
-                );
-                checked += 1;
-            }
+                },
+            )?;
             if checked * 5 < (checked + skipped) * 4 {
                 return Err(TestCaseError::reject("too many inputs on a kink"));
             }
