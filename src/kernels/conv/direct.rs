@@ -583,16 +583,16 @@ pub(super) fn wgrad(
     fn narrow_enough<K: MicroKernel>(_: K, out_ch: usize) -> bool {
         out_ch <= <K::Narrow as MicroKernel>::NR
     }
-    crate::arch::with_kernel!(
-        kern => if narrow_enough(kern, d.out_ch) {
+    // The same pass on the narrow or the full tile (two kernel types, one argument list).
+    macro_rules! on {
+        ($k:expr) => {
             wgrad_on(
-                kern.narrow(), d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
-            )
-        } else {
-            wgrad_on(
-                kern, d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
+                $k, d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
             )
         };
+    }
+    crate::arch::with_kernel!(
+        kern => if narrow_enough(kern, d.out_ch) { on!(kern.narrow()) } else { on!(kern) };
         else Err(changed("conv2d_backward_weights"))
     )
 }
