@@ -39,7 +39,7 @@ def bench(fn, min_time=0.6, min_reps=10, warm_time=0.15):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--only", default="gemm,conv,pool,act,softmax,bn,mnist")
+    ap.add_argument("--only", default="gemm,conv,pool,act,softmax,bn,mnist,xray")
     args = ap.parse_args()
     if "GLIBC_TUNABLES" not in os.environ:
         os.execve(sys.executable, [sys.executable] + sys.argv, dict(os.environ, GLIBC_TUNABLES=MALLOC))
@@ -143,7 +143,38 @@ def main():
             out("mnist-cnn", "infer", t, bench(lambda: net(x1)))
             out("mnist-cnn", "infer_b64", t, bench(lambda: net(x)))
 
-    groups = {"gemm": gemm, "conv": conv, "pool": pool, "act": act, "softmax": softmax, "bn": bn, "mnist": mnist}
+    def xray(t):
+        class XrayNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                chans = [(1, 32), (32, 64), (64, 128), (128, 128)]
+                self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1, bias=False) for a, b in chans)
+                self.bns = nn.ModuleList(nn.BatchNorm2d(b) for _, b in chans)
+                self.fc = nn.Linear(128, 3)
+
+            def forward(self, x):
+                for i, (c, b) in enumerate(zip(self.convs, self.bns)):
+                    x = F.relu(b(c(x)))
+                    x = F.max_pool2d(x, 2) if i < 3 else F.adaptive_avg_pool2d(x, 1)
+                return self.fc(x.flatten(1))
+
+        net = XrayNet()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+        x, y = torch.randn(16, 1, 128, 128), torch.randint(0, 3, (16,))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+
+        out("X1", "step", t, bench(step, min_time=2.0))
+        net.eval()
+        x1 = torch.randn(1, 1, 128, 128)
+        with torch.inference_mode():
+            out("X1", "infer", t, bench(lambda: net(x1)))
+
+    groups = {"gemm": gemm, "conv": conv, "pool": pool, "act": act, "softmax": softmax, "bn": bn, "mnist": mnist,
+              "xray": xray}
     for t in args.threads:
         torch.set_num_threads(t)
         for g in args.only.split(","):

@@ -1,4 +1,4 @@
-//! The standard workloads (ids C1–C7, G1–G3, P1–P3, the five activations, S1–S2, B1, MNIST-CNN),
+//! The standard workloads (ids C1–C7, G1–G3, P1–P3, the five activations, S1–S2, B1, MNIST-CNN, X1),
 //! as ready-to-run cases with every buffer allocated up front. Shared by `cargo bench` and the
 //! comparison program (`perf/`), so both time exactly the same calls.
 #![allow(dead_code)]
@@ -362,8 +362,64 @@ pub fn mnist_cases() -> Vec<Case> {
     v
 }
 
+/// X1 of WORKLOADS.md: the chest-X-ray CNN (four blocks of conv 3x3 without bias, batch norm in
+/// training mode and ReLU; max-pool after blocks 1–3, global average pool after block 4; dense to
+/// 3 classes), written as a user writes it.
+pub const XRAY_ARCH: &str = "conv(32,3,p=1,bias=false),bn,relu,maxpool(2),\
+    conv(64,3,p=1,bias=false),bn,relu,maxpool(2),\
+    conv(128,3,p=1,bias=false),bn,relu,maxpool(2),\
+    conv(128,3,p=1,bias=false),bn,relu,gap,dense(3)";
+
+/// X1's batch.
+pub const XRAY_BATCH: usize = 16;
+
+/// FLOPs of X1's convolutions on one image, block by block (the dense layer adds 2·128·3).
+fn xray_conv_flops() -> [f64; 4] {
+    [(1, 128, 32), (32, 64, 64), (64, 32, 128), (128, 16, 128)]
+        .map(|(ci, hw, co): (usize, usize, usize)| 2.0 * (co * hw * hw * ci * 9) as f64)
+}
+
+/// X1: the training step (batch 16, Adam lr 1e-3) and batch-1 inference, through the public
+/// `Sequential`/`Trainer` API.
+pub fn xray_cases() -> Vec<Case> {
+    let specs = LayerSpec::parse_list(XRAY_ARCH).unwrap();
+    let n = XRAY_BATCH;
+    let x = randn(19, n * 128 * 128, 1.0);
+    let mut r = Rng::new(20);
+    let labels: Vec<u32> = (0..n).map(|_| r.below(3) as u32).collect();
+    let model = Sequential::new([1, 128, 128], &specs, 0).unwrap();
+    let mut t = Trainer::new(
+        model,
+        "adam(lr=1e-3)".parse().unwrap(),
+        TrainConfig::default(),
+    )
+    .unwrap();
+    let conv = xray_conv_flops();
+    let fwd = conv.iter().sum::<f64>() + 2.0 * (128 * 3) as f64;
+    // Training step: 3 × forward − the first convolution's input gradient (not computed).
+    let step_flops = n as f64 * (3.0 * fwd - conv[0]);
+    let mut v = vec![Case {
+        images: n as f64,
+        ..case("X1", "step", step_flops, 0.0, move || {
+            t.step(&x, &labels).unwrap();
+        })
+    }];
+    let mut m1 = Sequential::new([1, 128, 128], &specs, 0).unwrap();
+    m1.eval();
+    let x1 = randn(21, 128 * 128, 1.0);
+    v.push(Case {
+        images: 1.0,
+        ..case("X1", "infer", fwd, 0.0, move || {
+            std::hint::black_box(m1.forward(&x1, 1).unwrap());
+        })
+    });
+    v
+}
+
 /// The groups, by the names the comparison program and `torch_bench.py` use.
-pub const GROUPS: [&str; 7] = ["gemm", "conv", "pool", "act", "softmax", "bn", "mnist"];
+pub const GROUPS: [&str; 8] = [
+    "gemm", "conv", "pool", "act", "softmax", "bn", "mnist", "xray",
+];
 
 pub fn group(name: &str) -> Vec<Case> {
     match name {
@@ -374,6 +430,7 @@ pub fn group(name: &str) -> Vec<Case> {
         "softmax" => softmax_cases(),
         "bn" => bn_cases(),
         "mnist" => mnist_cases(),
+        "xray" => xray_cases(),
         _ => Vec::new(),
     }
 }

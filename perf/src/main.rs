@@ -237,7 +237,7 @@ fn main() {
             continue;
         };
         let torch_ms = median(&r.torch);
-        let (rate, limit) = if r.images > 0.0 && op == "step" {
+        let (rate, limit) = if r.images > 0.0 {
             (
                 format!("{:.0} img/s", r.images / ms * 1e3),
                 peak.get(t).map(|p| r.flops / ms / 1e6 / p),
