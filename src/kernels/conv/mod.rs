@@ -149,7 +149,9 @@ fn image_groups(g: &Conv2dGeom, slot: usize, ws_len: usize) -> Option<usize> {
         0 => usize::MAX,
         s => ws_len / s,
     };
-    if g.n() >= threads || groups == 1 || image_work(g) < par::parallel_threshold() {
+    // Fewer images than threads, each worth splitting: every image is shared by the whole pool
+    // (a batch of one must still use every core).
+    if threads == 1 || g.n() >= threads || image_work(g) < par::parallel_threshold() {
         Some(groups.min(slots).max(1))
     } else {
         None
@@ -707,5 +709,26 @@ mod tests {
         assert!(!super::use_direct(&huge));
         let small = Conv2dGeom::new(Shape4::new(1, 1, 64, 64), 1, [3, 3], p).unwrap();
         assert_eq!(super::use_direct(&small), super::packed::enabled());
+    }
+
+    #[cfg(feature = "rayon")]
+    /// A batch smaller than the pool shares each image's work across the pool (batch-1
+    /// inference must use every core); a batch at least as large splits over images.
+    #[test]
+    fn small_batches_split_inside_the_image() {
+        let p = Conv2dParams::default().padding(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let one = Conv2dGeom::new(Shape4::new(1, 32, 64, 64), 64, [3, 3], p).unwrap();
+            assert_eq!(super::image_groups(&one, 1, usize::MAX), None);
+            let two = Conv2dGeom::new(Shape4::new(2, 32, 64, 64), 64, [3, 3], p).unwrap();
+            assert_eq!(super::image_groups(&two, 1, usize::MAX), Some(2));
+            // Too little work to be worth a fork: the image runs on the calling thread.
+            let tiny = Conv2dGeom::new(Shape4::new(1, 1, 4, 4), 1, [3, 3], p).unwrap();
+            assert_eq!(super::image_groups(&tiny, 1, usize::MAX), Some(1));
+        });
     }
 }
