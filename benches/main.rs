@@ -4,8 +4,10 @@
 //!
 //! The side-by-side comparison with PyTorch and the machine's peak is `perf/` (see the README).
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 
+#[path = "suite/stamp.rs"]
+mod stamp;
 #[path = "suite/workloads.rs"]
 mod workloads;
 
@@ -52,4 +54,29 @@ fn all(c: &mut Criterion) {
 }
 
 criterion_group!(benches, all);
-criterion_main!(benches);
+/// Where criterion keeps its results (its own rule: `CRITERION_HOME`, else the target directory).
+fn criterion_home() -> std::path::PathBuf {
+    if let Some(h) = std::env::var_os("CRITERION_HOME") {
+        return h.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+    std::path::PathBuf::from(target).join("criterion")
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // `--save-baseline NAME`: stamp the baseline with the commit, CPU and instruction set, so
+    // `speed-diff criterion:OLD criterion:NEW` can say what it compares.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(name) = args
+        .iter()
+        .position(|a| a == "--save-baseline")
+        .and_then(|i| args.get(i + 1))
+    {
+        let path = criterion_home().join(format!("{name}.stamp.json"));
+        if let Err(e) = std::fs::write(&path, stamp::json() + "\n") {
+            eprintln!("could not write {}: {e}", path.display());
+        }
+    }
+}

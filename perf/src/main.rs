@@ -14,6 +14,8 @@
 //! STREAM bandwidth at the workload's size for memory-bound ones.
 
 mod peak;
+#[path = "../../benches/suite/stamp.rs"]
+mod stamp;
 #[path = "../../benches/suite/workloads.rs"]
 mod workloads;
 
@@ -269,7 +271,11 @@ fn main() {
         }));
     }
     if let Some(path) = o.json {
-        let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+        // First line: what the run was taken on (for `speed-diff`).
+        let head = format!("{{\"stamp\":{}}}\n", stamp::json());
+        let text: String = std::iter::once(head)
+            .chain(records.iter().map(|r| format!("{r}\n")))
+            .collect();
         std::fs::write(&path, text).expect("writing the JSON file");
         println!("\nraw results: {path}");
     }
