@@ -47,6 +47,9 @@ pub struct Sequential {
     last_n: Option<usize>,
     /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
+    /// `skipped[i]`: layer `i` is a ReLU whose work the next layer does (see
+    /// [`Sequential::set_fusion`]); it has no output buffer of its own.
+    skipped: Vec<bool>,
 }
 
 impl Sequential {
@@ -145,8 +148,10 @@ impl Sequential {
             rng: Rng::new(seed),
             last_n: None,
             warmed: 0,
+            skipped: vec![false; specs.len()],
         };
         m.reinit(init, seed);
+        m.set_fusion(true);
         Ok(m)
     }
 
@@ -210,6 +215,38 @@ impl Sequential {
     pub fn eval(&mut self) {
         self.training = false;
     }
+    /// Fuses (`true`, the default) or separates layers whose work one pass can do: a ReLU
+    /// directly followed by a max-pool runs inside the pool (`maxpool(relu(x)) =
+    /// relu(maxpool(x))`, and the ReLU's backward mask is the pooled output's sign), which saves
+    /// one pass over the larger tensor in each direction. Results are bit-identical either way
+    /// (outputs, parameter and input gradients); `false` runs every layer as written, for
+    /// comparison. A ReLU that is the first layer is not fused. Changing it discards the last
+    /// forward pass (a backward pass needs a new one).
+    pub fn set_fusion(&mut self, on: bool) {
+        // The layers' caches of the last forward pass follow the old plan.
+        self.last_n = None;
+        for i in 0..self.layers.len() {
+            self.skipped[i] = false;
+            let relu = self.layers[i].spec() == LayerSpec::RELU;
+            if relu && i >= 1 && i + 1 < self.layers.len() {
+                self.skipped[i] = self.layers[i + 1].absorb_relu(on) && on;
+            }
+        }
+    }
+
+    /// The layers that currently run inside the next one (see [`Sequential::set_fusion`]).
+    pub fn fused_layers(&self) -> Vec<usize> {
+        (0..self.skipped.len())
+            .filter(|&i| self.skipped[i])
+            .collect()
+    }
+
+    /// The layer whose output is layer `i`'s input (`None`: the network's input), given which
+    /// layers are `skipped`.
+    fn source(skipped: &[bool], i: usize) -> Option<usize> {
+        (0..i).rev().find(|&j| !skipped[j])
+    }
+
     /// Whether the model is in training mode.
     pub fn is_training(&self) -> bool {
         self.training
@@ -243,8 +280,10 @@ impl Sequential {
             "the activations of the batch",
             2 * acts + 2 * widest as u128 + ws as u128,
         )?;
-        for (a, &s) in self.acts.iter_mut().zip(&self.shapes) {
-            crate::memory::grow(OP, "activations", a, len(s)?)?;
+        for ((a, &s), &skip) in self.acts.iter_mut().zip(&self.shapes).zip(&self.skipped) {
+            if !skip {
+                crate::memory::grow(OP, "activations", a, len(s)?)?;
+            }
         }
         for d in &mut self.dbuf {
             crate::memory::grow(OP, "gradients", d, widest)?;
@@ -274,11 +313,14 @@ impl Sequential {
             0
         };
         for i in 0..self.layers.len() {
+            if self.skipped[i] {
+                continue;
+            }
+            let src = Self::source(&self.skipped, i);
             let (prev, rest) = self.acts.split_at_mut(i);
-            let input: &[f32] = if i == 0 {
-                x
-            } else {
-                &prev[i - 1][..n * numel(self.shapes[i - 1])]
+            let input: &[f32] = match src {
+                None => x,
+                Some(j) => &prev[j][..n * numel(self.shapes[j])],
             };
             let out = &mut rest[0][..n * numel(self.shapes[i])];
             let mut ctx = Ctx {
@@ -381,21 +423,24 @@ impl Sequential {
             if i == 0 && dx_in.is_none() && self.ranges[0].is_empty() {
                 break;
             }
+            if self.skipped[i] {
+                // The next layer returned this ReLU's input gradient already.
+                continue;
+            }
             let y_len = n * numel(self.shapes[i]);
+            let src = Self::source(&self.skipped, i);
             let (prev, rest) = self.acts.split_at(i);
-            let input: &[f32] = if i == 0 {
-                x
-            } else {
-                &prev[i - 1][..n * numel(self.shapes[i - 1])]
+            let input: &[f32] = match src {
+                None => x,
+                Some(j) => &prev[j][..n * numel(self.shapes[j])],
             };
             let y = &rest[0][..y_len];
             let [d0, d1] = &mut self.dbuf;
             let (dy_buf, dx_buf) = if cur == 0 { (&*d0, d1) } else { (&*d1, d0) };
             let dy: &[f32] = if i == last { dout } else { &dy_buf[..y_len] };
-            let dx = if i > 0 {
-                Some(&mut dx_buf[..input.len()])
-            } else {
-                dx_in.as_deref_mut()
+            let dx = match src {
+                Some(_) => Some(&mut dx_buf[..input.len()]),
+                None => dx_in.as_deref_mut(),
             };
             let mut ctx = Ctx {
                 training: self.training,

@@ -455,3 +455,92 @@ fn initialisation_follows_torch_nn_init() {
         );
     }
 }
+
+/// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`):
+/// outputs, parameter gradients and input gradients are bit-identical to running every layer as
+/// written, in training and evaluation mode, for 1 and 2 threads.
+#[test]
+fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
+    let archs = [
+        "conv(4,3,p=1),relu,maxpool(2),conv(6,3,p=1),bn,relu,maxpool(3,s=2,p=1),flatten,dense(5),relu,dense(3)",
+        "relu,maxpool(2),conv(3,3),relu,maxpool(2),flatten,dense(3)",
+        "conv(4,3,p=1,bias=false),bn,relu,maxpool(2),relu,maxpool(2),gap,dense(3)",
+        "conv(4,3,p=1),relu,avgpool(2),flatten,dense(3),relu",
+    ];
+    let fused: [&[usize]; 4] = [&[1, 5], &[3], &[2, 4], &[]];
+    for (arch, fused) in archs.into_iter().zip(fused) {
+        let specs = LayerSpec::parse_list(arch).unwrap();
+        let mut m = Sequential::new([2, 12, 12], &specs, 3).unwrap();
+        assert_eq!(m.fused_layers(), fused, "{arch}");
+        m.set_fusion(false);
+        assert!(m.fused_layers().is_empty());
+        let n = 3;
+        // Negative-heavy inputs: whole pooling windows at or below zero occur.
+        let x: Vec<f32> = values(5, n * 2 * 12 * 12)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % 5 == 0 { 0.0 } else { v * 2.0 - 0.5 })
+            .collect();
+        let labels = [0u32, 2, 1];
+        for threads in [1, 2] {
+            for training in [true, false] {
+                let run = |fused: bool| {
+                    let mut m = Sequential::new([2, 12, 12], &specs, 3).unwrap();
+                    m.set_fusion(fused);
+                    if !training {
+                        m.eval();
+                    }
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| {
+                        let y = m.forward(&x, n).unwrap().to_vec();
+                        let mut d = vec![0.0; y.len()];
+                        cross_entropy_loss(3, &y, &labels, 0.0, Some(&mut d)).unwrap();
+                        let mut dx = vec![0.0; x.len()];
+                        m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace))
+                            .unwrap();
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        (bits(&y), bits(m.grads()), bits(&dx))
+                    })
+                };
+                let (fused, separate) = (run(true), run(false));
+                assert!(
+                    fused.0 == separate.0,
+                    "{arch}: outputs differ (training {training})"
+                );
+                assert!(
+                    fused.1 == separate.1,
+                    "{arch}: parameter gradients differ (training {training})"
+                );
+                assert!(
+                    fused.2 == separate.2,
+                    "{arch}: input gradients differ (training {training})"
+                );
+                assert!(fused.2.iter().any(|&b| b != 0), "{arch}: a zero gradient");
+            }
+        }
+    }
+}
+
+/// Max-pool layers keep their indices in evaluation mode: the input gradient of an
+/// evaluation-mode network (what stability analysis differentiates) is that of its own forward
+/// pass, not of an earlier training-mode one.
+#[test]
+fn eval_mode_input_gradients_through_max_pooling_follow_the_eval_forward_pass() {
+    let specs = LayerSpec::parse_list("conv(3,3,p=1),tanh,maxpool(2),flatten,dense(2)").unwrap();
+    let mut m = Sequential::new([1, 8, 8], &specs, 1).unwrap();
+    let (x1, x2) = (values(1, 64), values(2, 64));
+    let grad = |m: &mut Sequential, x: &[f32]| {
+        let y = m.forward(x, 1).unwrap().to_vec();
+        let mut dx = vec![0.0; 64];
+        m.input_gradient(x, &y, &mut dx, None).unwrap();
+        dx
+    };
+    let train = grad(&mut m, &x2);
+    grad(&mut m, &x1);
+    m.eval();
+    // No batch norm or dropout: the evaluation-mode network is the same function.
+    assert_eq!(grad(&mut m, &x2), train);
+}

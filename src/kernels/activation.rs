@@ -176,6 +176,26 @@ pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) -> Result<(
     Ok(())
 }
 
+/// `y = max(y, 0)` in place (NaN kept), exactly as [`activation_forward`] with ReLU: for layers
+/// that apply a ReLU to their own output.
+pub(crate) fn relu_in_place(y: &mut [f32]) {
+    let act = Activation::Relu;
+    let len = y.len();
+    par::for_each_block(
+        len,
+        act.cost(),
+        Items(y, BLOCK),
+        #[inline(always)]
+        |_, Items(y, _)| {
+            simd::map_in_place(
+                y,
+                #[inline(always)]
+                |v| act.forward_lane(v),
+            );
+        },
+    );
+}
+
 /// `dx = dy · f'(x)` for the activation `act`, given the forward input `x` and output `y`
 /// (ReLU-type activations read `x`, sigmoid and tanh read `y`).
 ///

@@ -104,6 +104,12 @@ pub(crate) trait Layer: Send + std::fmt::Debug {
     fn scratch_len(&self, _n: usize) -> usize {
         0
     }
+    /// Takes over (`on`) or gives back the work of a ReLU layer directly before this one: its
+    /// forward then sees the ReLU's input and its backward returns the ReLU's input gradient.
+    /// Returns whether the layer can (see [`crate::Sequential::set_fusion`]).
+    fn absorb_relu(&mut self, _on: bool) -> bool {
+        false
+    }
     /// `y = f(x)` for a batch of `n`.
     fn forward(
         &mut self,

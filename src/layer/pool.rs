@@ -14,6 +14,9 @@ pub(crate) struct Pool {
     avg: Option<bool>,
     out: Shape3,
     argmax: Vec<u32>,
+    /// Max pooling that also does the ReLU before it: `maxpool(relu(x)) = relu(maxpool(x))`,
+    /// and the ReLU's backward mask is `maxpool output > 0` at the pooled positions.
+    relu: bool,
 }
 
 impl Pool {
@@ -55,6 +58,7 @@ impl Pool {
             avg,
             out: [input[0], g.out_h(), g.out_w()],
             argmax: Vec::new(),
+            relu: false,
         })
     }
 
@@ -73,22 +77,34 @@ impl Layer for Pool {
     fn out_shape(&self) -> Shape3 {
         self.out
     }
+    fn scratch_len(&self, n: usize) -> usize {
+        if self.relu { n * numel(self.out) } else { 0 }
+    }
+    fn absorb_relu(&mut self, on: bool) -> bool {
+        self.relu = on && self.avg.is_none();
+        self.avg.is_none()
+    }
     fn forward(
         &mut self,
         n: usize,
         _: &[f32],
         x: &[f32],
         y: &mut [f32],
-        ctx: &mut Ctx<'_>,
+        _: &mut Ctx<'_>,
     ) -> Result<()> {
         let g = self.geom(n)?;
         match self.avg {
             Some(cip) => kernels::avg_pool2d_forward(&g, cip, x, y),
-            None if ctx.training => {
+            None => {
+                // The indices are kept in evaluation mode too: input gradients (stability
+                // analysis) are taken of the evaluation-mode network.
                 let a = grow("MaxPool2d::forward", &mut self.argmax, g.y_len())?;
-                kernels::max_pool2d_forward(&g, x, y, Some(a))
+                kernels::max_pool2d_forward(&g, x, y, Some(a))?;
+                if self.relu {
+                    kernels::relu_in_place(y);
+                }
+                Ok(())
             }
-            None => kernels::max_pool2d_forward(&g, x, y, None),
         }
     }
     fn backward(
@@ -97,18 +113,43 @@ impl Layer for Pool {
         _: &[f32],
         _: &mut [f32],
         _x: &[f32],
-        _y: &[f32],
+        y: &[f32],
         dy: &[f32],
         dx: Option<&mut [f32]>,
         _: Accum,
-        _: &mut Ctx<'_>,
+        ctx: &mut Ctx<'_>,
     ) -> Result<()> {
         let Some(dx) = dx else { return Ok(()) };
         let g = self.geom(n)?;
         match self.avg {
             Some(cip) => kernels::avg_pool2d_backward(&g, cip, dy, dx, Accum::Replace),
             None => {
-                kernels::max_pool2d_backward(&g, &self.argmax[..g.y_len()], dy, dx, Accum::Replace)
+                let argmax = self.argmax.get(..g.y_len()).ok_or_else(|| {
+                    crate::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
+                })?;
+                let dy = if self.relu {
+                    // The ReLU's mask, on the pooled values: zero where the window's maximum
+                    // is not positive (ReLU's gradient at 0 is 0).
+                    let masked = crate::error::check_min_len(
+                        "MaxPool2d::backward",
+                        "scratch",
+                        ctx.ws,
+                        dy.len(),
+                    )
+                    .map(|_| &mut ctx.ws[..dy.len()])?;
+                    kernels::activation_backward(
+                        kernels::Activation::Relu,
+                        y,
+                        y,
+                        dy,
+                        masked,
+                        Accum::Replace,
+                    )?;
+                    &*masked
+                } else {
+                    dy
+                };
+                kernels::max_pool2d_backward(&g, argmax, dy, dx, Accum::Replace)
             }
         }
     }
