@@ -196,9 +196,9 @@ fn normalize(
     )
 }
 
-/// Scratch for [`batch_norm_backward`]: two values per channel.
+/// Scratch for [`batch_norm_backward`]: two values per channel and two per plane.
 pub fn batch_norm_backward_scratch_len(shape: Shape4) -> usize {
-    2 * shape.c
+    2 * shape.c + 2 * shape.n * shape.c
 }
 
 /// Gradient of batch normalisation, given the forward input `x` and the `save_mean` /
@@ -234,36 +234,45 @@ pub fn batch_norm_backward(
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
     check_len(OP, "dy", dy, len)?;
     check_len(OP, "dx", dx, len)?;
-    check_min_len(OP, "ws", ws, 2 * shape.c)?;
-    let (c, plane) = (shape.c, shape.plane());
-    let (sum_dy, sum_dy_xhat) = ws[..2 * c].split_at_mut(c);
+    check_min_len(OP, "ws", ws, batch_norm_backward_scratch_len(shape))?;
+    let (c, n, plane) = (shape.c, shape.n, shape.plane());
+    let (sums, partial) = ws.split_at_mut(2 * c);
+    let (sum_dy, sum_dy_xhat) = sums.split_at_mut(c);
+    let (p_dy, p_dy_xc) = partial[..2 * n * c].split_at_mut(n * c);
+    // Per-plane sums in memory order (the reads stream through x and dy; every plane is an item
+    // of the split), then each channel's planes added in sample order in f64: the same sums in
+    // the same order whatever the thread count.
     par::for_each(
-        c,
+        n * c,
         2 * len,
-        (Items(&mut *sum_dy, 1), Items(&mut *sum_dy_xhat, 1)),
+        (Items(&mut *p_dy, 1), Items(&mut *p_dy_xc, 1)),
         #[inline(always)]
-        |r, (Items(sd, _), Items(sdx, _))| {
-            for ((ch, a), b) in r.zip(sd.iter_mut()).zip(sdx.iter_mut()) {
-                let (mut s1, mut s2) = (0.0f64, 0.0f64);
-                for i in 0..shape.n {
-                    let at = (i * c + ch) * plane;
-                    let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
-                    let mean = splat(save_mean[ch]);
-                    s1 += simd::sum(dy_p) as f64;
-                    s2 += simd::sum_zip(
-                        x_p,
-                        dy_p,
-                        #[inline(always)]
-                        |x, d| (x - mean) * d,
-                    ) as f64;
-                }
-                *a = s1 as f32;
-                // Σ dy·x̂ = invstd · Σ dy·(x − mean)
-                *b = (s2 * save_invstd[ch] as f64) as f32;
+        |r, (Items(pd, _), Items(pdx, _))| {
+            for ((p, a), b) in r.zip(pd.iter_mut()).zip(pdx.iter_mut()) {
+                let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
+                let mean = splat(save_mean[p % c]);
+                *a = simd::sum(dy_p);
+                *b = simd::sum_zip(
+                    x_p,
+                    dy_p,
+                    #[inline(always)]
+                    |x, d| (x - mean) * d,
+                );
             }
             Ok(())
         },
     )?;
+    for ch in 0..c {
+        let (s1, s2) = (0..n).fold((0.0f64, 0.0f64), |(s1, s2), i| {
+            (
+                s1 + p_dy[i * c + ch] as f64,
+                s2 + p_dy_xc[i * c + ch] as f64,
+            )
+        });
+        sum_dy[ch] = s1 as f32;
+        // Σ dy·x̂ = invstd · Σ dy·(x − mean)
+        sum_dy_xhat[ch] = (s2 * save_invstd[ch] as f64) as f32;
+    }
     if let Some(dg) = dgamma {
         check_len(OP, "dgamma", dg, c)?;
         for (d, s) in dg.iter_mut().zip(sum_dy_xhat.iter()) {

@@ -143,7 +143,7 @@ impl Layer for BatchNorm2d {
     }
     fn scratch_len(&self, n: usize) -> usize {
         // The kernel's per-channel sums, then room for dx when this is the first layer.
-        kernels::batch_norm_backward_scratch_len(self.shape4(1)) + n * numel(self.shape)
+        kernels::batch_norm_backward_scratch_len(self.shape4(n)) + n * numel(self.shape)
     }
     fn forward(
         &mut self,
@@ -205,7 +205,9 @@ impl Layer for BatchNorm2d {
     ) -> Result<()> {
         let c = self.shape[0];
         let (dgamma, dbeta) = grad.split_at_mut(c);
-        let (ws, rest) = ctx.ws.split_at_mut(2 * c);
+        let (ws, rest) = ctx
+            .ws
+            .split_at_mut(kernels::batch_norm_backward_scratch_len(self.shape4(n)));
         // Without a caller buffer for dx (first layer), write it to the rest of the scratch.
         let len = x.len();
         let dx = match dx {
