@@ -228,7 +228,7 @@ pub fn activation_backward(
             // `lanes!(operand, |v, d| gradient)`: the pass for one activation, specialised for it.
             macro_rules! lanes {
                 ($src:expr, |$v:ident, $d:ident| $g:expr) => {
-                    backward_from(
+                    crate::kernels::zip_map_into(
                         $src,
                         dy,
                         dx,
@@ -253,27 +253,6 @@ pub fn activation_backward(
         },
     );
     Ok(())
-}
-
-/// `dx (+)= f(a, dy)` lane by lane; `dx` is read only when adding to it.
-#[inline(always)]
-fn backward_from(
-    a: &[f32],
-    dy: &[f32],
-    dx: &mut [f32],
-    accum: Accum,
-    f: impl Fn(Lane, Lane) -> Lane,
-) {
-    match accum {
-        Accum::Replace => simd::zip_map(a, dy, dx, f),
-        Accum::Add => simd::zip_map_acc(
-            a,
-            dy,
-            dx,
-            #[inline(always)]
-            |a, d, old| old + f(a, d),
-        ),
-    }
 }
 
 /// Slopes of PReLU: one shared slope, or one per channel.

@@ -62,3 +62,25 @@ impl Accum {
         }
     }
 }
+
+/// `out (+)= f(a[i], b[i])` lane by lane, per `accum`: `out` is read only when adding to it (a
+/// backward pass that overwrites its gradient is bound by memory traffic).
+#[inline(always)]
+pub(crate) fn zip_map_into(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    accum: Accum,
+    f: impl Fn(crate::simd::Lane, crate::simd::Lane) -> crate::simd::Lane,
+) {
+    match accum {
+        Accum::Replace => crate::simd::zip_map(a, b, out, f),
+        Accum::Add => crate::simd::zip_map_acc(
+            a,
+            b,
+            out,
+            #[inline(always)]
+            |a, b, old| old + f(a, b),
+        ),
+    }
+}

@@ -306,21 +306,23 @@ pub fn batch_norm_backward(
                     let a = splat(sum_dy[ch] / m);
                     let b = splat(inv * sum_dy_xhat[ch] / m);
                     let (mean, kv) = (splat(save_mean[ch]), splat(k));
-                    simd::zip_map_acc(
+                    super::zip_map_into(
                         x_p,
                         dy_p,
                         dx_p,
+                        accum,
                         #[inline(always)]
-                        |x, d, old| accum.lanes(old, kv * (x - mean).mul_neg_add(b, d - a)),
+                        |x, d| kv * (x - mean).mul_neg_add(b, d - a),
                     );
                 } else {
                     let kv = splat(k);
-                    simd::zip_map_acc(
+                    super::zip_map_into(
                         x_p,
                         dy_p,
                         dx_p,
+                        accum,
                         #[inline(always)]
-                        |_, d, old| accum.lanes(old, kv * d),
+                        |_, d| kv * d,
                     );
                 }
             }
