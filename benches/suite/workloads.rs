@@ -421,6 +421,20 @@ pub const GROUPS: [&str; 8] = [
     "gemm", "conv", "pool", "act", "softmax", "bn", "mnist", "xray",
 ];
 
+/// The group a workload id belongs to (`C3` → `conv`, `X1` → `xray`, `relu` → `act`, ...).
+pub fn group_of(id: &str) -> &'static str {
+    match id.chars().next() {
+        Some('C') => "conv",
+        Some('G') => "gemm",
+        Some('P') => "pool",
+        Some('S') => "softmax",
+        Some('B') => "bn",
+        Some('X') => "xray",
+        _ if id.starts_with("mnist") => "mnist",
+        _ => "act",
+    }
+}
+
 pub fn group(name: &str) -> Vec<Case> {
     match name {
         "gemm" => gemm_cases(),
