@@ -93,6 +93,18 @@ fn norm(v: &[f32]) -> f64 {
         .sqrt()
 }
 
+/// An `Err` naming the first value of `x` that is NaN or outside `[lo, hi]`.
+fn check_in_range(op: &'static str, x: &[f32], (lo, hi): (f32, f32)) -> Result<()> {
+    match x.iter().position(|v| !(lo..=hi).contains(v)) {
+        Some(i) => Err(Error::invalid(
+            op,
+            "x",
+            format!("x[{i}] = {} is NaN or outside the range [{lo}, {hi}]", x[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, &a) in v.iter().enumerate() {
@@ -162,14 +174,7 @@ pub fn worst_case_perturbation(
             ),
         ));
     }
-    let (lo, hi) = s.range;
-    if let Some(i) = x.iter().position(|v| !(lo..=hi).contains(v)) {
-        return Err(Error::invalid(
-            OP,
-            "x",
-            format!("x[{i}] = {} is NaN or outside the range [{lo}, {hi}]", x[i]),
-        ));
-    }
+    check_in_range(OP, x, s.range)?;
     let was_training = model.is_training();
     model.eval();
     let r = search(model, x, s);
@@ -414,14 +419,7 @@ pub fn adversarial_examples(
             format!("label {l} for a model of {classes} classes"),
         ));
     }
-    let (lo, hi) = attack.range;
-    if let Some(i) = x.iter().position(|v| !(lo..=hi).contains(v)) {
-        return Err(Error::invalid(
-            OP,
-            "x",
-            format!("x[{i}] = {} is NaN or outside the range [{lo}, {hi}]", x[i]),
-        ));
-    }
+    check_in_range(OP, x, attack.range)?;
     crate::error::check_len(OP, "x", x, n * crate::layer::numel(model.input_shape()))?;
     let was_training = model.is_training();
     model.eval();
