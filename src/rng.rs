@@ -21,6 +21,18 @@ pub(crate) fn uniform_at(seed: u64, i: u64) -> f32 {
     (z >> 40) as f32 * (1.0 / (1u64 << 24) as f32)
 }
 
+/// A standard normal value for element `i` of the stream `seed` (Box–Muller on two counter-based
+/// uniforms, in `f64`): like [`uniform_at`], the same for any split of the work.
+#[inline]
+pub(crate) fn normal_at(seed: u64, i: u64) -> f32 {
+    let j = i.wrapping_mul(2);
+    // 53 random bits each: u1 in (0, 1], u2 in [0, 1).
+    let bits = |k: u64| mix64(seed ^ mix64(k.wrapping_add(1).wrapping_mul(GOLDEN))) >> 11;
+    let u1 = 1.0 - bits(j) as f64 * (1.0 / (1u64 << 53) as f64);
+    let u2 = bits(j.wrapping_add(1)) as f64 * (1.0 / (1u64 << 53) as f64);
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
 /// A small, fast, seeded generator (xoshiro256++, Blackman and Vigna), seeded through SplitMix64.
 ///
 /// Its state can be saved and restored ([`Rng::state`], [`Rng::from_state`]) so a resumed training

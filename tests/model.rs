@@ -54,7 +54,7 @@ fn network() -> impl Strategy<Value = (cnnkit::Shape3, String, usize)> {
         prop_oneof![Just("flatten"), Just("gap"), Just("flatten,ln")],
         prop_oneof![
             Just(String::new()),
-            (2..6usize, act).prop_map(|(h, a)| format!(",dense({h}),{a},dropout(0.3)"))
+            (2..6usize, act).prop_map(|(h, a)| format!(",dense({h}),noise(0.2),{a},dropout(0.3)"))
         ],
         2..5usize,
     )
@@ -365,6 +365,35 @@ fn eval_mode_uses_running_statistics_and_no_noise() {
     let d = m.forward(&x, 4).unwrap().to_vec();
     assert_eq!(c, d);
     assert_eq!(before, m.state_dict());
+}
+
+/// A noise layer is the identity in evaluation; in training it draws new noise on every call,
+/// and a model whose generator state is restored draws the same noise again (resuming a run
+/// repeats it exactly).
+#[test]
+fn noise_layers_are_identity_in_eval_and_resumable_in_training() {
+    let specs = LayerSpec::parse_list("noise(0.3),relu").unwrap();
+    let mut m = Sequential::new([1, 4, 4], &specs, 7).unwrap();
+    let x = values(5, 2 * 16);
+    let state = m.rng_state();
+    let a = m.forward(&x, 2).unwrap().to_vec();
+    let b = m.forward(&x, 2).unwrap().to_vec();
+    assert_ne!(a, b, "training forward draws new noise");
+    // Not just a re-scaled ReLU: some elements that ReLU would zero are now positive.
+    assert!(a.iter().zip(&x).any(|(y, x)| *x <= 0.0 && *y > 0.0));
+    m.set_rng_state(state);
+    assert_eq!(m.forward(&x, 2).unwrap(), &a[..], "same state, same noise");
+    m.eval();
+    let relu: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+    assert_eq!(m.forward(&x, 2).unwrap(), &relu[..]);
+    assert!(
+        LayerSpec::parse_list("noise(-1)")
+            .is_ok_and(|s| Sequential::new([1, 2, 2], &s, 0).is_err())
+    );
+    assert!(
+        LayerSpec::parse_list("noise").is_err(),
+        "the standard deviation has no default"
+    );
 }
 
 /// Mean and standard deviation of a slice.

@@ -8,7 +8,7 @@ use crate::error::{Error, Result, check_len, check_min_len};
 use crate::kernels::Accum;
 use crate::kernels::activation::mask_backward;
 use crate::par::{self, BLOCK, Items};
-use crate::rng::uniform_at;
+use crate::rng::{normal_at, uniform_at};
 use crate::shape::Shape4;
 use crate::simd::{self, splat};
 
@@ -617,6 +617,37 @@ pub fn dropout_forward_train(
                 let keep = uniform_at(seed, i as u64) >= p;
                 *mv = if keep { scale } else { 0.0 };
                 *yv = xv * *mv;
+            }
+        },
+    );
+    Ok(())
+}
+
+/// Additive Gaussian noise, the training-mode forward pass of a noise layer: `y = x + σ·zᵢ` with
+/// `zᵢ` standard normal. `zᵢ` depends only on `(seed, i)`, so it is the same for any number of
+/// threads. The gradient is the identity (`dx = dy`): the noise does not depend on `x`.
+///
+/// # Errors
+/// [`Error::InvalidArg`] unless `σ` is finite and `>= 0`; [`Error::Length`] if the buffers
+/// differ in length.
+pub fn gaussian_noise_forward_train(std: f32, seed: u64, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "gaussian_noise_forward_train";
+    if !(std.is_finite() && std >= 0.0) {
+        return Err(Error::invalid(
+            OP,
+            "std",
+            format!("must be finite and >= 0, got {std}"),
+        ));
+    }
+    check_len(OP, "y", y, x.len())?;
+    par::for_each_block(
+        x.len(),
+        16,
+        Items(y, BLOCK),
+        #[inline(always)]
+        |r, Items(y, _)| {
+            for ((i, &xv), yv) in r.clone().zip(&x[r]).zip(y) {
+                *yv = std.mul_add(normal_at(seed, i as u64), xv);
             }
         },
     );

@@ -414,3 +414,66 @@ impl Layer for Dropout {
         }
     }
 }
+
+/// Additive Gaussian noise while training, the identity in evaluation.
+#[derive(Debug)]
+pub(crate) struct GaussianNoise {
+    std: f32,
+    shape: Shape3,
+}
+
+impl GaussianNoise {
+    pub fn new(std: f32, input: Shape3) -> Result<Self> {
+        if !(std.is_finite() && std >= 0.0) {
+            return Err(shape_error(
+                &LayerSpec::GaussianNoise { std },
+                input,
+                "std must be finite and >= 0",
+            ));
+        }
+        Ok(GaussianNoise { std, shape: input })
+    }
+}
+
+impl Layer for GaussianNoise {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::GaussianNoise { std: self.std }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn forward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        if ctx.training {
+            kernels::gaussian_noise_forward_train(self.std, ctx.seed, x, y)
+        } else {
+            crate::error::check_len("noise", "y", y, x.len())?;
+            y.copy_from_slice(x);
+            Ok(())
+        }
+    }
+    fn backward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        _: &mut [f32],
+        _: &[f32],
+        _: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _: Accum,
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        // The noise does not depend on x: dx = dy in both modes.
+        let Some(dx) = dx else { return Ok(()) };
+        crate::error::check_len("noise", "dx", dx, dy.len())?;
+        dx.copy_from_slice(dy);
+        Ok(())
+    }
+}

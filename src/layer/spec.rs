@@ -20,6 +20,7 @@
 //! | batch norm | `bn[(eps=E][,momentum=M|none])` | `nn.BatchNorm2d` |
 //! | layer norm | `ln[(eps=E)]` (over each sample's `C·H·W` values) | `nn.LayerNorm([C, H, W])` |
 //! | dropout | `dropout[(P)]` (default 0.5) | `nn.Dropout` |
+//! | Gaussian noise | `noise(STD)`: `x + STD·N(0, 1)` in training, identity in evaluation; `noise(0.1),relu` is a noisy ReLU | — (`x + std * torch.randn_like(x)` when training) |
 //! | activations | `relu`, `leakyrelu[(SLOPE)]`, `elu[(ALPHA)]`, `sigmoid`, `tanh`, `softplus[(beta=B,threshold=T)]`, `gelu`, `gelu_tanh` | `nn.ReLU`, ... , `nn.GELU(approximate='tanh')` |
 //! | PReLU | `prelu` (one slope) or `prelu(channels)` (one per channel) | `nn.PReLU()` / `nn.PReLU(C)` |
 //! | RReLU | `rrelu[(LOWER,UPPER)]` (default 1/8, 1/3) | `nn.RReLU` |
@@ -96,6 +97,12 @@ pub enum LayerSpec {
     Dropout {
         /// Probability of zeroing an element.
         p: f32,
+    },
+    /// Additive Gaussian noise in training (`x + std·z`, `z ~ N(0, 1)` per element), the identity
+    /// in evaluation. Put before an activation, it makes a noisy activation (`noise(σ),relu`).
+    GaussianNoise {
+        /// Standard deviation of the noise.
+        std: f32,
     },
     /// An element-wise activation.
     Activation(Activation),
@@ -272,6 +279,7 @@ impl fmt::Display for LayerSpec {
             }
             LayerSpec::LayerNorm { eps } => write!(f, "ln(eps={eps:?})"),
             LayerSpec::Dropout { p } => write!(f, "dropout({p:?})"),
+            LayerSpec::GaussianNoise { std } => write!(f, "noise({std:?})"),
             LayerSpec::Activation(a) => match a {
                 Activation::Relu => write!(f, "relu"),
                 Activation::LeakyRelu { slope } => write!(f, "leakyrelu({slope:?})"),
@@ -504,6 +512,11 @@ impl std::str::FromStr for LayerSpec {
                 a.done(1)?;
                 LayerSpec::Dropout { p }
             }
+            "noise" | "gaussian_noise" => {
+                let std = a.num(0, "std", None)?;
+                a.done(1)?;
+                LayerSpec::GaussianNoise { std }
+            }
             "relu" => act(a, 0, Activation::Relu)?,
             "sigmoid" => act(a, 0, Activation::Sigmoid)?,
             "tanh" => act(a, 0, Activation::Tanh)?,
@@ -557,7 +570,7 @@ mod tests {
     fn parses_and_prints_every_layer() {
         let text = "conv(32,3,p=1),relu,maxpool(2),conv(16,5x3,s=2x1,p=2x1,d=2,g=2,bias=false),\
                     bn(eps=0.001,momentum=none),leakyrelu(0.1),avgpool(3,s=2,p=1,count_include_pad=false),\
-                    gap,flatten,ln(eps=1e-5),dropout(0.25),elu(0.5),sigmoid,tanh,\
+                    gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
                     softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,prelu,prelu(channels),rrelu(0.1,0.3),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
         assert_eq!(specs.len(), 21);
