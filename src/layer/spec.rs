@@ -573,7 +573,7 @@ mod tests {
                     gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
                     softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,prelu,prelu(channels),rrelu(0.1,0.3),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
-        assert_eq!(specs.len(), 21);
+        assert_eq!(specs.len(), 22);
         let printed = LayerSpec::list_to_string(&specs);
         assert_eq!(LayerSpec::parse_list(&printed).unwrap(), specs);
         assert_eq!(specs[0], LayerSpec::conv(32, 3, 1));
