@@ -31,6 +31,15 @@ use crate::error::{Error, Result};
 use crate::model::Sequential;
 use crate::rng::Rng;
 
+mod curve;
+mod pixels;
+mod saliency;
+
+pub use curve::{RobustnessCurve, RobustnessPoint, robustness_curve};
+pub use pixels::Normalization;
+use pixels::{PixelModel, in_eval};
+pub use saliency::{SaliencyMethod, heatmap_overlay, saliency};
+
 /// Settings of [`worst_case_perturbation`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct PerturbationSearch {
@@ -49,6 +58,9 @@ pub struct PerturbationSearch {
     /// Seed of the random start (a tiny Gaussian `r₀`, so the ascent leaves `r = 0`, where the
     /// gradient vanishes) and of the random baseline.
     pub seed: u64,
+    /// How the model's input is made from `x` (`None`: `x` is the input). With a normalisation,
+    /// `x`, `r` and `range` are in pixel units.
+    pub normalization: Option<Normalization>,
 }
 
 impl Default for PerturbationSearch {
@@ -61,6 +73,7 @@ impl Default for PerturbationSearch {
             record_every: 10,
             range: (0.0, 1.0),
             seed: 0,
+            normalization: None,
         }
     }
 }
@@ -175,17 +188,14 @@ pub fn worst_case_perturbation(
         ));
     }
     check_in_range(OP, x, s.range)?;
-    let was_training = model.is_training();
-    model.eval();
-    let r = search(model, x, s);
-    if was_training {
-        model.train();
-    }
-    r
+    in_eval(model, |m| {
+        let mut pm = PixelModel::new(OP, m, s.normalization.as_ref())?;
+        search(&mut pm, x, s)
+    })
 }
 
 fn search(
-    model: &mut Sequential,
+    model: &mut PixelModel<'_>,
     x: &[f32],
     s: &PerturbationSearch,
 ) -> Result<Vec<PerturbationStep>> {
@@ -220,7 +230,7 @@ fn search(
         for ((d, &a), &b) in diff.iter_mut().zip(f).zip(&fx) {
             *d = a - b;
         }
-        model.input_gradient(&xr, &diff, &mut grad, None)?;
+        model.input_gradient(&xr, &diff, &mut grad)?;
         for (((v, ri), &g), &xi) in vel.iter_mut().zip(r.iter_mut()).zip(&grad).zip(x) {
             *v = s.momentum * *v + s.step * (g - s.lambda * *ri);
             *ri = (xi + *ri + *v).clamp(lo, hi) - xi;
@@ -234,7 +244,7 @@ fn search(
 
 #[allow(clippy::too_many_arguments)]
 fn record(
-    model: &mut Sequential,
+    model: &mut PixelModel<'_>,
     x: &[f32],
     fx: &[f32],
     nx: f64,
@@ -247,7 +257,7 @@ fn record(
 ) -> Result<PerturbationStep> {
     let (lo, hi) = s.range;
     let nr = norm(r);
-    let change = |model: &mut Sequential, pert: &[f32]| -> Result<(f32, Option<bool>)> {
+    let change = |model: &mut PixelModel<'_>, pert: &[f32]| -> Result<(f32, Option<bool>)> {
         let xp: Vec<f32> = x.iter().zip(pert).map(|(&a, &b)| a + b).collect();
         let f = model.forward(&xp, 1)?;
         let d: Vec<f32> = f.iter().zip(fx).map(|(&a, &b)| a - b).collect();
@@ -290,19 +300,52 @@ pub enum AttackNorm {
     L2,
 }
 
-/// An adversarial attack on a classifier: FGSM (`steps == 0`: one step of size `ε` from `x`,
-/// Goodfellow et al.) or PGD (`steps` projected steps of size `step_size`, from `x` or from a
-/// uniform random point of the `ε`-ball, Madry et al.). Every example stays within `ε` of `x`
-/// and inside `range`. PGD returns, per sample, the iterate with the highest loss; with
-/// `step_size ≥ ε` and no random start its first iterate is the FGSM example, so its loss is
-/// never below FGSM's.
+/// What an [`Attack`] does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttackKind {
+    /// One step of size `ε` along the loss gradient's sign (L∞) or direction (L2) from `x`
+    /// (Goodfellow et al., the fast gradient sign method).
+    Fgsm,
+    /// `steps` projected gradient steps of size `step_size`, from `x` or from a uniform random
+    /// point of the `ε`-ball (Madry et al.).
+    Pgd,
+    /// The baseline: a random perturbation on the `ε`-sphere, blind to the model — independent
+    /// random signs times `ε` (L∞), or a uniformly random direction of length `ε` (L2).
+    Noise,
+}
+
+impl std::str::FromStr for AttackKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fgsm" => Ok(AttackKind::Fgsm),
+            "pgd" => Ok(AttackKind::Pgd),
+            "noise" => Ok(AttackKind::Noise),
+            _ => Err(Error::invalid(
+                "AttackKind",
+                "attack",
+                format!("'{s}': use fgsm, pgd or noise"),
+            )),
+        }
+    }
+}
+
+/// An adversarial attack on a classifier ([`AttackKind`]): FGSM, PGD, or random noise of the
+/// same size as the baseline. Every example stays within `ε` of `x` and inside `range`. PGD
+/// returns, per sample, the iterate with the highest loss; with `step_size ≥ ε` and no random
+/// start its first iterate is the FGSM example, so its loss is never below FGSM's.
+///
+/// With a [`Normalization`], `x`, `ε`, `step_size` and `range` are in pixel units: the model sees
+/// the normalised examples, and the examples returned are pixels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attack {
+    /// FGSM, PGD or noise.
+    pub kind: AttackKind,
     /// The norm of the budget.
     pub norm: AttackNorm,
     /// The budget `ε` (0 leaves `x` unchanged), in the units of the input the model sees.
     pub eps: f32,
-    /// PGD steps; 0 is FGSM.
+    /// PGD steps.
     pub steps: usize,
     /// PGD step size `α`.
     pub step_size: f32,
@@ -310,14 +353,17 @@ pub struct Attack {
     pub random_start: bool,
     /// The valid input range; examples are clipped to it.
     pub range: (f32, f32),
-    /// Seed of the random start.
+    /// Seed of the random start and of the noise.
     pub seed: u64,
+    /// How the model's input is made from pixels (`None`: the examples are the model's input).
+    pub normalization: Option<Normalization>,
 }
 
 impl Attack {
     /// FGSM with budget `eps` in `norm`, pixels in `[0, 1]`.
     pub fn fgsm(norm: AttackNorm, eps: f32) -> Attack {
         Attack {
+            kind: AttackKind::Fgsm,
             norm,
             eps,
             steps: 0,
@@ -325,6 +371,40 @@ impl Attack {
             random_start: false,
             range: (0.0, 1.0),
             seed: 0,
+            normalization: None,
+        }
+    }
+
+    /// Random noise on the `eps`-sphere of `norm` (clipped to the range), the baseline beside an
+    /// attack, pixels in `[0, 1]`.
+    pub fn noise(norm: AttackNorm, eps: f32) -> Attack {
+        Attack {
+            kind: AttackKind::Noise,
+            ..Attack::fgsm(norm, eps)
+        }
+    }
+
+    /// `kind` with budget `eps` in `norm` and the defaults of [`Attack::fgsm`], [`Attack::pgd`]
+    /// (`steps` steps) or [`Attack::noise`].
+    pub fn of_kind(kind: AttackKind, norm: AttackNorm, eps: f32, steps: usize) -> Attack {
+        match kind {
+            AttackKind::Fgsm => Attack::fgsm(norm, eps),
+            AttackKind::Pgd => Attack::pgd(norm, eps, steps),
+            AttackKind::Noise => Attack::noise(norm, eps),
+        }
+    }
+
+    /// The same attack with budget `eps`; PGD's step size keeps its ratio to the budget.
+    pub fn with_eps(&self, eps: f32) -> Attack {
+        let step_size = if self.eps > 0.0 {
+            self.step_size / self.eps * eps
+        } else {
+            eps / 4.0
+        };
+        Attack {
+            eps,
+            step_size,
+            ..self.clone()
         }
     }
 
@@ -332,6 +412,7 @@ impl Attack {
     /// `[0, 1]`.
     pub fn pgd(norm: AttackNorm, eps: f32, steps: usize) -> Attack {
         Attack {
+            kind: AttackKind::Pgd,
             steps,
             step_size: eps / 4.0,
             random_start: true,
@@ -349,8 +430,11 @@ impl Attack {
             ));
         }
         // (With ε = 0 nothing moves, whatever the step.)
-        if self.steps > 0 && self.eps > 0.0 && !(self.step_size.is_finite() && self.step_size > 0.0)
-        {
+        let pgd = self.kind == AttackKind::Pgd;
+        if pgd && self.steps == 0 {
+            return Err(Error::invalid(OP, "steps", "PGD needs at least 1 step"));
+        }
+        if pgd && self.eps > 0.0 && !(self.step_size.is_finite() && self.step_size > 0.0) {
             return Err(Error::invalid(
                 OP,
                 "step_size",
@@ -421,23 +505,20 @@ pub fn adversarial_examples(
     }
     check_in_range(OP, x, attack.range)?;
     crate::error::check_len(OP, "x", x, n * crate::layer::numel(model.input_shape()))?;
-    let was_training = model.is_training();
-    model.eval();
-    let r = attack_eval(model, x, labels, n, attack);
-    if was_training {
-        model.train();
-    }
-    r
+    in_eval(model, |m| {
+        let mut pm = PixelModel::new(OP, m, attack.normalization.as_ref())?;
+        attack_eval(&mut pm, x, labels, n, attack)
+    })
 }
 
 fn attack_eval(
-    model: &mut Sequential,
+    model: &mut PixelModel<'_>,
     x: &[f32],
     labels: &[u32],
     n: usize,
     a: &Attack,
 ) -> Result<Vec<f32>> {
-    let classes = model.output_len();
+    let classes = model.model.output_len();
     let d = x.len() / n.max(1);
     let (lo, hi) = a.range;
     let mut adv = x.to_vec();
@@ -465,7 +546,31 @@ fn attack_eval(
             }
         }
     };
-    if a.steps > 0 && a.random_start {
+    if a.kind == AttackKind::Noise {
+        let mut rng = Rng::new(a.seed);
+        for s in adv.chunks_exact_mut(d) {
+            match a.norm {
+                AttackNorm::Linf => s.iter_mut().for_each(|v| {
+                    *v += if rng.next_u64() >> 63 == 1 {
+                        a.eps
+                    } else {
+                        -a.eps
+                    }
+                }),
+                AttackNorm::L2 => {
+                    let dir: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
+                    let len = dir.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
+                    for (v, g) in s.iter_mut().zip(&dir) {
+                        *v += (g / len * a.eps as f64) as f32;
+                    }
+                }
+            }
+        }
+        settle(&mut adv);
+        return Ok(adv);
+    }
+    let pgd = a.kind == AttackKind::Pgd;
+    if pgd && a.random_start {
         let mut rng = Rng::new(a.seed);
         for s in adv.chunks_exact_mut(d) {
             match a.norm {
@@ -483,10 +588,10 @@ fn attack_eval(
         }
         settle(&mut adv);
     }
-    let (step, iterations) = if a.steps == 0 {
-        (a.eps, 1)
-    } else {
+    let (step, iterations) = if pgd {
         (a.step_size, a.steps)
+    } else {
+        (a.eps, 1)
     };
     let mut grad = vec![0.0f32; x.len()];
     let mut dlogits = vec![0.0f32; n * classes];
@@ -496,7 +601,7 @@ fn attack_eval(
         let logits = model.forward(&adv, n)?;
         sample_losses(classes, logits, labels, &mut loss);
         // Keep each sample's highest-loss point (PGD's start counts only with a random start).
-        if it > 0 || a.random_start {
+        if it > 0 || (pgd && a.random_start) {
             for (i, (&l, b)) in loss.iter().zip(best_loss.iter_mut()).enumerate() {
                 if l > *b {
                     *b = l;
@@ -508,7 +613,7 @@ fn attack_eval(
             break;
         }
         crate::kernels::cross_entropy_loss(classes, logits, labels, 0.0, Some(&mut dlogits))?;
-        model.input_gradient(&adv, &dlogits, &mut grad, None)?;
+        model.input_gradient(&adv, &dlogits, &mut grad)?;
         for (a_s, g_s) in adv.chunks_exact_mut(d).zip(grad.chunks_exact(d)) {
             match a.norm {
                 AttackNorm::Linf => {
@@ -535,7 +640,7 @@ fn attack_eval(
         }
         settle(&mut adv);
     }
-    Ok(if a.steps == 0 { adv } else { best })
+    Ok(if pgd { best } else { adv })
 }
 
 #[cfg(test)]
@@ -564,6 +669,7 @@ mod tests {
             record_every: 15,
             range: (-1000.0, 1000.0),
             seed: 1,
+            normalization: None,
         };
         let steps = worst_case_perturbation(&mut m, &x, &s).unwrap();
         assert_eq!(
@@ -744,6 +850,7 @@ mod tests {
                 let eps = if norm == AttackNorm::Linf { 0.05 } else { 0.5 };
                 let f = Attack::fgsm(norm, eps);
                 let p = Attack {
+                    kind: AttackKind::Pgd,
                     steps: 5,
                     step_size: eps,
                     random_start: false,
@@ -757,6 +864,68 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The noise baseline sits on the ε-sphere: every pixel moved by exactly ε (L∞), or a
+    /// perturbation of length exactly ε (L2), away from the range's bounds.
+    #[test]
+    fn noise_has_exactly_the_budget() {
+        let (mut m, _, labels) = cnn_and_batch();
+        let x = vec![0.5f32; 4 * 36];
+        for (norm, eps) in [(AttackNorm::Linf, 0.1f32), (AttackNorm::L2, 0.8)] {
+            let adv =
+                adversarial_examples(&mut m, &x, &labels, 4, &Attack::noise(norm, eps)).unwrap();
+            for (a_s, x_s) in adv.chunks_exact(36).zip(x.chunks_exact(36)) {
+                let d: Vec<f32> = a_s.iter().zip(x_s).map(|(a, b)| a - b).collect();
+                match norm {
+                    AttackNorm::Linf => assert!(d.iter().all(|v| (v.abs() - eps).abs() < 1e-6)),
+                    AttackNorm::L2 => assert!((super::norm(&d) - eps as f64).abs() < 1e-5),
+                }
+            }
+        }
+    }
+
+    /// With a normalisation the budget and the range are pixel units: a model that sees
+    /// `(p − 0.5)/0.25` is attacked within ε of the pixels and inside the pixel range; the
+    /// identity normalisation gives the un-normalised attack's bits.
+    #[test]
+    fn a_normalised_model_is_attacked_in_pixel_units() {
+        let (mut m, x, labels) = cnn_and_batch();
+        let norm = Normalization::new(vec![0.5], vec![0.25]).unwrap();
+        for a in [
+            Attack::fgsm(AttackNorm::Linf, 0.05),
+            Attack::pgd(AttackNorm::L2, 0.5, 4),
+        ] {
+            let na = Attack {
+                normalization: Some(norm.clone()),
+                ..a.clone()
+            };
+            let adv = adversarial_examples(&mut m, &x, &labels, 4, &na).unwrap();
+            assert!(adv.iter().all(|v| (0.0..=1.0).contains(v)));
+            for (a_s, x_s) in adv.chunks_exact(36).zip(x.chunks_exact(36)) {
+                let d: Vec<f32> = a_s.iter().zip(x_s).map(|(a, b)| a - b).collect();
+                let size = match a.norm {
+                    AttackNorm::Linf => d.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64)),
+                    AttackNorm::L2 => super::norm(&d),
+                };
+                assert!(size <= a.eps as f64 * (1.0 + 1e-5) && size > 0.0);
+            }
+            let id = Attack {
+                normalization: Some(Normalization::new(vec![0.0], vec![1.0]).unwrap()),
+                ..a.clone()
+            };
+            assert_eq!(
+                adversarial_examples(&mut m, &x, &labels, 4, &id).unwrap(),
+                adversarial_examples(&mut m, &x, &labels, 4, &a).unwrap()
+            );
+        }
+        let two = Attack {
+            normalization: Some(Normalization::new(vec![0.0; 2], vec![1.0; 2]).unwrap()),
+            ..Attack::fgsm(AttackNorm::Linf, 0.1)
+        };
+        let e = adversarial_examples(&mut m, &x, &labels, 4, &two).unwrap_err();
+        assert!(e.to_string().contains("1-channel"), "{e}");
+        assert!(Normalization::new(vec![0.0], vec![0.0]).is_err());
     }
 
     #[test]
@@ -778,6 +947,12 @@ mod tests {
             ..ok.clone()
         };
         assert!(err(&mut m, &x, &labels, &step).contains("step_size"));
+        let no_steps = Attack {
+            steps: 0,
+            ..ok.clone()
+        };
+        assert!(err(&mut m, &x, &labels, &no_steps).contains("steps"));
+        assert!("cw".parse::<AttackKind>().is_err());
         let range = Attack {
             range: (1.0, 0.0),
             ..ok.clone()
