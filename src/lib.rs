@@ -154,7 +154,10 @@ pub use layer::{LayerSpec, Shape3, Tensor, TensorData};
 pub use memory::{memory_budget, set_memory_budget};
 pub use model::Sequential;
 pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};
-pub use train::{Control, EpochReport, Event, Progress, TrainConfig, Trainer, evaluate, predict};
+pub use train::{
+    AdversarialTraining, Control, EpochReport, Event, Progress, TrainConfig, Trainer, evaluate,
+    predict,
+};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

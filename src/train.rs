@@ -12,7 +12,7 @@ use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
 use std::collections::BTreeMap;
 
 /// How to train.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
     /// Passes over the training set (default 30, as the `cnnkit` command).
     pub epochs: usize,
@@ -27,6 +27,35 @@ pub struct TrainConfig {
     pub label_smoothing: f32,
     /// Batch size for evaluation (default 256).
     pub eval_batch_size: usize,
+    /// Adversarial training (default none): part of every batch is replaced by adversarial
+    /// examples of the current model before the step.
+    pub adversarial: Option<AdversarialTraining>,
+}
+
+/// Adversarial training (Goodfellow et al. with FGSM; Madry et al. with PGD): before each step,
+/// the first `⌈fraction·n⌉` samples of the batch are replaced by their adversarial examples
+/// under `attack`, made against the current weights in evaluation mode; the step then trains on
+/// the mixed batch. With the attack's [`Normalization`](crate::stability::Normalization), the
+/// batch holds normalised inputs (as the datasets the `cnnkit` command trains on) and the budget
+/// and range are in pixel units. Each step's attack seed is the attack's seed plus the step's
+/// number, so a resumed run repeats the same examples. Such a step allocates (the attack's
+/// buffers), unlike a plain one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdversarialTraining {
+    /// The attack that makes the examples.
+    pub attack: crate::stability::Attack,
+    /// Fraction of each batch replaced, in `(0, 1]` (default 0.5).
+    pub fraction: f32,
+}
+
+impl AdversarialTraining {
+    /// Half of each batch replaced by `attack`'s examples.
+    pub fn new(attack: crate::stability::Attack) -> Self {
+        AdversarialTraining {
+            attack,
+            fraction: 0.5,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -38,6 +67,7 @@ impl Default for TrainConfig {
             schedule: LrSchedule::Constant,
             label_smoothing: 0.0,
             eval_batch_size: 256,
+            adversarial: None,
         }
     }
 }
@@ -141,6 +171,15 @@ impl Trainer {
             ));
         }
         cfg.schedule.validate()?;
+        if let Some(a) = &cfg.adversarial
+            && !(a.fraction > 0.0 && a.fraction <= 1.0)
+        {
+            return Err(Error::invalid(
+                "Trainer::new",
+                "adversarial.fraction",
+                format!("{} (must be in (0, 1])", a.fraction),
+            ));
+        }
         let optimizer = Optimizer::new(optimizer, model.param_count())?;
         let shuffle_rng = crate::rng::Rng::new(cfg.seed).state();
         Ok(Trainer {
@@ -220,6 +259,14 @@ impl Trainer {
     pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<(f32, usize)> {
         let n = labels.len();
         let classes = self.model.output_len();
+        let mixed;
+        let x = match self.cfg.adversarial.clone() {
+            Some(adv) if n > 0 => {
+                mixed = self.adversarial_batch(&adv, x, labels)?;
+                &mixed[..]
+            }
+            _ => x,
+        };
         self.model.train();
         crate::layer::grow("Trainer::step", &mut self.dlogits, n * classes)?;
         let logits = self.model.forward(x, n)?;
@@ -246,6 +293,46 @@ impl Trainer {
         let (p, g) = self.model.params_and_grads();
         self.optimizer.step(p, g)?;
         Ok((loss, correct))
+    }
+
+    /// `x` with its first `⌈fraction·n⌉` samples replaced by adversarial examples.
+    fn adversarial_batch(
+        &mut self,
+        adv: &AdversarialTraining,
+        x: &[f32],
+        labels: &[u32],
+    ) -> Result<Vec<f32>> {
+        const OP: &str = "Trainer::step";
+        let n = labels.len();
+        let d = crate::layer::numel(self.model.input_shape());
+        crate::error::check_len(OP, "x", x, n * d)?;
+        let k = ((adv.fraction as f64 * n as f64).ceil() as usize).min(n);
+        let plane = d / self.model.input_shape()[0].max(1);
+        let steps_done = self.progress.epoch as u64 * 1_000_003 + self.progress.step as u64;
+        let attack = crate::stability::Attack {
+            seed: adv.attack.seed.wrapping_add(steps_done),
+            ..adv.attack.clone()
+        };
+        let mut out = x.to_vec();
+        let head = &mut out[..k * d];
+        if let Some(nm) = &attack.normalization {
+            nm.to_pixels(plane, &x[..k * d], head);
+            // Normalised pixels may leave the range by a rounding error.
+            let (lo, hi) = attack.range;
+            head.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
+        }
+        let ex = crate::stability::adversarial_examples(
+            &mut self.model,
+            head,
+            &labels[..k],
+            k,
+            &attack,
+        )?;
+        match &attack.normalization {
+            Some(nm) => nm.to_input(plane, &ex, head),
+            None => head.copy_from_slice(&ex),
+        }
+        Ok(out)
     }
 
     /// Trains for the remaining epochs of the configuration, evaluating on `val` after each
@@ -495,8 +582,8 @@ fn num<T: std::str::FromStr>(m: &std::collections::HashMap<&str, &str>, k: &str)
 }
 
 impl TrainConfig {
-    fn to_text(self) -> String {
-        format!(
+    fn to_text(&self) -> String {
+        let mut t = format!(
             "epochs={};batch_size={};seed={};schedule={};label_smoothing={:?};eval_batch_size={}",
             self.epochs,
             self.batch_size,
@@ -504,7 +591,12 @@ impl TrainConfig {
             self.schedule,
             self.label_smoothing,
             self.eval_batch_size
-        )
+        );
+        if let Some(a) = &self.adversarial {
+            t.push_str(";adversarial=");
+            t.push_str(&a.to_text());
+        }
+        t
     }
     fn from_text(s: &str) -> Option<Self> {
         let m = fields(s);
@@ -515,6 +607,82 @@ impl TrainConfig {
             schedule: num(&m, "schedule")?,
             label_smoothing: num(&m, "label_smoothing")?,
             eval_batch_size: num(&m, "eval_batch_size")?,
+            adversarial: match m.get("adversarial") {
+                None => None,
+                Some(a) => Some(AdversarialTraining::from_text(a)?),
+            },
+        })
+    }
+}
+
+impl AdversarialTraining {
+    /// `kind,norm,eps,steps,step_size,random_start,lo,hi,seed,fraction[,means,stds]` with
+    /// `/`-separated per-channel values.
+    fn to_text(&self) -> String {
+        use crate::stability::{AttackKind, AttackNorm};
+        let a = &self.attack;
+        let kind = match a.kind {
+            AttackKind::Fgsm => "fgsm",
+            AttackKind::Pgd => "pgd",
+            AttackKind::Noise => "noise",
+        };
+        let norm = match a.norm {
+            AttackNorm::Linf => "linf",
+            AttackNorm::L2 => "l2",
+        };
+        let mut t = format!(
+            "{kind},{norm},{:?},{},{:?},{},{:?},{:?},{},{:?}",
+            a.eps,
+            a.steps,
+            a.step_size,
+            a.random_start,
+            a.range.0,
+            a.range.1,
+            a.seed,
+            self.fraction
+        );
+        if let Some(n) = &a.normalization {
+            let join = |v: &[f32]| {
+                v.iter()
+                    .map(|x| format!("{x:?}"))
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            t.push_str(&format!(",{},{}", join(&n.mean), join(&n.std)));
+        }
+        t
+    }
+
+    fn from_text(s: &str) -> Option<Self> {
+        use crate::stability::{Attack, AttackNorm, Normalization};
+        let f: Vec<&str> = s.split(',').collect();
+        if f.len() != 10 && f.len() != 12 {
+            return None;
+        }
+        let floats =
+            |t: &str| -> Option<Vec<f32>> { t.split('/').map(|v| v.parse().ok()).collect() };
+        let normalization = if f.len() == 12 {
+            Some(Normalization::new(floats(f[10])?, floats(f[11])?).ok()?)
+        } else {
+            None
+        };
+        Some(AdversarialTraining {
+            attack: Attack {
+                kind: f[0].parse().ok()?,
+                norm: match f[1] {
+                    "linf" => AttackNorm::Linf,
+                    "l2" => AttackNorm::L2,
+                    _ => return None,
+                },
+                eps: f[2].parse().ok()?,
+                steps: f[3].parse().ok()?,
+                step_size: f[4].parse().ok()?,
+                random_start: f[5].parse().ok()?,
+                range: (f[6].parse().ok()?, f[7].parse().ok()?),
+                seed: f[8].parse().ok()?,
+                normalization,
+            },
+            fraction: f[9].parse().ok()?,
         })
     }
 }
@@ -707,7 +875,8 @@ impl Trainer {
             .map_err(|e| Error::file(path, e.to_string()))?;
         model.set_rng_state(model_rng);
         model.train();
-        let mut t = Trainer::new(model, kind, cfg).map_err(|e| Error::file(path, e.to_string()))?;
+        let mut t =
+            Trainer::new(model, kind, cfg.clone()).map_err(|e| Error::file(path, e.to_string()))?;
         let view: Vec<(&str, &[f32])> = optim
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice()))

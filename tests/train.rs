@@ -45,7 +45,7 @@ fn a_rate_set_on_the_optimizer_is_used_and_the_schedule_continues_from_it() {
         let mut t = trainer("flatten,dense(10)", "sgd(lr=0.05)", 4, 0);
         let cfg = TrainConfig {
             schedule: schedule.parse().unwrap(),
-            ..*t.config()
+            ..t.config().clone()
         };
         let model = t.into_model();
         t = Trainer::new(model, "sgd(lr=0.05)".parse().unwrap(), cfg).unwrap();

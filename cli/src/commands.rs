@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Loads a model saved by `cnnkit train` and its pipeline; or, given `--arch`, a state dict
 /// saved elsewhere, for inputs of `input` with classes `classes` and no normalisation.
-fn load_model(
+pub fn load_model(
     path: &Path,
     arch: Option<&str>,
     input: impl FnOnce() -> Result<(Shape3, Vec<String>, String)>,
@@ -64,14 +64,20 @@ fn load_model(
     Ok((model, pipe))
 }
 
-pub fn eval(a: &EvalArgs) -> Result<()> {
+/// A model and the data to test it on (as `eval` finds it: `--data`, or the data the model was
+/// trained on), checked against each other; the images are pixels, not yet normalised.
+pub fn model_and_test_data(
+    model: &Path,
+    data: Option<&PathBuf>,
+    foreign: &crate::ForeignModel,
+) -> Result<(Sequential, Pipeline, cnnkit::data::Dataset)> {
     // With --arch, the data says what the inputs and classes are.
     let mut early = None;
-    let (mut model, pipe) = load_model(&a.model, a.foreign.arch.as_deref(), || {
-        let Some(data) = &a.data else {
+    let (model, pipe) = load_model(model, foreign.arch.as_deref(), || {
+        let Some(data) = data else {
             bail!("--arch needs --data: the images to evaluate on");
         };
-        let opts = a.foreign.image_options();
+        let opts = foreign.image_options();
         let given = opts.size.is_some() || opts.grayscale;
         let loaded = pipeline::load(Some(data), &opts, given)?;
         let ds = loaded.test.unwrap_or(loaded.train);
@@ -79,10 +85,10 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         early = Some(ds);
         Ok(r)
     })?;
-    let mut ds = match early {
+    let ds = match early {
         Some(ds) => ds,
         None => {
-            let data = match (&a.data, pipe.source.as_str(), &pipe.data) {
+            let data = match (data, pipe.source.as_str(), &pipe.data) {
                 (Some(p), _, _) => Some(p.clone()),
                 (None, "digits", _) => None,
                 (None, source, Some(p)) if Path::new(p).is_dir() => {
@@ -114,6 +120,11 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
             model.input_shape()
         );
     }
+    Ok((model, pipe, ds))
+}
+
+pub fn eval(a: &EvalArgs) -> Result<()> {
+    let (mut model, pipe, mut ds) = model_and_test_data(&a.model, a.data.as_ref(), &a.foreign)?;
     ds.normalize(&pipe.mean, &pipe.std)?;
     let m = evaluate(&mut model, &ds, 256)?;
     println!(
@@ -128,15 +139,19 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn predict(a: &PredictArgs) -> Result<()> {
-    let (mut model, pipe) = load_model(&a.model, a.foreign.arch.as_deref(), || {
-        let Some([h, w]) = a.foreign.size else {
+/// A model for classifying image files: saved by `cnnkit train`, or a state dict with `--arch`
+/// and `--size` (numbered classes).
+pub fn model_for_images(
+    path: &Path,
+    foreign: &crate::ForeignModel,
+) -> Result<(Sequential, Pipeline)> {
+    let (model, pipe) = load_model(path, foreign.arch.as_deref(), || {
+        let Some([h, w]) = foreign.size else {
             bail!("--arch needs --size HxW: the model's input size");
         };
-        let c = a.foreign.image_options().channels();
+        let c = foreign.image_options().channels();
         Ok(([c, h, w], Vec::new(), "folder".to_string()))
     })?;
-    // A model given with --arch has numbered classes.
     let pipe = if pipe.classes.is_empty() {
         Pipeline {
             classes: (0..model.output_len()).map(|i| i.to_string()).collect(),
@@ -145,6 +160,11 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     } else {
         pipe
     };
+    Ok((model, pipe))
+}
+
+pub fn predict(a: &PredictArgs) -> Result<()> {
+    let (mut model, pipe) = model_for_images(&a.model, &a.foreign)?;
     let opts = pipe.image_options();
     for path in &a.images {
         let (mut x, shape) = load_image(path, &opts)?;
@@ -263,7 +283,7 @@ fn enhance(input: &Path, output: &Path, a: &PreprocessArgs) -> Result<()> {
     save(output, || buf.save(output))
 }
 
-fn save(output: &Path, f: impl FnOnce() -> image::ImageResult<()>) -> Result<()> {
+pub fn save(output: &Path, f: impl FnOnce() -> image::ImageResult<()>) -> Result<()> {
     if let Some(d) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the folder", d.display()))?;

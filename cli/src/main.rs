@@ -3,6 +3,7 @@
 mod commands;
 mod pipeline;
 mod report;
+mod stability;
 mod train;
 
 use anyhow::{Context, Result, bail};
@@ -38,6 +39,14 @@ enum Cmd {
     Predict(PredictArgs),
     /// Enhance images (CLAHE, histogram equalisation, brightness/contrast, resize) and write them.
     Preprocess(PreprocessArgs),
+    /// Accuracy under adversarial attack at each budget, beside random noise of the same size;
+    /// writes CSV and SVG curves beside the model.
+    Robustness(stability::RobustnessArgs),
+    /// The worst-case perturbation search on one image: a table of growing perturbations and a
+    /// PNG strip (input, perturbation magnified, perturbed input, class probabilities).
+    Perturb(stability::PerturbArgs),
+    /// Saliency maps (gradient, SmoothGrad, integrated gradients) as heat maps over the images.
+    Saliency(stability::SaliencyArgs),
 }
 
 /// Options of `cnnkit train`.
@@ -108,6 +117,12 @@ pub struct TrainArgs {
     /// other options are those of the interrupted run, except --threads and --out.
     #[arg(long, value_name = "CHECKPOINT")]
     pub resume: Option<PathBuf>,
+    /// Adversarial training: replace part of every batch by adversarial examples of the current
+    /// model, `KIND[,eps=E][,norm=linf|l2][,steps=N][,fraction=F]` with KIND fgsm or pgd, such as
+    /// "pgd,eps=0.1,steps=7". ε is in pixel units (pixels in [0, 1]); defaults: eps 0.1, linf,
+    /// 7 PGD steps of ε/4 from a random start, half of each batch.
+    #[arg(long, value_name = "ATTACK")]
+    pub adversarial: Option<String>,
     /// Stop as Ctrl-C does after this many steps (for testing).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,
@@ -290,6 +305,15 @@ fn main() -> ExitCode {
         Cmd::Eval(a) => with_threads(a.threads, || commands::eval(&a)).map(|_| ExitCode::SUCCESS),
         Cmd::Predict(a) => commands::predict(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Preprocess(a) => commands::preprocess(&a).map(|_| ExitCode::SUCCESS),
+        Cmd::Robustness(a) => {
+            with_threads(a.threads, || stability::robustness(&a)).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Perturb(a) => {
+            with_threads(a.threads, || stability::perturb(&a)).map(|_| ExitCode::SUCCESS)
+        }
+        Cmd::Saliency(a) => {
+            with_threads(a.threads, || stability::saliency(&a)).map(|_| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,

@@ -232,9 +232,10 @@ fn train(
         size: [shape[1], shape[2]],
         clahe: a.clahe,
         equalize: a.equalize,
-        mean,
-        std,
+        mean: mean.clone(),
+        std: std.clone(),
     };
+    let mean_std = (mean, std);
     let mut trainer = match resumed {
         Some((t, meta)) => {
             let n: usize = meta
@@ -277,6 +278,12 @@ fn train(
                 schedule: a.schedule.parse().context("--schedule")?,
                 label_smoothing: a.label_smoothing,
                 eval_batch_size: 256,
+                adversarial: a
+                    .adversarial
+                    .as_deref()
+                    .map(|s| crate::stability::adversarial_training(s, &mean_std))
+                    .transpose()
+                    .context("--adversarial")?,
             };
             if !(0.0..=1.0).contains(&a.label_smoothing) {
                 bail!("--label-smoothing must be in [0, 1]");

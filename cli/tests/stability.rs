@@ -1,0 +1,245 @@
+//! `cnnkit robustness`, `perturb`, `saliency` and `train --adversarial` end to end on the
+//! embedded digits.
+
+mod common;
+
+use common::{Dir, cnnkit, fails, png, text};
+
+/// An 8x8 ring, roughly a zero.
+fn ring(path: &std::path::Path) {
+    png(path, 8, 8, |x, y| {
+        let (dx, dy) = (x as f32 - 3.5, y as f32 - 3.5);
+        let r = (dx * dx + dy * dy).sqrt();
+        if (1.8..3.4).contains(&r) { 255 } else { 0 }
+    });
+}
+
+fn ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let o = cnnkit(dir, args);
+    let t = text(&o);
+    assert!(o.status.success(), "{args:?}: {t}");
+    t
+}
+
+#[test]
+fn robustness_perturb_and_saliency_on_a_trained_model() {
+    let d = Dir::new("stability");
+    ok(&d.0, &["train", "--epochs", "4"]);
+    let t = ok(
+        &d.0,
+        &[
+            "robustness",
+            "model.safetensors",
+            "--attack",
+            "fgsm",
+            "--eps",
+            "0,0.05,0.3",
+        ],
+    );
+    // The table: clean accuracy, one row per budget; ε = 0 is the clean accuracy itself, and at
+    // 0.3 (30 % of the pixel range) FGSM has broken most of the digits while noise has not.
+    assert!(
+        t.contains("clean accuracy") && t.contains("| 0.05 |"),
+        "{t}"
+    );
+    let csv = std::fs::read_to_string(d.0.join("model.robustness-fgsm-linf.csv")).unwrap();
+    let rows: Vec<Vec<f64>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!(rows[0][0], 0.0, "{csv}");
+    let clean = format!("clean accuracy {:.2}%", 100.0 * rows[0][1]);
+    let zero = format!("| 0 | {:.2}% |", 100.0 * rows[0][1]);
+    assert!(
+        t.contains(&clean) && t.contains(&zero),
+        "ε = 0 is the clean accuracy: {t}"
+    );
+    let last = rows.last().unwrap();
+    assert!(last[1] < 0.5 && last[2] > last[1], "{csv}");
+    let svg = std::fs::read_to_string(d.0.join("model.robustness-fgsm-linf.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.matches("<polyline").count() == 2);
+    ok(
+        &d.0,
+        &[
+            "robustness",
+            "model.safetensors",
+            "--attack",
+            "pgd",
+            "--norm",
+            "l2",
+            "--eps",
+            "0.5",
+            "--steps",
+            "3",
+            "--limit",
+            "50",
+        ],
+    );
+    assert!(d.0.join("model.robustness-pgd-l2.csv").is_file());
+
+    ring(&d.0.join("zero.png"));
+    let t = ok(&d.0, &["perturb", "model.safetensors", "zero.png"]);
+    assert!(t.contains("predicted 0") && t.contains("| 100 |"), "{t}");
+    // Rows: iteration, ‖r‖/‖x‖, output change, class, noise's output change, noise's class.
+    let rows: Vec<Vec<&str>> = t
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.as_bytes()[2].is_ascii_digit())
+        .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    assert_eq!(rows.len(), 20, "{t}");
+    let num = |r: &Vec<&str>, i: usize| r[i].parse::<f64>().unwrap();
+    // Growing perturbations, which end up changing the class, and at the end the worst case moves
+    // the output more than noise of the same size.
+    assert!(
+        rows.windows(2)
+            .all(|w| num(&w[1], 1) >= num(&w[0], 1) * 0.9),
+        "{t}"
+    );
+    assert!(rows.iter().any(|r| r[3].contains("changed")), "{t}");
+    let last = rows.last().unwrap();
+    assert!(num(last, 2) > num(last, 4), "{t}");
+    let strip = image::open(d.0.join("zero.perturb.png")).unwrap();
+    // Four panels of 8x8 magnified 16 times, 4-pixel gaps.
+    assert_eq!((strip.width(), strip.height()), (4 * 128 + 12, 128));
+
+    for m in ["grad", "smoothgrad", "ig"] {
+        let t = ok(
+            &d.0,
+            &[
+                "saliency",
+                "model.safetensors",
+                "zero.png",
+                "--method",
+                m,
+                "--out-dir",
+                "maps",
+            ],
+        );
+        assert!(t.contains("zero.png: class"), "{t}");
+        let img = image::open(d.0.join(format!("maps/zero.{m}.png")))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(img.dimensions(), (8, 8));
+        // Some pixel is coloured (the map is not empty).
+        assert!(img.pixels().any(|p| p[0] != p[2]), "{m}: no heat");
+    }
+    ok(
+        &d.0,
+        &["saliency", "model.safetensors", "zero.png", "--class", "3"],
+    );
+}
+
+/// Adversarial training raises accuracy under the attack it trains against (FGSM at ε = 0.2 on
+/// the digits: the plain model keeps a few percent).
+#[test]
+fn adversarial_training_raises_robust_accuracy() {
+    let d = Dir::new("adversarial");
+    ok(
+        &d.0,
+        &["train", "--epochs", "8", "--out", "plain.safetensors"],
+    );
+    ok(
+        &d.0,
+        &[
+            "train",
+            "--epochs",
+            "8",
+            "--adversarial",
+            "fgsm,eps=0.2",
+            "--out",
+            "adv.safetensors",
+        ],
+    );
+    let acc = |m: &str| -> f64 {
+        ok(&d.0, &["robustness", m, "--attack", "fgsm", "--eps", "0.2"]);
+        let stem = m.trim_end_matches(".safetensors");
+        let csv =
+            std::fs::read_to_string(d.0.join(format!("{stem}.robustness-fgsm-linf.csv"))).unwrap();
+        csv.lines()
+            .nth(2)
+            .unwrap()
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (plain, adv) = (acc("plain.safetensors"), acc("adv.safetensors"));
+    assert!(adv > plain + 0.2, "robust accuracy {plain} → {adv}");
+}
+
+#[test]
+fn bad_stability_requests_get_one_clear_line() {
+    let d = Dir::new("stability_errors");
+    ok(&d.0, &["train", "--epochs", "1"]);
+    ring(&d.0.join("zero.png"));
+    fails(
+        &d.0,
+        &["robustness", "model.safetensors", "--attack", "cw"],
+        &["--attack", "fgsm, pgd or noise"],
+    );
+    fails(
+        &d.0,
+        &["robustness", "model.safetensors", "--eps", "0.1,-1"],
+        &["--eps", "'-1'"],
+    );
+    fails(
+        &d.0,
+        &["robustness", "model.safetensors", "--norm", "l1"],
+        &["--norm", "linf or l2"],
+    );
+    fails(
+        &d.0,
+        &["robustness", "missing.safetensors"],
+        &["missing.safetensors"],
+    );
+    fails(
+        &d.0,
+        &[
+            "saliency",
+            "model.safetensors",
+            "zero.png",
+            "--method",
+            "lime",
+        ],
+        &["--method", "grad, smoothgrad or ig"],
+    );
+    fails(
+        &d.0,
+        &["saliency", "model.safetensors", "zero.png", "--class", "11"],
+        &["--class 11"],
+    );
+    fails(
+        &d.0,
+        &["saliency", "model.safetensors", "nothere.png"],
+        &["nothere.png"],
+    );
+    fails(
+        &d.0,
+        &[
+            "perturb",
+            "model.safetensors",
+            "zero.png",
+            "--iterations",
+            "0",
+        ],
+        &["iterations"],
+    );
+    fails(
+        &d.0,
+        &["train", "--epochs", "1", "--adversarial", "noise"],
+        &["--adversarial", "fgsm or pgd"],
+    );
+    fails(
+        &d.0,
+        &["train", "--epochs", "1", "--adversarial", "pgd,eps=x"],
+        &["--adversarial", "eps = 'x'"],
+    );
+    fails(
+        &d.0,
+        &["train", "--epochs", "1", "--adversarial", "fgsm,fraction=2"],
+        &["fraction"],
+    );
+}
