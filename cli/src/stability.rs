@@ -143,7 +143,7 @@ pub fn adversarial_training(
             _ => bail!("unknown setting '{k}': use eps, norm, steps or fraction"),
         }
     }
-    if !(eps > 0.0) {
+    if eps <= 0.0 {
         bail!("eps must be > 0");
     }
     let attack = Attack {
