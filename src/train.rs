@@ -328,9 +328,23 @@ impl Trainer {
             k,
             &attack,
         )?;
-        match &attack.normalization {
-            Some(nm) => nm.to_input(plane, &ex, head),
-            None => head.copy_from_slice(&ex),
+        // input + δ/std with δ the perturbation in pixels: an element the attack left alone
+        // keeps its exact input value (no round trip through pixels).
+        let channels = self.model.input_shape()[0].max(1);
+        for (p, ((o, e), xi)) in head
+            .chunks_mut(plane.max(1))
+            .zip(ex.chunks(plane.max(1)))
+            .zip(x.chunks(plane.max(1)))
+            .enumerate()
+        {
+            let s = attack
+                .normalization
+                .as_ref()
+                .map_or(1.0, |nm| nm.std[p % channels]);
+            for ((o, &e), &xv) in o.iter_mut().zip(e).zip(xi) {
+                let delta = e - *o;
+                *o = if delta == 0.0 { xv } else { xv + delta / s };
+            }
         }
         Ok(out)
     }

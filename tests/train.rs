@@ -5,7 +5,11 @@ mod common;
 
 use cnnkit::metrics::{Metrics, roc_auc};
 use cnnkit::optim::OptimizerKind;
-use cnnkit::{Control, Event, LayerSpec, Sequential, TrainConfig, Trainer, data, evaluate};
+use cnnkit::stability::{Attack, AttackNorm, Normalization};
+use cnnkit::{
+    AdversarialTraining, Control, Event, LayerSpec, Sequential, TrainConfig, Trainer, data,
+    evaluate,
+};
 use common::TempDir;
 use std::collections::BTreeMap;
 
@@ -241,4 +245,72 @@ fn metrics_match_scikit_learn() {
     let m = Metrics::new(3, &[0, 1, 2], &[0, 0, 0], None, 0.0);
     assert_eq!(m.per_class[1].precision, 0.0);
     assert_eq!(Metrics::from_confusion(m.confusion.clone(), 0.0, None), m);
+}
+
+fn adversarial_trainer(attack: Attack, fraction: f32, seed: u64) -> Trainer {
+    let (mean, std) = data::digits().unwrap().0.channel_stats();
+    let attack = Attack {
+        normalization: Some(Normalization::new(mean, std).unwrap()),
+        ..attack
+    };
+    let mut t = trainer(NOISY, "adam", 2, seed);
+    let cfg = TrainConfig {
+        adversarial: Some(AdversarialTraining { attack, fraction }),
+        ..t.config().clone()
+    };
+    t = Trainer::new(t.into_model(), "adam".parse().unwrap(), cfg).unwrap();
+    t
+}
+
+/// Adversarial training: a budget of 0 is plain training, bit for bit; a real budget changes the
+/// run; a run stopped, saved and resumed equals the uninterrupted one (the attack and its seeds
+/// are part of the checkpoint); a fraction outside (0, 1] is refused.
+#[test]
+fn adversarial_training_is_plain_at_eps_0_and_resumes_exactly() {
+    let (train, _) = digits();
+    let train = train.subset(&(0..200).collect::<Vec<_>>());
+    let mut plain = trainer(NOISY, "adam", 2, 3);
+    plain.fit(&train, None, &mut |_| Control::Continue).unwrap();
+    let pgd = Attack::pgd(AttackNorm::Linf, 0.1, 3);
+    let mut zero = adversarial_trainer(pgd.with_eps(0.0), 0.5, 3);
+    zero.fit(&train, None, &mut |_| Control::Continue).unwrap();
+    assert_eq!(weights_bits(&zero), weights_bits(&plain));
+    let mut full = adversarial_trainer(pgd.clone(), 0.5, 3);
+    full.fit(&train, None, &mut |_| Control::Continue).unwrap();
+    assert_ne!(weights_bits(&full), weights_bits(&plain));
+    let mut part = adversarial_trainer(pgd.clone(), 0.5, 3);
+    let mut steps = 0;
+    part.fit(&train, None, &mut |e| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+        }
+        if steps == 9 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })
+    .unwrap();
+    let dir = TempDir::new("adv_resume");
+    let path = dir.0.join("state.safetensors");
+    part.save(&path, &BTreeMap::new()).unwrap();
+    let (mut resumed, _) = Trainer::load(&path).unwrap();
+    assert_eq!(resumed.config(), full.config());
+    resumed
+        .fit(&train, None, &mut |_| Control::Continue)
+        .unwrap();
+    assert_eq!(weights_bits(&resumed), weights_bits(&full));
+    let specs = LayerSpec::parse_list("flatten,dense(10)").unwrap();
+    for fraction in [0.0f32, 1.5, f32::NAN] {
+        let cfg = TrainConfig {
+            adversarial: Some(AdversarialTraining {
+                attack: pgd.clone(),
+                fraction,
+            }),
+            ..Default::default()
+        };
+        let model = Sequential::new([1, 8, 8], &specs, 0).unwrap();
+        let e = Trainer::new(model, "adam".parse().unwrap(), cfg).unwrap_err();
+        assert!(e.to_string().contains("fraction"), "{e}");
+    }
 }
