@@ -1,0 +1,95 @@
+//! Input gradients, saliency and attacks against PyTorch: tests/fixtures/gen_stability.py builds
+//! the network of a cnnkit checkpoint in PyTorch, loads its weights, and stores its input
+//! gradients, FGSM and PGD examples on fixed pixels (through the checkpoint's normalisation).
+
+#[path = "fixtures/stability_torch.rs"]
+mod fixture;
+
+use cnnkit::Sequential;
+use cnnkit::stability::{
+    Attack, AttackKind, AttackNorm, Normalization, SaliencyMethod, adversarial_examples, saliency,
+};
+use fixture::*;
+
+fn model() -> Sequential {
+    let (mut m, _) = Sequential::load(std::path::Path::new(
+        "tests/fixtures/stability_model.safetensors",
+    ))
+    .unwrap();
+    m.eval();
+    m
+}
+
+fn norm() -> Normalization {
+    Normalization::new(vec![MEAN], vec![STD]).unwrap()
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * scale.max(1.0),
+            "{what}[{i}]: cnnkit {g}, PyTorch {w}"
+        );
+    }
+}
+
+/// The summed cross-entropy's gradient in pixels, and the gradient map of class 2's logit.
+#[test]
+fn input_gradients_match_pytorch() {
+    let mut m = model();
+    let n = LABELS.len();
+    let mut input = vec![0.0; X.len()];
+    norm().to_input(64, X, &mut input);
+    let logits = m.forward(&input, n).unwrap().to_vec();
+    // d(Σ CE)/dlogits = softmax − one-hot.
+    let mut dlogits = vec![0.0f32; logits.len()];
+    for ((z, d), &y) in logits.chunks(10).zip(dlogits.chunks_mut(10)).zip(LABELS) {
+        let mx = z.iter().fold(f32::MIN, |a, &b| a.max(b));
+        let s: f32 = z.iter().map(|v| (v - mx).exp()).sum();
+        for (k, (dv, zv)) in d.iter_mut().zip(z).enumerate() {
+            *dv = (zv - mx).exp() / s - (k == y as usize) as u32 as f32;
+        }
+    }
+    let mut g = vec![0.0; X.len()];
+    m.input_gradient(&input, &dlogits, &mut g, None).unwrap();
+    g.iter_mut().for_each(|v| *v /= STD);
+    close("loss gradient", &g, LOSS_GRAD, 1e-5);
+    for (i, want) in LOGIT2_GRAD.chunks(64).enumerate() {
+        let x = &X[i * 64..][..64];
+        let s = saliency(&mut m, x, 2, &SaliencyMethod::Gradient, Some(&norm())).unwrap();
+        close("logit gradient", &s, want, 1e-5);
+    }
+}
+
+/// FGSM and PGD (no random start, L∞ and L2) give PyTorch's examples.
+#[test]
+fn fgsm_and_pgd_match_pytorch() {
+    let mut m = model();
+    let n = LABELS.len();
+    let with_norm = |a: Attack| Attack {
+        normalization: Some(norm()),
+        random_start: false,
+        ..a
+    };
+    let fgsm = with_norm(Attack::fgsm(AttackNorm::Linf, 0.1));
+    let pgd_linf = with_norm(Attack {
+        step_size: 0.025,
+        ..Attack::pgd(AttackNorm::Linf, 0.1, 5)
+    });
+    let pgd_l2 = with_norm(Attack {
+        step_size: 0.25,
+        ..Attack::pgd(AttackNorm::L2, 1.0, 5)
+    });
+    assert_eq!(pgd_l2.kind, AttackKind::Pgd);
+    for (what, a, want) in [
+        ("FGSM", fgsm, FGSM),
+        ("PGD L∞", pgd_linf, PGD_LINF),
+        ("PGD L2", pgd_l2, PGD_L2),
+    ] {
+        let adv = adversarial_examples(&mut m, X, LABELS, n, &a).unwrap();
+        close(what, &adv, want, 1e-5);
+        assert_ne!(adv, X, "{what} moved nothing");
+    }
+}
