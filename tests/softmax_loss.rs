@@ -4,8 +4,8 @@
 mod common;
 
 use cnnkit::kernels::{
-    Accum, bce_with_logits_loss, cross_entropy_loss, log_softmax_backward, log_softmax_forward,
-    mse_loss, softmax_backward, softmax_forward,
+    Accum, bce_with_logits_loss, cross_entropy_loss, l1_loss, log_softmax_backward,
+    log_softmax_forward, mse_loss, softmax_backward, softmax_forward,
 };
 use cnnkit::reference;
 use common::gradcheck::{Tol, check_vjp};
@@ -105,6 +105,14 @@ proptest! {
         let bce = par(|| bce_with_logits_loss(&p, &t01, Some(&mut d)).unwrap());
         let want = reference::bce_with_logits_loss(&p, &t01);
         prop_assert!((bce as f64 - want).abs() <= 1e-5 * (1.0 + want), "bce {} want {}", bce, want);
+        // L1 against its definition: mean |p − t|, gradient sign(p − t)/n (0 where equal).
+        let l1 = par(|| l1_loss(&p, &t, Some(&mut d)).unwrap());
+        let want = p.iter().zip(&t).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / p.len() as f64;
+        prop_assert!((l1 as f64 - want).abs() <= 1e-5 * (1.0 + want), "l1 {} want {}", l1, want);
+        for ((g, a), b) in d.iter().zip(&p).zip(&t) {
+            let s = if a > b { 1.0 } else if a < b { -1.0 } else { 0.0 };
+            prop_assert_eq!(*g, s / p.len() as f32);
+        }
         let tol = Tol { atol: 1e-4, rtol: 1e-2 };
         par(|| check_vjp(&p, &[1.0], |x, y| y[0] = mse_loss(x, &t, None).unwrap(),
             |x, _, dx| { mse_loss(x, &t, Some(dx)).unwrap(); }, tol))?;
@@ -179,6 +187,14 @@ fn losses_reject_bad_input() {
     assert!(cross_entropy_loss(3, &[0.0; 6], &[0, 1], 1.5, None).is_err());
     assert!(cross_entropy_loss(0, &[], &[], 0.0, None).is_err());
     assert!(mse_loss(&[], &[], None).is_err());
+    assert!(l1_loss(&[], &[], None).is_err());
+    assert!(l1_loss(&[1.0], &[1.0, 2.0], None).is_err());
+    let mut d = [9.0f32; 2];
+    assert_eq!(
+        l1_loss(&[1.0, 3.0], &[1.0, 2.0], Some(&mut d)).unwrap(),
+        0.5
+    );
+    assert_eq!(d, [0.0, 0.5], "sign(0) = 0, as PyTorch");
     assert!(mse_loss(&[1.0], &[1.0, 2.0], None).is_err());
     assert!(bce_with_logits_loss(&[1.0], &[1.0], Some(&mut [0.0; 2])).is_err());
     assert!(softmax_forward(0, &[], &mut []).is_err());

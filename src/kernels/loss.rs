@@ -249,6 +249,53 @@ pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Resu
     Ok((total / n as f64) as f32)
 }
 
+/// Mean absolute error, as `torch.nn.functional.l1_loss(pred, target)`:
+/// `loss = mean |pred − target|`; `dpred` receives `sign(pred − target)/len` (0 where they are
+/// equal, as PyTorch's gradient).
+///
+/// # Errors
+/// [`Error::InvalidArg`] for empty input; [`Error::Length`] if the lengths differ.
+pub fn l1_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Result<f32> {
+    const OP: &str = "l1_loss";
+    pair_check(OP, pred, target, dpred.as_deref())?;
+    let n = pred.len();
+    let (pos, neg, zero) = (splat(1.0 / n as f32), splat(-1.0 / n as f32), splat(0.0));
+    let out: &mut [f32] = dpred.unwrap_or_default();
+    let total = par::sum_over_rows(
+        n,
+        1,
+        n * 3,
+        out,
+        #[inline(always)]
+        |r, out| {
+            let (p, t) = (&pred[r.clone()], &target[r]);
+            if !out.is_empty() {
+                simd::zip_map(
+                    p,
+                    t,
+                    out,
+                    #[inline(always)]
+                    |p, t| {
+                        let d = p - t;
+                        simd::select(
+                            simd::gt(d, zero),
+                            pos,
+                            simd::select(simd::lt(d, zero), neg, zero),
+                        )
+                    },
+                );
+            }
+            simd::sum_zip(
+                p,
+                t,
+                #[inline(always)]
+                |p, t| (p - t).abs(),
+            ) as f64
+        },
+    );
+    Ok((total / n as f64) as f32)
+}
+
 /// Binary cross-entropy on logits, as
 /// `torch.nn.functional.binary_cross_entropy_with_logits(x, t)`:
 /// `loss = mean [ max(x, 0) − x·t + ln(1 + e^(−|x|)) ]` (stable for any finite `|x|`);
