@@ -2,7 +2,7 @@
 //! learning-rate schedule, evaluation, and a callback to watch (or stop) it.
 
 use crate::checkpoint::{self, CheckpointLimits, SafeTensors};
-use crate::data::{Batches, Dataset, gather};
+use crate::data::{Batches, Dataset, Pairs, gather};
 use crate::error::{Error, Result};
 use crate::kernels::{Accum, cross_entropy_loss, softmax_forward};
 use crate::layer::{LayerSpec, Tensor, TensorData};
@@ -30,6 +30,48 @@ pub struct TrainConfig {
     /// Adversarial training (default none): part of every batch is replaced by adversarial
     /// examples of the current model before the step.
     pub adversarial: Option<AdversarialTraining>,
+    /// The loss (default cross-entropy against class labels; MSE or L1 for image targets,
+    /// [`Trainer::fit_to`]).
+    pub loss: Loss,
+}
+
+/// What a [`Trainer`] minimises.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Loss {
+    /// Cross-entropy against class labels, with the configured label smoothing
+    /// (`torch.nn.CrossEntropyLoss`).
+    #[default]
+    CrossEntropy,
+    /// Mean squared error against target images (`torch.nn.MSELoss`).
+    Mse,
+    /// Mean absolute error against target images (`torch.nn.L1Loss`).
+    L1,
+}
+
+impl std::str::FromStr for Loss {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ce" | "cross_entropy" => Ok(Loss::CrossEntropy),
+            "mse" => Ok(Loss::Mse),
+            "l1" => Ok(Loss::L1),
+            _ => Err(Error::invalid(
+                "Loss",
+                "loss",
+                format!("'{s}': use ce, mse or l1"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Loss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Loss::CrossEntropy => "ce",
+            Loss::Mse => "mse",
+            Loss::L1 => "l1",
+        })
+    }
 }
 
 /// Adversarial training (Goodfellow et al. with FGSM; Madry et al. with PGD): before each step,
@@ -68,6 +110,7 @@ impl Default for TrainConfig {
             label_smoothing: 0.0,
             eval_batch_size: 256,
             adversarial: None,
+            loss: Loss::CrossEntropy,
         }
     }
 }
@@ -392,16 +435,122 @@ impl Trainer {
         if train.is_empty() {
             return Err(Error::invalid(OP, "dataset", "the training set is empty"));
         }
-        // The batch buffer, checked against the memory budget before the first gather.
-        let batch_len = crate::error::mul(
+        let val_batch = self.cfg.eval_batch_size;
+        self.run_epochs(
             OP,
-            "batch",
-            self.cfg.batch_size.min(train.len()),
+            train.len(),
             crate::layer::numel(train.shape()),
+            &mut |t, idx| {
+                let (mut xb, mut yb) = (std::mem::take(&mut t.xb), std::mem::take(&mut t.yb));
+                gather(train, idx, &mut xb, &mut yb);
+                let r = t.step(&xb, &yb);
+                (t.xb, t.yb) = (xb, yb);
+                r
+            },
+            &mut |t| match val {
+                Some(v) => evaluate(&mut t.model, v, val_batch).map(Some),
+                None => Ok(None),
+            },
+            observe,
+        )
+    }
+
+    /// One step towards image targets: forward, the configured [`Loss`] (MSE or L1) against
+    /// `target` (the model's output shape per sample), backward, optimizer update. Returns the
+    /// loss. (Adversarial training applies to classification steps only.)
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] if the configured loss is cross-entropy; [`Error::Length`] if `x` or
+    /// `target` is not whole samples; [`Error::NonFinite`] if the loss is NaN or infinite (the
+    /// weights are left as they were).
+    pub fn step_to(&mut self, x: &[f32], target: &[f32]) -> Result<f32> {
+        const OP: &str = "Trainer::step_to";
+        let d = crate::layer::numel(self.model.input_shape());
+        let n = x.len() / d.max(1);
+        crate::error::check_len(OP, "x", x, n * d)?;
+        crate::error::check_len(OP, "target", target, n * self.model.output_len())?;
+        self.model.train();
+        crate::layer::grow(OP, &mut self.dlogits, target.len())?;
+        let out = self.model.forward(x, n)?;
+        let grad = Some(&mut self.dlogits[..target.len()]);
+        let loss = match self.cfg.loss {
+            Loss::Mse => crate::kernels::mse_loss(out, target, grad)?,
+            Loss::L1 => crate::kernels::l1_loss(out, target, grad)?,
+            Loss::CrossEntropy => {
+                return Err(Error::invalid(
+                    OP,
+                    "loss",
+                    "cross-entropy takes class labels (Trainer::step): set TrainConfig::loss to Mse or L1",
+                ));
+            }
+        };
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                op: OP,
+                what: "training loss",
+            });
+        }
+        self.model
+            .backward(x, &self.dlogits[..target.len()], Accum::Replace)?;
+        let (p, g) = self.model.params_and_grads();
+        self.optimizer.step(p, g)?;
+        Ok(loss)
+    }
+
+    /// [`Trainer::fit`] for image targets ([`Pairs`]: an image-to-image network, such as one that
+    /// undoes a degradation), with the configured [`Loss`] (MSE or L1). Epoch reports carry the
+    /// mean training loss; their accuracy is NaN and their validation metrics `None` (measure
+    /// a validation set in `observe` with [`reconstruction_loss`]). Stopping and resuming work
+    /// as for `fit`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] if the pairs do not fit the model or are empty, or the loss is
+    /// cross-entropy; [`Error::NonFinite`] if the loss diverges.
+    pub fn fit_to(
+        &mut self,
+        train: &Pairs,
+        observe: &mut dyn FnMut(&Event<'_>) -> Control,
+    ) -> Result<()> {
+        const OP: &str = "Trainer::fit_to";
+        train.check_fits(OP, &self.model)?;
+        if train.is_empty() {
+            return Err(Error::invalid(OP, "pairs", "no training pairs"));
+        }
+        let mut xb = Vec::new();
+        let mut tb = Vec::new();
+        self.run_epochs(
+            OP,
+            train.len(),
+            train.input_len(),
+            &mut |t, idx| {
+                train.gather(idx, &mut xb, &mut tb);
+                t.step_to(&xb, &tb).map(|l| (l, 0))
+            },
+            &mut |_| Ok(None),
+            observe,
         )?;
+        for r in self.history.iter_mut() {
+            r.train_accuracy = f64::NAN;
+        }
+        Ok(())
+    }
+
+    /// The epochs left: shuffled batches of `len` samples of `sample_len` values through `step`
+    /// (loss, correct predictions), then `val`, the schedule and the observer after each epoch.
+    fn run_epochs(
+        &mut self,
+        op: &'static str,
+        len: usize,
+        sample_len: usize,
+        step: &mut dyn FnMut(&mut Trainer, &[usize]) -> Result<(f32, usize)>,
+        val: &mut dyn FnMut(&mut Trainer) -> Result<Option<Metrics>>,
+        observe: &mut dyn FnMut(&Event<'_>) -> Control,
+    ) -> Result<()> {
+        // The batch buffer, checked against the memory budget before the first gather.
+        let batch_len = crate::error::mul(op, "batch", self.cfg.batch_size.min(len), sample_len)?;
         let have = self.xb.len();
         crate::memory::reserve(
-            OP,
+            op,
             "a batch of images",
             &mut self.xb,
             batch_len.saturating_sub(have),
@@ -413,18 +562,14 @@ impl Trainer {
             let lr = self.optimizer.lr();
             let mut batches = match self.batches.take() {
                 Some(b) => b,
-                None => Batches::new(train.len(), self.cfg.batch_size, true, self.cfg.seed)?,
+                None => Batches::new(len, self.cfg.batch_size, true, self.cfg.seed)?,
             };
             batches.set_rng_state(self.progress.shuffle_rng);
             let order: Vec<&[usize]> = batches.epoch().collect();
             let steps = order.len();
             let mut stopped = false;
             for idx in order.iter().skip(self.progress.step) {
-                let (mut xb, mut yb) = (std::mem::take(&mut self.xb), std::mem::take(&mut self.yb));
-                gather(train, idx, &mut xb, &mut yb);
-                let r = self.step(&xb, &yb);
-                (self.xb, self.yb) = (xb, yb);
-                let (loss, correct) = r?;
+                let (loss, correct) = step(self, idx)?;
                 let p = &mut self.progress.partial;
                 p.0 += loss as f64 * idx.len() as f64;
                 p.1 += correct;
@@ -446,10 +591,7 @@ impl Trainer {
                 self.batches = Some(batches);
                 return Ok(());
             }
-            let val_metrics = match val {
-                Some(v) => Some(evaluate(&mut self.model, v, self.cfg.eval_batch_size)?),
-                None => None,
-            };
+            let val_metrics = val(self)?;
             let (sum, correct, seen) = self.progress.partial;
             let report = EpochReport {
                 epoch: epoch + 1,
@@ -507,6 +649,52 @@ pub fn predict(model: &mut Sequential, x: &[f32], n: usize) -> Result<Vec<f32>> 
     let mut probs = vec![0.0; logits.len()];
     softmax_forward(model.output_len(), &logits, &mut probs)?;
     Ok(probs)
+}
+
+/// The mean `loss` (MSE or L1, over every output element) of `model` on `pairs`, in evaluation
+/// mode (the model's mode is restored afterwards), `batch` pairs at a time.
+///
+/// # Errors
+/// [`Error::InvalidArg`] if the pairs do not fit the model or are empty, the loss is
+/// cross-entropy, or `batch` is 0.
+pub fn reconstruction_loss(
+    model: &mut Sequential,
+    pairs: &Pairs,
+    loss: Loss,
+    batch: usize,
+) -> Result<f64> {
+    const OP: &str = "reconstruction_loss";
+    pairs.check_fits(OP, model)?;
+    if pairs.is_empty() || batch == 0 || loss == Loss::CrossEntropy {
+        return Err(Error::invalid(
+            OP,
+            "pairs",
+            "needs pairs, a batch of at least 1 and the MSE or L1 loss",
+        ));
+    }
+    let was = model.is_training();
+    model.eval();
+    let (a, b) = (pairs.input_len(), model.output_len());
+    let mut total = 0.0f64;
+    let r = (|| {
+        for (x, t) in pairs
+            .inputs()
+            .chunks(batch * a)
+            .zip(pairs.targets().chunks(batch * b))
+        {
+            let out = model.forward(x, x.len() / a)?;
+            let l = match loss {
+                Loss::Mse => crate::kernels::mse_loss(out, t, None)?,
+                _ => crate::kernels::l1_loss(out, t, None)?,
+            };
+            total += l as f64 * t.len() as f64;
+        }
+        Ok(total / pairs.targets().len() as f64)
+    })();
+    if was {
+        model.train();
+    }
+    r
 }
 
 /// Loss, accuracy, confusion matrix and per-class metrics of `model` on `ds`, in evaluation mode
@@ -606,6 +794,9 @@ impl TrainConfig {
             self.label_smoothing,
             self.eval_batch_size
         );
+        if self.loss != Loss::CrossEntropy {
+            t.push_str(&format!(";loss={}", self.loss));
+        }
         if let Some(a) = &self.adversarial {
             t.push_str(";adversarial=");
             t.push_str(&a.to_text());
@@ -621,6 +812,10 @@ impl TrainConfig {
             schedule: num(&m, "schedule")?,
             label_smoothing: num(&m, "label_smoothing")?,
             eval_batch_size: num(&m, "eval_batch_size")?,
+            loss: match m.get("loss") {
+                None => Loss::CrossEntropy,
+                Some(l) => l.parse().ok()?,
+            },
             adversarial: match m.get("adversarial") {
                 None => None,
                 Some(a) => Some(AdversarialTraining::from_text(a)?),

@@ -284,6 +284,7 @@ fn train(
                     .map(|s| crate::stability::adversarial_training(s, &mean_std))
                     .transpose()
                     .context("--adversarial")?,
+                ..TrainConfig::default()
             };
             if !(0.0..=1.0).contains(&a.label_smoothing) {
                 bail!("--label-smoothing must be in [0, 1]");

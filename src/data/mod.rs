@@ -273,6 +273,135 @@ pub fn gather(ds: &Dataset, idx: &[usize], x: &mut Vec<f32>, y: &mut Vec<u32>) {
     debug_assert_eq!(x.len(), y.len() * n);
 }
 
+/// Input and target images for an image-to-image network (such as a network that undoes a
+/// degradation, [`crate::stability::Degradation`]): `len` inputs of one shape and as many
+/// targets of another, `f32` NCHW.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pairs {
+    inputs: Vec<f32>,
+    targets: Vec<f32>,
+    input_shape: Shape3,
+    target_shape: Shape3,
+}
+
+impl Pairs {
+    /// Pairs of `inputs` (images of `input_shape`) and `targets` (images of `target_shape`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] for an empty shape, or counts of inputs and targets that differ or
+    /// are not whole images.
+    pub fn new(
+        inputs: Vec<f32>,
+        targets: Vec<f32>,
+        input_shape: Shape3,
+        target_shape: Shape3,
+    ) -> Result<Self> {
+        const OP: &str = "Pairs::new";
+        let (a, b) = (numel(input_shape), numel(target_shape));
+        if a == 0 || b == 0 {
+            return Err(Error::invalid(
+                OP,
+                "shape",
+                "an image shape with no elements",
+            ));
+        }
+        if inputs.len() % a != 0 || targets.len() % b != 0 || inputs.len() / a != targets.len() / b
+        {
+            return Err(Error::invalid(
+                OP,
+                "targets",
+                format!(
+                    "{} input values ({} images of {input_shape:?}) and {} target values ({} of {target_shape:?})",
+                    inputs.len(),
+                    inputs.len() as f64 / a as f64,
+                    targets.len(),
+                    targets.len() as f64 / b as f64
+                ),
+            ));
+        }
+        Ok(Pairs {
+            inputs,
+            targets,
+            input_shape,
+            target_shape,
+        })
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.inputs.len() / numel(self.input_shape)
+    }
+
+    /// No pairs.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// Shape of an input.
+    pub fn input_shape(&self) -> Shape3 {
+        self.input_shape
+    }
+
+    /// Shape of a target.
+    pub fn target_shape(&self) -> Shape3 {
+        self.target_shape
+    }
+
+    /// All inputs.
+    pub fn inputs(&self) -> &[f32] {
+        &self.inputs
+    }
+
+    /// All targets.
+    pub fn targets(&self) -> &[f32] {
+        &self.targets
+    }
+
+    pub(crate) fn input_len(&self) -> usize {
+        numel(self.input_shape)
+    }
+
+    /// The pairs at `indices` (in that order; out-of-range indices are skipped).
+    pub fn subset(&self, indices: &[usize]) -> Pairs {
+        let (mut x, mut t) = (Vec::new(), Vec::new());
+        self.gather(indices, &mut x, &mut t);
+        Pairs {
+            inputs: x,
+            targets: t,
+            ..*self
+        }
+    }
+
+    /// Copies the pairs at `idx` into `x` and `t` (cleared first, capacity reused).
+    pub(crate) fn gather(&self, idx: &[usize], x: &mut Vec<f32>, t: &mut Vec<f32>) {
+        let (a, b) = (numel(self.input_shape), numel(self.target_shape));
+        x.clear();
+        t.clear();
+        for &i in idx.iter().filter(|&&i| i < self.len()) {
+            x.extend_from_slice(&self.inputs[i * a..][..a]);
+            t.extend_from_slice(&self.targets[i * b..][..b]);
+        }
+    }
+
+    /// `Err` unless the model takes these inputs and outputs these targets.
+    pub(crate) fn check_fits(&self, op: &'static str, m: &crate::model::Sequential) -> Result<()> {
+        if m.input_shape() != self.input_shape || m.output_len() != numel(self.target_shape) {
+            return Err(Error::invalid(
+                op,
+                "pairs",
+                format!(
+                    "inputs {:?} and targets {:?}; the model maps {:?} to {:?}",
+                    self.input_shape,
+                    self.target_shape,
+                    m.input_shape(),
+                    m.output_shape()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

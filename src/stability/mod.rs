@@ -32,10 +32,12 @@ use crate::model::Sequential;
 use crate::rng::Rng;
 
 mod curve;
+mod degrade;
 mod pixels;
 mod saliency;
 
 pub use curve::{RobustnessCurve, RobustnessPoint, robustness_curve};
+pub use degrade::Degradation;
 pub use pixels::Normalization;
 use pixels::{PixelModel, in_eval};
 pub use saliency::{SaliencyMethod, heatmap_overlay, saliency};
