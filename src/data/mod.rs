@@ -305,7 +305,9 @@ impl Pairs {
                 "an image shape with no elements",
             ));
         }
-        if inputs.len() % a != 0 || targets.len() % b != 0 || inputs.len() / a != targets.len() / b
+        if !inputs.len().is_multiple_of(a)
+            || !targets.len().is_multiple_of(b)
+            || inputs.len() / a != targets.len() / b
         {
             return Err(Error::invalid(
                 OP,

@@ -60,7 +60,7 @@ impl Degradation {
         let [_, h, w] = shape;
         let plane = h * w;
         let d = crate::layer::numel(shape);
-        if d == 0 || x.len() % d != 0 {
+        if d == 0 || !x.len().is_multiple_of(d) {
             return Err(Error::invalid(
                 "Degradation::apply",
                 "x",
