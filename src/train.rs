@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub loss: Loss,
 }
 
+/// One training step of [`Trainer::run_epochs`] on the samples at the given indices: loss and
+/// correct predictions.
+type StepFn<'a> = dyn FnMut(&mut Trainer, &[usize]) -> Result<(f32, usize)> + 'a;
+
 /// What a [`Trainer`] minimises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Loss {
@@ -542,7 +546,7 @@ impl Trainer {
         op: &'static str,
         len: usize,
         sample_len: usize,
-        step: &mut dyn FnMut(&mut Trainer, &[usize]) -> Result<(f32, usize)>,
+        step: &mut StepFn<'_>,
         val: &mut dyn FnMut(&mut Trainer) -> Result<Option<Metrics>>,
         observe: &mut dyn FnMut(&Event<'_>) -> Control,
     ) -> Result<()> {
