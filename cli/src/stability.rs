@@ -94,6 +94,10 @@ pub struct SaliencyArgs {
     /// Folder for the heat maps, written as NAME.METHOD.png.
     #[arg(long, default_value = ".")]
     pub out_dir: PathBuf,
+    /// Magnify the maps this many times (nearest neighbour); default: enough for 128 pixels
+    /// along the longer side.
+    #[arg(long)]
+    pub scale: Option<usize>,
     #[command(flatten)]
     pub foreign: ForeignModel,
     /// Worker threads.
@@ -298,6 +302,19 @@ fn write_png(path: &Path, w: usize, h: usize, rgb: Vec<u8>) -> Result<()> {
     Ok(())
 }
 
+/// `rgb` (`w·h·3`) magnified `s` times by repeating pixels: the picture and its size.
+fn magnify(rgb: &[u8], w: usize, h: usize, s: usize) -> (Vec<u8>, usize, usize) {
+    let (bw, bh) = (w * s, h * s);
+    let mut out = Vec::with_capacity(bw * bh * 3);
+    for y in 0..bh {
+        for x in 0..bw {
+            let i = ((y / s) * w + x / s) * 3;
+            out.extend_from_slice(&rgb[i..i + 3]);
+        }
+    }
+    (out, bw, bh)
+}
+
 /// The mean over channels of CHW `v`, per pixel.
 fn grey(v: &[f32], c: usize, plane: usize) -> Vec<f32> {
     (0..plane)
@@ -448,6 +465,14 @@ pub fn saliency(a: &SaliencyArgs) -> Result<()> {
         })
         .transpose()?;
     let [c, h, w] = model.input_shape();
+    let scale = match a.scale {
+        Some(0) => bail!("--scale must be at least 1"),
+        Some(s) if s.saturating_mul(h.max(w)) > 8192 => {
+            bail!("--scale {s}: the map would be over 8192 pixels wide")
+        }
+        Some(s) => s,
+        None => (128 / h.max(w).max(1)).max(1),
+    };
     let bar = progress_bar(a.images.len(), &a.method);
     for path in &a.images {
         let x = load_pixels(path, &model, &pipe)?;
@@ -462,7 +487,8 @@ pub fn saliency(a: &SaliencyArgs) -> Result<()> {
             .file_stem()
             .map_or("image".into(), |s| s.to_string_lossy());
         let out = a.out_dir.join(format!("{stem}.{}.png", a.method));
-        write_png(&out, w, h, rgb)?;
+        let (big, bw, bh) = magnify(&rgb, w, h, scale);
+        write_png(&out, bw, bh, big)?;
         bar.suspend(|| {
             println!(
                 "{}: class {} ({:.2}%) → {}",

@@ -121,7 +121,8 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
         let img = image::open(d.0.join(format!("maps/zero.{m}.png")))
             .unwrap()
             .to_rgb8();
-        assert_eq!(img.dimensions(), (8, 8));
+        // 8x8 maps are magnified to 128 pixels by default.
+        assert_eq!(img.dimensions(), (128, 128));
         // Some pixel is coloured (the map is not empty).
         assert!(img.pixels().any(|p| p[0] != p[2]), "{m}: no heat");
     }
@@ -210,6 +211,11 @@ fn bad_stability_requests_get_one_clear_line() {
         &d.0,
         &["saliency", "model.safetensors", "zero.png", "--class", "11"],
         &["--class 11"],
+    );
+    fails(
+        &d.0,
+        &["saliency", "model.safetensors", "zero.png", "--scale", "0"],
+        &["--scale"],
     );
     fails(
         &d.0,
