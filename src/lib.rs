@@ -127,6 +127,7 @@
 pub mod arch;
 pub mod checkpoint;
 pub mod data;
+pub mod distributed;
 mod error;
 #[allow(unsafe_code)]
 pub mod gemm;

@@ -207,6 +207,9 @@ impl Sequential {
     pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
         (&mut self.params, &self.grads)
     }
+    pub(crate) fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
     /// Training mode: batch statistics, dropout and RReLU noise (the default).
     pub fn train(&mut self) {
         self.training = true;

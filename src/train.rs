@@ -3,6 +3,7 @@
 
 use crate::checkpoint::{self, CheckpointLimits, SafeTensors};
 use crate::data::{Batches, Dataset, Pairs, gather};
+use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
 use crate::kernels::{Accum, cross_entropy_loss, softmax_forward};
 use crate::layer::{LayerSpec, Tensor, TensorData};
@@ -202,6 +203,7 @@ pub struct Trainer {
     xb: Vec<f32>,
     yb: Vec<u32>,
     dlogits: Vec<f32>,
+    sync: Option<Box<dyn GradientSync>>,
 }
 
 impl Trainer {
@@ -244,6 +246,7 @@ impl Trainer {
             xb: Vec::new(),
             yb: Vec::new(),
             dlogits: Vec::new(),
+            sync: None,
         })
     }
 
@@ -303,8 +306,22 @@ impl Trainer {
     /// # Errors
     /// [`Error::NonFinite`] if the loss is NaN or infinite (the weights are left as they were
     /// before the step); errors of the model or the loss for bad input.
+    ///
+    /// With a [gradient hook](Trainer::set_gradient_sync), `x` is this worker's shard of a global
+    /// batch made of equal shards; the loss and count returned are the global batch's.
     pub fn step(&mut self, x: &[f32], labels: &[u32]) -> Result<(f32, usize)> {
+        let global = labels.len() * self.sync.as_ref().map_or(1, |s| s.size());
+        self.step_part(x, labels, global)
+    }
+
+    /// [`Trainer::step`] on this worker's `labels.len()` samples of a global batch of `global`.
+    fn step_part(&mut self, x: &[f32], labels: &[u32], global: usize) -> Result<(f32, usize)> {
         let n = labels.len();
+        if n == 0 && self.sync.is_some() {
+            // A shard with no samples still takes part in the sums, with a zero gradient.
+            self.model.grads_mut().fill(0.0);
+            return self.finish_step("Trainer::step", 0, global, 0.0, 0);
+        }
         let classes = self.model.output_len();
         let mixed;
         let x = match self.cfg.adversarial.clone() {
@@ -329,17 +346,86 @@ impl Trainer {
             self.cfg.label_smoothing,
             Some(&mut self.dlogits[..n * classes]),
         )?;
-        if !loss.is_finite() {
+        if !loss.is_finite() && self.sync.is_none() {
             return Err(Error::NonFinite {
                 op: "Trainer::step",
                 what: "training loss",
             });
         }
-        self.model
-            .backward(x, &self.dlogits[..n * classes], Accum::Replace)?;
+        if loss.is_finite() {
+            self.model
+                .backward(x, &self.dlogits[..n * classes], Accum::Replace)?;
+        }
+        self.finish_step("Trainer::step", n, global, loss, correct)
+    }
+
+    /// Combines the workers' gradients, loss and count (with a hook), then applies the
+    /// optimizer unless the (global) loss is not finite.
+    fn finish_step(
+        &mut self,
+        op: &'static str,
+        n: usize,
+        global: usize,
+        loss: f32,
+        correct: usize,
+    ) -> Result<(f32, usize)> {
+        let (mut loss, mut correct) = (loss, correct);
+        if let Some(sync) = self.sync.as_mut() {
+            // The global mean gradient: Σ over workers of (n_local / n_global)·(local mean).
+            let w = n as f32 / global.max(1) as f32;
+            let g = self.model.grads_mut();
+            g.iter_mut().for_each(|v| *v *= w);
+            sync.all_reduce_sum(g)?;
+            let mut stats = [loss * w, correct as f32];
+            sync.all_reduce_sum(&mut stats)?;
+            (loss, correct) = (stats[0], stats[1] as usize);
+        }
+        if !loss.is_finite() {
+            return Err(Error::NonFinite {
+                op,
+                what: "training loss",
+            });
+        }
         let (p, g) = self.model.params_and_grads();
         self.optimizer.step(p, g)?;
         Ok((loss, correct))
+    }
+
+    /// Makes this trainer one worker of a data-parallel run (see [`crate::distributed`]): from
+    /// now on [`Trainer::fit`] / [`Trainer::fit_to`] take this worker's share of every global
+    /// batch of `batch_size` and `hook` sums the gradients. Parameters and optimizer state are
+    /// broadcast from worker 0 first (so all workers start alike, also on resume).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] if the batch size does not split over the workers; the hook's
+    /// errors.
+    pub fn set_gradient_sync(&mut self, mut hook: Box<dyn GradientSync>) -> Result<()> {
+        let size = hook.size();
+        if size == 0 || !self.cfg.batch_size.is_multiple_of(size) {
+            return Err(Error::invalid(
+                "Trainer::set_gradient_sync",
+                "batch_size",
+                format!(
+                    "the global batch of {} does not split over {size} workers",
+                    self.cfg.batch_size
+                ),
+            ));
+        }
+        hook.broadcast(self.model.params_mut())?;
+        let steps = self.optimizer.steps();
+        let mut state: Vec<(&'static str, Vec<f32>)> = self
+            .optimizer
+            .state()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_vec()))
+            .collect();
+        for (_, v) in state.iter_mut() {
+            hook.broadcast(v)?;
+        }
+        let buffers: Vec<(&str, &[f32])> = state.iter().map(|(k, v)| (*k, &v[..])).collect();
+        self.optimizer.load_state(steps, &buffers)?;
+        self.sync = Some(hook);
+        Ok(())
     }
 
     /// `x` with its first `⌈fraction·n⌉` samples replaced by adversarial examples.
@@ -445,9 +531,10 @@ impl Trainer {
             train.len(),
             crate::layer::numel(train.shape()),
             &mut |t, idx| {
+                let (global, idx) = (idx.len(), t.my_shard(idx));
                 let (mut xb, mut yb) = (std::mem::take(&mut t.xb), std::mem::take(&mut t.yb));
                 gather(train, idx, &mut xb, &mut yb);
-                let r = t.step(&xb, &yb);
+                let r = t.step_part(&xb, &yb, global);
                 (t.xb, t.yb) = (xb, yb);
                 r
             },
@@ -468,9 +555,27 @@ impl Trainer {
     /// `target` is not whole samples; [`Error::NonFinite`] if the loss is NaN or infinite (the
     /// weights are left as they were).
     pub fn step_to(&mut self, x: &[f32], target: &[f32]) -> Result<f32> {
+        let d = crate::layer::numel(self.model.input_shape());
+        let global = x.len() / d.max(1) * self.sync.as_ref().map_or(1, |s| s.size());
+        self.step_to_part(x, target, global)
+    }
+
+    /// This worker's share of the global batch `idx` (all of it without a hook).
+    fn my_shard<'a>(&self, idx: &'a [usize]) -> &'a [usize] {
+        match &self.sync {
+            Some(s) => &idx[crate::distributed::shard(idx.len(), s.rank(), s.size())],
+            None => idx,
+        }
+    }
+
+    fn step_to_part(&mut self, x: &[f32], target: &[f32], global: usize) -> Result<f32> {
         const OP: &str = "Trainer::step_to";
         let d = crate::layer::numel(self.model.input_shape());
         let n = x.len() / d.max(1);
+        if n == 0 && self.sync.is_some() {
+            self.model.grads_mut().fill(0.0);
+            return self.finish_step(OP, 0, global, 0.0, 0).map(|r| r.0);
+        }
         crate::error::check_len(OP, "x", x, n * d)?;
         crate::error::check_len(OP, "target", target, n * self.model.output_len())?;
         self.model.train();
@@ -488,17 +593,11 @@ impl Trainer {
                 ));
             }
         };
-        if !loss.is_finite() {
-            return Err(Error::NonFinite {
-                op: OP,
-                what: "training loss",
-            });
+        if loss.is_finite() {
+            self.model
+                .backward(x, &self.dlogits[..target.len()], Accum::Replace)?;
         }
-        self.model
-            .backward(x, &self.dlogits[..target.len()], Accum::Replace)?;
-        let (p, g) = self.model.params_and_grads();
-        self.optimizer.step(p, g)?;
-        Ok(loss)
+        self.finish_step(OP, n, global, loss, 0).map(|r| r.0)
     }
 
     /// [`Trainer::fit`] for image targets ([`Pairs`]: an image-to-image network, such as one that
@@ -527,8 +626,9 @@ impl Trainer {
             train.len(),
             train.input_len(),
             &mut |t, idx| {
+                let (global, idx) = (idx.len(), t.my_shard(idx));
                 train.gather(idx, &mut xb, &mut tb);
-                t.step_to(&xb, &tb).map(|l| (l, 0))
+                t.step_to_part(&xb, &tb, global).map(|l| (l, 0))
             },
             &mut |_| Ok(None),
             observe,
