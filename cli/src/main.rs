@@ -1,6 +1,7 @@
 //! `cnnkit`: train, evaluate and run convolutional networks on the CPU, and preprocess images.
 
 mod commands;
+mod distributed;
 mod pipeline;
 mod report;
 mod stability;
@@ -123,6 +124,11 @@ pub struct TrainArgs {
     /// 7 PGD steps of ε/4 from a random start, half of each batch.
     #[arg(long, value_name = "ATTACK")]
     pub adversarial: Option<String>,
+    /// Train data-parallel over MPI, one worker per process: start with `mpirun -np N cnnkit
+    /// train --distributed …` (the command must be built with `--features mpi`). Every process
+    /// takes its share of each global batch of --batch-size; process 0 prints and saves.
+    #[arg(long)]
+    pub distributed: bool,
     /// Stop as Ctrl-C does after this many steps (for testing).
     #[arg(long, hide = true)]
     pub stop_after: Option<usize>,

@@ -150,6 +150,7 @@ pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
             .a;
             a.threads = threads;
             a.stop_after = args.stop_after;
+            a.distributed = args.distributed;
             // A new --out (say, the first location went away) overrides the stored one.
             if raw.iter().any(|r| r == "--out" || r.starts_with("--out=")) {
                 a.out = args.out.clone();
@@ -167,6 +168,8 @@ pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
             while let Some(a) = it.next() {
                 if a == "--threads" || a == "--stop-after" || a == "--resume" {
                     it.next();
+                } else if a == "--distributed" {
+                    // How many processes train is run control: resume at any count.
                 } else if !(a.starts_with("--threads=")
                     || a.starts_with("--stop-after=")
                     || a.starts_with("--resume="))
@@ -187,6 +190,21 @@ fn train(
     stored_args: String,
 ) -> Result<ExitCode> {
     let started = Instant::now();
+    let mpi = if a.distributed {
+        Some(crate::distributed::start()?)
+    } else {
+        crate::distributed::refuse_unasked()?;
+        None
+    };
+    // Process 0 alone prints, shows progress and writes files.
+    let leader = mpi.as_ref().is_none_or(|m| m.rank() == 0);
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if leader {
+                println!($($t)*);
+            }
+        };
+    }
     let opts = ImageOptions {
         size: a.size,
         grayscale: a.grayscale,
@@ -248,7 +266,7 @@ fn train(
                     train.len()
                 );
             }
-            println!(
+            say!(
                 "resuming at epoch {}, step {}",
                 t.progress().epoch + 1,
                 t.progress().step
@@ -292,8 +310,19 @@ fn train(
             Trainer::new(model, optimizer(&a)?, cfg).context("--batch-size")?
         }
     };
+    if let Some(m) = &mpi {
+        trainer
+            .set_gradient_sync(m.sync())
+            .context("--distributed (--batch-size is the global batch)")?;
+        say!(
+            "distributed: {} processes, {} images of each global batch of {} per process",
+            m.size(),
+            trainer.config().batch_size / m.size(),
+            trainer.config().batch_size
+        );
+    }
     let [c, h, w] = shape;
-    println!(
+    say!(
         "data: {} ({} training images{}{}, {c}x{h}x{w}, {} classes)",
         a.data
             .as_ref()
@@ -305,13 +334,15 @@ fn train(
             .map_or(String::new(), |t| format!(", {} test", t.len())),
         train.classes().len()
     );
-    println!(
+    say!(
         "optimizer: {}, {} epochs of batches of {}",
         trainer.optimizer().kind(),
         trainer.config().epochs,
         trainer.config().batch_size
     );
-    print!("{}", trainer.model().summary());
+    if leader {
+        print!("{}", trainer.model().summary());
+    }
 
     // Ctrl-C, and SIGTERM / SIGHUP (what `timeout` and batch schedulers send): stop after the
     // current step and save a resumable checkpoint.
@@ -332,8 +363,12 @@ fn train(
                 loss,
             } => {
                 let b = bar.get_or_insert_with(|| {
-                    let b = ProgressBar::new(*steps as u64)
-                        .with_prefix(format!("epoch {}/{epochs}", epoch + 1));
+                    let b = if leader {
+                        ProgressBar::new(*steps as u64)
+                    } else {
+                        ProgressBar::hidden()
+                    }
+                    .with_prefix(format!("epoch {}/{epochs}", epoch + 1));
                     if let Ok(s) = &style {
                         b.set_style(s.clone());
                     }
@@ -354,7 +389,7 @@ fn train(
                         100.0 * m.accuracy
                     )
                 });
-                println!(
+                say!(
                     "epoch {:>3}/{epochs}  loss {:.4} acc {:.2}%{v}  ({:.2} s)",
                     r.epoch,
                     r.train_loss,
@@ -363,7 +398,11 @@ fn train(
                 );
             }
         }
-        let stop = STOP.load(Ordering::SeqCst) || a.stop_after.is_some_and(|n| steps_done >= n);
+        let mut stop = STOP.load(Ordering::SeqCst) || a.stop_after.is_some_and(|n| steps_done >= n);
+        if let Some(m) = &mpi {
+            // Every process stops after the same step, or the next sum would wait forever.
+            stop = m.any(stop);
+        }
         if stop {
             Control::Stop
         } else {
@@ -376,6 +415,9 @@ fn train(
     result?;
     let mut meta = BTreeMap::new();
     meta.insert(pipeline::KEY.to_string(), pipe.to_json());
+    if !trainer.finished() && !leader {
+        return Ok(ExitCode::from(130));
+    }
     if !trainer.finished() {
         meta.insert(ARGS_KEY.to_string(), stored_args);
         meta.insert(DATA_LEN_KEY.to_string(), train.len().to_string());
@@ -412,14 +454,21 @@ fn train(
     if let Some(m) = &final_metrics {
         let name = if test.is_some() { "test" } else { "validation" };
         let n = final_set.map_or(0, |d| d.len());
-        println!(
+        say!(
             "\n{name} accuracy: {:.2}% ({} of {n})",
             100.0 * m.accuracy,
             (m.accuracy * n as f64).round() as usize
         );
-        print!("{}", m.report(&pipe.classes));
-        println!("confusion matrix (rows: true class, columns: predicted):");
-        print!("{}", m.confusion_table(&pipe.classes));
+        if leader {
+            print!("{}", m.report(&pipe.classes));
+        }
+        say!("confusion matrix (rows: true class, columns: predicted):");
+        if leader {
+            print!("{}", m.confusion_table(&pipe.classes));
+        }
+    }
+    if !leader {
+        return Ok(ExitCode::SUCCESS);
     }
     let model = trainer.model();
     let (saved, err) = save_or_rescue(&a.out, |p| model.save(p, &meta));
@@ -444,11 +493,11 @@ fn train(
     if rp.exists() {
         let _ = std::fs::remove_file(&rp);
     }
-    println!(
+    say!(
         "\nsaved the model to {} (report: {})",
         a.out.display(),
         files.join(", ")
     );
-    println!("trained in {:.1} s", started.elapsed().as_secs_f64());
+    say!("trained in {:.1} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }

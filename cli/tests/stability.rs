@@ -249,3 +249,28 @@ fn bad_stability_requests_get_one_clear_line() {
         &["fraction"],
     );
 }
+
+/// `--distributed` without MPI support says how to get it; a plain run started by mpirun as
+/// several processes is refused (each would train alone and write the same files).
+#[test]
+fn distributed_runs_need_mpi_and_ask_for_it() {
+    let d = Dir::new("distributed_errors");
+    if !cfg!(feature = "mpi") {
+        fails(
+            &d.0,
+            &["train", "--distributed", "--epochs", "1"],
+            &["without MPI support", "--features mpi"],
+        );
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cnnkit"))
+        .current_dir(&d.0)
+        .args(["train", "--epochs", "1"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("without --distributed"),
+        "{t}"
+    );
+}

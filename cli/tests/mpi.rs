@@ -1,0 +1,212 @@
+//! `mpirun -np N cnnkit train --distributed` on loopback (the command built with the `mpi`
+//! feature; `.ci/run` installs Open MPI and runs these): the weights of one process on the same
+//! global batches, the same bits on a repeated run, resuming at another process count, a clear
+//! error for a batch that does not split, and a killed process failing the job without touching
+//! the saved model.
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use common::{Dir, cnnkit, text};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn mpirun_cmd(dir: &Path, np: usize, args: &[&str]) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "-np", &np.to_string()])
+        .arg(env!("CARGO_BIN_EXE_cnnkit"))
+        .args(args)
+        .current_dir(dir)
+        // Containers run tests as root, which Open MPI refuses unless told.
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    c
+}
+
+fn mpirun(dir: &Path, np: usize, args: &[&str]) -> Output {
+    mpirun_cmd(dir, np, args).output().unwrap()
+}
+
+fn weights(path: &Path) -> Vec<f32> {
+    let (m, _) = cnnkit::Sequential::load(path).unwrap();
+    m.params().to_vec()
+}
+
+fn assert_close(a: &[f32], b: &[f32], what: &str) {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-4 * scale,
+            "{what}: weight {i}: {x} vs {y}"
+        );
+    }
+}
+
+const RUN: &[&str] = &[
+    "train",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "32",
+    "--threads",
+    "1",
+];
+
+#[test]
+fn two_processes_train_the_weights_of_one() {
+    let d = Dir::new("mpi_equal");
+    let one = cnnkit(&d.0, &[RUN, &["--out", "one.safetensors"]].concat());
+    assert!(one.status.success(), "{}", text(&one));
+    for out in ["two.safetensors", "two_again.safetensors"] {
+        let o = mpirun(&d.0, 2, &[RUN, &["--distributed", "--out", out]].concat());
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        // Process 0 alone reports.
+        assert_eq!(t.matches("test accuracy").count(), 1, "{t}");
+        assert!(t.contains("distributed: 2 processes, 16 images"), "{t}");
+    }
+    let (w1, w2) = (
+        weights(&d.0.join("one.safetensors")),
+        weights(&d.0.join("two.safetensors")),
+    );
+    assert_close(&w2, &w1, "2 processes vs 1");
+    let again = weights(&d.0.join("two_again.safetensors"));
+    assert!(
+        again
+            .iter()
+            .zip(&w2)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "a repeated 2-process run gives other bits"
+    );
+}
+
+/// Interrupted on 2 processes, resumed on 1 (and the other way round): the weights of an
+/// uninterrupted run.
+#[test]
+fn a_run_resumes_at_another_process_count() {
+    let d = Dir::new("mpi_resume");
+    let full = cnnkit(&d.0, &[RUN, &["--out", "full.safetensors"]].concat());
+    assert!(full.status.success(), "{}", text(&full));
+    let want = weights(&d.0.join("full.safetensors"));
+    let o = mpirun(
+        &d.0,
+        2,
+        &[
+            RUN,
+            &[
+                "--distributed",
+                "--stop-after",
+                "20",
+                "--out",
+                "a.safetensors",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    let o = cnnkit(&d.0, &["train", "--resume", "a.resume.safetensors"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_close(
+        &weights(&d.0.join("a.safetensors")),
+        &want,
+        "2 then 1 process",
+    );
+    let o = cnnkit(
+        &d.0,
+        &[RUN, &["--stop-after", "20", "--out", "b.safetensors"]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    let o = mpirun(
+        &d.0,
+        2,
+        &["train", "--resume", "b.resume.safetensors", "--distributed"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert_close(
+        &weights(&d.0.join("b.safetensors")),
+        &want,
+        "1 then 2 processes",
+    );
+}
+
+#[test]
+fn a_batch_that_does_not_split_is_one_clear_error() {
+    let d = Dir::new("mpi_split");
+    let o = mpirun(&d.0, 3, &[RUN, &["--distributed"]].concat());
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("error:") && t.contains("does not split over 3 workers"),
+        "{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+/// A process killed mid-run fails the whole job with an error; the model saved before stays
+/// loadable (process 0 writes only when training ends, and atomically).
+#[test]
+fn a_killed_process_fails_the_job_and_the_saved_model_stays_loadable() {
+    let d = Dir::new("mpi_kill");
+    let o = mpirun(&d.0, 2, &[RUN, &["--distributed"]].concat());
+    assert!(o.status.success(), "{}", text(&o));
+    let before = weights(&d.0.join("model.safetensors"));
+    let marker = format!("killed-{}.safetensors", std::process::id());
+    let mut job = mpirun_cmd(
+        &d.0,
+        2,
+        &[
+            "train",
+            "--distributed",
+            "--epochs",
+            "100000",
+            "--threads",
+            "1",
+            "--out",
+            &marker,
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The two training processes (not the launcher, whose command line holds the marker too).
+    let ranks = || -> Vec<String> {
+        let out = Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "cnnkit")
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let mut pids = Vec::new();
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        pids = ranks();
+        if pids.len() == 2 {
+            break;
+        }
+    }
+    if pids.len() != 2 {
+        let _ = job.kill();
+        panic!("the job did not start: {pids:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-9", &pids[1]])
+        .status()
+        .unwrap();
+    let status = job.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the job went on without a process");
+    assert!(!err.is_empty(), "no error message");
+    assert_eq!(weights(&d.0.join("model.safetensors")), before);
+    assert!(!d.0.join(&marker).exists(), "a killed job saved a model");
+    assert!(ranks().is_empty(), "processes left running");
+}
