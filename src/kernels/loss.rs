@@ -8,7 +8,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::kernels::softmax::{max_and_sum_exp, rows_of};
 use crate::par;
-use crate::simd::{self, splat};
+use crate::simd::{self, Lane, splat};
 
 /// Softmax cross-entropy with integer labels and mean reduction, as
 /// `torch.nn.functional.cross_entropy(logits, labels, label_smoothing=ε)`:
@@ -210,16 +210,19 @@ fn pair_check(op: &'static str, a: &[f32], b: &[f32], grad: Option<&[f32]>) -> R
     Ok(())
 }
 
-/// Mean squared error, as `torch.nn.functional.mse_loss(pred, target)`:
-/// `loss = mean (pred − target)²`; `dpred` receives `2·(pred − target)/len`.
-///
-/// # Errors
-/// [`Error::InvalidArg`] for empty input; [`Error::Length`] if the lengths differ.
-pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Result<f32> {
-    const OP: &str = "mse_loss";
-    pair_check(OP, pred, target, dpred.as_deref())?;
+/// `mean loss(pred, target)` over all elements, writing `grad(pred, target)` (already divided by
+/// the length) into `dpred` when given: the shape of every element-wise regression loss.
+#[inline(always)]
+fn mean_pair_loss(
+    op: &'static str,
+    pred: &[f32],
+    target: &[f32],
+    dpred: Option<&mut [f32]>,
+    grad: impl Fn(Lane, Lane) -> Lane + Sync + Send + Copy,
+    loss: impl Fn(Lane, Lane) -> Lane + Sync + Send + Copy,
+) -> Result<f32> {
+    pair_check(op, pred, target, dpred.as_deref())?;
     let n = pred.len();
-    let scale = splat(2.0 / n as f32);
     let out: &mut [f32] = dpred.unwrap_or_default();
     let total = par::sum_over_rows(
         n,
@@ -230,23 +233,31 @@ pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Resu
         |r, out| {
             let (p, t) = (&pred[r.clone()], &target[r]);
             if !out.is_empty() {
-                simd::zip_map(
-                    p,
-                    t,
-                    out,
-                    #[inline(always)]
-                    |p, t| (p - t) * scale,
-                );
+                simd::zip_map(p, t, out, grad);
             }
-            simd::sum_zip(
-                p,
-                t,
-                #[inline(always)]
-                |p, t| (p - t) * (p - t),
-            ) as f64
+            simd::sum_zip(p, t, loss) as f64
         },
     );
     Ok((total / n as f64) as f32)
+}
+
+/// Mean squared error, as `torch.nn.functional.mse_loss(pred, target)`:
+/// `loss = mean (pred − target)²`; `dpred` receives `2·(pred − target)/len`.
+///
+/// # Errors
+/// [`Error::InvalidArg`] for empty input; [`Error::Length`] if the lengths differ.
+pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Result<f32> {
+    let scale = splat(2.0 / pred.len().max(1) as f32);
+    mean_pair_loss(
+        "mse_loss",
+        pred,
+        target,
+        dpred,
+        #[inline(always)]
+        |p, t| (p - t) * scale,
+        #[inline(always)]
+        |p, t| (p - t) * (p - t),
+    )
 }
 
 /// Mean absolute error, as `torch.nn.functional.l1_loss(pred, target)`:
@@ -256,44 +267,25 @@ pub fn mse_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Resu
 /// # Errors
 /// [`Error::InvalidArg`] for empty input; [`Error::Length`] if the lengths differ.
 pub fn l1_loss(pred: &[f32], target: &[f32], dpred: Option<&mut [f32]>) -> Result<f32> {
-    const OP: &str = "l1_loss";
-    pair_check(OP, pred, target, dpred.as_deref())?;
-    let n = pred.len();
-    let (pos, neg, zero) = (splat(1.0 / n as f32), splat(-1.0 / n as f32), splat(0.0));
-    let out: &mut [f32] = dpred.unwrap_or_default();
-    let total = par::sum_over_rows(
-        n,
-        1,
-        n * 3,
-        out,
+    let n = pred.len().max(1) as f32;
+    let (pos, neg, zero) = (splat(1.0 / n), splat(-1.0 / n), splat(0.0));
+    mean_pair_loss(
+        "l1_loss",
+        pred,
+        target,
+        dpred,
         #[inline(always)]
-        |r, out| {
-            let (p, t) = (&pred[r.clone()], &target[r]);
-            if !out.is_empty() {
-                simd::zip_map(
-                    p,
-                    t,
-                    out,
-                    #[inline(always)]
-                    |p, t| {
-                        let d = p - t;
-                        simd::select(
-                            simd::gt(d, zero),
-                            pos,
-                            simd::select(simd::lt(d, zero), neg, zero),
-                        )
-                    },
-                );
-            }
-            simd::sum_zip(
-                p,
-                t,
-                #[inline(always)]
-                |p, t| (p - t).abs(),
-            ) as f64
+        |p, t| {
+            let d = p - t;
+            simd::select(
+                simd::gt(d, zero),
+                pos,
+                simd::select(simd::lt(d, zero), neg, zero),
+            )
         },
-    );
-    Ok((total / n as f64) as f32)
+        #[inline(always)]
+        |p, t| (p - t).abs(),
+    )
 }
 
 /// Binary cross-entropy on logits, as

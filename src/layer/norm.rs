@@ -387,9 +387,7 @@ impl Layer for Dropout {
             let mask = grow("Dropout::forward", &mut self.mask, x.len())?;
             kernels::dropout_forward_train(self.p, ctx.seed, x, y, mask)
         } else {
-            crate::error::check_len("dropout", "y", y, x.len())?;
-            y.copy_from_slice(x);
-            Ok(())
+            pass_through("dropout", "y", x, y)
         }
     }
     fn backward(
@@ -408,11 +406,16 @@ impl Layer for Dropout {
         if self.trained {
             kernels::dropout_backward(&self.mask[..dy.len()], dy, dx, Accum::Replace)
         } else {
-            crate::error::check_len("dropout", "dx", dx, dy.len())?;
-            dx.copy_from_slice(dy);
-            Ok(())
+            pass_through("dropout", "dx", dy, dx)
         }
     }
+}
+
+/// `to = from` (the identity pass of a layer that only acts in training), checking the length.
+fn pass_through(op: &'static str, what: &'static str, from: &[f32], to: &mut [f32]) -> Result<()> {
+    crate::error::check_len(op, what, to, from.len())?;
+    to.copy_from_slice(from);
+    Ok(())
 }
 
 /// Additive Gaussian noise while training, the identity in evaluation.
@@ -453,9 +456,7 @@ impl Layer for GaussianNoise {
         if ctx.training {
             kernels::gaussian_noise_forward_train(self.std, ctx.seed, x, y)
         } else {
-            crate::error::check_len("noise", "y", y, x.len())?;
-            y.copy_from_slice(x);
-            Ok(())
+            pass_through("noise", "y", x, y)
         }
     }
     fn backward(
@@ -472,8 +473,6 @@ impl Layer for GaussianNoise {
     ) -> Result<()> {
         // The noise does not depend on x: dx = dy in both modes.
         let Some(dx) = dx else { return Ok(()) };
-        crate::error::check_len("noise", "dx", dx, dy.len())?;
-        dx.copy_from_slice(dy);
-        Ok(())
+        pass_through("noise", "dx", dy, dx)
     }
 }
