@@ -131,6 +131,7 @@ pub mod distributed;
 mod error;
 #[allow(unsafe_code)]
 pub mod gemm;
+pub mod gradcheck;
 #[cfg(feature = "image")]
 pub mod image;
 mod init;
@@ -151,7 +152,7 @@ mod train;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
 pub use init::Init;
-pub use layer::{LayerSpec, Shape3, Tensor, TensorData};
+pub use layer::{Layer, LayerSpec, Shape3, Tensor, TensorData};
 pub use memory::{memory_budget, set_memory_budget};
 pub use model::Sequential;
 pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};

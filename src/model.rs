@@ -3,7 +3,9 @@
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::Accum;
-use crate::layer::{self, Ctx, Layer, LayerSpec, ParamInfo, Shape3, Tensor, TensorData, numel};
+use crate::layer::{
+    self, Backward, Ctx, Layer, LayerSpec, ParamInfo, Shape3, Tensor, TensorData, numel,
+};
 use crate::rng::{Rng, mix64};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -93,40 +95,76 @@ impl Sequential {
         max_params: usize,
     ) -> Result<Self> {
         const OP: &str = "Sequential::new";
-        if input.contains(&0) {
-            return Err(Error::invalid(
-                OP,
-                "input",
-                format!("empty input shape {input:?}"),
-            ));
-        }
-        if specs.is_empty() {
-            return Err(Error::invalid(OP, "architecture", "no layers"));
-        }
-        let mut layers = Vec::with_capacity(specs.len());
-        let (mut shapes, mut infos, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut shape, mut total) = (input, 0usize);
+        check_input(input, specs.len())?;
+        let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(specs.len());
+        let (mut shape, mut total) = (input, 0);
         for spec in specs {
             let l = layer::build(spec, shape)?;
             shape = l.out_shape();
             crate::error::mul(OP, "layer output", shape[0], shape[1] * shape[2])?;
-            let info = l.params();
-            let len: usize = info.iter().map(ParamInfo::len).sum();
-            ranges.push(total..total + len);
-            total = total
-                .checked_add(len)
-                .ok_or_else(|| Error::too_large(OP, "parameter count"))?;
-            if total > max_params {
-                return Err(Error::invalid(
-                    OP,
-                    "architecture",
-                    format!("needs more than {max_params} parameters"),
-                ));
-            }
-            shapes.push(shape);
-            infos.push(info);
+            // Refused before the next layer is built (a hostile architecture allocates nothing).
+            total = add_params(total, &l.params(), max_params)?;
             layers.push(l);
         }
+        Self::assemble(input, layers, init, seed, max_params)
+    }
+
+    /// A model of layers already built, among them your own (see [`Layer`]): each must have been
+    /// made for the per-sample output shape of the one before it (the first for `input`);
+    /// cnnkit's layers are made with [`crate::layer::build`]. Parameters are initialised as by
+    /// [`Sequential::new`] from each layer's [`ParamKind`](crate::layer::ParamKind)s. Such a
+    /// model trains, evaluates and saves like any other; loading it back needs the same layers
+    /// (build them again, then [`Sequential::load_state_dict`]), since only cnnkit's own layers
+    /// can be rebuilt from the architecture text.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] for an empty input shape, no layers, or an output shape with no
+    /// elements.
+    ///
+    /// # Example
+    /// ```
+    /// use cnnkit::{layer, LayerSpec, Sequential};
+    /// let conv = layer::build(&LayerSpec::conv(4, 3, 1), [1, 8, 8])?;
+    /// let flat = layer::build(&LayerSpec::Flatten, conv.out_shape())?;
+    /// let dense = layer::build(&LayerSpec::dense(2), flat.out_shape())?;
+    /// let m = Sequential::from_layers([1, 8, 8], vec![conv, flat, dense], 0)?;
+    /// assert_eq!(m.output_len(), 2);
+    /// # Ok::<(), cnnkit::Error>(())
+    /// ```
+    pub fn from_layers(input: Shape3, layers: Vec<Box<dyn Layer>>, seed: u64) -> Result<Self> {
+        const OP: &str = "Sequential::from_layers";
+        for (i, l) in layers.iter().enumerate() {
+            if l.out_shape().contains(&0) {
+                return Err(Error::invalid(
+                    OP,
+                    "layers",
+                    format!("layer {i} ({}) has an empty output shape", l.spec()),
+                ));
+            }
+        }
+        Self::assemble(input, layers, Init::TorchDefault, seed, usize::MAX)
+    }
+
+    fn assemble(
+        input: Shape3,
+        layers: Vec<Box<dyn Layer>>,
+        init: Init,
+        seed: u64,
+        max_params: usize,
+    ) -> Result<Self> {
+        const OP: &str = "Sequential::new";
+        check_input(input, layers.len())?;
+        let (mut shapes, mut infos, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
+        let mut total = 0usize;
+        for l in &layers {
+            let info = l.params();
+            let end = add_params(total, &info, max_params)?;
+            ranges.push(total..end);
+            total = end;
+            shapes.push(l.out_shape());
+            infos.push(info);
+        }
+        let count = layers.len();
         crate::memory::check_elems::<f32>(
             OP,
             "the parameters and their gradients",
@@ -140,7 +178,7 @@ impl Sequential {
             ranges,
             params: crate::memory::vec_of(OP, "parameters", total, 0.0)?,
             grads: crate::memory::vec_of(OP, "gradients", total, 0.0)?,
-            acts: vec![Vec::new(); specs.len()],
+            acts: vec![Vec::new(); count],
             dbuf: [Vec::new(), Vec::new()],
             spare_grads: Vec::new(),
             ws: Vec::new(),
@@ -148,7 +186,7 @@ impl Sequential {
             rng: Rng::new(seed),
             last_n: None,
             warmed: 0,
-            skipped: vec![false; specs.len()],
+            skipped: vec![false; count],
         };
         m.reinit(init, seed);
         m.set_fusion(true);
@@ -326,11 +364,7 @@ impl Sequential {
                 Some(j) => &prev[j][..n * numel(self.shapes[j])],
             };
             let out = &mut rest[0][..n * numel(self.shapes[i])];
-            let mut ctx = Ctx {
-                training: self.training,
-                seed: mix64(call_seed ^ i as u64),
-                ws: &mut self.ws,
-            };
+            let mut ctx = Ctx::new(self.training, mix64(call_seed ^ i as u64), &mut self.ws);
             self.layers[i].forward(
                 n,
                 &self.params[self.ranges[i].clone()],
@@ -445,23 +479,19 @@ impl Sequential {
                 Some(_) => Some(&mut dx_buf[..input.len()]),
                 None => dx_in.as_deref_mut(),
             };
-            let mut ctx = Ctx {
-                training: self.training,
-                seed: 0,
-                ws: &mut self.ws,
-            };
+            let mut ctx = Ctx::new(self.training, 0, &mut self.ws);
             let r = self.ranges[i].clone();
-            self.layers[i].backward(
+            let b = Backward {
                 n,
-                &self.params[r.clone()],
-                &mut grads[r],
-                input,
+                params: &self.params[r.clone()],
+                grads: &mut grads[r],
+                x: input,
                 y,
                 dy,
                 dx,
                 accum,
-                &mut ctx,
-            )?;
+            };
+            self.layers[i].backward(b, &mut ctx)?;
             cur = 1 - cur;
         }
         Ok(())
@@ -593,6 +623,39 @@ impl Sequential {
         }
         Ok(())
     }
+}
+
+/// Refuses an empty input shape or an empty network.
+fn check_input(input: Shape3, layers: usize) -> Result<()> {
+    const OP: &str = "Sequential::new";
+    if input.contains(&0) {
+        return Err(Error::invalid(
+            OP,
+            "input",
+            format!("empty input shape {input:?}"),
+        ));
+    }
+    if layers == 0 {
+        return Err(Error::invalid(OP, "architecture", "no layers"));
+    }
+    Ok(())
+}
+
+/// `total` plus the parameters of `info`, refused above `max_params`.
+fn add_params(total: usize, info: &[ParamInfo], max_params: usize) -> Result<usize> {
+    const OP: &str = "Sequential::new";
+    let total = info
+        .iter()
+        .try_fold(total, |t, p| t.checked_add(p.len()))
+        .ok_or_else(|| Error::too_large(OP, "parameter count"))?;
+    if total > max_params {
+        return Err(Error::invalid(
+            OP,
+            "architecture",
+            format!("needs more than {max_params} parameters"),
+        ));
+    }
+    Ok(total)
 }
 
 fn dtype(t: &Tensor) -> &'static str {

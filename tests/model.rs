@@ -3,14 +3,14 @@
 
 mod common;
 
+use cnnkit::gradcheck::{self, Tolerance};
 use cnnkit::kernels::{Accum, cross_entropy_loss};
 use cnnkit::{LayerSpec, Sequential};
-use common::gradcheck::{NOISE_MARGIN, noise_level};
 use common::{par, values};
 use proptest::prelude::*;
 
 /// A random small network: 1–2 convolution blocks (convolution, optional batch norm, an
-/// activation, optional pooling), then flatten or global pooling, an optional hidden dense layer
+/// activation, optional pooling; or a residual block with an identity or projection shortcut), then flatten or global pooling, an optional hidden dense layer
 /// with dropout, and the classifier.
 fn network() -> impl Strategy<Value = (cnnkit::Shape3, String, usize)> {
     let act = prop_oneof![
@@ -32,7 +32,7 @@ fn network() -> impl Strategy<Value = (cnnkit::Shape3, String, usize)> {
         0..2usize,
         1..3usize,
         any::<bool>(),
-        act.clone(),
+        (act.clone(), 0..5u8),
         prop_oneof![
             Just(""),
             Just(",maxpool(2)"),
@@ -41,7 +41,11 @@ fn network() -> impl Strategy<Value = (cnnkit::Shape3, String, usize)> {
             Just(",maxpool(3,s=2,p=1)")
         ],
     )
-        .prop_map(|(o, k, p, s, bn, a, pool)| {
+        .prop_map(|(o, k, p, s, bn, (a, res), pool)| {
+            if res == 0 {
+                // A residual block (its own convolutions, batch norms and ReLUs).
+                return format!("res({o},s={s}){pool}");
+            }
             format!(
                 "conv({o},{k},s={s},p={p}){}{},{a}{pool}",
                 if bn { ",bn" } else { "" },
@@ -84,80 +88,11 @@ fn loss(model: &mut Sequential, rng: [u64; 4], x: &[f32], n: usize, labels: &[u3
     s / n as f64
 }
 
-/// A least-squares cubic through `l` at 13 equally spaced points of `[v0 − h, v0 + h]`.
-struct Fit {
-    h: f32,
-    /// The cubic's slope at `v0`.
-    slope: f64,
-    /// The largest distance of a value from the cubic.
-    residual: f64,
-    /// `Σ|w_j| / h` for the weights `w_j` that give the slope from the values: values each off
-    /// by at most η move the slope by at most `noise_gain · η`.
-    noise_gain: f64,
-}
-
-fn fit_slope(l: &mut impl FnMut(f32) -> f64, v0: f32, h: f32) -> Fit {
-    const M: i32 = 6;
-    // Points at the stored f32 offsets, scaled to t in [-1, 1].
-    let pts: Vec<(f64, f64)> = (-M..=M)
-        .map(|j| {
-            let v = v0 + j as f32 * (h / M as f32);
-            ((v as f64 - v0 as f64) / h as f64, l(v))
-        })
-        .collect();
-    let sum = |f: &dyn Fn(f64, f64) -> f64| pts.iter().map(|&(t, y)| f(t, y)).sum::<f64>();
-    let (s0, s2, s4, s6) = (
-        pts.len() as f64,
-        sum(&|t, _| t * t),
-        sum(&|t, _| t.powi(4)),
-        sum(&|t, _| t.powi(6)),
-    );
-    // Odd part (b·t + d·t³) and even part (a + c·t²) separate on a symmetric grid.
-    let (ty, t3y, y, t2y) = (
-        sum(&|t, y| t * y),
-        sum(&|t, y| t.powi(3) * y),
-        sum(&|_, y| y),
-        sum(&|t, y| t * t * y),
-    );
-    let det_odd = s2 * s6 - s4 * s4;
-    let (b, d) = (
-        (s6 * ty - s4 * t3y) / det_odd,
-        (s2 * t3y - s4 * ty) / det_odd,
-    );
-    let det_even = s0 * s4 - s2 * s2;
-    let (a, c) = (
-        (s4 * y - s2 * t2y) / det_even,
-        (s0 * t2y - s2 * y) / det_even,
-    );
-    let residual = pts
-        .iter()
-        .map(|&(t, y)| (y - (a + b * t + c * t * t + d * t.powi(3))).abs())
-        .fold(0.0, f64::max);
-    let gain = pts
-        .iter()
-        .map(|&(t, _)| ((s6 * t - s4 * t.powi(3)) / det_odd).abs())
-        .sum::<f64>();
-    Fit {
-        h,
-        slope: b / h as f64,
-        residual,
-        noise_gain: gain / h as f64,
-    }
-}
-
-/// Checks `grad[i]` for every `i` in `idx` against the fitted slope of `eval(i, v)` (the loss
-/// with variable `i` set to `v`) around `orig[i]`; `eval(i, orig[i])` restores each variable.
-/// The loss's rounding noise η is measured first at `eta_at`. Returns how many were checked and
-/// how many skipped (a window too kinked even at h/4).
-///
-/// A network of pooling and activations is piecewise smooth on a scale finer than the kernels'
-/// h = 1e-2 (max-pool switches among close values, leaky slopes), and its f32 forward pass makes
-/// the loss noisy at the 1e-7 level. So the slope is not a quotient of two values but the linear
-/// coefficient of a least-squares cubic through 13 values on [p − h, p + h] (see `fit_slope`):
-/// rounding noise averages out, the cubic absorbs curvature, and the fit's residual tells a kink
-/// from noise. A window whose residual is well above η holds a kink, and is shrunk to h/4 once
-/// before the variable is skipped. The allowance for rounding is the bound the fit's weights give
-/// for the residual actually seen, not a guess.
+/// Checks `grad[i]` for every `i` in `idx` with [`cnnkit::gradcheck::compare`] (fitted slopes
+/// of the loss, its measured rounding noise, windows on a kink skipped). A network of pooling and
+/// activations is piecewise smooth on a scale finer than the kernels' h = 1e-2 and its f32
+/// forward pass makes the loss noisy at the 1e-7 level, hence fitted cubics rather than single
+/// quotients. Returns how many were checked and how many skipped.
 fn check_slopes(
     what: &str,
     orig: &[f32],
@@ -166,35 +101,9 @@ fn check_slopes(
     eta_at: &[usize],
     eval: &mut dyn FnMut(usize, f32) -> f64,
 ) -> Result<(usize, usize), TestCaseError> {
-    let eta = eta_at
-        .iter()
-        .map(|&i| {
-            let e = noise_level(|v| eval(i, v), orig[i], 2e-3);
-            eval(i, orig[i]);
-            e
-        })
-        .fold(0.0, f64::max);
-    let (mut checked, mut skipped) = (0, 0);
-    for i in idx {
-        let fit = [2e-3f32, 5e-4]
-            .into_iter()
-            .map(|h| fit_slope(&mut |v| eval(i, v), orig[i], h))
-            .find(|f| f.residual <= 4.0 * NOISE_MARGIN * eta + 1e-12);
-        eval(i, orig[i]);
-        let Some(f) = fit else {
-            skipped += 1;
-            continue;
-        };
-        let (num, ana) = (f.slope, grad[i] as f64);
-        let noise = NOISE_MARGIN * f.noise_gain * f.residual.max(eta);
-        prop_assert!(
-            (num - ana).abs() <= 2e-3 + 2e-2 * num.abs() + noise,
-            "{what}: gradient[{i}] analytic {ana}, finite difference {num} (window {:.1e}, noise allowance {noise:.2e})",
-            f.h
-        );
-        checked += 1;
-    }
-    Ok((checked, skipped))
+    let r = gradcheck::compare(what, orig, grad, idx, eta_at, Tolerance::default(), eval);
+    prop_assert!(r.passed(), "{what}: {r}");
+    Ok((r.checked, r.skipped))
 }
 
 proptest! {

@@ -64,13 +64,15 @@ fn allocations(f: impl FnOnce()) -> usize {
 #[test]
 fn steady_state_training_and_inference_do_not_allocate() {
     use cnnkit::{LayerSpec, Sequential, TrainConfig, Trainer};
-    // The MNIST-CNN of the benchmarks, every other layer kind that keeps buffers, and X1.
+    // The MNIST-CNN of the benchmarks, every other layer kind that keeps buffers, X1, residual blocks.
     let archs = [
         "conv(32,3,p=1),relu,maxpool(2),conv(64,3,p=1),relu,maxpool(2),flatten,dense(128),relu,dense(10)",
         "conv(8,3,p=1),bn,prelu(channels),conv(8,3,p=1,g=8),gelu,avgpool(3,s=2,p=1),conv(4,1),ln,rrelu,dropout(0.2),gap,dense(10)",
         // X1's layers (the chest-X-ray CNN of the benchmarks, on 28x28 and 10 classes).
         "conv(32,3,p=1,bias=false),bn,relu,maxpool(2),conv(64,3,p=1,bias=false),bn,relu,maxpool(2),\
          conv(128,3,p=1,bias=false),bn,relu,maxpool(2),conv(128,3,p=1,bias=false),bn,relu,gap,dense(10)",
+        // Residual blocks with identity and projection shortcuts (the resnet preset's kinds).
+        "conv(8,3,p=1,bias=false),bn,relu,res(8),res(16,s=2),res(16),gap,dense(10)",
     ];
     // The counter sees allocations on this thread (that cnnkit's closures on other threads are
     // marked too is tested beside `par::probe`).

@@ -70,7 +70,7 @@ pub struct TrainArgs {
     /// Apply histogram equalisation before resizing (image folders).
     #[arg(long)]
     pub equalize: bool,
-    /// Network: mlp, cnn (default), lenet, vgg, or a layer list such as
+    /// Network: mlp, cnn (default), lenet, vgg, resnet, or a layer list such as
     /// "conv(32,3,p=1),relu,maxpool(2),flatten,dense(10)".
     #[arg(long, default_value = "cnn")]
     pub arch: String,

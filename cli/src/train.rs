@@ -27,9 +27,10 @@ struct TrainOnly {
     a: TrainArgs,
 }
 
-/// The named architectures for `classes` outputs, or a layer list.
-pub fn architecture(arch: &str, classes: usize) -> Result<Vec<LayerSpec>> {
+/// The named architectures for `classes` outputs and images of shape `input`, or a layer list.
+pub fn architecture(arch: &str, classes: usize, input: Shape3) -> Result<Vec<LayerSpec>> {
     let text = match arch {
+        "resnet" => return Ok(LayerSpec::resnet(input, classes)),
         "mlp" => format!("flatten,dense(128),relu,dense({classes})"),
         "cnn" => format!("conv(32,3,p=1),relu,maxpool(2),flatten,dense({classes})"),
         "lenet" => format!(
@@ -41,7 +42,7 @@ pub fn architecture(arch: &str, classes: usize) -> Result<Vec<LayerSpec>> {
         ),
         spec if spec.contains('(') || spec.contains(',') => spec.to_string(),
         other => bail!(
-            "--arch {other}: not a preset (mlp, cnn, lenet, vgg) or a layer list such as \"conv(32,3,p=1),relu,flatten,dense(10)\""
+            "--arch {other}: not a preset (mlp, cnn, lenet, vgg, resnet) or a layer list such as \"conv(32,3,p=1),relu,flatten,dense(10)\""
         ),
     };
     LayerSpec::parse_list(&text).with_context(|| format!("--arch {arch}"))
@@ -274,7 +275,7 @@ fn train(
             t
         }
         None => {
-            let specs = architecture(&a.arch, train.classes().len())?;
+            let specs = architecture(&a.arch, train.classes().len(), train.shape())?;
             let init = a.init.parse().context("--init")?;
             let model = Sequential::with_init(shape, &specs, init, a.seed).with_context(|| {
                 format!(

@@ -1,6 +1,8 @@
 //! Activation layers: the element-wise activations, `nn.PReLU` and `nn.RReLU`.
 
-use super::{Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, grow, numel, shape_error};
+use super::{
+    Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, grow, numel, shape_error,
+};
 use crate::error::Result;
 use crate::kernels::{self, Accum, Activation};
 use crate::shape::Shape4;
@@ -43,18 +45,8 @@ impl Layer for Act {
     ) -> Result<()> {
         kernels::activation_forward(self.act, x, y)
     }
-    fn backward(
-        &mut self,
-        _: usize,
-        _: &[f32],
-        _: &mut [f32],
-        x: &[f32],
-        y: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { x, y, dy, dx, .. } = b;
         match dx {
             Some(dx) => kernels::activation_backward(self.act, x, y, dy, dx, Accum::Replace),
             None => Ok(()),
@@ -107,18 +99,17 @@ impl Layer for PRelu {
     ) -> Result<()> {
         kernels::prelu_forward(self.shape4(n), x, p, y)
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        p: &[f32],
-        grad: &mut [f32],
-        x: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        accum: Accum,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Backward {
+            n,
+            params: p,
+            grads: grad,
+            x,
+            dy,
+            dx,
+            accum,
+            ..
+        } = b;
         // The kernel always writes dx; without a caller buffer it goes to scratch.
         let len = n * numel(self.shape);
         match dx {
@@ -193,18 +184,8 @@ impl Layer for RRelu {
             kernels::activation_forward(self.eval_act(), x, y)
         }
     }
-    fn backward(
-        &mut self,
-        _: usize,
-        _: &[f32],
-        _: &mut [f32],
-        x: &[f32],
-        y: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { x, y, dy, dx, .. } = b;
         let Some(dx) = dx else { return Ok(()) };
         if self.trained {
             kernels::rrelu_backward_train(&self.noise[..dy.len()], dy, dx, Accum::Replace)

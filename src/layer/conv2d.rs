@@ -1,6 +1,6 @@
 //! `nn.Conv2d`.
 
-use super::{Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
+use super::{Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
 use crate::error::Result;
 use crate::kernels::{self, Accum};
 use crate::shape::{Conv2dGeom, Conv2dParams, Shape4};
@@ -118,18 +118,17 @@ impl Layer for Conv2d {
         let (w, b) = p.split_at(self.w_len());
         kernels::conv2d_forward(&g, x, w, self.bias.then_some(b), y, ctx.ws)
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        p: &[f32],
-        grad: &mut [f32],
-        x: &[f32],
-        _y: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        accum: Accum,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Backward {
+            n,
+            params: p,
+            grads: grad,
+            x,
+            dy,
+            dx,
+            accum,
+            ..
+        } = b;
         let g = self.geom(n)?;
         let (dw, db) = grad.split_at_mut(self.w_len());
         kernels::conv2d_backward_weights(&g, x, dy, dw, self.bias.then_some(db), accum, ctx.ws)?;

@@ -1,6 +1,6 @@
 //! `nn.Linear`.
 
-use super::{Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
+use super::{Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
 use crate::error::Result;
 use crate::kernels::{self, Accum, DenseGeom};
 
@@ -70,18 +70,17 @@ impl Layer for Dense {
         let (w, b) = p.split_at(self.out * self.inp);
         kernels::dense_forward(&g, x, w, self.bias.then_some(b), y)
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        p: &[f32],
-        grad: &mut [f32],
-        x: &[f32],
-        _y: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        accum: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward {
+            n,
+            params: p,
+            grads: grad,
+            x,
+            dy,
+            dx,
+            accum,
+            ..
+        } = b;
         let g = DenseGeom::new(n, self.inp, self.out)?;
         let (dw, db) = grad.split_at_mut(self.out * self.inp);
         kernels::dense_backward_weights(&g, x, dy, dw, self.bias.then_some(db), accum)?;

@@ -10,6 +10,7 @@ mod conv2d;
 mod dense;
 mod norm;
 mod pool;
+mod residual;
 mod spec;
 
 pub use spec::LayerSpec;
@@ -45,54 +46,116 @@ pub enum TensorData {
 
 /// How a parameter is initialised by default (PyTorch's `reset_parameters`).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum ParamKind {
-    /// A weight: the chosen [`crate::Init`] scheme with these fans.
-    Weight { fan_in: usize, fan_out: usize },
+pub enum ParamKind {
+    /// A weight: the model's [`crate::Init`] scheme with these fans (PyTorch's default is
+    /// Kaiming-uniform with `a = √5`, i.e. `U(−1/√fan_in, 1/√fan_in)`).
+    Weight {
+        /// Inputs that feed one output.
+        fan_in: usize,
+        /// Outputs that one input feeds.
+        fan_out: usize,
+    },
     /// A bias: `U(−1/√fan_in, 1/√fan_in)`.
-    Bias { fan_in: usize },
+    Bias {
+        /// Inputs that feed one output.
+        fan_in: usize,
+    },
     /// A constant (γ = 1, β = 0, PReLU slope 0.25).
     Const(f32),
 }
 
 /// One parameter tensor of a layer, in the order it occupies the layer's parameter slice.
-#[derive(Clone, Debug)]
-pub(crate) struct ParamInfo {
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamInfo {
+    /// Its name in the state dict (`weight`, `bias`, `conv1.weight`, ...), after the layer's
+    /// index.
     pub name: &'static str,
+    /// Its PyTorch shape.
     pub shape: Vec<usize>,
+    /// How it is initialised.
     pub kind: ParamKind,
 }
 
 impl ParamInfo {
+    /// Elements.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
-/// What a layer call may use besides its buffers.
-pub(crate) struct Ctx<'a> {
+/// What a layer call may use besides its own buffers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Ctx<'a> {
     /// Training mode (batch statistics, dropout and RReLU noise) or evaluation.
     pub training: bool,
-    /// Seed for this call's random masks.
+    /// Seed for this call's random masks (forward only; a different one every call).
     pub seed: u64,
-    /// Shared scratch of at least the layer's `scratch_len`.
+    /// Scratch shared by all layers, at least [`Layer::scratch_len`] long; its contents are
+    /// undefined on entry and are not kept between calls.
     pub ws: &'a mut [f32],
 }
 
-/// A layer of a [`crate::Sequential`] model.
-pub(crate) trait Layer: Send + std::fmt::Debug {
-    /// Kind and hyper-parameters.
+impl<'a> Ctx<'a> {
+    /// A context (to call a layer directly, outside a model).
+    pub fn new(training: bool, seed: u64, ws: &'a mut [f32]) -> Self {
+        Ctx { training, seed, ws }
+    }
+}
+
+/// The arguments of [`Layer::backward`], for the batch of the layer's last forward call (a layer
+/// made of other layers builds one for each of them).
+#[derive(Debug)]
+pub struct Backward<'a> {
+    /// Samples in the batch.
+    pub n: usize,
+    /// The layer's parameters (its slice of the model's buffer, in [`Layer::params`] order).
+    pub params: &'a [f32],
+    /// Where the parameter gradients go (same layout), per `accum`.
+    pub grads: &'a mut [f32],
+    /// The forward call's input, `n` samples.
+    pub x: &'a [f32],
+    /// The forward call's output.
+    pub y: &'a [f32],
+    /// The gradient of the loss with respect to `y`.
+    pub dy: &'a [f32],
+    /// Where the input gradient goes (overwritten), when it is asked for; `None` for the first
+    /// layer of a network whose input gradient nobody needs.
+    pub dx: Option<&'a mut [f32]>,
+    /// Overwrite the parameter gradients ([`Accum::Replace`]) or add to them ([`Accum::Add`]).
+    pub accum: Accum,
+}
+
+/// A layer of a [`crate::Sequential`] model: cnnkit's own layers implement it, and so can yours
+/// (add it with [`crate::Sequential::from_layers`], test it with
+/// [`crate::gradcheck::check_layer`]; `examples/custom_layer.rs` is a complete one).
+///
+/// A layer owns its hyper-parameters, caches and buffers but not its parameters: the model keeps
+/// every layer's parameters and gradients in two flat buffers and hands each call the layer's
+/// slices, laid out as [`Layer::params`] lists them. Activations are `[n, C, H, W]` (NCHW),
+/// row-major. A layer must not allocate per call once its caches have grown for the largest
+/// batch (use [`Ctx::ws`] for temporary space), so that a training step allocates nothing.
+pub trait Layer: Send + std::fmt::Debug {
+    /// Kind and hyper-parameters; your own layer returns [`LayerSpec::custom`] with its name.
     fn spec(&self) -> LayerSpec;
-    /// Per-sample output shape.
+    /// Per-sample output shape `[C, H, W]` (`[F, 1, 1]` for a flat vector).
     fn out_shape(&self) -> Shape3;
-    /// Parameter tensors, in slice order.
+    /// Parameter tensors, in slice order (none by default).
     fn params(&self) -> Vec<ParamInfo> {
         Vec::new()
     }
-    /// Buffers (non-trainable state saved in checkpoints).
+    /// Buffers: state saved in checkpoints but not trained (running statistics).
     fn buffers(&self) -> Vec<(&'static str, Tensor)> {
         Vec::new()
     }
-    /// Replaces a buffer.
+    /// Replaces a buffer (when a state dict is loaded).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] for an unknown name or a tensor of the wrong shape.
     fn set_buffer(&mut self, name: &str, _t: &Tensor) -> Result<()> {
         Err(Error::invalid(
             "Layer::set_buffer",
@@ -100,44 +163,45 @@ pub(crate) trait Layer: Send + std::fmt::Debug {
             format!("no buffer named {name}"),
         ))
     }
-    /// Scratch needed for a batch of `n`.
+    /// Scratch ([`Ctx::ws`]) needed for a batch of `n` (none by default).
     fn scratch_len(&self, _n: usize) -> usize {
         0
     }
     /// Takes over (`on`) or gives back the work of a ReLU layer directly before this one: its
     /// forward then sees the ReLU's input and its backward returns the ReLU's input gradient.
-    /// Returns whether the layer can (see [`crate::Sequential::set_fusion`]).
+    /// Returns whether the layer can (see [`crate::Sequential::set_fusion`]); by default it
+    /// cannot.
+    #[doc(hidden)]
     fn absorb_relu(&mut self, _on: bool) -> bool {
         false
     }
-    /// `y = f(x)` for a batch of `n`.
+    /// `y = f(x)` for a batch of `n` samples (`y` is to be overwritten).
+    ///
+    /// # Errors
+    /// Errors of the kernels for inputs they refuse; the model checks the lengths first.
     fn forward(
         &mut self,
         n: usize,
-        p: &[f32],
+        params: &[f32],
         x: &[f32],
         y: &mut [f32],
         ctx: &mut Ctx<'_>,
     ) -> Result<()>;
-    /// Parameter gradients (into `g`, per `accum`) and, if asked for, the input gradient
-    /// (overwritten), for the batch of the last forward call.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &mut self,
-        n: usize,
-        p: &[f32],
-        g: &mut [f32],
-        x: &[f32],
-        y: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        accum: Accum,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()>;
+    /// Parameter gradients (into `b.grads`, per `b.accum`) and, if asked for, the input gradient
+    /// (`b.dx`, overwritten), for the batch of the last forward call.
+    ///
+    /// # Errors
+    /// As [`Layer::forward`].
+    fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()>;
 }
 
-/// Builds the layer `spec` for per-sample input shape `input`.
-pub(crate) fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
+/// Builds cnnkit's layer `spec` for per-sample input shape `input` (to mix with your own in
+/// [`crate::Sequential::from_layers`]).
+///
+/// # Errors
+/// [`Error::InvalidArg`] if the layer cannot take the input shape, or for
+/// [`LayerSpec::Custom`].
+pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
     Ok(match spec {
         LayerSpec::Conv2d { .. } => Box::new(conv2d::Conv2d::new(spec, input)?),
         LayerSpec::Dense { out, bias } => Box::new(dense::Dense::new(*out, *bias, input)?),
@@ -156,6 +220,18 @@ pub(crate) fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
         LayerSpec::PRelu { per_channel } => Box::new(activation::PRelu::new(*per_channel, input)),
         LayerSpec::RRelu { lower, upper } => {
             Box::new(activation::RRelu::new(*lower, *upper, input)?)
+        }
+        LayerSpec::Residual { out, stride } => {
+            Box::new(residual::Residual::new(*out, *stride, input)?)
+        }
+        LayerSpec::Custom { name } => {
+            return Err(shape_error(
+                spec,
+                input,
+                format!(
+                    "'{name}' is not a built-in layer; put your own layers in a model with Sequential::from_layers"
+                ),
+            ));
         }
     })
 }

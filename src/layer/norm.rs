@@ -1,7 +1,7 @@
 //! `nn.BatchNorm2d`, `nn.LayerNorm([C, H, W])` and `nn.Dropout`.
 
 use super::{
-    Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, Tensor, TensorData, grow, numel,
+    Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, Tensor, TensorData, grow, numel,
     shape_error,
 };
 use crate::error::{Error, Result};
@@ -191,18 +191,17 @@ impl Layer for BatchNorm2d {
             )
         }
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        p: &[f32],
-        grad: &mut [f32],
-        x: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        accum: Accum,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Backward {
+            n,
+            params: p,
+            grads: grad,
+            x,
+            dy,
+            dx,
+            accum,
+            ..
+        } = b;
         let c = self.shape[0];
         let (dgamma, dbeta) = grad.split_at_mut(c);
         let (ws, rest) = ctx
@@ -305,18 +304,17 @@ impl Layer for LayerNorm {
         let (mean, inv) = (&mut self.save_mean[..n], &mut self.save_invstd[..n]);
         kernels::layer_norm_forward(d, self.eps, x, Some(gamma), Some(beta), y, mean, inv)
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        p: &[f32],
-        grad: &mut [f32],
-        x: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        accum: Accum,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Backward {
+            n,
+            params: p,
+            grads: grad,
+            x,
+            dy,
+            dx,
+            accum,
+            ..
+        } = b;
         let d = numel(self.shape);
         let (dgamma, dbeta) = grad.split_at_mut(d);
         let dx = match dx {
@@ -390,18 +388,8 @@ impl Layer for Dropout {
             pass_through("dropout", "y", x, y)
         }
     }
-    fn backward(
-        &mut self,
-        _: usize,
-        _: &[f32],
-        _: &mut [f32],
-        _: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { dy, dx, .. } = b;
         let Some(dx) = dx else { return Ok(()) };
         if self.trained {
             kernels::dropout_backward(&self.mask[..dy.len()], dy, dx, Accum::Replace)
@@ -459,18 +447,8 @@ impl Layer for GaussianNoise {
             pass_through("noise", "y", x, y)
         }
     }
-    fn backward(
-        &mut self,
-        _: usize,
-        _: &[f32],
-        _: &mut [f32],
-        _: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { dy, dx, .. } = b;
         // The noise does not depend on x: dx = dy in both modes.
         let Some(dx) = dx else { return Ok(()) };
         pass_through("noise", "dx", dy, dx)

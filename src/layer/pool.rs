@@ -1,6 +1,6 @@
 //! `nn.MaxPool2d`, `nn.AvgPool2d`, global average pooling and `nn.Flatten`.
 
-use super::{Ctx, Layer, LayerSpec, Shape3, grow, numel, shape_error};
+use super::{Backward, Ctx, Layer, LayerSpec, Shape3, grow, numel, shape_error};
 use crate::error::Result;
 use crate::kernels::{self, Accum};
 use crate::shape::{Pool2dGeom, Pool2dParams, Shape4};
@@ -107,18 +107,8 @@ impl Layer for Pool {
             }
         }
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        _: &[f32],
-        _: &mut [f32],
-        _x: &[f32],
-        y: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
+        let Backward { n, y, dy, dx, .. } = b;
         let Some(dx) = dx else { return Ok(()) };
         let g = self.geom(n)?;
         match self.avg {
@@ -186,18 +176,8 @@ impl Layer for GlobalAvgPool {
     ) -> Result<()> {
         kernels::global_avg_pool_forward(self.shape(n), x, y)
     }
-    fn backward(
-        &mut self,
-        n: usize,
-        _: &[f32],
-        _: &mut [f32],
-        _: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { n, dy, dx, .. } = b;
         match dx {
             Some(dx) => kernels::global_avg_pool_backward(self.shape(n), dy, dx, Accum::Replace),
             None => Ok(()),
@@ -235,18 +215,8 @@ impl Layer for Flatten {
         y.copy_from_slice(x);
         Ok(())
     }
-    fn backward(
-        &mut self,
-        _: usize,
-        _: &[f32],
-        _: &mut [f32],
-        _: &[f32],
-        _: &[f32],
-        dy: &[f32],
-        dx: Option<&mut [f32]>,
-        _: Accum,
-        _: &mut Ctx<'_>,
-    ) -> Result<()> {
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { dy, dx, .. } = b;
         if let Some(dx) = dx {
             crate::error::check_len("flatten", "dx", dx, dy.len())?;
             dx.copy_from_slice(dy);

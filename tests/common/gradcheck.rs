@@ -36,35 +36,7 @@ impl Tol {
     };
 }
 
-/// Margin on the measured noise level `η` (a maximum over nine samples, so it may fall a little
-/// short of the largest deviation at the points used). A central difference with step `h` is off
-/// by at most `(η + η)/2h = η/h` through rounding; Richardson's `(4·D(h/2) − D(h))/3` by at most
-/// `(4·2η/h + η/h)/3 = 3η/h`.
-pub const NOISE_MARGIN: f64 = 2.0;
-
-/// The rounding noise of `l` near `v0`: the largest deviation of `l(v0 + j·δ)`, `j = −4..=4`,
-/// from their least-squares line, with `δ = h/64` (fine enough that curvature adds less than
-/// `L''·h²/256`, far below the noise of interest).
-pub fn noise_level(mut l: impl FnMut(f32) -> f64, v0: f32, h: f32) -> f64 {
-    let d = h / 64.0;
-    let pts: Vec<(f64, f64)> = (-4..=4)
-        .map(|j| {
-            let v = v0 + j as f32 * d;
-            (v as f64 - v0 as f64, l(v))
-        })
-        .collect();
-    let n = pts.len() as f64;
-    let (mx, my) = pts
-        .iter()
-        .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x / n, b + y / n));
-    let (sxy, sxx) = pts.iter().fold((0.0, 0.0), |(a, b), &(x, y)| {
-        (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
-    });
-    let slope = if sxx > 0.0 { sxy / sxx } else { 0.0 };
-    pts.iter()
-        .map(|&(x, y)| (y - my - slope * (x - mx)).abs())
-        .fold(0.0, f64::max)
-}
+pub use cnnkit::gradcheck::{NOISE_MARGIN, noise_level};
 
 fn dot(y: &[f32], dy: &[f32]) -> f64 {
     y.iter().zip(dy).map(|(&a, &b)| a as f64 * b as f64).sum()
