@@ -157,8 +157,8 @@ pub use memory::{memory_budget, set_memory_budget};
 pub use model::Sequential;
 pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};
 pub use train::{
-    AdversarialTraining, Control, EpochReport, Event, Loss, Progress, TrainConfig, Trainer,
-    evaluate, predict, reconstruction_loss,
+    AdversarialTraining, Control, EpochReport, Event, Loss, Monitor, Progress, Sampler,
+    TrainConfig, Trainer, evaluate, evaluate_scores, predict, reconstruction_loss,
 };
 
 /// The README's examples, compiled and run as doctests.

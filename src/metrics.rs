@@ -195,3 +195,113 @@ pub fn roc_auc(labels: &[u32], scores: &[f32]) -> Option<f64> {
     let u = rank_sum - (pos * (pos + 1)) as f64 / 2.0;
     Some(u / (pos as f64 * neg as f64))
 }
+
+/// The operating point a two-class decision threshold is chosen for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OperatingPoint {
+    /// At least this sensitivity (recall of class 1), with the best specificity that allows.
+    Sensitivity(f64),
+    /// At least this specificity (recall of class 0), with the best sensitivity that allows.
+    Specificity(f64),
+}
+
+/// A decision threshold on the positive-class probability (`positive ⇔ P(class 1) ≥
+/// threshold`) and the rates it gives on the data it was chosen on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Threshold {
+    /// The threshold.
+    pub threshold: f32,
+    /// Sensitivity at the threshold.
+    pub sensitivity: f64,
+    /// Specificity at the threshold.
+    pub specificity: f64,
+}
+
+/// The threshold on `scores` (positive-class probabilities) that reaches `target` on `labels`
+/// (0/1; others ignored) with the best other rate, halfway between the neighbouring scores of the
+/// cut so that it does not sit on a sample. `None` if a class is absent or the target is outside
+/// `[0, 1]`.
+///
+/// # Example
+/// ```
+/// use cnnkit::metrics::{decision_threshold, OperatingPoint};
+/// let labels = [0, 0, 0, 1, 1, 1];
+/// let scores = [0.1, 0.4, 0.6, 0.35, 0.7, 0.9];
+/// // Every positive found: the cut goes below 0.35, one negative (0.4) and 0.6 above it.
+/// let t = decision_threshold(&labels, &scores, OperatingPoint::Sensitivity(1.0)).unwrap();
+/// assert_eq!((t.threshold, t.sensitivity), (0.225, 1.0));
+/// assert!((t.specificity - 1.0 / 3.0).abs() < 1e-12);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+pub fn decision_threshold(
+    labels: &[u32],
+    scores: &[f32],
+    target: OperatingPoint,
+) -> Option<Threshold> {
+    let want = match target {
+        OperatingPoint::Sensitivity(v) | OperatingPoint::Specificity(v) => v,
+    };
+    if !(0.0..=1.0).contains(&want) {
+        return None;
+    }
+    let mut v: Vec<(f32, bool)> = labels
+        .iter()
+        .zip(scores)
+        .filter(|(l, s)| **l <= 1 && !s.is_nan())
+        .map(|(&l, &s)| (s, l == 1))
+        .collect();
+    let pos = v.iter().filter(|p| p.1).count();
+    let neg = v.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Cut k: the k lowest scores negative, the rest positive (at distinct score boundaries).
+    let mut best: Option<(f64, usize)> = None;
+    let (mut tn, mut fneg) = (0usize, 0usize);
+    for k in 0..=v.len() {
+        if k > 0 {
+            if v[k - 1].1 {
+                fneg += 1;
+            } else {
+                tn += 1;
+            }
+        }
+        if k > 0 && k < v.len() && v[k].0 == v[k - 1].0 {
+            continue;
+        }
+        let sens = (pos - fneg) as f64 / pos as f64;
+        let spec = tn as f64 / neg as f64;
+        let (ok, other) = match target {
+            OperatingPoint::Sensitivity(s) => (sens >= s, spec),
+            OperatingPoint::Specificity(s) => (spec >= s, sens),
+        };
+        if ok && best.is_none_or(|(o, _)| other > o) {
+            best = Some((other, k));
+        }
+    }
+    let (_, k) = best?;
+    let (tn, fneg) = v[..k].iter().fold(
+        (0, 0),
+        |(a, b), p| {
+            if p.1 { (a, b + 1) } else { (a + 1, b) }
+        },
+    );
+    let threshold = match k {
+        0 => v[0].0.min(0.0),
+        k if k == v.len() => f32::INFINITY,
+        k => (v[k - 1].0 + v[k].0) / 2.0,
+    };
+    Some(Threshold {
+        threshold,
+        sensitivity: (pos - fneg) as f64 / pos as f64,
+        specificity: tn as f64 / neg as f64,
+    })
+}
+
+/// The best sensitivity with specificity at least `specificity` (a point of the ROC curve), or
+/// `None` as for [`decision_threshold`].
+pub fn sensitivity_at_specificity(labels: &[u32], scores: &[f32], specificity: f64) -> Option<f64> {
+    decision_threshold(labels, scores, OperatingPoint::Specificity(specificity))
+        .map(|t| t.sensitivity)
+}

@@ -34,11 +34,158 @@ pub struct TrainConfig {
     /// The loss (default cross-entropy against class labels; MSE or L1 for image targets,
     /// [`Trainer::fit_to`]).
     pub loss: Loss,
+    /// Per-class weights of the cross-entropy (default none), as
+    /// `torch.nn.CrossEntropyLoss(weight=…)`, label smoothing included (see
+    /// [`crate::kernels::weighted_cross_entropy_loss`]); [`crate::data::balanced_class_weights`]
+    /// gives scikit-learn's "balanced" weights. Validation losses stay unweighted.
+    pub class_weights: Option<Vec<f32>>,
+    /// How each epoch's samples are drawn (default: every sample once, shuffled).
+    pub sampler: Sampler,
+    /// The metric that says which epoch is best, for [`TrainConfig::keep_best`],
+    /// [`TrainConfig::early_stopping`] and the [plateau schedule](LrSchedule::Plateau)
+    /// (default: the validation loss; the training loss or accuracy without a validation set).
+    pub monitor: Monitor,
+    /// Keep the parameters and buffers of the best epoch by `monitor` (default false):
+    /// [`Trainer::best`] says which, [`Trainer::restore_best`] puts them back in the model.
+    pub keep_best: bool,
+    /// Stop when `monitor` has not improved for this many epochs (default none).
+    pub early_stopping: Option<usize>,
+}
+
+/// A metric to select epochs by.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Monitor {
+    /// Mean cross-entropy, lower is better (the default).
+    #[default]
+    Loss,
+    /// Accuracy.
+    Accuracy,
+    /// ROC AUC of the positive-class probability (two classes, validation set needed).
+    Auc,
+    /// The best sensitivity at a specificity of at least this value (two classes, validation set
+    /// needed), from the ROC curve of the positive-class probability.
+    SensitivityAt(f32),
+}
+
+impl Monitor {
+    /// Whether larger is better (all but the loss).
+    pub fn maximize(&self) -> bool {
+        *self != Monitor::Loss
+    }
+}
+
+impl std::fmt::Display for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Monitor::Loss => f.write_str("loss"),
+            Monitor::Accuracy => f.write_str("accuracy"),
+            Monitor::Auc => f.write_str("auc"),
+            Monitor::SensitivityAt(s) => write!(f, "sens@{s:?}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Monitor {
+    type Err = Error;
+    /// `loss`, `accuracy`, `auc` or `sens@SPEC` (sensitivity at specificity ≥ SPEC).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(
+                "Monitor",
+                "monitor",
+                format!("'{s}': use loss, accuracy, auc or sens@SPECIFICITY such as sens@0.9"),
+            )
+        };
+        Ok(match s {
+            "loss" => Monitor::Loss,
+            "accuracy" | "acc" => Monitor::Accuracy,
+            "auc" => Monitor::Auc,
+            other => {
+                let v: f32 = other
+                    .strip_prefix("sens@")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(bad)?;
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(bad());
+                }
+                Monitor::SensitivityAt(v)
+            }
+        })
+    }
+}
+
+/// The best epoch so far and the model's state then.
+#[derive(Clone, Debug)]
+struct Best {
+    epoch: usize,
+    value: f64,
+    state: Vec<(String, Tensor)>,
+}
+
+/// How a training epoch draws its samples.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Sampler {
+    /// Every sample once per epoch, in a new shuffled order (the default, `shuffle=True`).
+    #[default]
+    Shuffle,
+    /// As many draws per epoch as there are samples, with replacement, each class equally
+    /// likely: `torch.utils.data.WeightedRandomSampler(weights, len(dataset))` with each
+    /// sample's weight `1 / (images of its class)`.
+    Balanced,
+    /// As many draws per epoch as there are samples, with replacement, a sample of class `c`
+    /// with probability proportional to `weights[c]` (`WeightedRandomSampler` with per-class
+    /// weights).
+    ClassWeighted(Vec<f32>),
+}
+
+impl std::fmt::Display for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sampler::Shuffle => f.write_str("shuffle"),
+            Sampler::Balanced => f.write_str("balanced"),
+            Sampler::ClassWeighted(w) => write!(f, "{}", join_floats(w, "/")),
+        }
+    }
+}
+
+impl std::str::FromStr for Sampler {
+    type Err = Error;
+    /// `shuffle`, `balanced`, or per-class weights `w0/w1/…` (or `w0,w1,…`).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "shuffle" => Ok(Sampler::Shuffle),
+            "balanced" => Ok(Sampler::Balanced),
+            w => parse_floats(w).map(Sampler::ClassWeighted).ok_or_else(|| {
+                Error::invalid(
+                    "Sampler",
+                    "sampler",
+                    format!("'{s}': use shuffle, balanced or per-class weights such as 1,3"),
+                )
+            }),
+        }
+    }
+}
+
+/// `v` as `a<sep>b<sep>…` with every float exactly.
+pub(crate) fn join_floats(v: &[f32], sep: &str) -> String {
+    v.iter()
+        .map(|x| format!("{x:?}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// Floats separated by `/` or `,` (at least one).
+pub(crate) fn parse_floats(s: &str) -> Option<Vec<f32>> {
+    let v: Option<Vec<f32>> = s.split(['/', ',']).map(|t| t.trim().parse().ok()).collect();
+    v.filter(|v| !v.is_empty())
 }
 
 /// One training step of [`Trainer::run_epochs`] on the samples at the given indices: loss and
 /// correct predictions.
 type StepFn<'a> = dyn FnMut(&mut Trainer, &[usize]) -> Result<(f32, usize)> + 'a;
+
+/// The validation of [`Trainer::run_epochs`] after each epoch: metrics and the monitored value.
+type ValFn<'a> = dyn FnMut(&mut Trainer) -> Result<(Option<Metrics>, Option<f64>)> + 'a;
 
 /// What a [`Trainer`] minimises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,6 +263,11 @@ impl Default for TrainConfig {
             eval_batch_size: 256,
             adversarial: None,
             loss: Loss::CrossEntropy,
+            class_weights: None,
+            sampler: Sampler::Shuffle,
+            monitor: Monitor::Loss,
+            keep_best: false,
+            early_stopping: None,
         }
     }
 }
@@ -204,6 +356,9 @@ pub struct Trainer {
     yb: Vec<u32>,
     dlogits: Vec<f32>,
     sync: Option<Box<dyn GradientSync>>,
+    best: Option<Best>,
+    plateau: crate::optim::PlateauState,
+    stopped_early: bool,
 }
 
 impl Trainer {
@@ -229,8 +384,39 @@ impl Trainer {
                 format!("{} (must be in (0, 1])", a.fraction),
             ));
         }
+        let weights = [
+            cfg.class_weights.as_deref(),
+            match &cfg.sampler {
+                Sampler::ClassWeighted(w) => Some(&w[..]),
+                _ => None,
+            },
+        ];
+        for (w, what) in weights.into_iter().zip(["class_weights", "sampler"]) {
+            let Some(w) = w else { continue };
+            if w.len() != model.output_len()
+                || w.iter().any(|v| !(v.is_finite() && *v >= 0.0))
+                || !w.iter().any(|&v| v > 0.0)
+            {
+                return Err(Error::invalid(
+                    "Trainer::new",
+                    what,
+                    format!(
+                        "{w:?}: needs one finite, non-negative weight per class ({}), not all zero",
+                        model.output_len()
+                    ),
+                ));
+            }
+        }
+        if cfg.early_stopping == Some(0) {
+            return Err(Error::invalid(
+                "Trainer::new",
+                "early_stopping",
+                "the patience must be at least 1 epoch",
+            ));
+        }
         let optimizer = Optimizer::new(optimizer, model.param_count())?;
         let shuffle_rng = crate::rng::Rng::new(cfg.seed).state();
+        let cfg_monitor = cfg.monitor;
         Ok(Trainer {
             model,
             optimizer,
@@ -247,6 +433,9 @@ impl Trainer {
             yb: Vec::new(),
             dlogits: Vec::new(),
             sync: None,
+            best: None,
+            plateau: crate::optim::PlateauState::new(cfg_monitor.maximize()),
+            stopped_early: false,
         })
     }
 
@@ -279,9 +468,30 @@ impl Trainer {
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
-    /// Whether every epoch has run.
+    /// Whether training is over: every epoch has run, or early stopping ended it.
     pub fn finished(&self) -> bool {
-        self.progress.epoch >= self.cfg.epochs
+        self.progress.epoch >= self.cfg.epochs || self.stopped_early
+    }
+    /// Whether early stopping ended training.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
+    }
+    /// The best epoch so far (1-based) by [`TrainConfig::monitor`] and its value, when
+    /// [`TrainConfig::keep_best`] or early stopping is on.
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.best.as_ref().map(|b| (b.epoch, b.value))
+    }
+    /// Puts the parameters and buffers of the best epoch back in the model (see
+    /// [`TrainConfig::keep_best`]) and returns that epoch; `None` (and the model unchanged)
+    /// without one.
+    ///
+    /// # Errors
+    /// Only if the kept state no longer fits the model (it always does for the trainer's own).
+    pub fn restore_best(&mut self) -> Result<Option<usize>> {
+        let Some(b) = &self.best else { return Ok(None) };
+        let map = b.state.iter().cloned().collect();
+        self.model.load_state_dict(&map)?;
+        Ok(Some(b.epoch))
     }
     /// Gives the model back.
     pub fn into_model(self) -> Sequential {
@@ -316,13 +526,31 @@ impl Trainer {
 
     /// [`Trainer::step`] on this worker's `labels.len()` samples of a global batch of `global`.
     fn step_part(&mut self, x: &[f32], labels: &[u32], global: usize) -> Result<(f32, usize)> {
+        const OP: &str = "Trainer::step";
         let n = labels.len();
+        let classes = self.model.output_len();
+        // With class weights the mean is over the global batch's label weights: this worker's
+        // sum, all-reduced (every worker takes part, also with an empty shard).
+        let norm = match &self.cfg.class_weights {
+            Some(w) => {
+                let mut local = [crate::kernels::class_weight_sum(OP, classes, labels, w)? as f32];
+                if let Some(sync) = self.sync.as_mut() {
+                    sync.all_reduce_sum(&mut local)?;
+                }
+                Some(local[0] as f64)
+            }
+            None => None,
+        };
+        // The share of this worker's mean in the global one.
+        let share = match norm {
+            Some(_) => 1.0,
+            None => n as f32 / global.max(1) as f32,
+        };
         if n == 0 && self.sync.is_some() {
             // A shard with no samples still takes part in the sums, with a zero gradient.
             self.model.grads_mut().fill(0.0);
-            return self.finish_step("Trainer::step", 0, global, 0.0, 0);
+            return self.finish_step(OP, share, 0.0, 0);
         }
-        let classes = self.model.output_len();
         let mixed;
         let x = match self.cfg.adversarial.clone() {
             Some(adv) if n > 0 => {
@@ -332,23 +560,24 @@ impl Trainer {
             _ => x,
         };
         self.model.train();
-        crate::layer::grow("Trainer::step", &mut self.dlogits, n * classes)?;
+        crate::layer::grow(OP, &mut self.dlogits, n * classes)?;
         let logits = self.model.forward(x, n)?;
         let correct = labels
             .iter()
             .enumerate()
             .filter(|&(i, &l)| argmax(&logits[i * classes..][..classes]) == l as usize)
             .count();
-        let loss = cross_entropy_loss(
-            classes,
-            logits,
-            labels,
-            self.cfg.label_smoothing,
-            Some(&mut self.dlogits[..n * classes]),
-        )?;
+        let d = Some(&mut self.dlogits[..n * classes]);
+        let eps = self.cfg.label_smoothing;
+        let loss = match (&self.cfg.class_weights, norm) {
+            (Some(w), Some(norm)) => {
+                crate::kernels::weighted_ce_with_norm(classes, logits, labels, w, eps, norm, d)?
+            }
+            _ => cross_entropy_loss(classes, logits, labels, eps, d)?,
+        };
         if !loss.is_finite() && self.sync.is_none() {
             return Err(Error::NonFinite {
-                op: "Trainer::step",
+                op: OP,
                 what: "training loss",
             });
         }
@@ -356,27 +585,26 @@ impl Trainer {
             self.model
                 .backward(x, &self.dlogits[..n * classes], Accum::Replace)?;
         }
-        self.finish_step("Trainer::step", n, global, loss, correct)
+        self.finish_step(OP, share, loss, correct)
     }
 
-    /// Combines the workers' gradients, loss and count (with a hook), then applies the
-    /// optimizer unless the (global) loss is not finite.
+    /// Combines the workers' gradients, loss and count (with a hook; this worker's gradient and
+    /// loss count with weight `share`), then applies the optimizer unless the (global) loss is
+    /// not finite.
     fn finish_step(
         &mut self,
         op: &'static str,
-        n: usize,
-        global: usize,
+        share: f32,
         loss: f32,
         correct: usize,
     ) -> Result<(f32, usize)> {
         let (mut loss, mut correct) = (loss, correct);
         if let Some(sync) = self.sync.as_mut() {
-            // The global mean gradient: Σ over workers of (n_local / n_global)·(local mean).
-            let w = n as f32 / global.max(1) as f32;
+            // The global mean gradient: Σ over workers of share·(local mean).
             let g = self.model.grads_mut();
-            g.iter_mut().for_each(|v| *v *= w);
+            g.iter_mut().for_each(|v| *v *= share);
             sync.all_reduce_sum(g)?;
-            let mut stats = [loss * w, correct as f32];
+            let mut stats = [loss * share, correct as f32];
             sync.all_reduce_sum(&mut stats)?;
             (loss, correct) = (stats[0], stats[1] as usize);
         }
@@ -525,10 +753,22 @@ impl Trainer {
         if train.is_empty() {
             return Err(Error::invalid(OP, "dataset", "the training set is empty"));
         }
+        let monitor = self.cfg.monitor;
+        if matches!(monitor, Monitor::Auc | Monitor::SensitivityAt(_))
+            && (val.is_none() || self.model.output_len() != 2)
+        {
+            return Err(Error::invalid(
+                OP,
+                "monitor",
+                format!("{monitor} needs two classes and a validation set"),
+            ));
+        }
         let val_batch = self.cfg.eval_batch_size;
+        let sample_weights = self.sample_weights(train);
         self.run_epochs(
             OP,
             train.len(),
+            sample_weights.as_deref(),
             crate::layer::numel(train.shape()),
             &mut |t, idx| {
                 let (global, idx) = (idx.len(), t.my_shard(idx));
@@ -539,8 +779,22 @@ impl Trainer {
                 r
             },
             &mut |t| match val {
-                Some(v) => evaluate(&mut t.model, v, val_batch).map(Some),
-                None => Ok(None),
+                Some(v) => {
+                    let (m, scores) = evaluate_scores(&mut t.model, v, val_batch)?;
+                    let value = match monitor {
+                        Monitor::Loss => m.loss,
+                        Monitor::Accuracy => m.accuracy,
+                        Monitor::Auc => m.binary.and_then(|b| b.roc_auc).unwrap_or(f64::NAN),
+                        Monitor::SensitivityAt(spec) => crate::metrics::sensitivity_at_specificity(
+                            v.labels(),
+                            &scores,
+                            spec as f64,
+                        )
+                        .unwrap_or(f64::NAN),
+                    };
+                    Ok((Some(m), Some(value)))
+                }
+                None => Ok((None, None)),
             },
             observe,
         )
@@ -574,7 +828,7 @@ impl Trainer {
         let n = x.len() / d.max(1);
         if n == 0 && self.sync.is_some() {
             self.model.grads_mut().fill(0.0);
-            return self.finish_step(OP, 0, global, 0.0, 0).map(|r| r.0);
+            return self.finish_step(OP, 0.0, 0.0, 0).map(|r| r.0);
         }
         crate::error::check_len(OP, "x", x, n * d)?;
         crate::error::check_len(OP, "target", target, n * self.model.output_len())?;
@@ -597,7 +851,8 @@ impl Trainer {
             self.model
                 .backward(x, &self.dlogits[..target.len()], Accum::Replace)?;
         }
-        self.finish_step(OP, n, global, loss, 0).map(|r| r.0)
+        self.finish_step(OP, n as f32 / global.max(1) as f32, loss, 0)
+            .map(|r| r.0)
     }
 
     /// [`Trainer::fit`] for image targets ([`Pairs`]: an image-to-image network, such as one that
@@ -624,13 +879,14 @@ impl Trainer {
         self.run_epochs(
             OP,
             train.len(),
+            None,
             train.input_len(),
             &mut |t, idx| {
                 let (global, idx) = (idx.len(), t.my_shard(idx));
                 train.gather(idx, &mut xb, &mut tb);
                 t.step_to_part(&xb, &tb, global).map(|l| (l, 0))
             },
-            &mut |_| Ok(None),
+            &mut |_| Ok((None, None)),
             observe,
         )?;
         for r in self.history.iter_mut() {
@@ -639,15 +895,40 @@ impl Trainer {
         Ok(())
     }
 
-    /// The epochs left: shuffled batches of `len` samples of `sample_len` values through `step`
-    /// (loss, correct predictions), then `val`, the schedule and the observer after each epoch.
+    /// Each training sample's weight under the configured sampler (`None`: a permutation).
+    fn sample_weights(&self, train: &Dataset) -> Option<Vec<f64>> {
+        let class_w: Vec<f64> = match &self.cfg.sampler {
+            Sampler::Shuffle => return None,
+            Sampler::Balanced => {
+                let mut count = vec![0usize; train.classes().len()];
+                for &l in train.labels() {
+                    count[l as usize] += 1;
+                }
+                count.iter().map(|&c| 1.0 / c.max(1) as f64).collect()
+            }
+            Sampler::ClassWeighted(w) => w.iter().map(|&v| v as f64).collect(),
+        };
+        Some(
+            train
+                .labels()
+                .iter()
+                .map(|&l| class_w[l as usize])
+                .collect(),
+        )
+    }
+
+    /// The epochs left: batches of `len` samples of `sample_len` values (shuffled, or drawn with
+    /// replacement by `sample_weights`) through `step` (loss, correct predictions), then `val`,
+    /// the schedule and the observer after each epoch.
+    #[allow(clippy::too_many_arguments)]
     fn run_epochs(
         &mut self,
         op: &'static str,
         len: usize,
+        sample_weights: Option<&[f64]>,
         sample_len: usize,
         step: &mut StepFn<'_>,
-        val: &mut dyn FnMut(&mut Trainer) -> Result<Option<Metrics>>,
+        val: &mut ValFn<'_>,
         observe: &mut dyn FnMut(&Event<'_>) -> Control,
     ) -> Result<()> {
         // The batch buffer, checked against the memory budget before the first gather.
@@ -659,14 +940,21 @@ impl Trainer {
             &mut self.xb,
             batch_len.saturating_sub(have),
         )?;
-        while self.progress.epoch < self.cfg.epochs {
+        while self.progress.epoch < self.cfg.epochs && !self.stopped_early {
             let started = std::time::Instant::now();
             let epoch = self.progress.epoch;
             // The optimizer holds the rate; the schedule moves it between epochs (below).
             let lr = self.optimizer.lr();
             let mut batches = match self.batches.take() {
                 Some(b) => b,
-                None => Batches::new(len, self.cfg.batch_size, true, self.cfg.seed)?,
+                None => match sample_weights {
+                    Some(w) => {
+                        Batches::weighted(w, self.cfg.batch_size, self.cfg.seed).map_err(|_| {
+                            Error::invalid(op, "sampler", "no class to draw has a positive weight")
+                        })?
+                    }
+                    None => Batches::new(len, self.cfg.batch_size, true, self.cfg.seed)?,
+                },
             };
             batches.set_rng_state(self.progress.shuffle_rng);
             let order: Vec<&[usize]> = batches.epoch().collect();
@@ -695,7 +983,7 @@ impl Trainer {
                 self.batches = Some(batches);
                 return Ok(());
             }
-            let val_metrics = val(self)?;
+            let (val_metrics, monitored) = val(self)?;
             let (sum, correct, seen) = self.progress.partial;
             let report = EpochReport {
                 epoch: epoch + 1,
@@ -712,12 +1000,43 @@ impl Trainer {
                 partial: (0.0, 0, 0),
             };
             self.batches = Some(batches);
+            // The monitored value: from the validation set, else the training loss or accuracy.
+            let value = monitored.unwrap_or(match self.cfg.monitor {
+                Monitor::Accuracy => report.train_accuracy,
+                _ => report.train_loss,
+            });
             self.history.push(report);
-            let next = self
-                .cfg
-                .schedule
-                .next_lr(lr, self.optimizer.initial_lr(), epoch + 1);
+            let maximize = self.cfg.monitor.maximize();
+            let track = self.cfg.keep_best || self.cfg.early_stopping.is_some();
+            let improved = match &self.best {
+                None => !value.is_nan(),
+                Some(b) if maximize => value > b.value,
+                Some(b) => value < b.value,
+            };
+            if track && improved {
+                self.best = Some(Best {
+                    epoch: epoch + 1,
+                    value,
+                    state: if self.cfg.keep_best {
+                        self.model.state_dict()
+                    } else {
+                        Vec::new()
+                    },
+                });
+            }
+            let next = match self.cfg.schedule {
+                LrSchedule::Plateau { .. } => {
+                    self.plateau.step(&self.cfg.schedule, maximize, value, lr)
+                }
+                _ => self
+                    .cfg
+                    .schedule
+                    .next_lr(lr, self.optimizer.initial_lr(), epoch + 1),
+            };
             self.optimizer.set_lr(next);
+            if let (Some(patience), Some(b)) = (self.cfg.early_stopping, &self.best) {
+                self.stopped_early = epoch + 1 - b.epoch >= patience;
+            }
             let stop =
                 observe(&Event::Epoch(self.history.last().expect("just pushed"))) == Control::Stop;
             if stop {
@@ -807,6 +1126,19 @@ pub fn reconstruction_loss(
 /// # Errors
 /// [`Error::InvalidArg`] if the dataset does not fit the model.
 pub fn evaluate(model: &mut Sequential, ds: &Dataset, batch: usize) -> Result<Metrics> {
+    evaluate_scores(model, ds, batch).map(|r| r.0)
+}
+
+/// [`evaluate`], and for two classes the positive-class probability of every image (empty for
+/// more classes).
+///
+/// # Errors
+/// As [`evaluate`].
+pub fn evaluate_scores(
+    model: &mut Sequential,
+    ds: &Dataset,
+    batch: usize,
+) -> Result<(Metrics, Vec<f32>)> {
     const OP: &str = "evaluate";
     if ds.shape() != model.input_shape() || ds.classes().len() != model.output_len() {
         return Err(Error::invalid(
@@ -852,13 +1184,14 @@ pub fn evaluate(model: &mut Sequential, ds: &Dataset, batch: usize) -> Result<Me
     }
     result?;
     let loss = loss_sum / ds.len().max(1) as f64;
-    Ok(Metrics::new(
+    let m = Metrics::new(
         classes,
         ds.labels(),
         &pred,
         (classes == 2).then_some(&scores[..]),
         loss,
-    ))
+    );
+    Ok((m, scores))
 }
 
 // ------------------------------------------------------------------------- resumable state
@@ -901,6 +1234,21 @@ impl TrainConfig {
         if self.loss != Loss::CrossEntropy {
             t.push_str(&format!(";loss={}", self.loss));
         }
+        if let Some(w) = &self.class_weights {
+            t.push_str(&format!(";class_weights={}", join_floats(w, "/")));
+        }
+        if self.sampler != Sampler::Shuffle {
+            t.push_str(&format!(";sampler={}", self.sampler));
+        }
+        if self.monitor != Monitor::Loss {
+            t.push_str(&format!(";monitor={}", self.monitor));
+        }
+        if self.keep_best {
+            t.push_str(";keep_best=true");
+        }
+        if let Some(p) = self.early_stopping {
+            t.push_str(&format!(";early_stopping={p}"));
+        }
         if let Some(a) = &self.adversarial {
             t.push_str(";adversarial=");
             t.push_str(&a.to_text());
@@ -923,6 +1271,23 @@ impl TrainConfig {
             adversarial: match m.get("adversarial") {
                 None => None,
                 Some(a) => Some(AdversarialTraining::from_text(a)?),
+            },
+            class_weights: match m.get("class_weights") {
+                None => None,
+                Some(w) => Some(parse_floats(w)?),
+            },
+            sampler: match m.get("sampler") {
+                None => Sampler::Shuffle,
+                Some(v) => v.parse().ok()?,
+            },
+            monitor: match m.get("monitor") {
+                None => Monitor::Loss,
+                Some(v) => v.parse().ok()?,
+            },
+            keep_best: m.get("keep_best") == Some(&"true"),
+            early_stopping: match m.get("early_stopping") {
+                None => None,
+                Some(v) => Some(v.parse().ok()?),
             },
         })
     }
@@ -1111,6 +1476,18 @@ impl Trainer {
             ),
         );
         m.insert("train.model_rng".into(), hex4(self.model.rng_state()));
+        let pl = &self.plateau;
+        let mut sel = format!(
+            "plateau_best={:?};plateau_bad={};plateau_cooldown={};stopped_early={}",
+            pl.best, pl.bad_epochs, pl.cooldown_left, self.stopped_early
+        );
+        if let Some(b) = &self.best {
+            sel.push_str(&format!(";best_epoch={};best_value={:?}", b.epoch, b.value));
+            for (name, t) in &b.state {
+                st.tensors.push((format!("best.{name}"), t.clone()));
+            }
+        }
+        m.insert("train.selection".into(), sel);
         m.insert("train.history".into(), history_to_text(&self.history));
         st
     }
@@ -1169,8 +1546,11 @@ impl Trainer {
             .ok_or_else(|| bad("malformed train.history"))?;
         let mut model_tensors = std::collections::HashMap::new();
         let mut optim = Vec::new();
+        let mut best_state = Vec::new();
         for (name, t) in &st.tensors {
-            if let Some(n) = name.strip_prefix("model.") {
+            if let Some(n) = name.strip_prefix("best.") {
+                best_state.push((n.to_string(), t.clone()));
+            } else if let Some(n) = name.strip_prefix("model.") {
                 model_tensors.insert(n.to_string(), t.clone());
             } else if let Some(n) = name.strip_prefix("optim.") {
                 match &t.data {
@@ -1207,6 +1587,33 @@ impl Trainer {
                 let initial = t.optimizer.lr();
                 t.optimizer
                     .set_lr(cfg.schedule.lr_at(initial, progress.epoch));
+            }
+        }
+        // Files written before model selection existed have no train.selection.
+        if let Some(sel) = m.get("train.selection") {
+            let f = fields(sel);
+            let bad_sel = || bad("malformed train.selection");
+            t.plateau = crate::optim::PlateauState {
+                best: num(&f, "plateau_best").ok_or_else(bad_sel)?,
+                bad_epochs: num(&f, "plateau_bad").ok_or_else(bad_sel)?,
+                cooldown_left: num(&f, "plateau_cooldown").ok_or_else(bad_sel)?,
+            };
+            t.stopped_early = num(&f, "stopped_early").ok_or_else(bad_sel)?;
+            if let Some(epoch) = num(&f, "best_epoch") {
+                if !best_state.is_empty() {
+                    // The kept state must fit the model.
+                    let map = best_state.iter().cloned().collect();
+                    let mut probe = Sequential::new(input, &specs, 0)
+                        .map_err(|e| Error::file(path, e.to_string()))?;
+                    probe
+                        .load_state_dict(&map)
+                        .map_err(|e| Error::file(path, format!("best state: {e}")))?;
+                }
+                t.best = Some(Best {
+                    epoch,
+                    value: num(&f, "best_value").ok_or_else(bad_sel)?,
+                    state: best_state,
+                });
             }
         }
         t.restore_progress(progress);

@@ -8,10 +8,15 @@ use cnnkit::{Control, LayerSpec, Sequential, TrainConfig, Trainer, data};
 const ARCH: &str = "conv(4,3,p=1),relu,maxpool(2),flatten,dense(16),tanh,dense(10)";
 
 fn trainer(seed: u64, batch: usize) -> Trainer {
+    trainer_weighted(seed, batch, None)
+}
+
+fn trainer_weighted(seed: u64, batch: usize, class_weights: Option<Vec<f32>>) -> Trainer {
     let model = Sequential::new([1, 8, 8], &LayerSpec::parse_list(ARCH).unwrap(), seed).unwrap();
     let cfg = TrainConfig {
         epochs: 2,
         batch_size: batch,
+        class_weights,
         ..Default::default()
     };
     Trainer::new(model, "sgd(lr=0.05,momentum=0.9)".parse().unwrap(), cfg).unwrap()
@@ -27,6 +32,14 @@ fn train_set() -> data::Dataset {
 /// Trains on `size` workers (threads, one rayon thread each); returns each worker's weights and
 /// epoch losses. Worker r > 0 starts from another seed: the broadcast must fix that.
 fn run(size: usize, batch: usize) -> Vec<(Vec<f32>, Vec<f64>)> {
+    run_weighted(size, batch, None)
+}
+
+fn run_weighted(
+    size: usize,
+    batch: usize,
+    class_weights: Option<Vec<f32>>,
+) -> Vec<(Vec<f32>, Vec<f64>)> {
     let train = train_set();
     let group = LocalSync::group(size).unwrap();
     std::thread::scope(|s| {
@@ -34,13 +47,14 @@ fn run(size: usize, batch: usize) -> Vec<(Vec<f32>, Vec<f64>)> {
             .into_iter()
             .map(|g| {
                 let train = &train;
+                let w = class_weights.clone();
                 s.spawn(move || {
                     let pool = rayon::ThreadPoolBuilder::new()
                         .num_threads(1)
                         .build()
                         .unwrap();
                     pool.install(|| {
-                        let mut t = trainer(3 + g.rank() as u64, batch);
+                        let mut t = trainer_weighted(3 + g.rank() as u64, batch, w);
                         t.set_gradient_sync(Box::new(g)).unwrap();
                         t.fit(train, None, &mut |_| Control::Continue).unwrap();
                         let losses = t.history().iter().map(|r| r.train_loss).collect();
@@ -51,6 +65,31 @@ fn run(size: usize, batch: usize) -> Vec<(Vec<f32>, Vec<f64>)> {
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
+}
+
+/// With class weights the mean runs over the global batch's label weights, not each shard's:
+/// workers still train the weights of one process.
+#[test]
+fn class_weighted_workers_train_the_weights_of_one_process() {
+    let w: Vec<f32> = (0..10).map(|c| 0.5 + c as f32 * 0.3).collect();
+    let train = train_set();
+    let mut single = trainer_weighted(3, 30, Some(w.clone()));
+    single
+        .fit(&train, None, &mut |_| Control::Continue)
+        .unwrap();
+    let want = single.model().params();
+    let out = run_weighted(3, 30, Some(w));
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in out[0].0.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "weight {i} {a} vs one process {b}"
+        );
+    }
+    let l: Vec<f64> = single.history().iter().map(|r| r.train_loss).collect();
+    for (a, b) in out[0].1.iter().zip(&l) {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "loss {a} vs {b}");
+    }
 }
 
 #[test]

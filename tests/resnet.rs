@@ -58,7 +58,8 @@ fn residual_network_matches_pytorch_forward_backward_and_statistics() {
     let loss = cross_entropy_loss(3, &logits, &labels, 0.0, Some(&mut d)).unwrap();
     close("loss", &[loss], f32s(get["loss"]), 1e-6);
     let mut dx = vec![0.0; x.len()];
-    m.input_gradient(x, &d, &mut dx, Some(Accum::Replace)).unwrap();
+    m.input_gradient(x, &d, &mut dx, Some(Accum::Replace))
+        .unwrap();
     close("dx", &dx, f32s(get["dx"]), 1e-4);
     // Parameter gradients: the flat buffer follows the state dict's parameter order.
     let mut at = 0;
@@ -69,16 +70,32 @@ fn residual_network_matches_pytorch_forward_backward_and_statistics() {
             TensorData::I64(_) => continue,
         };
         if let Some(g) = get.get(format!("grad.{name}").as_str()) {
-            close(&format!("grad {name}"), &m.grads()[at..at + len], f32s(g), 1e-4);
+            close(
+                &format!("grad {name}"),
+                &m.grads()[at..at + len],
+                f32s(g),
+                1e-4,
+            );
             at += len;
             seen += 1;
         } else {
             let after = get[format!("after.{name}").as_str()];
-            close(&format!("{name} after the step"), f32s(&t), f32s(after), 1e-5);
+            close(
+                &format!("{name} after the step"),
+                f32s(&t),
+                f32s(after),
+                1e-5,
+            );
         }
     }
     assert_eq!(at, m.param_count());
-    assert_eq!(seen, st.tensors.iter().filter(|(k, _)| k.starts_with("grad.")).count());
+    assert_eq!(
+        seen,
+        st.tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with("grad."))
+            .count()
+    );
     m.eval();
     let eval = m.forward(x, n).unwrap();
     close("eval logits", eval, f32s(get["eval_logits"]), 1e-5);

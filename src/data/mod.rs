@@ -213,6 +213,8 @@ pub struct Batches {
     batch: usize,
     rng: Rng,
     shuffle: bool,
+    /// Cumulative sample weights, for draws with replacement (empty: a permutation).
+    cdf: Vec<f64>,
 }
 
 impl Batches {
@@ -233,12 +235,52 @@ impl Batches {
             batch,
             rng: Rng::new(seed),
             shuffle,
+            cdf: Vec::new(),
         })
+    }
+
+    /// Batches of `batch` over `weights.len()` draws per epoch, with replacement, item `i` drawn
+    /// with probability `weights[i] / Σ weights` (`torch.utils.data.WeightedRandomSampler(weights,
+    /// len(weights), replacement=True)`), from `seed`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] for a zero batch size, or weights that are negative, not finite or
+    /// all zero.
+    pub fn weighted(weights: &[f64], batch: usize, seed: u64) -> Result<Self> {
+        const OP: &str = "Batches::weighted";
+        if weights.iter().any(|w| !(w.is_finite() && *w >= 0.0))
+            || !weights.iter().any(|&w| w > 0.0)
+        {
+            return Err(Error::invalid(
+                OP,
+                "weights",
+                "must be finite, non-negative and not all zero",
+            ));
+        }
+        let mut b = Batches::new(weights.len(), batch, true, seed)?;
+        let mut acc = 0.0;
+        b.cdf = weights
+            .iter()
+            .map(|&w| {
+                acc += w;
+                acc
+            })
+            .collect();
+        Ok(b)
     }
 
     /// Starts an epoch: draws a new order (if shuffling) and returns it cut into batches.
     pub fn epoch(&mut self) -> std::slice::Chunks<'_, usize> {
-        if self.shuffle {
+        if let Some(&total) = self.cdf.last() {
+            for v in self.order.iter_mut() {
+                let u = self.rng.next_f64() * total;
+                // The first item whose cumulative weight exceeds u (never one of weight 0).
+                *v = self
+                    .cdf
+                    .partition_point(|&c| c <= u)
+                    .min(self.cdf.len() - 1);
+            }
+        } else if self.shuffle {
             // Each epoch permutes the identity afresh, so the order depends only on the draws.
             for (i, v) in self.order.iter_mut().enumerate() {
                 *v = i;
@@ -256,6 +298,28 @@ impl Batches {
     pub fn set_rng_state(&mut self, s: [u64; 4]) {
         self.rng = Rng::from_state(s);
     }
+}
+
+/// scikit-learn's "balanced" class weights, `n / (classes · count_c)`, for `labels` of
+/// `classes` classes (0 for a class with no samples): each class then weighs as much in the loss
+/// as if the classes were equally frequent.
+pub fn balanced_class_weights(labels: &[u32], classes: usize) -> Vec<f32> {
+    let mut count = vec![0usize; classes];
+    for &l in labels {
+        if let Some(c) = count.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    count
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                (labels.len() as f64 / (classes as f64 * c as f64)) as f32
+            }
+        })
+        .collect()
 }
 
 /// Copies the images and labels at `idx` into `x` and `y` (cleared first; their capacity is

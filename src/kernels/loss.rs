@@ -129,6 +129,139 @@ pub fn cross_entropy_loss(
     Ok((total / rows as f64) as f32)
 }
 
+/// Cross-entropy with per-class weights, as
+/// `torch.nn.functional.cross_entropy(logits, labels, weight=w, label_smoothing=ε)` with mean
+/// reduction: with `ℓ_rj = −log softmax(x_r)_j`,
+/// `loss = [(1 − ε)·Σ_r w[y_r]·ℓ_{r,y_r} + (ε/C)·Σ_r Σ_j w[j]·ℓ_rj] / Σ_r w[y_r]`
+/// (the mean is over the weights of the batch's labels, so a batch of one class has the
+/// unweighted loss). `dlogits` receives
+/// `[(1 − ε)·w[y_r]·(p_rj − [j = y_r]) + (ε/C)·(W·p_rj − w[j])] / Σ_r w[y_r]` with `W = Σ_j w[j]`.
+/// A batch whose labels all have weight 0 gives NaN, as in PyTorch. Rows are summed in order in
+/// `f64` (one thread: the rows of a training batch are few).
+///
+/// # Errors
+/// As [`cross_entropy_loss`], and [`Error::InvalidArg`] if `weights` does not have one finite,
+/// non-negative value per class.
+///
+/// # Example
+/// ```
+/// use cnnkit::kernels::weighted_cross_entropy_loss;
+/// // Weight 3 on class 1: its row counts three times in the mean.
+/// let logits = [0.0, 1.0, 2.0, 0.0];
+/// let l = weighted_cross_entropy_loss(2, &logits, &[0, 1], &[1.0, 3.0], 0.0, None)?;
+/// let (l0, l1) = ((1.0f32 + 1.0f32.exp()).ln(), (1.0 + 2.0f32.exp()).ln());
+/// assert!((l - (l0 + 3.0 * l1) / 4.0).abs() < 1e-6);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+pub fn weighted_cross_entropy_loss(
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    weights: &[f32],
+    label_smoothing: f32,
+    dlogits: Option<&mut [f32]>,
+) -> Result<f32> {
+    let norm = class_weight_sum("weighted_cross_entropy_loss", classes, labels, weights)?;
+    weighted_ce_with_norm(
+        classes,
+        logits,
+        labels,
+        weights,
+        label_smoothing,
+        norm,
+        dlogits,
+    )
+}
+
+/// `Σ_r w[y_r]`, checking the weights and labels.
+pub(crate) fn class_weight_sum(
+    op: &'static str,
+    classes: usize,
+    labels: &[u32],
+    weights: &[f32],
+) -> Result<f64> {
+    check_len(op, "weights", weights, classes)?;
+    if let Some(i) = weights.iter().position(|w| !(w.is_finite() && *w >= 0.0)) {
+        return Err(Error::invalid(
+            op,
+            "weights",
+            format!(
+                "weights[{i}] = {} (must be finite and non-negative)",
+                weights[i]
+            ),
+        ));
+    }
+    labels
+        .iter()
+        .map(|&l| {
+            weights.get(l as usize).map(|&w| w as f64).ok_or_else(|| {
+                Error::invalid(
+                    op,
+                    "labels",
+                    format!("label {l} but there are {classes} classes"),
+                )
+            })
+        })
+        .sum()
+}
+
+/// [`weighted_cross_entropy_loss`] normalised by `norm` instead of the batch's own weight sum
+/// (a worker's part of a global batch: the sum over all workers' labels).
+pub(crate) fn weighted_ce_with_norm(
+    classes: usize,
+    logits: &[f32],
+    labels: &[u32],
+    weights: &[f32],
+    label_smoothing: f32,
+    norm: f64,
+    dlogits: Option<&mut [f32]>,
+) -> Result<f32> {
+    const OP: &str = "weighted_cross_entropy_loss";
+    let rows = rows_of(OP, classes, logits.len())?;
+    check_len(OP, "labels", labels, rows)?;
+    class_weight_sum(OP, classes, labels, weights)?;
+    let eps = label_smoothing as f64;
+    if !(0.0..=1.0).contains(&eps) {
+        return Err(Error::invalid(
+            OP,
+            "label_smoothing",
+            format!("must be in [0, 1], got {eps}"),
+        ));
+    }
+    let mut d: &mut [f32] = match dlogits {
+        Some(d) => {
+            check_len(OP, "dlogits", d, logits.len())?;
+            d
+        }
+        None => &mut [],
+    };
+    let w_total: f64 = weights.iter().map(|&w| w as f64).sum();
+    let c = classes as f64;
+    let mut total = 0.0f64;
+    for (r, x) in logits.chunks_exact(classes).enumerate() {
+        let y = labels[r] as usize;
+        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        let wy = weights[y] as f64;
+        let smooth: f64 = x
+            .iter()
+            .zip(weights)
+            .map(|(&v, &w)| w as f64 * (lse - v as f64))
+            .sum();
+        total += (1.0 - eps) * wy * (lse - x[y] as f64) + eps / c * smooth;
+        if !d.is_empty() {
+            let (row, rest) = std::mem::take(&mut d).split_at_mut(classes);
+            d = rest;
+            for (j, (o, &v)) in row.iter_mut().zip(x).enumerate() {
+                let (p, hit) = ((v as f64 - lse).exp(), if j == y { 1.0 } else { 0.0 });
+                let g = (1.0 - eps) * wy * (p - hit) + eps / c * (w_total * p - weights[j] as f64);
+                *o = (g / norm) as f32;
+            }
+        }
+    }
+    Ok((total / norm) as f32)
+}
+
 /// Widest rows taken by the row-per-lane path of [`cross_entropy_loss`].
 const NARROW: usize = 32;
 

@@ -151,7 +151,7 @@ impl Residual {
 }
 
 /// Splits `s` into consecutive pieces of the given lengths.
-fn split<'a, T>(mut s: &'a [T], lens: [usize; 6]) -> [&'a [T]; 6] {
+fn split<T>(mut s: &[T], lens: [usize; 6]) -> [&[T]; 6] {
     lens.map(|l| {
         let (a, b) = s.split_at(l);
         s = b;
@@ -159,7 +159,7 @@ fn split<'a, T>(mut s: &'a [T], lens: [usize; 6]) -> [&'a [T]; 6] {
     })
 }
 
-fn split_mut<'a, T>(mut s: &'a mut [T], lens: [usize; 6]) -> [&'a mut [T]; 6] {
+fn split_mut<T>(mut s: &mut [T], lens: [usize; 6]) -> [&mut [T]; 6] {
     lens.map(|l| {
         let (a, b) = std::mem::take(&mut s).split_at_mut(l);
         s = b;

@@ -192,8 +192,9 @@ impl LayerSpec {
             32.. => "conv(32,3,s=2,p=1,bias=false),bn,relu",
             _ => "conv(32,3,p=1,bias=false),bn,relu",
         };
-        let text =
-            format!("{stem},res(32),res(32),res(64,s=2),res(64),res(128,s=2),res(128),gap,dense({classes})");
+        let text = format!(
+            "{stem},res(32),res(32),res(64,s=2),res(64),res(128,s=2),res(128),gap,dense({classes})"
+        );
         Self::parse_list(&text).expect("the preset parses")
     }
     /// ReLU.

@@ -291,6 +291,16 @@ impl std::fmt::Display for LrSchedule {
             LrSchedule::Constant => write!(f, "constant"),
             LrSchedule::Step { step_size, gamma } => write!(f, "step:{step_size}:{gamma:?}"),
             LrSchedule::Cosine { t_max, eta_min } => write!(f, "cosine:{t_max}:{eta_min:?}"),
+            LrSchedule::Plateau {
+                factor,
+                patience,
+                threshold,
+                cooldown,
+                min_lr,
+            } => write!(
+                f,
+                "plateau:{factor:?}:{patience}:{threshold:?}:{cooldown}:{min_lr:?}"
+            ),
         }
     }
 }
@@ -302,7 +312,10 @@ impl std::str::FromStr for LrSchedule {
             Error::invalid(
                 "LrSchedule::from_str",
                 "schedule",
-                format!("'{s}': use constant, step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN]"),
+                format!(
+                    "'{s}': use constant, step:STEP_SIZE:GAMMA, cosine:T_MAX[:ETA_MIN] or \
+                     plateau[:FACTOR[:PATIENCE[:THRESHOLD[:COOLDOWN[:MIN_LR]]]]]"
+                ),
             )
         };
         let parts: Vec<&str> = s.trim().split(':').collect();
@@ -320,6 +333,16 @@ impl std::str::FromStr for LrSchedule {
                 t_max: t.parse().map_err(|_| bad())?,
                 eta_min: e.parse().map_err(|_| bad())?,
             }),
+            ["plateau", rest @ ..] if rest.len() <= 5 => {
+                let get = |i: usize, default: &'static str| rest.get(i).copied().unwrap_or(default);
+                Ok(LrSchedule::Plateau {
+                    factor: get(0, "0.1").parse().map_err(|_| bad())?,
+                    patience: get(1, "10").parse().map_err(|_| bad())?,
+                    threshold: get(2, "1e-4").parse().map_err(|_| bad())?,
+                    cooldown: get(3, "0").parse().map_err(|_| bad())?,
+                    min_lr: get(4, "0").parse().map_err(|_| bad())?,
+                })
+            }
             _ => Err(bad()),
         }?;
         sched.validate()?;
@@ -512,6 +535,90 @@ pub enum LrSchedule {
         /// Final rate.
         eta_min: f32,
     },
+    /// `torch.optim.lr_scheduler.ReduceLROnPlateau` (`threshold_mode='rel'`, `eps=1e-8`) on the
+    /// metric the trainer monitors ([`crate::TrainConfig::monitor`]; minimised for a loss,
+    /// maximised otherwise): after more than `patience` epochs without an improvement by the
+    /// relative `threshold`, the rate is multiplied by `factor` (not below `min_lr`), then
+    /// `cooldown` epochs pass before bad epochs count again. See [`PlateauState`].
+    Plateau {
+        /// Factor of each reduction (PyTorch's default 0.1).
+        factor: f32,
+        /// Epochs without improvement tolerated (default 10).
+        patience: usize,
+        /// Relative improvement that counts (default 1e-4).
+        threshold: f32,
+        /// Epochs after a reduction before bad epochs count again (default 0).
+        cooldown: usize,
+        /// Lowest rate (default 0).
+        min_lr: f32,
+    },
+}
+
+/// The state of a [`LrSchedule::Plateau`] schedule, as PyTorch's `ReduceLROnPlateau` keeps it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PlateauState {
+    /// The best metric so far (±∞ before the first epoch).
+    pub best: f64,
+    /// Epochs since the last improvement (`num_bad_epochs`).
+    pub bad_epochs: usize,
+    /// Epochs of cooldown left (`cooldown_counter`).
+    pub cooldown_left: usize,
+}
+
+impl PlateauState {
+    /// The state before the first epoch, for a metric that is minimised or maximised.
+    pub fn new(maximize: bool) -> Self {
+        PlateauState {
+            best: if maximize {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            },
+            bad_epochs: 0,
+            cooldown_left: 0,
+        }
+    }
+
+    /// `scheduler.step(metric)`: the rate after an epoch that ended with `metric` and rate `lr`
+    /// (unchanged for any schedule but [`LrSchedule::Plateau`]).
+    pub fn step(&mut self, schedule: &LrSchedule, maximize: bool, metric: f64, lr: f32) -> f32 {
+        let LrSchedule::Plateau {
+            factor,
+            patience,
+            threshold,
+            cooldown,
+            min_lr,
+        } = *schedule
+        else {
+            return lr;
+        };
+        let t = threshold as f64;
+        let better = if maximize {
+            metric > self.best * (1.0 + t)
+        } else {
+            metric < self.best * (1.0 - t)
+        };
+        if better {
+            self.best = metric;
+            self.bad_epochs = 0;
+        } else {
+            self.bad_epochs += 1;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            self.bad_epochs = 0;
+        }
+        if self.bad_epochs > patience {
+            self.cooldown_left = cooldown;
+            self.bad_epochs = 0;
+            let old = lr as f64;
+            let new = (old * factor as f64).max(min_lr as f64);
+            if old - new > 1e-8 {
+                return new as f32;
+            }
+        }
+        lr
+    }
 }
 
 impl LrSchedule {
@@ -544,6 +651,28 @@ impl LrSchedule {
                 "eta_min",
                 format!("must be finite, got {eta_min}"),
             )),
+            LrSchedule::Plateau { factor, .. } if !(0.0..1.0).contains(&factor) => {
+                Err(Error::invalid(
+                    OP,
+                    "factor",
+                    format!("must be in [0, 1) (PyTorch refuses factor >= 1), got {factor}"),
+                ))
+            }
+            LrSchedule::Plateau {
+                threshold, min_lr, ..
+            } if !(threshold.is_finite()
+                && threshold >= 0.0
+                && min_lr.is_finite()
+                && min_lr >= 0.0) =>
+            {
+                Err(Error::invalid(
+                    OP,
+                    "threshold",
+                    format!(
+                        "threshold {threshold} and min_lr {min_lr} must be finite and non-negative"
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -555,7 +684,7 @@ impl LrSchedule {
     /// [`LrSchedule::lr_at`] (up to rounding); a rate changed between epochs is continued from.
     pub fn next_lr(&self, lr: f32, base: f32, epoch: usize) -> f32 {
         match *self {
-            LrSchedule::Constant => lr,
+            LrSchedule::Constant | LrSchedule::Plateau { .. } => lr,
             LrSchedule::Step { step_size, gamma } => {
                 if epoch > 0 && epoch.is_multiple_of(step_size.max(1)) {
                     lr * gamma
@@ -587,7 +716,8 @@ impl LrSchedule {
     /// The rate for `epoch` (0-based) given the base rate (the closed form).
     pub fn lr_at(&self, base: f32, epoch: usize) -> f32 {
         match *self {
-            LrSchedule::Constant => base,
+            // The plateau schedule depends on the metrics, not the epoch.
+            LrSchedule::Constant | LrSchedule::Plateau { .. } => base,
             LrSchedule::Step { step_size, gamma } => {
                 base * gamma.powi((epoch / step_size.max(1)).min(i32::MAX as usize) as i32)
             }

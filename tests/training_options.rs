@@ -1,0 +1,299 @@
+//! Class imbalance and model selection against PyTorch: weighted cross-entropy (with label
+//! smoothing), ReduceLROnPlateau, balanced sampling and class weights
+//! (`tests/fixtures/gen_training_options.py`); keeping the best epoch, early stopping and
+//! resuming them.
+
+#[path = "fixtures/training_options_torch.rs"]
+mod torch;
+
+use cnnkit::data::{self, Batches};
+use cnnkit::kernels::weighted_cross_entropy_loss;
+use cnnkit::optim::{LrSchedule, PlateauState};
+use cnnkit::{Control, Event, LayerSpec, Monitor, Sampler, Sequential, TrainConfig, Trainer};
+
+#[test]
+fn weighted_cross_entropy_matches_pytorch() {
+    for (k, c) in torch::CE.iter().enumerate() {
+        let mut d = vec![f32::NAN; c.logits.len()];
+        let l = weighted_cross_entropy_loss(
+            c.classes,
+            c.logits,
+            c.labels,
+            c.weights,
+            c.eps,
+            Some(&mut d),
+        )
+        .unwrap();
+        assert!(
+            (l - c.loss).abs() <= 1e-6 * (1.0 + c.loss.abs()),
+            "case {k}: loss {l} vs PyTorch {}",
+            c.loss
+        );
+        for (i, (a, b)) in d.iter().zip(c.grad).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "case {k}: grad[{i}] {a} vs PyTorch {b}"
+            );
+        }
+    }
+    // Equal weights are the unweighted loss.
+    let c = &torch::CE[5];
+    let plain =
+        cnnkit::kernels::cross_entropy_loss(c.classes, c.logits, c.labels, c.eps, None).unwrap();
+    assert!((plain - c.loss).abs() < 1e-6);
+}
+
+#[test]
+fn weighted_cross_entropy_refuses_bad_weights() {
+    let x = [0.0f32, 1.0, 2.0, 3.0];
+    for (w, needle) in [
+        (&[1.0f32][..], "weights"),
+        (&[1.0, -1.0][..], "non-negative"),
+        (&[1.0, f32::NAN][..], "finite"),
+    ] {
+        let e = weighted_cross_entropy_loss(2, &x, &[0, 1], w, 0.0, None).unwrap_err();
+        assert!(e.to_string().contains(needle), "{w:?}: {e}");
+    }
+    // All labels of weight 0: NaN, as PyTorch.
+    assert!(
+        weighted_cross_entropy_loss(2, &x, &[1, 1], &[1.0, 0.0], 0.0, None)
+            .unwrap()
+            .is_nan()
+    );
+}
+
+#[test]
+fn plateau_schedule_follows_pytorch() {
+    for (k, c) in torch::PLATEAU.iter().enumerate() {
+        let sched = LrSchedule::Plateau {
+            factor: c.factor,
+            patience: c.patience,
+            threshold: c.threshold,
+            cooldown: c.cooldown,
+            min_lr: c.min_lr,
+        };
+        let mut st = PlateauState::new(c.mode_max);
+        let mut lr = c.lr0;
+        for (e, (&m, &want)) in c.metrics.iter().zip(c.lrs).enumerate() {
+            lr = st.step(&sched, c.mode_max, m, lr);
+            assert!(
+                (lr - want).abs() <= 1e-6 * want,
+                "case {k}, epoch {e}: lr {lr} vs PyTorch {want}"
+            );
+        }
+    }
+    let s: LrSchedule = "plateau".parse().unwrap();
+    assert_eq!(
+        s,
+        LrSchedule::Plateau {
+            factor: 0.1,
+            patience: 10,
+            threshold: 1e-4,
+            cooldown: 0,
+            min_lr: 0.0
+        }
+    );
+    assert_eq!(s.to_string().parse::<LrSchedule>().unwrap(), s);
+    for bad in ["plateau:1.5", "plateau:0.1:x", "plateau:0.1:2:-1"] {
+        assert!(bad.parse::<LrSchedule>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn balanced_weights_and_sampler_match_pytorch() {
+    let w = data::balanced_class_weights(torch::SAMPLER_LABELS, 3);
+    for (a, b) in w.iter().zip(torch::BALANCED_WEIGHTS) {
+        assert!((a - b).abs() < 1e-6, "{w:?}");
+    }
+    // Per-sample weights 1/count: each class drawn with PyTorch's probability (1/3 each).
+    let labels = torch::SAMPLER_LABELS;
+    let mut count = [0usize; 3];
+    labels.iter().for_each(|&l| count[l as usize] += 1);
+    let sw: Vec<f64> = labels
+        .iter()
+        .map(|&l| 1.0 / count[l as usize] as f64)
+        .collect();
+    let mut b = Batches::weighted(&sw, 8, 1).unwrap();
+    let mut drawn = [0usize; 3];
+    let mut items = vec![0usize; labels.len()];
+    let epochs = 400;
+    for _ in 0..epochs {
+        for batch in b.epoch() {
+            for &i in batch {
+                drawn[labels[i] as usize] += 1;
+                items[i] += 1;
+            }
+        }
+    }
+    let n = (epochs * labels.len()) as f64;
+    for (c, &p) in torch::SAMPLER_CLASS_P.iter().enumerate() {
+        // Five binomial standard deviations.
+        let sd = (n * p * (1.0 - p)).sqrt();
+        assert!(
+            (drawn[c] as f64 - n * p).abs() <= 5.0 * sd,
+            "class {c}: {} draws, expected {}",
+            drawn[c],
+            n * p
+        );
+    }
+    // Within a class, every sample is drawn (uniformly).
+    assert!(items.iter().all(|&k| k > 0));
+    assert!(Batches::weighted(&[0.0, 0.0], 2, 0).is_err());
+    assert!(Batches::weighted(&[1.0, -1.0], 2, 0).is_err());
+}
+
+fn digits_model(seed: u64) -> Sequential {
+    let specs = LayerSpec::parse_list("conv(4,3,p=1),relu,maxpool(2),flatten,dense(10)").unwrap();
+    Sequential::new([1, 8, 8], &specs, seed).unwrap()
+}
+
+#[test]
+fn balanced_sampler_draws_classes_evenly_and_resumes_exactly() {
+    let (train, _) = data::digits().unwrap();
+    // A 1:4 imbalanced set: class 1 keeps a quarter of its images.
+    let mut idx = Vec::new();
+    let mut seen1 = 0;
+    for (i, &l) in train.labels().iter().enumerate() {
+        if l == 1 {
+            seen1 += 1;
+            if seen1 % 4 != 0 {
+                continue;
+            }
+        }
+        idx.push(i);
+    }
+    let ds = train.subset(&idx);
+    let cfg = TrainConfig {
+        epochs: 2,
+        sampler: Sampler::Balanced,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg.clone()).unwrap();
+    t.fit(&ds, None, &mut |_| Control::Continue).unwrap();
+    // Stopped after 7 steps, saved, loaded, continued: the same weights.
+    let dir = std::env::temp_dir().join(format!("cnnkit-sampler-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.safetensors");
+    let mut a = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg).unwrap();
+    let mut steps = 0;
+    a.fit(&ds, None, &mut |e| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+        }
+        if steps == 7 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })
+    .unwrap();
+    a.save(&path, &Default::default()).unwrap();
+    let (mut b, _) = Trainer::load(&path).unwrap();
+    assert_eq!(b.config().sampler, Sampler::Balanced);
+    b.fit(&ds, None, &mut |_| Control::Continue).unwrap();
+    assert_eq!(b.model().params(), t.model().params());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn keep_best_restores_the_best_epoch_and_early_stopping_stops() {
+    let (train, test) = data::digits().unwrap();
+    // A learning rate that makes the validation loss jump about.
+    let cfg = TrainConfig {
+        epochs: 12,
+        monitor: Monitor::Accuracy,
+        keep_best: true,
+        early_stopping: Some(3),
+        ..Default::default()
+    };
+    let mut t = Trainer::new(digits_model(1), "sgd(lr=0.5)".parse().unwrap(), cfg).unwrap();
+    t.fit(&train, Some(&test), &mut |_| Control::Continue)
+        .unwrap();
+    let accs: Vec<f64> = t
+        .history()
+        .iter()
+        .map(|r| r.val.as_ref().unwrap().accuracy)
+        .collect();
+    let (best_epoch, best) = t.best().unwrap();
+    // The best is the first maximum of the validation accuracies.
+    let max = accs.iter().cloned().fold(f64::MIN, f64::max);
+    assert_eq!(best, max);
+    assert_eq!(best_epoch, 1 + accs.iter().position(|&a| a == max).unwrap());
+    // Early stopping: stopped exactly `patience` epochs after the best, or ran to the end.
+    if t.stopped_early() {
+        assert_eq!(accs.len(), best_epoch + 3, "{accs:?}");
+        assert!(t.finished());
+    } else {
+        assert_eq!(accs.len(), 12);
+    }
+    // Restoring gives the model of that epoch: its accuracy again.
+    assert_eq!(t.restore_best().unwrap(), Some(best_epoch));
+    let m = cnnkit::evaluate(t.model_mut(), &test, 256).unwrap();
+    assert_eq!(m.accuracy, best);
+}
+
+#[test]
+fn model_selection_state_survives_a_resume() {
+    let (train, test) = data::digits().unwrap();
+    let cfg = TrainConfig {
+        epochs: 5,
+        keep_best: true,
+        schedule: "plateau:0.5:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let opt = "sgd(lr=0.3)";
+    let mut whole = Trainer::new(digits_model(2), opt.parse().unwrap(), cfg.clone()).unwrap();
+    whole
+        .fit(&train, Some(&test), &mut |_| Control::Continue)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("cnnkit-select-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.safetensors");
+    let mut a = Trainer::new(digits_model(2), opt.parse().unwrap(), cfg).unwrap();
+    a.fit(&train, Some(&test), &mut |e| match e {
+        Event::Epoch(r) if r.epoch == 3 => Control::Stop,
+        _ => Control::Continue,
+    })
+    .unwrap();
+    a.save(&path, &Default::default()).unwrap();
+    let (mut b, _) = Trainer::load(&path).unwrap();
+    b.fit(&train, Some(&test), &mut |_| Control::Continue)
+        .unwrap();
+    assert_eq!(b.best(), whole.best());
+    assert_eq!(b.model().params(), whole.model().params());
+    let lrs = |t: &Trainer| t.history().iter().map(|r| r.lr).collect::<Vec<_>>();
+    assert_eq!(lrs(&b), lrs(&whole));
+    b.restore_best().unwrap();
+    whole.restore_best().unwrap();
+    assert_eq!(b.model().params(), whole.model().params());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn monitors_that_need_validation_data_say_so() {
+    let (train, _) = data::digits().unwrap();
+    for monitor in [Monitor::Auc, Monitor::SensitivityAt(0.9)] {
+        let cfg = TrainConfig {
+            epochs: 1,
+            monitor,
+            keep_best: true,
+            ..Default::default()
+        };
+        let mut t = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg).unwrap();
+        let e = t.fit(&train, None, &mut |_| Control::Continue).unwrap_err();
+        assert!(e.to_string().contains("validation set"), "{e}");
+    }
+    for bad in ["sens@1.5", "f1", "sens@"] {
+        assert!(bad.parse::<Monitor>().is_err(), "{bad}");
+    }
+    assert_eq!(
+        "sens@0.9".parse::<Monitor>().unwrap(),
+        Monitor::SensitivityAt(0.9)
+    );
+    let cfg = TrainConfig {
+        class_weights: Some(vec![1.0; 3]),
+        ..Default::default()
+    };
+    let e = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg).unwrap_err();
+    assert!(e.to_string().contains("one finite"), "{e}");
+}
