@@ -125,6 +125,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod arch;
+pub mod augment;
 pub mod checkpoint;
 pub mod data;
 pub mod distributed;

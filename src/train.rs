@@ -50,6 +50,9 @@ pub struct TrainConfig {
     pub keep_best: bool,
     /// Stop when `monitor` has not improved for this many epochs (default none).
     pub early_stopping: Option<usize>,
+    /// Augmentation of the training images in [`Trainer::fit`] (default none): each epoch's
+    /// batches are augmented afresh, the same for any thread count and after a resume.
+    pub augment: Option<crate::augment::Augment>,
 }
 
 /// A metric to select epochs by.
@@ -268,6 +271,7 @@ impl Default for TrainConfig {
             monitor: Monitor::Loss,
             keep_best: false,
             early_stopping: None,
+            augment: None,
         }
     }
 }
@@ -359,6 +363,8 @@ pub struct Trainer {
     best: Option<Best>,
     plateau: crate::optim::PlateauState,
     stopped_early: bool,
+    /// One image of scratch for the augmentation.
+    aug_buf: Vec<f32>,
 }
 
 impl Trainer {
@@ -407,6 +413,9 @@ impl Trainer {
                 ));
             }
         }
+        if let Some(a) = &cfg.augment {
+            a.validate()?;
+        }
         if cfg.early_stopping == Some(0) {
             return Err(Error::invalid(
                 "Trainer::new",
@@ -436,6 +445,7 @@ impl Trainer {
             best: None,
             plateau: crate::optim::PlateauState::new(cfg_monitor.maximize()),
             stopped_early: false,
+            aug_buf: Vec::new(),
         })
     }
 
@@ -774,6 +784,18 @@ impl Trainer {
                 let (global, idx) = (idx.len(), t.my_shard(idx));
                 let (mut xb, mut yb) = (std::mem::take(&mut t.xb), std::mem::take(&mut t.yb));
                 gather(train, idx, &mut xb, &mut yb);
+                // Taken out for the call (no clone: a step allocates nothing).
+                if let Some(aug) = t.cfg.augment.take() {
+                    let r = aug.apply(
+                        train.shape(),
+                        &mut xb,
+                        idx,
+                        t.progress.epoch,
+                        &mut t.aug_buf,
+                    );
+                    t.cfg.augment = Some(aug);
+                    r?;
+                }
                 let r = t.step_part(&xb, &yb, global);
                 (t.xb, t.yb) = (xb, yb);
                 r
@@ -1249,6 +1271,17 @@ impl TrainConfig {
         if let Some(p) = self.early_stopping {
             t.push_str(&format!(";early_stopping={p}"));
         }
+        if let Some(a) = &self.augment {
+            // `options|seed[|means|stds]`.
+            t.push_str(&format!(";augment={a}|{}", a.seed));
+            if let Some(n) = &a.normalization {
+                t.push_str(&format!(
+                    "|{}|{}",
+                    join_floats(&n.mean, "/"),
+                    join_floats(&n.std, "/")
+                ));
+            }
+        }
         if let Some(a) = &self.adversarial {
             t.push_str(";adversarial=");
             t.push_str(&a.to_text());
@@ -1288,6 +1321,24 @@ impl TrainConfig {
             early_stopping: match m.get("early_stopping") {
                 None => None,
                 Some(v) => Some(v.parse().ok()?),
+            },
+            augment: match m.get("augment") {
+                None => None,
+                Some(v) => {
+                    let f: Vec<&str> = v.split('|').collect();
+                    let mut a: crate::augment::Augment = f.first()?.parse().ok()?;
+                    a.seed = f.get(1)?.parse().ok()?;
+                    if f.len() == 4 {
+                        a.normalization = Some(
+                            crate::stability::Normalization::new(
+                                parse_floats(f[2])?,
+                                parse_floats(f[3])?,
+                            )
+                            .ok()?,
+                        );
+                    }
+                    Some(a)
+                }
             },
         })
     }

@@ -297,3 +297,67 @@ fn monitors_that_need_validation_data_say_so() {
     let e = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg).unwrap_err();
     assert!(e.to_string().contains("one finite"), "{e}");
 }
+
+fn augmented_cfg() -> TrainConfig {
+    TrainConfig {
+        epochs: 2,
+        augment: Some(
+            "flip,rotate=10,crop=0.8,translate=0.1,brightness=0.2,contrast=0.2,noise=0.02"
+                .parse()
+                .unwrap(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn fit_in_pool(threads: usize, cfg: TrainConfig) -> Vec<f32> {
+    let (train, _) = data::digits().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let mut t = Trainer::new(digits_model(4), "adam".parse().unwrap(), cfg).unwrap();
+        t.fit(&train, None, &mut |_| Control::Continue).unwrap();
+        t.model().params().to_vec()
+    })
+}
+
+#[test]
+fn augmented_training_is_the_same_for_any_thread_count_and_after_a_resume() {
+    let one = fit_in_pool(1, augmented_cfg());
+    assert_eq!(one, fit_in_pool(2, augmented_cfg()));
+    // Augmentation changes what is trained on.
+    let plain = fit_in_pool(
+        1,
+        TrainConfig {
+            augment: None,
+            ..augmented_cfg()
+        },
+    );
+    assert_ne!(one, plain);
+    // Stopped mid-epoch, saved, loaded, continued: the same weights.
+    let (train, _) = data::digits().unwrap();
+    let dir = std::env::temp_dir().join(format!("cnnkit-augment-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.safetensors");
+    let mut a = Trainer::new(digits_model(4), "adam".parse().unwrap(), augmented_cfg()).unwrap();
+    let mut steps = 0;
+    a.fit(&train, None, &mut |e| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+        }
+        if steps == 60 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })
+    .unwrap();
+    a.save(&path, &Default::default()).unwrap();
+    let (mut b, _) = Trainer::load(&path).unwrap();
+    assert_eq!(b.config().augment, augmented_cfg().augment);
+    b.fit(&train, None, &mut |_| Control::Continue).unwrap();
+    assert_eq!(b.model().params(), &one[..]);
+    std::fs::remove_dir_all(&dir).ok();
+}

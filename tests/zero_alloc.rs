@@ -145,3 +145,26 @@ fn steady_state_training_and_inference_do_not_allocate() {
         });
     }
 }
+
+#[test]
+fn augmentation_does_not_allocate_after_the_first_batch() {
+    let a: cnnkit::augment::Augment =
+        "flip,vflip,rotate=10,crop=0.8,translate=0.1,brightness,contrast,noise"
+            .parse()
+            .unwrap();
+    let a = cnnkit::augment::Augment {
+        normalization: Some(cnnkit::stability::Normalization::new(vec![0.5], vec![0.2]).unwrap()),
+        ..a
+    };
+    let shape = [1, 32, 32];
+    let mut x = vec![0.25f32; 8 * 1024];
+    let idx: Vec<usize> = (0..8).collect();
+    let mut scratch = Vec::new();
+    a.apply(shape, &mut x, &idx, 0, &mut scratch).unwrap();
+    let n = allocations(|| {
+        for epoch in 1..4 {
+            a.apply(shape, &mut x, &idx, epoch, &mut scratch).unwrap();
+        }
+    });
+    assert_eq!(n, 0, "{n} allocations in 3 augmented batches");
+}
