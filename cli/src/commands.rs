@@ -33,6 +33,7 @@ pub fn load_model(
             equalize: false,
             mean: vec![0.0; c],
             std: vec![1.0; c],
+            threshold: None,
         };
         return Ok((model, pipe));
     }
@@ -166,29 +167,79 @@ pub fn model_for_images(
 pub fn predict(a: &PredictArgs) -> Result<()> {
     let (mut model, pipe) = model_for_images(&a.model, &a.foreign)?;
     let opts = pipe.image_options();
-    for path in &a.images {
+    let classes = pipe.classes.len();
+    let threshold = match (a.threshold, &pipe.threshold) {
+        (Some(t), _) if !(0.0..=1.0).contains(&t) => bail!("--threshold {t}: must be in [0, 1]"),
+        (Some(t), _) => Some((t, "--threshold".to_string())),
+        (None, Some((t, why))) => Some((*t, why.clone())),
+        (None, None) => None,
+    };
+    if threshold.is_some() && classes != 2 {
+        bail!("a decision threshold needs a two-class model, this one has {classes} classes");
+    }
+    if let Some((t, why)) = &threshold {
+        println!("decision: {} when P({}) >= {t:.4} ({why})", pipe.classes[1], pipe.classes[1]);
+    }
+    let mut paths = Vec::new();
+    for p in &a.images {
+        if p.is_dir() {
+            images_under(p, &mut paths)?;
+        } else {
+            paths.push(p.clone());
+        }
+    }
+    let mut csv = String::from("path,predicted");
+    for c in &pipe.classes {
+        csv.push_str(&format!(",p_{}", csv_field(c)));
+    }
+    csv.push('\n');
+    let k = a.top_k.unwrap_or(classes).clamp(1, classes.max(1));
+    for path in &paths {
         let (mut x, shape) = load_image(path, &opts)?;
         normalize_images(shape, &mut x, &pipe.mean, &pipe.std)?;
         let p = predict_probs(&mut model, &x, 1)?;
-        let best = p
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&i, &j| p[j].total_cmp(&p[i]).then(i.cmp(&j)));
+        let predicted = match &threshold {
+            Some((t, _)) => usize::from(p[1] >= *t),
+            None => order[0],
+        };
+        let top: Vec<String> = order[..k.min(order.len())]
             .iter()
-            .enumerate()
-            .fold(0, |b, (i, &v)| if v > p[b] { i } else { b });
-        let probs: Vec<String> = pipe
-            .classes
-            .iter()
-            .zip(&p)
-            .map(|(c, v)| format!("{c}={v:.4}"))
+            .map(|&i| format!("{}={:.4}", pipe.classes[i], p[i]))
             .collect();
         println!(
             "{}: {} ({:.2}%)  [{}]",
             path.display(),
-            pipe.classes[best],
-            100.0 * p[best],
-            probs.join(" ")
+            pipe.classes[predicted],
+            100.0 * p[predicted],
+            top.join(" ")
         );
+        csv.push_str(&format!(
+            "{},{}",
+            csv_field(&path.display().to_string()),
+            csv_field(&pipe.classes[predicted])
+        ));
+        for v in &p {
+            csv.push_str(&format!(",{v}"));
+        }
+        csv.push('\n');
+    }
+    if let Some(out) = &a.csv {
+        cnnkit::checkpoint::write_atomic(out, csv.as_bytes())
+            .with_context(|| format!("--csv {}", out.display()))?;
+        println!("wrote {} ({} images)", out.display(), paths.len());
     }
     Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

@@ -93,7 +93,9 @@ pub struct TrainArgs {
     /// Weight decay.
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
-    /// Learning-rate schedule: constant, step:STEP_SIZE:GAMMA or cosine:T_MAX[:ETA_MIN].
+    /// Learning-rate schedule: constant, step:STEP_SIZE:GAMMA, cosine:T_MAX[:ETA_MIN], or
+    /// plateau[:FACTOR[:PATIENCE[:THRESHOLD[:COOLDOWN[:MIN_LR]]]]] (ReduceLROnPlateau on
+    /// --monitor; defaults 0.1, 10, 1e-4, 0, 0).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
     /// Weight initialisation: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
@@ -124,6 +126,36 @@ pub struct TrainArgs {
     /// 7 PGD steps of ε/4 from a random start, half of each batch.
     #[arg(long, value_name = "ATTACK")]
     pub adversarial: Option<String>,
+    /// Augment the training images on the fly, a list of flip[=P], vflip[=P], rotate=DEGREES,
+    /// crop=MIN_AREA, translate=FRACTION, brightness=B, contrast=C, noise=SIGMA (a name alone
+    /// takes its default: flip 0.5, rotate 10, crop 0.8, translate 0.1, brightness 0.2,
+    /// contrast 0.2, noise 0.02), such as "flip,rotate=10,crop=0.9,contrast=0.2".
+    #[arg(long, value_name = "LIST")]
+    pub augment: Option<String>,
+    /// Class weights of the cross-entropy: "balanced" (n / (classes · count), scikit-learn's) or
+    /// one weight per class, such as "1,3".
+    #[arg(long, value_name = "balanced|W1,W2,…")]
+    pub class_weights: Option<String>,
+    /// How an epoch draws its images: shuffle (each once), or balanced (with replacement, every
+    /// class equally likely, as a weighted random sampler).
+    #[arg(long, default_value = "shuffle", value_name = "shuffle|balanced")]
+    pub sampler: String,
+    /// The validation metric that picks the best epoch (--keep-best, --early-stopping, the
+    /// plateau schedule): loss, accuracy, auc, or sens@SPEC (sensitivity at specificity ≥ SPEC;
+    /// auc and sens@ need two classes).
+    #[arg(long, default_value = "loss")]
+    pub monitor: String,
+    /// Save the model of the best epoch by --monitor instead of the last one.
+    #[arg(long)]
+    pub keep_best: bool,
+    /// Stop when --monitor has not improved for this many epochs.
+    #[arg(long, value_name = "EPOCHS")]
+    pub early_stopping: Option<usize>,
+    /// Two classes: choose the decision threshold on the validation data for a target
+    /// "sensitivity=0.95" or "specificity=0.9" (class 2 is the positive class); stored in the
+    /// model and used by predict and eval.
+    #[arg(long, value_name = "sensitivity=S|specificity=S")]
+    pub threshold_for: Option<String>,
     /// Train data-parallel over MPI, one worker per process: start with `mpirun -np N cnnkit
     /// train --distributed …` (the command must be built with `--features mpi`). Every process
     /// takes its share of each global batch of --batch-size; process 0 prints and saves.
@@ -156,11 +188,21 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     /// A model saved by `cnnkit train`.
     pub model: PathBuf,
-    /// Images to classify.
+    /// Images to classify, or folders of them (searched recursively for .png/.jpg/.jpeg).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
     pub foreign: ForeignModel,
+    /// Print the K most probable classes of each image (default: all, most probable first).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Also write one CSV row per image: path, predicted class, then every class's probability.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Two classes: predict the second class when its probability is at least this (default:
+    /// the threshold stored by `train --threshold-for`, else the more probable class).
+    #[arg(long)]
+    pub threshold: Option<f32>,
 }
 
 /// How to read a model file without cnnkit metadata (a PyTorch state dict saved with

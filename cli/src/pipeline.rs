@@ -32,6 +32,9 @@ pub struct Pipeline {
     pub mean: Vec<f32>,
     /// Per-channel normalisation.
     pub std: Vec<f32>,
+    /// Two classes: the decision threshold on P(second class) chosen on validation data, and
+    /// the operating point it was chosen for (such as `sensitivity=0.95`).
+    pub threshold: Option<(f32, String)>,
 }
 
 impl Pipeline {
@@ -46,6 +49,7 @@ impl Pipeline {
             "equalize": self.equalize,
             "mean": self.mean,
             "std": self.std,
+            "threshold": self.threshold.as_ref().map(|(t, why)| json!({"value": t, "for": why})),
         })
         .to_string()
     }
@@ -111,6 +115,13 @@ impl Pipeline {
             equalize: v["equalize"].as_bool().unwrap_or(false),
             mean: f32s("mean")?,
             std: f32s("std")?,
+            threshold: match &v["threshold"] {
+                Value::Null => None,
+                t => Some((
+                    t["value"].as_f64().context("pipeline: bad threshold")? as f32,
+                    t["for"].as_str().unwrap_or("").to_string(),
+                )),
+            },
         })
     }
 

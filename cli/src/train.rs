@@ -75,6 +75,35 @@ fn optimizer(a: &TrainArgs) -> Result<OptimizerKind> {
     Ok(k)
 }
 
+/// `sensitivity=S` or `specificity=S` for a two-class model with validation data.
+fn parse_operating_point(
+    s: &str,
+    classes: usize,
+    has_val: bool,
+) -> Result<(cnnkit::metrics::OperatingPoint, String)> {
+    use cnnkit::metrics::OperatingPoint;
+    if classes != 2 {
+        bail!("--threshold-for needs two classes, the data has {classes}");
+    }
+    if !has_val {
+        bail!("--threshold-for chooses the threshold on validation data: add --val-split");
+    }
+    let (k, v) = s
+        .split_once('=')
+        .with_context(|| format!("--threshold-for {s}: use sensitivity=S or specificity=S"))?;
+    let v: f64 = v
+        .parse()
+        .ok()
+        .filter(|v| (0.0..=1.0).contains(v))
+        .with_context(|| format!("--threshold-for {s}: the target must be in [0, 1]"))?;
+    let p = match k {
+        "sensitivity" | "sens" => OperatingPoint::Sensitivity(v),
+        "specificity" | "spec" => OperatingPoint::Specificity(v),
+        _ => bail!("--threshold-for {s}: use sensitivity=S or specificity=S"),
+    };
+    Ok((p, format!("{k}={v}")))
+}
+
 /// `OUT.resume.safetensors` beside `OUT`.
 pub fn resume_path(out: &Path) -> PathBuf {
     let name = out
@@ -253,8 +282,14 @@ fn train(
         equalize: a.equalize,
         mean: mean.clone(),
         std: std.clone(),
+        threshold: None,
     };
     let mean_std = (mean, std);
+    let threshold_for = a
+        .threshold_for
+        .as_deref()
+        .map(|s| parse_operating_point(s, train.classes().len(), val.is_some()))
+        .transpose()?;
     let mut trainer = match resumed {
         Some((t, meta)) => {
             let n: usize = meta
@@ -303,12 +338,53 @@ fn train(
                     .map(|s| crate::stability::adversarial_training(s, &mean_std))
                     .transpose()
                     .context("--adversarial")?,
+                class_weights: match a.class_weights.as_deref() {
+                    None => None,
+                    Some("balanced") => Some(cnnkit::data::balanced_class_weights(
+                        train.labels(),
+                        train.classes().len(),
+                    )),
+                    Some(w) => Some(
+                        w.split(',')
+                            .map(|v| v.trim().parse::<f32>())
+                            .collect::<std::result::Result<_, _>>()
+                            .with_context(|| format!("--class-weights {w}: not numbers"))?,
+                    ),
+                },
+                sampler: match a.sampler.as_str() {
+                    "shuffle" => cnnkit::Sampler::Shuffle,
+                    "balanced" => cnnkit::Sampler::Balanced,
+                    other => bail!("--sampler {other}: use shuffle or balanced"),
+                },
+                monitor: a.monitor.parse().context("--monitor")?,
+                keep_best: a.keep_best,
+                early_stopping: a.early_stopping,
+                augment: match a.augment.as_deref() {
+                    None => None,
+                    Some(s) => {
+                        let aug: cnnkit::augment::Augment =
+                            s.parse().with_context(|| format!("--augment {s}"))?;
+                        Some(cnnkit::augment::Augment {
+                            seed: a.seed,
+                            normalization: Some(
+                                cnnkit::stability::Normalization::new(
+                                    mean_std.0.clone(),
+                                    mean_std.1.clone(),
+                                )
+                                .context("--augment")?,
+                            ),
+                            ..aug
+                        })
+                    }
+                },
                 ..TrainConfig::default()
             };
             if !(0.0..=1.0).contains(&a.label_smoothing) {
                 bail!("--label-smoothing must be in [0, 1]");
             }
-            Trainer::new(model, optimizer(&a)?, cfg).context("--batch-size")?
+            Trainer::new(model, optimizer(&a)?, cfg).context(
+                "--batch-size, --class-weights, --sampler, --early-stopping or --augment",
+            )?
         }
     };
     if let Some(m) = &mpi {
@@ -446,6 +522,36 @@ fn train(
             saved.display()
         );
         return Ok(ExitCode::from(130));
+    }
+    if let Some(epoch) = trainer.restore_best()? {
+        let (_, value) = trainer.best().unwrap_or((epoch, f64::NAN));
+        say!(
+            "kept epoch {epoch} of {} (best {eval_name} {} {value:.4}{})",
+            trainer.history().len(),
+            trainer.config().monitor,
+            if trainer.stopped_early() {
+                ", stopped early"
+            } else {
+                ""
+            }
+        );
+    } else if trainer.stopped_early() {
+        say!("stopped early after epoch {}", trainer.history().len());
+    }
+    let mut pipe = pipe;
+    if let (Some((target, text)), Some(v)) = (threshold_for, val.as_ref()) {
+        let (_, scores) = cnnkit::evaluate_scores(trainer.model_mut(), v, 256)?;
+        let t = cnnkit::metrics::decision_threshold(v.labels(), &scores, target)
+            .context("--threshold-for: the validation set needs images of both classes")?;
+        say!(
+            "threshold {:.4} on P({}) for {text}: validation sensitivity {:.4}, specificity {:.4}",
+            t.threshold,
+            pipe.classes[1],
+            t.sensitivity,
+            t.specificity
+        );
+        pipe.threshold = Some((t.threshold, text));
+        meta.insert(pipeline::KEY.to_string(), pipe.to_json());
     }
     let final_set = test.as_ref().or(val.as_ref());
     let final_metrics = match final_set {
