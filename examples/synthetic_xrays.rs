@@ -64,9 +64,18 @@ pub fn image(rng: &mut Rng, size: usize, opacity: bool) -> Vec<f32> {
 
 /// Writes `DIR/{train,test}/{normal,opacity}/*.png`: `minority` opacity and `ratio·minority`
 /// normal training images, and a balanced test set of `minority` per class.
-pub fn write(dir: &Path, size: usize, minority: usize, ratio: usize, seed: u64) -> std::io::Result<()> {
+pub fn write(
+    dir: &Path,
+    size: usize,
+    minority: usize,
+    ratio: usize,
+    seed: u64,
+) -> std::io::Result<()> {
     let mut rng = Rng::new(seed);
-    for (split, per_class) in [("train", [ratio * minority, minority]), ("test", [minority, minority])] {
+    for (split, per_class) in [
+        ("train", [ratio * minority, minority]),
+        ("test", [minority, minority]),
+    ] {
         for (class, count) in ["normal", "opacity"].into_iter().zip(per_class) {
             let d = dir.join(split).join(class);
             std::fs::create_dir_all(&d)?;

@@ -203,7 +203,7 @@ impl Augment {
         }
         if self.noise > 0.0 {
             for (i, p) in img.iter_mut().enumerate() {
-                let z = crate::rng::normal_at(seed ^ 0x6e6f_6973_65, i as u64);
+                let z = crate::rng::normal_at(seed ^ 0x006e_6f69_7365, i as u64);
                 *p = (*p + self.noise * z).clamp(0.0, 1.0);
             }
         }

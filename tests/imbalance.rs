@@ -21,7 +21,13 @@ fn set(rng: &mut Rng, normal: usize, opacity: usize) -> Dataset {
             y.push(label);
         }
     }
-    Dataset::new(x, y, [1, SIZE, SIZE], vec!["normal".into(), "opacity".into()]).unwrap()
+    Dataset::new(
+        x,
+        y,
+        [1, SIZE, SIZE],
+        vec!["normal".into(), "opacity".into()],
+    )
+    .unwrap()
 }
 
 fn minority_recall(cfg: TrainConfig, train: &Dataset, test: &Dataset) -> f64 {
@@ -64,7 +70,9 @@ fn class_weights_and_the_balanced_sampler_raise_minority_recall() {
         &train,
         &test,
     );
-    println!("minority recall: unweighted {plain}, class weights {weighted}, balanced sampler {sampled}");
+    println!(
+        "minority recall: unweighted {plain}, class weights {weighted}, balanced sampler {sampled}"
+    );
     assert!(
         weighted >= plain + 0.2 && sampled >= plain + 0.2,
         "minority recall: unweighted {plain}, class weights {weighted}, balanced sampler {sampled}"

@@ -178,7 +178,10 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
         bail!("a decision threshold needs a two-class model, this one has {classes} classes");
     }
     if let Some((t, why)) = &threshold {
-        println!("decision: {} when P({}) >= {t:.4} ({why})", pipe.classes[1], pipe.classes[1]);
+        println!(
+            "decision: {} when P({}) >= {t:.4} ({why})",
+            pipe.classes[1], pipe.classes[1]
+        );
     }
     let mut paths = Vec::new();
     for p in &a.images {

@@ -47,7 +47,10 @@ fn train_with_every_option_then_predict_with_the_stored_threshold() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("kept epoch "), "{t}");
-    assert!(t.contains("threshold ") && t.contains("for sensitivity=1"), "{t}");
+    assert!(
+        t.contains("threshold ") && t.contains("for sensitivity=1"),
+        "{t}"
+    );
     assert!(t.contains("res(32)"), "the resnet preset: {t}");
     // predict: the stored threshold, top-1, a CSV row per image of the folder.
     let o = cnnkit(
@@ -80,7 +83,10 @@ fn train_with_every_option_then_predict_with_the_stored_threshold() {
     let first = t.lines().find(|l| l.contains(".png: ")).unwrap();
     assert_eq!(first.matches('=').count(), 1, "{first}");
     // An explicit threshold overrides the stored one: 0 makes everything the second class.
-    let o = cnnkit(&d.0, &["predict", "m.safetensors", "data/test", "--threshold", "0"]);
+    let o = cnnkit(
+        &d.0,
+        &["predict", "m.safetensors", "data/test", "--threshold", "0"],
+    );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert_eq!(t.matches(": right (").count(), 8, "{t}");
@@ -94,19 +100,39 @@ fn selection_and_imbalance_options_say_what_is_wrong() {
     let with = |extra: &[&'static str]| -> Vec<&'static str> {
         base.iter().chain(extra).copied().collect()
     };
-    fails(&d.0, &with(&["--threshold-for", "sensitivity=0.9"]), &["--val-split"]);
+    fails(
+        &d.0,
+        &with(&["--threshold-for", "sensitivity=0.9"]),
+        &["--val-split"],
+    );
     fails(
         &d.0,
         &with(&["--val-split", "0.25", "--threshold-for", "recall=0.9"]),
         &["sensitivity=S or specificity=S"],
     );
     fails(&d.0, &with(&["--sampler", "random"]), &["--sampler random"]);
-    fails(&d.0, &with(&["--augment", "zoom"]), &["unknown augmentation 'zoom'"]);
-    fails(&d.0, &with(&["--class-weights", "1,x"]), &["--class-weights"]);
+    fails(
+        &d.0,
+        &with(&["--augment", "zoom"]),
+        &["unknown augmentation 'zoom'"],
+    );
+    fails(
+        &d.0,
+        &with(&["--class-weights", "1,x"]),
+        &["--class-weights"],
+    );
     fails(&d.0, &with(&["--class-weights", "1,2,3"]), &["one finite"]);
     fails(&d.0, &with(&["--monitor", "f1"]), &["--monitor"]);
     fails(&d.0, &with(&["--early-stopping", "0"]), &["at least 1"]);
     // AUC needs two classes and validation data: the digits have ten.
-    fails(&d.0, &["train", "--epochs", "1", "--monitor", "auc"], &["two classes"]);
-    fails(&d.0, &["train", "--epochs", "1", "--schedule", "plateau:2"], &["factor"]);
+    fails(
+        &d.0,
+        &["train", "--epochs", "1", "--monitor", "auc"],
+        &["two classes"],
+    );
+    fails(
+        &d.0,
+        &["train", "--epochs", "1", "--schedule", "plateau:2"],
+        &["factor"],
+    );
 }
