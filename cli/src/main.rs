@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Train a network. With no options: a small CNN on the embedded handwritten digits.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a saved model on a dataset.
     Eval(EvalArgs),
     /// Classify images with a saved model.
@@ -343,13 +343,30 @@ pub fn one_line(e: &anyhow::Error) -> String {
     msg
 }
 
+/// Lets a closed output pipe end the process quietly, as it does `cat` or `ls`
+/// (`cnnkit predict … | head`), instead of Rust's default of ignoring SIGPIPE and then panicking
+/// in `println!`. Files are written to a temporary name and renamed, so nothing is left half
+/// written.
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: `signal` with SIG_DFL installs no handler of ours; it is called first thing in
+    // `main`, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn default_sigpipe() {}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     if let Some(b) = cli.memory_budget {
         cnnkit::set_memory_budget(b);
     }
     let result = match cli.cmd {
-        Cmd::Train(a) => train::run(a, std::env::args().skip(2).collect()),
+        Cmd::Train(a) => train::run(*a, std::env::args().skip(2).collect()),
         Cmd::Eval(a) => with_threads(a.threads, || commands::eval(&a)).map(|_| ExitCode::SUCCESS),
         Cmd::Predict(a) => commands::predict(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Preprocess(a) => commands::preprocess(&a).map(|_| ExitCode::SUCCESS),

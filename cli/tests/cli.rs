@@ -46,6 +46,22 @@ fn train_eval_predict_on_the_embedded_digits() {
         o.status.success() && t.contains("one.png: ") && t.contains("0=") && t.contains("9="),
         "{t}"
     );
+    // Output into a pipe whose reader has gone (`cnnkit predict … | head -0`): the process ends
+    // quietly, as `cat` would, instead of panicking in `println!`.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnkit"))
+        .current_dir(&d.0)
+        .args(["predict", "model.safetensors", "one.png"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("Broken pipe"),
+        "{err}"
+    );
 }
 
 #[test]
