@@ -281,20 +281,46 @@ pub fn decision_threshold(
         }
     }
     let (_, k) = best?;
-    let (tn, fneg) = v[..k].iter().fold(
-        (0, 0),
-        |(a, b), p| {
-            if p.1 { (a, b + 1) } else { (a + 1, b) }
-        },
-    );
     let threshold = match k {
         0 => v[0].0.min(0.0),
         k if k == v.len() => f32::INFINITY,
         k => (v[k - 1].0 + v[k].0) / 2.0,
     };
+    rates_at(labels, scores, threshold)
+}
+
+/// Sensitivity and specificity of the rule `positive ⇔ score ≥ threshold` on `labels` (0/1;
+/// others and NaN scores ignored): how a stored threshold does on new data. `None` if a class is
+/// absent.
+///
+/// # Example
+/// ```
+/// use cnnkit::metrics::rates_at;
+/// let r = rates_at(&[0, 0, 1, 1], &[0.2, 0.6, 0.5, 0.9], 0.5).unwrap();
+/// // Positives 0.5 and 0.9 are both at or above it; of the negatives only 0.2 is below.
+/// assert_eq!((r.sensitivity, r.specificity), (1.0, 0.5));
+/// ```
+pub fn rates_at(labels: &[u32], scores: &[f32], threshold: f32) -> Option<Threshold> {
+    let (mut pos, mut neg, mut tp, mut tn) = (0usize, 0usize, 0usize, 0usize);
+    for (&l, &s) in labels.iter().zip(scores) {
+        if l > 1 || s.is_nan() {
+            continue;
+        }
+        let positive = s >= threshold;
+        if l == 1 {
+            pos += 1;
+            tp += usize::from(positive);
+        } else {
+            neg += 1;
+            tn += usize::from(!positive);
+        }
+    }
+    if pos == 0 || neg == 0 {
+        return None;
+    }
     Some(Threshold {
         threshold,
-        sensitivity: (pos - fneg) as f64 / pos as f64,
+        sensitivity: tp as f64 / pos as f64,
         specificity: tn as f64 / neg as f64,
     })
 }

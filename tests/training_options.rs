@@ -8,6 +8,7 @@ mod torch;
 
 use cnnkit::data::{self, Batches};
 use cnnkit::kernels::weighted_cross_entropy_loss;
+use cnnkit::metrics::{OperatingPoint, decision_threshold, rates_at};
 use cnnkit::optim::{LrSchedule, PlateauState};
 use cnnkit::{Control, Event, LayerSpec, Monitor, Sampler, Sequential, TrainConfig, Trainer};
 
@@ -360,4 +361,78 @@ fn augmented_training_is_the_same_for_any_thread_count_and_after_a_resume() {
     b.fit(&train, None, &mut |_| Control::Continue).unwrap();
     assert_eq!(b.model().params(), &one[..]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// An independent brute force for the decision threshold: every rule `score ≥ t` with `t` a
+/// score of the data or +∞, its rates counted directly; the best other rate among those that reach
+/// the target.
+fn brute_force_best(labels: &[u32], scores: &[f32], target: OperatingPoint) -> Option<f64> {
+    let mut cuts: Vec<f32> = scores.to_vec();
+    cuts.push(f32::INFINITY);
+    let mut best: Option<f64> = None;
+    for &t in &cuts {
+        let count = |class: u32, positive: bool| {
+            let all = labels.iter().filter(|&&l| l == class).count();
+            let hit = labels
+                .iter()
+                .zip(scores)
+                .filter(|(l, s)| **l == class && (**s >= t) == positive)
+                .count();
+            hit as f64 / all as f64
+        };
+        let (sens, spec) = (count(1, true), count(0, false));
+        let (ok, other) = match target {
+            OperatingPoint::Sensitivity(s) => (sens >= s, spec),
+            OperatingPoint::Specificity(s) => (spec >= s, sens),
+        };
+        if ok && best.is_none_or(|b| other > b) {
+            best = Some(other);
+        }
+    }
+    best
+}
+
+proptest::proptest! {
+    #[test]
+    fn decision_threshold_reaches_its_target_with_the_best_other_rate(
+        data in proptest::collection::vec((0u32..2, 0u8..12), 2..40),
+        target in 0.0f64..=1.0,
+        by_sensitivity: bool,
+    ) {
+        // Scores on a coarse grid, so that ties between the classes occur.
+        let labels: Vec<u32> = data.iter().map(|d| d.0).collect();
+        let scores: Vec<f32> = data.iter().map(|d| f32::from(d.1) / 11.0).collect();
+        let target = if by_sensitivity {
+            OperatingPoint::Sensitivity(target)
+        } else {
+            OperatingPoint::Specificity(target)
+        };
+        let found = decision_threshold(&labels, &scores, target);
+        let both = labels.contains(&0) && labels.contains(&1);
+        proptest::prop_assert_eq!(found.is_some(), both);
+        let Some(t) = found else { return Ok(()) };
+        // The reported rates are those of the rule, counted afresh.
+        let r = rates_at(&labels, &scores, t.threshold).unwrap();
+        proptest::prop_assert_eq!((r.sensitivity, r.specificity), (t.sensitivity, t.specificity));
+        let (reached, other) = match target {
+            OperatingPoint::Sensitivity(s) => (t.sensitivity >= s, t.specificity),
+            OperatingPoint::Specificity(s) => (t.specificity >= s, t.sensitivity),
+        };
+        proptest::prop_assert!(reached);
+        proptest::prop_assert_eq!(Some(other), brute_force_best(&labels, &scores, target));
+        // Between two samples' scores it sits halfway, never on one (when every sample is
+        // positive it is at most the lowest score).
+        let lowest = scores.iter().copied().fold(f32::INFINITY, f32::min);
+        proptest::prop_assert!(
+            t.threshold <= lowest || scores.iter().all(|&s| s != t.threshold)
+        );
+    }
+}
+
+#[test]
+fn rates_at_a_threshold_need_both_classes() {
+    assert_eq!(rates_at(&[1, 1], &[0.2, 0.8], 0.5), None);
+    assert_eq!(rates_at(&[0, 1, 2], &[0.2, f32::NAN, 0.9], 0.5), None);
+    let r = rates_at(&[0, 1, 0, 1, 7], &[0.7, 0.7, 0.1, 0.3, 0.9], 0.7).unwrap();
+    assert_eq!((r.sensitivity, r.specificity), (0.5, 0.5));
 }

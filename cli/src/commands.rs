@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use cnnkit::data::normalize_images;
 use cnnkit::image::load_image;
 use cnnkit::preprocess::{self, Filter, Gray};
-use cnnkit::{LayerSpec, Sequential, Shape3, evaluate, predict as predict_probs};
+use cnnkit::{LayerSpec, Sequential, Shape3, evaluate_scores, predict as predict_probs};
 use std::path::{Path, PathBuf};
 
 /// Loads a model saved by `cnnkit train` and its pipeline; or, given `--arch`, a state dict
@@ -127,7 +127,7 @@ pub fn model_and_test_data(
 pub fn eval(a: &EvalArgs) -> Result<()> {
     let (mut model, pipe, mut ds) = model_and_test_data(&a.model, a.data.as_ref(), &a.foreign)?;
     ds.normalize(&pipe.mean, &pipe.std)?;
-    let m = evaluate(&mut model, &ds, 256)?;
+    let (m, scores) = evaluate_scores(&mut model, &ds, 256)?;
     println!(
         "{} images: accuracy {:.2}%, loss {:.4}",
         ds.len(),
@@ -137,6 +137,17 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     print!("{}", m.report(&pipe.classes));
     println!("confusion matrix (rows: true class, columns: predicted):");
     print!("{}", m.confusion_table(&pipe.classes));
+    // The decision rule `predict` applies, on this data.
+    let rates = pipe
+        .threshold
+        .as_ref()
+        .and_then(|(t, why)| Some((cnnkit::metrics::rates_at(ds.labels(), &scores, *t)?, why)));
+    if let Some((r, why)) = rates {
+        println!(
+            "at the stored threshold {:.4} ({why}): sensitivity {:.4}, specificity {:.4}",
+            r.threshold, r.sensitivity, r.specificity
+        );
+    }
     Ok(())
 }
 

@@ -575,21 +575,13 @@ fn train(
         }
         if let (Some((t, why)), Some(ds)) = (&pipe.threshold, final_set) {
             let (_, scores) = cnnkit::evaluate_scores(trainer.model_mut(), ds, 256)?;
-            let rate = |class: u32, positive: bool| {
-                let (mut hit, mut all) = (0usize, 0usize);
-                for (&l, &s) in ds.labels().iter().zip(&scores) {
-                    if l == class {
-                        all += 1;
-                        hit += usize::from((s >= *t) == positive);
-                    }
-                }
-                hit as f64 / all.max(1) as f64
-            };
-            say!(
-                "at the threshold {t:.4} ({why}): {name} sensitivity {:.4}, specificity {:.4}",
-                rate(1, true),
-                rate(0, false)
-            );
+            if let Some(r) = cnnkit::metrics::rates_at(ds.labels(), &scores, *t) {
+                say!(
+                    "at the threshold {t:.4} ({why}): {name} sensitivity {:.4}, specificity {:.4}",
+                    r.sensitivity,
+                    r.specificity
+                );
+            }
         }
     }
     if !leader {

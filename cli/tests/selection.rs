@@ -52,6 +52,19 @@ fn train_with_every_option_then_predict_with_the_stored_threshold() {
         "{t}"
     );
     assert!(t.contains("res(32)"), "the resnet preset: {t}");
+    // eval applies the stored threshold to the same test images and gets the same rates.
+    let tail = |t: &str, head: &str| -> String {
+        let l = t
+            .lines()
+            .find(|l| l.starts_with(head))
+            .unwrap_or_else(|| panic!("{t}"));
+        l.rsplit_once("sensitivity ").unwrap().1.to_string()
+    };
+    let trained = tail(&t, "at the threshold ");
+    let o = cnnkit(&d.0, &["eval", "m.safetensors"]);
+    let e = text(&o);
+    assert!(o.status.success(), "{e}");
+    assert_eq!(tail(&e, "at the stored threshold "), trained, "{e}");
     // predict: the stored threshold, top-1, a CSV row per image of the folder.
     let o = cnnkit(
         &d.0,
