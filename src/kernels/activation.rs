@@ -5,6 +5,11 @@
 //! PyTorch takes at the kinks (ReLU's gradient at 0 is 0, LeakyReLU's is the slope, ELU's is
 //! `alpha`).
 
+// Lane functions go to the kernels as `#[inline(always)]` closures, never as function items or
+// references: the call shim of either need not be inlined into the instruction-set variants of
+// `dispatch`, and lane code left outside them runs the x86-64 baseline (a software `fmaf`).
+#![allow(clippy::redundant_closure)]
+
 use crate::error::{Error, Result, check_len};
 use crate::kernels::Accum;
 use crate::par::{self, BLOCK, Items};
@@ -82,62 +87,135 @@ impl Activation {
             _ => 20,
         }
     }
+}
 
-    #[inline(always)]
-    fn forward_lane(self, x: Lane) -> Lane {
-        let zero = splat(0.0);
-        match self {
-            Activation::Relu => select(lt(x, zero), zero, x),
-            Activation::LeakyRelu { slope } => select(gt(x, zero), x, x * splat(slope)),
-            Activation::Elu { alpha } => select(gt(x, zero), x, simd::expm1(x) * splat(alpha)),
-            Activation::Sigmoid => simd::sigmoid(x),
-            Activation::Tanh => simd::tanh(x),
-            Activation::Softplus { beta, threshold } => {
-                let bx = x * splat(beta);
-                let soft = simd::ln_1p(simd::exp(bx)) / splat(beta);
-                select(gt(bx, splat(threshold)), x, soft)
-            }
-            Activation::Gelu => x * splat(0.5) * simd::erfc(x * splat(-FRAC_1_SQRT_2)),
-            Activation::GeluTanh => {
-                let inner = (x * x * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
-                x * splat(0.5) * (splat(1.0) + simd::tanh(inner))
-            }
-        }
-    }
+// One lane function per activation and direction. The kernels choose one of them *outside*
+// their loops, so every activation's pass is its own monomorphic function: the same machine code
+// as a branch inside the loop would give after unswitching, and in unoptimised builds (where
+// every `#[inline(always)]` lane operation keeps its own stack slots) a stack frame sized for one
+// activation instead of for all of them, which fits the 2 MiB of a test or pool thread.
 
-    /// `dL/dx` given `x`, `y = f(x)` and `dy = dL/dy`.
-    #[inline(always)]
-    fn backward_lane(self, x: Lane, y: Lane, dy: Lane) -> Lane {
-        let zero = splat(0.0);
-        match self {
-            Activation::Relu => select(le(x, zero), zero, dy),
-            Activation::LeakyRelu { slope } => select(gt(x, zero), dy, dy * splat(slope)),
-            Activation::Elu { alpha } => select(gt(x, zero), dy, dy * splat(alpha) * simd::exp(x)),
-            Activation::Sigmoid => dy * y * (splat(1.0) - y),
-            Activation::Tanh => dy * y.mul_neg_add(y, splat(1.0)),
-            Activation::Softplus { beta, threshold } => {
-                let bx = x * splat(beta);
-                select(gt(bx, splat(threshold)), dy, dy * simd::sigmoid(bx))
-            }
-            Activation::Gelu => {
-                let cdf = splat(0.5) * simd::erfc(x * splat(-FRAC_1_SQRT_2));
-                let pdf = simd::exp(x * x * splat(-0.5)) * splat(INV_SQRT_2PI);
-                dy * x.mul_add(pdf, cdf)
-            }
-            Activation::GeluTanh => {
-                let x2 = x * x;
-                let inner = (x2 * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
-                let t = simd::tanh(inner);
-                let left = splat(0.5) * (splat(1.0) + t);
-                let right = x
-                    * splat(0.5)
-                    * t.mul_neg_add(t, splat(1.0))
-                    * splat(SQRT_2_OVER_PI)
-                    * x2.mul_add(splat(3.0 * GELU_KAPPA), splat(1.0));
-                dy * (left + right)
-            }
-        }
-    }
+#[inline(always)]
+fn relu(x: Lane) -> Lane {
+    select(lt(x, splat(0.0)), splat(0.0), x)
+}
+#[inline(always)]
+fn leaky_relu(slope: f32, x: Lane) -> Lane {
+    select(gt(x, splat(0.0)), x, x * splat(slope))
+}
+#[inline(always)]
+fn elu(alpha: f32, x: Lane) -> Lane {
+    select(gt(x, splat(0.0)), x, simd::expm1(x) * splat(alpha))
+}
+#[inline(always)]
+fn softplus(beta: f32, threshold: f32, x: Lane) -> Lane {
+    let bx = x * splat(beta);
+    let soft = simd::ln_1p(simd::exp(bx)) / splat(beta);
+    select(gt(bx, splat(threshold)), x, soft)
+}
+#[inline(always)]
+fn gelu(x: Lane) -> Lane {
+    x * splat(0.5) * simd::erfc(x * splat(-FRAC_1_SQRT_2))
+}
+#[inline(always)]
+fn gelu_tanh(x: Lane) -> Lane {
+    let inner = (x * x * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
+    x * splat(0.5) * (splat(1.0) + simd::tanh(inner))
+}
+
+// `dL/dx` given `dy = dL/dy` and the operand the gradient needs: `x` for the ReLU family, ELU,
+// softplus and GELU, `y = f(x)` for sigmoid and tanh.
+
+#[inline(always)]
+fn relu_grad(x: Lane, dy: Lane) -> Lane {
+    select(le(x, splat(0.0)), splat(0.0), dy)
+}
+#[inline(always)]
+fn leaky_relu_grad(slope: f32, x: Lane, dy: Lane) -> Lane {
+    select(gt(x, splat(0.0)), dy, dy * splat(slope))
+}
+#[inline(always)]
+fn elu_grad(alpha: f32, x: Lane, dy: Lane) -> Lane {
+    select(gt(x, splat(0.0)), dy, dy * splat(alpha) * simd::exp(x))
+}
+#[inline(always)]
+fn sigmoid_grad(y: Lane, dy: Lane) -> Lane {
+    dy * y * (splat(1.0) - y)
+}
+#[inline(always)]
+fn tanh_grad(y: Lane, dy: Lane) -> Lane {
+    dy * y.mul_neg_add(y, splat(1.0))
+}
+#[inline(always)]
+fn softplus_grad(beta: f32, threshold: f32, x: Lane, dy: Lane) -> Lane {
+    let bx = x * splat(beta);
+    select(gt(bx, splat(threshold)), dy, dy * simd::sigmoid(bx))
+}
+#[inline(always)]
+fn gelu_grad(x: Lane, dy: Lane) -> Lane {
+    let cdf = splat(0.5) * simd::erfc(x * splat(-FRAC_1_SQRT_2));
+    let pdf = simd::exp(x * x * splat(-0.5)) * splat(INV_SQRT_2PI);
+    dy * x.mul_add(pdf, cdf)
+}
+#[inline(always)]
+fn gelu_tanh_grad(x: Lane, dy: Lane) -> Lane {
+    let x2 = x * x;
+    let inner = (x2 * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
+    let t = simd::tanh(inner);
+    let left = splat(0.5) * (splat(1.0) + t);
+    let right = x
+        * splat(0.5)
+        * t.mul_neg_add(t, splat(1.0))
+        * splat(SQRT_2_OVER_PI)
+        * x2.mul_add(splat(3.0 * GELU_KAPPA), splat(1.0));
+    dy * (left + right)
+}
+
+/// `y = f(x)` over the whole slice, in parallel blocks, for one lane function.
+fn forward_pass(x: &[f32], y: &mut [f32], cost: usize, f: impl Fn(Lane) -> Lane + Sync) {
+    par::for_each_block(
+        x.len(),
+        cost,
+        Items(y, BLOCK),
+        #[inline(always)]
+        |r, Items(y, _)| {
+            simd::map(
+                &x[r],
+                y,
+                #[inline(always)]
+                |v| f(v),
+            )
+        },
+    );
+}
+
+/// `dx = g(operand, dy)` (overwritten or added to) over the whole slice, in parallel blocks, for
+/// one lane function. Only the operand the gradient needs is read, and `dx` only when adding:
+/// this pass is bound by memory traffic.
+fn backward_pass(
+    operand: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+    cost: usize,
+    g: impl Fn(Lane, Lane) -> Lane + Sync,
+) {
+    par::for_each_block(
+        operand.len(),
+        cost,
+        Items(dx, BLOCK),
+        #[inline(always)]
+        |r, Items(dx, _)| {
+            crate::kernels::zip_map_into(
+                &operand[r.clone()],
+                &dy[r],
+                dx,
+                accum,
+                #[inline(always)]
+                |o, d| g(o, d),
+            );
+        },
+    );
 }
 
 /// `y = f(x)` element-wise for the activation `act`.
@@ -159,39 +237,83 @@ pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) -> Result<(
     const OP: &str = "activation_forward";
     act.validate(OP)?;
     check_len(OP, "y", y, x.len())?;
-    par::for_each_block(
-        x.len(),
-        act.cost(),
-        Items(y, BLOCK),
-        #[inline(always)]
-        |r, Items(y, _)| {
-            simd::map(
-                &x[r],
-                y,
-                #[inline(always)]
-                |v| act.forward_lane(v),
-            );
-        },
-    );
+    let c = act.cost();
+    match act {
+        Activation::Relu => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| relu(v),
+        ),
+        Activation::LeakyRelu { slope } => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| leaky_relu(slope, v),
+        ),
+        Activation::Elu { alpha } => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| elu(alpha, v),
+        ),
+        Activation::Sigmoid => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| simd::sigmoid(v),
+        ),
+        Activation::Tanh => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| simd::tanh(v),
+        ),
+        Activation::Softplus { beta, threshold } => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| softplus(beta, threshold, v),
+        ),
+        Activation::Gelu => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| gelu(v),
+        ),
+        Activation::GeluTanh => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| gelu_tanh(v),
+        ),
+    }
     Ok(())
 }
 
 /// `y = max(y, 0)` in place (NaN kept), exactly as [`activation_forward`] with ReLU: for layers
 /// that apply a ReLU to their own output.
 pub(crate) fn relu_in_place(y: &mut [f32]) {
-    let act = Activation::Relu;
     let len = y.len();
     par::for_each_block(
         len,
-        act.cost(),
+        Activation::Relu.cost(),
         Items(y, BLOCK),
         #[inline(always)]
         |_, Items(y, _)| {
             simd::map_in_place(
                 y,
                 #[inline(always)]
-                |v| act.forward_lane(v),
-            );
+                |v| relu(v),
+            )
         },
     );
 }
@@ -215,43 +337,81 @@ pub fn activation_backward(
     check_len(OP, "y", y, x.len())?;
     check_len(OP, "dy", dy, x.len())?;
     check_len(OP, "dx", dx, x.len())?;
-    par::for_each_block(
-        x.len(),
-        act.cost(),
-        Items(dx, BLOCK),
-        #[inline(always)]
-        |r, Items(dx, _)| {
-            let (x, y, dy) = (&x[r.clone()], &y[r.clone()], &dy[r]);
-            let z = splat(0.0);
-            // One loop per activation, reading only the operand it needs (x, or y for sigmoid and
-            // tanh) and, when overwriting, not reading dx: this pass is bound by memory traffic.
-            // `lanes!(operand, |v, d| gradient)`: the pass for one activation, specialised for it.
-            macro_rules! lanes {
-                ($src:expr, |$v:ident, $d:ident| $g:expr) => {
-                    crate::kernels::zip_map_into(
-                        $src,
-                        dy,
-                        dx,
-                        accum,
-                        #[inline(always)]
-                        |$v, $d| $g,
-                    )
-                };
-            }
-            match act {
-                Activation::Sigmoid => lanes!(y, |y, d| Activation::Sigmoid.backward_lane(z, y, d)),
-                Activation::Tanh => lanes!(y, |y, d| Activation::Tanh.backward_lane(z, y, d)),
-                Activation::Relu => lanes!(x, |x, d| Activation::Relu.backward_lane(x, z, d)),
-                a @ Activation::LeakyRelu { .. } => lanes!(x, |x, d| a.backward_lane(x, z, d)),
-                a @ Activation::Elu { .. } => lanes!(x, |x, d| a.backward_lane(x, z, d)),
-                a @ Activation::Softplus { .. } => lanes!(x, |x, d| a.backward_lane(x, z, d)),
-                Activation::Gelu => lanes!(x, |x, d| Activation::Gelu.backward_lane(x, z, d)),
-                Activation::GeluTanh => {
-                    lanes!(x, |x, d| Activation::GeluTanh.backward_lane(x, z, d))
-                }
-            }
-        },
-    );
+    let c = act.cost();
+    match act {
+        Activation::Sigmoid => backward_pass(
+            y,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| sigmoid_grad(o, d),
+        ),
+        Activation::Tanh => backward_pass(
+            y,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| tanh_grad(o, d),
+        ),
+        Activation::Relu => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| relu_grad(o, d),
+        ),
+        Activation::LeakyRelu { slope } => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |x, d| leaky_relu_grad(slope, x, d),
+        ),
+        Activation::Elu { alpha } => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |x, d| elu_grad(alpha, x, d),
+        ),
+        Activation::Softplus { beta, threshold } => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |x, d| softplus_grad(beta, threshold, x, d),
+        ),
+        Activation::Gelu => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| gelu_grad(o, d),
+        ),
+        Activation::GeluTanh => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| gelu_tanh_grad(o, d),
+        ),
+    }
     Ok(())
 }
 
