@@ -32,6 +32,15 @@ struct Opts {
     peak_only: bool,
 }
 
+const USAGE: &str = "usage: compare [--rounds N] [--only g1,g2] [--threads 1,2] [--no-torch] \
+[--json FILE] [--isa portable|avx2|avx512] [--peak-only]";
+
+/// Ends the program over a malformed command line: the message, the usage, exit status 2.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("error: {msg}\n{USAGE}");
+    std::process::exit(2)
+}
+
 fn parse_args() -> Opts {
     let mut o = Opts {
         rounds: 3,
@@ -47,15 +56,22 @@ fn parse_args() -> Opts {
         let next = |i: usize| {
             args.get(i + 1)
                 .cloned()
-                .unwrap_or_else(|| panic!("{} needs a value", args[i]))
+                .unwrap_or_else(|| usage_error(&format!("{} needs a value", args[i])))
         };
         match args[i].as_str() {
-            "--rounds" => o.rounds = next(i).parse().expect("--rounds N"),
+            "--rounds" => {
+                o.rounds = next(i)
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--rounds takes a number"))
+            }
             "--only" => o.groups = next(i).split(',').map(str::to_string).collect(),
             "--threads" => {
                 o.threads = next(i)
                     .split(',')
-                    .map(|t| t.parse().expect("--threads 1,2"))
+                    .map(|t| {
+                        t.parse()
+                            .unwrap_or_else(|_| usage_error("--threads takes numbers: 1,2"))
+                    })
                     .collect()
             }
             "--no-torch" => {
@@ -66,16 +82,21 @@ fn parse_args() -> Opts {
             "--json" => o.json = Some(next(i)),
             // Caps cnnkit's instruction set (to compare, say, the AVX2 kernels on an AVX-512 CPU).
             "--isa" => {
-                cnnkit::arch::limit(Some(next(i).parse().expect("--isa portable|avx2|avx512")))
+                let isa = next(i)
+                    .parse()
+                    .unwrap_or_else(|_| usage_error("--isa takes portable, avx2 or avx512"));
+                cnnkit::arch::limit(Some(isa))
             }
             "--peak-only" => {
                 o.peak_only = true;
                 i += 1;
                 continue;
             }
-            other => panic!(
-                "unknown option {other} (--rounds N, --only g1,g2, --threads 1,2, --no-torch, --json FILE, --isa NAME, --peak-only)"
-            ),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            other => usage_error(&format!("unknown option {other}")),
         }
         i += 2;
     }
