@@ -54,17 +54,17 @@ pub struct PerturbArgs {
     /// The image to perturb.
     pub image: PathBuf,
     /// λ, the price of the perturbation's size.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = PerturbationSearch::default().lambda)]
     pub lambda: f32,
     /// Gradient-ascent step (small: the ascent grows the perturbation geometrically from a tiny
     /// random start, so the records go from invisible to class-changing).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = PerturbationSearch::default().step)]
     pub step: f32,
     /// Ascent iterations.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = PerturbationSearch::default().iterations)]
     pub iterations: usize,
     /// Record a perturbation every this many iterations.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = PerturbationSearch::default().record_every)]
     pub record_every: usize,
     /// The PNG strip to write (default: IMAGE's name with .perturb.png, in the current folder). It
     /// shows the smallest recorded perturbation that changes the class (or the last one).
