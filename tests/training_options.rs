@@ -143,6 +143,31 @@ fn balanced_weights_and_sampler_match_pytorch() {
     assert!(Batches::weighted(&[1.0, -1.0], 2, 0).is_err());
 }
 
+/// Runs `a.fit` on `ds` until `steps` steps are done, saves it, loads it and lets the loaded
+/// trainer finish the run: the trainer a resumed run ends with.
+fn stop_save_load_finish(tag: &str, mut a: Trainer, ds: &data::Dataset, steps: usize) -> Trainer {
+    let dir = std::env::temp_dir().join(format!("cnnkit-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("t.safetensors");
+    let mut done = 0;
+    a.fit(ds, None, &mut |e| {
+        if let Event::Step { .. } = e {
+            done += 1;
+        }
+        if done == steps {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })
+    .unwrap();
+    a.save(&path, &Default::default()).unwrap();
+    let (mut b, _) = Trainer::load(&path).unwrap();
+    b.fit(ds, None, &mut |_| Control::Continue).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    b
+}
+
 fn digits_model(seed: u64) -> Sequential {
     let specs = LayerSpec::parse_list("conv(4,3,p=1),relu,maxpool(2),flatten,dense(10)").unwrap();
     Sequential::new([1, 8, 8], &specs, seed).unwrap()
@@ -172,28 +197,14 @@ fn balanced_sampler_draws_classes_evenly_and_resumes_exactly() {
     let mut t = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg.clone()).unwrap();
     t.fit(&ds, None, &mut |_| Control::Continue).unwrap();
     // Stopped after 7 steps, saved, loaded, continued: the same weights.
-    let dir = std::env::temp_dir().join(format!("cnnkit-sampler-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("t.safetensors");
-    let mut a = Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg).unwrap();
-    let mut steps = 0;
-    a.fit(&ds, None, &mut |e| {
-        if let Event::Step { .. } = e {
-            steps += 1;
-        }
-        if steps == 7 {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
-    })
-    .unwrap();
-    a.save(&path, &Default::default()).unwrap();
-    let (mut b, _) = Trainer::load(&path).unwrap();
+    let b = stop_save_load_finish(
+        "sampler",
+        Trainer::new(digits_model(0), "adam".parse().unwrap(), cfg).unwrap(),
+        &ds,
+        7,
+    );
     assert_eq!(b.config().sampler, Sampler::Balanced);
-    b.fit(&ds, None, &mut |_| Control::Continue).unwrap();
     assert_eq!(b.model().params(), t.model().params());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -339,28 +350,10 @@ fn augmented_training_is_the_same_for_any_thread_count_and_after_a_resume() {
     assert_ne!(one, plain);
     // Stopped mid-epoch, saved, loaded, continued: the same weights.
     let (train, _) = data::digits().unwrap();
-    let dir = std::env::temp_dir().join(format!("cnnkit-augment-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("t.safetensors");
-    let mut a = Trainer::new(digits_model(4), "adam".parse().unwrap(), augmented_cfg()).unwrap();
-    let mut steps = 0;
-    a.fit(&train, None, &mut |e| {
-        if let Event::Step { .. } = e {
-            steps += 1;
-        }
-        if steps == 60 {
-            Control::Stop
-        } else {
-            Control::Continue
-        }
-    })
-    .unwrap();
-    a.save(&path, &Default::default()).unwrap();
-    let (mut b, _) = Trainer::load(&path).unwrap();
+    let a = Trainer::new(digits_model(4), "adam".parse().unwrap(), augmented_cfg()).unwrap();
+    let b = stop_save_load_finish("augment", a, &train, 60);
     assert_eq!(b.config().augment, augmented_cfg().augment);
-    b.fit(&train, None, &mut |_| Control::Continue).unwrap();
     assert_eq!(b.model().params(), &one[..]);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// An independent brute force for the decision threshold: every rule `score ≥ t` with `t` a
