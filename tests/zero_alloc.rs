@@ -50,8 +50,14 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// One counting window at a time: the tests of this file run in parallel, and the counter is
+/// global, so a window of one test (the first test's deliberate one-allocation check, say) that
+/// overlapped another's would show up in both counts.
+static WINDOW: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Allocations made by `f` (on this thread, and in cnnkit's closures on any thread).
 fn allocations(f: impl FnOnce()) -> usize {
+    let _window = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
     ALLOCS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
     let was = cnnkit::par::probe::set(true);
