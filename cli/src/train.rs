@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cnnkit::image::ImageOptions;
 use cnnkit::optim::OptimizerKind;
-use cnnkit::{Control, Event, LayerSpec, Sequential, Shape3, TrainConfig, Trainer, evaluate};
+use cnnkit::{
+    Control, Event, LayerSpec, Sequential, Shape3, TrainConfig, Trainer, evaluate_scores,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -554,9 +556,13 @@ fn train(
         meta.insert(pipeline::KEY.to_string(), pipe.to_json());
     }
     let final_set = test.as_ref().or(val.as_ref());
-    let final_metrics = match final_set {
-        Some(ds) => Some(evaluate(trainer.model_mut(), ds, 256)?),
-        None => None,
+    // Metrics and, for the decision threshold's rates, the positive-class scores: one pass.
+    let (final_metrics, final_scores) = match final_set {
+        Some(ds) => {
+            let (m, scores) = evaluate_scores(trainer.model_mut(), ds, 256)?;
+            (Some(m), scores)
+        }
+        None => (None, Vec::new()),
     };
     if let Some(m) = &final_metrics {
         let name = if test.is_some() { "test" } else { "validation" };
@@ -573,15 +579,14 @@ fn train(
         if leader {
             print!("{}", m.confusion_table(&pipe.classes));
         }
-        if let (Some((t, why)), Some(ds)) = (&pipe.threshold, final_set) {
-            let (_, scores) = cnnkit::evaluate_scores(trainer.model_mut(), ds, 256)?;
-            if let Some(r) = cnnkit::metrics::rates_at(ds.labels(), &scores, *t) {
-                say!(
-                    "at the threshold {t:.4} ({why}): {name} sensitivity {:.4}, specificity {:.4}",
-                    r.sensitivity,
-                    r.specificity
-                );
-            }
+        if let (Some((t, why)), Some(ds)) = (&pipe.threshold, final_set)
+            && let Some(r) = cnnkit::metrics::rates_at(ds.labels(), &final_scores, *t)
+        {
+            say!(
+                "at the threshold {t:.4} ({why}): {name} sensitivity {:.4}, specificity {:.4}",
+                r.sensitivity,
+                r.specificity
+            );
         }
     }
     if !leader {
