@@ -52,6 +52,12 @@ pub(crate) trait Vector: Copy {
     unsafe fn mul(self, b: Self) -> Self;
     /// A hint to bring the line holding `p` into L1 (any address).
     unsafe fn prefetch(p: *const f32);
+    /// `dst[j·ds + i] = src[i·ss + j]` for `i, j < 8`: one 8 x 8 block transposed in registers.
+    ///
+    /// # Safety
+    /// The instruction set's features; `src[i·ss..][..8]` readable and `dst[j·ds..][..8]`
+    /// writable for every `i, j < 8`.
+    unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize);
 }
 
 /// Tap offsets for [`MicroKernel::conv_tile`] with their maximum (private fields: the maximum is
@@ -170,6 +176,30 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         n: usize,
         add: bool,
     );
+    /// [`Vector::transpose8`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`Vector::transpose8`], without the features (`self` proves them).
+    unsafe fn transpose8_raw(self, src: *const f32, ss: usize, dst: *mut f32, ds: usize);
+
+    /// One 8 x 8 block transposed: `dst[j·ds + i] = src[i·ss + j]` for `i, j < 8` (the
+    /// weight gradient's output-gradient transpose, in registers).
+    ///
+    /// Panics (a programming error) if a row read or written would leave its slice.
+    #[inline]
+    fn transpose8(self, src: &[f32], ss: usize, dst: &mut [f32], ds: usize) {
+        let fits = |stride: usize, len: usize| {
+            stride
+                .checked_mul(7)
+                .and_then(|v| v.checked_add(8))
+                .is_some_and(|end| end <= len)
+        };
+        assert!(fits(ss, src.len()), "transpose read out of bounds");
+        assert!(fits(ds, dst.len()), "transpose write out of bounds");
+        // SAFETY: the CPU has the instruction set (`self` exists); rows i·ss + 0..8 for i < 8
+        // end at or below 7·ss + 8 <= src.len(), and likewise for dst (both checked).
+        unsafe { self.transpose8_raw(src.as_ptr(), ss, dst.as_mut_ptr(), ds) }
+    }
 
     /// GEMM tile: `C[i, j] = alpha·Σ_p a[p·MR + i]·b[p·NR + j] + beta·C[i, j]` for `i < MR`,
     /// `j < NR`, where row `i` of `C` is `c[i·rs..][..NR]`. With `beta == 0`, `C` is not read.
@@ -522,6 +552,17 @@ macro_rules! micro_kernels {
                 // SAFETY: `self` proves the features; the rest is the caller's contract.
                 unsafe { f(src, cols, top, d, w, k, flip, out, n, add) }
             }
+
+            #[inline]
+            unsafe fn transpose8_raw(self, src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+                #[target_feature(enable = $features)]
+                unsafe fn f(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+                    // SAFETY: the caller's contract (as `Vector::transpose8`'s).
+                    unsafe { <$v as $crate::arch::kernel::Vector>::transpose8(src, ss, dst, ds) }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(src, ss, dst, ds) }
+            }
         }
     };
 }
@@ -591,6 +632,9 @@ unsafe impl MicroKernel for Never {
         _: usize,
         _: bool,
     ) {
+        match self {}
+    }
+    unsafe fn transpose8_raw(self, _: *const f32, _: usize, _: *mut f32, _: usize) {
         match self {}
     }
 }

@@ -408,6 +408,37 @@ fn depthwise_row_matches_the_reference_bit_for_bit() {
     on_every_kernel(&mut T);
 }
 
+/// The 8 x 8 transpose moves every element to its mirrored place, with any row strides, and
+/// writes nothing between the rows.
+#[test]
+fn transpose8_matches_the_reference() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            for (ss, ds) in [(8, 8), (13, 9), (100, 32), (3136, 64)] {
+                let src = values(ss as u64, 7 * ss + 8);
+                let mut dst = vec![f32::NAN; 7 * ds + 8];
+                kern.transpose8(&src, ss, &mut dst, ds);
+                for (k, &d) in dst.iter().enumerate() {
+                    let (j, i) = (k / ds, k % ds);
+                    if i < 8 {
+                        let want = src[i * ss + j];
+                        assert_eq!(
+                            d.to_bits(),
+                            want.to_bits(),
+                            "{:?} ss {ss} ds {ds} [{j}][{i}]",
+                            K::ISA
+                        );
+                    } else {
+                        assert!(d.is_nan(), "{:?}: wrote between rows at {k}", K::ISA);
+                    }
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
 /// Strides and offsets so large that the bound arithmetic would wrap around are refused: with
 /// wrapping arithmetic `(MR-1)·rs + NR` came out small, the check passed, and the kernel would
 /// have written far outside `c`.
@@ -460,6 +491,14 @@ fn bound_checks_refuse_what_would_wrap() {
                     &mut out,
                     false,
                 );
+            }));
+            assert!(refused(&|| {
+                let mut dst = [0.0; 64];
+                kern.transpose8(&[0.0; 64], usize::MAX / 4, &mut dst, 8);
+            }));
+            assert!(refused(&|| {
+                let mut dst = [0.0; 63];
+                kern.transpose8(&[0.0; 64], 8, &mut dst, 8);
             }));
             // A C tile one element short is refused too.
             assert!(refused(&|| {

@@ -64,6 +64,54 @@ impl Vector for Ymm {
         // SAFETY: a prefetch is a hint and never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
     }
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: as `transpose8_ymm` (the caller's contract).
+        unsafe { transpose8_ymm(src, ss, dst, ds) }
+    }
+}
+
+/// [`Vector::transpose8`] on `ymm` registers (also used by the AVX-512 kernels: an 8 x 8 block
+/// is eight `ymm` rows): unpack pairs of rows, shuffle pairs of pairs, swap 128-bit halves.
+///
+/// # Safety
+/// AVX; `src[i·ss..][..8]` readable and `dst[j·ds..][..8]` writable for every `i, j < 8`.
+#[inline(always)]
+pub(crate) unsafe fn transpose8_ymm(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+    // SAFETY: every load and store is one of the rows the caller's contract names; AVX is the
+    // caller's contract.
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ss)));
+        // t[2k] = r[2k][0] r[2k+1][0] r[2k][1] r[2k+1][1] | same for columns 4, 5; t[2k+1] the
+        // columns 2, 3 | 6, 7.
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        // s[4h + c] = column c (| c + 4) of rows 4h .. 4h + 4.
+        let s: [__m256; 8] = std::array::from_fn(|i| {
+            let (h, c) = (i / 4, i % 4);
+            let (a, b) = (t[4 * h + c / 2], t[4 * h + 2 + c / 2]);
+            if c % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        for j in 0..8 {
+            let (a, b) = (s[j % 4], s[4 + j % 4]);
+            let v = if j < 4 {
+                _mm256_permute2f128_ps::<0x20>(a, b)
+            } else {
+                _mm256_permute2f128_ps::<0x31>(a, b)
+            };
+            _mm256_storeu_ps(dst.add(j * ds), v);
+        }
+    }
 }
 
 micro_kernels!(

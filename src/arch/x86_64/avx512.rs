@@ -7,7 +7,7 @@
 
 use crate::arch::Isa;
 use crate::arch::kernel::{Vector, micro_kernels};
-use crate::arch::x86_64::avx2::Avx2;
+use crate::arch::x86_64::avx2::{Avx2, transpose8_ymm};
 use std::arch::x86_64::*;
 
 /// The AVX-512 micro-kernels; a value exists only on CPUs with AVX-512F (and AVX2 and FMA).
@@ -66,6 +66,11 @@ impl Vector for Zmm {
     unsafe fn prefetch(p: *const f32) {
         // SAFETY: a prefetch is a hint and never faults.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+    }
+    #[inline(always)]
+    unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        // SAFETY: AVX-512F implies AVX; the rows are the caller's contract.
+        unsafe { transpose8_ymm(src, ss, dst, ds) }
     }
 }
 

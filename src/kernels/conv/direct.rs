@@ -635,7 +635,7 @@ fn wgrad_on<K: MicroKernel>(
                 let (xs, rest) = ws.split_at_mut(lay.len);
                 let dyt = &mut rest[..lay.npix * co];
                 d.prepare_all(&lay, x_n, oh0, xs);
-                transpose_band(d, &lay, dy_n, oh0, co, dyt);
+                transpose_band(kern, d, &lay, dy_n, oh0, co, dyt);
                 let (xs, dyt) = (&*xs, &*dyt);
                 let work = 2 * taps * co * lay.npix;
                 par::for_each(
@@ -711,7 +711,15 @@ fn wgrad_on<K: MicroKernel>(
 
 /// `dyT[pixel][o]` for one band: the gradient pixel-major, zero past `out_w` and `out_ch`
 /// (split by band rows; row `r` covers pixels `r·pw .. (r+1)·pw`).
-fn transpose_band(d: &Direct, lay: &Layout, dy_n: &[f32], oh0: usize, co: usize, dyt: &mut [f32]) {
+fn transpose_band<K: MicroKernel>(
+    kern: K,
+    d: &Direct,
+    lay: &Layout,
+    dy_n: &[f32],
+    oh0: usize,
+    co: usize,
+    dyt: &mut [f32],
+) {
     let out_plane = d.out_h * d.out_w;
     let (body, tail) = dyt.split_at_mut(lay.rows * lay.pw * co);
     tail.fill(0.0);
@@ -726,27 +734,30 @@ fn transpose_band(d: &Direct, lay: &Layout, dy_n: &[f32], oh0: usize, co: usize,
                 rows[d.out_w * co..].fill(0.0);
                 let at = (oh0 + r) * d.out_w;
                 // 8 x 8 blocks: eight channels' runs of eight pixels read, written as eight
-                // pixels' runs of eight channels (channels past `out_ch` are zero).
+                // pixels' runs of eight channels, in registers (channels past `out_ch` are zero;
+                // a partial block goes through a zero-padded copy).
                 for o0 in (0..co).step_by(8) {
                     let live = d.out_ch.saturating_sub(o0).min(8);
                     for ow0 in (0..d.out_w).step_by(8) {
                         let w = (d.out_w - ow0).min(8);
-                        let mut blk = [[0.0f32; 8]; 8];
-                        for (i, b) in blk.iter_mut().enumerate().take(live) {
-                            let src = &dy_n[(o0 + i) * out_plane + at + ow0..];
-                            if w == 8 {
-                                *b = src[..8].try_into().expect("eight floats");
-                            } else {
-                                for (d, s) in b.iter_mut().zip(&src[..w]) {
-                                    *d = *s;
-                                }
-                            }
+                        let src = o0 * out_plane + at + ow0;
+                        if w == 8 && live == 8 {
+                            kern.transpose8(
+                                &dy_n[src..],
+                                out_plane,
+                                &mut rows[ow0 * co + o0..],
+                                co,
+                            );
+                            continue;
                         }
-                        for j in 0..w {
-                            let dst: &mut [f32; 8] = (&mut rows[(ow0 + j) * co + o0..][..8])
-                                .try_into()
-                                .expect("eight floats");
-                            *dst = std::array::from_fn(|i| blk[i][j]);
+                        let mut blk = [0.0f32; 64];
+                        for (i, b) in blk.chunks_exact_mut(8).enumerate().take(live) {
+                            b[..w].copy_from_slice(&dy_n[src + i * out_plane..][..w]);
+                        }
+                        let mut out = [0.0f32; 64];
+                        kern.transpose8(&blk, 8, &mut out, 8);
+                        for (j, o) in out.chunks_exact(8).enumerate().take(w) {
+                            rows[(ow0 + j) * co + o0..][..8].copy_from_slice(o);
                         }
                     }
                 }
