@@ -793,6 +793,41 @@ pub(crate) fn window_max(
     (best.to_array(), idx.0)
 }
 
+/// [`window_max`] for eight 2x2 windows at stride 2 along the row: lane `l`'s window is
+/// `r0[2l], r0[2l + 1], r1[2l], r1[2l + 1]` (in that order), where `r0` starts at index `first`
+/// of `x` and `r1` one row (`in_w`) below it. The same comparisons in the same order as
+/// `window_max(x, first, 2, 8, &[0, 1, in_w, in_w + 1])`, one window at a time with the offsets
+/// known at compile time (faster here than the lane blends, whose masks the compiler moves
+/// between mask and vector registers).
+#[inline(always)]
+pub(crate) fn window_max_2x2(
+    r0: &[f32; 2 * LANES],
+    r1: &[f32; 2 * LANES],
+    first: i32,
+    in_w: i32,
+) -> ([f32; LANES], [i32; LANES]) {
+    let mut best = [0.0f32; LANES];
+    let mut idx = [0i32; LANES];
+    for (l, (p0, p1)) in r0
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .zip(r1.as_chunks::<2>().0)
+        .enumerate()
+    {
+        let cands = [(p0[0], 0), (p0[1], 1), (p1[0], in_w), (p1[1], in_w + 1)];
+        let (mut b, mut o) = (f32::NEG_INFINITY, 0);
+        for (v, off) in cands {
+            let take = v > b || v.is_nan();
+            b = if take { v } else { b };
+            o = if take { off } else { o };
+        }
+        best[l] = b;
+        idx[l] = first + 2 * l as i32 + o;
+    }
+    (best, idx)
+}
+
 /// Lane `r` = `x[(first + min(r, rows − 1))·stride + col]`: one column of up to eight rows of a
 /// row-major matrix (rows past `rows` repeat the last one).
 #[inline(always)]

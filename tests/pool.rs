@@ -54,6 +54,34 @@ proptest! {
         prop_assert_eq!(a, ra);
     }
 
+    /// The 2x2 / stride-2 layer of most CNNs has its own path over eight windows at a time:
+    /// rows wide enough for it (and a tail), padding or not, ±0 and ties, bit for bit.
+    #[test]
+    fn max_pool_2x2_path_matches_reference_bit_for_bit(
+        (g, x) in (1usize..3, 1usize..4, 2usize..6, 16usize..41, 0usize..2)
+            .prop_flat_map(|(n, c, h, w, p)| {
+                let g = Pool2dGeom::new(
+                    Shape4::new(n, c, h, w),
+                    Pool2dParams::new(2).stride(2).padding(p),
+                )
+                .unwrap();
+                let v = prop_oneof![
+                    10 => (-1i32..=1).prop_map(|v| v as f32),
+                    2 => Just(-0.0f32),
+                    1 => Just(f32::NAN),
+                    1 => Just(f32::NEG_INFINITY),
+                ];
+                (Just(g), prop::collection::vec(v, g.x_len()))
+            })
+    ) {
+        let (y, a) = par(|| max_fwd(&g, &x));
+        let (ry, ra) = reference::max_pool2d_forward(&g, &x);
+        for (i, (v, r)) in y.iter().zip(&ry).enumerate() {
+            prop_assert!(v.to_bits() == r.to_bits() || (v.is_nan() && r.is_nan()), "y[{}]: {} vs {}", i, v, r);
+        }
+        prop_assert_eq!(a, ra);
+    }
+
     #[test]
     fn avg_pool_forward_matches_reference(
         (g, x, cip) in pool_geom(9).prop_flat_map(|g| (Just(g), vals(g.x_len()), any::<bool>()))

@@ -49,6 +49,9 @@ pub fn max_pool2d_forward(
         }
     }
     let offs = &offs[..if lane_path { kh * kw } else { 0 }];
+    // 2x2 windows at stride 2 along the row (the common pooling layer): a path with its
+    // indices known at compile time.
+    let pairs = lane_path && kh == 2 && kw == 2 && s_w == 2;
     // Output columns whose windows lie inside the input.
     let ow_lo = p_w.div_ceil(s_w).min(out_w);
     let ow_hi = ((in_w + p_w).saturating_sub(kw) / s_w + 1).clamp(ow_lo, out_w);
@@ -94,7 +97,19 @@ pub fn max_pool2d_forward(
                 while ow < ow_hi {
                     let lanes = (ow_hi - ow).min(simd::LANES);
                     let base = h0 * in_w + ow * s_w - p_w;
-                    let (v, i) = simd::window_max(x_p, base, s_w, lanes, offs);
+                    let (v, i) = if pairs && base + in_w + 2 * simd::LANES <= x_p.len() {
+                        // Eight windows from `base` on; past `lanes` they run into the next
+                        // rows (still inside the plane) and are dropped.
+                        let r0 = x_p[base..][..2 * simd::LANES]
+                            .try_into()
+                            .expect("16 floats");
+                        let r1 = x_p[base + in_w..][..2 * simd::LANES]
+                            .try_into()
+                            .expect("16 floats");
+                        simd::window_max_2x2(r0, r1, base as i32, in_w as i32)
+                    } else {
+                        simd::window_max(x_p, base, s_w, lanes, offs)
+                    };
                     y_row[ow..ow + lanes].copy_from_slice(&v[..lanes]);
                     if let Some(a) = a_row.as_deref_mut() {
                         for (a, &i) in a[ow..ow + lanes].iter_mut().zip(&i) {
