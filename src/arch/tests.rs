@@ -164,14 +164,15 @@ fn packed_gemm_matches_the_blocked_reference_bit_for_bit() {
             );
             for (si, &(m, n)) in shapes.iter().enumerate() {
                 let ks: &[usize] = if si % 7 == 0 {
-                    &[0, 1, 6, 257]
+                    &[0, 1, 6, 17, 257]
                 } else {
-                    &[1, 6]
+                    &[1, 6, 17]
                 };
                 for &k in ks {
                     for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, 1.5)] {
                         let col_major_a = si % 2 == 1;
-                        check_packed(kern, m, n, k, alpha, beta, col_major_a);
+                        let col_major_b = si % 3 == 1;
+                        check_packed(kern, m, n, k, alpha, beta, col_major_a, col_major_b);
                     }
                 }
             }
@@ -180,6 +181,7 @@ fn packed_gemm_matches_the_blocked_reference_bit_for_bit() {
     on_every_kernel(&mut T);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_packed<K: MicroKernel>(
     kern: K,
     m: usize,
@@ -188,8 +190,17 @@ fn check_packed<K: MicroKernel>(
     alpha: f32,
     beta: f32,
     col_major_a: bool,
+    col_major_b: bool,
 ) {
     let (a, b) = (values(4, m * k), values(5, k * n));
+    // B element (p, j): row-major b[p·n + j], or column-major b[j·k + p] (a dense layer's Wᵀ).
+    let b_at = |p: usize, j: usize| {
+        if col_major_b {
+            b[j * k + p]
+        } else {
+            b[p * n + j]
+        }
+    };
     // A element (i, p): row-major a[i·k + p], or column-major a[p·m + i].
     let a_at = |i: usize, p: usize| {
         if col_major_a {
@@ -217,7 +228,7 @@ fn check_packed<K: MicroKernel>(
             for p0 in (0..k).step_by(packed::KC) {
                 let mut acc = 0.0f32;
                 for p in p0..(p0 + packed::KC).min(k) {
-                    acc = a_at(i, p).mul_add(b[p * n + j], acc);
+                    acc = a_at(i, p).mul_add(b_at(p, j), acc);
                 }
                 let bb = if p0 == 0 { beta } else { 1.0 };
                 let r = acc * alpha;
@@ -240,11 +251,20 @@ fn check_packed<K: MicroKernel>(
             rows: m,
         }
     };
-    let sb = Strided {
-        data: &b,
-        rs: n,
-        cs: 1,
-        rows: k,
+    let sb = if col_major_b {
+        Strided {
+            data: &b,
+            rs: 1,
+            cs: k,
+            rows: k,
+        }
+    } else {
+        Strided {
+            data: &b,
+            rs: n,
+            cs: 1,
+            rows: k,
+        }
     };
     let out = Out {
         data: &mut c,
@@ -255,7 +275,7 @@ fn check_packed<K: MicroKernel>(
     packed::gemm(kern, k, alpha, &sa, &sb, beta, out);
     same_bits(
         &format!(
-            "{} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a}",
+            "{} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a} col_major_b={col_major_b}",
             K::ISA
         ),
         &c,

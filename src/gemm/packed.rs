@@ -37,7 +37,16 @@ pub(crate) trait PackA: Sync {
 pub(crate) trait PackB: Sync {
     /// Packs inner indices `k0..k0 + kc` and columns `c0..c0 + nc` as `ceil(nc / NR)` panels:
     /// panel `p` at `out[p·kc·NR..]`, element `(k, j)` at `k·NR + j`; columns past `nc` are zero.
-    fn pack_b<K: MicroKernel>(&self, k0: usize, kc: usize, c0: usize, nc: usize, out: &mut [f32]);
+    /// (`kern` for the register transposes of a source stored column by column.)
+    fn pack_b<K: MicroKernel>(
+        &self,
+        kern: K,
+        k0: usize,
+        kc: usize,
+        c0: usize,
+        nc: usize,
+        out: &mut [f32],
+    );
 }
 
 /// A row-major destination: row `i` is `data[i·rs..i·rs + cols]`.
@@ -121,7 +130,7 @@ pub(crate) fn gemm<K: MicroKernel>(
             let nc = ncb.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                b.pack_b::<K>(pc, kc, jc, nc, &mut bbuf[..kc * nc.div_ceil(nr) * nr]);
+                b.pack_b(kern, pc, kc, jc, nc, &mut bbuf[..kc * nc.div_ceil(nr) * nr]);
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in (0..m).step_by(mcb) {
                     let mc = mcb.min(m - ic);
@@ -223,6 +232,15 @@ impl Strided<'_> {
     ) {
         for (p, panel) in out.chunks_exact_mut(kc * mr).enumerate() {
             let live = self.live(mr, p, r0, mc);
+            if self.rs == 1 && live == mr {
+                // Stored column by column (a transposed gradient): each step's `mr` rows are
+                // adjacent.
+                let first = r0 + p * mr;
+                for (k, dst) in panel.chunks_exact_mut(mr).enumerate() {
+                    dst.copy_from_slice(&self.data[first + (k0 + k) * self.cs..][..mr]);
+                }
+                continue;
+            }
             for (k, dst) in panel.chunks_exact_mut(mr).enumerate() {
                 for (i, d) in dst.iter_mut().enumerate() {
                     *d = if i < live {
@@ -237,12 +255,32 @@ impl Strided<'_> {
 }
 
 impl PackB for Strided<'_> {
-    fn pack_b<K: MicroKernel>(&self, k0: usize, kc: usize, c0: usize, nc: usize, out: &mut [f32]) {
+    fn pack_b<K: MicroKernel>(
+        &self,
+        kern: K,
+        k0: usize,
+        kc: usize,
+        c0: usize,
+        nc: usize,
+        out: &mut [f32],
+    ) {
         let nr = K::NR;
         for (p, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
             let j0 = c0 + p * nr;
             let w = nr.min(c0 + nc - j0);
-            for k in 0..kc {
+            // Stored column by column (a dense layer's `Wᵀ`): 8 x 8 blocks transposed in
+            // registers, the last `kc % 8` steps element by element below.
+            let mut k_done = 0;
+            if self.rs == 1 && w == nr && nr % 8 == 0 {
+                k_done = kc / 8 * 8;
+                for k in (0..k_done).step_by(8) {
+                    for j in (0..nr).step_by(8) {
+                        let src = (k0 + k) + (j0 + j) * self.cs;
+                        kern.transpose8(&self.data[src..], self.cs, &mut panel[k * nr + j..], nr);
+                    }
+                }
+            }
+            for k in k_done..kc {
                 let dst = &mut panel[k * nr..][..nr];
                 let base = (k0 + k) * self.rs + j0 * self.cs;
                 if self.cs == 1 && w == nr {
