@@ -1,6 +1,7 @@
 //! Runs one workload case in a loop (for profilers): `one ID OP [THREADS] [SECONDS]`, e.g.
 //! `perf record -e cpu-clock target/release/one C3 fwd 1 5`. `CNNKIT_ISA=avx2` (or `portable`)
-//! in the environment caps the instruction set (`CNNKIT_PORTABLE=1` is `CNNKIT_ISA=portable`).
+//! in the environment caps the instruction set (`CNNKIT_PORTABLE=1` is `CNNKIT_ISA=portable`);
+//! `CNNKIT_PAR_THRESHOLD=work` sets `cnnkit::par::set_parallel_threshold`.
 
 #[path = "../../../benches/suite/workloads.rs"]
 mod workloads;
@@ -17,6 +18,9 @@ fn main() {
         cnnkit::arch::limit(Some(
             isa.parse().expect("CNNKIT_ISA: portable, avx2 or avx512"),
         ));
+    }
+    if let Ok(t) = std::env::var("CNNKIT_PAR_THRESHOLD") {
+        cnnkit::par::set_parallel_threshold(t.parse().expect("CNNKIT_PAR_THRESHOLD: a number"));
     }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
