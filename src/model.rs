@@ -2,7 +2,9 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
-use crate::kernels::Accum;
+use crate::kernels::{Accum, Planes};
+use crate::layer::norm::BatchNorm2d;
+use crate::layer::pool::Pool;
 use crate::layer::{
     self, Backward, Ctx, Layer, LayerSpec, ParamInfo, Shape3, Tensor, TensorData, numel,
 };
@@ -49,9 +51,12 @@ pub struct Sequential {
     last_n: Option<usize>,
     /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
-    /// `skipped[i]`: layer `i` is a ReLU whose work the next layer does (see
+    /// `skipped[i]`: layer `i` is a ReLU or a batch norm whose work a later layer does (see
     /// [`Sequential::set_fusion`]); it has no output buffer of its own.
     skipped: Vec<bool>,
+    /// `bn_into[k] = Some(b)`: max-pool `k` reads the output of batch norm `b` plane by plane,
+    /// and runs its statistics and backward pass (see [`Sequential::set_fusion`]).
+    bn_into: Vec<Option<usize>>,
 }
 
 impl Sequential {
@@ -187,6 +192,7 @@ impl Sequential {
             last_n: None,
             warmed: 0,
             skipped: vec![false; count],
+            bn_into: vec![None; count],
         };
         m.reinit(init, seed);
         m.set_fusion(true);
@@ -256,21 +262,52 @@ impl Sequential {
     pub fn eval(&mut self) {
         self.training = false;
     }
-    /// Fuses (`true`, the default) or separates layers whose work one pass can do: a ReLU
-    /// directly followed by a max-pool runs inside the pool (`maxpool(relu(x)) =
-    /// relu(maxpool(x))`, and the ReLU's backward mask is the pooled output's sign), which saves
-    /// one pass over the larger tensor in each direction. Results are bit-identical either way
-    /// (outputs, parameter and input gradients); `false` runs every layer as written, for
-    /// comparison. A ReLU that is the first layer is not fused. Changing it discards the last
-    /// forward pass (a backward pass needs a new one).
+    /// Fuses (`true`, the default) or separates layers whose work one pass can do:
+    /// - a ReLU directly followed by a max-pool runs inside the pool (`maxpool(relu(x)) =
+    ///   relu(maxpool(x))`, and the ReLU's backward mask is the pooled output's sign), which saves
+    ///   one pass over the larger tensor in each direction;
+    /// - a batch norm followed by a max-pool (directly or through such a ReLU) keeps its
+    ///   statistics but never stores its output: the pool normalises each plane as it reads it,
+    ///   and backward, the batch norm reads the pool's gradient spread over one plane at a time
+    ///   (in cache) instead of a whole tensor, which saves about four passes over the larger
+    ///   tensor per step.
+    ///
+    /// Results are bit-identical either way (outputs, parameter and input gradients, running
+    /// statistics): the fused layers do the same operations in the same order. `false` runs
+    /// every layer as written, for comparison. A ReLU that is the first layer is not fused.
+    /// Changing it discards the last forward pass (a backward pass needs a new one).
     pub fn set_fusion(&mut self, on: bool) {
         // The layers' caches of the last forward pass follow the old plan.
         self.last_n = None;
-        for i in 0..self.layers.len() {
+        let count = self.layers.len();
+        for i in 0..count {
             self.skipped[i] = false;
+            self.bn_into[i] = None;
+            if let Some(pool) = downcast::<Pool>(&mut self.layers[i]) {
+                pool.absorb_bn(false);
+            }
             let relu = self.layers[i].spec() == LayerSpec::RELU;
-            if relu && i >= 1 && i + 1 < self.layers.len() {
+            if relu && i >= 1 && i + 1 < count {
                 self.skipped[i] = self.layers[i + 1].absorb_relu(on) && on;
+            }
+        }
+        if !on {
+            return;
+        }
+        for b in 0..count {
+            if downcast::<BatchNorm2d>(&mut self.layers[b]).is_none() {
+                continue;
+            }
+            // The next layer that runs, past a ReLU the pool absorbed.
+            let Some(k) = (b + 1..count).find(|&k| !self.skipped[k]) else {
+                continue;
+            };
+            if let Some(pool) = downcast::<Pool>(&mut self.layers[k])
+                && pool.is_max()
+            {
+                pool.absorb_bn(true);
+                self.skipped[b] = true;
+                self.bn_into[k] = Some(b);
             }
         }
     }
@@ -365,6 +402,24 @@ impl Sequential {
             };
             let out = &mut rest[0][..n * numel(self.shapes[i])];
             let mut ctx = Ctx::new(self.training, mix64(call_seed ^ i as u64), &mut self.ws);
+            if let Some(b) = self.bn_into[i] {
+                let (head, tail) = self.layers.split_at_mut(i);
+                let (bn, pool) = bn_and_pool(&mut head[b], &mut tail[0])?;
+                bn.forward_stats(
+                    n,
+                    &self.params[self.ranges[b].clone()],
+                    input,
+                    self.training,
+                )?;
+                let (scale, shift) = bn.affine();
+                let src = Planes::Affine {
+                    x: input,
+                    scale,
+                    shift,
+                };
+                pool.forward_from(n, src, out, ctx.ws)?;
+                continue;
+            }
             self.layers[i].forward(
                 n,
                 &self.params[self.ranges[i].clone()],
@@ -480,6 +535,24 @@ impl Sequential {
                 None => dx_in.as_deref_mut(),
             };
             let mut ctx = Ctx::new(self.training, 0, &mut self.ws);
+            if let Some(b) = self.bn_into[i] {
+                let (head, tail) = self.layers.split_at_mut(i);
+                let (bn, pool) = bn_and_pool(&mut head[b], &mut tail[0])?;
+                let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
+                let r = self.ranges[b].clone();
+                bn.backward_from(
+                    n,
+                    &self.params[r.clone()],
+                    &mut grads[r],
+                    input,
+                    src,
+                    dx,
+                    accum,
+                    ws,
+                )?;
+                cur = 1 - cur;
+                continue;
+            }
             let r = self.ranges[i].clone();
             let b = Backward {
                 n,
@@ -623,6 +696,23 @@ impl Sequential {
         }
         Ok(())
     }
+}
+
+/// Layer `l` as cnnkit's own layer type `T`, if it is one.
+fn downcast<T: 'static>(l: &mut Box<dyn Layer>) -> Option<&mut T> {
+    l.as_any_mut()?.downcast_mut::<T>()
+}
+
+/// The batch norm and the max-pool of a fusion that [`Sequential::set_fusion`] planned.
+fn bn_and_pool<'a>(
+    bn: &'a mut Box<dyn Layer>,
+    pool: &'a mut Box<dyn Layer>,
+) -> Result<(&'a mut BatchNorm2d, &'a mut Pool)> {
+    let planned = || Error::invalid("Sequential", "fusion", "planned for other layers");
+    Ok((
+        downcast::<BatchNorm2d>(bn).ok_or_else(planned)?,
+        downcast::<Pool>(pool).ok_or_else(planned)?,
+    ))
 }
 
 /// Refuses an empty input shape or an empty network.

@@ -394,9 +394,11 @@ fn initialisation_follows_torch_nn_init() {
     }
 }
 
-/// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`):
-/// outputs, parameter gradients and input gradients are bit-identical to running every layer as
-/// written, in training and evaluation mode, for 1 and 2 threads.
+/// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`),
+/// and a batch norm before a max-pool (directly or through such a ReLU) hands the pool its output
+/// map instead of its output: outputs, parameter gradients, input gradients and running
+/// statistics are bit-identical to running every layer as written, in training and evaluation
+/// mode, for 1 and 2 threads (overlapping and padded windows, a batch norm as the first layer).
 #[test]
 fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
     let archs = [
@@ -404,8 +406,10 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
         "relu,maxpool(2),conv(3,3),relu,maxpool(2),flatten,dense(3)",
         "conv(4,3,p=1,bias=false),bn,relu,maxpool(2),relu,maxpool(2),gap,dense(3)",
         "conv(4,3,p=1),relu,avgpool(2),flatten,dense(3),relu",
+        "bn,maxpool(2),conv(3,3,p=1),bn,maxpool(3,s=2,p=1),flatten,dense(3)",
+        "conv(4,3,p=1),bn,relu,avgpool(2),bn,relu,gap,dense(3)",
     ];
-    let fused: [&[usize]; 4] = [&[1, 5], &[3], &[2, 4], &[]];
+    let fused: [&[usize]; 6] = [&[1, 4, 5], &[3], &[1, 2, 4], &[], &[0, 3], &[]];
     for (arch, fused) in archs.into_iter().zip(fused) {
         let specs = LayerSpec::parse_list(arch).unwrap();
         let mut m = Sequential::new([2, 12, 12], &specs, 3).unwrap();
@@ -440,7 +444,12 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
                         m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace))
                             .unwrap();
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        (bits(&y), bits(m.grads()), bits(&dx))
+                        let state: Vec<_> = m
+                            .state_dict()
+                            .into_iter()
+                            .map(|(k, t)| (k, format!("{:?}", t.data)))
+                            .collect();
+                        (bits(&y), bits(m.grads()), bits(&dx), state)
                     })
                 };
                 let (fused, separate) = (run(true), run(false));
@@ -455,6 +464,10 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
                 assert!(
                     fused.2 == separate.2,
                     "{arch}: input gradients differ (training {training})"
+                );
+                assert!(
+                    fused.3 == separate.3,
+                    "{arch}: running statistics differ (training {training})"
                 );
                 assert!(fused.2.iter().any(|&b| b != 0), "{arch}: a zero gradient");
             }

@@ -8,6 +8,8 @@
 //!
 //! Layouts follow PyTorch: activations NCHW, convolution weights OIHW, dense weights `[out, in]`.
 
+use crate::error::Result;
+
 pub mod activation;
 pub mod conv;
 pub mod dense;
@@ -83,4 +85,130 @@ pub(crate) fn zip_map_into(
             |a, b, old| old + f(a, b),
         ),
     }
+}
+
+/// Where a kernel that works plane by plane reads plane `p` of an `[n, c, h, w]` operand from:
+/// the tensor itself, or a tensor that is never stored whole — a per-channel affine map of `x`
+/// (a batch norm's output, read by the max-pool after it) or a max-pool's gradient spread back
+/// over its input plane (read by the batch norm before it). Those two are made one plane at a
+/// time in the caller's plane-sized scratch, which stays in cache, with the same operations as
+/// the separate layers, so the results are the same bits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Planes<'a> {
+    /// The operand itself.
+    Dense(&'a [f32]),
+    /// `x[p]·scale[p % c] + shift[p % c]` (one fused multiply-add per element).
+    Affine {
+        x: &'a [f32],
+        scale: &'a [f32],
+        shift: &'a [f32],
+    },
+    /// Zero except `dy[p, j]` added at `argmax[p, j]` (max pooling's backward pass); the indices
+    /// are checked against the plane by [`Planes::check`].
+    Pooled {
+        dy: &'a [f32],
+        argmax: &'a [u32],
+        out_plane: usize,
+    },
+}
+
+impl<'a> Planes<'a> {
+    /// Scratch the operand needs per parallel group for planes of `plane` elements.
+    pub(crate) fn slot(&self, plane: usize) -> usize {
+        match self {
+            Planes::Dense(_) => 0,
+            _ => plane,
+        }
+    }
+
+    /// Checks that the operand (named `what`) holds `planes` planes of `plane` elements over `c`
+    /// channels.
+    pub(crate) fn check(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        planes: usize,
+        plane: usize,
+        c: usize,
+    ) -> Result<()> {
+        let len = crate::error::mul(op, "planes", planes, plane)?;
+        match *self {
+            Planes::Dense(x) => crate::error::check_len(op, what, x, len),
+            Planes::Affine { x, scale, shift } => {
+                crate::error::check_len(op, what, x, len)?;
+                crate::error::check_len(op, "scale", scale, c)?;
+                crate::error::check_len(op, "shift", shift, c)
+            }
+            Planes::Pooled {
+                dy,
+                argmax,
+                out_plane,
+            } => {
+                let out = crate::error::mul(op, "planes", planes, out_plane)?;
+                crate::error::check_len(op, "dy", dy, out)?;
+                crate::error::check_len(op, "argmax", argmax, out)?;
+                if argmax.iter().any(|&a| a as usize >= plane) {
+                    return Err(crate::Error::invalid(
+                        op,
+                        "argmax",
+                        "index outside its input plane",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Plane `p` (of `plane` elements, channel `p % c`), made in `scratch` when it is not stored.
+    #[inline(always)]
+    pub(crate) fn plane<'s>(
+        &'s self,
+        p: usize,
+        plane: usize,
+        c: usize,
+        scratch: &'s mut [f32],
+    ) -> &'s [f32] {
+        match *self {
+            Planes::Dense(x) => &x[p * plane..][..plane],
+            Planes::Affine { x, scale, shift } => {
+                let s = &mut scratch[..plane];
+                let (a, b) = (
+                    crate::simd::splat(scale[p % c]),
+                    crate::simd::splat(shift[p % c]),
+                );
+                crate::simd::map(
+                    &x[p * plane..][..plane],
+                    s,
+                    #[inline(always)]
+                    |v| v.mul_add(a, b),
+                );
+                s
+            }
+            Planes::Pooled {
+                dy,
+                argmax,
+                out_plane,
+            } => {
+                let s = &mut scratch[..plane];
+                s.fill(0.0);
+                let (a_p, dy_p) = (
+                    &argmax[p * out_plane..][..out_plane],
+                    &dy[p * out_plane..][..out_plane],
+                );
+                for (&a, &d) in a_p.iter().zip(dy_p) {
+                    s[a as usize] += d;
+                }
+                s
+            }
+        }
+    }
+}
+
+/// Parallel groups for `items` items of `work` total work, each needing `slot` elements of a
+/// scratch of `ws_len`: never more groups than the scratch has slots for.
+pub(crate) fn groups_in(items: usize, work: usize, ws_len: usize, slot: usize) -> usize {
+    let g = crate::par::groups(items, work);
+    ws_len
+        .checked_div(slot)
+        .map_or(g, |slots| g.min(slots).max(1))
 }

@@ -5,8 +5,8 @@
 //! and row sums are taken in `f32` lanes and combined in `f64`.
 
 use crate::error::{Error, Result, check_len, check_min_len};
-use crate::kernels::Accum;
 use crate::kernels::activation::mask_backward;
+use crate::kernels::{Accum, Planes};
 use crate::par::{self, BLOCK, Items};
 use crate::rng::{normal_at, uniform_at};
 use crate::shape::Shape4;
@@ -68,6 +68,23 @@ pub fn batch_norm_forward_train(
     const OP: &str = "batch_norm_forward_train";
     let len = bn_check(OP, shape, x, gamma, beta)?;
     check_len(OP, "y", y, len)?;
+    batch_norm_train_stats(shape, eps, x, save_mean, save_invstd, running)?;
+    normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
+}
+
+/// The statistics of [`batch_norm_forward_train`] without its output: `save_mean`,
+/// `save_invstd` and the running statistics (for a max-pool that reads the normalised values
+/// plane by plane, see [`crate::kernels::Planes`]).
+pub(crate) fn batch_norm_train_stats(
+    shape: Shape4,
+    eps: f32,
+    x: &[f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+    running: Option<RunningStats<'_>>,
+) -> Result<()> {
+    const OP: &str = "batch_norm_forward_train";
+    let len = bn_check(OP, shape, x, None, None)?;
     check_len(OP, "save_mean", save_mean, shape.c)?;
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
     if eps.is_nan() || eps < 0.0 {
@@ -122,7 +139,7 @@ pub fn batch_norm_forward_train(
     for v in save_invstd.iter_mut() {
         *v = 1.0 / (*v + eps).sqrt();
     }
-    normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
+    Ok(())
 }
 
 /// Batch normalisation in evaluation mode: as [`batch_norm_forward_train`] with the running
@@ -148,6 +165,27 @@ pub fn batch_norm_forward_eval(
     const OP: &str = "batch_norm_forward_eval";
     let len = bn_check(OP, shape, x, gamma, beta)?;
     check_len(OP, "y", y, len)?;
+    batch_norm_eval_stats(
+        shape,
+        eps,
+        running_mean,
+        running_var,
+        save_mean,
+        save_invstd,
+    )?;
+    normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
+}
+
+/// `save_mean` and `save_invstd` of [`batch_norm_forward_eval`], without its output.
+pub(crate) fn batch_norm_eval_stats(
+    shape: Shape4,
+    eps: f32,
+    running_mean: &[f32],
+    running_var: &[f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "batch_norm_forward_eval";
     check_len(OP, "running_mean", running_mean, shape.c)?;
     check_len(OP, "running_var", running_var, shape.c)?;
     check_len(OP, "save_mean", save_mean, shape.c)?;
@@ -156,7 +194,35 @@ pub fn batch_norm_forward_eval(
     for (i, v) in save_invstd.iter_mut().zip(running_var) {
         *i = 1.0 / (v + eps).sqrt();
     }
-    normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
+    Ok(())
+}
+
+/// Channel `ch`'s output map `y = x·scale + shift`: `scale = invstd·γ`, `shift = β − mean·scale`.
+#[inline]
+fn affine_of(
+    ch: usize,
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+) -> (f32, f32) {
+    let scale = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
+    (scale, beta.map_or(0.0, |b| b[ch]) - mean[ch] * scale)
+}
+
+/// Every channel's `(scale, shift)` of the output map (see [`affine_of`]), for a consumer that
+/// applies it plane by plane ([`crate::kernels::Planes::Affine`]) with the bits of [`normalize`].
+pub(crate) fn batch_norm_affine(
+    mean: &[f32],
+    invstd: &[f32],
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    scale: &mut [f32],
+    shift: &mut [f32],
+) {
+    for (ch, (a, b)) in scale.iter_mut().zip(shift.iter_mut()).enumerate() {
+        (*a, *b) = affine_of(ch, mean, invstd, gamma, beta);
+    }
 }
 
 /// `y = (x − mean_c)·invstd_c·γ_c + β_c` per plane.
@@ -180,9 +246,7 @@ fn normalize(
         #[inline(always)]
         |r, Items(y, _)| {
             for (p, y_p) in r.zip(y.chunks_exact_mut(plane)) {
-                let ch = p % c;
-                let scale = invstd[ch] * gamma.map_or(1.0, |g| g[ch]);
-                let shift = beta.map_or(0.0, |b| b[ch]) - mean[ch] * scale;
+                let (scale, shift) = affine_of(p % c, mean, invstd, gamma, beta);
                 let (a, b) = (splat(scale), splat(shift));
                 simd::map(
                     &x[p * plane..][..plane],
@@ -228,28 +292,70 @@ pub fn batch_norm_backward(
     accum: Accum,
     ws: &mut [f32],
 ) -> Result<()> {
+    batch_norm_backward_from(
+        shape,
+        training,
+        x,
+        gamma,
+        save_mean,
+        save_invstd,
+        Planes::Dense(dy),
+        Some(dx),
+        dgamma,
+        dbeta,
+        accum,
+        ws,
+    )
+}
+
+/// [`batch_norm_backward`] of a `dy` read through [`Planes`] (a max-pool's gradient spread over
+/// its input plane by plane), with `dx` left out when nobody needs it. `ws` holds
+/// [`batch_norm_backward_scratch_len`] elements and then a plane per parallel group (at least one)
+/// when `dy` is not [`Planes::Dense`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batch_norm_backward_from(
+    shape: Shape4,
+    training: bool,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: Planes<'_>,
+    dx: Option<&mut [f32]>,
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
     const OP: &str = "batch_norm_backward";
     let len = bn_check(OP, shape, x, gamma, None)?;
     check_len(OP, "save_mean", save_mean, shape.c)?;
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
-    check_len(OP, "dy", dy, len)?;
-    check_len(OP, "dx", dx, len)?;
-    check_min_len(OP, "ws", ws, batch_norm_backward_scratch_len(shape))?;
     let (c, n, plane) = (shape.c, shape.n, shape.plane());
+    dy.check(OP, "dy", n * c, plane, c)?;
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx, len)?;
+    }
+    let slot = dy.slot(plane);
+    let sums_len = batch_norm_backward_scratch_len(shape);
+    check_min_len(OP, "ws", ws, sums_len + slot)?;
+    let (ws, planes_ws) = ws.split_at_mut(sums_len);
     let (sums, partial) = ws.split_at_mut(2 * c);
     let (sum_dy, sum_dy_xhat) = sums.split_at_mut(c);
     let (p_dy, p_dy_xc) = partial[..2 * n * c].split_at_mut(n * c);
     // Per-plane sums in memory order (the reads stream through x and dy; every plane is an item
     // of the split), then each channel's planes added in sample order in f64: the same sums in
     // the same order whatever the thread count.
-    par::for_each(
+    par::for_each_group(
         n * c,
-        2 * len,
+        super::groups_in(n * c, 2 * len, planes_ws.len(), slot),
         (Items(&mut *p_dy, 1), Items(&mut *p_dy_xc, 1)),
+        planes_ws,
+        slot,
         #[inline(always)]
-        |r, (Items(pd, _), Items(pdx, _))| {
+        |r, (Items(pd, _), Items(pdx, _)), s| {
             for ((p, a), b) in r.zip(pd.iter_mut()).zip(pdx.iter_mut()) {
-                let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
+                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s));
                 let mean = splat(save_mean[p % c]);
                 *a = simd::sum(dy_p);
                 *b = simd::sum_zip(
@@ -285,22 +391,25 @@ pub fn batch_norm_backward(
             *d = accum.apply(*d, *s);
         }
     }
+    let Some(dx) = dx else { return Ok(()) };
     if plane == 0 {
         return Ok(());
     }
     let m = (shape.n * plane) as f32;
     let (sum_dy, sum_dy_xhat) = (&*sum_dy, &*sum_dy_xhat);
-    par::for_each(
-        shape.n * c,
-        len * 3,
+    par::for_each_group(
+        n * c,
+        super::groups_in(n * c, len * 3, planes_ws.len(), slot),
         Items(dx, plane),
+        planes_ws,
+        slot,
         #[inline(always)]
-        |r, Items(dx, _)| {
+        |r, Items(dx, _), s| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
                 let ch = p % c;
                 let inv = save_invstd[ch];
                 let k = inv * gamma.map_or(1.0, |g| g[ch]);
-                let (x_p, dy_p) = (&x[p * plane..][..plane], &dy[p * plane..][..plane]);
+                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s));
                 if training {
                     // dx = k·(dy − a − (x − mean)·b) with a = Σdy/M, b = invstd·Σ(dy·x̂)/M.
                     let a = splat(sum_dy[ch] / m);

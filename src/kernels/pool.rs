@@ -3,8 +3,9 @@
 //!
 //! Work is split over the `n * c` planes, which are independent.
 
-use crate::error::{Result, check_len};
+use crate::error::{Result, check_len, check_min_len};
 use crate::kernels::Accum;
+use crate::kernels::Planes;
 use crate::par::{self, Items};
 use crate::shape::{Pool2dGeom, Shape4};
 use crate::simd;
@@ -32,10 +33,24 @@ pub fn max_pool2d_forward(
     y: &mut [f32],
     argmax: Option<&mut [u32]>,
 ) -> Result<()> {
+    max_pool2d_forward_from(g, Planes::Dense(x), y, argmax, &mut [])
+}
+
+/// [`max_pool2d_forward`] of an input read through [`Planes`] (a batch norm's output made plane
+/// by plane); `ws` holds a plane per parallel group (at least one).
+pub(crate) fn max_pool2d_forward_from(
+    g: &Pool2dGeom,
+    x: Planes<'_>,
+    y: &mut [f32],
+    argmax: Option<&mut [u32]>,
+    ws: &mut [f32],
+) -> Result<()> {
     const OP: &str = "max_pool2d_forward";
-    check_len(OP, "x", x, g.x_len())?;
-    check_len(OP, "y", y, g.y_len())?;
     let (in_plane, out_plane) = (g.in_h() * g.in_w(), g.out_h() * g.out_w());
+    x.check(OP, "x", g.planes(), in_plane, g.c())?;
+    check_len(OP, "y", y, g.y_len())?;
+    let slot = x.slot(in_plane);
+    check_min_len(OP, "ws", ws, slot)?;
     let [kh, kw] = g.params().window;
     let work = g.y_len() * kh * kw;
     let (in_w, out_w) = (g.in_w(), g.out_w());
@@ -121,38 +136,31 @@ pub fn max_pool2d_forward(
             }
         },
     );
-    match argmax {
+    let with_argmax = argmax.is_some();
+    let a = match argmax {
         Some(a) => {
             check_len(OP, "argmax", a, g.y_len())?;
-            par::for_each(
-                g.planes(),
-                work,
-                (Items(y, out_plane), Items(a, out_plane)),
-                #[inline(always)]
-                |r, (Items(y, _), Items(a, _))| {
-                    for ((p, y_p), a_p) in r
-                        .zip(y.chunks_exact_mut(out_plane))
-                        .zip(a.chunks_exact_mut(out_plane))
-                    {
-                        plane(&x[p * in_plane..][..in_plane], y_p, Some(a_p));
-                    }
-                    Ok(())
-                },
-            )
+            a
         }
-        None => par::for_each(
-            g.planes(),
-            work,
-            Items(y, out_plane),
-            #[inline(always)]
-            |r, Items(y, _)| {
-                for (p, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
-                    plane(&x[p * in_plane..][..in_plane], y_p, None);
-                }
-                Ok(())
-            },
-        ),
-    }
+        None => &mut [],
+    };
+    let a_per_plane = if with_argmax { out_plane } else { 0 };
+    let c = g.c();
+    par::for_each_group(
+        g.planes(),
+        super::groups_in(g.planes(), work, ws.len(), slot),
+        (Items(y, out_plane), Items(a, a_per_plane)),
+        ws,
+        slot,
+        #[inline(always)]
+        |r, (Items(y, _), Items(a, _)), s| {
+            for (k, (p, y_p)) in r.zip(y.chunks_exact_mut(out_plane)).enumerate() {
+                let a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
+                plane(x.plane(p, in_plane, c, s), y_p, a_p);
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Gradient of [`max_pool2d_forward`]: each `dy` element is added to the input position its

@@ -8,8 +8,8 @@
 mod activation;
 mod conv2d;
 mod dense;
-mod norm;
-mod pool;
+pub(crate) mod norm;
+pub(crate) mod pool;
 mod residual;
 mod spec;
 
@@ -174,6 +174,12 @@ pub trait Layer: Send + std::fmt::Debug {
     #[doc(hidden)]
     fn absorb_relu(&mut self, _on: bool) -> bool {
         false
+    }
+    /// The layer itself, for the model's fusions of cnnkit's own layers (see
+    /// [`crate::Sequential::set_fusion`]); `None` by default.
+    #[doc(hidden)]
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        None
     }
     /// `y = f(x)` for a batch of `n` samples (`y` is to be overwritten).
     ///

@@ -18,6 +18,10 @@ pub(crate) struct BatchNorm2d {
     num_batches_tracked: i64,
     save_mean: Vec<f32>,
     save_invstd: Vec<f32>,
+    /// The output map `y = x·scale + shift` of the last forward pass, per channel (for a max-pool
+    /// that reads the normalised values plane by plane, see [`BatchNorm2d::forward_stats`]).
+    scale: Vec<f32>,
+    shift: Vec<f32>,
     trained: bool,
 }
 
@@ -42,11 +46,105 @@ impl BatchNorm2d {
             num_batches_tracked: 0,
             save_mean: vec![0.0; c],
             save_invstd: vec![0.0; c],
+            scale: vec![0.0; c],
+            shift: vec![0.0; c],
             trained: false,
         })
     }
     fn shape4(&self, n: usize) -> Shape4 {
         Shape4::new(n, self.shape[0], self.shape[1], self.shape[2])
+    }
+
+    /// The running-statistics update of a training-mode forward pass (PyTorch's
+    /// `num_batches_tracked` and momentum), and the buffers the statistics go to.
+    fn running(&mut self) -> (RunningStats<'_>, &mut [f32], &mut [f32]) {
+        self.num_batches_tracked += 1;
+        let factor = self
+            .momentum
+            .unwrap_or(1.0 / self.num_batches_tracked as f32);
+        let r = RunningStats {
+            mean: &mut self.running_mean,
+            var: &mut self.running_var,
+            factor,
+        };
+        (r, &mut self.save_mean, &mut self.save_invstd)
+    }
+
+    /// The forward pass without its output: the statistics (and running statistics) of
+    /// [`Layer::forward`] and the per-channel output map, which [`BatchNorm2d::affine`] returns
+    /// (a max-pool after this layer applies it to each plane as it reads it).
+    pub(crate) fn forward_stats(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        x: &[f32],
+        training: bool,
+    ) -> Result<()> {
+        let (c, shape, eps) = (self.shape[0], self.shape4(n), self.eps);
+        self.trained = training;
+        if training {
+            let (running, mean, inv) = self.running();
+            kernels::batch_norm_train_stats(shape, eps, x, mean, inv, Some(running))?;
+        } else {
+            const OP: &str = "batch_norm_forward_eval";
+            crate::error::check_len(OP, "x", x, shape.len(OP)?)?;
+            kernels::batch_norm_eval_stats(
+                shape,
+                eps,
+                &self.running_mean,
+                &self.running_var,
+                &mut self.save_mean,
+                &mut self.save_invstd,
+            )?;
+        }
+        let (gamma, beta) = p.split_at(c);
+        kernels::batch_norm_affine(
+            &self.save_mean,
+            &self.save_invstd,
+            Some(gamma),
+            Some(beta),
+            &mut self.scale,
+            &mut self.shift,
+        );
+        Ok(())
+    }
+
+    /// `(scale, shift)` per channel of the last [`BatchNorm2d::forward_stats`].
+    pub(crate) fn affine(&self) -> (&[f32], &[f32]) {
+        (&self.scale, &self.shift)
+    }
+
+    /// [`Layer::backward`] of a `dy` read through [`kernels::Planes`] (the gradient of the
+    /// max-pool after this layer), `dx` left out when nobody needs it; `ws` as
+    /// [`kernels::batch_norm_backward_from`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_from(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        grad: &mut [f32],
+        x: &[f32],
+        dy: kernels::Planes<'_>,
+        dx: Option<&mut [f32]>,
+        accum: Accum,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let c = self.shape[0];
+        let (dgamma, dbeta) = grad.split_at_mut(c);
+        kernels::batch_norm_backward_from(
+            self.shape4(n),
+            self.trained,
+            x,
+            Some(&p[..c]),
+            &self.save_mean,
+            &self.save_invstd,
+            dy,
+            dx,
+            Some(dgamma),
+            Some(dbeta),
+            accum,
+            ws,
+        )
     }
 }
 
@@ -157,24 +255,18 @@ impl Layer for BatchNorm2d {
         let (gamma, beta) = p.split_at(c);
         self.trained = ctx.training;
         if ctx.training {
-            self.num_batches_tracked += 1;
-            let factor = self
-                .momentum
-                .unwrap_or(1.0 / self.num_batches_tracked as f32);
+            let (shape, eps) = (self.shape4(n), self.eps);
+            let (running, mean, inv) = self.running();
             kernels::batch_norm_forward_train(
-                self.shape4(n),
-                self.eps,
+                shape,
+                eps,
                 x,
                 Some(gamma),
                 Some(beta),
                 y,
-                &mut self.save_mean,
-                &mut self.save_invstd,
-                Some(RunningStats {
-                    mean: &mut self.running_mean,
-                    var: &mut self.running_var,
-                    factor,
-                }),
+                mean,
+                inv,
+                Some(running),
             )
         } else {
             kernels::batch_norm_forward_eval(
@@ -190,6 +282,9 @@ impl Layer for BatchNorm2d {
                 &mut self.save_invstd,
             )
         }
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
     fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
         let Backward {

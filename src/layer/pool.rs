@@ -17,6 +17,9 @@ pub(crate) struct Pool {
     /// Max pooling that also does the ReLU before it: `maxpool(relu(x)) = relu(maxpool(x))`,
     /// and the ReLU's backward mask is `maxpool output > 0` at the pooled positions.
     relu: bool,
+    /// Max pooling that reads a batch norm's output plane by plane, the batch norm's output
+    /// never stored (set by the model, see [`Pool::forward_from`]).
+    bn: bool,
 }
 
 impl Pool {
@@ -59,6 +62,7 @@ impl Pool {
             out: [input[0], g.out_h(), g.out_w()],
             argmax: Vec::new(),
             relu: false,
+            bn: false,
         })
     }
 
@@ -67,6 +71,81 @@ impl Pool {
             Shape4::new(n, self.input[0], self.input[1], self.input[2]),
             self.params,
         )
+    }
+
+    /// Whether this is a max-pool (which can read a batch norm's output plane by plane).
+    pub(crate) fn is_max(&self) -> bool {
+        self.avg.is_none()
+    }
+
+    /// Takes over (`on`) or gives back the output pass of the batch norm before it (and of the
+    /// ReLU between them, if it absorbed one): see [`Pool::forward_from`].
+    pub(crate) fn absorb_bn(&mut self, on: bool) {
+        self.bn = on && self.is_max();
+    }
+
+    /// Max pooling of `x` read through `src` (a batch norm's output map of the model's
+    /// activation, made one plane at a time in `ws`), with the absorbed ReLU.
+    pub(crate) fn forward_from(
+        &mut self,
+        n: usize,
+        src: kernels::Planes<'_>,
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let g = self.geom(n)?;
+        let a = grow("MaxPool2d::forward", &mut self.argmax, g.y_len())?;
+        kernels::max_pool2d_forward_from(&g, src, y, Some(a), ws)?;
+        if self.relu {
+            kernels::relu_in_place(y);
+        }
+        Ok(())
+    }
+
+    /// The gradient at the pooled positions (`dy`, masked by the absorbed ReLU into `ws` when
+    /// there is one) and the indices of the last forward pass, as [`kernels::Planes::Pooled`]
+    /// (the max-pool's input gradient, spread plane by plane by its consumer); `ws` keeps what
+    /// follows the masked gradient free.
+    pub(crate) fn pooled_grad<'a>(
+        &'a self,
+        n: usize,
+        y: &[f32],
+        dy: &'a [f32],
+        ws: &'a mut [f32],
+    ) -> Result<(kernels::Planes<'a>, &'a mut [f32])> {
+        let g = self.geom(n)?;
+        let argmax = self.argmax.get(..g.y_len()).ok_or_else(|| {
+            crate::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
+        })?;
+        let (dy, rest) = self.relu_masked(y, dy, ws)?;
+        let out_plane = g.out_h() * g.out_w();
+        Ok((
+            kernels::Planes::Pooled {
+                dy,
+                argmax,
+                out_plane,
+            },
+            rest,
+        ))
+    }
+
+    /// `dy` with the absorbed ReLU's mask applied (into the front of `ws`), or `dy` itself, and
+    /// the rest of `ws`.
+    fn relu_masked<'a>(
+        &self,
+        y: &[f32],
+        dy: &'a [f32],
+        ws: &'a mut [f32],
+    ) -> Result<(&'a [f32], &'a mut [f32])> {
+        if !self.relu {
+            return Ok((dy, ws));
+        }
+        // The ReLU's mask, on the pooled values: zero where the window's maximum is not
+        // positive (ReLU's gradient at 0 is 0).
+        crate::error::check_min_len("MaxPool2d::backward", "scratch", ws, dy.len())?;
+        let (masked, rest) = ws.split_at_mut(dy.len());
+        kernels::activation_backward(kernels::Activation::Relu, y, y, dy, masked, Accum::Replace)?;
+        Ok((masked, rest))
     }
 }
 
@@ -78,7 +157,18 @@ impl Layer for Pool {
         self.out
     }
     fn scratch_len(&self, n: usize) -> usize {
-        if self.relu { n * numel(self.out) } else { 0 }
+        let masked = if self.relu { n * numel(self.out) } else { 0 };
+        // A plane per thread for the batch norm's output, then its backward pass's sums.
+        let bn = if self.bn {
+            let c = self.input[0];
+            crate::par::threads() * self.input[1] * self.input[2] + 2 * c + 2 * n * c
+        } else {
+            0
+        };
+        masked + bn
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
     fn absorb_relu(&mut self, on: bool) -> bool {
         self.relu = on && self.avg.is_none();
@@ -117,28 +207,7 @@ impl Layer for Pool {
                 let argmax = self.argmax.get(..g.y_len()).ok_or_else(|| {
                     crate::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
                 })?;
-                let dy = if self.relu {
-                    // The ReLU's mask, on the pooled values: zero where the window's maximum
-                    // is not positive (ReLU's gradient at 0 is 0).
-                    let masked = crate::error::check_min_len(
-                        "MaxPool2d::backward",
-                        "scratch",
-                        ctx.ws,
-                        dy.len(),
-                    )
-                    .map(|_| &mut ctx.ws[..dy.len()])?;
-                    kernels::activation_backward(
-                        kernels::Activation::Relu,
-                        y,
-                        y,
-                        dy,
-                        masked,
-                        Accum::Replace,
-                    )?;
-                    &*masked
-                } else {
-                    dy
-                };
+                let (dy, _) = self.relu_masked(y, dy, ctx.ws)?;
                 kernels::max_pool2d_backward(&g, argmax, dy, dx, Accum::Replace)
             }
         }
