@@ -147,7 +147,8 @@ impl<'a> Planes<'a> {
                 let out = crate::error::mul(op, "planes", planes, out_plane)?;
                 crate::error::check_len(op, "dy", dy, out)?;
                 crate::error::check_len(op, "argmax", argmax, out)?;
-                if argmax.iter().any(|&a| a as usize >= plane) {
+                // A max over all indices (vectorised; no early exit to keep it out of).
+                if argmax.iter().fold(0, |m, &a| m.max(a)) as usize >= plane && !argmax.is_empty() {
                     return Err(crate::Error::invalid(
                         op,
                         "argmax",
