@@ -103,8 +103,8 @@ pub(crate) enum Planes<'a> {
         scale: &'a [f32],
         shift: &'a [f32],
     },
-    /// Zero except `dy[p, j]` added at `argmax[p, j]` (max pooling's backward pass); the indices
-    /// are checked against the plane by [`Planes::check`].
+    /// Zero except `dy[p, j]` added at `argmax[p, j]` (max pooling's backward pass); an index
+    /// outside the plane is an error of [`Planes::plane`].
     Pooled {
         dy: &'a [f32],
         argmax: &'a [u32],
@@ -146,21 +146,15 @@ impl<'a> Planes<'a> {
             } => {
                 let out = crate::error::mul(op, "planes", planes, out_plane)?;
                 crate::error::check_len(op, "dy", dy, out)?;
-                crate::error::check_len(op, "argmax", argmax, out)?;
-                // A max over all indices (vectorised; no early exit to keep it out of).
-                if argmax.iter().fold(0, |m, &a| m.max(a)) as usize >= plane && !argmax.is_empty() {
-                    return Err(crate::Error::invalid(
-                        op,
-                        "argmax",
-                        "index outside its input plane",
-                    ));
-                }
-                Ok(())
+                crate::error::check_len(op, "argmax", argmax, out)
             }
         }
     }
 
     /// Plane `p` (of `plane` elements, channel `p % c`), made in `scratch` when it is not stored.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArg`] for a pooled gradient whose index is outside the plane.
     #[inline(always)]
     pub(crate) fn plane<'s>(
         &'s self,
@@ -168,8 +162,8 @@ impl<'a> Planes<'a> {
         plane: usize,
         c: usize,
         scratch: &'s mut [f32],
-    ) -> &'s [f32] {
-        match *self {
+    ) -> Result<&'s [f32]> {
+        Ok(match *self {
             Planes::Dense(x) => &x[p * plane..][..plane],
             Planes::Affine { x, scale, shift } => {
                 let s = &mut scratch[..plane];
@@ -196,12 +190,20 @@ impl<'a> Planes<'a> {
                     &argmax[p * out_plane..][..out_plane],
                     &dy[p * out_plane..][..out_plane],
                 );
+                // One max over the plane's indices (vectorised, no early exit), then the scatter.
+                if a_p.iter().fold(0, |m, &a| m.max(a)) as usize >= plane && !a_p.is_empty() {
+                    return Err(crate::Error::invalid(
+                        "max_pool2d_backward",
+                        "argmax",
+                        "index outside its input plane",
+                    ));
+                }
                 for (&a, &d) in a_p.iter().zip(dy_p) {
                     s[a as usize] += d;
                 }
                 s
             }
-        }
+        })
     }
 }
 
@@ -212,4 +214,50 @@ pub(crate) fn groups_in(items: usize, work: usize, ws_len: usize, slot: usize) -
     ws_len
         .checked_div(slot)
         .map_or(g, |slots| g.min(slots).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Planes;
+
+    #[test]
+    fn pooled_planes_spread_the_gradient_and_refuse_an_index_outside_the_plane() {
+        // Two planes of 4 elements, two pooled values each; overlapping windows add.
+        let (dy, argmax) = ([1.0, 2.0, 3.0, 4.0], [3u32, 3, 0, 2]);
+        let src = Planes::Pooled {
+            dy: &dy,
+            argmax: &argmax,
+            out_plane: 2,
+        };
+        let mut s = [f32::NAN; 4];
+        assert_eq!(src.plane(0, 4, 1, &mut s).unwrap(), [0.0, 0.0, 0.0, 3.0]);
+        assert_eq!(src.plane(1, 4, 1, &mut s).unwrap(), [3.0, 0.0, 4.0, 0.0]);
+        let bad = [0u32, 4];
+        let src = Planes::Pooled {
+            dy: &dy[..2],
+            argmax: &bad,
+            out_plane: 2,
+        };
+        let e = src.plane(0, 4, 1, &mut s).unwrap_err().to_string();
+        assert!(e.contains("argmax"), "{e}");
+    }
+
+    #[test]
+    fn affine_planes_are_one_fused_multiply_add_per_element_of_their_channel() {
+        let x: Vec<f32> = (0..12).map(|i| i as f32 * 0.37 - 2.0).collect();
+        let (scale, shift) = ([1.5f32, -0.25, 3.0], [0.1f32, 2.0, -1.0]);
+        let src = Planes::Affine {
+            x: &x,
+            scale: &scale,
+            shift: &shift,
+        };
+        let mut s = [0.0; 4];
+        for p in 0..3 {
+            let want: Vec<f32> = x[p * 4..][..4]
+                .iter()
+                .map(|v| v.mul_add(scale[p], shift[p]))
+                .collect();
+            assert_eq!(src.plane(p, 4, 3, &mut s).unwrap(), &want[..]);
+        }
+    }
 }

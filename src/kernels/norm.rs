@@ -355,7 +355,7 @@ pub(crate) fn batch_norm_backward_from(
         #[inline(always)]
         |r, (Items(pd, _), Items(pdx, _)), s| {
             for ((p, a), b) in r.zip(pd.iter_mut()).zip(pdx.iter_mut()) {
-                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s));
+                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
                 let mean = splat(save_mean[p % c]);
                 *a = simd::sum(dy_p);
                 *b = simd::sum_zip(
@@ -409,7 +409,7 @@ pub(crate) fn batch_norm_backward_from(
                 let ch = p % c;
                 let inv = save_invstd[ch];
                 let k = inv * gamma.map_or(1.0, |g| g[ch]);
-                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s));
+                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
                 if training {
                     // dx = k·(dy − a − (x − mean)·b) with a = Σdy/M, b = invstd·Σ(dy·x̂)/M.
                     let a = splat(sum_dy[ch] / m);

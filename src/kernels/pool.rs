@@ -156,7 +156,7 @@ pub(crate) fn max_pool2d_forward_from(
         |r, (Items(y, _), Items(a, _)), s| {
             for (k, (p, y_p)) in r.zip(y.chunks_exact_mut(out_plane)).enumerate() {
                 let a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
-                plane(x.plane(p, in_plane, c, s), y_p, a_p);
+                plane(x.plane(p, in_plane, c, s)?, y_p, a_p);
             }
             Ok(())
         },
