@@ -475,6 +475,61 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(48)))]
+
+    /// The batch norm + (ReLU +) max-pool fusion over random shapes and pooling geometries
+    /// (windows 1–3, strides 1–3, padding up to half the window, batches of 1–4 on the 3-thread
+    /// pool with every split taken): the same bits as the layers run separately.
+    #[test]
+    fn fused_batch_norm_and_max_pool_match_separate_layers_on_random_shapes(
+        c in 1usize..5, h in 3usize..11, w in 3usize..11, k in 1usize..4, s in 1usize..4,
+        pad in 0usize..2, relu in any::<bool>(), first in any::<bool>(), n in 1usize..5,
+        training in any::<bool>(), seed in 0..1000u64,
+    ) {
+        let pad = pad.min(k / 2);
+        let pool = format!("maxpool({k},s={s},p={pad})");
+        let block = if relu { format!("bn,relu,{pool}") } else { format!("bn,{pool}") };
+        let arch = if first {
+            format!("{block},flatten,dense(3)")
+        } else {
+            format!("conv({c},3,p=1),{block},flatten,dense(3)")
+        };
+        let specs = LayerSpec::parse_list(&arch).unwrap();
+        let input = [c, h, w];
+        let x: Vec<f32> = values(seed, n * c * h * w).iter().map(|v| v * 3.0).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let run = |fused: bool| {
+            let mut m = Sequential::new(input, &specs, seed).unwrap();
+            m.set_fusion(fused);
+            if !training {
+                m.eval();
+            }
+            par(|| {
+                let y = m.forward(&x, n).unwrap().to_vec();
+                let mut d = vec![0.0; y.len()];
+                cross_entropy_loss(3, &y, &labels, 0.0, Some(&mut d)).unwrap();
+                let mut dx = vec![0.0; x.len()];
+                m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace)).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                let state: Vec<_> = m
+                    .state_dict()
+                    .into_iter()
+                    .map(|(k, t)| (k, format!("{:?}", t.data)))
+                    .collect();
+                (bits(&y), bits(m.grads()), bits(&dx), state, m.fused_layers())
+            })
+        };
+        let (fused, separate) = (run(true), run(false));
+        let bn = usize::from(!first);
+        prop_assert!(fused.4.contains(&bn), "{arch}: the batch norm was not fused: {:?}", fused.4);
+        prop_assert!(fused.0 == separate.0, "{arch}: outputs differ");
+        prop_assert!(fused.1 == separate.1, "{arch}: parameter gradients differ");
+        prop_assert!(fused.2 == separate.2, "{arch}: input gradients differ");
+        prop_assert!(fused.3 == separate.3, "{arch}: running statistics differ");
+    }
+}
+
 /// Max-pool layers keep their indices in evaluation mode: the input gradient of an
 /// evaluation-mode network (what stability analysis differentiates) is that of its own forward
 /// pass, not of an earlier training-mode one.
