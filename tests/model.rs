@@ -530,6 +530,50 @@ proptest! {
     }
 }
 
+/// Gradient accumulation (`Accum::Add`) adds this batch's parameter gradients to the previous
+/// ones, through every layer kind with parameters between the loss and the first layer: the
+/// layers overwrite their input gradients whatever the mode (a batch norm, layer norm or PReLU
+/// that added its input gradient to a stale buffer corrupted every layer before it).
+#[test]
+fn accumulated_gradients_are_the_sum_of_the_separate_ones() {
+    let archs = [
+        "conv(3,3,p=1),bn,relu,flatten,dense(2)",
+        "conv(3,3,p=1),bn,relu,maxpool(2),flatten,dense(2)",
+        "conv(3,3,p=1),ln,prelu(channels),flatten,dense(2)",
+        "conv(3,3,p=1),res(3),prelu,gap,dense(2)",
+    ];
+    for arch in archs {
+        let specs = LayerSpec::parse_list(arch).unwrap();
+        let x1: Vec<f32> = values(1, 2 * 36);
+        let x2: Vec<f32> = values(2, 2 * 36).iter().map(|v| v * 2.0).collect();
+        for training in [true, false] {
+            let mut m = Sequential::new([1, 6, 6], &specs, 4).unwrap();
+            if !training {
+                m.eval();
+            }
+            let mut grad = |x: &[f32], accum: Accum| {
+                let y = m.forward(x, 2).unwrap().to_vec();
+                let mut d = vec![0.0; y.len()];
+                cross_entropy_loss(2, &y, &[0, 1], 0.0, Some(&mut d)).unwrap();
+                m.backward(x, &d, accum).unwrap();
+                m.grads().to_vec()
+            };
+            // Training mode updates running statistics between passes: compare the sum with
+            // the same sequence of passes.
+            let g1 = grad(&x1, Accum::Replace);
+            let g2 = grad(&x2, Accum::Replace);
+            let _ = grad(&x1, Accum::Replace);
+            let sum = grad(&x2, Accum::Add);
+            for (i, ((a, b), s)) in g1.iter().zip(&g2).zip(&sum).enumerate() {
+                assert!(
+                    (a + b - s).abs() <= 1e-5 * (1.0 + s.abs()),
+                    "{arch} (training {training}): parameter {i}: {a} + {b} != {s}"
+                );
+            }
+        }
+    }
+}
+
 /// Max-pool layers keep their indices in evaluation mode: the input gradient of an
 /// evaluation-mode network (what stability analysis differentiates) is that of its own forward
 /// pass, not of an earlier training-mode one.

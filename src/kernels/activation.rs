@@ -477,6 +477,20 @@ pub fn prelu_backward(
     da: &mut [f32],
     accum: Accum,
 ) -> Result<()> {
+    prelu_backward_split(shape, x, a, dy, (dx, accum), da, accum)
+}
+
+/// [`prelu_backward`] with `dx`'s own [`Accum`] (a layer overwrites its input gradient while it
+/// adds to its parameter gradients).
+pub(crate) fn prelu_backward_split(
+    shape: Shape4,
+    x: &[f32],
+    a: &[f32],
+    dy: &[f32],
+    (dx, dx_accum): (&mut [f32], Accum),
+    da: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
     const OP: &str = "prelu_backward";
     let len = prelu_check(OP, shape, x, a)?;
     check_len(OP, "dy", dy, len)?;
@@ -500,7 +514,7 @@ pub fn prelu_backward(
                     dy_p,
                     dx_p,
                     #[inline(always)]
-                    |x, dy, old| accum.lanes(old, select(gt(x, splat(0.0)), dy, dy * av)),
+                    |x, dy, old| dx_accum.lanes(old, select(gt(x, splat(0.0)), dy, dy * av)),
                 );
             }
             Ok(())

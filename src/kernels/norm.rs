@@ -300,7 +300,7 @@ pub fn batch_norm_backward(
         save_mean,
         save_invstd,
         Planes::Dense(dy),
-        Some(dx),
+        Some((dx, accum)),
         dgamma,
         dbeta,
         accum,
@@ -309,7 +309,8 @@ pub fn batch_norm_backward(
 }
 
 /// [`batch_norm_backward`] of a `dy` read through [`Planes`] (a max-pool's gradient spread over
-/// its input plane by plane), with `dx` left out when nobody needs it. `ws` holds
+/// its input plane by plane), with `dx` (and its own [`Accum`]: a layer overwrites its input
+/// gradient while it adds to its parameter gradients) left out when nobody needs it. `ws` holds
 /// [`batch_norm_backward_scratch_len`] elements and then a plane per parallel group (at least one)
 /// when `dy` is not [`Planes::Dense`].
 #[allow(clippy::too_many_arguments)]
@@ -321,7 +322,7 @@ pub(crate) fn batch_norm_backward_from(
     save_mean: &[f32],
     save_invstd: &[f32],
     dy: Planes<'_>,
-    dx: Option<&mut [f32]>,
+    dx: Option<(&mut [f32], Accum)>,
     dgamma: Option<&mut [f32]>,
     dbeta: Option<&mut [f32]>,
     accum: Accum,
@@ -333,7 +334,7 @@ pub(crate) fn batch_norm_backward_from(
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
     let (c, n, plane) = (shape.c, shape.n, shape.plane());
     dy.check(OP, "dy", n * c, plane, c)?;
-    if let Some(dx) = &dx {
+    if let Some((dx, _)) = &dx {
         check_len(OP, "dx", dx, len)?;
     }
     let slot = dy.slot(plane);
@@ -391,7 +392,9 @@ pub(crate) fn batch_norm_backward_from(
             *d = accum.apply(*d, *s);
         }
     }
-    let Some(dx) = dx else { return Ok(()) };
+    let Some((dx, dx_accum)) = dx else {
+        return Ok(());
+    };
     if plane == 0 {
         return Ok(());
     }
@@ -419,7 +422,7 @@ pub(crate) fn batch_norm_backward_from(
                         x_p,
                         dy_p,
                         dx_p,
-                        accum,
+                        dx_accum,
                         #[inline(always)]
                         |x, d| kv * (x - mean).mul_neg_add(b, d - a),
                     );
@@ -429,7 +432,7 @@ pub(crate) fn batch_norm_backward_from(
                         x_p,
                         dy_p,
                         dx_p,
-                        accum,
+                        dx_accum,
                         #[inline(always)]
                         |_, d| kv * d,
                     );
@@ -543,6 +546,35 @@ pub fn layer_norm_backward(
     dbeta: Option<&mut [f32]>,
     accum: Accum,
 ) -> Result<()> {
+    layer_norm_backward_split(
+        d,
+        x,
+        gamma,
+        save_mean,
+        save_invstd,
+        dy,
+        (dx, accum),
+        dgamma,
+        dbeta,
+        accum,
+    )
+}
+
+/// [`layer_norm_backward`] with `dx`'s own [`Accum`] (a layer overwrites its input gradient while
+/// it adds to its parameter gradients).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_norm_backward_split(
+    d: usize,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dy: &[f32],
+    (dx, dx_accum): (&mut [f32], Accum),
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    accum: Accum,
+) -> Result<()> {
     const OP: &str = "layer_norm_backward";
     let rows = crate::kernels::softmax::rows_of(OP, d, x.len())?;
     ln_affine_check(OP, d, gamma, None)?;
@@ -578,7 +610,7 @@ pub fn layer_norm_backward(
                         #[inline(always)]
                         |x, dy, g, old| {
                             let xh = (x - mv) * iv;
-                            accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
+                            dx_accum.lanes(old, iv * xh.mul_neg_add(b, dy * g - a))
                         },
                     );
                 }
@@ -589,7 +621,7 @@ pub fn layer_norm_backward(
                     #[inline(always)]
                     |x, dy, old| {
                         let xh = (x - mv) * iv;
-                        accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
+                        dx_accum.lanes(old, iv * xh.mul_neg_add(b, dy - a))
                     },
                 ),
             }

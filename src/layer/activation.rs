@@ -110,14 +110,14 @@ impl Layer for PRelu {
             accum,
             ..
         } = b;
-        // The kernel always writes dx; without a caller buffer it goes to scratch.
+        // The kernel always writes dx; without a caller buffer it goes to scratch. The input
+        // gradient is overwritten; `accum` is for the slope's gradient.
         let len = n * numel(self.shape);
-        match dx {
-            Some(dx) => kernels::prelu_backward(self.shape4(n), x, p, dy, dx, grad, accum),
-            None => {
-                kernels::prelu_backward(self.shape4(n), x, p, dy, &mut ctx.ws[..len], grad, accum)
-            }
-        }
+        let dx = match dx {
+            Some(dx) => dx,
+            None => &mut ctx.ws[..len],
+        };
+        kernels::prelu_backward_split(self.shape4(n), x, p, dy, (dx, Accum::Replace), grad, accum)
     }
     fn scratch_len(&self, n: usize) -> usize {
         n * numel(self.shape)

@@ -139,7 +139,7 @@ impl BatchNorm2d {
             &self.save_mean,
             &self.save_invstd,
             dy,
-            dx,
+            dx.map(|dx| (dx, Accum::Replace)),
             Some(dgamma),
             Some(dbeta),
             accum,
@@ -308,15 +308,16 @@ impl Layer for BatchNorm2d {
             Some(dx) => dx,
             None => grow_slice(rest, len)?,
         };
-        kernels::batch_norm_backward(
+        // The input gradient is overwritten; `accum` is for the parameter gradients.
+        kernels::batch_norm_backward_from(
             self.shape4(n),
             self.trained,
             x,
             Some(&p[..c]),
             &self.save_mean,
             &self.save_invstd,
-            dy,
-            dx,
+            kernels::Planes::Dense(dy),
+            Some((dx, Accum::Replace)),
             Some(dgamma),
             Some(dbeta),
             accum,
@@ -416,14 +417,15 @@ impl Layer for LayerNorm {
             Some(dx) => dx,
             None => grow_slice(ctx.ws, x.len())?,
         };
-        kernels::layer_norm_backward(
+        // The input gradient is overwritten; `accum` is for the parameter gradients.
+        kernels::layer_norm_backward_split(
             d,
             x,
             Some(&p[..d]),
             &self.save_mean[..n],
             &self.save_invstd[..n],
             dy,
-            dx,
+            (dx, Accum::Replace),
             Some(dgamma),
             Some(dbeta),
             accum,
