@@ -240,8 +240,7 @@ impl Layer for BatchNorm2d {
         }
     }
     fn scratch_len(&self, n: usize) -> usize {
-        // The kernel's per-channel sums, then room for dx when this is the first layer.
-        kernels::batch_norm_backward_scratch_len(self.shape4(n)) + n * numel(self.shape)
+        kernels::batch_norm_backward_scratch_len(self.shape4(n))
     }
     fn forward(
         &mut self,
@@ -297,32 +296,9 @@ impl Layer for BatchNorm2d {
             accum,
             ..
         } = b;
-        let c = self.shape[0];
-        let (dgamma, dbeta) = grad.split_at_mut(c);
-        let (ws, rest) = ctx
-            .ws
-            .split_at_mut(kernels::batch_norm_backward_scratch_len(self.shape4(n)));
-        // Without a caller buffer for dx (first layer), write it to the rest of the scratch.
-        let len = x.len();
-        let dx = match dx {
-            Some(dx) => dx,
-            None => grow_slice(rest, len)?,
-        };
-        // The input gradient is overwritten; `accum` is for the parameter gradients.
-        kernels::batch_norm_backward_from(
-            self.shape4(n),
-            self.trained,
-            x,
-            Some(&p[..c]),
-            &self.save_mean,
-            &self.save_invstd,
-            kernels::Planes::Dense(dy),
-            Some((dx, Accum::Replace)),
-            Some(dgamma),
-            Some(dbeta),
-            accum,
-            ws,
-        )
+        // Without a caller buffer for dx (first layer) the input gradient is not computed.
+        let src = kernels::Planes::Dense(dy);
+        self.backward_from(n, p, grad, x, src, dx, accum, ctx.ws)
     }
 }
 
