@@ -394,6 +394,30 @@ fn initialisation_follows_torch_nn_init() {
     }
 }
 
+/// The bits of one forward pass and input-gradient pass of a 3-class cross-entropy loss:
+/// outputs, parameter gradients, input gradients and the state dict (running statistics).
+#[allow(clippy::type_complexity)]
+fn pass_bits(
+    m: &mut Sequential,
+    x: &[f32],
+    n: usize,
+    labels: &[u32],
+) -> (Vec<u32>, Vec<u32>, Vec<u32>, Vec<(String, String)>) {
+    let y = m.forward(x, n).unwrap().to_vec();
+    let mut d = vec![0.0; y.len()];
+    cross_entropy_loss(3, &y, labels, 0.0, Some(&mut d)).unwrap();
+    let mut dx = vec![0.0; x.len()];
+    m.input_gradient(x, &d, &mut dx, Some(Accum::Replace))
+        .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    let state = m
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| (k, format!("{:?}", t.data)))
+        .collect();
+    (bits(&y), bits(m.grads()), bits(&dx), state)
+}
+
 /// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`),
 /// and a batch norm before a max-pool (directly or through such a ReLU) hands the pool its output
 /// map instead of its output: outputs, parameter gradients, input gradients and running
@@ -436,21 +460,7 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
                         .num_threads(threads)
                         .build()
                         .unwrap();
-                    pool.install(|| {
-                        let y = m.forward(&x, n).unwrap().to_vec();
-                        let mut d = vec![0.0; y.len()];
-                        cross_entropy_loss(3, &y, &labels, 0.0, Some(&mut d)).unwrap();
-                        let mut dx = vec![0.0; x.len()];
-                        m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace))
-                            .unwrap();
-                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        let state: Vec<_> = m
-                            .state_dict()
-                            .into_iter()
-                            .map(|(k, t)| (k, format!("{:?}", t.data)))
-                            .collect();
-                        (bits(&y), bits(m.grads()), bits(&dx), state)
-                    })
+                    pool.install(|| pass_bits(&mut m, &x, n, &labels))
                 };
                 let (fused, separate) = (run(true), run(false));
                 assert!(
@@ -505,20 +515,8 @@ proptest! {
             if !training {
                 m.eval();
             }
-            par(|| {
-                let y = m.forward(&x, n).unwrap().to_vec();
-                let mut d = vec![0.0; y.len()];
-                cross_entropy_loss(3, &y, &labels, 0.0, Some(&mut d)).unwrap();
-                let mut dx = vec![0.0; x.len()];
-                m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace)).unwrap();
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                let state: Vec<_> = m
-                    .state_dict()
-                    .into_iter()
-                    .map(|(k, t)| (k, format!("{:?}", t.data)))
-                    .collect();
-                (bits(&y), bits(m.grads()), bits(&dx), state, m.fused_layers())
-            })
+            let (y, grads, dx, state) = par(|| pass_bits(&mut m, &x, n, &labels));
+            (y, grads, dx, state, m.fused_layers())
         };
         let (fused, separate) = (run(true), run(false));
         let bn = usize::from(!first);
