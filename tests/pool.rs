@@ -79,7 +79,31 @@ proptest! {
         for (i, (v, r)) in y.iter().zip(&ry).enumerate() {
             prop_assert!(v.to_bits() == r.to_bits() || (v.is_nan() && r.is_nan()), "y[{}]: {} vs {}", i, v, r);
         }
-        prop_assert_eq!(a, ra);
+        prop_assert_eq!(&a, &ra);
+
+        // Backward, bit for bit against a plain scatter onto zeros (signed zeros in `dy`: the
+        // spread writes `0 + d`), with the forward's indices and with one moved to another
+        // window of its plane (which the unpadded 2x2 path must hand to the scatter).
+        let dy: Vec<f32> = (0..g.y_len())
+            .map(|i| if i % 3 == 0 { -0.0 } else { (i as f32 * 0.37).sin() })
+            .collect();
+        let plane = g.in_h() * g.in_w();
+        let out_plane = g.y_len() / g.planes();
+        let mut moved = a.clone();
+        if out_plane > 1 {
+            moved[out_plane - 1] = a[0];
+        }
+        for idx in [&a, &moved] {
+            let mut want = vec![0.0f32; g.x_len()];
+            for (o, (&i, &d)) in idx.iter().zip(&dy).enumerate() {
+                want[o / out_plane * plane + i as usize] += d;
+            }
+            let mut dx = nans(g.x_len());
+            par(|| max_pool2d_backward(&g, idx, &dy, &mut dx, Accum::Replace)).unwrap();
+            for (i, (v, w)) in dx.iter().zip(&want).enumerate() {
+                prop_assert!(v.to_bits() == w.to_bits(), "dx[{}]: {:e} vs {:e}", i, v, w);
+            }
+        }
     }
 
     #[test]

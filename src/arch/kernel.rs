@@ -58,6 +58,44 @@ pub(crate) trait Vector: Copy {
     /// The instruction set's features; `src[i·ss..][..8]` readable and `dst[j·ds..][..8]`
     /// writable for every `i, j < 8`.
     unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize);
+    /// Max pooling of `lanes <= N` 2x2 windows at stride 2: window `l` is `r0[2l], r0[2l + 1],
+    /// r1[2l], r1[2l + 1]` (compared in that order); `y[l]` receives its maximum and `idx[l]`
+    /// `first + 2l + o`, where `o` is `0, 1, in_w` or `in_w + 1`, the offset of the maximum.
+    /// Ties go to the earlier candidate; a NaN wins over anything before it (so the last NaN).
+    ///
+    /// # Safety
+    /// The instruction set's features; `r0[..2·lanes]` and `r1[..2·lanes]` readable (nothing
+    /// past them is touched), `y[..lanes]` and `idx[..lanes]` writable; `1 <= lanes <= N`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn max2x2(
+        r0: *const f32,
+        r1: *const f32,
+        lanes: usize,
+        first: u32,
+        in_w: u32,
+        y: *mut f32,
+        idx: *mut u32,
+    );
+    /// The gradient of [`Vector::max2x2`] over the same windows: for `l < lanes`,
+    /// `dx0[2l + q] = dy[l] + 0` where `idx[l] = first + 2l + q`, `dx1[2l + q] = dy[l] + 0` where
+    /// `idx[l] = first + 2l + in_w + q` (`q < 2`), and `0` everywhere else in
+    /// `dx0[..2·lanes]` and `dx1[..2·lanes]`. Returns whether every `idx[l]` was one of its
+    /// window's four positions (the writes are made either way).
+    ///
+    /// # Safety
+    /// The instruction set's features; `dy[..lanes]` and `idx[..lanes]` readable,
+    /// `dx0[..2·lanes]` and `dx1[..2·lanes]` writable (nothing past them is touched);
+    /// `1 <= lanes <= N`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unpool2x2(
+        dy: *const f32,
+        idx: *const u32,
+        lanes: usize,
+        first: u32,
+        in_w: u32,
+        dx0: *mut f32,
+        dx1: *mut f32,
+    ) -> bool;
 }
 
 /// Tap offsets for [`MicroKernel::conv_tile`] with their maximum (private fields: the maximum is
@@ -181,6 +219,103 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     /// # Safety
     /// As [`Vector::transpose8`], without the features (`self` proves them).
     unsafe fn transpose8_raw(self, src: *const f32, ss: usize, dst: *mut f32, ds: usize);
+    /// [`max_pool2_body`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`max_pool2_body`], without the features (`self` proves them).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn max_pool2_raw(
+        self,
+        x: *const f32,
+        in_w: usize,
+        y: *mut f32,
+        idx: *mut u32,
+        out_h: usize,
+        out_w: usize,
+    );
+    /// [`unpool2_body`] compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`unpool2_body`], without the features (`self` proves them).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn unpool2_raw(
+        self,
+        dy: *const f32,
+        idx: *const u32,
+        out_w: usize,
+        dx: *mut f32,
+        in_h: usize,
+        in_w: usize,
+        out_h: usize,
+    ) -> bool;
+
+    /// Max pooling of one plane by 2x2 windows at stride 2 without padding (`torch`'s
+    /// `max_pool2d(x, 2)`): `x` is `in_h x in_w` (row-major, at least `2·out_h` rows read),
+    /// `y` and `idx` are `out_h x in_w / 2`; `idx` receives each maximum's index in the plane (ties to the first
+    /// in row-major order, the last NaN wins).
+    ///
+    /// Panics (a programming error) if the lengths disagree or an index would not fit in `u32`.
+    #[inline]
+    fn max_pool2(self, x: &[f32], in_w: usize, y: &mut [f32], idx: &mut [u32]) {
+        let out_w = in_w / 2;
+        let out_h = y.len().checked_div(out_w).unwrap_or(0);
+        assert!(
+            y.len() == out_h * out_w && idx.len() == y.len(),
+            "pool output lengths"
+        );
+        assert!(
+            x.len() / in_w.max(1) / 2 >= out_h && u32::try_from(x.len()).is_ok(),
+            "pool input length"
+        );
+        // SAFETY: the CPU has the instruction set (`self` exists); rows 0..2·out_h of `x` are
+        // readable (x.len() >= 2·out_h·in_w, checked), columns 0..2·out_w <= in_w; `y` and `idx`
+        // hold out_h·out_w elements (checked); indices < x.len() fit in u32 (checked).
+        unsafe {
+            self.max_pool2_raw(
+                x.as_ptr(),
+                in_w,
+                y.as_mut_ptr(),
+                idx.as_mut_ptr(),
+                out_h,
+                out_w,
+            )
+        }
+    }
+
+    /// The input gradient of [`MicroKernel::max_pool2`] for the plane `dx` (`in_h x in_w`,
+    /// overwritten): `dy[o] + 0` at `idx[o]` and zero elsewhere. Returns `false` (with `dx` then
+    /// unspecified) if some `idx[o]` is not a position of its own window, so that the caller can
+    /// fall back to a scatter that checks each index.
+    ///
+    /// Panics (a programming error) if the lengths disagree or an index would not fit in `u32`.
+    #[inline]
+    fn unpool2(self, dy: &[f32], idx: &[u32], dx: &mut [f32], in_w: usize) -> bool {
+        let out_w = in_w / 2;
+        let in_h = dx.len() / in_w.max(1);
+        let out_h = in_h / 2;
+        assert!(
+            dx.len() == in_h * in_w && u32::try_from(dx.len()).is_ok(),
+            "unpool input length"
+        );
+        assert!(
+            dy.len() == out_h * out_w && idx.len() == dy.len(),
+            "unpool output lengths"
+        );
+        // SAFETY: the CPU has the instruction set (`self` exists); `dy` and `idx` hold
+        // out_h·out_w elements and `dx` in_h·in_w with 2·out_h <= in_h, 2·out_w <= in_w (all
+        // checked), and indices < dx.len() fit in u32.
+        unsafe {
+            self.unpool2_raw(
+                dy.as_ptr(),
+                idx.as_ptr(),
+                out_w,
+                dx.as_mut_ptr(),
+                in_h,
+                in_w,
+                out_h,
+            )
+        }
+    }
 
     /// One 8 x 8 block transposed: `dst[j·ds + i] = src[i·ss + j]` for `i, j < 8` (the
     /// weight gradient's output-gradient transpose, in registers).
@@ -554,6 +689,66 @@ macro_rules! micro_kernels {
             }
 
             #[inline]
+            unsafe fn max_pool2_raw(
+                self,
+                x: *const f32,
+                in_w: usize,
+                y: *mut f32,
+                idx: *mut u32,
+                out_h: usize,
+                out_w: usize,
+            ) {
+                #[target_feature(enable = $features)]
+                unsafe fn f(
+                    x: *const f32,
+                    in_w: usize,
+                    y: *mut f32,
+                    idx: *mut u32,
+                    out_h: usize,
+                    out_w: usize,
+                ) {
+                    // SAFETY: the caller's contract (as `max_pool2_body`'s).
+                    unsafe {
+                        $crate::arch::kernel::max_pool2_body::<$v>(x, in_w, y, idx, out_h, out_w)
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(x, in_w, y, idx, out_h, out_w) }
+            }
+
+            #[inline]
+            unsafe fn unpool2_raw(
+                self,
+                dy: *const f32,
+                idx: *const u32,
+                out_w: usize,
+                dx: *mut f32,
+                in_h: usize,
+                in_w: usize,
+                out_h: usize,
+            ) -> bool {
+                #[target_feature(enable = $features)]
+                unsafe fn f(
+                    dy: *const f32,
+                    idx: *const u32,
+                    out_w: usize,
+                    dx: *mut f32,
+                    in_h: usize,
+                    in_w: usize,
+                    out_h: usize,
+                ) -> bool {
+                    // SAFETY: the caller's contract (as `unpool2_body`'s).
+                    unsafe {
+                        $crate::arch::kernel::unpool2_body::<$v>(
+                            dy, idx, out_w, dx, in_h, in_w, out_h,
+                        )
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(dy, idx, out_w, dx, in_h, in_w, out_h) }
+            }
+
+            #[inline]
             unsafe fn transpose8_raw(self, src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
                 #[target_feature(enable = $features)]
                 unsafe fn f(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
@@ -635,6 +830,29 @@ unsafe impl MicroKernel for Never {
         match self {}
     }
     unsafe fn transpose8_raw(self, _: *const f32, _: usize, _: *mut f32, _: usize) {
+        match self {}
+    }
+    unsafe fn max_pool2_raw(
+        self,
+        _: *const f32,
+        _: usize,
+        _: *mut f32,
+        _: *mut u32,
+        _: usize,
+        _: usize,
+    ) {
+        match self {}
+    }
+    unsafe fn unpool2_raw(
+        self,
+        _: *const f32,
+        _: *const u32,
+        _: usize,
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) -> bool {
         match self {}
     }
 }
@@ -934,6 +1152,101 @@ unsafe fn depthwise_block<V: Vector, const NB: usize>(
         }
         end - ow
     }
+}
+
+/// Max pooling by 2x2 windows at stride 2 of the `in_w`-wide plane `x` into the `out_h x out_w`
+/// plane `y`, with each maximum's index in the plane in `idx` ([`Vector::max2x2`], a register
+/// of windows at a time along each output row).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `2·out_w <= in_w`; `x[..2·out_h·in_w]` readable,
+/// `y[..out_h·out_w]` and `idx[..out_h·out_w]` writable; `2·out_h·in_w <= u32::MAX`.
+#[inline(always)]
+pub(crate) unsafe fn max_pool2_body<V: Vector>(
+    x: *const f32,
+    in_w: usize,
+    y: *mut f32,
+    idx: *mut u32,
+    out_h: usize,
+    out_w: usize,
+) {
+    for oh in 0..out_h {
+        let mut ow = 0;
+        while ow < out_w {
+            let lanes = (out_w - ow).min(V::N);
+            let (first, o) = (2 * oh * in_w + 2 * ow, oh * out_w + ow);
+            // SAFETY: rows 2·oh and 2·oh + 1 from column 2·ow, 2·lanes floats each, end at or
+            // below (2·oh + 1)·in_w + 2·out_w <= 2·out_h·in_w; outputs o..o + lanes are in the
+            // plane; `first + in_w + 2·lanes` fits in u32 (the caller's contract).
+            unsafe {
+                V::max2x2(
+                    x.add(first),
+                    x.add(first + in_w),
+                    lanes,
+                    first as u32,
+                    in_w as u32,
+                    y.add(o),
+                    idx.add(o),
+                )
+            };
+            ow += lanes;
+        }
+    }
+}
+
+/// The input gradient of [`max_pool2_body`]: the `in_h x in_w` plane `dx` gets `dy[o] + 0` at
+/// `idx[o]` and zero elsewhere ([`Vector::unpool2x2`] along each output row, then zeros in the
+/// column and row no window covers). Returns whether every index was in its own window.
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `2·out_w <= in_w`, `2·out_h <= in_h`;
+/// `dy[..out_h·out_w]` and `idx[..out_h·out_w]` readable, `dx[..in_h·in_w]` writable;
+/// `in_h·in_w <= u32::MAX`.
+#[inline(always)]
+pub(crate) unsafe fn unpool2_body<V: Vector>(
+    dy: *const f32,
+    idx: *const u32,
+    out_w: usize,
+    dx: *mut f32,
+    in_h: usize,
+    in_w: usize,
+    out_h: usize,
+) -> bool {
+    let mut ok = true;
+    // SAFETY: every write is inside dx[..in_h·in_w] and every read inside the output planes,
+    // by the bounds named at each step (the caller's contract).
+    unsafe {
+        for oh in 0..out_h {
+            let row = dx.add(2 * oh * in_w);
+            let mut ow = 0;
+            while ow < out_w {
+                let lanes = (out_w - ow).min(V::N);
+                let (first, o) = (2 * oh * in_w + 2 * ow, oh * out_w + ow);
+                // Rows 2·oh and 2·oh + 1, columns 2·ow .. 2·(ow + lanes) <= in_w.
+                ok &= V::unpool2x2(
+                    dy.add(o),
+                    idx.add(o),
+                    lanes,
+                    first as u32,
+                    in_w as u32,
+                    row.add(2 * ow),
+                    row.add(in_w + 2 * ow),
+                );
+                ow += lanes;
+            }
+            // The odd last column, which no window covers.
+            for r in 0..2 {
+                for c in 2 * out_w..in_w {
+                    *row.add(r * in_w + c) = 0.0;
+                }
+            }
+        }
+        // The rows below the last window.
+        for i in 2 * out_h * in_w..in_h * in_w {
+            *dx.add(i) = 0.0;
+        }
+    }
+    ok
 }
 
 /// The widest register of any instruction set, in floats (depthwise planes keep this much slack).

@@ -459,6 +459,93 @@ fn transpose8_matches_the_reference() {
     on_every_kernel(&mut T);
 }
 
+/// 2x2 max pooling at stride 2 of planes of every width up to past two registers of windows
+/// (full and partial registers, an odd last column and row), over values full of ties, signed
+/// zeros, −∞ and NaN: the maxima and their indices are the scalar loop's (candidates in
+/// row-major order from −∞, taking a greater value or a NaN), bit for bit; the gradient spread
+/// back is `0 + dy` at each index and `+0` elsewhere, and an index outside its own window is
+/// reported. Nothing past the outputs is written.
+#[test]
+fn max_pool2_and_unpool2_match_the_scalar_loops() {
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            let pick = [1.0, -1.0, 0.0, -0.0, f32::NAN, f32::NEG_INFINITY, 2.0];
+            for in_h in 0..=5usize {
+                for in_w in 0..=37usize {
+                    let (out_h, out_w) = (in_h / 2, in_w / 2);
+                    let seed = (in_h * 100 + in_w) as u64;
+                    let x: Vec<f32> = (0..in_h * in_w)
+                        .map(|i| {
+                            let u = crate::rng::uniform_at(seed, i as u64);
+                            pick[(u * pick.len() as f32) as usize % pick.len()]
+                        })
+                        .collect();
+                    let (mut want_y, mut want_i) = (vec![], vec![]);
+                    for oh in 0..out_h {
+                        for ow in 0..out_w {
+                            let first = 2 * oh * in_w + 2 * ow;
+                            let (mut b, mut at) = (f32::NEG_INFINITY, first);
+                            for o in [0, 1, in_w, in_w + 1] {
+                                let v = x[first + o];
+                                if v > b || v.is_nan() {
+                                    (b, at) = (v, first + o);
+                                }
+                            }
+                            want_y.push(b);
+                            want_i.push(at as u32);
+                        }
+                    }
+                    let len = out_h * out_w;
+                    let (mut y, mut idx) = (vec![7.5f32; len + 3], vec![u32::MAX; len + 3]);
+                    kern.max_pool2(&x, in_w, &mut y[..len], &mut idx[..len]);
+                    let what = format!("{:?} {in_h}x{in_w}", K::ISA);
+                    for (k, (g, w)) in y[..len].iter().zip(&want_y).enumerate() {
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "{what}: y[{k}] {g} vs {w}"
+                        );
+                    }
+                    assert_eq!(&idx[..len], &want_i[..], "{what}: indices");
+                    assert_eq!(y[len..], [7.5; 3], "{what}: wrote past y");
+                    assert_eq!(idx[len..], [u32::MAX; 3], "{what}: wrote past idx");
+
+                    // The gradient: signed zeros and NaN among the values.
+                    let dy: Vec<f32> = (0..len)
+                        .map(|i| match i % 5 {
+                            0 => -0.0,
+                            1 => f32::NAN,
+                            _ => values(seed + 1, len)[i],
+                        })
+                        .collect();
+                    let mut want = vec![0.0f32; in_h * in_w];
+                    for (&a, &d) in want_i.iter().zip(&dy) {
+                        want[a as usize] += d;
+                    }
+                    let plane = in_h * in_w;
+                    let mut dx = vec![f32::NAN; plane + 3];
+                    dx[plane..].fill(7.5);
+                    assert!(kern.unpool2(&dy, &want_i, &mut dx[..plane], in_w), "{what}");
+                    for (k, (g, w)) in dx[..plane].iter().zip(&want).enumerate() {
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "{what}: dx[{k}] {g:e} vs {w:e}"
+                        );
+                    }
+                    assert_eq!(dx[plane..], [7.5; 3], "{what}: wrote past dx");
+                    // An index inside the plane but outside its window is reported.
+                    if len > 1 {
+                        let mut bad = want_i.clone();
+                        bad[len - 1] = want_i[0];
+                        assert!(!kern.unpool2(&dy, &bad, &mut dx[..plane], in_w), "{what}");
+                    }
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
 /// Strides and offsets so large that the bound arithmetic would wrap around are refused: with
 /// wrapping arithmetic `(MR-1)·rs + NR` came out small, the check passed, and the kernel would
 /// have written far outside `c`.
@@ -519,6 +606,19 @@ fn bound_checks_refuse_what_would_wrap() {
             assert!(refused(&|| {
                 let mut dst = [0.0; 63];
                 kern.transpose8(&[0.0; 64], 8, &mut dst, 8);
+            }));
+            // Pooling planes whose lengths disagree.
+            assert!(refused(&|| {
+                let (mut y, mut i) = ([0.0; 4], [0u32; 4]);
+                kern.max_pool2(&[0.0; 15], 4, &mut y, &mut i);
+            }));
+            assert!(refused(&|| {
+                let (mut y, mut i) = ([0.0; 4], [0u32; 3]);
+                kern.max_pool2(&[0.0; 16], 4, &mut y, &mut i);
+            }));
+            assert!(refused(&|| {
+                let mut dx = [0.0; 15];
+                kern.unpool2(&[0.0; 4], &[0u32; 4], &mut dx, 4);
             }));
             // A C tile one element short is refused too.
             assert!(refused(&|| {

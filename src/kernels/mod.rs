@@ -109,6 +109,9 @@ pub(crate) enum Planes<'a> {
         dy: &'a [f32],
         argmax: &'a [u32],
         out_plane: usize,
+        /// The input width when the windows are 2x2 at stride 2 without padding
+        /// ([`pool::pairs`]): the planes are then made by the micro-kernels.
+        pairs: Option<usize>,
     },
 }
 
@@ -143,6 +146,7 @@ impl<'a> Planes<'a> {
                 dy,
                 argmax,
                 out_plane,
+                ..
             } => {
                 let out = crate::error::mul(op, "planes", planes, out_plane)?;
                 crate::error::check_len(op, "dy", dy, out)?;
@@ -183,24 +187,16 @@ impl<'a> Planes<'a> {
                 dy,
                 argmax,
                 out_plane,
+                pairs,
             } => {
                 let s = &mut scratch[..plane];
-                s.fill(0.0);
-                let (a_p, dy_p) = (
+                pool::unpool_plane(
                     &argmax[p * out_plane..][..out_plane],
                     &dy[p * out_plane..][..out_plane],
-                );
-                // One max over the plane's indices (vectorised, no early exit), then the scatter.
-                if a_p.iter().fold(0, |m, &a| m.max(a)) as usize >= plane && !a_p.is_empty() {
-                    return Err(crate::Error::invalid(
-                        "max_pool2d_backward",
-                        "argmax",
-                        "index outside its input plane",
-                    ));
-                }
-                for (&a, &d) in a_p.iter().zip(dy_p) {
-                    s[a as usize] += d;
-                }
+                    s,
+                    pairs,
+                    Accum::Replace,
+                )?;
                 s
             }
         })
@@ -228,6 +224,7 @@ mod tests {
             dy: &dy,
             argmax: &argmax,
             out_plane: 2,
+            pairs: None,
         };
         let mut s = [f32::NAN; 4];
         assert_eq!(src.plane(0, 4, 1, &mut s).unwrap(), [0.0, 0.0, 0.0, 3.0]);
@@ -237,6 +234,7 @@ mod tests {
             dy: &dy[..2],
             argmax: &bad,
             out_plane: 2,
+            pairs: None,
         };
         let e = src.plane(0, 4, 1, &mut s).unwrap_err().to_string();
         assert!(e.contains("argmax"), "{e}");

@@ -137,6 +137,8 @@ pub(crate) fn max_pool2d_forward_from(
         },
     );
     let with_argmax = argmax.is_some();
+    // The common 2x2 layer with indices: a plane at a time in the micro-kernels.
+    let two = self::pairs(g).filter(|_| with_argmax);
     let a = match argmax {
         Some(a) => {
             check_len(OP, "argmax", a, g.y_len())?;
@@ -155,8 +157,15 @@ pub(crate) fn max_pool2d_forward_from(
         #[inline(always)]
         |r, (Items(y, _), Items(a, _)), s| {
             for (k, (p, y_p)) in r.zip(y.chunks_exact_mut(out_plane)).enumerate() {
-                let a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
-                plane(x.plane(p, in_plane, c, s)?, y_p, a_p);
+                let mut a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
+                let x_p = x.plane(p, in_plane, c, s)?;
+                let done = match (two, a_p.as_deref_mut()) {
+                    (Some(in_w), Some(a_p)) => pool_pairs(x_p, in_w, y_p, a_p),
+                    _ => false,
+                };
+                if !done {
+                    plane(x_p, y_p, a_p);
+                }
             }
             Ok(())
         },
@@ -184,13 +193,12 @@ pub fn max_pool2d_backward(
     check_len(OP, "dy", dy, g.y_len())?;
     check_len(OP, "dx", dx, g.x_len())?;
     let (in_plane, out_plane) = (g.in_h() * g.in_w(), g.out_h() * g.out_w());
-    if argmax.iter().any(|&a| a as usize >= in_plane) {
-        return Err(crate::Error::invalid(
-            OP,
-            "argmax",
-            "index outside its input plane",
-        ));
+    // Adding to `dx`: every index is checked before anything is added. Replacing it, each
+    // plane's indices are checked as it is made (an error leaves `dx` unspecified).
+    if accum == Accum::Add && argmax.iter().any(|&a| a as usize >= in_plane) {
+        return Err(bad_index());
     }
+    let pairs = pairs(g);
     par::for_each(
         g.planes(),
         g.x_len() + g.y_len(),
@@ -198,17 +206,78 @@ pub fn max_pool2d_backward(
         #[inline(always)]
         |r, Items(dx, _)| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
-                if accum == Accum::Replace {
-                    dx_p.fill(0.0);
-                }
                 let a_p = &argmax[p * out_plane..][..out_plane];
                 let dy_p = &dy[p * out_plane..][..out_plane];
-                for (&a, &d) in a_p.iter().zip(dy_p) {
-                    dx_p[a as usize] += d;
-                }
+                unpool_plane(a_p, dy_p, dx_p, pairs, accum)?;
             }
             Ok(())
         },
+    )
+}
+
+/// One plane of [`max_pool2d_backward`]: `dy_p[o]` added at `dx_p[a_p[o]]` (to zeros with
+/// [`Accum::Replace`]) in `a_p`'s order; with `pairs` (the input width of 2x2 windows at stride 2
+/// without padding, [`pairs`]) and `Replace`, written by the micro-kernels in one pass when every
+/// index is in its own window (each position then receives one `0 + d`, the same bits).
+///
+/// # Errors
+/// [`Error::InvalidArg`](crate::Error::InvalidArg) if an index is outside the plane.
+#[inline(always)]
+pub(crate) fn unpool_plane(
+    a_p: &[u32],
+    dy_p: &[f32],
+    dx_p: &mut [f32],
+    pairs: Option<usize>,
+    accum: Accum,
+) -> Result<()> {
+    if accum == Accum::Replace {
+        if let Some(in_w) = pairs {
+            let done = crate::arch::with_kernel!(
+                k => crate::arch::kernel::MicroKernel::unpool2(k, dy_p, a_p, dx_p, in_w);
+                else false
+            );
+            if done {
+                return Ok(());
+            }
+        }
+        dx_p.fill(0.0);
+    }
+    // One max over the plane's indices (vectorised, no early exit), then the scatter.
+    if a_p.iter().fold(0, |m, &a| m.max(a)) as usize >= dx_p.len() && !a_p.is_empty() {
+        return Err(bad_index());
+    }
+    for (&a, &d) in a_p.iter().zip(dy_p) {
+        dx_p[a as usize] += d;
+    }
+    Ok(())
+}
+
+/// The error for a max-pool index outside its input plane.
+fn bad_index() -> crate::Error {
+    crate::Error::invalid(
+        "max_pool2d_backward",
+        "argmax",
+        "index outside its input plane",
+    )
+}
+
+/// `Some(in_w)` when `g`'s windows are 2x2 at stride 2 without padding (the common pooling
+/// layer, which the micro-kernels pool and unpool a plane at a time).
+pub(crate) fn pairs(g: &Pool2dGeom) -> Option<usize> {
+    let p = g.params();
+    (p.window == [2, 2] && p.stride == [2, 2] && p.padding == [0, 0]).then(|| g.in_w())
+}
+
+/// [`max_pool2d_forward`] of one plane by 2x2 windows at stride 2 (`pairs`) in the
+/// micro-kernels; `false` (nothing written) without them.
+#[inline(always)]
+fn pool_pairs(x_p: &[f32], in_w: usize, y_p: &mut [f32], a_p: &mut [u32]) -> bool {
+    crate::arch::with_kernel!(
+        k => {
+            crate::arch::kernel::MicroKernel::max_pool2(k, x_p, in_w, y_p, a_p);
+            true
+        };
+        else false
     )
 }
 

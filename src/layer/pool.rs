@@ -124,6 +124,7 @@ impl Pool {
                 dy,
                 argmax,
                 out_plane,
+                pairs: kernels::pool::pairs(&g),
             },
             rest,
         ))

@@ -69,6 +69,139 @@ impl Vector for Ymm {
         // SAFETY: as `transpose8_ymm` (the caller's contract).
         unsafe { transpose8_ymm(src, ss, dst, ds) }
     }
+    #[inline(always)]
+    unsafe fn max2x2(
+        r0: *const f32,
+        r1: *const f32,
+        lanes: usize,
+        first: u32,
+        in_w: u32,
+        y: *mut f32,
+        idx: *mut u32,
+    ) {
+        // SAFETY: AVX2; the loads read r0[..2·lanes] and r1[..2·lanes] only (masked loads
+        // below a whole register: masked lanes are not accessed), the stores write y[..lanes]
+        // and idx[..lanes] only (the caller's contract).
+        unsafe {
+            let [m, lo, hi] = masks(lanes);
+            let split = |r: *const f32| {
+                let (a, b) = if lanes == 8 {
+                    (_mm256_loadu_ps(r), _mm256_loadu_ps(r.add(8)))
+                } else {
+                    (_mm256_maskload_ps(r, lo), _mm256_maskload_ps(r.add(8), hi))
+                };
+                // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6], and the odd ones.
+                let gather = |s: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(s)))
+                };
+                (
+                    gather(_mm256_shuffle_ps::<0x88>(a, b)),
+                    gather(_mm256_shuffle_ps::<0xDD>(a, b)),
+                )
+            };
+            let ((c0, c1), (c2, c3)) = (split(r0), split(r1));
+            // As the AVX-512 version: the first candidate is the scalar loop's first step.
+            let (mut best, mut off) = (c0, _mm256_setzero_ps());
+            for (c, o) in [(c1, 1), (c2, in_w), (c3, in_w + 1)] {
+                let take = _mm256_or_ps(
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(c, best),
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(c, c),
+                );
+                best = _mm256_blendv_ps(best, c, take);
+                let o = _mm256_castsi256_ps(_mm256_set1_epi32(o as i32));
+                off = _mm256_blendv_ps(off, o, take);
+            }
+            let at = _mm256_add_epi32(
+                _mm256_set1_epi32(first as i32),
+                _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14),
+            );
+            let at = _mm256_add_epi32(at, _mm256_castps_si256(off));
+            if lanes == 8 {
+                _mm256_storeu_ps(y, best);
+                _mm256_storeu_si256(idx as *mut __m256i, at);
+            } else {
+                _mm256_maskstore_ps(y, m, best);
+                _mm256_maskstore_epi32(idx as *mut i32, m, at);
+            }
+        }
+    }
+    #[inline(always)]
+    unsafe fn unpool2x2(
+        dy: *const f32,
+        idx: *const u32,
+        lanes: usize,
+        first: u32,
+        in_w: u32,
+        dx0: *mut f32,
+        dx1: *mut f32,
+    ) -> bool {
+        // SAFETY: AVX2; the loads read dy[..lanes] and idx[..lanes] only, the stores write
+        // dx0[..2·lanes] and dx1[..2·lanes] only (masked below a whole register; the caller's
+        // contract).
+        unsafe {
+            let [m, lo, hi] = masks(lanes);
+            let (d, a) = if lanes == 8 {
+                (
+                    _mm256_loadu_ps(dy),
+                    _mm256_loadu_si256(idx as *const __m256i),
+                )
+            } else {
+                (
+                    _mm256_maskload_ps(dy, m),
+                    _mm256_maskload_epi32(idx as *const i32, m),
+                )
+            };
+            let d = _mm256_add_ps(d, _mm256_setzero_ps());
+            let at = _mm256_add_epi32(
+                _mm256_set1_epi32(first as i32),
+                _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14),
+            );
+            let hit = |o: u32| {
+                _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+                    a,
+                    _mm256_add_epi32(at, _mm256_set1_epi32(o as i32)),
+                ))
+            };
+            let h = [hit(0), hit(1), hit(in_w), hit(in_w + 1)];
+            let row = |e: __m256, o: __m256, dst: *mut f32| {
+                let (e, o) = (_mm256_and_ps(e, d), _mm256_and_ps(o, d));
+                // [e0 o0 e1 o1 | e4 o4 e5 o5] and [e2 o2 e3 o3 | e6 o6 e7 o7].
+                let (l, h) = (_mm256_unpacklo_ps(e, o), _mm256_unpackhi_ps(e, o));
+                let (v0, v1) = (
+                    _mm256_permute2f128_ps::<0x20>(l, h),
+                    _mm256_permute2f128_ps::<0x31>(l, h),
+                );
+                if lanes == 8 {
+                    _mm256_storeu_ps(dst, v0);
+                    _mm256_storeu_ps(dst.add(8), v1);
+                } else {
+                    _mm256_maskstore_ps(dst, lo, v0);
+                    _mm256_maskstore_ps(dst.add(8), hi, v1);
+                }
+            };
+            row(h[0], h[1], dx0);
+            row(h[2], h[3], dx1);
+            let any = _mm256_or_ps(_mm256_or_ps(h[0], h[1]), _mm256_or_ps(h[2], h[3]));
+            let want = _mm256_movemask_ps(_mm256_castsi256_ps(m));
+            _mm256_movemask_ps(any) & want == want
+        }
+    }
+}
+
+/// Lane masks (all ones where on) of the first `lanes` (1..=8) lanes, and of the first
+/// `2·lanes` lanes of a pair of registers.
+#[inline(always)]
+unsafe fn masks(lanes: usize) -> [__m256i; 3] {
+    // SAFETY: AVX2 (the caller's).
+    unsafe {
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let first = |n: usize| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), iota);
+        [
+            first(lanes),
+            first(2 * lanes),
+            first((2 * lanes).saturating_sub(8)),
+        ]
+    }
 }
 
 /// [`Vector::transpose8`] on `ymm` registers (also used by the AVX-512 kernels: an 8 x 8 block

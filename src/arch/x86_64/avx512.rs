@@ -72,6 +72,114 @@ impl Vector for Zmm {
         // SAFETY: AVX-512F implies AVX; the rows are the caller's contract.
         unsafe { transpose8_ymm(src, ss, dst, ds) }
     }
+    #[inline(always)]
+    unsafe fn max2x2(
+        r0: *const f32,
+        r1: *const f32,
+        lanes: usize,
+        first: u32,
+        in_w: u32,
+        y: *mut f32,
+        idx: *mut u32,
+    ) {
+        // SAFETY: AVX-512F; the masked loads read r0[..2·lanes] and r1[..2·lanes] only (masked
+        // lanes are not accessed), the masked stores write y[..lanes] and idx[..lanes] only (the
+        // caller's contract).
+        unsafe {
+            let (m, [lo, hi]) = masks(lanes);
+            // Candidates 0 and 1 of each window (the even and odd elements of the row).
+            let split = |r: *const f32| {
+                let a = _mm512_maskz_loadu_ps(lo, r);
+                let b = _mm512_maskz_loadu_ps(hi, r.add(16));
+                (
+                    _mm512_permutex2var_ps(a, even(0), b),
+                    _mm512_permutex2var_ps(a, even(1), b),
+                )
+            };
+            let ((c0, c1), (c2, c3)) = (split(r0), split(r1));
+            // Starting from the first candidate is the scalar loop's first step from −∞ (which
+            // takes it unless it is −∞ itself, leaving −∞ at offset 0 either way).
+            let (mut best, mut off) = (c0, _mm512_setzero_si512());
+            for (c, o) in [(c1, 1), (c2, in_w), (c3, in_w + 1)] {
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, best)
+                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(c, c);
+                best = _mm512_mask_mov_ps(best, take, c);
+                off = _mm512_mask_mov_epi32(off, take, _mm512_set1_epi32(o as i32));
+            }
+            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), even(0));
+            _mm512_mask_storeu_ps(y, m, best);
+            _mm512_mask_storeu_epi32(idx as *mut i32, m, _mm512_add_epi32(at, off));
+        }
+    }
+    #[inline(always)]
+    unsafe fn unpool2x2(
+        dy: *const f32,
+        idx: *const u32,
+        lanes: usize,
+        first: u32,
+        in_w: u32,
+        dx0: *mut f32,
+        dx1: *mut f32,
+    ) -> bool {
+        // SAFETY: AVX-512F; the masked loads read dy[..lanes] and idx[..lanes] only, the masked
+        // stores write dx0[..2·lanes] and dx1[..2·lanes] only (the caller's contract).
+        unsafe {
+            let (m, [lo, hi]) = masks(lanes);
+            let d = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dy), _mm512_setzero_ps());
+            let a = _mm512_maskz_loadu_epi32(m, idx as *const i32);
+            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), even(0));
+            let hit = |o: u32| {
+                _mm512_cmpeq_epi32_mask(a, _mm512_add_epi32(at, _mm512_set1_epi32(o as i32)))
+            };
+            let h = [hit(0), hit(1), hit(in_w), hit(in_w + 1)];
+            // Interleave the even and odd columns' values back into two rows.
+            let row = |e: __mmask16, o: __mmask16, dst: *mut f32| {
+                let (e, o) = (_mm512_maskz_mov_ps(e, d), _mm512_maskz_mov_ps(o, d));
+                _mm512_mask_storeu_ps(dst, lo, _mm512_permutex2var_ps(e, interleave(0), o));
+                _mm512_mask_storeu_ps(dst.add(16), hi, _mm512_permutex2var_ps(e, interleave(8), o));
+            };
+            row(h[0], h[1], dx0);
+            row(h[2], h[3], dx1);
+            (h[0] | h[1] | h[2] | h[3]) & m == m
+        }
+    }
+}
+
+/// The mask of the first `lanes` (1..=16) lanes, and of the first `2·lanes` lanes of a pair of
+/// registers.
+#[inline(always)]
+fn masks(lanes: usize) -> (__mmask16, [__mmask16; 2]) {
+    let bits = |n: usize| ((1u32 << n.min(16)) - 1) as __mmask16;
+    (
+        bits(lanes),
+        [bits(2 * lanes), bits((2 * lanes).saturating_sub(16))],
+    )
+}
+
+/// Lane `l` = `2l + s`: the even (`s = 0`) or odd (`s = 1`) elements of a pair of registers, for
+/// `_mm512_permutex2var_ps`.
+#[inline(always)]
+unsafe fn even(s: i32) -> __m512i {
+    // SAFETY: AVX-512F (the caller's).
+    unsafe {
+        _mm512_add_epi32(
+            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+            _mm512_set1_epi32(s),
+        )
+    }
+}
+
+/// Lanes `2j, 2j + 1` = `s + j` of the first and of the second register (`j < 8`): the
+/// interleave of lanes `s .. s + 8` of two registers, for `_mm512_permutex2var_ps`.
+#[inline(always)]
+unsafe fn interleave(s: i32) -> __m512i {
+    // SAFETY: AVX-512F (the caller's).
+    unsafe {
+        _mm512_add_epi32(
+            _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+            _mm512_set1_epi32(s),
+        )
+    }
 }
 
 micro_kernels!(
