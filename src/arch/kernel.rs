@@ -59,13 +59,15 @@ pub(crate) trait Vector: Copy {
     /// writable for every `i, j < 8`.
     unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize);
     /// Max pooling of `lanes <= N` 2x2 windows at stride 2: window `l` is `r0[2l], r0[2l + 1],
-    /// r1[2l], r1[2l + 1]` (compared in that order); `y[l]` receives its maximum and `idx[l]`
+    /// r1[2l], r1[2l + 1]` (compared in that order); `y[l]` receives its maximum and (unless
+    /// `idx` is null) `idx[l]`
     /// `first + 2l + o`, where `o` is `0, 1, in_w` or `in_w + 1`, the offset of the maximum.
     /// Ties go to the earlier candidate; a NaN wins over anything before it (so the last NaN).
     ///
     /// # Safety
     /// The instruction set's features; `r0[..2·lanes]` and `r1[..2·lanes]` readable (nothing
-    /// past them is touched), `y[..lanes]` and `idx[..lanes]` writable; `1 <= lanes <= N`.
+    /// past them is touched), `y[..lanes]` writable and `idx` null or `idx[..lanes]` writable;
+    /// `1 <= lanes <= N`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn max2x2(
         r0: *const f32,
@@ -251,16 +253,16 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
 
     /// Max pooling of one plane by 2x2 windows at stride 2 without padding (`torch`'s
     /// `max_pool2d(x, 2)`): `x` is `in_h x in_w` (row-major, at least `2·out_h` rows read),
-    /// `y` and `idx` are `out_h x in_w / 2`; `idx` receives each maximum's index in the plane (ties to the first
+    /// `y` and `idx` (if given) are `out_h x in_w / 2`; `idx` receives each maximum's index in the plane (ties to the first
     /// in row-major order, the last NaN wins).
     ///
     /// Panics (a programming error) if the lengths disagree or an index would not fit in `u32`.
     #[inline]
-    fn max_pool2(self, x: &[f32], in_w: usize, y: &mut [f32], idx: &mut [u32]) {
+    fn max_pool2(self, x: &[f32], in_w: usize, y: &mut [f32], idx: Option<&mut [u32]>) {
         let out_w = in_w / 2;
         let out_h = y.len().checked_div(out_w).unwrap_or(0);
         assert!(
-            y.len() == out_h * out_w && idx.len() == y.len(),
+            y.len() == out_h * out_w && idx.as_ref().is_none_or(|i| i.len() == y.len()),
             "pool output lengths"
         );
         assert!(
@@ -269,13 +271,14 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         );
         // SAFETY: the CPU has the instruction set (`self` exists); rows 0..2·out_h of `x` are
         // readable (x.len() >= 2·out_h·in_w, checked), columns 0..2·out_w <= in_w; `y` and `idx`
-        // hold out_h·out_w elements (checked); indices < x.len() fit in u32 (checked).
+        // (or a null `idx`) hold out_h·out_w elements (checked); indices < x.len() fit in u32
+        // (checked).
         unsafe {
             self.max_pool2_raw(
                 x.as_ptr(),
                 in_w,
                 y.as_mut_ptr(),
-                idx.as_mut_ptr(),
+                idx.map_or(std::ptr::null_mut(), |i| i.as_mut_ptr()),
                 out_h,
                 out_w,
             )
@@ -1160,7 +1163,8 @@ unsafe fn depthwise_block<V: Vector, const NB: usize>(
 ///
 /// # Safety
 /// The CPU supports `V`'s instruction set; `2·out_w <= in_w`; `x[..2·out_h·in_w]` readable,
-/// `y[..out_h·out_w]` and `idx[..out_h·out_w]` writable; `2·out_h·in_w <= u32::MAX`.
+/// `y[..out_h·out_w]` writable, `idx` null or `idx[..out_h·out_w]` writable;
+/// `2·out_h·in_w <= u32::MAX`.
 #[inline(always)]
 pub(crate) unsafe fn max_pool2_body<V: Vector>(
     x: *const f32,
@@ -1186,7 +1190,7 @@ pub(crate) unsafe fn max_pool2_body<V: Vector>(
                     first as u32,
                     in_w as u32,
                     y.add(o),
-                    idx.add(o),
+                    if idx.is_null() { idx } else { idx.add(o) },
                 )
             };
             ow += lanes;

@@ -498,8 +498,13 @@ fn max_pool2_and_unpool2_match_the_scalar_loops() {
                     }
                     let len = out_h * out_w;
                     let (mut y, mut idx) = (vec![7.5f32; len + 3], vec![u32::MAX; len + 3]);
-                    kern.max_pool2(&x, in_w, &mut y[..len], &mut idx[..len]);
+                    kern.max_pool2(&x, in_w, &mut y[..len], Some(&mut idx[..len]));
                     let what = format!("{:?} {in_h}x{in_w}", K::ISA);
+                    // Without indices: the same maxima.
+                    let mut y2 = vec![7.5f32; len + 3];
+                    kern.max_pool2(&x, in_w, &mut y2[..len], None);
+                    let b = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(b(&y2), b(&y), "{what}: without indices");
                     for (k, (g, w)) in y[..len].iter().zip(&want_y).enumerate() {
                         assert!(
                             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
@@ -610,11 +615,11 @@ fn bound_checks_refuse_what_would_wrap() {
             // Pooling planes whose lengths disagree.
             assert!(refused(&|| {
                 let (mut y, mut i) = ([0.0; 4], [0u32; 4]);
-                kern.max_pool2(&[0.0; 15], 4, &mut y, &mut i);
+                kern.max_pool2(&[0.0; 15], 4, &mut y, Some(&mut i));
             }));
             assert!(refused(&|| {
                 let (mut y, mut i) = ([0.0; 4], [0u32; 3]);
-                kern.max_pool2(&[0.0; 16], 4, &mut y, &mut i);
+                kern.max_pool2(&[0.0; 16], 4, &mut y, Some(&mut i));
             }));
             assert!(refused(&|| {
                 let mut dx = [0.0; 15];

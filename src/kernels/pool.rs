@@ -137,8 +137,8 @@ pub(crate) fn max_pool2d_forward_from(
         },
     );
     let with_argmax = argmax.is_some();
-    // The common 2x2 layer with indices: a plane at a time in the micro-kernels.
-    let two = self::pairs(g).filter(|_| with_argmax);
+    // The common 2x2 layer: a plane at a time in the micro-kernels.
+    let two = self::pairs(g);
     let a = match argmax {
         Some(a) => {
             check_len(OP, "argmax", a, g.y_len())?;
@@ -159,10 +159,7 @@ pub(crate) fn max_pool2d_forward_from(
             for (k, (p, y_p)) in r.zip(y.chunks_exact_mut(out_plane)).enumerate() {
                 let mut a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
                 let x_p = x.plane(p, in_plane, c, s)?;
-                let done = match (two, a_p.as_deref_mut()) {
-                    (Some(in_w), Some(a_p)) => pool_pairs(x_p, in_w, y_p, a_p),
-                    _ => false,
-                };
+                let done = two.is_some_and(|in_w| pool_pairs(x_p, in_w, y_p, a_p.as_deref_mut()));
                 if !done {
                     plane(x_p, y_p, a_p);
                 }
@@ -271,7 +268,7 @@ pub(crate) fn pairs(g: &Pool2dGeom) -> Option<usize> {
 /// [`max_pool2d_forward`] of one plane by 2x2 windows at stride 2 (`pairs`) in the
 /// micro-kernels; `false` (nothing written) without them.
 #[inline(always)]
-fn pool_pairs(x_p: &[f32], in_w: usize, y_p: &mut [f32], a_p: &mut [u32]) -> bool {
+fn pool_pairs(x_p: &[f32], in_w: usize, y_p: &mut [f32], a_p: Option<&mut [u32]>) -> bool {
     crate::arch::with_kernel!(
         k => {
             crate::arch::kernel::MicroKernel::max_pool2(k, x_p, in_w, y_p, a_p);

@@ -81,7 +81,7 @@ impl Vector for Ymm {
     ) {
         // SAFETY: AVX2; the loads read r0[..2·lanes] and r1[..2·lanes] only (masked loads
         // below a whole register: masked lanes are not accessed), the stores write y[..lanes]
-        // and idx[..lanes] only (the caller's contract).
+        // and, when it is not null, idx[..lanes] only (the caller's contract).
         unsafe {
             let [m, lo, hi] = masks(lanes);
             let split = |r: *const f32| {
@@ -116,12 +116,17 @@ impl Vector for Ymm {
                 _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14),
             );
             let at = _mm256_add_epi32(at, _mm256_castps_si256(off));
-            if lanes == 8 {
-                _mm256_storeu_ps(y, best);
-                _mm256_storeu_si256(idx as *mut __m256i, at);
-            } else {
-                _mm256_maskstore_ps(y, m, best);
-                _mm256_maskstore_epi32(idx as *mut i32, m, at);
+            match (lanes == 8, idx.is_null()) {
+                (true, true) => _mm256_storeu_ps(y, best),
+                (true, false) => {
+                    _mm256_storeu_ps(y, best);
+                    _mm256_storeu_si256(idx as *mut __m256i, at);
+                }
+                (false, true) => _mm256_maskstore_ps(y, m, best),
+                (false, false) => {
+                    _mm256_maskstore_ps(y, m, best);
+                    _mm256_maskstore_epi32(idx as *mut i32, m, at);
+                }
             }
         }
     }

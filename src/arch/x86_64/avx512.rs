@@ -83,8 +83,8 @@ impl Vector for Zmm {
         idx: *mut u32,
     ) {
         // SAFETY: AVX-512F; the masked loads read r0[..2·lanes] and r1[..2·lanes] only (masked
-        // lanes are not accessed), the masked stores write y[..lanes] and idx[..lanes] only (the
-        // caller's contract).
+        // lanes are not accessed), the masked stores write y[..lanes] and, when it is not null,
+        // idx[..lanes] only (the caller's contract).
         unsafe {
             let (m, [lo, hi]) = masks(lanes);
             // Candidates 0 and 1 of each window (the even and odd elements of the row).
@@ -108,7 +108,9 @@ impl Vector for Zmm {
             }
             let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), even(0));
             _mm512_mask_storeu_ps(y, m, best);
-            _mm512_mask_storeu_epi32(idx as *mut i32, m, _mm512_add_epi32(at, off));
+            if !idx.is_null() {
+                _mm512_mask_storeu_epi32(idx as *mut i32, m, _mm512_add_epi32(at, off));
+            }
         }
     }
     #[inline(always)]
