@@ -92,8 +92,8 @@ impl Vector for Zmm {
                 let a = _mm512_maskz_loadu_ps(lo, r);
                 let b = _mm512_maskz_loadu_ps(hi, r.add(16));
                 (
-                    _mm512_permutex2var_ps(a, even(0), b),
-                    _mm512_permutex2var_ps(a, even(1), b),
+                    _mm512_permutex2var_ps(a, table(EVEN, 0), b),
+                    _mm512_permutex2var_ps(a, table(EVEN, 1), b),
                 )
             };
             let ((c0, c1), (c2, c3)) = (split(r0), split(r1));
@@ -106,7 +106,7 @@ impl Vector for Zmm {
                 best = _mm512_mask_mov_ps(best, take, c);
                 off = _mm512_mask_mov_epi32(off, take, _mm512_set1_epi32(o as i32));
             }
-            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), even(0));
+            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), table(EVEN, 0));
             _mm512_mask_storeu_ps(y, m, best);
             if !idx.is_null() {
                 _mm512_mask_storeu_epi32(idx as *mut i32, m, _mm512_add_epi32(at, off));
@@ -129,7 +129,7 @@ impl Vector for Zmm {
             let (m, [lo, hi]) = masks(lanes);
             let d = _mm512_add_ps(_mm512_maskz_loadu_ps(m, dy), _mm512_setzero_ps());
             let a = _mm512_maskz_loadu_epi32(m, idx as *const i32);
-            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), even(0));
+            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), table(EVEN, 0));
             let hit = |o: u32| {
                 _mm512_cmpeq_epi32_mask(a, _mm512_add_epi32(at, _mm512_set1_epi32(o as i32)))
             };
@@ -137,8 +137,12 @@ impl Vector for Zmm {
             // Interleave the even and odd columns' values back into two rows.
             let row = |e: __mmask16, o: __mmask16, dst: *mut f32| {
                 let (e, o) = (_mm512_maskz_mov_ps(e, d), _mm512_maskz_mov_ps(o, d));
-                _mm512_mask_storeu_ps(dst, lo, _mm512_permutex2var_ps(e, interleave(0), o));
-                _mm512_mask_storeu_ps(dst.add(16), hi, _mm512_permutex2var_ps(e, interleave(8), o));
+                _mm512_mask_storeu_ps(dst, lo, _mm512_permutex2var_ps(e, table(INTERLEAVE, 0), o));
+                _mm512_mask_storeu_ps(
+                    dst.add(16),
+                    hi,
+                    _mm512_permutex2var_ps(e, table(INTERLEAVE, 8), o),
+                );
             };
             row(h[0], h[1], dx0);
             row(h[2], h[3], dx1);
@@ -158,27 +162,21 @@ fn masks(lanes: usize) -> (__mmask16, [__mmask16; 2]) {
     )
 }
 
-/// Lane `l` = `2l + s`: the even (`s = 0`) or odd (`s = 1`) elements of a pair of registers, for
+/// Lane `l` = `2l`: the even elements of a pair of registers (plus 1: the odd ones), for
 /// `_mm512_permutex2var_ps`.
-#[inline(always)]
-unsafe fn even(s: i32) -> __m512i {
-    // SAFETY: AVX-512F (the caller's).
-    unsafe {
-        _mm512_add_epi32(
-            _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
-            _mm512_set1_epi32(s),
-        )
-    }
-}
+const EVEN: [i32; 16] = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30];
 
-/// Lanes `2j, 2j + 1` = `s + j` of the first and of the second register (`j < 8`): the
-/// interleave of lanes `s .. s + 8` of two registers, for `_mm512_permutex2var_ps`.
+/// Lanes `2j, 2j + 1` = `j` of the first and of the second register (`j < 8`): the interleave of
+/// the low halves of two registers (plus 8: of the high halves), for `_mm512_permutex2var_ps`.
+const INTERLEAVE: [i32; 16] = [0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23];
+
+/// `t[l] + s` in every lane `l`.
 #[inline(always)]
-unsafe fn interleave(s: i32) -> __m512i {
-    // SAFETY: AVX-512F (the caller's).
+unsafe fn table(t: [i32; 16], s: i32) -> __m512i {
+    // SAFETY: AVX-512F (the caller's); the load reads the sixteen elements of `t`.
     unsafe {
         _mm512_add_epi32(
-            _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+            _mm512_loadu_si512(t.as_ptr() as *const __m512i),
             _mm512_set1_epi32(s),
         )
     }
