@@ -177,7 +177,8 @@ pub(crate) fn max_pool2d_forward_from(
 ///
 /// # Errors
 /// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`;
-/// [`Error::InvalidArg`](crate::Error::InvalidArg) if an index is outside its plane.
+/// [`Error::InvalidArg`](crate::Error::InvalidArg) if an index is outside its plane (with
+/// [`Accum::Add`] before anything is added; with [`Accum::Replace`], `dx` is then unspecified).
 pub fn max_pool2d_backward(
     g: &Pool2dGeom,
     argmax: &[u32],
