@@ -59,9 +59,9 @@ pub(crate) trait Vector: Copy {
     /// writable for every `i, j < 8`.
     unsafe fn transpose8(src: *const f32, ss: usize, dst: *mut f32, ds: usize);
     /// Max pooling of `lanes <= N` 2x2 windows at stride 2: window `l` is `r0[2l], r0[2l + 1],
-    /// r1[2l], r1[2l + 1]` (compared in that order); `y[l]` receives its maximum and (unless
-    /// `idx` is null) `idx[l]`
-    /// `first + 2l + o`, where `o` is `0, 1, in_w` or `in_w + 1`, the offset of the maximum.
+    /// r1[2l], r1[2l + 1]` (compared in that order); `y[l]` receives its maximum and, unless
+    /// `idx` is null, `idx[l]` receives `first + 2l + o`, where `o` is `0, 1, in_w` or
+    /// `in_w + 1`, the offset of the maximum.
     /// Ties go to the earlier candidate; a NaN wins over anything before it (so the last NaN).
     ///
     /// # Safety
