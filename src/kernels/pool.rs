@@ -64,9 +64,9 @@ pub(crate) fn max_pool2d_forward_from(
         }
     }
     let offs = &offs[..if lane_path { kh * kw } else { 0 }];
-    // 2x2 windows at stride 2 along the row (the common pooling layer): a path with its
-    // indices known at compile time.
-    let pairs = lane_path && kh == 2 && kw == 2 && s_w == 2;
+    // 2x2 windows at stride 2 along the row where the plane kernel does not apply (padding, or
+    // no micro-kernels): a lane path with its indices known at compile time.
+    let lane_pairs = lane_path && kh == 2 && kw == 2 && s_w == 2;
     // Output columns whose windows lie inside the input.
     let ow_lo = p_w.div_ceil(s_w).min(out_w);
     let ow_hi = ((in_w + p_w).saturating_sub(kw) / s_w + 1).clamp(ow_lo, out_w);
@@ -112,7 +112,7 @@ pub(crate) fn max_pool2d_forward_from(
                 while ow < ow_hi {
                     let lanes = (ow_hi - ow).min(simd::LANES);
                     let base = h0 * in_w + ow * s_w - p_w;
-                    let (v, i) = if pairs && base + in_w + 2 * simd::LANES <= x_p.len() {
+                    let (v, i) = if lane_pairs && base + in_w + 2 * simd::LANES <= x_p.len() {
                         // Eight windows from `base` on; past `lanes` they run into the next
                         // rows (still inside the plane) and are dropped.
                         let r0 = x_p[base..][..2 * simd::LANES]
@@ -138,7 +138,7 @@ pub(crate) fn max_pool2d_forward_from(
     );
     let with_argmax = argmax.is_some();
     // The common 2x2 layer: a plane at a time in the micro-kernels.
-    let two = self::pairs(g);
+    let two = pairs(g);
     let a = match argmax {
         Some(a) => {
             check_len(OP, "argmax", a, g.y_len())?;
