@@ -3,6 +3,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::{Accum, Planes};
+use crate::layer::conv2d::Conv2d;
 use crate::layer::norm::BatchNorm2d;
 use crate::layer::pool::Pool;
 use crate::layer::{
@@ -57,6 +58,9 @@ pub struct Sequential {
     /// `bn_into[k] = Some(b)`: max-pool `k` reads the output of batch norm `b` plane by plane,
     /// and runs its statistics and backward pass (see [`Sequential::set_fusion`]).
     bn_into: Vec<Option<usize>>,
+    /// `conv_into[k] = Some(c)`: max-pool `k` runs convolution `c` image by image and pools
+    /// each image's output from scratch (see [`Sequential::set_fusion`]).
+    conv_into: Vec<Option<usize>>,
 }
 
 impl Sequential {
@@ -193,6 +197,7 @@ impl Sequential {
             warmed: 0,
             skipped: vec![false; count],
             bn_into: vec![None; count],
+            conv_into: vec![None; count],
         };
         m.reinit(init, seed);
         m.set_fusion(true);
@@ -283,6 +288,7 @@ impl Sequential {
         for i in 0..count {
             self.skipped[i] = false;
             self.bn_into[i] = None;
+            self.conv_into[i] = None;
             if let Some(pool) = downcast::<Pool>(&mut self.layers[i]) {
                 pool.absorb_bn(false);
             }
@@ -308,6 +314,22 @@ impl Sequential {
                 pool.absorb_bn(true);
                 self.skipped[b] = true;
                 self.bn_into[k] = Some(b);
+            }
+        }
+        for c in 0..count {
+            if !downcast::<Conv2d>(&mut self.layers[c]).is_some_and(|l| l.fits_pool()) {
+                continue;
+            }
+            let Some(k) = (c + 1..count).find(|&k| !self.skipped[k]) else {
+                continue;
+            };
+            // Directly, or through a ReLU the pool absorbed (not through a batch norm, whose
+            // statistics need every image's output first).
+            if self.bn_into[k].is_none()
+                && downcast::<Pool>(&mut self.layers[k]).is_some_and(|p| p.is_max())
+            {
+                self.skipped[c] = true;
+                self.conv_into[k] = Some(c);
             }
         }
     }
@@ -352,6 +374,13 @@ impl Sequential {
             acts += k as u128;
             widest = widest.max(k);
             ws = ws.max(l.scratch_len(n));
+        }
+        for k in 0..self.layers.len() {
+            if let Some(c) = self.conv_into[k] {
+                let conv =
+                    downcast::<Conv2d>(&mut self.layers[c]).map_or(0, |c| c.pooled_scratch_len(n));
+                ws = ws.max(self.layers[k].scratch_len(n) + conv);
+            }
         }
         crate::memory::check_elems::<f32>(
             OP,
@@ -404,7 +433,7 @@ impl Sequential {
             let mut ctx = Ctx::new(self.training, mix64(call_seed ^ i as u64), &mut self.ws);
             if let Some(b) = self.bn_into[i] {
                 let (head, tail) = self.layers.split_at_mut(i);
-                let (bn, pool) = bn_and_pool(&mut head[b], &mut tail[0])?;
+                let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut head[b], &mut tail[0])?;
                 bn.forward_stats(
                     n,
                     &self.params[self.ranges[b].clone()],
@@ -418,6 +447,13 @@ impl Sequential {
                     shift,
                 };
                 pool.forward_from(n, src, out, ctx.ws)?;
+                continue;
+            }
+            if let Some(c) = self.conv_into[i] {
+                let (head, tail) = self.layers.split_at_mut(i);
+                let (conv, pool) = fused_pair::<Conv2d, Pool>(&mut head[c], &mut tail[0])?;
+                let p = &self.params[self.ranges[c].clone()];
+                pool.forward_conv(n, conv, p, input, out, ctx.ws)?;
                 continue;
             }
             self.layers[i].forward(
@@ -537,7 +573,7 @@ impl Sequential {
             let mut ctx = Ctx::new(self.training, 0, &mut self.ws);
             if let Some(b) = self.bn_into[i] {
                 let (head, tail) = self.layers.split_at_mut(i);
-                let (bn, pool) = bn_and_pool(&mut head[b], &mut tail[0])?;
+                let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut head[b], &mut tail[0])?;
                 let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
                 let r = self.ranges[b].clone();
                 bn.backward_from(
@@ -550,6 +586,16 @@ impl Sequential {
                     accum,
                     ws,
                 )?;
+                cur = 1 - cur;
+                continue;
+            }
+            if let Some(c) = self.conv_into[i] {
+                let (head, tail) = self.layers.split_at_mut(i);
+                let (conv, pool) = fused_pair::<Conv2d, Pool>(&mut head[c], &mut tail[0])?;
+                let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
+                let r = self.ranges[c].clone();
+                let p = &self.params[r.clone()];
+                conv.backward_from(n, p, &mut grads[r], input, src, dx, accum, ws)?;
                 cur = 1 - cur;
                 continue;
             }
@@ -703,15 +749,15 @@ fn downcast<T: 'static>(l: &mut Box<dyn Layer>) -> Option<&mut T> {
     l.as_any_mut()?.downcast_mut::<T>()
 }
 
-/// The batch norm and the max-pool of a fusion that [`Sequential::set_fusion`] planned.
-fn bn_and_pool<'a>(
-    bn: &'a mut Box<dyn Layer>,
-    pool: &'a mut Box<dyn Layer>,
-) -> Result<(&'a mut BatchNorm2d, &'a mut Pool)> {
+/// The two layers of a fusion that [`Sequential::set_fusion`] planned, as their own types.
+fn fused_pair<'a, A: 'static, B: 'static>(
+    a: &'a mut Box<dyn Layer>,
+    b: &'a mut Box<dyn Layer>,
+) -> Result<(&'a mut A, &'a mut B)> {
     let planned = || Error::invalid("Sequential", "fusion", "planned for other layers");
     Ok((
-        downcast::<BatchNorm2d>(bn).ok_or_else(planned)?,
-        downcast::<Pool>(pool).ok_or_else(planned)?,
+        downcast::<A>(a).ok_or_else(planned)?,
+        downcast::<B>(b).ok_or_else(planned)?,
     ))
 }
 

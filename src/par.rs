@@ -147,6 +147,19 @@ impl<T: Send> Parts for Items<'_, T> {
     }
 }
 
+impl<A: Parts> Parts for Option<A> {
+    #[inline]
+    fn split(self, items: usize) -> (Self, Self) {
+        match self {
+            Some(a) => {
+                let (x, y) = a.split(items);
+                (Some(x), Some(y))
+            }
+            None => (None, None),
+        }
+    }
+}
+
 impl Parts for () {
     #[inline]
     fn split(self, _: usize) -> (Self, Self) {

@@ -419,10 +419,12 @@ fn pass_bits(
 }
 
 /// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`),
-/// and a batch norm before a max-pool (directly or through such a ReLU) hands the pool its output
-/// map instead of its output: outputs, parameter gradients, input gradients and running
-/// statistics are bit-identical to running every layer as written, in training and evaluation
-/// mode, for 1 and 2 threads (overlapping and padded windows, a batch norm as the first layer).
+/// a batch norm before a max-pool (directly or through such a ReLU) hands the pool its output
+/// map instead of its output, and a convolution before a max-pool (directly or through such a
+/// ReLU) runs inside the pool image by image: outputs, parameter gradients, input gradients and
+/// running statistics are bit-identical to running every layer as written, in training and
+/// evaluation mode, for 1 and 2 threads (overlapping and padded windows, a batch norm as the
+/// first layer, strided and pointwise convolutions).
 #[test]
 fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
     let archs = [
@@ -432,8 +434,17 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
         "conv(4,3,p=1),relu,avgpool(2),flatten,dense(3),relu",
         "bn,maxpool(2),conv(3,3,p=1),bn,maxpool(3,s=2,p=1),flatten,dense(3)",
         "conv(4,3,p=1),bn,relu,avgpool(2),bn,relu,gap,dense(3)",
+        "conv(5,3,s=2,p=1),maxpool(3,s=2,p=1),conv(4,1),relu,maxpool(2),flatten,dense(3)",
     ];
-    let fused: [&[usize]; 6] = [&[1, 4, 5], &[3], &[1, 2, 4], &[], &[0, 3], &[]];
+    let fused: [&[usize]; 7] = [
+        &[0, 1, 4, 5],
+        &[2, 3],
+        &[1, 2, 4],
+        &[],
+        &[0, 3],
+        &[],
+        &[0, 2, 3],
+    ];
     for (arch, fused) in archs.into_iter().zip(fused) {
         let specs = LayerSpec::parse_list(arch).unwrap();
         let mut m = Sequential::new([2, 12, 12], &specs, 3).unwrap();
@@ -525,6 +536,84 @@ proptest! {
         prop_assert!(fused.1 == separate.1, "{arch}: parameter gradients differ");
         prop_assert!(fused.2 == separate.2, "{arch}: input gradients differ");
         prop_assert!(fused.3 == separate.3, "{arch}: running statistics differ");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(48)))]
+
+    /// The convolution + (ReLU +) max-pool fusion over random convolution and pooling geometries
+    /// (kernels 1–3, strides 1–2, padding, with and without bias, first layer or after a
+    /// convolution of 1–6 channels — both input-gradient paths —, batches of 1–4 on the 3-thread
+    /// pool with every split taken): the same bits as separate layers, and the convolution is
+    /// fused.
+    #[test]
+    fn fused_convolution_and_max_pool_match_separate_layers_on_random_shapes(
+        c in 1usize..4, o in 1usize..10, h in 3usize..14, w in 3usize..14, k in 1usize..4,
+        s in 1usize..3, pad in 0usize..2, bias in any::<bool>(), relu in any::<bool>(),
+        pk in 1usize..4, ps in 1usize..4, ppad in 0usize..2, first in any::<bool>(),
+        m in 1usize..7, n in 1usize..5, training in any::<bool>(), seed in 0..1000u64,
+    ) {
+        let (pad, ppad) = (pad.min(k / 2), ppad.min(pk / 2));
+        let conv = format!("conv({o},{k},s={s},p={pad},bias={bias})");
+        let pool = format!("maxpool({pk},s={ps},p={ppad})");
+        let block = if relu { format!("{conv},relu,{pool}") } else { format!("{conv},{pool}") };
+        let arch = if first {
+            format!("{block},flatten,dense(3)")
+        } else {
+            format!("conv({m},3,p=1),relu,{block},flatten,dense(3)")
+        };
+        let specs = LayerSpec::parse_list(&arch).unwrap();
+        let input = [c, h, w];
+        prop_assume!(Sequential::new(input, &specs, seed).is_ok());
+        let x: Vec<f32> = values(seed, n * c * h * w).iter().map(|v| v * 3.0 - 1.0).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let run = |fused: bool| {
+            let mut m = Sequential::new(input, &specs, seed).unwrap();
+            m.set_fusion(fused);
+            if !training {
+                m.eval();
+            }
+            let (y, grads, dx, state) = par(|| pass_bits(&mut m, &x, n, &labels));
+            (y, grads, dx, state, m.fused_layers())
+        };
+        let (fused, separate) = (run(true), run(false));
+        let conv_at = if first { 0 } else { 2 };
+        prop_assert!(fused.4.contains(&conv_at), "{arch}: not fused: {:?}", fused.4);
+        prop_assert!(fused.0 == separate.0, "{arch}: outputs differ");
+        prop_assert!(fused.1 == separate.1, "{arch}: parameter gradients differ");
+        prop_assert!(fused.2 == separate.2, "{arch}: input gradients differ");
+        prop_assert!(fused.3 == separate.3, "{arch}: running statistics differ");
+    }
+}
+
+/// The convolution + max-pool fusion on a layer large enough that its weight gradient splits
+/// inside each image (one partial sum) while the input gradient is made per image on the direct
+/// path, with batches smaller and larger than the pool: the bits of separate layers.
+#[test]
+fn fused_convolution_and_max_pool_on_a_large_layer_match_separate_layers() {
+    let specs = LayerSpec::parse_list(
+        "conv(32,3,p=1),relu,conv(32,3,p=1),relu,maxpool(2),flatten,dense(3)",
+    )
+    .unwrap();
+    let input = [1, 34, 34];
+    for n in [1, 2, 4] {
+        let x: Vec<f32> = values(n as u64, n * 34 * 34)
+            .iter()
+            .map(|v| v * 2.0 - 1.0)
+            .collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let run = |fused: bool| {
+            let mut m = Sequential::new(input, &specs, 9).unwrap();
+            m.set_fusion(fused);
+            let bits = par(|| pass_bits(&mut m, &x, n, &labels));
+            (bits, m.fused_layers())
+        };
+        let ((fused, layers), (separate, _)) = (run(true), run(false));
+        assert_eq!(layers, [2, 3], "n = {n}");
+        assert!(fused.0 == separate.0, "n = {n}: outputs differ");
+        assert!(fused.1 == separate.1, "n = {n}: parameter gradients differ");
+        assert!(fused.2 == separate.2, "n = {n}: input gradients differ");
     }
 }
 

@@ -201,6 +201,31 @@ impl<'a> Planes<'a> {
             }
         })
     }
+
+    /// Planes `p0 .. p0 + count` (of `plane` elements, channel `p % c`) as one slice: the operand
+    /// itself when it is stored, else made one plane after the other into `scratch` (which then
+    /// holds at least `count · plane` elements).
+    ///
+    /// # Errors
+    /// As [`Planes::plane`].
+    pub(crate) fn planes<'s>(
+        &'s self,
+        p0: usize,
+        count: usize,
+        plane: usize,
+        c: usize,
+        scratch: &'s mut [f32],
+    ) -> Result<&'s [f32]> {
+        if let Planes::Dense(x) = *self {
+            return Ok(&x[p0 * plane..][..count * plane]);
+        }
+        let s = &mut scratch[..count * plane];
+        for (k, dst) in s.chunks_exact_mut(plane.max(1)).enumerate() {
+            // A plane that is not stored is made in the scratch it is given.
+            self.plane(p0 + k, plane, c, dst)?;
+        }
+        Ok(s)
+    }
 }
 
 /// Parallel groups for `items` items of `work` total work, each needing `slot` elements of a

@@ -2,8 +2,8 @@
 
 use super::{Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
 use crate::error::Result;
-use crate::kernels::{self, Accum};
-use crate::shape::{Conv2dGeom, Conv2dParams, Shape4};
+use crate::kernels::{self, Accum, Planes};
+use crate::shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Shape4};
 
 #[derive(Debug)]
 pub(crate) struct Conv2d {
@@ -67,6 +67,57 @@ impl Conv2d {
     fn w_len(&self) -> usize {
         self.c_out * self.input[0] / self.params.groups * self.kernel[0] * self.kernel[1]
     }
+
+    /// Whether the max-pool after this convolution can run it image by image (one group; see
+    /// [`crate::Sequential::set_fusion`]).
+    pub(crate) fn fits_pool(&self) -> bool {
+        self.params.groups == 1
+    }
+
+    /// Scratch of [`Conv2d::forward_pooled`] and [`Conv2d::backward_from`].
+    pub(crate) fn pooled_scratch_len(&self, n: usize) -> usize {
+        self.geom(n)
+            .map_or(0, |g| kernels::conv::conv2d_pooled_scratch_len(&g))
+    }
+
+    /// The forward pass into max-pool `pool` of its output: `y` and `argmax` are the pool's, the
+    /// convolution's output is never stored.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_pooled(
+        &self,
+        n: usize,
+        p: &[f32],
+        x: &[f32],
+        pool: &Pool2dGeom,
+        y: &mut [f32],
+        argmax: &mut [u32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let g = self.geom(n)?;
+        let (w, b) = p.split_at(self.w_len());
+        let b = self.bias.then_some(b);
+        kernels::conv::conv2d_forward_pooled(&g, x, w, b, pool, y, argmax, ws)
+    }
+
+    /// The backward pass with the output gradient read through `dy` (a max-pool's gradient
+    /// spread image by image when it is not stored).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_from(
+        &self,
+        n: usize,
+        p: &[f32],
+        grad: &mut [f32],
+        x: &[f32],
+        dy: Planes<'_>,
+        dx: Option<&mut [f32]>,
+        accum: Accum,
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let g = self.geom(n)?;
+        let (dw, db) = grad.split_at_mut(self.w_len());
+        let (w, db) = (&p[..self.w_len()], self.bias.then_some(db));
+        kernels::conv::conv2d_backward_from(&g, x, w, dy, dw, db, dx, accum, ws)
+    }
 }
 
 impl Layer for Conv2d {
@@ -99,6 +150,9 @@ impl Layer for Conv2d {
         }
         v
     }
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
+    }
     fn scratch_len(&self, n: usize) -> usize {
         self.geom(n).map_or(0, |g| {
             kernels::conv2d_forward_scratch_len(&g)
@@ -121,20 +175,15 @@ impl Layer for Conv2d {
     fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
         let Backward {
             n,
-            params: p,
-            grads: grad,
+            params,
+            grads,
             x,
             dy,
             dx,
             accum,
             ..
         } = b;
-        let g = self.geom(n)?;
-        let (dw, db) = grad.split_at_mut(self.w_len());
-        kernels::conv2d_backward_weights(&g, x, dy, dw, self.bias.then_some(db), accum, ctx.ws)?;
-        if let Some(dx) = dx {
-            kernels::conv2d_backward_data(&g, &p[..self.w_len()], dy, dx, Accum::Replace, ctx.ws)?;
-        }
-        Ok(())
+        let dy = Planes::Dense(dy);
+        self.backward_from(n, params, grads, x, dy, dx, accum, ctx.ws)
     }
 }

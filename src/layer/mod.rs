@@ -6,7 +6,7 @@
 //! checkpoint is a list of views into one buffer.
 
 mod activation;
-mod conv2d;
+pub(crate) mod conv2d;
 mod dense;
 pub(crate) mod norm;
 pub(crate) mod pool;

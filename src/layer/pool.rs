@@ -102,6 +102,26 @@ impl Pool {
         Ok(())
     }
 
+    /// The forward pass of convolution `conv` (parameters `p`, input `x`) and this max-pool with
+    /// its absorbed ReLU, image by image: the convolution's output is never stored.
+    pub(crate) fn forward_conv(
+        &mut self,
+        n: usize,
+        conv: &super::conv2d::Conv2d,
+        p: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let g = self.geom(n)?;
+        let a = grow("MaxPool2d::forward", &mut self.argmax, g.y_len())?;
+        conv.forward_pooled(n, p, x, &g, y, a, ws)?;
+        if self.relu {
+            kernels::relu_in_place(y);
+        }
+        Ok(())
+    }
+
     /// The gradient at the pooled positions (`dy`, masked by the absorbed ReLU into `ws` when
     /// there is one) and the indices of the last forward pass, as [`kernels::Planes::Pooled`]
     /// (the max-pool's input gradient, spread plane by plane by its consumer); `ws` keeps what

@@ -21,8 +21,8 @@
 
 use crate::arch::kernel::{MicroKernel, Taps};
 use crate::error::{Error, Result};
-use crate::kernels::Accum;
-use crate::par::{self, Items};
+use crate::kernels::{Accum, Planes};
+use crate::par::{self, Items, Parts};
 use crate::shape::Conv2dGeom;
 use std::cell::RefCell;
 
@@ -299,18 +299,25 @@ pub(super) struct Prep {
 }
 
 thread_local! {
-    /// The calling thread's `Prep`, reused between calls (nothing allocates after the first).
-    static PREP: RefCell<Prep> = RefCell::new(Prep::default());
+    /// The calling thread's two `Prep`s (a pass that runs two direct passes per image plans
+    /// both), reused between calls (nothing allocates after the first).
+    static PREP: RefCell<[Prep; 2]> = RefCell::new(Default::default());
 }
 
-/// Runs `f` with this thread's `Prep`, taken out of the thread-local for the duration: a parallel
-/// region inside `f` may run another pass on this thread (work stealing), which then finds an
-/// empty `Prep` instead of a borrowed cell.
-pub(super) fn with_prep<R>(f: impl FnOnce(&mut Prep) -> R) -> R {
-    let mut prep = PREP.with(|c| c.take());
-    let r = f(&mut prep);
-    PREP.with(|c| *c.borrow_mut() = prep);
+/// Runs `f` with this thread's `Prep`s, taken out of the thread-local for the duration: a
+/// parallel region inside `f` may run another pass on this thread (work stealing), which then
+/// finds empty `Prep`s instead of a borrowed cell.
+pub(super) fn with_preps<R>(f: impl FnOnce(&mut Prep, &mut Prep) -> R) -> R {
+    let mut preps = PREP.with(|c| c.take());
+    let [a, b] = &mut preps;
+    let r = f(a, b);
+    PREP.with(|c| *c.borrow_mut() = preps);
     r
+}
+
+/// [`with_preps`] with one `Prep`.
+pub(super) fn with_prep<R>(f: impl FnOnce(&mut Prep) -> R) -> R {
+    with_preps(|a, _| f(a))
 }
 
 impl Prep {
@@ -591,24 +598,64 @@ impl Direct {
     }
 
     /// Scratch of [`wgrad`] over `n` images: per chunk a transposed weight gradient, a band of
-    /// the prepared input and of the transposed output gradient.
-    pub(super) fn wgrad_scratch(&self, n: usize) -> usize {
-        self.wgrad_len() * self.wgrad_chunks(n)
+    /// the prepared input and of the transposed output gradient, and with `made` an image of the
+    /// output gradient (made from [`Planes`] that are not stored).
+    pub(super) fn wgrad_scratch(&self, n: usize, made: bool) -> usize {
+        self.wgrad_then_scratch(n, made, 0)
+    }
+
+    /// [`Direct::wgrad_scratch`] with `extra` floats per chunk for [`Then`].
+    pub(super) fn wgrad_then_scratch(&self, n: usize, made: bool, extra: usize) -> usize {
+        (self.wgrad_slot(made) + extra) * self.wgrad_chunks(n)
+    }
+
+    fn wgrad_slot(&self, made: bool) -> usize {
+        self.wgrad_len()
+            + if made {
+                self.out_ch * self.out_h * self.out_w
+            } else {
+                0
+            }
+    }
+}
+
+/// After the weight gradient of each image, `then(i, dy_n, out_i, ws, split)` is called with the
+/// image's output gradient `dy_n`, its item `out_i` of `out` (cut into the same image ranges as
+/// the partial sums), `extra` floats of scratch, and whether the call may split inside the image.
+pub(super) struct Then<'a, P> {
+    pub out: P,
+    pub extra: usize,
+    #[allow(clippy::type_complexity)]
+    pub then: &'a (dyn Fn(usize, &[f32], P, &mut [f32], bool) -> Result<()> + Sync),
+}
+
+/// Parts of `.1` items per chunk (cut by chunks, split by items).
+struct Images<P>(P, usize);
+
+impl<P: Parts> Parts for Images<P> {
+    fn split(self, chunks: usize) -> (Self, Self) {
+        let (a, b) = self.0.split(chunks * self.1);
+        (Images(a, self.1), Images(b, self.1))
     }
 }
 
 /// Weight gradient of one group over `n` images: `dW (+)= Σ_images dY·Xᵀ` through the prepared
 /// input bands, as `WGRAD_CHUNKS` fixed partial sums (small images, in parallel over chunks) or
-/// one sum split inside each image (large images).
+/// one sum split inside each image (large images). `dy` holds `dy_c` channels per image, of
+/// which the group's start at `dy_ch0`; planes that are not stored are made an image at a time.
+/// `prep` is replanned; `then` (with [`Direct::wgrad_scratch`] grown by its `extra` per chunk)
+/// runs after each image.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn wgrad(
+pub(super) fn wgrad<P: Parts>(
     d: &Direct,
+    prep: &mut Prep,
+    then: Option<Then<'_, P>>,
     n: usize,
     x: &[f32],
     x_item: usize,
     x_ch0: usize,
-    dy: &[f32],
-    dy_item: usize,
+    dy: Planes<'_>,
+    dy_c: usize,
     dy_ch0: usize,
     dw_group: &mut [f32],
     accum: Accum,
@@ -621,7 +668,7 @@ pub(super) fn wgrad(
     macro_rules! on {
         ($k:expr) => {
             wgrad_on(
-                $k, d, n, x, x_item, x_ch0, dy, dy_item, dy_ch0, dw_group, accum, ws,
+                $k, d, prep, then, n, x, x_item, x_ch0, dy, dy_c, dy_ch0, dw_group, accum, ws,
             )
         };
     }
@@ -633,15 +680,17 @@ pub(super) fn wgrad(
 
 /// [`wgrad`] on the micro-kernels `kern`.
 #[allow(clippy::too_many_arguments)]
-fn wgrad_on<K: MicroKernel>(
+fn wgrad_on<K: MicroKernel, P: Parts>(
     kern: K,
     d: &Direct,
+    prep: &mut Prep,
+    then: Option<Then<'_, P>>,
     n: usize,
     x: &[f32],
     x_item: usize,
     x_ch0: usize,
-    dy: &[f32],
-    dy_item: usize,
+    dy: Planes<'_>,
+    dy_c: usize,
     dy_ch0: usize,
     dw_group: &mut [f32],
     accum: Accum,
@@ -656,14 +705,25 @@ fn wgrad_on<K: MicroKernel>(
     let taps_pad = taps.div_ceil(mr) * mr;
     let (src_plane, out_plane) = (d.src_h * d.src_w, d.out_h * d.out_w);
     let chunks = d.wgrad_chunks(n);
-    let slot = d.wgrad_len();
-    with_prep(|prep| {
+    let made = !matches!(dy, Planes::Dense(_));
+    let (then, extra, out) = match then {
+        Some(Then { out, extra, then }) => (Some(then), extra, Some(out)),
+        None => (None, 0, None),
+    };
+    let slot = d.wgrad_slot(made) + extra;
+    let img = slot - extra - d.wgrad_len();
+    {
         prep.plan_bands(d, d.out_ch);
         let prep = &*prep;
-        // One image into `dwt` (the transposed gradient, accumulated), with band scratch `ws`.
-        let image = |i: usize, dwt: &mut [f32], ws: &mut [f32]| -> Result<()> {
+        // One image into `dwt` (the transposed gradient, accumulated), with scratch `ws` (the
+        // image of `dy` when it is made, `then`'s scratch, then the band), then `then`.
+        let split = chunks == 1;
+        let image = |i: usize, dwt: &mut [f32], ws: &mut [f32], out: Option<P>| -> Result<()> {
             let x_n = &x[i * x_item + x_ch0 * src_plane..][..d.src_ch * src_plane];
-            let dy_n = &dy[i * dy_item + dy_ch0 * out_plane..][..d.out_ch * out_plane];
+            let (dy_img, ws) = ws.split_at_mut(img);
+            let (then_ws, ws) = ws.split_at_mut(extra);
+            let dy_n = dy.planes(i * dy_c + dy_ch0, d.out_ch, out_plane, dy_c, dy_img)?;
+
             for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
                 let off = &prep.off[bi * taps..][..taps];
                 let (xs, rest) = ws.split_at_mut(lay.len);
@@ -704,23 +764,29 @@ fn wgrad_on<K: MicroKernel>(
                     },
                 )?;
             }
-            Ok(())
+            match (then, out) {
+                (Some(then), Some(out)) => then(i, dy_n, out, then_ws, split),
+                _ => Ok(()),
+            }
         };
         let dwt_len = taps_pad * co;
         let per = n.div_ceil(chunks);
+        // `then`'s outputs, cut into the chunks' image ranges (an item per image).
         par::for_each_group(
             chunks,
             par::groups(chunks, 2 * taps * co * out_plane * n),
-            Items(&mut ws[..chunks * slot], slot),
+            (Items(&mut ws[..chunks * slot], slot), Images(out, per)),
             &mut [],
             0,
             #[inline(always)]
-            |r, Items(slots, _), _| {
+            |r, (Items(slots, _), Images(mut out, _)), _| {
                 for (c, s) in r.zip(slots.chunks_exact_mut(slot)) {
                     let (dwt, band) = s.split_at_mut(dwt_len);
                     dwt.fill(0.0);
                     for i in c * per..((c + 1) * per).min(n) {
-                        image(i, dwt, band)?;
+                        let (one, rest) = out.split(1);
+                        out = rest;
+                        image(i, dwt, band, one)?;
                     }
                 }
                 Ok(())
@@ -740,7 +806,7 @@ fn wgrad_on<K: MicroKernel>(
             }
         }
         Ok(())
-    })
+    }
 }
 
 /// `dyT[pixel][o]` for one band: the gradient pixel-major, zero past `out_w` and `out_ch`

@@ -26,9 +26,9 @@ pub(crate) mod im2col;
 
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial, packed};
-use crate::kernels::Accum;
+use crate::kernels::{Accum, Planes};
 use crate::par::{self, Items};
-use crate::shape::Conv2dGeom;
+use crate::shape::{Conv2dGeom, Pool2dGeom};
 use im2col::{col2im_add, im2col};
 use std::ops::Range;
 
@@ -129,11 +129,42 @@ pub fn conv2d_backward_data_scratch_len(g: &Conv2dGeom) -> usize {
 pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
     if g.is_depthwise() {
         depthwise::slot_len(g) * par::threads()
-    } else if use_direct(g) {
-        direct::Direct::for_wgrad(g).wgrad_scratch(g.n())
     } else {
-        slot_len(g)
+        backward_weights_len(g, false)
     }
+}
+
+/// Scratch of a non-depthwise weight-gradient pass, with room to make (`made`) an image of the
+/// output gradient and a plane per thread for the bias gradient.
+fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
+    let img = if made { g.c_out() * g.out_plane() } else { 0 };
+    let passes = if use_direct(g) {
+        direct::Direct::for_wgrad(g).wgrad_scratch(g.n(), made)
+    } else {
+        slot_len(g) + img
+    };
+    passes.max(if made {
+        g.out_plane() * par::threads()
+    } else {
+        0
+    })
+}
+
+/// Scratch for the passes of a non-depthwise convolution whose output goes through a max-pool
+/// ([`conv2d_forward_pooled`]) and whose output gradient is read through pooled [`Planes`]
+/// ([`conv2d_backward_data_from`], [`conv2d_backward_weights_from`]): each pass's scratch plus
+/// an image of the convolution's output (or its gradient) per thread.
+pub(crate) fn conv2d_pooled_scratch_len(g: &Conv2dGeom) -> usize {
+    let img = g.c_out() * g.out_plane();
+    let merged = if use_direct(g) {
+        let d = direct::Direct::for_wgrad(g);
+        g.n() * g.c_out() + d.wgrad_then_scratch(g.n(), true, backward_data_slot(g))
+    } else {
+        0
+    };
+    ((forward_slot(g).max(backward_data_slot(g)) + img) * par::threads())
+        .max(backward_weights_len(g, true))
+        .max(merged)
 }
 
 /// Flops of one pass over one image.
@@ -158,38 +189,36 @@ fn image_groups(g: &Conv2dGeom, slot: usize, ws_len: usize) -> Option<usize> {
     }
 }
 
-/// Runs `image(i, out_i, scratch, split)` for every image `i` of `out` (items of `item` floats):
+/// Runs `image(i, out_i, scratch, split)` for every image `i < n` (`out_i`: item `i` of `out`):
 /// `Some(groups)` splits the images over that many worker groups, each with its own `slot` of
 /// `ws`; `None` runs them in order, each splitting its own work inside (`split`).
-fn each_image(
+fn each_image<P: par::Parts>(
     groups: Option<usize>,
-    out: &mut [f32],
-    item: usize,
+    n: usize,
+    out: P,
     ws: &mut [f32],
     slot: usize,
-    image: &(impl Fn(usize, &mut [f32], &mut [f32], bool) -> Result<()> + Sync),
+    image: &(impl Fn(usize, P, &mut [f32], bool) -> Result<()> + Sync),
 ) -> Result<()> {
+    let run = |r: Range<usize>, mut out: P, ws: &mut [f32], split: bool| {
+        for i in r {
+            let (one, rest) = out.split(1);
+            image(i, one, ws, split)?;
+            out = rest;
+        }
+        Ok(())
+    };
     match groups {
         Some(groups) => par::for_each_group(
-            out.len() / item.max(1),
+            n,
             groups,
-            Items(out, item),
+            out,
             ws,
             slot,
             #[inline(always)]
-            |r, Items(out, _), ws| {
-                for (i, o) in r.zip(out.chunks_exact_mut(item)) {
-                    image(i, o, ws, false)?;
-                }
-                Ok(())
-            },
+            |r, out, ws| run(r, out, ws, false),
         ),
-        None => {
-            for (i, o) in out.chunks_exact_mut(item).enumerate() {
-                image(i, o, &mut ws[..slot], true)?;
-            }
-            Ok(())
-        }
+        None => run(0..n, out, &mut ws[..slot], true),
     }
 }
 
@@ -235,82 +264,202 @@ pub fn conv2d_forward(
         check_len(OP, "b", b, g.c_out())?;
     }
     check_len(OP, "y", y, g.y_len())?;
-    let slot = forward_slot(g);
-    check_min_len(OP, "ws", ws, slot)?;
+    check_min_len(OP, "ws", ws, forward_slot(g))?;
     if g.n() == 0 {
         return Ok(());
     }
     if g.is_depthwise() {
         return depthwise::forward(g, x, w, b, y, ws);
     }
-    let (x_item, y_item) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane());
+    forward_images(g, x, w, b, Out::Conv(y), ws)
+}
+
+/// [`conv2d_forward`] followed by [`max_pool2d_forward`](crate::kernels::max_pool2d_forward)
+/// with indices, without storing the convolution's output: each image is convolved into scratch
+/// ([`conv2d_pooled_scratch_len`]) and pooled from there, so the values are those of the two
+/// passes. `pool` is the max-pool of the batch (its input is the convolution's output); the
+/// convolution has one group and is not depthwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_forward_pooled(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    pool: &Pool2dGeom,
+    y: &mut [f32],
+    argmax: &mut [u32],
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_forward";
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "w", w, g.w_len())?;
+    if let Some(b) = b {
+        check_len(OP, "b", b, g.c_out())?;
+    }
+    if g.groups() != 1 || g.is_depthwise() {
+        return Err(crate::Error::invalid(
+            OP,
+            "groups",
+            "a pooled output needs one group",
+        ));
+    }
+    if pool.x_shape() != crate::shape::Shape4::new(g.n(), g.c_out(), g.out_h(), g.out_w()) {
+        return Err(crate::Error::invalid(
+            OP,
+            "pool",
+            "input is not the convolution's output",
+        ));
+    }
+    check_len(OP, "y", y, pool.y_len())?;
+    check_len(OP, "argmax", argmax, pool.y_len())?;
+    let img = g.c_out() * g.out_plane();
+    check_min_len(OP, "ws", ws, forward_slot(g) + img)?;
+    if g.n() == 0 {
+        return Ok(());
+    }
+    let (c, h, w_) = (g.c_out(), g.out_h(), g.out_w());
+    let one = Pool2dGeom::new(crate::shape::Shape4::new(1, c, h, w_), pool.params())?;
+    forward_images(
+        g,
+        x,
+        w,
+        b,
+        Out::Pooled {
+            pool: one,
+            y,
+            argmax,
+        },
+        ws,
+    )
+}
+
+/// Where a forward pass puts each image's output.
+enum Out<'a> {
+    /// The convolution's output, `[n, c_out, out_h, out_w]`.
+    Conv(&'a mut [f32]),
+    /// Only its max-pool by `pool` (a geometry of one image): each image is convolved into
+    /// scratch and pooled from there, into `y` with the indices in `argmax`.
+    Pooled {
+        pool: Pool2dGeom,
+        y: &'a mut [f32],
+        argmax: &'a mut [u32],
+    },
+}
+
+impl Out<'_> {
+    fn reborrow(&mut self) -> Out<'_> {
+        match self {
+            Out::Conv(y) => Out::Conv(y),
+            Out::Pooled { pool, y, argmax } => Out::Pooled {
+                pool: *pool,
+                y,
+                argmax,
+            },
+        }
+    }
+}
+
+/// `conv(i, y_n, ws, split)`: image `i`'s convolution output into `y_n`.
+type ImageConv<'a> = dyn Fn(usize, &mut [f32], &mut [f32], bool) -> Result<()> + Sync + 'a;
+
+/// The forward pass of a non-depthwise convolution (checked by the caller), image by image.
+fn forward_images(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    out: Out<'_>,
+    ws: &mut [f32],
+) -> Result<()> {
+    let x_item = g.c_in() * g.in_plane();
+    // `conv(i, y_n, ws, split)` writes image `i`'s output into `y_n`; `slot` is its scratch.
+    let run = |slot: usize, conv: &ImageConv<'_>, out: Out<'_>, ws: &mut [f32]| match out {
+        Out::Conv(y) => {
+            let groups = image_groups(g, slot, ws.len());
+            let y_item = g.c_out() * g.out_plane();
+            each_image(
+                groups,
+                g.n(),
+                Items(y, y_item),
+                ws,
+                slot,
+                &|i, Items(y_n, _), ws, split| conv(i, y_n, ws, split),
+            )
+        }
+        Out::Pooled { pool, y, argmax } => {
+            let img = g.c_out() * g.out_plane();
+            let groups = image_groups(g, img + slot, ws.len());
+            let item = pool.y_len();
+            each_image(
+                groups,
+                g.n(),
+                (Items(y, item), Items(argmax, item)),
+                ws,
+                img + slot,
+                &|i, (Items(y_i, _), Items(a_i, _)), ws, split| {
+                    let (y_n, ws) = ws.split_at_mut(img);
+                    conv(i, y_n, ws, split)?;
+                    crate::kernels::pool::max_pool2d_forward_from(
+                        &pool,
+                        Planes::Dense(y_n),
+                        y_i,
+                        Some(a_i),
+                        &mut [],
+                    )
+                },
+            )
+        }
+    };
     if use_direct(g) {
         let d = direct::Direct::forward(g);
         let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g() * g.out_plane());
-        let groups = image_groups(g, slot, ws.len());
+        let mut out = out;
         return direct::with_prep(|prep| {
             for gi in 0..g.groups() {
                 prep.plan(&d, direct::Weights::Forward { w, group: gi });
                 let prep = &*prep;
                 let bias = b.map(|b| &b[gi * g.c_out_g()..][..g.c_out_g()]);
-                let image = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
+                let conv = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
                     let x_g = &x[i * x_item + gi * ci_g..][..ci_g];
                     let y_g = &mut y_n[gi * co_g..][..co_g];
                     direct::conv_into(&d, prep, bias, x_g, y_g, Accum::Replace, ws, split)
                 };
-                each_image(groups, &mut *y, y_item, ws, slot, &image)?;
+                let o = out.reborrow();
+                run(d.slot_len(), &conv, o, ws)?;
             }
             Ok(())
         });
     }
-    match image_groups(g, slot, ws.len()) {
-        Some(groups) => par::for_each_group(
-            g.n(),
-            groups,
-            Items(y, y_item),
-            ws,
-            slot,
-            #[inline(always)]
-            |r, Items(y, _), col| {
-                for (i, y_n) in r.zip(y.chunks_exact_mut(y_item)) {
-                    let x_n = &x[i * x_item..][..x_item];
-                    for oh in tiles(g) {
-                        let src = if needs_col(g) {
-                            let col = &mut col[..taps(g) * oh.len() * g.out_w()];
-                            im2col(g, x_n, 0..taps(g), oh.clone(), col);
-                            Src::Col(col)
-                        } else {
-                            Src::Image(x_n)
-                        };
-                        forward_rows(g, w, b, &src, 0..g.c_out(), oh, y_n)?;
-                    }
+    let conv = |i: usize, y_n: &mut [f32], col: &mut [f32], split: bool| -> Result<()> {
+        let x_n = &x[i * x_item..][..x_item];
+        for oh in tiles(g) {
+            let src = if needs_col(g) {
+                let col = &mut col[..taps(g) * oh.len() * g.out_w()];
+                if split {
+                    im2col_parallel(g, x_n, oh.clone(), col)?;
+                } else {
+                    im2col(g, x_n, 0..taps(g), oh.clone(), col);
                 }
-                Ok(())
-            },
-        ),
-        None => {
-            for (x_n, y_n) in x.chunks_exact(x_item).zip(y.chunks_exact_mut(y_item)) {
-                for oh in tiles(g) {
-                    let col = &mut ws[..slot.min(taps(g) * oh.len() * g.out_w())];
-                    let src = if needs_col(g) {
-                        im2col_parallel(g, x_n, oh.clone(), col)?;
-                        Src::Col(col)
-                    } else {
-                        Src::Image(x_n)
-                    };
-                    let work = image_work(g) * oh.len() / g.out_h();
-                    par::for_each(
-                        g.c_out(),
-                        work,
-                        Items(y_n, g.out_plane()),
-                        #[inline(always)]
-                        |o, Items(y_rows, _)| forward_rows(g, w, b, &src, o, oh.clone(), y_rows),
-                    )?;
-                }
+                Src::Col(col)
+            } else {
+                Src::Image(x_n)
+            };
+            if !split {
+                forward_rows(g, w, b, &src, 0..g.c_out(), oh, y_n)?;
+                continue;
             }
-            Ok(())
+            let work = image_work(g) * oh.len() / g.out_h();
+            par::for_each(
+                g.c_out(),
+                work,
+                Items(&mut *y_n, g.out_plane()),
+                #[inline(always)]
+                |o, Items(y_rows, _)| forward_rows(g, w, b, &src, o, oh.clone(), y_rows),
+            )?;
         }
-    }
+        Ok(())
+    };
+    run(slot_len(g), &conv, out, ws)
 }
 
 /// Where the im2col matrix of a tile comes from.
@@ -450,26 +599,49 @@ pub fn conv2d_backward_data(
     accum: Accum,
     ws: &mut [f32],
 ) -> Result<()> {
+    conv2d_backward_data_from(g, w, Planes::Dense(dy), dx, accum, ws)
+}
+
+/// [`conv2d_backward_data`] of an output gradient read through [`Planes`]: planes that are not
+/// stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`]); a
+/// depthwise convolution takes only stored planes.
+pub(crate) fn conv2d_backward_data_from(
+    g: &Conv2dGeom,
+    w: &[f32],
+    dy: Planes<'_>,
+    dx: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
     const OP: &str = "conv2d_backward_data";
     check_len(OP, "w", w, g.w_len())?;
-    check_len(OP, "dy", dy, g.y_len())?;
+    dy.check(OP, "dy", g.n() * g.c_out(), g.out_plane(), g.c_out())?;
     check_len(OP, "dx", dx, g.x_len())?;
-    let slot = backward_data_slot(g);
+    let made = if let Planes::Dense(_) = dy {
+        0
+    } else {
+        g.c_out() * g.out_plane()
+    };
+    let slot = backward_data_slot(g) + made;
     check_min_len(OP, "ws", ws, slot)?;
     if g.n() == 0 {
         return Ok(());
     }
+    let (c_out, out_plane) = (g.c_out(), g.out_plane());
     if g.is_depthwise() {
+        let Planes::Dense(dy) = dy else {
+            return Err(crate::Error::invalid(
+                OP,
+                "dy",
+                "depthwise: stored planes only",
+            ));
+        };
         return depthwise::backward_data(g, w, dy, dx, accum, ws);
     }
-    let (x_item, y_item, plane) = (
-        g.c_in() * g.in_plane(),
-        g.c_out() * g.out_plane(),
-        g.in_plane(),
-    );
+    let x_item = g.c_in() * g.in_plane();
+    let groups = image_groups(g, slot, ws.len());
     if let Some(d) = direct_backward_data(g) {
-        let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g() * g.out_plane());
-        let groups = image_groups(g, slot, ws.len());
+        let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g());
         return direct::with_prep(|prep| {
             for gi in 0..g.groups() {
                 prep.plan(
@@ -480,94 +652,218 @@ pub fn conv2d_backward_data(
                         c_in_g: g.c_in_g(),
                     },
                 );
-                let prep = &*prep;
-                let image = |i: usize, dx_n: &mut [f32], ws: &mut [f32], split: bool| {
-                    let dy_g = &dy[i * y_item + gi * co_g..][..co_g];
-                    let dx_g = &mut dx_n[gi * ci_g..][..ci_g];
-                    direct::conv_into(&d, prep, None, dy_g, dx_g, accum, ws, split)
+                let pass = DataPass {
+                    g,
+                    w,
+                    accum,
+                    direct: Some((d, &*prep)),
                 };
-                each_image(groups, &mut *dx, x_item, ws, slot, &image)?;
+                let image = |i: usize, Items(dx_n, _): Items<'_, f32>, ws: &mut [f32], split| {
+                    let (img, ws) = ws.split_at_mut(made);
+                    let dy_g = dy.planes(i * c_out + gi * co_g, co_g, out_plane, c_out, img)?;
+                    pass.image(dy_g, &mut dx_n[gi * ci_g..][..ci_g], ws, split)
+                };
+                each_image(groups, g.n(), Items(&mut *dx, x_item), ws, slot, &image)?;
             }
             Ok(())
         });
     }
-    let beta = accum.beta();
-    let full = 0..g.out_h();
-    match image_groups(g, slot, ws.len()) {
-        Some(groups) => par::for_each_group(
-            g.n(),
-            groups,
-            Items(dx, x_item),
-            ws,
-            slot,
-            #[inline(always)]
-            |r, Items(dx, _), col| {
-                for (i, dx_n) in r.zip(dx.chunks_exact_mut(x_item)) {
-                    let dy_n = &dy[i * y_item..][..y_item];
-                    if !needs_col(g) {
-                        wt_dy_rows(g, w, dy_n, 0..g.c_in(), &full, dx_n, plane, beta)?;
-                        continue;
-                    }
-                    if accum == Accum::Replace {
-                        dx_n.fill(0.0);
-                    }
-                    for oh in tiles(g) {
-                        let cols = oh.len() * g.out_w();
-                        let col = &mut col[..taps(g) * cols];
-                        wt_dy_rows(g, w, dy_n, 0..taps(g), &oh, col, cols, 0.0)?;
-                        col2im_add(g, col, 0..taps(g), oh, 0..g.c_in(), dx_n);
-                    }
-                }
-                Ok(())
-            },
-        ),
-        None => {
-            let kk = g.k_h() * g.k_w();
-            for (dy_n, dx_n) in dy.chunks_exact(y_item).zip(dx.chunks_exact_mut(x_item)) {
-                if !needs_col(g) {
-                    par::for_each(
-                        g.c_in(),
-                        image_work(g),
-                        Items(dx_n, plane),
-                        #[inline(always)]
-                        |c, Items(dx_rows, _)| {
-                            wt_dy_rows(g, w, dy_n, c, &full, dx_rows, plane, beta)
-                        },
-                    )?;
-                    continue;
-                }
-                if accum == Accum::Replace {
-                    dx_n.fill(0.0);
-                }
-                for oh in tiles(g) {
-                    let cols = oh.len() * g.out_w();
-                    let col = &mut ws[..taps(g) * cols];
-                    let work = image_work(g) * oh.len() / g.out_h();
-                    par::for_each(
-                        taps(g),
-                        work,
-                        Items(&mut *col, cols),
-                        #[inline(always)]
-                        |r, Items(c, _)| wt_dy_rows(g, w, dy_n, r, &oh, c, cols, 0.0),
-                    )?;
-                    let col = &*col;
-                    par::for_each(
-                        g.c_in(),
-                        col.len(),
-                        Items(&mut *dx_n, plane),
-                        #[inline(always)]
-                        |c, Items(dx_c, _)| {
-                            let rows = c.start * kk..c.end * kk;
-                            let src = &col[rows.start * cols..rows.end * cols];
-                            col2im_add(g, src, rows, oh.clone(), c, dx_c);
-                            Ok(())
-                        },
-                    )?;
-                }
-            }
-            Ok(())
+    let pass = DataPass {
+        g,
+        w,
+        accum,
+        direct: None,
+    };
+    let image = |i: usize, Items(dx_n, _): Items<'_, f32>, ws: &mut [f32], split: bool| {
+        let (img, ws) = ws.split_at_mut(made);
+        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img)?;
+        pass.image(dy_n, dx_n, ws, split)
+    };
+    each_image(groups, g.n(), Items(dx, x_item), ws, slot, &image)
+}
+
+/// The backward-data pass of one image: on the direct path (one group, its flipped weights
+/// planned in a `Prep`) or by im2col (the whole image).
+struct DataPass<'a> {
+    g: &'a Conv2dGeom,
+    w: &'a [f32],
+    accum: Accum,
+    direct: Option<(direct::Direct, &'a direct::Prep)>,
+}
+
+impl DataPass<'_> {
+    /// `dx_n (+)= convᵀ(dy_n)` per `accum`, with scratch `ws` ([`backward_data_slot`]), split
+    /// inside the image with `split`.
+    fn image(&self, dy_n: &[f32], dx_n: &mut [f32], ws: &mut [f32], split: bool) -> Result<()> {
+        let (g, w, accum) = (self.g, self.w, self.accum);
+        if let Some((d, prep)) = &self.direct {
+            return direct::conv_into(d, prep, None, dy_n, dx_n, accum, ws, split);
         }
+        let (plane, beta, full) = (g.in_plane(), accum.beta(), 0..g.out_h());
+        if !needs_col(g) {
+            if !split {
+                return wt_dy_rows(g, w, dy_n, 0..g.c_in(), &full, dx_n, plane, beta);
+            }
+            return par::for_each(
+                g.c_in(),
+                image_work(g),
+                Items(dx_n, plane),
+                #[inline(always)]
+                |c, Items(dx_rows, _)| wt_dy_rows(g, w, dy_n, c, &full, dx_rows, plane, beta),
+            );
+        }
+        if accum == Accum::Replace {
+            dx_n.fill(0.0);
+        }
+        let kk = g.k_h() * g.k_w();
+        for oh in tiles(g) {
+            let cols = oh.len() * g.out_w();
+            let col = &mut ws[..taps(g) * cols];
+            if !split {
+                wt_dy_rows(g, w, dy_n, 0..taps(g), &oh, col, cols, 0.0)?;
+                col2im_add(g, col, 0..taps(g), oh, 0..g.c_in(), dx_n);
+                continue;
+            }
+            let work = image_work(g) * oh.len() / g.out_h();
+            par::for_each(
+                taps(g),
+                work,
+                Items(&mut *col, cols),
+                #[inline(always)]
+                |r, Items(c, _)| wt_dy_rows(g, w, dy_n, r, &oh, c, cols, 0.0),
+            )?;
+            let col = &*col;
+            par::for_each(
+                g.c_in(),
+                col.len(),
+                Items(&mut *dx_n, plane),
+                #[inline(always)]
+                |c, Items(dx_c, _)| {
+                    let rows = c.start * kk..c.end * kk;
+                    let src = &col[rows.start * cols..rows.end * cols];
+                    col2im_add(g, src, rows, oh.clone(), c, dx_c);
+                    Ok(())
+                },
+            )?;
+        }
+        Ok(())
     }
+}
+
+/// Both gradients of a convolution (as [`conv2d_backward_weights_from`], then with `dx`
+/// [`conv2d_backward_data_from`] overwriting it): with one group on the direct path and an output
+/// gradient that is not stored, in one pass over the images that makes each image's gradient
+/// once for the bias sums, the weights and the input gradient (the same operations in the same
+/// order, so the same bits).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_backward_from(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: Planes<'_>,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    dx: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_backward";
+    if matches!(dy, Planes::Dense(_)) || g.groups() != 1 || !use_direct(g) {
+        conv2d_backward_weights_from(g, x, dy, dw, db, accum, ws)?;
+        if let Some(dx) = dx {
+            conv2d_backward_data_from(g, w, dy, dx, Accum::Replace, ws)?;
+        }
+        return Ok(());
+    }
+    let (n, c_out, out_plane) = (g.n(), g.c_out(), g.out_plane());
+    check_len(OP, "x", x, g.x_len())?;
+    check_len(OP, "w", w, g.w_len())?;
+    dy.check(OP, "dy", n * c_out, out_plane, c_out)?;
+    check_len(OP, "dw", dw, g.w_len())?;
+    if let Some(db) = &db {
+        check_len(OP, "db", db, c_out)?;
+    }
+    if let Some(dx) = &dx {
+        check_len(OP, "dx", dx, g.x_len())?;
+    }
+    let d = direct::Direct::for_wgrad(g);
+    let sums_len = if db.is_some() { n * c_out } else { 0 };
+    let extra = if dx.is_some() {
+        backward_data_slot(g)
+    } else {
+        0
+    };
+    let need = sums_len + d.wgrad_then_scratch(n, true, extra);
+    check_min_len(OP, "ws", ws, need)?;
+    let (sums, ws) = ws.split_at_mut(sums_len);
+    let x_item = g.c_in() * g.in_plane();
+    direct::with_preps(|wprep, dprep| {
+        let data = direct_backward_data(g).map(|dd| {
+            let c_in_g = g.c_in_g();
+            dprep.plan(
+                &dd,
+                direct::Weights::Flipped {
+                    w,
+                    group: 0,
+                    c_in_g,
+                },
+            );
+            (dd, &*dprep)
+        });
+        let pass = DataPass {
+            g,
+            w,
+            accum: Accum::Replace,
+            direct: data,
+        };
+        // Per image: its bias sums (one per plane, summed over images below in image order, as
+        // `bias_backward` does) and its input gradient.
+        let then = |_: usize,
+                    dy_n: &[f32],
+                    (Items(dx_n, _), Items(s_n, _)): (Items<'_, f32>, Items<'_, f32>),
+                    ws: &mut [f32],
+                    split: bool| {
+            for (o, s) in s_n.iter_mut().enumerate() {
+                *s = crate::simd::sum(&dy_n[o * out_plane..][..out_plane]);
+            }
+            if dx_n.is_empty() {
+                return Ok(());
+            }
+            pass.image(dy_n, dx_n, ws, split)
+        };
+        let dx_item = if dx.is_some() { x_item } else { 0 };
+        let s_item = if db.is_some() { c_out } else { 0 };
+        let then = direct::Then {
+            out: (
+                Items(dx.unwrap_or(&mut []), dx_item),
+                Items(&mut *sums, s_item),
+            ),
+            extra,
+            then: &then,
+        };
+        direct::wgrad(
+            &d,
+            wprep,
+            Some(then),
+            n,
+            x,
+            x_item,
+            0,
+            dy,
+            c_out,
+            0,
+            dw,
+            accum,
+            ws,
+        )?;
+        if let Some(db) = db {
+            for (o, v) in db.iter_mut().enumerate() {
+                let sum: f64 = (0..n).map(|i| sums[i * c_out + o] as f64).sum();
+                *v = accum.apply(*v, sum as f32);
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Gradient of [`conv2d_forward`] with respect to its weights and bias:
@@ -593,44 +889,82 @@ pub fn conv2d_backward_weights(
     accum: Accum,
     ws: &mut [f32],
 ) -> Result<()> {
+    conv2d_backward_weights_from(g, x, Planes::Dense(dy), dw, db, accum, ws)
+}
+
+/// [`conv2d_backward_weights`] of an output gradient read through [`Planes`]: planes that are
+/// not stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`]), with
+/// the same sums in the same order; a depthwise convolution takes only stored planes.
+pub(crate) fn conv2d_backward_weights_from(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: Planes<'_>,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
     const OP: &str = "conv2d_backward_weights";
+    let (c_out, out_plane) = (g.c_out(), g.out_plane());
     check_len(OP, "x", x, g.x_len())?;
-    check_len(OP, "dy", dy, g.y_len())?;
+    dy.check(OP, "dy", g.n() * c_out, out_plane, c_out)?;
     check_len(OP, "dw", dw, g.w_len())?;
-    if let Some(db) = db {
-        check_len(OP, "db", db, g.c_out())?;
-        bias_backward(g.n(), g.c_out(), g.out_plane(), dy, db, accum);
+    if let Some(db) = &db {
+        check_len(OP, "db", db, c_out)?;
     }
-    check_min_len(OP, "ws", ws, conv2d_backward_weights_scratch_len(g))?;
+    let made = !matches!(dy, Planes::Dense(_));
     if g.is_depthwise() {
+        check_min_len(OP, "ws", ws, conv2d_backward_weights_scratch_len(g))?;
+        let Planes::Dense(dy) = dy else {
+            return Err(crate::Error::invalid(
+                OP,
+                "dy",
+                "depthwise: stored planes only",
+            ));
+        };
+        if let Some(db) = db {
+            bias_backward(g.n(), c_out, out_plane, dy, db, accum);
+        }
         return depthwise::backward_weights(g, x, dy, dw, accum, ws);
     }
+    check_min_len(OP, "ws", ws, backward_weights_len(g, made))?;
+    if let Some(db) = db {
+        bias_backward_from(g.n(), c_out, out_plane, dy, db, accum, ws)?;
+    }
+    let x_item = g.c_in() * g.in_plane();
     if use_direct(g) {
         let d = direct::Direct::for_wgrad(g);
-        let (x_item, y_item) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane());
         let per_group = g.c_out_g() * g.k_g();
         for (gi, dw_g) in dw.chunks_exact_mut(per_group).enumerate() {
-            direct::wgrad(
-                &d,
-                g.n(),
-                x,
-                x_item,
-                gi * g.c_in_g(),
-                dy,
-                y_item,
-                gi * g.c_out_g(),
-                dw_g,
-                accum,
-                ws,
-            )?;
+            let (x0, y0) = (gi * g.c_in_g(), gi * g.c_out_g());
+            direct::with_prep(|prep| {
+                let none = None::<direct::Then<'_, ()>>;
+                direct::wgrad(
+                    &d,
+                    prep,
+                    none,
+                    g.n(),
+                    x,
+                    x_item,
+                    x0,
+                    dy,
+                    c_out,
+                    y0,
+                    dw_g,
+                    accum,
+                    ws,
+                )
+            })?;
         }
         return Ok(());
     }
     if accum == Accum::Replace {
         dw.fill(0.0);
     }
-    let (x_item, y_item, k_g) = (g.c_in() * g.in_plane(), g.c_out() * g.out_plane(), g.k_g());
-    for (x_n, dy_n) in x.chunks_exact(x_item).zip(dy.chunks_exact(y_item)) {
+    let k_g = g.k_g();
+    let (img, ws) = ws.split_at_mut(if made { c_out * out_plane } else { 0 });
+    for (i, x_n) in x.chunks_exact(x_item).enumerate() {
+        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img)?;
         for oh in tiles(g) {
             let src = if needs_col(g) {
                 let col = &mut ws[..taps(g) * oh.len() * g.out_w()];
@@ -639,17 +973,22 @@ pub fn conv2d_backward_weights(
             } else {
                 Src::Image(x_n)
             };
-            let (plane, c0, cols) = (g.out_plane(), oh.start * g.out_w(), oh.len() * g.out_w());
+            let (c0, cols) = (oh.start * g.out_w(), oh.len() * g.out_w());
             let work = image_work(g) * oh.len() / g.out_h();
             par::for_each(
-                g.c_out(),
+                c_out,
                 work,
                 Items(&mut *dw, k_g),
                 #[inline(always)]
                 |o, Items(dw_rows, _)| {
                     for (gi, os) in group_spans(&o, g.c_out_g()) {
-                        let a =
-                            MatRef::new(&dy_n[os.start * plane + c0..], os.len(), cols, plane, 1)?;
+                        let a = MatRef::new(
+                            &dy_n[os.start * out_plane + c0..],
+                            os.len(),
+                            cols,
+                            out_plane,
+                            1,
+                        )?;
                         let b = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?.t();
                         let c = MatMut::row_major(
                             &mut dw_rows[(os.start - o.start) * k_g..],
@@ -676,24 +1015,40 @@ pub(crate) fn bias_backward(
     db: &mut [f32],
     accum: Accum,
 ) {
-    let work = n * c * plane;
-    // Infallible body: the closure's Result is always Ok.
-    let _ = par::for_each(
+    // Infallible: stored planes are never made.
+    let _ = bias_backward_from(n, c, plane, Planes::Dense(dy), db, accum, &mut []);
+}
+
+/// [`bias_backward`] of an output gradient read through [`Planes`] (`ws`: a plane per parallel
+/// group when the planes are made; at least one).
+pub(crate) fn bias_backward_from(
+    n: usize,
+    c: usize,
+    plane: usize,
+    dy: Planes<'_>,
+    db: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    let (work, slot) = (n * c * plane, dy.slot(plane));
+    par::for_each_group(
         c,
-        work,
+        crate::kernels::groups_in(c, work, ws.len(), slot),
         Items(db, 1),
+        ws,
+        slot,
         #[inline(always)]
-        |r, Items(db, _)| {
+        |r, Items(db, _), s| {
             for (o, d) in r.zip(db.iter_mut()) {
-                let mut s = 0.0f64;
+                let mut sum = 0.0f64;
                 for i in 0..n {
-                    s += crate::simd::sum(&dy[(i * c + o) * plane..][..plane]) as f64;
+                    sum += crate::simd::sum(dy.plane(i * c + o, plane, c, s)?) as f64;
                 }
-                *d = accum.apply(*d, s as f32);
+                *d = accum.apply(*d, sum as f32);
             }
             Ok(())
         },
-    );
+    )
 }
 
 #[cfg(test)]
