@@ -220,10 +220,17 @@ impl<'a> Planes<'a> {
             return Ok(&x[p0 * plane..][..count * plane]);
         }
         let s = &mut scratch[..count * plane];
-        for (k, dst) in s.chunks_exact_mut(plane.max(1)).enumerate() {
-            // A plane that is not stored is made in the scratch it is given.
-            self.plane(p0 + k, plane, c, dst)?;
-        }
+        // Lane code: compiled for each instruction set.
+        crate::simd::dispatch(
+            #[inline(always)]
+            || {
+                for (k, dst) in s.chunks_exact_mut(plane.max(1)).enumerate() {
+                    // A plane that is not stored is made in the scratch it is given.
+                    self.plane(p0 + k, plane, c, dst)?;
+                }
+                Ok::<(), crate::Error>(())
+            },
+        )?;
         Ok(s)
     }
 }
