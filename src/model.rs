@@ -52,7 +52,7 @@ pub struct Sequential {
     last_n: Option<usize>,
     /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
-    /// `skipped[i]`: layer `i` is a ReLU or a batch norm whose work a later layer does (see
+    /// `skipped[i]`: layer `i` is a ReLU, a batch norm or a convolution whose work a later layer does (see
     /// [`Sequential::set_fusion`]); it has no output buffer of its own.
     skipped: Vec<bool>,
     /// `bn_into[k] = Some(b)`: max-pool `k` reads the output of batch norm `b` plane by plane,
@@ -61,6 +61,10 @@ pub struct Sequential {
     /// `conv_into[k] = Some(c)`: max-pool `k` runs convolution `c` image by image and pools
     /// each image's output from scratch (see [`Sequential::set_fusion`]).
     conv_into: Vec<Option<usize>>,
+    /// `bn_conv[k] = Some(c)`: max-pool `k` (with `bn_into[k]`) runs the backward pass of
+    /// convolution `c`, the batch norm's input, which makes its output gradient an image at a time
+    /// (see [`Sequential::set_fusion`]).
+    bn_conv: Vec<Option<usize>>,
 }
 
 impl Sequential {
@@ -198,6 +202,7 @@ impl Sequential {
             skipped: vec![false; count],
             bn_into: vec![None; count],
             conv_into: vec![None; count],
+            bn_conv: vec![None; count],
         };
         m.reinit(init, seed);
         m.set_fusion(true);
@@ -275,7 +280,14 @@ impl Sequential {
     ///   statistics but never stores its output: the pool normalises each plane as it reads it,
     ///   and backward, the batch norm reads the pool's gradient spread over one plane at a time
     ///   (in cache) instead of a whole tensor, which saves about four passes over the larger
-    ///   tensor per step.
+    ///   tensor per step; when the batch norm's input is a convolution with one group, the
+    ///   convolution's backward pass makes the batch norm's input gradient (its own output
+    ///   gradient) an image at a time after the batch norm's sums, instead of reading a whole
+    ///   tensor of it;
+    /// - a convolution with one group followed by a max-pool (directly or through such a ReLU)
+    ///   never stores its output: the pool convolves one image at a time into scratch and pools
+    ///   it from there, and backward, the pool's gradient is spread one image at a time for the
+    ///   convolution's bias, weight and input gradients.
     ///
     /// Results are bit-identical either way (outputs, parameter and input gradients, running
     /// statistics): the fused layers do the same operations in the same order. `false` runs
@@ -289,6 +301,7 @@ impl Sequential {
             self.skipped[i] = false;
             self.bn_into[i] = None;
             self.conv_into[i] = None;
+            self.bn_conv[i] = None;
             if let Some(pool) = downcast::<Pool>(&mut self.layers[i]) {
                 pool.absorb_bn(false);
             }
@@ -330,6 +343,14 @@ impl Sequential {
             {
                 self.skipped[c] = true;
                 self.conv_into[k] = Some(c);
+            }
+        }
+        for k in 0..count {
+            let Some(b) = self.bn_into[k] else { continue };
+            if let Some(c) = Self::source(&self.skipped, b)
+                && downcast::<Conv2d>(&mut self.layers[c]).is_some_and(|l| l.fits_pool())
+            {
+                self.bn_conv[k] = Some(c);
             }
         }
     }
@@ -376,7 +397,7 @@ impl Sequential {
             ws = ws.max(l.scratch_len(n));
         }
         for k in 0..self.layers.len() {
-            if let Some(c) = self.conv_into[k] {
+            if let Some(c) = self.conv_into[k].or(self.bn_conv[k]) {
                 let conv =
                     downcast::<Conv2d>(&mut self.layers[c]).map_or(0, |c| c.pooled_scratch_len(n));
                 ws = ws.max(self.layers[k].scratch_len(n) + conv);
@@ -551,8 +572,8 @@ impl Sequential {
             if i == 0 && dx_in.is_none() && self.ranges[0].is_empty() {
                 break;
             }
-            if self.skipped[i] {
-                // The next layer returned this ReLU's input gradient already.
+            if self.skipped[i] || self.bn_conv.contains(&Some(i)) {
+                // A later layer returned this layer's input gradient already.
                 continue;
             }
             let y_len = n * numel(self.shapes[i]);
@@ -571,6 +592,40 @@ impl Sequential {
                 None => dx_in.as_deref_mut(),
             };
             let mut ctx = Ctx::new(self.training, 0, &mut self.ws);
+            if let (Some(b), Some(c)) = (self.bn_into[i], self.bn_conv[i]) {
+                // Pool, batch norm and the convolution before it: the batch norm's sums, then
+                // the convolution's backward pass making the batch norm's input gradient (its
+                // own output gradient) an image at a time.
+                let (head, tail) = self.layers.split_at_mut(i);
+                let (head, bn_l) = head.split_at_mut(b);
+                let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut bn_l[0], &mut tail[0])?;
+                let conv = downcast::<Conv2d>(&mut head[c]).ok_or_else(planned)?;
+                let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
+                let (sums, ws) = ws.split_at_mut(bn.sums_len(n));
+                let (rc, rb) = (self.ranges[c].clone(), self.ranges[b].clone());
+                let (gc, gb) = grads.split_at_mut(rb.start);
+                let pb = &self.params[rb.clone()];
+                let map =
+                    bn.backward_sums(n, pb, &mut gb[..rb.len()], input, src, accum, sums, ws)?;
+                let planes = Planes::BnGrad {
+                    x: input,
+                    dy: &src,
+                    map,
+                };
+                let conv_src = Self::source(&self.skipped, c);
+                let conv_x: &[f32] = match conv_src {
+                    None => x,
+                    Some(j) => &prev[j][..n * numel(self.shapes[j])],
+                };
+                let conv_dx = match conv_src {
+                    Some(_) => Some(&mut dx_buf[..conv_x.len()]),
+                    None => dx_in.as_deref_mut(),
+                };
+                let pc = &self.params[rc.clone()];
+                conv.backward_from(n, pc, &mut gc[rc], conv_x, planes, conv_dx, accum, ws)?;
+                cur = 1 - cur;
+                continue;
+            }
             if let Some(b) = self.bn_into[i] {
                 let (head, tail) = self.layers.split_at_mut(i);
                 let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut head[b], &mut tail[0])?;
@@ -749,12 +804,16 @@ fn downcast<T: 'static>(l: &mut Box<dyn Layer>) -> Option<&mut T> {
     l.as_any_mut()?.downcast_mut::<T>()
 }
 
+/// The error when the layers of a fusion are not those [`Sequential::set_fusion`] planned for.
+fn planned() -> Error {
+    Error::invalid("Sequential", "fusion", "planned for other layers")
+}
+
 /// The two layers of a fusion that [`Sequential::set_fusion`] planned, as their own types.
 fn fused_pair<'a, A: 'static, B: 'static>(
     a: &'a mut Box<dyn Layer>,
     b: &'a mut Box<dyn Layer>,
 ) -> Result<(&'a mut A, &'a mut B)> {
-    let planned = || Error::invalid("Sequential", "fusion", "planned for other layers");
     Ok((
         downcast::<A>(a).ok_or_else(planned)?,
         downcast::<B>(b).ok_or_else(planned)?,

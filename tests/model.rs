@@ -587,33 +587,53 @@ proptest! {
     }
 }
 
-/// The convolution + max-pool fusion on a layer large enough that its weight gradient splits
-/// inside each image (one partial sum) while the input gradient is made per image on the direct
-/// path, with batches smaller and larger than the pool: the bits of separate layers.
+/// The convolution + max-pool fusion, and the convolution + batch norm + max-pool backward, on a
+/// layer large enough that its weight gradient splits inside each image (one partial sum) while
+/// the input gradient is made per image on the direct path, with batches smaller and larger than
+/// the pool: the bits of separate layers.
 #[test]
 fn fused_convolution_and_max_pool_on_a_large_layer_match_separate_layers() {
-    let specs = LayerSpec::parse_list(
-        "conv(32,3,p=1),relu,conv(32,3,p=1),relu,maxpool(2),flatten,dense(3)",
-    )
-    .unwrap();
+    let archs = [
+        (
+            "conv(32,3,p=1),relu,conv(32,3,p=1),relu,maxpool(2),flatten,dense(3)",
+            vec![2, 3],
+        ),
+        (
+            "conv(32,3,p=1),relu,conv(32,3,p=1,bias=false),bn,relu,maxpool(2),flatten,dense(3)",
+            vec![3, 4],
+        ),
+    ];
     let input = [1, 34, 34];
-    for n in [1, 2, 4] {
-        let x: Vec<f32> = values(n as u64, n * 34 * 34)
-            .iter()
-            .map(|v| v * 2.0 - 1.0)
-            .collect();
-        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-        let run = |fused: bool| {
-            let mut m = Sequential::new(input, &specs, 9).unwrap();
-            m.set_fusion(fused);
-            let bits = par(|| pass_bits(&mut m, &x, n, &labels));
-            (bits, m.fused_layers())
-        };
-        let ((fused, layers), (separate, _)) = (run(true), run(false));
-        assert_eq!(layers, [2, 3], "n = {n}");
-        assert!(fused.0 == separate.0, "n = {n}: outputs differ");
-        assert!(fused.1 == separate.1, "n = {n}: parameter gradients differ");
-        assert!(fused.2 == separate.2, "n = {n}: input gradients differ");
+    for (arch, want) in archs {
+        let specs = LayerSpec::parse_list(arch).unwrap();
+        for n in [1, 2, 4] {
+            let x: Vec<f32> = values(n as u64, n * 34 * 34)
+                .iter()
+                .map(|v| v * 2.0 - 1.0)
+                .collect();
+            let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+            let run = |fused: bool| {
+                let mut m = Sequential::new(input, &specs, 9).unwrap();
+                m.set_fusion(fused);
+                let bits = par(|| pass_bits(&mut m, &x, n, &labels));
+                (bits, m.fused_layers())
+            };
+            let ((fused, layers), (separate, _)) = (run(true), run(false));
+            assert_eq!(layers, want, "{arch}, n = {n}");
+            assert!(fused.0 == separate.0, "{arch}, n = {n}: outputs differ");
+            assert!(
+                fused.1 == separate.1,
+                "{arch}, n = {n}: parameter gradients differ"
+            );
+            assert!(
+                fused.2 == separate.2,
+                "{arch}, n = {n}: input gradients differ"
+            );
+            assert!(
+                fused.3 == separate.3,
+                "{arch}, n = {n}: running statistics differ"
+            );
+        }
     }
 }
 

@@ -113,6 +113,14 @@ pub(crate) enum Planes<'a> {
         /// ([`pool::pairs`]): the planes are then made by the micro-kernels.
         pairs: Option<usize>,
     },
+    /// A batch norm's input gradient: its backward map ([`norm::BnDx`], after the sums of its
+    /// backward pass) of its input `x` and of its output gradient `dy` (itself stored, or
+    /// pooled; not another batch norm's).
+    BnGrad {
+        x: &'a [f32],
+        dy: &'a Planes<'a>,
+        map: norm::BnDx<'a>,
+    },
 }
 
 impl<'a> Planes<'a> {
@@ -152,6 +160,17 @@ impl<'a> Planes<'a> {
                 crate::error::check_len(op, "dy", dy, out)?;
                 crate::error::check_len(op, "argmax", argmax, out)
             }
+            Planes::BnGrad { x, dy, .. } => {
+                crate::error::check_len(op, what, x, len)?;
+                match dy {
+                    Planes::BnGrad { .. } => Err(crate::Error::invalid(
+                        op,
+                        what,
+                        "a batch norm's gradient of another batch norm's gradient",
+                    )),
+                    dy => dy.check(op, what, planes, plane, c),
+                }
+            }
         }
     }
 
@@ -161,6 +180,30 @@ impl<'a> Planes<'a> {
     /// [`crate::Error::InvalidArg`] for a pooled gradient whose index is outside the plane.
     #[inline(always)]
     pub(crate) fn plane<'s>(
+        &'s self,
+        p: usize,
+        plane: usize,
+        c: usize,
+        scratch: &'s mut [f32],
+    ) -> Result<&'s [f32]> {
+        let Planes::BnGrad { x, dy, map } = *self else {
+            return self.base_plane(p, plane, c, scratch);
+        };
+        let (x_p, s) = (&x[p * plane..][..plane], &mut scratch[..plane]);
+        match *dy {
+            Planes::Dense(d) => map.apply(p % c, x_p, &d[p * plane..][..plane], s, Accum::Replace),
+            _ => {
+                // Made in `s` (the inner operand is not a batch norm's gradient: checked).
+                dy.base_plane(p, plane, c, s)?;
+                map.apply_in_place(p % c, x_p, s);
+            }
+        }
+        Ok(s)
+    }
+
+    /// [`Planes::plane`] of the operands that are not a batch norm's gradient.
+    #[inline(always)]
+    fn base_plane<'s>(
         &'s self,
         p: usize,
         plane: usize,
@@ -198,6 +241,13 @@ impl<'a> Planes<'a> {
                     Accum::Replace,
                 )?;
                 s
+            }
+            Planes::BnGrad { .. } => {
+                return Err(crate::Error::invalid(
+                    "Planes",
+                    "dy",
+                    "a batch norm's gradient of another batch norm's gradient",
+                ));
             }
         })
     }

@@ -329,19 +329,80 @@ pub(crate) fn batch_norm_backward_from(
     ws: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "batch_norm_backward";
+    let (c, n, plane) = (shape.c, shape.n, shape.plane());
+    if let Some((dx, _)) = &dx {
+        check_len(OP, "dx", dx, n * c * plane)?;
+    }
+    let sums_len = batch_norm_backward_scratch_len(shape);
+    check_min_len(OP, "ws", ws, sums_len)?;
+    let (sums, planes_ws) = ws.split_at_mut(sums_len);
+    let map = batch_norm_backward_sums(
+        shape,
+        training,
+        x,
+        gamma,
+        save_mean,
+        save_invstd,
+        dy,
+        dgamma,
+        dbeta,
+        accum,
+        sums,
+        planes_ws,
+    )?;
+    let Some((dx, dx_accum)) = dx else {
+        return Ok(());
+    };
+    if plane == 0 {
+        return Ok(());
+    }
+    let (len, slot) = (n * c * plane, dy.slot(plane));
+    par::for_each_group(
+        n * c,
+        super::groups_in(n * c, len * 3, planes_ws.len(), slot),
+        Items(dx, plane),
+        planes_ws,
+        slot,
+        #[inline(always)]
+        |r, Items(dx, _), s| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
+                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
+                map.apply(p % c, x_p, dy_p, dx_p, dx_accum);
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The first pass of [`batch_norm_backward_from`]: the sums (into `sums`, of
+/// [`batch_norm_backward_scratch_len`] elements; `ws` holds a plane per parallel group when `dy`
+/// is not [`Planes::Dense`]), `dγ` and `dβ`, and the per-channel map that turns the output
+/// gradient into the input gradient.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batch_norm_backward_sums<'a>(
+    shape: Shape4,
+    training: bool,
+    x: &[f32],
+    gamma: Option<&'a [f32]>,
+    save_mean: &'a [f32],
+    save_invstd: &'a [f32],
+    dy: Planes<'_>,
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    accum: Accum,
+    sums: &'a mut [f32],
+    ws: &mut [f32],
+) -> Result<BnDx<'a>> {
+    const OP: &str = "batch_norm_backward";
     let len = bn_check(OP, shape, x, gamma, None)?;
     check_len(OP, "save_mean", save_mean, shape.c)?;
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
     let (c, n, plane) = (shape.c, shape.n, shape.plane());
     dy.check(OP, "dy", n * c, plane, c)?;
-    if let Some((dx, _)) = &dx {
-        check_len(OP, "dx", dx, len)?;
-    }
     let slot = dy.slot(plane);
-    let sums_len = batch_norm_backward_scratch_len(shape);
-    check_min_len(OP, "ws", ws, sums_len + slot)?;
-    let (ws, planes_ws) = ws.split_at_mut(sums_len);
-    let (sums, partial) = ws.split_at_mut(2 * c);
+    check_len(OP, "sums", sums, batch_norm_backward_scratch_len(shape))?;
+    check_min_len(OP, "ws", ws, slot)?;
+    let (sums, partial) = sums.split_at_mut(2 * c);
     let (sum_dy, sum_dy_xhat) = sums.split_at_mut(c);
     let (p_dy, p_dy_xc) = partial[..2 * n * c].split_at_mut(n * c);
     // Per-plane sums in memory order (the reads stream through x and dy; every plane is an item
@@ -349,9 +410,9 @@ pub(crate) fn batch_norm_backward_from(
     // the same order whatever the thread count.
     par::for_each_group(
         n * c,
-        super::groups_in(n * c, 2 * len, planes_ws.len(), slot),
+        super::groups_in(n * c, 2 * len, ws.len(), slot),
         (Items(&mut *p_dy, 1), Items(&mut *p_dy_xc, 1)),
-        planes_ws,
+        ws,
         slot,
         #[inline(always)]
         |r, (Items(pd, _), Items(pdx, _)), s| {
@@ -392,55 +453,86 @@ pub(crate) fn batch_norm_backward_from(
             *d = accum.apply(*d, *s);
         }
     }
-    let Some((dx, dx_accum)) = dx else {
-        return Ok(());
-    };
-    if plane == 0 {
-        return Ok(());
+    Ok(BnDx {
+        training,
+        m: (n * plane) as f32,
+        gamma,
+        save_mean,
+        save_invstd,
+        sum_dy,
+        sum_dy_xhat,
+    })
+}
+
+/// The map from a batch norm's output gradient to its input gradient, per channel, once the
+/// sums of the backward pass are known (see [`batch_norm_backward`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BnDx<'a> {
+    training: bool,
+    /// Values per channel.
+    m: f32,
+    gamma: Option<&'a [f32]>,
+    save_mean: &'a [f32],
+    save_invstd: &'a [f32],
+    sum_dy: &'a [f32],
+    sum_dy_xhat: &'a [f32],
+}
+
+impl BnDx<'_> {
+    /// `(k, mean, a, b)` of channel `ch`: training, `dx = k·(dy − a − (x − mean)·b)` with
+    /// `a = Σdy/M`, `b = invstd·Σ(dy·x̂)/M`; evaluation, `dx = k·dy`; `k = γ·invstd`.
+    #[inline(always)]
+    fn coefficients(&self, ch: usize) -> [simd::Lane; 4] {
+        let inv = self.save_invstd[ch];
+        let k = inv * self.gamma.map_or(1.0, |g| g[ch]);
+        let a = self.sum_dy[ch] / self.m;
+        let b = inv * self.sum_dy_xhat[ch] / self.m;
+        [splat(k), splat(self.save_mean[ch]), splat(a), splat(b)]
     }
-    let m = (shape.n * plane) as f32;
-    let (sum_dy, sum_dy_xhat) = (&*sum_dy, &*sum_dy_xhat);
-    par::for_each_group(
-        n * c,
-        super::groups_in(n * c, len * 3, planes_ws.len(), slot),
-        Items(dx, plane),
-        planes_ws,
-        slot,
-        #[inline(always)]
-        |r, Items(dx, _), s| {
-            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
-                let ch = p % c;
-                let inv = save_invstd[ch];
-                let k = inv * gamma.map_or(1.0, |g| g[ch]);
-                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
-                if training {
-                    // dx = k·(dy − a − (x − mean)·b) with a = Σdy/M, b = invstd·Σ(dy·x̂)/M.
-                    let a = splat(sum_dy[ch] / m);
-                    let b = splat(inv * sum_dy_xhat[ch] / m);
-                    let (mean, kv) = (splat(save_mean[ch]), splat(k));
-                    super::zip_map_into(
-                        x_p,
-                        dy_p,
-                        dx_p,
-                        dx_accum,
-                        #[inline(always)]
-                        |x, d| kv * (x - mean).mul_neg_add(b, d - a),
-                    );
-                } else {
-                    let kv = splat(k);
-                    super::zip_map_into(
-                        x_p,
-                        dy_p,
-                        dx_p,
-                        dx_accum,
-                        #[inline(always)]
-                        |_, d| kv * d,
-                    );
-                }
-            }
-            Ok(())
-        },
-    )
+
+    /// One lane of the map with channel coefficients `c`.
+    #[inline(always)]
+    fn lane(&self, [k, mean, a, b]: [simd::Lane; 4], x: simd::Lane, d: simd::Lane) -> simd::Lane {
+        if self.training {
+            k * (x - mean).mul_neg_add(b, d - a)
+        } else {
+            k * d
+        }
+    }
+
+    /// `dx_p (+)=` the map of plane `(x_p, dy_p)` of channel `ch`, per `accum`.
+    #[inline(always)]
+    pub(crate) fn apply(
+        &self,
+        ch: usize,
+        x_p: &[f32],
+        dy_p: &[f32],
+        dx_p: &mut [f32],
+        accum: Accum,
+    ) {
+        let c = self.coefficients(ch);
+        super::zip_map_into(
+            x_p,
+            dy_p,
+            dx_p,
+            accum,
+            #[inline(always)]
+            |x, d| self.lane(c, x, d),
+        );
+    }
+
+    /// `d =` the map of plane `(x_p, d)` of channel `ch`, in place.
+    #[inline(always)]
+    pub(crate) fn apply_in_place(&self, ch: usize, x_p: &[f32], d: &mut [f32]) {
+        let c = self.coefficients(ch);
+        simd::zip_map_acc(
+            x_p,
+            x_p,
+            d,
+            #[inline(always)]
+            |x, _, d| self.lane(c, x, d),
+        );
+    }
 }
 
 /// Layer normalisation over the last `d` elements, as

@@ -114,6 +114,45 @@ impl BatchNorm2d {
         (&self.scale, &self.shift)
     }
 
+    /// Elements of the sums of [`BatchNorm2d::backward_sums`] for a batch of `n`.
+    pub(crate) fn sums_len(&self, n: usize) -> usize {
+        kernels::batch_norm_backward_scratch_len(self.shape4(n))
+    }
+
+    /// The first pass of [`BatchNorm2d::backward_from`]: `dγ`, `dβ` (per `accum`) and the map that
+    /// makes its input gradient, for a consumer that makes that gradient itself (plane by plane,
+    /// as [`kernels::Planes::BnGrad`]). `sums` holds [`BatchNorm2d::sums_len`] elements, `ws` a
+    /// plane per parallel group.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward_sums<'a>(
+        &'a self,
+        n: usize,
+        p: &'a [f32],
+        grad: &mut [f32],
+        x: &[f32],
+        dy: kernels::Planes<'_>,
+        accum: Accum,
+        sums: &'a mut [f32],
+        ws: &mut [f32],
+    ) -> Result<kernels::norm::BnDx<'a>> {
+        let c = self.shape[0];
+        let (dgamma, dbeta) = grad.split_at_mut(c);
+        kernels::norm::batch_norm_backward_sums(
+            self.shape4(n),
+            self.trained,
+            x,
+            Some(&p[..c]),
+            &self.save_mean,
+            &self.save_invstd,
+            dy,
+            Some(dgamma),
+            Some(dbeta),
+            accum,
+            sums,
+            ws,
+        )
+    }
+
     /// [`Layer::backward`] of a `dy` read through [`kernels::Planes`] (the gradient of the
     /// max-pool after this layer), `dx` left out when nobody needs it; `ws` as
     /// [`kernels::batch_norm_backward_from`].
