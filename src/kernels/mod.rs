@@ -253,8 +253,9 @@ impl<'a> Planes<'a> {
     }
 
     /// Planes `p0 .. p0 + count` (of `plane` elements, channel `p % c`) as one slice: the operand
-    /// itself when it is stored, else made one plane after the other into `scratch` (which then
-    /// holds at least `count · plane` elements).
+    /// itself when it is stored, else made into `scratch` (which then holds at least
+    /// `count · plane` elements), split over the pool with `split` (the caller is then not
+    /// inside a parallel split itself).
     ///
     /// # Errors
     /// As [`Planes::plane`].
@@ -265,20 +266,24 @@ impl<'a> Planes<'a> {
         plane: usize,
         c: usize,
         scratch: &'s mut [f32],
+        split: bool,
     ) -> Result<&'s [f32]> {
         if let Planes::Dense(x) = *self {
             return Ok(&x[p0 * plane..][..count * plane]);
         }
         let s = &mut scratch[..count * plane];
-        // Lane code: compiled for each instruction set.
-        crate::simd::dispatch(
+        let work = if split { 4 * count * plane } else { 0 };
+        crate::par::for_each(
+            count,
+            work,
+            crate::par::Items(&mut *s, plane),
             #[inline(always)]
-            || {
-                for (k, dst) in s.chunks_exact_mut(plane.max(1)).enumerate() {
+            |r, crate::par::Items(s, _)| {
+                for (p, dst) in r.zip(s.chunks_exact_mut(plane.max(1))) {
                     // A plane that is not stored is made in the scratch it is given.
-                    self.plane(p0 + k, plane, c, dst)?;
+                    self.plane(p0 + p, plane, c, dst)?;
                 }
-                Ok::<(), crate::Error>(())
+                Ok(())
             },
         )?;
         Ok(s)

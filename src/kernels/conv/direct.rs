@@ -722,7 +722,7 @@ fn wgrad_on<K: MicroKernel, P: Parts>(
             let x_n = &x[i * x_item + x_ch0 * src_plane..][..d.src_ch * src_plane];
             let (dy_img, ws) = ws.split_at_mut(img);
             let (then_ws, ws) = ws.split_at_mut(extra);
-            let dy_n = dy.planes(i * dy_c + dy_ch0, d.out_ch, out_plane, dy_c, dy_img)?;
+            let dy_n = dy.planes(i * dy_c + dy_ch0, d.out_ch, out_plane, dy_c, dy_img, split)?;
 
             for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
                 let off = &prep.off[bi * taps..][..taps];

@@ -660,7 +660,8 @@ pub(crate) fn conv2d_backward_data_from(
                 };
                 let image = |i: usize, Items(dx_n, _): Items<'_, f32>, ws: &mut [f32], split| {
                     let (img, ws) = ws.split_at_mut(made);
-                    let dy_g = dy.planes(i * c_out + gi * co_g, co_g, out_plane, c_out, img)?;
+                    let dy_g =
+                        dy.planes(i * c_out + gi * co_g, co_g, out_plane, c_out, img, split)?;
                     pass.image(dy_g, &mut dx_n[gi * ci_g..][..ci_g], ws, split)
                 };
                 each_image(groups, g.n(), Items(&mut *dx, x_item), ws, slot, &image)?;
@@ -676,7 +677,7 @@ pub(crate) fn conv2d_backward_data_from(
     };
     let image = |i: usize, Items(dx_n, _): Items<'_, f32>, ws: &mut [f32], split: bool| {
         let (img, ws) = ws.split_at_mut(made);
-        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img)?;
+        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img, split)?;
         pass.image(dy_n, dx_n, ws, split)
     };
     each_image(groups, g.n(), Items(dx, x_item), ws, slot, &image)
@@ -969,7 +970,7 @@ pub(crate) fn conv2d_backward_weights_from(
     let k_g = g.k_g();
     let (img, ws) = ws.split_at_mut(if made { c_out * out_plane } else { 0 });
     for (i, x_n) in x.chunks_exact(x_item).enumerate() {
-        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img)?;
+        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img, true)?;
         for oh in tiles(g) {
             let src = if needs_col(g) {
                 let col = &mut ws[..taps(g) * oh.len() * g.out_w()];
