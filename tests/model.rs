@@ -418,6 +418,43 @@ fn pass_bits(
     (bits(&y), bits(m.grads()), bits(&dx), state)
 }
 
+/// [`pass_bits`] of `specs` with the layers fused and separate (`Sequential::set_fusion`) on the
+/// 3-thread pool: the layers the fused model fuses, or which part of the results differs.
+fn fused_against_separate(
+    input: [usize; 3],
+    specs: &[LayerSpec],
+    seed: u64,
+    training: bool,
+    x: &[f32],
+    labels: &[u32],
+) -> Result<Vec<usize>, String> {
+    let n = labels.len();
+    let run = |fused: bool| {
+        let mut m = Sequential::new(input, specs, seed).unwrap();
+        m.set_fusion(fused);
+        if !training {
+            m.eval();
+        }
+        let bits = par(|| pass_bits(&mut m, x, n, labels));
+        (bits, m.fused_layers())
+    };
+    let ((fused, layers), (separate, _)) = (run(true), run(false));
+    let parts = ["outputs", "parameter gradients", "input gradients"];
+    for (part, same) in parts.iter().zip([
+        fused.0 == separate.0,
+        fused.1 == separate.1,
+        fused.2 == separate.2,
+    ]) {
+        if !same {
+            return Err(format!("{part} differ"));
+        }
+    }
+    if fused.3 != separate.3 {
+        return Err("running statistics differ".into());
+    }
+    Ok(layers)
+}
+
 /// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`),
 /// a batch norm before a max-pool (directly or through such a ReLU) hands the pool its output
 /// map instead of its output, and a convolution before a max-pool (directly or through such a
@@ -520,22 +557,10 @@ proptest! {
         let input = [c, h, w];
         let x: Vec<f32> = values(seed, n * c * h * w).iter().map(|v| v * 3.0).collect();
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-        let run = |fused: bool| {
-            let mut m = Sequential::new(input, &specs, seed).unwrap();
-            m.set_fusion(fused);
-            if !training {
-                m.eval();
-            }
-            let (y, grads, dx, state) = par(|| pass_bits(&mut m, &x, n, &labels));
-            (y, grads, dx, state, m.fused_layers())
-        };
-        let (fused, separate) = (run(true), run(false));
+        let fused = fused_against_separate(input, &specs, seed, training, &x, &labels)
+            .map_err(|e| TestCaseError::fail(format!("{arch}: {e}")))?;
         let bn = usize::from(!first);
-        prop_assert!(fused.4.contains(&bn), "{arch}: the batch norm was not fused: {:?}", fused.4);
-        prop_assert!(fused.0 == separate.0, "{arch}: outputs differ");
-        prop_assert!(fused.1 == separate.1, "{arch}: parameter gradients differ");
-        prop_assert!(fused.2 == separate.2, "{arch}: input gradients differ");
-        prop_assert!(fused.3 == separate.3, "{arch}: running statistics differ");
+        prop_assert!(fused.contains(&bn), "{arch}: the batch norm was not fused: {fused:?}");
     }
 }
 
@@ -568,22 +593,10 @@ proptest! {
         prop_assume!(Sequential::new(input, &specs, seed).is_ok());
         let x: Vec<f32> = values(seed, n * c * h * w).iter().map(|v| v * 3.0 - 1.0).collect();
         let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-        let run = |fused: bool| {
-            let mut m = Sequential::new(input, &specs, seed).unwrap();
-            m.set_fusion(fused);
-            if !training {
-                m.eval();
-            }
-            let (y, grads, dx, state) = par(|| pass_bits(&mut m, &x, n, &labels));
-            (y, grads, dx, state, m.fused_layers())
-        };
-        let (fused, separate) = (run(true), run(false));
+        let fused = fused_against_separate(input, &specs, seed, training, &x, &labels)
+            .map_err(|e| TestCaseError::fail(format!("{arch}: {e}")))?;
         let conv_at = if first { 0 } else { 2 };
-        prop_assert!(fused.4.contains(&conv_at), "{arch}: not fused: {:?}", fused.4);
-        prop_assert!(fused.0 == separate.0, "{arch}: outputs differ");
-        prop_assert!(fused.1 == separate.1, "{arch}: parameter gradients differ");
-        prop_assert!(fused.2 == separate.2, "{arch}: input gradients differ");
-        prop_assert!(fused.3 == separate.3, "{arch}: running statistics differ");
+        prop_assert!(fused.contains(&conv_at), "{arch}: not fused: {fused:?}");
     }
 }
 
@@ -612,27 +625,9 @@ fn fused_convolution_and_max_pool_on_a_large_layer_match_separate_layers() {
                 .map(|v| v * 2.0 - 1.0)
                 .collect();
             let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
-            let run = |fused: bool| {
-                let mut m = Sequential::new(input, &specs, 9).unwrap();
-                m.set_fusion(fused);
-                let bits = par(|| pass_bits(&mut m, &x, n, &labels));
-                (bits, m.fused_layers())
-            };
-            let ((fused, layers), (separate, _)) = (run(true), run(false));
-            assert_eq!(layers, want, "{arch}, n = {n}");
-            assert!(fused.0 == separate.0, "{arch}, n = {n}: outputs differ");
-            assert!(
-                fused.1 == separate.1,
-                "{arch}, n = {n}: parameter gradients differ"
-            );
-            assert!(
-                fused.2 == separate.2,
-                "{arch}, n = {n}: input gradients differ"
-            );
-            assert!(
-                fused.3 == separate.3,
-                "{arch}, n = {n}: running statistics differ"
-            );
+            let fused = fused_against_separate(input, &specs, 9, true, &x, &labels)
+                .unwrap_or_else(|e| panic!("{arch}, n = {n}: {e}"));
+            assert_eq!(fused, want, "{arch}, n = {n}");
         }
     }
 }

@@ -258,11 +258,7 @@ pub fn conv2d_forward(
     ws: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "conv2d_forward";
-    check_len(OP, "x", x, g.x_len())?;
-    check_len(OP, "w", w, g.w_len())?;
-    if let Some(b) = b {
-        check_len(OP, "b", b, g.c_out())?;
-    }
+    check_operands(OP, g, x, w, b)?;
     check_len(OP, "y", y, g.y_len())?;
     check_min_len(OP, "ws", ws, forward_slot(g))?;
     if g.n() == 0 {
@@ -291,11 +287,7 @@ pub(crate) fn conv2d_forward_pooled(
     ws: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "conv2d_forward";
-    check_len(OP, "x", x, g.x_len())?;
-    check_len(OP, "w", w, g.w_len())?;
-    if let Some(b) = b {
-        check_len(OP, "b", b, g.c_out())?;
-    }
+    check_operands(OP, g, x, w, b)?;
     if g.groups() != 1 || g.is_depthwise() {
         return Err(crate::Error::invalid(
             OP,
@@ -331,6 +323,22 @@ pub(crate) fn conv2d_forward_pooled(
         },
         ws,
     )
+}
+
+/// Checks a forward pass's input, weights and bias against `g`.
+fn check_operands(
+    op: &'static str,
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+) -> Result<()> {
+    check_len(op, "x", x, g.x_len())?;
+    check_len(op, "w", w, g.w_len())?;
+    match b {
+        Some(b) => check_len(op, "b", b, g.c_out()),
+        None => Ok(()),
+    }
 }
 
 /// Where a forward pass puts each image's output.
