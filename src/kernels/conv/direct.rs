@@ -712,101 +712,99 @@ fn wgrad_on<K: MicroKernel, P: Parts>(
     };
     let slot = d.wgrad_slot(made) + extra;
     let img = slot - extra - d.wgrad_len();
-    {
-        prep.plan_bands(d, d.out_ch);
-        let prep = &*prep;
-        // One image into `dwt` (the transposed gradient, accumulated), with scratch `ws` (the
-        // image of `dy` when it is made, `then`'s scratch, then the band), then `then`.
-        let split = chunks == 1;
-        let image = |i: usize, dwt: &mut [f32], ws: &mut [f32], out: Option<P>| -> Result<()> {
-            let x_n = &x[i * x_item + x_ch0 * src_plane..][..d.src_ch * src_plane];
-            let (dy_img, ws) = ws.split_at_mut(img);
-            let (then_ws, ws) = ws.split_at_mut(extra);
-            let dy_n = dy.planes(i * dy_c + dy_ch0, d.out_ch, out_plane, dy_c, dy_img, split)?;
+    prep.plan_bands(d, d.out_ch);
+    let prep = &*prep;
 
-            for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
-                let off = &prep.off[bi * taps..][..taps];
-                let (xs, rest) = ws.split_at_mut(lay.len);
-                let dyt = &mut rest[..lay.npix * co];
-                d.prepare_all(&lay, x_n, oh0, xs);
-                transpose_band(kern, d, &lay, dy_n, oh0, co, dyt);
-                let (xs, dyt) = (&*xs, &*dyt);
-                let work = 2 * taps * co * lay.npix;
-                par::for_each(
-                    taps_pad / mr,
-                    work,
-                    Items(&mut *dwt, mr * co),
-                    #[inline(always)]
-                    |tr, Items(c, _)| {
-                        let mut xo = [0usize; MAX_MR];
-                        for (ti, tp) in tr.enumerate() {
-                            let t0 = tp * mr;
-                            let ctile = &mut c[ti * mr * co..][..mr * co];
-                            for j0 in (0..lay.npix).step_by(WGRAD_BLOCK) {
-                                let len = WGRAD_BLOCK.min(lay.npix - j0);
-                                for (i, o) in xo[..mr].iter_mut().enumerate() {
-                                    *o = off[(t0 + i).min(taps - 1)] as usize + j0;
-                                }
-                                for c0 in (0..co).step_by(nr) {
-                                    kern.wgrad_tile(
-                                        len,
-                                        xs,
-                                        &xo[..mr],
-                                        &dyt[j0 * co + c0..],
-                                        co,
-                                        &mut ctile[c0..],
-                                        co,
-                                    );
-                                }
+    // One image into `dwt` (the transposed gradient, accumulated), with scratch `ws` (the
+    // image of `dy` when it is made, `then`'s scratch, then the band), then `then`.
+    let split = chunks == 1;
+    let image = |i: usize, dwt: &mut [f32], ws: &mut [f32], out: Option<P>| -> Result<()> {
+        let x_n = &x[i * x_item + x_ch0 * src_plane..][..d.src_ch * src_plane];
+        let (dy_img, ws) = ws.split_at_mut(img);
+        let (then_ws, ws) = ws.split_at_mut(extra);
+        let dy_n = dy.planes(i * dy_c + dy_ch0, d.out_ch, out_plane, dy_c, dy_img, split)?;
+        for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
+            let off = &prep.off[bi * taps..][..taps];
+            let (xs, rest) = ws.split_at_mut(lay.len);
+            let dyt = &mut rest[..lay.npix * co];
+            d.prepare_all(&lay, x_n, oh0, xs);
+            transpose_band(kern, d, &lay, dy_n, oh0, co, dyt);
+            let (xs, dyt) = (&*xs, &*dyt);
+            let work = 2 * taps * co * lay.npix;
+            par::for_each(
+                taps_pad / mr,
+                work,
+                Items(&mut *dwt, mr * co),
+                #[inline(always)]
+                |tr, Items(c, _)| {
+                    let mut xo = [0usize; MAX_MR];
+                    for (ti, tp) in tr.enumerate() {
+                        let t0 = tp * mr;
+                        let ctile = &mut c[ti * mr * co..][..mr * co];
+                        for j0 in (0..lay.npix).step_by(WGRAD_BLOCK) {
+                            let len = WGRAD_BLOCK.min(lay.npix - j0);
+                            for (i, o) in xo[..mr].iter_mut().enumerate() {
+                                *o = off[(t0 + i).min(taps - 1)] as usize + j0;
+                            }
+                            for c0 in (0..co).step_by(nr) {
+                                kern.wgrad_tile(
+                                    len,
+                                    xs,
+                                    &xo[..mr],
+                                    &dyt[j0 * co + c0..],
+                                    co,
+                                    &mut ctile[c0..],
+                                    co,
+                                );
                             }
                         }
-                        Ok(())
-                    },
-                )?;
-            }
-            match (then, out) {
-                (Some(then), Some(out)) => then(i, dy_n, out, then_ws, split),
-                _ => Ok(()),
-            }
-        };
-        let dwt_len = taps_pad * co;
-        let per = n.div_ceil(chunks);
-        // `then`'s outputs, cut into the chunks' image ranges (an item per image).
-        par::for_each_group(
-            chunks,
-            par::groups(chunks, 2 * taps * co * out_plane * n),
-            (Items(&mut ws[..chunks * slot], slot), Images(out, per)),
-            &mut [],
-            0,
-            #[inline(always)]
-            |r, (Items(slots, _), Images(mut out, _)), _| {
-                for (c, s) in r.zip(slots.chunks_exact_mut(slot)) {
-                    let (dwt, band) = s.split_at_mut(dwt_len);
-                    dwt.fill(0.0);
-                    for i in c * per..((c + 1) * per).min(n) {
-                        let (one, rest) = out.split(1);
-                        out = rest;
-                        image(i, dwt, band, one)?;
                     }
+                    Ok(())
+                },
+            )?;
+        }
+        match (then, out) {
+            (Some(then), Some(out)) => then(i, dy_n, out, then_ws, split),
+            _ => Ok(()),
+        }
+    };
+    let dwt_len = taps_pad * co;
+    let per = n.div_ceil(chunks);
+    // `then`'s outputs, cut into the chunks' image ranges (an item per image).
+    par::for_each_group(
+        chunks,
+        par::groups(chunks, 2 * taps * co * out_plane * n),
+        (Items(&mut ws[..chunks * slot], slot), Images(out, per)),
+        &mut [],
+        0,
+        #[inline(always)]
+        |r, (Items(slots, _), Images(mut out, _)), _| {
+            for (c, s) in r.zip(slots.chunks_exact_mut(slot)) {
+                let (dwt, band) = s.split_at_mut(dwt_len);
+                dwt.fill(0.0);
+                for i in c * per..((c + 1) * per).min(n) {
+                    let (one, rest) = out.split(1);
+                    out = rest;
+                    image(i, dwt, band, one)?;
                 }
-                Ok(())
-            },
-        )?;
-        // Partial sums in chunk order, then dW[o][t] = dWᵀ[t][o].
-        let (first, rest) = ws[..chunks * slot].split_at_mut(slot);
-        for s in rest.chunks_exact(slot) {
-            for (a, b) in first[..dwt_len].iter_mut().zip(&s[..dwt_len]) {
-                *a += b;
             }
+            Ok(())
+        },
+    )?;
+    // Partial sums in chunk order, then dW[o][t] = dWᵀ[t][o].
+    let (first, rest) = ws[..chunks * slot].split_at_mut(slot);
+    for s in rest.chunks_exact(slot) {
+        for (a, b) in first[..dwt_len].iter_mut().zip(&s[..dwt_len]) {
+            *a += b;
         }
-        let dwt_all = &first[..dwt_len];
-        for (o, row) in dw_group.chunks_exact_mut(taps).enumerate() {
-            for (t, v) in row.iter_mut().enumerate() {
-                *v = accum.apply(*v, dwt_all[t * co + o]);
-            }
-        }
-        Ok(())
     }
+    let dwt_all = &first[..dwt_len];
+    for (o, row) in dw_group.chunks_exact_mut(taps).enumerate() {
+        for (t, v) in row.iter_mut().enumerate() {
+            *v = accum.apply(*v, dwt_all[t * co + o]);
+        }
+    }
+    Ok(())
 }
 
 /// `dyT[pixel][o]` for one band: the gradient pixel-major, zero past `out_w` and `out_ch`

@@ -151,9 +151,10 @@ fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
 }
 
 /// Scratch for the passes of a non-depthwise convolution whose output goes through a max-pool
-/// ([`conv2d_forward_pooled`]) and whose output gradient is read through pooled [`Planes`]
-/// ([`conv2d_backward_data_from`], [`conv2d_backward_weights_from`]): each pass's scratch plus
-/// an image of the convolution's output (or its gradient) per thread.
+/// ([`conv2d_forward_pooled`]) or whose output gradient is read through [`Planes`] that are not
+/// stored ([`conv2d_backward_from`] and the separate passes it falls back to): each pass's
+/// scratch plus an image of the convolution's output (or its gradient) per thread, or the
+/// merged backward pass's per-chunk scratch and bias sums.
 pub(crate) fn conv2d_pooled_scratch_len(g: &Conv2dGeom) -> usize {
     let img = g.c_out() * g.out_plane();
     let merged = if use_direct(g) {
