@@ -261,50 +261,58 @@ fn reductions_are_bit_identical_for_1_2_and_3_threads() {
             y
         });
     }
+    // Channel counts below and above the thread counts; the input gradient is added to a buffer
+    // holding values.
+    let operands = |s: Shape4| {
+        (
+            values(4, s.n * s.c * s.h * s.w),
+            values(5, s.n * s.c * s.h * s.w),
+        )
+    };
+    for s in [Shape4::new(3, 13, 5, 7), Shape4::new(7, 5, 13, 11)] {
+        let (x, dy) = operands(s);
+        let (gm, bt) = (values(6, s.c), values(7, s.c));
+        same_for_any_thread_count("batch norm", || {
+            let (mut y, mut m, mut i) = (vec![0.0; x.len()], vec![0.0; s.c], vec![0.0; s.c]);
+            let (mut rm, mut rv) = (vec![0.0; s.c], vec![1.0; s.c]);
+            batch_norm_forward_train(
+                s,
+                1e-5,
+                &x,
+                Some(&gm),
+                Some(&bt),
+                &mut y,
+                &mut m,
+                &mut i,
+                Some(RunningStats {
+                    mean: &mut rm,
+                    var: &mut rv,
+                    factor: 0.1,
+                }),
+            )
+            .unwrap();
+            let (mut dx, mut dg, mut db) = (values(8, x.len()), vec![0.0; s.c], vec![0.0; s.c]);
+            let mut ws = vec![0.0; batch_norm_backward_scratch_len(s)];
+            batch_norm_backward(
+                s,
+                true,
+                &x,
+                Some(&gm),
+                &m,
+                &i,
+                &dy,
+                &mut dx,
+                Some(&mut dg),
+                Some(&mut db),
+                Accum::Add,
+                &mut ws,
+            )
+            .unwrap();
+            [y, m, i, rm, rv, dx, dg, db].concat()
+        });
+    }
     let s = Shape4::new(7, 5, 13, 11);
-    let (x, dy) = (
-        values(4, s.n * s.c * s.h * s.w),
-        values(5, s.n * s.c * s.h * s.w),
-    );
-    let (gm, bt) = (values(6, s.c), values(7, s.c));
-    same_for_any_thread_count("batch norm", || {
-        let (mut y, mut m, mut i) = (vec![0.0; x.len()], vec![0.0; s.c], vec![0.0; s.c]);
-        let (mut rm, mut rv) = (vec![0.0; s.c], vec![1.0; s.c]);
-        batch_norm_forward_train(
-            s,
-            1e-5,
-            &x,
-            Some(&gm),
-            Some(&bt),
-            &mut y,
-            &mut m,
-            &mut i,
-            Some(RunningStats {
-                mean: &mut rm,
-                var: &mut rv,
-                factor: 0.1,
-            }),
-        )
-        .unwrap();
-        let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; s.c], vec![0.0; s.c]);
-        let mut ws = vec![0.0; batch_norm_backward_scratch_len(s)];
-        batch_norm_backward(
-            s,
-            true,
-            &x,
-            Some(&gm),
-            &m,
-            &i,
-            &dy,
-            &mut dx,
-            Some(&mut dg),
-            Some(&mut db),
-            Accum::Replace,
-            &mut ws,
-        )
-        .unwrap();
-        [y, m, i, rm, rv, dx, dg, db].concat()
-    });
+    let (x, dy) = operands(s);
     same_for_any_thread_count("layer norm", || {
         let d = s.h * s.w;
         let rows = x.len() / d;
