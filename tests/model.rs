@@ -439,11 +439,35 @@ fn fused_against_separate(
         (bits, m.fused_layers())
     };
     let ((fused, layers), (separate, _)) = (run(true), run(false));
+    compare_passes(specs, &layers, &fused, &separate)?;
+    Ok(layers)
+}
+
+/// Whether the fused pass `fused` (the model fusing `layers` of `specs`) gives the results of
+/// the separate layers: the same bits, but for the gradients when a batch norm is fused into a
+/// max-pool — its backward sums are then taken over the pooled positions, the same sums in
+/// another order — which agree to `1e-4` of each gradient's largest element.
+#[allow(clippy::type_complexity)]
+fn compare_passes(
+    specs: &[LayerSpec],
+    layers: &[usize],
+    fused: &(Vec<u32>, Vec<u32>, Vec<u32>, Vec<(String, String)>),
+    separate: &(Vec<u32>, Vec<u32>, Vec<u32>, Vec<(String, String)>),
+) -> Result<(), String> {
+    let reordered = layers
+        .iter()
+        .any(|&i| matches!(specs[i], LayerSpec::BatchNorm2d { .. }));
+    let close = |a: &[u32], b: &[u32]| {
+        let f = |v: &[u32]| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
+        let (a, b) = (f(a), f(b));
+        let tol = 1e-4 * b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= tol)
+    };
     let parts = ["outputs", "parameter gradients", "input gradients"];
     for (part, same) in parts.iter().zip([
         fused.0 == separate.0,
-        fused.1 == separate.1,
-        fused.2 == separate.2,
+        fused.1 == separate.1 || (reordered && close(&fused.1, &separate.1)),
+        fused.2 == separate.2 || (reordered && close(&fused.2, &separate.2)),
     ]) {
         if !same {
             return Err(format!("{part} differ"));
@@ -452,18 +476,19 @@ fn fused_against_separate(
     if fused.3 != separate.3 {
         return Err("running statistics differ".into());
     }
-    Ok(layers)
+    Ok(())
 }
 
 /// A ReLU directly before a max-pool runs inside the pool by default (`Sequential::set_fusion`),
 /// a batch norm before a max-pool (directly or through such a ReLU) hands the pool its output
 /// map instead of its output, and a convolution before a max-pool (directly or through such a
 /// ReLU) runs inside the pool image by image: outputs, parameter gradients, input gradients and
-/// running statistics are bit-identical to running every layer as written, in training and
-/// evaluation mode, for 1 and 2 threads (overlapping and padded windows, a batch norm as the
-/// first layer, strided and pointwise convolutions).
+/// running statistics are bit-identical to running every layer as written (the gradients within
+/// tolerance where a batch norm is fused, see `compare_passes`; the fused pass itself the same
+/// bits on 1 and 2 threads), in training and evaluation mode, for 1 and 2 threads (overlapping
+/// and padded windows, a batch norm as the first layer, strided and pointwise convolutions).
 #[test]
-fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
+fn fused_layers_give_the_results_of_separate_layers() {
     let archs = [
         "conv(4,3,p=1),relu,maxpool(2),conv(6,3,p=1),bn,relu,maxpool(3,s=2,p=1),flatten,dense(5),relu,dense(3)",
         "relu,maxpool(2),conv(3,3),relu,maxpool(2),flatten,dense(3)",
@@ -482,10 +507,10 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
         &[],
         &[0, 2, 3],
     ];
-    for (arch, fused) in archs.into_iter().zip(fused) {
+    for (arch, want) in archs.into_iter().zip(fused) {
         let specs = LayerSpec::parse_list(arch).unwrap();
         let mut m = Sequential::new([2, 12, 12], &specs, 3).unwrap();
-        assert_eq!(m.fused_layers(), fused, "{arch}");
+        assert_eq!(m.fused_layers(), want, "{arch}");
         m.set_fusion(false);
         assert!(m.fused_layers().is_empty());
         let n = 3;
@@ -496,6 +521,7 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
             .map(|(i, v)| if i % 5 == 0 { 0.0 } else { v * 2.0 - 0.5 })
             .collect();
         let labels = [0u32, 2, 1];
+        let mut by_threads = [None, None];
         for threads in [1, 2] {
             for training in [true, false] {
                 let run = |fused: bool| {
@@ -511,22 +537,13 @@ fn fused_relu_and_max_pool_give_the_bits_of_separate_layers() {
                     pool.install(|| pass_bits(&mut m, &x, n, &labels))
                 };
                 let (fused, separate) = (run(true), run(false));
-                assert!(
-                    fused.0 == separate.0,
-                    "{arch}: outputs differ (training {training})"
-                );
-                assert!(
-                    fused.1 == separate.1,
-                    "{arch}: parameter gradients differ (training {training})"
-                );
-                assert!(
-                    fused.2 == separate.2,
-                    "{arch}: input gradients differ (training {training})"
-                );
-                assert!(
-                    fused.3 == separate.3,
-                    "{arch}: running statistics differ (training {training})"
-                );
+                compare_passes(&specs, want, &fused, &separate)
+                    .unwrap_or_else(|e| panic!("{arch}: {e} (training {training})"));
+                // The fused pass itself does not depend on the thread count.
+                match &by_threads[usize::from(training)] {
+                    None => by_threads[usize::from(training)] = Some(fused.clone()),
+                    Some(one) => assert!(one == &fused, "{arch}: depends on the thread count"),
+                }
                 assert!(fused.2.iter().any(|&b| b != 0), "{arch}: a zero gradient");
             }
         }
@@ -538,7 +555,8 @@ proptest! {
 
     /// The batch norm + (ReLU +) max-pool fusion over random shapes and pooling geometries
     /// (windows 1–3, strides 1–3, padding up to half the window, batches of 1–4 on the 3-thread
-    /// pool with every split taken): the same bits as the layers run separately.
+    /// pool with every split taken): the results of the layers run separately (see
+    /// `compare_passes`).
     #[test]
     fn fused_batch_norm_and_max_pool_match_separate_layers_on_random_shapes(
         c in 1usize..5, h in 3usize..11, w in 3usize..11, k in 1usize..4, s in 1usize..4,
@@ -603,7 +621,7 @@ proptest! {
 /// The convolution + max-pool fusion, and the convolution + batch norm + max-pool backward, on a
 /// layer large enough that its weight gradient splits inside each image (one partial sum) while
 /// the input gradient is made per image on the direct path, with batches smaller and larger than
-/// the pool: the bits of separate layers.
+/// the pool: the results of separate layers (see `compare_passes`).
 #[test]
 fn fused_convolution_and_max_pool_on_a_large_layer_match_separate_layers() {
     let archs = [

@@ -92,7 +92,8 @@ pub(crate) fn zip_map_into(
 /// (a batch norm's output, read by the max-pool after it) or a max-pool's gradient spread back
 /// over its input plane (read by the batch norm before it). Those two are made one plane at a
 /// time in the caller's plane-sized scratch, which stays in cache, with the same operations as
-/// the separate layers, so the results are the same bits.
+/// the separate layers, so the results are the same bits (but for a batch norm's sums over a
+/// pooled gradient with `at_max`, see [`Planes::Pooled`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Planes<'a> {
     /// The operand itself.
@@ -112,6 +113,11 @@ pub(crate) enum Planes<'a> {
         /// The input width when the windows are 2x2 at stride 2 without padding
         /// ([`pool::pairs`]): the planes are then made by the micro-kernels.
         pairs: Option<usize>,
+        /// The batch norm's input at each maximum, recorded by the forward pass (`at_max` of
+        /// [`pool::max_pool2d_forward_from`]): a batch norm's backward sums over the spread
+        /// plane, which is zero elsewhere, are then taken over the pooled positions alone
+        /// (the same sums added in another order: not the bits of the separate layers).
+        at_max: Option<&'a [f32]>,
     },
     /// A batch norm's input gradient: its backward map ([`norm::BnDx`], after the sums of its
     /// backward pass) of its input `x` and of its output gradient `dy` (itself stored, or
@@ -154,10 +160,14 @@ impl<'a> Planes<'a> {
                 dy,
                 argmax,
                 out_plane,
+                at_max,
                 ..
             } => {
                 let out = crate::error::mul(op, "planes", planes, out_plane)?;
                 crate::error::check_len(op, "dy", dy, out)?;
+                if let Some(m) = at_max {
+                    crate::error::check_len(op, "at_max", m, out)?;
+                }
                 crate::error::check_len(op, "argmax", argmax, out)
             }
             Planes::BnGrad { x, dy, .. } => {
@@ -231,6 +241,7 @@ impl<'a> Planes<'a> {
                 argmax,
                 out_plane,
                 pairs,
+                ..
             } => {
                 let s = &mut scratch[..plane];
                 pool::unpool_plane(
@@ -312,6 +323,7 @@ mod tests {
             argmax: &argmax,
             out_plane: 2,
             pairs: None,
+            at_max: None,
         };
         let mut s = [f32::NAN; 4];
         assert_eq!(src.plane(0, 4, 1, &mut s).unwrap(), [0.0, 0.0, 0.0, 3.0]);
@@ -322,6 +334,7 @@ mod tests {
             argmax: &bad,
             out_plane: 2,
             pairs: None,
+            at_max: None,
         };
         let e = src.plane(0, 4, 1, &mut s).unwrap_err().to_string();
         assert!(e.contains("argmax"), "{e}");

@@ -417,7 +417,20 @@ pub(crate) fn batch_norm_backward_sums<'a>(
         #[inline(always)]
         |r, (Items(pd, _), Items(pdx, _)), s| {
             for ((p, a), b) in r.zip(pd.iter_mut()).zip(pdx.iter_mut()) {
-                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
+                let x_p = &x[p * plane..][..plane];
+                let (x_p, dy_p) = match &dy {
+                    // Zero but at the maxima: the sums over those.
+                    &Planes::Pooled {
+                        dy,
+                        out_plane,
+                        at_max: Some(m),
+                        ..
+                    } => {
+                        let at = p * out_plane..(p + 1) * out_plane;
+                        (&m[at.clone()], &dy[at])
+                    }
+                    dy => (x_p, dy.plane(p, plane, c, s)?),
+                };
                 let mean = splat(save_mean[p % c]);
                 *a = simd::sum(dy_p);
                 *b = simd::sum_zip(

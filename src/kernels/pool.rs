@@ -3,7 +3,7 @@
 //!
 //! Work is split over the `n * c` planes, which are independent.
 
-use crate::error::{Result, check_len, check_min_len};
+use crate::error::{Error, Result, check_len, check_min_len};
 use crate::kernels::Accum;
 use crate::kernels::Planes;
 use crate::par::{self, Items};
@@ -33,16 +33,20 @@ pub fn max_pool2d_forward(
     y: &mut [f32],
     argmax: Option<&mut [u32]>,
 ) -> Result<()> {
-    max_pool2d_forward_from(g, Planes::Dense(x), y, argmax, &mut [])
+    max_pool2d_forward_from(g, Planes::Dense(x), y, argmax, None, &mut [])
 }
 
 /// [`max_pool2d_forward`] of an input read through [`Planes`] (a batch norm's output made plane
-/// by plane); `ws` holds a plane per parallel group (at least one).
+/// by plane); `ws` holds a plane per parallel group (at least one). `at_max` (with `argmax`, of
+/// its length) receives the stored operand at each maximum: for [`Planes::Affine`], the batch
+/// norm's input, whose backward sums then need only the pooled positions (see
+/// [`Planes::Pooled`]).
 pub(crate) fn max_pool2d_forward_from(
     g: &Pool2dGeom,
     x: Planes<'_>,
     y: &mut [f32],
     argmax: Option<&mut [u32]>,
+    at_max: Option<&mut [f32]>,
     ws: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "max_pool2d_forward";
@@ -147,21 +151,48 @@ pub(crate) fn max_pool2d_forward_from(
         None => &mut [],
     };
     let a_per_plane = if with_argmax { out_plane } else { 0 };
+    let stored = match (&at_max, x) {
+        (None, _) => &[][..],
+        (Some(m), Planes::Dense(x) | Planes::Affine { x, .. }) if with_argmax => {
+            check_len(OP, "at_max", m, g.y_len())?;
+            x
+        }
+        _ => {
+            return Err(Error::invalid(
+                OP,
+                "at_max",
+                "needs argmax and a stored input",
+            ));
+        }
+    };
+    let m = at_max.unwrap_or(&mut []);
+    let m_per_plane = if m.is_empty() { 0 } else { out_plane };
     let c = g.c();
     par::for_each_group(
         g.planes(),
         super::groups_in(g.planes(), work, ws.len(), slot),
-        (Items(y, out_plane), Items(a, a_per_plane)),
+        (
+            Items(y, out_plane),
+            Items(a, a_per_plane),
+            Items(m, m_per_plane),
+        ),
         ws,
         slot,
         #[inline(always)]
-        |r, (Items(y, _), Items(a, _)), s| {
+        |r, (Items(y, _), Items(a, _), Items(m, _)), s| {
             for (k, (p, y_p)) in r.zip(y.chunks_exact_mut(out_plane)).enumerate() {
                 let mut a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
                 let x_p = x.plane(p, in_plane, c, s)?;
                 let done = two.is_some_and(|in_w| pool_pairs(x_p, in_w, y_p, a_p.as_deref_mut()));
                 if !done {
-                    plane(x_p, y_p, a_p);
+                    plane(x_p, y_p, a_p.as_deref_mut());
+                }
+                if let (Some(a_p), true) = (a_p, m_per_plane > 0) {
+                    // The indices were made just above, inside the plane.
+                    let xs = &stored[p * in_plane..][..in_plane];
+                    for (v, &i) in m[k * out_plane..][..out_plane].iter_mut().zip(a_p.iter()) {
+                        *v = xs[i as usize];
+                    }
                 }
             }
             Ok(())
@@ -509,4 +540,34 @@ fn global_dims(op: &'static str, s: Shape4) -> Result<(usize, usize)> {
         crate::error::mul(op, "h * w", s.h, s.w)?,
         crate::error::mul(op, "n * c", s.n, s.c)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shape::Pool2dParams;
+
+    #[test]
+    fn the_stored_input_at_each_maximum_is_recorded_and_needs_the_indices() {
+        // One 4x4 plane of a batch norm's input, read through its output map y = −2x + 1:
+        // the maxima of y are the minima of x.
+        let g = Pool2dGeom::new(Shape4::new(1, 1, 4, 4), Pool2dParams::new(2)).unwrap();
+        let x: Vec<f32> = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3]
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let (scale, shift) = ([-2.0], [1.0]);
+        let src = Planes::Affine {
+            x: &x,
+            scale: &scale,
+            shift: &shift,
+        };
+        let (mut y, mut a, mut m, mut ws) = ([0.0; 4], [0u32; 4], [0.0; 4], [0.0; 16]);
+        max_pool2d_forward_from(&g, src, &mut y, Some(&mut a), Some(&mut m), &mut ws).unwrap();
+        assert_eq!(a, [1, 3, 9, 15]);
+        assert_eq!(m, [1.0, 1.0, 3.0, 3.0]);
+        assert_eq!(y, [-1.0, -1.0, -5.0, -5.0]);
+        let e = max_pool2d_forward_from(&g, src, &mut y, None, Some(&mut m), &mut ws);
+        assert!(e.unwrap_err().to_string().contains("at_max"));
+    }
 }

@@ -14,6 +14,9 @@ pub(crate) struct Pool {
     avg: Option<bool>,
     out: Shape3,
     argmax: Vec<u32>,
+    /// The batch norm's input at each maximum, when the pool reads a batch norm's output (for
+    /// its backward sums, see [`kernels::Planes::Pooled`]).
+    at_max: Vec<f32>,
     /// Max pooling that also does the ReLU before it: `maxpool(relu(x)) = relu(maxpool(x))`,
     /// and the ReLU's backward mask is `maxpool output > 0` at the pooled positions.
     relu: bool,
@@ -61,6 +64,7 @@ impl Pool {
             avg,
             out: [input[0], g.out_h(), g.out_w()],
             argmax: Vec::new(),
+            at_max: Vec::new(),
             relu: false,
             bn: false,
         })
@@ -95,7 +99,8 @@ impl Pool {
     ) -> Result<()> {
         let g = self.geom(n)?;
         let a = grow("MaxPool2d::forward", &mut self.argmax, g.y_len())?;
-        kernels::max_pool2d_forward_from(&g, src, y, Some(a), ws)?;
+        let m = grow("MaxPool2d::forward", &mut self.at_max, g.y_len())?;
+        kernels::max_pool2d_forward_from(&g, src, y, Some(a), Some(m), ws)?;
         if self.relu {
             kernels::relu_in_place(y);
         }
@@ -145,6 +150,7 @@ impl Pool {
                 argmax,
                 out_plane,
                 pairs: kernels::pool::pairs(&g),
+                at_max: self.bn.then(|| self.at_max.get(..g.y_len())).flatten(),
             },
             rest,
         ))

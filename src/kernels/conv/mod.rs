@@ -413,6 +413,7 @@ fn forward_images(
                         Planes::Dense(y_n),
                         y_i,
                         Some(a_i),
+                        None,
                         &mut [],
                     )
                 },
