@@ -63,11 +63,14 @@ pub(crate) trait Vector: Copy {
     /// `idx` is null, `idx[l]` receives `first + 2l + o`, where `o` is `0, 1, in_w` or
     /// `in_w + 1`, the offset of the maximum.
     /// Ties go to the earlier candidate; a NaN wins over anything before it (so the last NaN).
+    /// With `affine = Some([a, b])` the candidates are `v·a + b` (rounded once) of the values `v`
+    /// read, and `y` receives those; unless `at` is null, `at[l]` receives the value read at the
+    /// maximum (before the map).
     ///
     /// # Safety
     /// The instruction set's features; `r0[..2·lanes]` and `r1[..2·lanes]` readable (nothing
-    /// past them is touched), `y[..lanes]` writable and `idx` null or `idx[..lanes]` writable;
-    /// `1 <= lanes <= N`.
+    /// past them is touched), `y[..lanes]` writable and `idx` and `at` null or `[..lanes]`
+    /// writable; `1 <= lanes <= N`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn max2x2(
         r0: *const f32,
@@ -77,6 +80,8 @@ pub(crate) trait Vector: Copy {
         in_w: u32,
         y: *mut f32,
         idx: *mut u32,
+        affine: Option<[f32; 2]>,
+        at: *mut f32,
     );
     /// The gradient of [`Vector::max2x2`] over the same windows: for `l < lanes`,
     /// `dx0[2l + q] = dy[l] + 0` where `idx[l] = first + 2l + q`, `dx1[2l + q] = dy[l] + 0` where
@@ -234,6 +239,8 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         idx: *mut u32,
         out_h: usize,
         out_w: usize,
+        affine: Option<[f32; 2]>,
+        at: *mut f32,
     );
     /// [`unpool2_body`] compiled for this instruction set.
     ///
@@ -254,15 +261,28 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     /// Max pooling of one plane by 2x2 windows at stride 2 without padding (`torch`'s
     /// `max_pool2d(x, 2)`): `x` is `in_h x in_w` (row-major, at least `2·out_h` rows read),
     /// `y` and `idx` (if given) are `out_h x in_w / 2`; `idx` receives each maximum's index in the plane (ties to the first
-    /// in row-major order, the last NaN wins).
+    /// in row-major order, the last NaN wins). With `affine = Some([a, b])` the plane pooled is
+    /// `x·a + b` (each element rounded once, as `simd::Lane::mul_add`: a batch norm's output made
+    /// in the registers); `at` (if given, `y`'s length) receives the element of `x` at each
+    /// maximum.
     ///
     /// Panics (a programming error) if the lengths disagree or an index would not fit in `u32`.
     #[inline]
-    fn max_pool2(self, x: &[f32], in_w: usize, y: &mut [f32], idx: Option<&mut [u32]>) {
+    fn max_pool2(
+        self,
+        x: &[f32],
+        in_w: usize,
+        y: &mut [f32],
+        idx: Option<&mut [u32]>,
+        affine: Option<[f32; 2]>,
+        at: Option<&mut [f32]>,
+    ) {
         let out_w = in_w / 2;
         let out_h = y.len().checked_div(out_w).unwrap_or(0);
         assert!(
-            y.len() == out_h * out_w && idx.as_ref().is_none_or(|i| i.len() == y.len()),
+            y.len() == out_h * out_w
+                && idx.as_ref().is_none_or(|i| i.len() == y.len())
+                && at.as_ref().is_none_or(|a| a.len() == y.len()),
             "pool output lengths"
         );
         assert!(
@@ -270,9 +290,9 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
             "pool input length"
         );
         // SAFETY: the CPU has the instruction set (`self` exists); rows 0..2·out_h of `x` are
-        // readable (x.len() >= 2·out_h·in_w, checked), columns 0..2·out_w <= in_w; `y` and `idx`
-        // (or a null `idx`) hold out_h·out_w elements (checked); indices < x.len() fit in u32
-        // (checked).
+        // readable (x.len() >= 2·out_h·in_w, checked), columns 0..2·out_w <= in_w; `y`, `idx` and
+        // `at` (or a null `idx` or `at`) hold out_h·out_w elements (checked); indices < x.len()
+        // fit in u32 (checked).
         unsafe {
             self.max_pool2_raw(
                 x.as_ptr(),
@@ -281,6 +301,8 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
                 idx.map_or(std::ptr::null_mut(), |i| i.as_mut_ptr()),
                 out_h,
                 out_w,
+                affine,
+                at.map_or(std::ptr::null_mut(), |a| a.as_mut_ptr()),
             )
         }
     }
@@ -700,8 +722,11 @@ macro_rules! micro_kernels {
                 idx: *mut u32,
                 out_h: usize,
                 out_w: usize,
+                affine: Option<[f32; 2]>,
+                at: *mut f32,
             ) {
                 #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn f(
                     x: *const f32,
                     in_w: usize,
@@ -709,14 +734,18 @@ macro_rules! micro_kernels {
                     idx: *mut u32,
                     out_h: usize,
                     out_w: usize,
+                    affine: Option<[f32; 2]>,
+                    at: *mut f32,
                 ) {
                     // SAFETY: the caller's contract (as `max_pool2_body`'s).
                     unsafe {
-                        $crate::arch::kernel::max_pool2_body::<$v>(x, in_w, y, idx, out_h, out_w)
+                        $crate::arch::kernel::max_pool2_body::<$v>(
+                            x, in_w, y, idx, out_h, out_w, affine, at,
+                        )
                     }
                 }
                 // SAFETY: `self` proves the features; the rest is the caller's contract.
-                unsafe { f(x, in_w, y, idx, out_h, out_w) }
+                unsafe { f(x, in_w, y, idx, out_h, out_w, affine, at) }
             }
 
             #[inline]
@@ -843,6 +872,8 @@ unsafe impl MicroKernel for Never {
         _: *mut u32,
         _: usize,
         _: usize,
+        _: Option<[f32; 2]>,
+        _: *mut f32,
     ) {
         match self {}
     }
@@ -1157,15 +1188,20 @@ unsafe fn depthwise_block<V: Vector, const NB: usize>(
     }
 }
 
+/// How many input rows ahead of the rows it pools [`max_pool2_body`] asks for the lines it will
+/// read (the plane is usually a convolution's output, just written and larger than the cache).
+const PREFETCH_ROWS: usize = 8;
+
 /// Max pooling by 2x2 windows at stride 2 of the `in_w`-wide plane `x` into the `out_h x out_w`
 /// plane `y`, with each maximum's index in the plane in `idx` ([`Vector::max2x2`], a register
-/// of windows at a time along each output row).
+/// of windows at a time along each output row; `affine` and `at` as there).
 ///
 /// # Safety
 /// The CPU supports `V`'s instruction set; `2·out_w <= in_w`; `x[..2·out_h·in_w]` readable,
-/// `y[..out_h·out_w]` writable, `idx` null or `idx[..out_h·out_w]` writable;
+/// `y[..out_h·out_w]` writable, `idx` and `at` null or `[..out_h·out_w]` writable;
 /// `2·out_h·in_w <= u32::MAX`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn max_pool2_body<V: Vector>(
     x: *const f32,
     in_w: usize,
@@ -1173,6 +1209,8 @@ pub(crate) unsafe fn max_pool2_body<V: Vector>(
     idx: *mut u32,
     out_h: usize,
     out_w: usize,
+    affine: Option<[f32; 2]>,
+    at: *mut f32,
 ) {
     for oh in 0..out_h {
         let mut ow = 0;
@@ -1181,8 +1219,14 @@ pub(crate) unsafe fn max_pool2_body<V: Vector>(
             let (first, o) = (2 * oh * in_w + 2 * ow, oh * out_w + ow);
             // SAFETY: rows 2·oh and 2·oh + 1 from column 2·ow, 2·lanes floats each, end at or
             // below (2·oh + 1)·in_w + 2·out_w <= 2·out_h·in_w; outputs o..o + lanes are in the
-            // plane; `first + in_w + 2·lanes` fits in u32 (the caller's contract).
+            // plane; `first + in_w + 2·lanes` fits in u32 (the caller's contract). A prefetch
+            // never faults, wherever it points.
             unsafe {
+                for r in [PREFETCH_ROWS * in_w, (PREFETCH_ROWS + 1) * in_w] {
+                    let p = x.wrapping_add(first + r);
+                    V::prefetch(p);
+                    V::prefetch(p.wrapping_add(16));
+                }
                 V::max2x2(
                     x.add(first),
                     x.add(first + in_w),
@@ -1191,6 +1235,8 @@ pub(crate) unsafe fn max_pool2_body<V: Vector>(
                     in_w as u32,
                     y.add(o),
                     if idx.is_null() { idx } else { idx.add(o) },
+                    affine,
+                    if at.is_null() { at } else { at.add(o) },
                 )
             };
             ow += lanes;
@@ -1226,6 +1272,10 @@ pub(crate) unsafe fn unpool2_body<V: Vector>(
             while ow < out_w {
                 let lanes = (out_w - ow).min(V::N);
                 let (first, o) = (2 * oh * in_w + 2 * ow, oh * out_w + ow);
+                // Outputs read a few rows ahead, asked for (a prefetch never faults).
+                let ahead = o + PREFETCH_ROWS / 2 * out_w;
+                V::prefetch(dy.wrapping_add(ahead));
+                V::prefetch(idx.wrapping_add(ahead) as *const f32);
                 // Rows 2·oh and 2·oh + 1, columns 2·ow .. 2·(ow + lanes) <= in_w.
                 ok &= V::unpool2x2(
                     dy.add(o),

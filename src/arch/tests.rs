@@ -498,13 +498,45 @@ fn max_pool2_and_unpool2_match_the_scalar_loops() {
                     }
                     let len = out_h * out_w;
                     let (mut y, mut idx) = (vec![7.5f32; len + 3], vec![u32::MAX; len + 3]);
-                    kern.max_pool2(&x, in_w, &mut y[..len], Some(&mut idx[..len]));
+                    kern.max_pool2(&x, in_w, &mut y[..len], Some(&mut idx[..len]), None, None);
                     let what = format!("{:?} {in_h}x{in_w}", K::ISA);
                     // Without indices: the same maxima.
                     let mut y2 = vec![7.5f32; len + 3];
-                    kern.max_pool2(&x, in_w, &mut y2[..len], None);
+                    kern.max_pool2(&x, in_w, &mut y2[..len], None, None, None);
                     let b = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(b(&y2), b(&y), "{what}: without indices");
+                    // An affine map made in the registers (a negative scale reverses the order):
+                    // the pooling of the mapped plane, and the element read at each maximum.
+                    for ab in [[-1.5f32, 0.25], [3.0, -0.0]] {
+                        let mapped: Vec<f32> = x.iter().map(|v| v.mul_add(ab[0], ab[1])).collect();
+                        let (mut want_m, mut want_mi) = (vec![0.0f32; len], vec![0u32; len]);
+                        kern.max_pool2(&mapped, in_w, &mut want_m, Some(&mut want_mi), None, None);
+                        let mut ym = vec![7.5f32; len + 3];
+                        let mut im = vec![u32::MAX; len + 3];
+                        let mut at = vec![7.5f32; len + 3];
+                        kern.max_pool2(
+                            &x,
+                            in_w,
+                            &mut ym[..len],
+                            Some(&mut im[..len]),
+                            Some(ab),
+                            Some(&mut at[..len]),
+                        );
+                        assert_eq!(b(&ym[..len]), b(&want_m), "{what}: {ab:?} maxima");
+                        assert_eq!(im[..len], want_mi[..], "{what}: {ab:?} indices");
+                        let read: Vec<f32> = im[..len].iter().map(|&i| x[i as usize]).collect();
+                        assert_eq!(
+                            b(&at[..len]),
+                            b(&read),
+                            "{what}: {ab:?} values at the maxima"
+                        );
+                        assert_eq!(ym[len..], [7.5; 3], "{what}: wrote past y");
+                        assert_eq!(at[len..], [7.5; 3], "{what}: wrote past at");
+                        // The values at the maxima without the indices.
+                        let mut at2 = vec![7.5f32; len];
+                        kern.max_pool2(&x, in_w, &mut ym[..len], None, Some(ab), Some(&mut at2));
+                        assert_eq!(b(&at2), b(&read), "{what}: {ab:?} values without indices");
+                    }
                     for (k, (g, w)) in y[..len].iter().zip(&want_y).enumerate() {
                         assert!(
                             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
@@ -615,11 +647,15 @@ fn bound_checks_refuse_what_would_wrap() {
             // Pooling planes whose lengths disagree.
             assert!(refused(&|| {
                 let (mut y, mut i) = ([0.0; 4], [0u32; 4]);
-                kern.max_pool2(&[0.0; 15], 4, &mut y, Some(&mut i));
+                kern.max_pool2(&[0.0; 15], 4, &mut y, Some(&mut i), None, None);
             }));
             assert!(refused(&|| {
                 let (mut y, mut i) = ([0.0; 4], [0u32; 3]);
-                kern.max_pool2(&[0.0; 16], 4, &mut y, Some(&mut i));
+                kern.max_pool2(&[0.0; 16], 4, &mut y, Some(&mut i), None, None);
+            }));
+            assert!(refused(&|| {
+                let (mut y, mut at) = ([0.0; 4], [0.0; 3]);
+                kern.max_pool2(&[0.0; 16], 4, &mut y, None, None, Some(&mut at));
             }));
             assert!(refused(&|| {
                 let mut dx = [0.0; 15];

@@ -182,15 +182,29 @@ pub(crate) fn max_pool2d_forward_from(
         |r, (Items(y, _), Items(a, _), Items(m, _)), s| {
             for (k, (p, y_p)) in r.zip(y.chunks_exact_mut(out_plane)).enumerate() {
                 let mut a_p = with_argmax.then(|| &mut a[k * out_plane..][..out_plane]);
-                let x_p = x.plane(p, in_plane, c, s)?;
-                let done = two.is_some_and(|in_w| pool_pairs(x_p, in_w, y_p, a_p.as_deref_mut()));
-                if !done {
-                    plane(x_p, y_p, a_p.as_deref_mut());
+                let mut m_p = (m_per_plane > 0).then(|| &mut m[k * out_plane..][..out_plane]);
+                // 2x2 windows in the micro-kernels read a stored plane, and make a batch norm's
+                // output in the registers (the same fused multiply-add as `Planes::plane`).
+                let stored_plane = match x {
+                    Planes::Dense(x) => Some((&x[p * in_plane..][..in_plane], None)),
+                    Planes::Affine { x, scale, shift } => Some((
+                        &x[p * in_plane..][..in_plane],
+                        Some([scale[p % c], shift[p % c]]),
+                    )),
+                    _ => None,
+                };
+                if let (Some(in_w), Some((x_p, affine))) = (two, stored_plane) {
+                    let (a, m) = (a_p.as_deref_mut(), m_p.as_deref_mut());
+                    if pool_pairs(x_p, in_w, y_p, a, affine, m) {
+                        continue;
+                    }
                 }
-                if let (Some(a_p), true) = (a_p, m_per_plane > 0) {
+                let x_p = x.plane(p, in_plane, c, s)?;
+                plane(x_p, y_p, a_p.as_deref_mut());
+                if let (Some(a_p), Some(m_p)) = (a_p, m_p) {
                     // The indices were made just above, inside the plane.
                     let xs = &stored[p * in_plane..][..in_plane];
-                    for (v, &i) in m[k * out_plane..][..out_plane].iter_mut().zip(a_p.iter()) {
+                    for (v, &i) in m_p.iter_mut().zip(a_p.iter()) {
                         *v = xs[i as usize];
                     }
                 }
@@ -298,12 +312,20 @@ pub(crate) fn pairs(g: &Pool2dGeom) -> Option<usize> {
 }
 
 /// [`max_pool2d_forward`] of one plane by 2x2 windows at stride 2 (`pairs`) in the
-/// micro-kernels; `false` (nothing written) without them.
+/// micro-kernels, of `x_p·a + b` with `affine = Some([a, b])`, with the element of `x_p` at each
+/// maximum in `m_p`; `false` (nothing written) without them.
 #[inline(always)]
-fn pool_pairs(x_p: &[f32], in_w: usize, y_p: &mut [f32], a_p: Option<&mut [u32]>) -> bool {
+fn pool_pairs(
+    x_p: &[f32],
+    in_w: usize,
+    y_p: &mut [f32],
+    a_p: Option<&mut [u32]>,
+    affine: Option<[f32; 2]>,
+    m_p: Option<&mut [f32]>,
+) -> bool {
     crate::arch::with_kernel!(
         k => {
-            crate::arch::kernel::MicroKernel::max_pool2(k, x_p, in_w, y_p, a_p);
+            crate::arch::kernel::MicroKernel::max_pool2(k, x_p, in_w, y_p, a_p, affine, m_p);
             true
         };
         else false

@@ -78,10 +78,13 @@ impl Vector for Ymm {
         in_w: u32,
         y: *mut f32,
         idx: *mut u32,
+        affine: Option<[f32; 2]>,
+        at_max: *mut f32,
     ) {
         // SAFETY: AVX2; the loads read r0[..2·lanes] and r1[..2·lanes] only (masked loads
         // below a whole register: masked lanes are not accessed), the stores write y[..lanes]
-        // and, when it is not null, idx[..lanes] only (the caller's contract).
+        // and, when they are not null, idx[..lanes] and at_max[..lanes] only (the
+        // caller's contract).
         unsafe {
             let [m, lo, hi] = masks(lanes);
             let split = |r: *const f32| {
@@ -100,14 +103,20 @@ impl Vector for Ymm {
                 )
             };
             let ((c0, c1), (c2, c3)) = (split(r0), split(r1));
+            let map = |c: __m256| match affine {
+                Some([a, b]) => _mm256_fmadd_ps(c, _mm256_set1_ps(a), _mm256_set1_ps(b)),
+                None => c,
+            };
             // As the AVX-512 version: the first candidate is the scalar loop's first step.
-            let (mut best, mut off) = (c0, _mm256_setzero_ps());
+            let (mut best, mut off, mut read) = (map(c0), _mm256_setzero_ps(), c0);
             for (c, o) in [(c1, 1), (c2, in_w), (c3, in_w + 1)] {
+                let v = map(c);
                 let take = _mm256_or_ps(
-                    _mm256_cmp_ps::<_CMP_GT_OQ>(c, best),
-                    _mm256_cmp_ps::<_CMP_UNORD_Q>(c, c),
+                    _mm256_cmp_ps::<_CMP_GT_OQ>(v, best),
+                    _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v),
                 );
-                best = _mm256_blendv_ps(best, c, take);
+                best = _mm256_blendv_ps(best, v, take);
+                read = _mm256_blendv_ps(read, c, take);
                 let o = _mm256_castsi256_ps(_mm256_set1_epi32(o as i32));
                 off = _mm256_blendv_ps(off, o, take);
             }
@@ -127,6 +136,11 @@ impl Vector for Ymm {
                     _mm256_maskstore_ps(y, m, best);
                     _mm256_maskstore_epi32(idx as *mut i32, m, at);
                 }
+            }
+            match (lanes == 8, at_max.is_null()) {
+                (_, true) => {}
+                (true, false) => _mm256_storeu_ps(at_max, read),
+                (false, false) => _mm256_maskstore_ps(at_max, m, read),
             }
         }
     }

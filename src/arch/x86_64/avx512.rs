@@ -81,10 +81,12 @@ impl Vector for Zmm {
         in_w: u32,
         y: *mut f32,
         idx: *mut u32,
+        affine: Option<[f32; 2]>,
+        at: *mut f32,
     ) {
         // SAFETY: AVX-512F; the masked loads read r0[..2·lanes] and r1[..2·lanes] only (masked
-        // lanes are not accessed), the masked stores write y[..lanes] and, when it is not null,
-        // idx[..lanes] only (the caller's contract).
+        // lanes are not accessed), the masked stores write y[..lanes] and, when they are not
+        // null, idx[..lanes] and at[..lanes] only (the caller's contract).
         unsafe {
             let (m, [lo, hi]) = masks(lanes);
             // Candidates 0 and 1 of each window (the even and odd elements of the row).
@@ -97,19 +99,28 @@ impl Vector for Zmm {
                 )
             };
             let ((c0, c1), (c2, c3)) = (split(r0), split(r1));
+            let map = |c: __m512| match affine {
+                Some([a, b]) => _mm512_fmadd_ps(c, _mm512_set1_ps(a), _mm512_set1_ps(b)),
+                None => c,
+            };
             // Starting from the first candidate is the scalar loop's first step from −∞ (which
             // takes it unless it is −∞ itself, leaving −∞ at offset 0 either way).
-            let (mut best, mut off) = (c0, _mm512_setzero_si512());
+            let (mut best, mut off, mut read) = (map(c0), _mm512_setzero_si512(), c0);
             for (c, o) in [(c1, 1), (c2, in_w), (c3, in_w + 1)] {
-                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, best)
-                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(c, c);
-                best = _mm512_mask_mov_ps(best, take, c);
+                let v = map(c);
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                best = _mm512_mask_mov_ps(best, take, v);
+                read = _mm512_mask_mov_ps(read, take, c);
                 off = _mm512_mask_mov_epi32(off, take, _mm512_set1_epi32(o as i32));
             }
-            let at = _mm512_add_epi32(_mm512_set1_epi32(first as i32), table(EVEN, 0));
+            let first = _mm512_add_epi32(_mm512_set1_epi32(first as i32), table(EVEN, 0));
             _mm512_mask_storeu_ps(y, m, best);
             if !idx.is_null() {
-                _mm512_mask_storeu_epi32(idx as *mut i32, m, _mm512_add_epi32(at, off));
+                _mm512_mask_storeu_epi32(idx as *mut i32, m, _mm512_add_epi32(first, off));
+            }
+            if !at.is_null() {
+                _mm512_mask_storeu_ps(at, m, read);
             }
         }
     }
