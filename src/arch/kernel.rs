@@ -256,6 +256,7 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         in_h: usize,
         in_w: usize,
         out_h: usize,
+        bn: Option<(*const f32, [f32; 4])>,
     ) -> bool;
 
     /// Max pooling of one plane by 2x2 windows at stride 2 without padding (`torch`'s
@@ -312,14 +313,28 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     /// unspecified) if some `idx[o]` is not a position of its own window, so that the caller can
     /// fall back to a scatter that checks each index.
     ///
+    /// With `bn = Some((x, [k, mean, a, b]))` (`x` of `dx`'s length), each element `d` of that
+    /// plane is then replaced by a batch norm's input gradient in training mode,
+    /// `k·(d − a − (x − mean)·b)` with the product and its sum rounded once (the bits of
+    /// `kernels::norm::BnDx`), while the row pair is still in L1.
+    ///
     /// Panics (a programming error) if the lengths disagree or an index would not fit in `u32`.
     #[inline]
-    fn unpool2(self, dy: &[f32], idx: &[u32], dx: &mut [f32], in_w: usize) -> bool {
+    fn unpool2(
+        self,
+        dy: &[f32],
+        idx: &[u32],
+        dx: &mut [f32],
+        in_w: usize,
+        bn: Option<(&[f32], [f32; 4])>,
+    ) -> bool {
         let out_w = in_w / 2;
         let in_h = dx.len() / in_w.max(1);
         let out_h = in_h / 2;
         assert!(
-            dx.len() == in_h * in_w && u32::try_from(dx.len()).is_ok(),
+            dx.len() == in_h * in_w
+                && u32::try_from(dx.len()).is_ok()
+                && bn.is_none_or(|(x, _)| x.len() == dx.len()),
             "unpool input length"
         );
         assert!(
@@ -327,8 +342,8 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
             "unpool output lengths"
         );
         // SAFETY: the CPU has the instruction set (`self` exists); `dy` and `idx` hold
-        // out_h·out_w elements and `dx` in_h·in_w with 2·out_h <= in_h, 2·out_w <= in_w (all
-        // checked), and indices < dx.len() fit in u32.
+        // out_h·out_w elements and `dx` (and `x`) in_h·in_w with 2·out_h <= in_h,
+        // 2·out_w <= in_w (all checked), and indices < dx.len() fit in u32.
         unsafe {
             self.unpool2_raw(
                 dy.as_ptr(),
@@ -338,6 +353,7 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
                 in_h,
                 in_w,
                 out_h,
+                bn.map(|(x, c)| (x.as_ptr(), c)),
             )
         }
     }
@@ -758,8 +774,10 @@ macro_rules! micro_kernels {
                 in_h: usize,
                 in_w: usize,
                 out_h: usize,
+                bn: Option<(*const f32, [f32; 4])>,
             ) -> bool {
                 #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn f(
                     dy: *const f32,
                     idx: *const u32,
@@ -768,16 +786,17 @@ macro_rules! micro_kernels {
                     in_h: usize,
                     in_w: usize,
                     out_h: usize,
+                    bn: Option<(*const f32, [f32; 4])>,
                 ) -> bool {
                     // SAFETY: the caller's contract (as `unpool2_body`'s).
                     unsafe {
                         $crate::arch::kernel::unpool2_body::<$v>(
-                            dy, idx, out_w, dx, in_h, in_w, out_h,
+                            dy, idx, out_w, dx, in_h, in_w, out_h, bn,
                         )
                     }
                 }
                 // SAFETY: `self` proves the features; the rest is the caller's contract.
-                unsafe { f(dy, idx, out_w, dx, in_h, in_w, out_h) }
+                unsafe { f(dy, idx, out_w, dx, in_h, in_w, out_h, bn) }
             }
 
             #[inline]
@@ -886,6 +905,7 @@ unsafe impl MicroKernel for Never {
         _: usize,
         _: usize,
         _: usize,
+        _: Option<(*const f32, [f32; 4])>,
     ) -> bool {
         match self {}
     }
@@ -1246,13 +1266,15 @@ pub(crate) unsafe fn max_pool2_body<V: Vector>(
 
 /// The input gradient of [`max_pool2_body`]: the `in_h x in_w` plane `dx` gets `dy[o] + 0` at
 /// `idx[o]` and zero elsewhere ([`Vector::unpool2x2`] along each output row, then zeros in the
-/// column and row no window covers). Returns whether every index was in its own window.
+/// column and row no window covers), mapped by a batch norm's backward map of `x` ([`bn_map`])
+/// a row pair at a time with `bn`. Returns whether every index was in its own window.
 ///
 /// # Safety
 /// The CPU supports `V`'s instruction set; `2·out_w <= in_w`, `2·out_h <= in_h`;
-/// `dy[..out_h·out_w]` and `idx[..out_h·out_w]` readable, `dx[..in_h·in_w]` writable;
-/// `in_h·in_w <= u32::MAX`.
+/// `dy[..out_h·out_w]` and `idx[..out_h·out_w]` readable, `dx[..in_h·in_w]` writable and with
+/// `bn`, `x[..in_h·in_w]` readable; `in_h·in_w <= u32::MAX`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn unpool2_body<V: Vector>(
     dy: *const f32,
     idx: *const u32,
@@ -1261,10 +1283,12 @@ pub(crate) unsafe fn unpool2_body<V: Vector>(
     in_h: usize,
     in_w: usize,
     out_h: usize,
+    bn: Option<(*const f32, [f32; 4])>,
 ) -> bool {
     let mut ok = true;
-    // SAFETY: every write is inside dx[..in_h·in_w] and every read inside the output planes,
-    // by the bounds named at each step (the caller's contract).
+    // SAFETY: every write is inside dx[..in_h·in_w] and every read inside the output planes
+    // and x[..in_h·in_w], by the bounds named at each step (the caller's contract); a prefetch
+    // never faults, wherever it points.
     unsafe {
         for oh in 0..out_h {
             let row = dx.add(2 * oh * in_w);
@@ -1272,10 +1296,17 @@ pub(crate) unsafe fn unpool2_body<V: Vector>(
             while ow < out_w {
                 let lanes = (out_w - ow).min(V::N);
                 let (first, o) = (2 * oh * in_w + 2 * ow, oh * out_w + ow);
-                // Outputs read a few rows ahead, asked for (a prefetch never faults).
+                // Outputs read a few rows ahead, asked for.
                 let ahead = o + PREFETCH_ROWS / 2 * out_w;
                 V::prefetch(dy.wrapping_add(ahead));
                 V::prefetch(idx.wrapping_add(ahead) as *const f32);
+                if let Some((x, _)) = bn {
+                    for r in [PREFETCH_ROWS * in_w, (PREFETCH_ROWS + 1) * in_w] {
+                        let p = x.wrapping_add(first + r);
+                        V::prefetch(p);
+                        V::prefetch(p.wrapping_add(16));
+                    }
+                }
                 // Rows 2·oh and 2·oh + 1, columns 2·ow .. 2·(ow + lanes) <= in_w.
                 ok &= V::unpool2x2(
                     dy.add(o),
@@ -1294,13 +1325,47 @@ pub(crate) unsafe fn unpool2_body<V: Vector>(
                     *row.add(r * in_w + c) = 0.0;
                 }
             }
+            if let Some((x, c)) = bn {
+                // Rows 2·oh and 2·oh + 1 (below in_h).
+                bn_map::<V>(x.add(2 * oh * in_w), row, 2 * in_w, c);
+            }
         }
         // The rows below the last window.
-        for i in 2 * out_h * in_w..in_h * in_w {
+        let done = 2 * out_h * in_w;
+        for i in done..in_h * in_w {
             *dx.add(i) = 0.0;
+        }
+        if let Some((x, c)) = bn {
+            bn_map::<V>(x.add(done), dx.add(done), in_h * in_w - done, c);
         }
     }
     ok
+}
+
+/// `d[i] = k·(d[i] − a − (x[i] − mean)·b)` for `i < len`, with `[k, mean, a, b] = c`: a batch
+/// norm's input gradient in training mode, with the operations of `kernels::norm::BnDx` (the
+/// differences as sums with the negated operand, the product and its sum rounded once: the same
+/// bits).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set; `x[..len]` readable, `d[..len]` writable.
+#[inline(always)]
+unsafe fn bn_map<V: Vector>(x: *const f32, d: *mut f32, len: usize, c: [f32; 4]) {
+    let [k, mean, a, b] = c;
+    // SAFETY: every access is below `len` (the caller's contract).
+    unsafe {
+        let (kv, nm, na, nb) = (V::splat(k), V::splat(-mean), V::splat(-a), V::splat(-b));
+        let mut i = 0;
+        while i + V::N <= len {
+            let (t, u) = (V::load(x.add(i)).add(nm), V::load(d.add(i)).add(na));
+            t.mul_add(nb, u).mul(kv).store(d.add(i));
+            i += V::N;
+        }
+        for i in i..len {
+            let (t, u) = (*x.add(i) - mean, *d.add(i) - a);
+            *d.add(i) = (-t).mul_add(b, u) * k;
+        }
+    }
 }
 
 /// The widest register of any instruction set, in floats (depthwise planes keep this much slack).

@@ -562,7 +562,10 @@ fn max_pool2_and_unpool2_match_the_scalar_loops() {
                     let plane = in_h * in_w;
                     let mut dx = vec![f32::NAN; plane + 3];
                     dx[plane..].fill(7.5);
-                    assert!(kern.unpool2(&dy, &want_i, &mut dx[..plane], in_w), "{what}");
+                    assert!(
+                        kern.unpool2(&dy, &want_i, &mut dx[..plane], in_w, None),
+                        "{what}"
+                    );
                     for (k, (g, w)) in dx[..plane].iter().zip(&want).enumerate() {
                         assert!(
                             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
@@ -570,11 +573,34 @@ fn max_pool2_and_unpool2_match_the_scalar_loops() {
                         );
                     }
                     assert_eq!(dx[plane..], [7.5; 3], "{what}: wrote past dx");
+                    // Then a batch norm's backward map of the plane `x` in the same pass:
+                    // k·((d − a) − (x − mean)·b), the product and its sum rounded once.
+                    let c = [0.75f32, -0.25, 0.125, 1.5];
+                    let [k, mean, a, b] = c;
+                    dx[..plane].fill(f32::NAN);
+                    let bn = Some((&x[..], c));
+                    assert!(
+                        kern.unpool2(&dy, &want_i, &mut dx[..plane], in_w, bn),
+                        "{what}"
+                    );
+                    for (i, (g, (&w, &xv))) in
+                        dx[..plane].iter().zip(want.iter().zip(&x)).enumerate()
+                    {
+                        let w = (-(xv - mean)).mul_add(b, w - a) * k;
+                        assert!(
+                            g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                            "{what}: mapped dx[{i}] {g:e} vs {w:e}"
+                        );
+                    }
+                    assert_eq!(dx[plane..], [7.5; 3], "{what}: wrote past dx (mapped)");
                     // An index inside the plane but outside its window is reported.
                     if len > 1 {
                         let mut bad = want_i.clone();
                         bad[len - 1] = want_i[0];
-                        assert!(!kern.unpool2(&dy, &bad, &mut dx[..plane], in_w), "{what}");
+                        assert!(
+                            !kern.unpool2(&dy, &bad, &mut dx[..plane], in_w, None),
+                            "{what}"
+                        );
                     }
                 }
             }
@@ -659,7 +685,17 @@ fn bound_checks_refuse_what_would_wrap() {
             }));
             assert!(refused(&|| {
                 let mut dx = [0.0; 15];
-                kern.unpool2(&[0.0; 4], &[0u32; 4], &mut dx, 4);
+                kern.unpool2(&[0.0; 4], &[0u32; 4], &mut dx, 4, None);
+            }));
+            assert!(refused(&|| {
+                let mut dx = [0.0; 16];
+                kern.unpool2(
+                    &[0.0; 4],
+                    &[0u32; 4],
+                    &mut dx,
+                    4,
+                    Some((&[0.0; 15], [0.0; 4])),
+                );
             }));
             // A C tile one element short is refused too.
             assert!(refused(&|| {

@@ -121,7 +121,8 @@ pub(crate) enum Planes<'a> {
     },
     /// A batch norm's input gradient: its backward map ([`norm::BnDx`], after the sums of its
     /// backward pass) of its input `x` and of its output gradient `dy` (itself stored, or
-    /// pooled; not another batch norm's).
+    /// pooled; not another batch norm's). A gradient pooled by 2x2 windows is spread and mapped
+    /// in one pass of the micro-kernels in training mode (the same bits as the two steps).
     BnGrad {
         x: &'a [f32],
         dy: &'a Planes<'a>,
@@ -203,9 +204,28 @@ impl<'a> Planes<'a> {
         match *dy {
             Planes::Dense(d) => map.apply(p % c, x_p, &d[p * plane..][..plane], s, Accum::Replace),
             _ => {
-                // Made in `s` (the inner operand is not a batch norm's gradient: checked).
-                dy.base_plane(p, plane, c, s)?;
-                map.apply_in_place(p % c, x_p, s);
+                // 2x2 windows: spread and mapped in one pass of the micro-kernels.
+                let fused = match (*dy, map.training_coefficients(p % c)) {
+                    (
+                        Planes::Pooled {
+                            dy: d,
+                            argmax,
+                            out_plane,
+                            pairs: Some(in_w),
+                            ..
+                        },
+                        Some(k),
+                    ) => {
+                        let at = p * out_plane..(p + 1) * out_plane;
+                        pool::unpool_bn_plane(&argmax[at.clone()], &d[at], s, in_w, x_p, k)
+                    }
+                    _ => false,
+                };
+                if !fused {
+                    // Made in `s` (the inner operand is not a batch norm's gradient: checked).
+                    dy.base_plane(p, plane, c, s)?;
+                    map.apply_in_place(p % c, x_p, s);
+                }
             }
         }
         Ok(s)
@@ -338,6 +358,70 @@ mod tests {
         };
         let e = src.plane(0, 4, 1, &mut s).unwrap_err().to_string();
         assert!(e.contains("argmax"), "{e}");
+    }
+
+    /// A batch norm's input gradient over a 2x2 max-pool's gradient (odd width and height: a
+    /// column and a row no window covers), made in one pass of the micro-kernels, is the pooled
+    /// plane spread and then mapped, bit for bit, in training and in evaluation mode.
+    #[test]
+    fn batch_norm_gradients_of_pooled_planes_are_the_two_steps() {
+        use crate::shape::Shape4;
+        let shape = Shape4::new(2, 3, 7, 11);
+        let (plane, out_plane, c) = (7 * 11, 3 * 5, 3);
+        let x: Vec<f32> = (0..6 * plane)
+            .map(|i| crate::rng::uniform_at(5, i as u64) * 4.0 - 2.0)
+            .collect();
+        let dy: Vec<f32> = (0..6 * out_plane)
+            .map(|i| crate::rng::uniform_at(6, i as u64) - 0.5)
+            .collect();
+        // Each window's maximum at one of its four positions.
+        let argmax: Vec<u32> = (0..6 * out_plane)
+            .map(|i| {
+                let (oh, ow) = (i % out_plane / 5, i % 5);
+                let o = [0, 1, 11, 12][(crate::rng::uniform_at(7, i as u64) * 4.0) as usize % 4];
+                (2 * oh * 11 + 2 * ow + o) as u32
+            })
+            .collect();
+        let pooled = Planes::Pooled {
+            dy: &dy,
+            argmax: &argmax,
+            out_plane,
+            pairs: Some(11),
+            at_max: None,
+        };
+        let (mean, invstd, gamma) = ([0.1f32, -0.3, 0.0], [1.5f32, 0.7, 2.0], [0.9f32, -1.1, 1.0]);
+        for training in [true, false] {
+            let mut sums = vec![0.0; super::norm::batch_norm_backward_scratch_len(shape)];
+            let mut ws = vec![0.0; plane];
+            let map = super::norm::batch_norm_backward_sums(
+                shape,
+                training,
+                &x,
+                Some(&gamma),
+                &mean,
+                &invstd,
+                pooled,
+                None,
+                None,
+                super::Accum::Replace,
+                &mut sums,
+                &mut ws,
+            )
+            .unwrap();
+            let grad = Planes::BnGrad {
+                x: &x,
+                dy: &pooled,
+                map,
+            };
+            let (mut fused, mut two) = (vec![f32::NAN; plane], vec![f32::NAN; plane]);
+            for p in 0..6 {
+                let got = grad.plane(p, plane, c, &mut fused).unwrap();
+                pooled.plane(p, plane, c, &mut two).unwrap();
+                map.apply_in_place(p % c, &x[p * plane..][..plane], &mut two);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&two), "training {training}, plane {p}");
+            }
+        }
     }
 
     #[test]

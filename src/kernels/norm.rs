@@ -496,11 +496,24 @@ impl BnDx<'_> {
     /// `a = Σdy/M`, `b = invstd·Σ(dy·x̂)/M`; evaluation, `dx = k·dy`; `k = γ·invstd`.
     #[inline(always)]
     fn coefficients(&self, ch: usize) -> [simd::Lane; 4] {
+        self.scalars(ch).map(splat)
+    }
+
+    /// [`BnDx::coefficients`] of channel `ch`, as scalars.
+    #[inline(always)]
+    fn scalars(&self, ch: usize) -> [f32; 4] {
         let inv = self.save_invstd[ch];
         let k = inv * self.gamma.map_or(1.0, |g| g[ch]);
         let a = self.sum_dy[ch] / self.m;
         let b = inv * self.sum_dy_xhat[ch] / self.m;
-        [splat(k), splat(self.save_mean[ch]), splat(a), splat(b)]
+        [k, self.save_mean[ch], a, b]
+    }
+
+    /// `[k, mean, a, b]` of channel `ch` in training mode (`dx = k·(dy − a − (x − mean)·b)`, for
+    /// a kernel that applies the map itself), `None` in evaluation mode.
+    #[inline(always)]
+    pub(crate) fn training_coefficients(&self, ch: usize) -> Option<[f32; 4]> {
+        self.training.then(|| self.scalars(ch))
     }
 
     /// One lane of the map with channel coefficients `c`.

@@ -276,7 +276,7 @@ pub(crate) fn unpool_plane(
     if accum == Accum::Replace {
         if let Some(in_w) = pairs {
             let done = crate::arch::with_kernel!(
-                k => crate::arch::kernel::MicroKernel::unpool2(k, dy_p, a_p, dx_p, in_w);
+                k => crate::arch::kernel::MicroKernel::unpool2(k, dy_p, a_p, dx_p, in_w, None);
                 else false
             );
             if done {
@@ -293,6 +293,28 @@ pub(crate) fn unpool_plane(
         dx_p[a as usize] += d;
     }
     Ok(())
+}
+
+/// [`unpool_plane`] of 2x2 windows (`in_w` wide, replacing `dx_p`) followed by a batch norm's
+/// input gradient map of `x_p` in training mode with `coefficients`
+/// ([`super::norm::BnDx::training_coefficients`]), in one pass of the micro-kernels (the same
+/// bits as the two steps); `false`, with `dx_p` unspecified, without micro-kernels or when an
+/// index is outside its window.
+#[inline(always)]
+pub(crate) fn unpool_bn_plane(
+    a_p: &[u32],
+    dy_p: &[f32],
+    dx_p: &mut [f32],
+    in_w: usize,
+    x_p: &[f32],
+    coefficients: [f32; 4],
+) -> bool {
+    crate::arch::with_kernel!(
+        k => crate::arch::kernel::MicroKernel::unpool2(
+            k, dy_p, a_p, dx_p, in_w, Some((x_p, coefficients))
+        );
+        else false
+    )
 }
 
 /// The error for a max-pool index outside its input plane.
