@@ -392,6 +392,45 @@ pub(crate) fn zip_map(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(Lane, La
     }
 }
 
+/// [`zip_map`] whose stores bypass the cache (non-temporal stores, on x86-64 when `out` is
+/// 16-byte aligned): for an output much larger than the cache, which is then written without
+/// first being read in. The same values; a fence at the end orders the stores before whatever
+/// follows (a fork-join's signal to the thread that reads them).
+#[inline(always)]
+pub(crate) fn zip_map_stream(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    f: impl Fn(Lane, Lane) -> Lane,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if (out.as_ptr() as usize).is_multiple_of(16) {
+        use std::arch::x86_64::{_mm_loadu_ps, _mm_sfence, _mm_stream_ps};
+        debug_assert!(a.len() == out.len() && b.len() == out.len());
+        let (ac, at) = a.as_chunks::<LANES>();
+        let (bc, bt) = b.as_chunks::<LANES>();
+        let (oc, ot) = out.as_chunks_mut::<LANES>();
+        for ((a, b), o) in ac.iter().zip(bc).zip(oc) {
+            one_lane_per_iteration();
+            let r = f(Lane(*a), Lane(*b)).to_array();
+            // SAFETY: SSE is part of x86-64; `o` is eight floats of `out` at a multiple of 32
+            // bytes from its 16-byte aligned start, so both halves are 16-byte aligned.
+            unsafe {
+                _mm_stream_ps(o.as_mut_ptr(), _mm_loadu_ps(r.as_ptr()));
+                _mm_stream_ps(o.as_mut_ptr().add(4), _mm_loadu_ps(r.as_ptr().add(4)));
+            }
+        }
+        if !at.is_empty() {
+            let r = f(tail_lane(at, 0.0), tail_lane(bt, 0.0)).to_array();
+            ot.copy_from_slice(&r[..at.len()]);
+        }
+        // SAFETY: SSE is part of x86-64; a fence has no operands.
+        unsafe { _mm_sfence() };
+        return;
+    }
+    zip_map(a, b, out, f)
+}
+
 /// `out[i] = f(a[i], b[i], out[i])`: the form of every backward pass that may accumulate into
 /// its gradient output.
 #[inline(always)]

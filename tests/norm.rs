@@ -298,3 +298,71 @@ fn gaussian_noise_is_centred_with_the_given_spread_and_thread_independent() {
     }
     assert!(gaussian_noise_forward_train(0.1, 9, &x, &mut y[..5]).is_err());
 }
+
+/// An input gradient of more than 16 MiB is written with stores that bypass the cache (planes
+/// whose start is 16-byte aligned; an odd plane size mixes both kinds): the same values as the
+/// gradient accumulated onto zeros, which takes the ordinary stores, on one thread and on the
+/// test pool; and the values of the reference formula.
+#[test]
+fn a_large_batch_norm_gradient_written_past_the_cache_has_the_same_values() {
+    let s = Shape4::new(3, 7, 433, 467);
+    let len = s.n * s.c * s.h * s.w;
+    assert!(len * 4 > 16 << 20);
+    let val =
+        |seed: u64, i: usize| ((i as u64 * 2654435761 + seed * 97) % 2001) as f32 / 1000.0 - 1.0;
+    let x: Vec<f32> = (0..len).map(|i| val(1, i) * 3.0 + 0.5).collect();
+    let dy: Vec<f32> = (0..len).map(|i| val(2, i)).collect();
+    let (g, b): (Vec<f32>, Vec<f32>) = (0..s.c).map(|c| (0.5 + c as f32, c as f32)).unzip();
+    let (_, m, inv) = bn_train(s, &x, &g, &b);
+    let mut ws = vec![0.0; batch_norm_backward_scratch_len(s)];
+    let mut run = |dx: &mut [f32], accum| {
+        batch_norm_backward(
+            s,
+            true,
+            &x,
+            Some(&g),
+            &m,
+            &inv,
+            &dy,
+            dx,
+            None,
+            None,
+            accum,
+            &mut ws,
+        )
+        .unwrap()
+    };
+    let mut streamed = nans(len);
+    run(&mut streamed, Accum::Replace);
+    let mut added = vec![0.0; len];
+    run(&mut added, Accum::Add);
+    assert!(streamed.iter().zip(&added).all(|(a, b)| a == b), "1 thread");
+    let mut pooled = nans(len);
+    par(|| run(&mut pooled, Accum::Replace));
+    assert!(streamed.iter().zip(&pooled).all(|(a, b)| a == b), "pool");
+    // One channel against the formula, in f64.
+    let (plane, ch) = (s.h * s.w, 3);
+    let at = |i: usize, k: usize| (i * s.c + ch) * plane + k;
+    let count = (s.n * plane) as f64;
+    let (mut sd, mut sdx) = (0.0f64, 0.0f64);
+    for i in 0..s.n {
+        for k in 0..plane {
+            sd += dy[at(i, k)] as f64;
+            sdx += dy[at(i, k)] as f64 * (x[at(i, k)] as f64 - m[ch] as f64);
+        }
+    }
+    let inv64 = inv[ch] as f64;
+    for i in 0..s.n {
+        for k in (0..plane).step_by(97) {
+            let xh = (x[at(i, k)] as f64 - m[ch] as f64) * inv64;
+            let want = g[ch] as f64
+                * inv64
+                * (dy[at(i, k)] as f64 - sd / count - xh * sdx * inv64 / count);
+            let got = streamed[at(i, k)] as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
+        }
+    }
+}

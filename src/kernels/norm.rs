@@ -260,6 +260,11 @@ fn normalize(
     )
 }
 
+/// Elements of an input gradient from which [`batch_norm_backward`] writes it with
+/// non-temporal stores (16 MiB: larger than a core's share of the last-level cache, so it would
+/// be evicted before it is read; the stores then skip reading the lines in first).
+const STREAM_FLOATS: usize = 4 << 20;
+
 /// Scratch for [`batch_norm_backward`]: two values per channel and two per plane.
 pub fn batch_norm_backward_scratch_len(shape: Shape4) -> usize {
     2 * shape.c + 2 * shape.n * shape.c
@@ -357,6 +362,8 @@ pub(crate) fn batch_norm_backward_from(
         return Ok(());
     }
     let (len, slot) = (n * c * plane, dy.slot(plane));
+    // An input gradient far larger than the cache is written past it (see `simd::zip_map_stream`).
+    let stream = dx_accum == Accum::Replace && len >= STREAM_FLOATS;
     par::for_each_group(
         n * c,
         super::groups_in(n * c, len * 3, planes_ws.len(), slot),
@@ -367,7 +374,11 @@ pub(crate) fn batch_norm_backward_from(
         |r, Items(dx, _), s| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
                 let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
-                map.apply(p % c, x_p, dy_p, dx_p, dx_accum);
+                if stream {
+                    map.apply_stream(p % c, x_p, dy_p, dx_p);
+                } else {
+                    map.apply(p % c, x_p, dy_p, dx_p, dx_accum);
+                }
             }
             Ok(())
         },
@@ -542,6 +553,20 @@ impl BnDx<'_> {
             dy_p,
             dx_p,
             accum,
+            #[inline(always)]
+            |x, d| self.lane(c, x, d),
+        );
+    }
+
+    /// [`BnDx::apply`] with [`Accum::Replace`], stored past the cache
+    /// ([`simd::zip_map_stream`]).
+    #[inline(always)]
+    fn apply_stream(&self, ch: usize, x_p: &[f32], dy_p: &[f32], dx_p: &mut [f32]) {
+        let c = self.coefficients(ch);
+        simd::zip_map_stream(
+            x_p,
+            dy_p,
+            dx_p,
             #[inline(always)]
             |x, d| self.lane(c, x, d),
         );
