@@ -1212,6 +1212,23 @@ unsafe fn depthwise_block<V: Vector, const NB: usize>(
 /// read (the plane is usually a convolution's output, just written and larger than the cache).
 const PREFETCH_ROWS: usize = 8;
 
+/// Asks for the two lines at `first` of the row pair [`PREFETCH_ROWS`] rows below (the 2x2
+/// kernels' next reads of an `in_w`-wide plane `x`).
+///
+/// # Safety
+/// The CPU supports `V`'s instruction set (a prefetch never faults, wherever it points).
+#[inline(always)]
+unsafe fn prefetch_rows_ahead<V: Vector>(x: *const f32, first: usize, in_w: usize) {
+    for r in [PREFETCH_ROWS * in_w, (PREFETCH_ROWS + 1) * in_w] {
+        let p = x.wrapping_add(first + r);
+        // SAFETY: the caller's features; prefetches do not access memory.
+        unsafe {
+            V::prefetch(p);
+            V::prefetch(p.wrapping_add(16));
+        }
+    }
+}
+
 /// Max pooling by 2x2 windows at stride 2 of the `in_w`-wide plane `x` into the `out_h x out_w`
 /// plane `y`, with each maximum's index in the plane in `idx` ([`Vector::max2x2`], a register
 /// of windows at a time along each output row; `affine` and `at` as there).
@@ -1242,11 +1259,7 @@ pub(crate) unsafe fn max_pool2_body<V: Vector>(
             // plane; `first + in_w + 2·lanes` fits in u32 (the caller's contract). A prefetch
             // never faults, wherever it points.
             unsafe {
-                for r in [PREFETCH_ROWS * in_w, (PREFETCH_ROWS + 1) * in_w] {
-                    let p = x.wrapping_add(first + r);
-                    V::prefetch(p);
-                    V::prefetch(p.wrapping_add(16));
-                }
+                prefetch_rows_ahead::<V>(x, first, in_w);
                 V::max2x2(
                     x.add(first),
                     x.add(first + in_w),
@@ -1301,11 +1314,7 @@ pub(crate) unsafe fn unpool2_body<V: Vector>(
                 V::prefetch(dy.wrapping_add(ahead));
                 V::prefetch(idx.wrapping_add(ahead) as *const f32);
                 if let Some((x, _)) = bn {
-                    for r in [PREFETCH_ROWS * in_w, (PREFETCH_ROWS + 1) * in_w] {
-                        let p = x.wrapping_add(first + r);
-                        V::prefetch(p);
-                        V::prefetch(p.wrapping_add(16));
-                    }
+                    prefetch_rows_ahead::<V>(x, first, in_w);
                 }
                 // Rows 2·oh and 2·oh + 1, columns 2·ow .. 2·(ow + lanes) <= in_w.
                 ok &= V::unpool2x2(
