@@ -179,15 +179,81 @@ pub fn to_bytes(st: &SafeTensors) -> Vec<u8> {
 /// disk, then renamed over `path` (and the directory flushed). A crash at any point leaves either
 /// the old file or the new one, never a mixture.
 ///
+/// What `path` names is kept: a device, a pipe, a socket or a terminal (`/dev/null`, a FIFO,
+/// `/dev/stdout`, `/proc/self/fd/1`) is written through, not replaced by a regular file; a
+/// symbolic link to a regular file stays a link, and the file it points to is replaced
+/// atomically.
+///
 /// # Errors
 /// [`Error::Io`] naming the file; the temporary file is removed on failure. Temporary files that
-/// earlier, killed writes of the same target left behind are removed first.
+/// earlier, killed writes of the same target left behind are removed first. [`Error::File`] if
+/// `path` is a folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
+    match OutputKind::of(path) {
+        OutputKind::Folder => Err(Error::file(path, "is a folder, not a file")),
+        OutputKind::Stream => write_through(path, bytes),
+        OutputKind::File(target) => replace_atomically(path, &target, bytes),
+    }
+}
+
+/// What an output path names.
+enum OutputKind {
+    /// Nothing yet, or a regular file (possibly behind links): replaced atomically at the path
+    /// given (the link's target for a link).
+    File(PathBuf),
+    /// A device, pipe, socket or terminal, or a link into `/dev` or `/proc`: written through.
+    Stream,
+    Folder,
+}
+
+impl OutputKind {
+    fn of(path: &Path) -> OutputKind {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return OutputKind::File(path.to_path_buf());
+        };
+        if meta.is_dir() {
+            return OutputKind::Folder;
+        }
+        if !meta.is_file() {
+            return OutputKind::Stream;
+        }
+        let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            return OutputKind::File(path.to_path_buf());
+        }
+        match std::fs::canonicalize(path) {
+            // `/dev/stdout` → `/proc/self/fd/1` → a file the shell opened: the shell holds it
+            // open, so replacing it would send the bytes nowhere.
+            Ok(t) if t.starts_with("/proc") || t.starts_with("/dev") => OutputKind::Stream,
+            Ok(t) => OutputKind::File(t),
+            Err(_) => OutputKind::Stream,
+        }
+    }
+}
+
+/// Writes `bytes` into what `path` names, opened for writing as a shell redirection would.
+fn write_through(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    // A regular file behind `/proc/self/fd/N` starts empty, as `>` would leave it.
+    if f.metadata().is_ok_and(|m| m.is_file()) {
+        f.set_len(0).map_err(|e| Error::io(path, e))?;
+    }
+    f.write_all(bytes)
+        .and_then(|()| f.flush())
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The temporary-file-and-rename write of [`write_atomic`] to `target` (`path` is what the
+/// caller named, for messages).
+fn replace_atomically(path: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
+    let name = target
         .file_name()
         .ok_or_else(|| Error::file(path, "not a file path"))?;
     let nonce = mix64(
@@ -207,7 +273,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path)?;
+        std::fs::rename(&tmp, target)?;
         // Make the rename itself durable (directories can be opened and synced on Unix).
         #[cfg(unix)]
         std::fs::File::open(&dir)?.sync_all()?;

@@ -243,3 +243,55 @@ fn a_parameter_limit_refuses_huge_networks_before_allocating() {
         [[4, 8, 8], [4, 8, 8], [256, 1, 1], [3, 1, 1]]
     );
 }
+
+/// An output path that names a device, a pipe or a link is written through, never replaced by a
+/// regular file: `/dev/null` stays a character device, a FIFO receives the bytes, a link stays a
+/// link and its target gets the bytes, atomically.
+#[cfg(unix)]
+#[test]
+fn atomic_writes_keep_devices_pipes_and_links() {
+    use std::os::unix::fs::{FileTypeExt, symlink};
+    let d = TempDir::new("write_through");
+    // A device: written through, still a device.
+    checkpoint::write_atomic(Path::new("/dev/null"), b"abc").unwrap();
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    // A FIFO: a reader gets the bytes; the FIFO stays a FIFO.
+    let fifo = d.path().join("out.fifo");
+    let ok = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(ok.success());
+    let reader = {
+        let f = fifo.clone();
+        std::thread::spawn(move || std::fs::read(f).unwrap())
+    };
+    checkpoint::write_atomic(&fifo, b"through the pipe").unwrap();
+    assert_eq!(reader.join().unwrap(), b"through the pipe");
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A link to a regular file: the link stays, its target is replaced.
+    let target = d.path().join("target.csv");
+    std::fs::write(&target, b"old contents, longer than the new").unwrap();
+    let link = d.path().join("link.csv");
+    symlink(&target, &link).unwrap();
+    checkpoint::write_atomic(&link, b"new").unwrap();
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    // A folder is refused by name.
+    let err = checkpoint::write_atomic(d.path(), b"x")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a folder"), "{err}");
+}
