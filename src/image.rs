@@ -55,6 +55,12 @@ impl ImageOptions {
 
 fn read(path: &Path, limits: &ImageLimits) -> Result<image::DynamicImage> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::file(
+            path,
+            "not a regular file (a folder, pipe, device or socket): give an image file",
+        ));
+    }
     if meta.len() > limits.max_file_bytes {
         return Err(Error::file(
             path,
@@ -195,25 +201,52 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Deepest folder nesting searched below a class folder (a guard against link cycles).
+/// Deepest folder nesting searched below a class folder.
 const MAX_DEPTH: usize = 32;
 
-/// Appends the image files in `dir` and, recursively, in its sub-folders (hidden entries
-/// skipped, links followed as torchvision does, at most [`MAX_DEPTH`] levels).
-fn images_below(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<()> {
-    if depth > MAX_DEPTH {
+/// The image files (`.png`, `.jpg`, `.jpeg`, any case) in `dir` and, recursively, in its
+/// sub-folders, sorted by path: hidden entries skipped, links followed as torchvision does, at
+/// most 32 levels deep. Only regular files are taken (a FIFO or device named `x.png` would
+/// block or never end).
+///
+/// # Errors
+/// [`Error::Io`] for a folder that cannot be read; [`Error::File`] for a link that leads back to
+/// a folder above it (a cycle) or nesting deeper than 32 levels.
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut ancestors = Vec::new();
+    images_below(dir, &mut out, &mut ancestors)?;
+    Ok(out)
+}
+
+/// Appends the image files in `dir` and its sub-folders; `ancestors` holds the resolved folders
+/// above it, so a link back to one of them is found at once.
+fn images_below(dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<PathBuf>) -> Result<()> {
+    let here = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+    if let Some(above) = ancestors.iter().find(|a| **a == here) {
         return Err(Error::file(
             dir,
-            format!("folders nested deeper than {MAX_DEPTH} levels (a link cycle?)"),
+            format!(
+                "a link cycle: this folder is {}, which contains it",
+                above.display()
+            ),
         ));
     }
+    if ancestors.len() > MAX_DEPTH {
+        return Err(Error::file(
+            dir,
+            format!("folders nested deeper than {MAX_DEPTH} levels"),
+        ));
+    }
+    ancestors.push(here);
     for p in sorted_entries(dir)? {
         if p.is_dir() {
-            images_below(&p, out, depth + 1)?;
+            images_below(&p, out, ancestors)?;
         } else if is_image(&p) {
             out.push(p);
         }
     }
+    ancestors.pop();
     Ok(())
 }
 
@@ -232,8 +265,7 @@ pub fn scan_folder(root: &Path) -> Result<Vec<(String, Vec<PathBuf>)>> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut files = Vec::new();
-        images_below(&dir, &mut files, 0)?;
+        let mut files = images_under(&dir)?;
         // torchvision's order: folders by path (`sorted(os.walk(...))`), then file names.
         files.sort_by(|a, b| (a.parent(), a.file_name()).cmp(&(b.parent(), b.file_name())));
         if files.is_empty() {

@@ -299,3 +299,47 @@ fn bad_image_folders_give_one_clear_message() {
     o.limits.max_file_bytes = 10;
     assert!(err(load_image_folder(t.path(), &o)).contains("above the limit"));
 }
+
+/// Links that lead back to a folder above them end the search at once with an error naming the
+/// cycle (two such links made the old depth guard walk 2^32 paths); a FIFO or device named like
+/// an image is never opened (it would block for ever).
+#[cfg(unix)]
+#[test]
+fn link_cycles_and_pipes_named_like_images_are_refused_at_once() {
+    use std::os::unix::fs::symlink;
+    let d = common::TempDir::new("walk_cycles");
+    let root = d.path().join("data");
+    let a = root.join("a");
+    std::fs::create_dir_all(&a).unwrap();
+    image::GrayImage::from_pixel(4, 4, image::Luma([9u8]))
+        .save(a.join("0.png"))
+        .unwrap();
+    let started = std::time::Instant::now();
+    // A link to a sibling is followed (torchvision follows links too).
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    symlink(&a, root.join("b").join("also_a")).unwrap();
+    let found = cnnkit::image::images_under(&root).unwrap();
+    assert_eq!(found.len(), 2, "{found:?}");
+    symlink(&root, a.join("up")).unwrap();
+    symlink(&root, a.join("up_again")).unwrap();
+    let err = cnnkit::image::images_under(&root).unwrap_err().to_string();
+    assert!(err.contains("a link cycle"), "{err}");
+    assert!(started.elapsed().as_secs() < 5);
+    let fifo = d.path().join("x.png");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = cnnkit::image::load_image(&fifo, &cnnkit::image::ImageOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    // In a folder it is passed over.
+    std::fs::rename(&fifo, root.join("b").join("pipe.png")).unwrap();
+    std::fs::remove_file(a.join("up")).unwrap();
+    std::fs::remove_file(a.join("up_again")).unwrap();
+    assert_eq!(cnnkit::image::images_under(&root).unwrap().len(), 2);
+}
