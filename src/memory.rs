@@ -8,9 +8,11 @@
 //! activations of a batch, the parameters and optimizer state, an image being resized).
 //!
 //! **Default.** `CNNKIT_MEMORY_BUDGET` from the environment if set (bytes, or with a suffix
-//! `K`, `M`, `G`, `T`: powers of 1024, e.g. `12G`); otherwise three quarters of the smaller of
-//! the physical memory and the process's address-space limit (`ulimit -v`), read from
-//! `/proc/meminfo` and `/proc/self/limits`; otherwise (neither readable) [`FALLBACK_BUDGET`].
+//! `K`, `M`, `G`, `T`: powers of 1024, e.g. `12G`); otherwise three quarters of the smallest of
+//! the physical memory, the process's address-space limit (`ulimit -v`) and the memory limit of
+//! its control group (a container's or a batch job's: cgroup v1 or v2), read from
+//! `/proc/meminfo`, `/proc/self/limits` and `/proc/self/cgroup`; otherwise (none readable)
+//! [`FALLBACK_BUDGET`].
 //! [`set_memory_budget`] overrides it for the process.
 //!
 //! # Example
@@ -26,6 +28,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The budget when neither the environment nor `/proc` says anything: 8 GiB.
@@ -56,10 +59,13 @@ pub fn set_memory_budget(bytes: usize) {
 }
 
 /// The default budget, computed afresh: `CNNKIT_MEMORY_BUDGET` if set and valid, else ¾ of the
-/// smaller of physical memory and the address-space limit, else [`FALLBACK_BUDGET`].
+/// smallest of physical memory, the address-space limit (`ulimit -v`) and the memory limit of
+/// the process's control group (Docker, Kubernetes, Slurm: cgroup v1 or v2, the group and every
+/// group above it), else [`FALLBACK_BUDGET`]. A malformed `CNNKIT_MEMORY_BUDGET` is passed over
+/// here; [`budget_from_env`] reports it.
 pub fn default_memory_budget() -> usize {
-    if let Some(b) = std::env::var(BUDGET_ENV).ok().and_then(|v| parse_bytes(&v)) {
-        return b.max(1);
+    if let Ok(Some(b)) = budget_from_env() {
+        return b;
     }
     let physical = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -67,10 +73,89 @@ pub fn default_memory_budget() -> usize {
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|s| address_space_limit(&s));
-    match (physical, limit) {
-        (None, None) => FALLBACK_BUDGET,
-        (a, b) => (a.unwrap_or(usize::MAX).min(b.unwrap_or(usize::MAX)) / 4).saturating_mul(3),
+    let group = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|s| cgroup_limit(&s, Path::new("/sys/fs/cgroup")));
+    match (physical, limit, group) {
+        (None, None, None) => FALLBACK_BUDGET,
+        (a, b, c) => {
+            let least = [a, b, c].into_iter().flatten().min().unwrap_or(usize::MAX);
+            (least / 4).saturating_mul(3)
+        }
     }
+}
+
+/// `CNNKIT_MEMORY_BUDGET`: `Ok(None)` when unset, the bytes when valid.
+///
+/// # Errors
+/// [`Error::InvalidArg`] naming the value when it is set but not a size of at least one byte
+/// (`0`, `abc`, `-1G`).
+pub fn budget_from_env() -> Result<Option<usize>> {
+    match std::env::var_os(BUDGET_ENV) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .and_then(parse_bytes)
+            .map(Some)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "memory budget",
+                    BUDGET_ENV,
+                    format!(
+                        "{BUDGET_ENV}={}: not a memory size; use bytes or K, M, G, T such as 8G or 1.5G",
+                        v.to_string_lossy()
+                    ),
+                )
+            }),
+    }
+}
+
+/// The tightest memory limit of the control groups in `proc_cgroup` (the text of
+/// `/proc/self/cgroup`) under the cgroup file system mounted at `root`: v2 `memory.max`
+/// (`0::/path`) and v1 `memory.limit_in_bytes` (`N:memory:/path`, or `memory` among other
+/// controllers), for the group and each group above it. A group's path that is not under
+/// `root` (a cgroup namespace shows the group as the root) is read at the root. `None` when
+/// no limit is set.
+fn cgroup_limit(proc_cgroup: &str, root: &Path) -> Option<usize> {
+    let mut least: Option<usize> = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let (mount, file) = if controllers.is_empty() {
+            let v2 = if root.join("cgroup.controllers").exists() {
+                root.to_path_buf()
+            } else {
+                root.join("unified")
+            };
+            (v2, "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (root.join("memory"), "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        let mut dir = mount.join(path.trim_start_matches('/'));
+        if !dir.starts_with(&mount) || !dir.is_dir() {
+            dir = mount.clone();
+        }
+        loop {
+            let limit = std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                // v1 writes "no limit" as a page-rounded i64::MAX.
+                .filter(|&v| v < (1u64 << 62))
+                .and_then(|v| usize::try_from(v).ok());
+            if let Some(l) = limit {
+                least = Some(least.map_or(l, |m| m.min(l)));
+            }
+            if dir == mount || !dir.pop() {
+                break;
+            }
+        }
+    }
+    least
 }
 
 /// `MemTotal` of `/proc/meminfo`, in bytes.
@@ -229,6 +314,41 @@ mod tests {
         let unlimited =
             "Max address space         unlimited            unlimited            bytes\n";
         assert_eq!(address_space_limit(unlimited), None);
+    }
+
+    #[test]
+    fn cgroup_limits_are_read_for_the_group_and_its_parents() {
+        let root = std::env::temp_dir().join(format!("cnnkit-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // v1: the group's own limit is unlimited, its parent's is 512 MiB.
+        let v1 = root.join("memory/slurm/job_7");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        std::fs::write(
+            root.join("memory/slurm/memory.limit_in_bytes"),
+            "536870912\n",
+        )
+        .unwrap();
+        let text = "4:memory:/slurm/job_7\n3:cpu:/\n";
+        assert_eq!(cgroup_limit(text, &root), Some(512 << 20));
+        // v2 (mounted at the root itself): "max" is no limit; the tighter of the two counts.
+        std::fs::write(root.join("cgroup.controllers"), "memory\n").unwrap();
+        let v2 = root.join("kubepods/pod1");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("memory.max"), "268435456\n").unwrap();
+        std::fs::write(root.join("kubepods/memory.max"), "max\n").unwrap();
+        assert_eq!(cgroup_limit("0::/kubepods/pod1\n", &root), Some(256 << 20));
+        assert_eq!(
+            cgroup_limit(&format!("{text}0::/kubepods/pod1\n"), &root),
+            Some(256 << 20)
+        );
+        // A namespaced group ("/" or a path not under the mount) reads the root's files.
+        std::fs::write(root.join("memory.max"), "1073741824\n").unwrap();
+        assert_eq!(cgroup_limit("0::/\n", &root), Some(1 << 30));
+        assert_eq!(cgroup_limit("0::/elsewhere\n", &root), Some(1 << 30));
+        // No limit anywhere.
+        assert_eq!(cgroup_limit("1:cpu:/\n", &root), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
