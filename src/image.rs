@@ -227,7 +227,7 @@ fn images_below(dir: &Path, out: &mut Vec<PathBuf>, ancestors: &mut Vec<PathBuf>
         return Err(Error::file(
             dir,
             format!(
-                "a link cycle: this folder is {}, which contains it",
+                "a link cycle: it leads back to {}, a folder above it",
                 above.display()
             ),
         ));

@@ -102,7 +102,7 @@ pub fn budget_from_env() -> Result<Option<usize>> {
                     "memory budget",
                     BUDGET_ENV,
                     format!(
-                        "{BUDGET_ENV}={}: not a memory size; use bytes or K, M, G, T such as 8G or 1.5G",
+                        "'{}' is not a memory size of at least one byte; use bytes or K, M, G, T such as 8G or 1.5G",
                         v.to_string_lossy()
                     ),
                 )
