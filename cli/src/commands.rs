@@ -1,5 +1,6 @@
 //! `cnnkit eval`, `cnnkit predict` and `cnnkit preprocess`.
 
+use crate::output::{Outputs, outln};
 use crate::pipeline::{self, Pipeline};
 use crate::{EvalArgs, PredictArgs, PreprocessArgs};
 use anyhow::{Context, Result, bail};
@@ -93,7 +94,7 @@ pub fn model_and_test_data(
                 (Some(p), _, _) => Some(p.clone()),
                 (None, "digits", _) => None,
                 (None, source, Some(p)) if Path::new(p).is_dir() => {
-                    println!("data: {p} (the {source} data the model was trained on)");
+                    outln!("data: {p} (the {source} data the model was trained on)")?;
                     Some(PathBuf::from(p))
                 }
                 (None, source, Some(p)) => bail!(
@@ -128,25 +129,27 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     let (mut model, pipe, mut ds) = model_and_test_data(&a.model, a.data.as_ref(), &a.foreign)?;
     ds.normalize(&pipe.mean, &pipe.std)?;
     let (m, scores) = evaluate_scores(&mut model, &ds, 256)?;
-    println!(
+    outln!(
         "{} images: accuracy {:.2}%, loss {:.4}",
         ds.len(),
         100.0 * m.accuracy,
         m.loss
-    );
-    print!("{}", m.report(&pipe.classes));
-    println!("confusion matrix (rows: true class, columns: predicted):");
-    print!("{}", m.confusion_table(&pipe.classes));
+    )?;
+    crate::output::text(format_args!("{}", m.report(&pipe.classes)))?;
+    outln!("confusion matrix (rows: true class, columns: predicted):")?;
+    crate::output::text(format_args!("{}", m.confusion_table(&pipe.classes)))?;
     // The decision rule `predict` applies, on this data.
     let rates = pipe
         .threshold
         .as_ref()
         .and_then(|(t, why)| Some((cnnkit::metrics::rates_at(ds.labels(), &scores, *t)?, why)));
     if let Some((r, why)) = rates {
-        println!(
+        outln!(
             "at the stored threshold {:.4} ({why}): sensitivity {:.4}, specificity {:.4}",
-            r.threshold, r.sensitivity, r.specificity
-        );
+            r.threshold,
+            r.sensitivity,
+            r.specificity
+        )?;
     }
     Ok(())
 }
@@ -188,19 +191,26 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     if threshold.is_some() && classes != 2 {
         bail!("a decision threshold needs a two-class model, this one has {classes} classes");
     }
-    if let Some((t, why)) = &threshold {
-        println!(
-            "decision: {} when P({}) >= {t:.4} ({why})",
-            pipe.classes[1], pipe.classes[1]
-        );
-    }
     let mut paths = Vec::new();
     for p in &a.images {
         if p.is_dir() {
-            images_under(p, &mut paths)?;
+            paths.extend(cnnkit::image::images_under(p)?);
         } else {
             paths.push(p.clone());
         }
+    }
+    if let Some(csv) = &a.csv {
+        let mut outputs = Outputs::default();
+        outputs.input(&a.model);
+        paths.iter().for_each(|p| outputs.input(p));
+        outputs.plan(csv, "--csv")?;
+    }
+    if let Some((t, why)) = &threshold {
+        outln!(
+            "decision: {} when P({}) >= {t:.4} ({why})",
+            pipe.classes[1],
+            pipe.classes[1]
+        )?;
     }
     let mut csv = String::from("path,predicted");
     for c in &pipe.classes {
@@ -222,13 +232,13 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
             .iter()
             .map(|&i| format!("{}={:.4}", pipe.classes[i], p[i]))
             .collect();
-        println!(
+        outln!(
             "{}: {} ({:.2}%)  [{}]",
             path.display(),
             pipe.classes[predicted],
             100.0 * p[predicted],
             top.join(" ")
-        );
+        )?;
         csv.push_str(&format!(
             "{},{}",
             csv_field(&path.display().to_string()),
@@ -242,7 +252,7 @@ pub fn predict(a: &PredictArgs) -> Result<()> {
     if let Some(out) = &a.csv {
         cnnkit::checkpoint::write_atomic(out, csv.as_bytes())
             .with_context(|| format!("--csv {}", out.display()))?;
-        println!("wrote {} ({} images)", out.display(), paths.len());
+        outln!("wrote {} ({} images)", out.display(), paths.len())?;
     }
     Ok(())
 }
@@ -256,29 +266,16 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot read the folder", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            images_under(&p, out)?;
-        } else if p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-            ["png", "jpg", "jpeg"]
-                .iter()
-                .any(|x| e.eq_ignore_ascii_case(x))
-        }) {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// One image through the grey pipeline; 16-bit inputs stay 16-bit (CLAHE and resize), 8-bit ones
 /// get every step.
 fn enhance(input: &Path, output: &Path, a: &PreprocessArgs) -> Result<()> {
+    // A pipe or device would block the open, or never end.
+    if !std::fs::metadata(input).is_ok_and(|m| m.is_file()) {
+        bail!(
+            "{}: not a regular file (a pipe, device or socket): give an image file",
+            input.display()
+        );
+    }
     let img = image::ImageReader::open(input)
         .with_context(|| format!("{}: cannot open", input.display()))?
         .with_guessed_format()
@@ -323,7 +320,7 @@ fn enhance(input: &Path, output: &Path, a: &PreprocessArgs) -> Result<()> {
             .collect();
         let buf = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(ow as u32, oh as u32, px)
             .context("image size")?;
-        return save(output, || buf.save(output));
+        return write_image(output, image::DynamicImage::ImageLuma16(buf));
     }
     let mut g = Gray::new(w, h, img.to_luma8().into_raw()).with_context(ctx)?;
     if let Some(c) = &a.clahe {
@@ -345,15 +342,22 @@ fn enhance(input: &Path, output: &Path, a: &PreprocessArgs) -> Result<()> {
         .map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8)
         .collect();
     let buf = image::GrayImage::from_raw(ow as u32, oh as u32, px).context("image size")?;
-    save(output, || buf.save(output))
+    write_image(output, image::DynamicImage::ImageLuma8(buf))
 }
 
-pub fn save(output: &Path, f: impl FnOnce() -> image::ImageResult<()>) -> Result<()> {
+/// Encodes `img` in the format `output`'s extension names (PNG when it names none) and writes it
+/// atomically, creating its folder.
+fn write_image(output: &Path, img: image::DynamicImage) -> Result<()> {
+    let format = image::ImageFormat::from_path(output).unwrap_or(image::ImageFormat::Png);
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut bytes, format)
+        .with_context(|| format!("{}: cannot encode the image", output.display()))?;
     if let Some(d) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d)
             .with_context(|| format!("{}: cannot create the folder", d.display()))?;
     }
-    f().with_context(|| format!("{}: cannot write the image", output.display()))
+    cnnkit::checkpoint::write_atomic(output, bytes.get_ref())
+        .with_context(|| format!("{}: cannot write the image", output.display()))
 }
 
 pub fn preprocess(a: &PreprocessArgs) -> Result<()> {
@@ -369,25 +373,8 @@ pub fn preprocess(a: &PreprocessArgs) -> Result<()> {
     }
     if a.input.is_dir() {
         // Writing inside the input folder would add the output as a new class folder.
-        let abs = |p: &Path| -> PathBuf {
-            let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-            // The output may not exist yet: resolve its nearest existing ancestor.
-            let mut base = p.clone();
-            let mut rest = Vec::new();
-            while !base.exists() {
-                match (base.parent(), base.file_name()) {
-                    (Some(parent), Some(name)) => {
-                        rest.push(name.to_os_string());
-                        base = parent.to_path_buf();
-                    }
-                    _ => break,
-                }
-            }
-            let mut r = std::fs::canonicalize(&base).unwrap_or(base);
-            r.extend(rest.iter().rev());
-            r
-        };
-        let (input, output) = (abs(&a.input), abs(&a.output));
+        let normal = crate::output::normal;
+        let (input, output) = (normal(&a.input), normal(&a.output));
         if output.starts_with(&input) {
             bail!(
                 "{}: the output folder is inside the input folder {}; choose one outside it",
@@ -399,23 +386,34 @@ pub fn preprocess(a: &PreprocessArgs) -> Result<()> {
     if !(a.contrast.is_finite() && a.brightness.is_finite()) {
         bail!("--contrast and --brightness must be finite numbers");
     }
+    let mut outputs = Outputs::default();
     if a.input.is_dir() {
-        let mut files = Vec::new();
-        images_under(&a.input, &mut files)?;
+        let files = cnnkit::image::images_under(&a.input)?;
         if files.is_empty() {
             bail!(
                 "{}: no .png, .jpg or .jpeg images in this folder",
                 a.input.display()
             );
         }
+        files.iter().for_each(|f| outputs.input(f));
+        // Every output is planned before the first is written: `x.png` and `x.jpg` would both
+        // become `x.png`.
+        let mut plan = Vec::with_capacity(files.len());
         for f in &files {
             let rel = f.strip_prefix(&a.input).unwrap_or(f);
-            enhance(f, &a.output.join(rel).with_extension("png"), a)?;
+            let out = a.output.join(rel).with_extension("png");
+            outputs.plan(&out, &f.display().to_string())?;
+            plan.push((f, out));
         }
-        println!("wrote {} images to {}", files.len(), a.output.display());
+        for (f, out) in &plan {
+            enhance(f, out, a)?;
+        }
+        outln!("wrote {} images to {}", files.len(), a.output.display())?;
     } else {
+        outputs.input(&a.input);
+        outputs.plan(&a.output, "the output")?;
         enhance(&a.input, &a.output, a)?;
-        println!("wrote {}", a.output.display());
+        outln!("wrote {}", a.output.display())?;
     }
     Ok(())
 }

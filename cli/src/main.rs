@@ -2,6 +2,7 @@
 
 mod commands;
 mod distributed;
+mod output;
 mod pipeline;
 mod report;
 mod stability;
@@ -303,20 +304,50 @@ pub(crate) fn parse_clahe(s: &str) -> Result<Clahe, String> {
     Ok(Clahe { clip_limit, tiles })
 }
 
+/// The most worker threads `--threads` takes: four per core, and at least 64. Far more only
+/// slows every step (and thousands take minutes to start).
+pub fn max_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .saturating_mul(4)
+        .max(64)
+}
+
+/// A rayon pool of `threads` workers (`None`: the global pool).
+///
+/// # Errors
+/// For 0 or more than [`max_threads`] threads, or a pool that cannot start.
+pub fn thread_pool(threads: Option<usize>) -> Result<Option<rayon::ThreadPool>> {
+    match threads {
+        None => Ok(None),
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) if n > max_threads() => bail!(
+            "--threads {n}: at most {} on this machine of {} cores (more threads than that only slow every step)",
+            max_threads(),
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map(Some)
+            .context("cannot start the thread pool"),
+    }
+}
+
+/// Runs `f` on `pool` (or on the caller's thread, with the global pool).
+pub fn install<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+    match pool {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}
+
 /// Runs `f` on a rayon pool of `threads` workers (or the global pool).
 pub fn with_threads<T: Send>(
     threads: Option<usize>,
     f: impl FnOnce() -> Result<T> + Send,
 ) -> Result<T> {
-    match threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .context("cannot start the thread pool")?
-            .install(f),
-        None => f(),
-    }
+    install(thread_pool(threads)?.as_ref(), f)
 }
 
 /// The message of `e` and its causes, each cause once: a cause whose text the message already
@@ -344,9 +375,8 @@ pub fn one_line(e: &anyhow::Error) -> String {
 }
 
 /// Lets a closed output pipe end the process quietly, as it does `cat` or `ls`
-/// (`cnnkit predict … | head`), instead of Rust's default of ignoring SIGPIPE and then panicking
-/// in `println!`. Files are written to a temporary name and renamed, so nothing is left half
-/// written.
+/// (`cnnkit predict … | head`), instead of an error for every line. Files are written to a
+/// temporary name and renamed, so nothing is left half written.
 #[cfg(unix)]
 fn default_sigpipe() {
     // SAFETY: `signal` with SIG_DFL installs no handler of ours; it is called first thing in
@@ -359,14 +389,46 @@ fn default_sigpipe() {
 #[cfg(not(unix))]
 fn default_sigpipe() {}
 
+/// The command line as text: a path that is not UTF-8 is refused by name (a training run stores
+/// its command line in its checkpoints, as text).
+fn utf8_args() -> Result<Vec<String>> {
+    std::env::args_os()
+        .map(|a| {
+            a.into_string().map_err(|a| {
+                anyhow::anyhow!(
+                    "the argument {} is not UTF-8 text: rename the file or folder (a training run stores its command line, as text, to resume it)",
+                    a.to_string_lossy()
+                )
+            })
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
-    default_sigpipe();
     let cli = Cli::parse();
-    if let Some(b) = cli.memory_budget {
-        cnnkit::set_memory_budget(b);
+    // Training outlives its terminal: a closed pipe (`train | head`) must not kill it before it
+    // saves, so writes to it fail instead and the run goes on. Other commands end quietly, as
+    // `cat` does.
+    if !matches!(cli.cmd, Cmd::Train(_)) {
+        default_sigpipe();
+    }
+    let setup = || -> Result<()> {
+        match cli.memory_budget {
+            Some(b) => cnnkit::set_memory_budget(b),
+            None => {
+                cnnkit::memory::budget_from_env()?;
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = setup() {
+        output::warn(format_args!("error: {}", one_line(&e)));
+        return ExitCode::FAILURE;
     }
     let result = match cli.cmd {
-        Cmd::Train(a) => train::run(*a, std::env::args().skip(2).collect()),
+        Cmd::Train(a) => {
+            utf8_args().and_then(|args| train::run(*a, args.into_iter().skip(2).collect()))
+        }
         Cmd::Eval(a) => with_threads(a.threads, || commands::eval(&a)).map(|_| ExitCode::SUCCESS),
         Cmd::Predict(a) => commands::predict(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Preprocess(a) => commands::preprocess(&a).map(|_| ExitCode::SUCCESS),
@@ -383,7 +445,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            output::warn(format_args!("error: {}", one_line(&e)));
             ExitCode::FAILURE
         }
     }

@@ -2,6 +2,7 @@
 
 use crate::ForeignModel;
 use crate::commands::{model_and_test_data, model_for_images};
+use crate::output::{Outputs, outln};
 use crate::pipeline::Pipeline;
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -225,24 +226,24 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
     } else {
         "L2"
     };
-    println!(
+    outln!(
         "{} ({norm_name}, pixel units) on {n} images of {}: clean accuracy {:.2}%",
         a.attack.to_uppercase(),
         a.model.display(),
         100.0 * curve.clean_accuracy
-    );
-    println!(
+    )?;
+    outln!(
         "| ε | accuracy under {} | accuracy under random noise |",
         a.attack
-    );
-    println!("|---|---|---|");
+    )?;
+    outln!("|---|---|---|")?;
     for p in &curve.points {
-        println!(
+        outln!(
             "| {} | {:.2}% | {:.2}% |",
             p.eps,
             100.0 * p.accuracy,
             100.0 * p.noise_accuracy
-        );
+        )?;
     }
     let tag = format!("robustness-{}-{}", a.attack, a.norm.to_ascii_lowercase());
     let (csv, svg) = (
@@ -258,7 +259,7 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
         a.attack.to_uppercase()
     );
     cnnkit::checkpoint::write_atomic(&svg, curve.to_svg(&title).as_bytes())?;
-    println!("wrote {} and {}", csv.display(), svg.display());
+    outln!("wrote {} and {}", csv.display(), svg.display())?;
     Ok(())
 }
 
@@ -347,16 +348,16 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
     };
     let p0 = probs(&mut model, &x)?;
     let c0 = argmax(&p0);
-    println!(
+    outln!(
         "{}: predicted {} ({:.2}%)",
         a.image.display(),
         pipe.classes[c0],
         100.0 * p0[c0]
-    );
-    println!(
+    )?;
+    outln!(
         "| iteration | ‖r‖/‖x‖ | ‖f(x+r)−f(x)‖/‖f(x)‖ | class | same-size noise: output change | noise: class |"
-    );
-    println!("|---|---|---|---|---|---|");
+    )?;
+    outln!("|---|---|---|---|---|---|")?;
     for st in &steps {
         let xr: Vec<f32> = x.iter().zip(&st.perturbation).map(|(a, b)| a + b).collect();
         let p = probs(&mut model, &xr)?;
@@ -365,7 +366,7 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
             Some(false) => "same",
             None => "-",
         };
-        println!(
+        outln!(
             "| {} | {:.4} | {:.4} | {} ({}) | {:.4} | {} |",
             st.iteration,
             st.size,
@@ -374,7 +375,7 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
             changed(st.class_changed),
             st.noise_output_change,
             changed(st.noise_class_changed)
-        );
+        )?;
     }
     // The strip: input | perturbation (magnified) | perturbed input | probability bars.
     let shown = steps
@@ -438,15 +439,44 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
             .map_or("image".into(), |s| s.to_string_lossy());
         PathBuf::from(format!("{stem}.perturb.png"))
     });
+    let mut outputs = Outputs::default();
+    outputs.input(&a.model);
+    outputs.input(&a.image);
+    outputs.plan(&out, "the picture")?;
     write_png(&out, width, ph, rgb)?;
-    println!(
+    outln!(
         "wrote {} (iteration {}: input | perturbation ×{:.1} around grey | perturbed input, predicted {} | class probabilities: grey clean, red perturbed)",
         out.display(),
         shown.iteration,
         0.5 / rmax,
         pipe.classes[argmax(&p1)]
-    );
+    )?;
     Ok(())
+}
+
+/// The map file of each image: `OUT_DIR/STEM.METHOD.png`, and for a stem that an earlier image
+/// already has (`a/0.png`, `b/0.png`), `STEM-2.METHOD.png`, `STEM-3…`; never one of the inputs.
+fn saliency_outputs(a: &SaliencyArgs) -> Result<Vec<PathBuf>> {
+    let mut outputs = Outputs::default();
+    outputs.input(&a.model);
+    a.images.iter().for_each(|p| outputs.input(p));
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    let mut outs = Vec::with_capacity(a.images.len());
+    for path in &a.images {
+        let stem = path
+            .file_stem()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned());
+        let n = seen.entry(stem.clone()).or_insert(0);
+        *n += 1;
+        let name = match *n {
+            1 => format!("{stem}.{}.png", a.method),
+            k => format!("{stem}-{k}.{}.png", a.method),
+        };
+        let out = a.out_dir.join(name);
+        outputs.plan(&out, &path.display().to_string())?;
+        outs.push(out);
+    }
+    Ok(outs)
 }
 
 pub fn saliency(a: &SaliencyArgs) -> Result<()> {
@@ -473,8 +503,9 @@ pub fn saliency(a: &SaliencyArgs) -> Result<()> {
         Some(s) => s,
         None => (128 / h.max(w).max(1)).max(1),
     };
+    let outs = saliency_outputs(a)?;
     let bar = progress_bar(a.images.len(), &a.method);
-    for path in &a.images {
+    for (path, out) in a.images.iter().zip(&outs) {
         let x = load_pixels(path, &model, &pipe)?;
         let mut input = vec![0.0; x.len()];
         nm.to_input(h * w, &x, &mut input);
@@ -483,21 +514,17 @@ pub fn saliency(a: &SaliencyArgs) -> Result<()> {
         let k = class.unwrap_or_else(|| argmax(&p));
         let map = cnnkit::stability::saliency(&mut model, &x, k, &method, Some(&nm))?;
         let rgb = heatmap_overlay([c, h, w], &x, &map)?;
-        let stem = path
-            .file_stem()
-            .map_or("image".into(), |s| s.to_string_lossy());
-        let out = a.out_dir.join(format!("{stem}.{}.png", a.method));
         let (big, bw, bh) = magnify(&rgb, w, h, scale);
-        write_png(&out, bw, bh, big)?;
+        write_png(out, bw, bh, big)?;
         bar.suspend(|| {
-            println!(
+            outln!(
                 "{}: class {} ({:.2}%) → {}",
                 path.display(),
                 pipe.classes[k],
                 100.0 * p[k],
                 out.display()
             )
-        });
+        })?;
         bar.inc(1);
     }
     bar.finish_and_clear();
