@@ -210,3 +210,157 @@ fn a_killed_process_fails_the_job_and_the_saved_model_stays_loadable() {
     assert!(!d.0.join(&marker).exists(), "a killed job saved a model");
     assert!(ranks().is_empty(), "processes left running");
 }
+
+/// `mpirun` with one process per argument list (Open MPI's `A : B` form), so that the processes
+/// of one job are given different data, models or options.
+fn mpirun_each(dir: &Path, per_process: &[Vec<String>]) -> (Output, std::time::Duration) {
+    let mut c = Command::new("mpirun");
+    c.arg("--oversubscribe");
+    for (i, args) in per_process.iter().enumerate() {
+        if i > 0 {
+            c.arg(":");
+        }
+        c.args(["-np", "1"])
+            .arg(env!("CARGO_BIN_EXE_cnnkit"))
+            .args(args);
+    }
+    c.current_dir(dir)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let started = std::time::Instant::now();
+    let o = c.output().unwrap();
+    (o, started.elapsed())
+}
+
+/// The job failed within seconds, with exactly one `error:` line (from one process) that holds
+/// `needles`, and no sign of memory corruption or of an MPI error without a message.
+fn one_error(o: &Output, took: std::time::Duration, needles: &[&str]) {
+    let t = text(o);
+    assert!(!o.status.success(), "{t}");
+    assert!(took.as_secs() < 60, "took {took:?}: {t}");
+    let errors: Vec<&str> = t.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{t}");
+    for n in needles {
+        assert!(errors[0].contains(n), "expected {n:?} in {t}");
+    }
+    for bad in ["free()", "panicked", "MPI_ERR", "corrupted", "Segmentation"] {
+        assert!(!t.contains(bad), "{bad}: {t}");
+    }
+}
+
+fn args(v: &[&str]) -> Vec<String> {
+    let base = ["train", "--distributed", "--epochs", "1", "--threads", "1"];
+    base.iter().chain(v).map(|s| s.to_string()).collect()
+}
+
+/// Processes whose models, data or options differ are refused before the first collective
+/// operation (which used to pass buffers of different lengths and corrupt the heap), with one
+/// message from one process that names what differs.
+#[test]
+fn mismatched_processes_are_refused_before_any_collective() {
+    let d = Dir::new("mpi_mismatch");
+    common::blobs(&d.0.join("a"), 8);
+    common::blobs(&d.0.join("b"), 8);
+    // One node's folder has a third class.
+    common::blobs(&d.0.join("three"), 8);
+    common::png(&d.0.join("three/middle/0.png"), 12, 10, |x, _| x as u8 * 20);
+    // One more image.
+    common::blobs(&d.0.join("more"), 8);
+    common::png(&d.0.join("more/left/extra.png"), 12, 10, |x, _| x as u8 * 9);
+    // As many images, other labels: two images trade folders.
+    common::blobs(&d.0.join("swapped"), 8);
+    std::fs::rename(
+        d.0.join("swapped/left/0.png"),
+        d.0.join("swapped/right/x.png"),
+    )
+    .unwrap();
+    std::fs::rename(
+        d.0.join("swapped/right/1.png"),
+        d.0.join("swapped/left/x.png"),
+    )
+    .unwrap();
+    let data = |p: &str| ["--data", p, "--grayscale", "--batch-size", "4"].map(String::from);
+    let with = |p: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = args(extra);
+        v.extend(data(p));
+        v
+    };
+    let cases: [(Vec<String>, Vec<String>, &[&str]); 7] = [
+        (
+            with("a", &[]),
+            with("a", &["--arch", "mlp"]),
+            &["number of model parameters", "on process 1"],
+        ),
+        (
+            with("a", &[]),
+            with("three", &[]),
+            &["number of model parameters"],
+        ),
+        (
+            with("a", &[]),
+            with("more", &[]),
+            &[
+                "number of training images",
+                "16 on process 0, 17 on process 1",
+            ],
+        ),
+        (
+            with("a", &[]),
+            with("swapped", &[]),
+            &["training data (images and labels)"],
+        ),
+        (with("a", &[]), with("b", &["--epochs", "2"]), &["--epochs"]),
+        (with("a", &[]), with("b", &["--seed", "5"]), &["--seed"]),
+        (
+            with("a", &[]),
+            with("b", &["--lr", "0.5"]),
+            &["the other training options"],
+        ),
+    ];
+    for (a, b, needles) in cases {
+        let (o, took) = mpirun_each(&d.0, &[a, b]);
+        one_error(&o, took, needles);
+        assert!(!d.0.join("model.safetensors").exists());
+    }
+    // Identical folders in two places train.
+    let (o, _) = mpirun_each(&d.0, &[with("a", &[]), with("b", &[])]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// An error on one process (a missing data folder, a memory budget) ends the whole job within
+/// seconds with that process's message, instead of leaving the others waiting.
+#[test]
+fn an_error_on_one_process_ends_the_job_with_its_message() {
+    let d = Dir::new("mpi_one_fails");
+    let (o, took) = mpirun_each(&d.0, &[args(&[]), args(&["--data", "nowhere"])]);
+    one_error(&o, took, &["process 1 of 2", "nowhere"]);
+    let mut budget = vec!["--memory-budget".to_string(), "1K".to_string()];
+    budget.extend(args(&[]));
+    let (o, took) = mpirun_each(&d.0, &[budget, args(&[])]);
+    one_error(&o, took, &["process 0 of 2", "memory budget"]);
+    // An error every process meets is said once.
+    let (o, took) = mpirun_each(
+        &d.0,
+        &[args(&["--val-split", "nan"]), args(&["--val-split", "nan"])],
+    );
+    one_error(&o, took, &["process 0 of 2", "--val-split"]);
+}
+
+/// An interrupted job: every process waits until process 0 has written the resume checkpoint,
+/// so the launcher never ends the job before it is complete.
+#[test]
+fn an_interrupted_job_writes_its_checkpoint_before_any_process_exits() {
+    let d = Dir::new("mpi_interrupt");
+    for i in 0..4 {
+        let out = format!("m{i}.safetensors");
+        let o = mpirun(
+            &d.0,
+            2,
+            &[RUN, &["--distributed", "--stop-after", "3", "--out", &out]].concat(),
+        );
+        assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+        let rp = d.0.join(format!("m{i}.resume.safetensors"));
+        assert!(rp.is_file(), "run {i}: no checkpoint: {}", text(&o));
+        cnnkit::Trainer::load(&rp).unwrap();
+    }
+}

@@ -25,7 +25,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let mpi = distributed::start()?;
+    let mpi: distributed::Mpi = distributed::start()?;
     let (rank, size) = (mpi.rank(), mpi.size());
     let threads: usize = std::env::var("CNNKIT_THREADS")
         .ok()
