@@ -1,7 +1,8 @@
 //! `cnnkit train`.
 
+use crate::output::{Progress, warn};
 use crate::pipeline::{self, Pipeline};
-use crate::{TrainArgs, report, with_threads};
+use crate::{TrainArgs, report};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use cnnkit::image::ImageOptions;
@@ -106,40 +107,159 @@ fn parse_operating_point(
     Ok((p, format!("{k}={v}")))
 }
 
-/// `OUT.resume.safetensors` beside `OUT`.
+/// Metadata key of a hash of the training images and labels, checked on resume.
+const DATA_HASH_KEY: &str = "cnnkit.data.hash";
+
+/// The options `--resume` takes: how and where the run goes on, not what it computes.
+const RUN_CONTROL: [&str; 6] = [
+    "--resume",
+    "--threads",
+    "--out",
+    "--distributed",
+    "--stop-after",
+    "--memory-budget",
+];
+
+/// Whether `out` names something other than a regular file or a folder: a device, a pipe, a
+/// socket (`/dev/null`, a FIFO). Such an output is written through, and the files that go
+/// beside a model (reports, the resume checkpoint) cannot go beside it.
+fn is_stream(out: &Path) -> bool {
+    std::fs::metadata(out).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
+/// `OUT.resume.safetensors` beside `OUT`; for an `OUT` that is a device or a pipe, in the
+/// current folder.
 pub fn resume_path(out: &Path) -> PathBuf {
     let name = out
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-    out.with_file_name(format!("{name}.resume.safetensors"))
+    let file = format!("{name}.resume.safetensors");
+    if is_stream(out) {
+        PathBuf::from(file)
+    } else {
+        out.with_file_name(file)
+    }
 }
 
-/// Fails unless a file can be created beside `out`: checked before the first step, so a long
-/// run never ends in a save that cannot happen.
-fn check_writable(out: &Path) -> Result<()> {
+/// The option name of a command-line word (`--out` for `--out=x`), `None` for a value.
+fn option_name(word: &str) -> Option<&str> {
+    word.starts_with("--")
+        .then(|| word.split_once('=').map_or(word, |(n, _)| n))
+}
+
+/// The command line to store for a later `--resume`: everything but the run-control options,
+/// with `--data` and `--out` made absolute so the run resumes from any folder.
+fn stored_command_line(raw: &[String]) -> Result<String> {
+    let absolute = |v: &str| -> String {
+        std::path::absolute(v).map_or(v.to_string(), |p| p.display().to_string())
+    };
+    let mut keep = Vec::new();
+    let mut it = raw.iter();
+    while let Some(word) = it.next() {
+        match (option_name(word), word.split_once('=')) {
+            (Some("--threads" | "--stop-after" | "--resume" | "--memory-budget"), None) => {
+                it.next();
+            }
+            (Some("--threads" | "--stop-after" | "--resume" | "--memory-budget"), Some(_)) => {}
+            // How many processes train is run control: resume at any count.
+            (Some("--distributed"), _) => {}
+            (Some(o @ ("--data" | "--out")), Some((_, v))) => {
+                keep.push(format!("{o}={}", absolute(v)));
+            }
+            (Some(o @ ("--data" | "--out")), None) => {
+                keep.push(o.to_string());
+                if let Some(v) = it.next() {
+                    keep.push(absolute(v));
+                }
+            }
+            _ => keep.push(word.clone()),
+        }
+    }
+    Ok(serde_json::to_string(&keep)?)
+}
+
+/// Refuses options given with `--resume` that it would not apply: the run continues with the
+/// options stored in its checkpoint.
+fn check_resume_options(raw: &[String]) -> Result<()> {
+    let mut others: Vec<&str> = raw
+        .iter()
+        .filter_map(|w| option_name(w))
+        .filter(|o| !RUN_CONTROL.contains(o))
+        .collect();
+    others.dedup();
+    if !others.is_empty() {
+        bail!(
+            "--resume continues the interrupted run with the options stored in its checkpoint; {} cannot be changed (only {} can be given with --resume): start a new run to change them",
+            others.join(", "),
+            RUN_CONTROL[1..]
+                .iter()
+                .filter(|o| **o != "--stop-after")
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Fails unless `out` can be written: checked before the first step, so a long run never ends
+/// in a save that cannot happen. Where the file system can tell, the folder must have room for
+/// `bytes` (the model and its resume checkpoint).
+fn check_writable(out: &Path, bytes: u64) -> Result<()> {
+    let shown = out.display();
+    if out.as_os_str().to_string_lossy().ends_with('/') || out.is_dir() {
+        bail!(
+            "--out {shown}: is a folder, not a file name (such as {}/model.safetensors)",
+            out.to_string_lossy().trim_end_matches('/')
+        );
+    }
+    if is_stream(out) {
+        return Ok(());
+    }
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
-        bail!(
-            "--out {}: the folder {} does not exist",
-            out.display(),
-            dir.display()
-        );
-    }
-    if out.is_dir() {
-        bail!("--out {}: is a folder, not a file name", out.display());
+        bail!("--out {shown}: the folder {} does not exist", dir.display());
     }
     let probe = dir.join(format!(".cnnkit-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .with_context(|| format!("--out {}: cannot write in {}", out.display(), dir.display()))?;
+    let made = std::fs::File::create(&probe)
+        .with_context(|| format!("--out {shown}: cannot write in {}", dir.display()));
+    let room = made.and_then(|f| reserve(&f, bytes));
     let _ = std::fs::remove_file(&probe);
+    room.with_context(|| {
+        format!(
+            "--out {shown}: no room for the model and its resume checkpoint (about {:.1} MB) in {}",
+            bytes as f64 / 1e6,
+            dir.display()
+        )
+    })
+}
+
+/// Reserves `bytes` of disk for `f` (Linux: `posix_fallocate`); a file system that cannot
+/// reserve ahead is not an error.
+#[cfg(target_os = "linux")]
+fn reserve(f: &std::fs::File, bytes: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(bytes).unwrap_or(libc::off_t::MAX);
+    // SAFETY: `f` is an open file for the duration of the call; posix_fallocate only reads its
+    // arguments.
+    let r = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, len) };
+    match r {
+        0 | libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e).into()),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve(_: &std::fs::File, _: u64) -> Result<()> {
     Ok(())
 }
 
-/// Saves with `save` to `path`; if that fails, tries once more, then saves to a rescue file in
-/// the system's temporary folder, so the weights of a long run are never lost. Returns where
+/// Saves with `save` to `path`; if that fails, tries once more, then saves a rescue file
+/// `cnnkit-rescue-PID-NAME` in the system's temporary folder, the current folder or the home
+/// folder, the first that takes it, so the weights of a long run are never lost. Returns where
 /// the file went and the error of the first attempt if it was not `path`.
 fn save_or_rescue(
     path: &Path,
@@ -156,18 +276,152 @@ fn save_or_rescue(
     let name = path.file_name().map_or("model.safetensors".into(), |n| {
         n.to_string_lossy().into_owned()
     });
-    let rescue = std::env::temp_dir().join(format!("cnnkit-rescue-{}-{name}", std::process::id()));
-    match save(&rescue) {
-        Ok(()) => (Some(rescue), Some(first)),
-        Err(_) => (None, Some(first)),
+    let rescue = format!("cnnkit-rescue-{}-{name}", std::process::id());
+    let places = [
+        Some(std::env::temp_dir()),
+        std::env::current_dir().ok(),
+        std::env::var_os("HOME").map(PathBuf::from),
+    ];
+    for dir in places.into_iter().flatten() {
+        let p = dir.join(&rescue);
+        if save(&p).is_ok() {
+            return (Some(p), Some(first));
+        }
+    }
+    (None, Some(first))
+}
+
+/// A hash of a data set's images (their bits) and labels.
+fn data_hash(ds: &cnnkit::data::Dataset) -> u64 {
+    let words = ds
+        .images()
+        .chunks(2)
+        .map(|c| c.iter().fold(0u64, |a, v| (a << 32) | v.to_bits() as u64))
+        .chain(ds.labels().iter().map(|&l| l as u64));
+    crate::distributed::hash_words(words)
+}
+
+/// Everything a run needs before its first step, checked.
+struct Prepared {
+    a: TrainArgs,
+    trainer: Trainer,
+    train: cnnkit::data::Dataset,
+    val: Option<cnnkit::data::Dataset>,
+    test: Option<cnnkit::data::Dataset>,
+    pipe: Pipeline,
+    stored_args: String,
+    data_hash: u64,
+    threshold_for: Option<(cnnkit::metrics::OperatingPoint, String)>,
+    resumed: bool,
+}
+
+impl Prepared {
+    /// What the processes of a distributed job compare before training.
+    fn record(&self) -> crate::distributed::Record {
+        use crate::distributed::hash_str;
+        let (model, cfg, progress) = (
+            self.trainer.model(),
+            self.trainer.config(),
+            self.trainer.progress(),
+        );
+        [
+            0,
+            model.params().len() as u64,
+            hash_str(&model.summary()),
+            self.train.classes().len() as u64,
+            self.train.len() as u64,
+            self.data_hash,
+            cfg.epochs as u64,
+            cfg.batch_size as u64,
+            cfg.seed,
+            hash_str(&options_compared(&self.stored_args)),
+            hash_str(&format!("{} {}", progress.epoch, progress.step)),
+        ]
     }
 }
 
+/// The stored command line without `--data` and `--out`: the processes of a job may read
+/// copies of the data from different places (the data's hash compares the contents), and only
+/// process 0 writes.
+fn options_compared(stored_args: &str) -> String {
+    let words: Vec<String> = serde_json::from_str(stored_args).unwrap_or_default();
+    let mut keep = Vec::new();
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match (option_name(w), w.contains('=')) {
+            (Some("--data" | "--out"), false) => {
+                it.next();
+            }
+            (Some("--data" | "--out"), true) => {}
+            _ => keep.push(w.as_str()),
+        }
+    }
+    keep.join("\u{1f}")
+}
+
 pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
-    let threads = args.threads;
-    // On resume, the interrupted run's options (all but --threads) come from its checkpoint.
-    let (args, resumed) = match &args.resume {
+    let started = Instant::now();
+    // MPI starts first: from here on, a process that fails tells the others instead of leaving
+    // them waiting.
+    let mpi = if args.distributed {
+        Some(crate::distributed::start()?)
+    } else {
+        crate::distributed::refuse_unasked()?;
+        None
+    };
+    // Process 0 alone prints, shows progress and writes files.
+    let leader = mpi.as_ref().is_none_or(|m| m.rank() == 0);
+    let workers = mpi.as_ref().map(|m| m.size());
+    let prepared = crate::thread_pool(args.threads).and_then(|pool| {
+        let p = crate::install(pool.as_ref(), || prepare(args, &raw, leader, workers))?;
+        Ok((pool, p))
+    });
+    if let Some(m) = &mpi {
+        let mut failed: crate::distributed::Record = Default::default();
+        failed[0] = 1;
+        let rec = prepared.as_ref().map_or(failed, |(_, p)| p.record());
+        use crate::distributed::Verdict;
+        let verdict = m.agree(&rec);
+        match &verdict {
+            Verdict::Proceed => {}
+            Verdict::ReportOwn => {
+                let e = prepared
+                    .as_ref()
+                    .err()
+                    .map_or_else(|| "failed".to_string(), crate::one_line);
+                warn(format_args!(
+                    "error: process {} of {}: {e}",
+                    m.rank(),
+                    m.size()
+                ));
+            }
+            Verdict::Report(msg) => warn(format_args!("error: {msg}")),
+            Verdict::Quiet => {}
+        }
+        if verdict != Verdict::Proceed {
+            // The launcher ends the job when the first process exits with an error: the
+            // message must be out before any process exits.
+            m.any(true);
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    let (pool, p) = prepared?;
+    crate::install(pool.as_ref(), || train(p, mpi.as_ref(), leader, started))
+}
+
+/// Everything before the first step: the options (from the checkpoint on `--resume`), the data,
+/// the model and the trainer, each checked.
+fn prepare(
+    args: TrainArgs,
+    raw: &[String],
+    leader: bool,
+    workers: Option<usize>,
+) -> Result<Prepared> {
+    // On resume, the interrupted run's options (all but the run-control ones) come from its
+    // checkpoint.
+    let (a, resumed) = match &args.resume {
         Some(path) => {
+            check_resume_options(raw)?;
             let (t, meta) =
                 Trainer::load(path).with_context(|| format!("--resume {}", path.display()))?;
             let stored: Vec<String> = serde_json::from_str(
@@ -180,62 +434,45 @@ pub fn run(args: TrainArgs, raw: Vec<String>) -> Result<ExitCode> {
             )
             .context("the checkpoint's command line no longer parses")?
             .a;
-            a.threads = threads;
+            a.threads = args.threads;
             a.stop_after = args.stop_after;
             a.distributed = args.distributed;
             // A new --out (say, the first location went away) overrides the stored one.
-            if raw.iter().any(|r| r == "--out" || r.starts_with("--out=")) {
+            if raw.iter().any(|r| option_name(r) == Some("--out")) {
                 a.out = args.out.clone();
             }
             (a, Some((t, meta)))
         }
         None => (args, None),
     };
-    // The command line to store for a later --resume: everything but the run-control options.
-    let mut keep = Vec::new();
-    let mut it = raw.iter();
     let stored_args = match &resumed {
         Some((_, meta)) => meta[ARGS_KEY].clone(),
-        None => {
-            while let Some(a) = it.next() {
-                if a == "--threads" || a == "--stop-after" || a == "--resume" {
-                    it.next();
-                } else if a == "--distributed" {
-                    // How many processes train is run control: resume at any count.
-                } else if !(a.starts_with("--threads=")
-                    || a.starts_with("--stop-after=")
-                    || a.starts_with("--resume="))
-                {
-                    keep.push(a.clone());
-                }
-            }
-            serde_json::to_string(&keep)?
+        None => stored_command_line(raw)?,
+    };
+    if !(a.out.as_os_str().to_string_lossy().ends_with('/') || a.out.is_dir()) {
+        let rp = resume_path(&a.out);
+        if resumed.is_none() && leader && rp.is_file() {
+            bail!(
+                "{} holds an interrupted run of --out {}: continue it with `cnnkit train --resume {}`, or delete it to start afresh",
+                rp.display(),
+                a.out.display(),
+                rp.display()
+            );
         }
-    };
-    check_writable(&args.out)?;
-    with_threads(threads, move || train(args, resumed, stored_args))
-}
-
-fn train(
-    a: TrainArgs,
-    resumed: Option<(Trainer, BTreeMap<String, String>)>,
-    stored_args: String,
-) -> Result<ExitCode> {
-    let started = Instant::now();
-    let mpi = if a.distributed {
-        Some(crate::distributed::start()?)
-    } else {
-        crate::distributed::refuse_unasked()?;
-        None
-    };
-    // Process 0 alone prints, shows progress and writes files.
-    let leader = mpi.as_ref().is_none_or(|m| m.rank() == 0);
-    macro_rules! say {
-        ($($t:tt)*) => {
-            if leader {
-                println!($($t)*);
-            }
-        };
+    }
+    if !(a.val_split.is_finite() && (0.0..1.0).contains(&a.val_split)) {
+        bail!(
+            "--val-split {}: must be a fraction in [0, 1), such as 0.1",
+            a.val_split
+        );
+    }
+    if let Some(n) = workers
+        && !a.batch_size.is_multiple_of(n)
+    {
+        bail!(
+            "--distributed: the global batch of {} (--batch-size) does not split over {n} workers",
+            a.batch_size
+        );
     }
     let opts = ImageOptions {
         size: a.size,
@@ -257,6 +494,7 @@ fn train(
         }
         (train, val) = (t, Some(v));
     }
+    let data_hash = data_hash(&train);
     let mut test = loaded.test;
     let (mean, mut std) = train.channel_stats();
     std.iter_mut()
@@ -292,7 +530,18 @@ fn train(
         .as_deref()
         .map(|s| parse_operating_point(s, train.classes().len(), val.is_some()))
         .transpose()?;
-    let mut trainer = match resumed {
+    if let (Some(_), Some(v)) = (&threshold_for, &val)
+        && v.class_counts().contains(&0)
+    {
+        bail!(
+            "--threshold-for: the validation set ({} images of --val-split {}) needs images of both classes; it has {:?}: use a larger --val-split",
+            v.len(),
+            a.val_split,
+            v.class_counts()
+        );
+    }
+    let resumed_flag = resumed.is_some();
+    let trainer = match resumed {
         Some((t, meta)) => {
             let n: usize = meta
                 .get(DATA_LEN_KEY)
@@ -304,95 +553,192 @@ fn train(
                     train.len()
                 );
             }
-            say!(
-                "resuming at epoch {}, step {}",
-                t.progress().epoch + 1,
-                t.progress().step
-            );
-            t
-        }
-        None => {
-            let specs = architecture(&a.arch, train.classes().len(), train.shape())?;
-            let init = a.init.parse().context("--init")?;
-            let model = Sequential::with_init(shape, &specs, init, a.seed).with_context(|| {
-                format!(
-                    "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
-                    a.arch, shape[0], shape[1], shape[2]
-                )
-            })?;
-            if model.output_len() != train.classes().len() {
+            // Checkpoints written before the hash was stored have only the length to compare.
+            if let Some(h) = meta.get(DATA_HASH_KEY)
+                && *h != format!("{data_hash:016x}")
+            {
                 bail!(
-                    "--arch ends with {} outputs, but the data has {} classes",
-                    model.output_len(),
-                    train.classes().len()
+                    "the training data changed since the checkpoint: the same {n} images, but other pixels or labels; resume on the data it was trained on"
                 );
             }
-            let cfg = TrainConfig {
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                seed: a.seed,
-                schedule: a.schedule.parse().context("--schedule")?,
-                label_smoothing: a.label_smoothing,
-                eval_batch_size: 256,
-                adversarial: a
-                    .adversarial
-                    .as_deref()
-                    .map(|s| crate::stability::adversarial_training(s, &mean_std))
-                    .transpose()
-                    .context("--adversarial")?,
-                class_weights: match a.class_weights.as_deref() {
-                    None => None,
-                    Some("balanced") => Some(cnnkit::data::balanced_class_weights(
-                        train.labels(),
-                        train.classes().len(),
-                    )),
-                    Some(w) => Some(
-                        w.split(',')
-                            .map(|v| v.trim().parse::<f32>())
-                            .collect::<std::result::Result<_, _>>()
-                            .with_context(|| format!("--class-weights {w}: not numbers"))?,
-                    ),
-                },
-                sampler: match a.sampler.as_str() {
-                    "shuffle" => cnnkit::Sampler::Shuffle,
-                    "balanced" => cnnkit::Sampler::Balanced,
-                    other => bail!("--sampler {other}: use shuffle or balanced"),
-                },
-                monitor: a.monitor.parse().context("--monitor")?,
-                keep_best: a.keep_best,
-                early_stopping: a.early_stopping,
-                augment: match a.augment.as_deref() {
-                    None => None,
-                    Some(s) => {
-                        let aug: cnnkit::augment::Augment =
-                            s.parse().with_context(|| format!("--augment {s}"))?;
-                        Some(cnnkit::augment::Augment {
-                            seed: a.seed,
-                            normalization: Some(
-                                cnnkit::stability::Normalization::new(
-                                    mean_std.0.clone(),
-                                    mean_std.1.clone(),
-                                )
-                                .context("--augment")?,
-                            ),
-                            ..aug
-                        })
-                    }
-                },
-                ..TrainConfig::default()
-            };
-            if !(0.0..=1.0).contains(&a.label_smoothing) {
-                bail!("--label-smoothing must be in [0, 1]");
-            }
-            Trainer::new(model, optimizer(&a)?, cfg).context(
-                "--batch-size, --class-weights, --sampler, --early-stopping or --augment",
-            )?
+            t
         }
+        None => new_trainer(&a, &train, shape, &mean_std)?,
     };
-    if let Some(m) = &mpi {
-        trainer
-            .set_gradient_sync(m.sync())
-            .context("--distributed (--batch-size is the global batch)")?;
+    let plateau = a.schedule.trim().starts_with("plateau");
+    if a.val_split == 0.0 && (a.keep_best || a.early_stopping.is_some() || plateau) {
+        let which = [
+            (a.keep_best, "--keep-best"),
+            (a.early_stopping.is_some(), "--early-stopping"),
+            (plateau, "--schedule plateau"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(" and ");
+        let verb = if which.contains(" and ") {
+            "choose"
+        } else {
+            "chooses"
+        };
+        bail!(
+            "{which} {verb} by validation results: add --val-split (such as --val-split 0.1); choosing on the test set would bias the test accuracy it reports"
+        );
+    }
+    if leader {
+        // The model, and the resume checkpoint with up to three optimizer buffers per parameter.
+        let params = trainer.model().params().len() as u64;
+        check_writable(&a.out, params * 4 * 5 + (64 << 10))?;
+    }
+    Ok(Prepared {
+        a,
+        trainer,
+        train,
+        val,
+        test,
+        pipe,
+        stored_args,
+        data_hash,
+        threshold_for,
+        resumed: resumed_flag,
+    })
+}
+
+/// The trainer of a new run.
+fn new_trainer(
+    a: &TrainArgs,
+    train: &cnnkit::data::Dataset,
+    shape: Shape3,
+    mean_std: &(Vec<f32>, Vec<f32>),
+) -> Result<Trainer> {
+    let specs = architecture(&a.arch, train.classes().len(), train.shape())?;
+    let init = a.init.parse().context("--init")?;
+    let model = Sequential::with_init(shape, &specs, init, a.seed).with_context(|| {
+        format!(
+            "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
+            a.arch, shape[0], shape[1], shape[2]
+        )
+    })?;
+    if model.output_len() != train.classes().len() {
+        bail!(
+            "--arch ends with {} outputs, but the data has {} classes",
+            model.output_len(),
+            train.classes().len()
+        );
+    }
+    if !(0.0..=1.0).contains(&a.label_smoothing) {
+        bail!("--label-smoothing must be in [0, 1]");
+    }
+    let cfg = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        schedule: a.schedule.parse().context("--schedule")?,
+        label_smoothing: a.label_smoothing,
+        eval_batch_size: 256,
+        adversarial: a
+            .adversarial
+            .as_deref()
+            .map(|s| crate::stability::adversarial_training(s, mean_std))
+            .transpose()
+            .context("--adversarial")?,
+        class_weights: match a.class_weights.as_deref() {
+            None => None,
+            Some("balanced") => Some(cnnkit::data::balanced_class_weights(
+                train.labels(),
+                train.classes().len(),
+            )),
+            Some(w) => Some(
+                w.split(',')
+                    .map(|v| v.trim().parse::<f32>())
+                    .collect::<std::result::Result<_, _>>()
+                    .with_context(|| format!("--class-weights {w}: not numbers"))?,
+            ),
+        },
+        sampler: match a.sampler.as_str() {
+            "shuffle" => cnnkit::Sampler::Shuffle,
+            "balanced" => cnnkit::Sampler::Balanced,
+            other => bail!("--sampler {other}: use shuffle or balanced"),
+        },
+        monitor: a.monitor.parse().context("--monitor")?,
+        keep_best: a.keep_best,
+        early_stopping: a.early_stopping,
+        augment: match a.augment.as_deref() {
+            None => None,
+            Some(s) => {
+                let aug: cnnkit::augment::Augment =
+                    s.parse().with_context(|| format!("--augment {s}"))?;
+                Some(cnnkit::augment::Augment {
+                    seed: a.seed,
+                    normalization: Some(
+                        cnnkit::stability::Normalization::new(
+                            mean_std.0.clone(),
+                            mean_std.1.clone(),
+                        )
+                        .context("--augment")?,
+                    ),
+                    ..aug
+                })
+            }
+        },
+        ..TrainConfig::default()
+    };
+    Trainer::new(model, optimizer(a)?, cfg)
+        .context("--batch-size, --class-weights, --sampler, --early-stopping or --augment")
+}
+
+/// How a run that has started ends.
+enum Ending {
+    /// Every epoch ran (or early stopping ended it).
+    Finished,
+    /// Ctrl-C, a signal or `--stop-after`: a resume checkpoint is due.
+    Interrupted,
+    /// Training failed on every process alike (a non-finite loss).
+    Failed(anyhow::Error),
+}
+
+fn train(
+    p: Prepared,
+    mpi: Option<&crate::distributed::Mpi>,
+    leader: bool,
+    started: Instant,
+) -> Result<ExitCode> {
+    let Prepared {
+        a,
+        mut trainer,
+        train,
+        val,
+        test,
+        pipe,
+        stored_args,
+        data_hash,
+        threshold_for,
+        resumed,
+    } = p;
+    let out = Progress::default();
+    macro_rules! say {
+        ($($t:tt)*) => {
+            if leader {
+                out.line(format_args!($($t)*));
+            }
+        };
+    }
+    if resumed {
+        say!(
+            "resuming at epoch {}, step {}",
+            trainer.progress().epoch + 1,
+            trainer.progress().step
+        );
+    }
+    if let Some(m) = mpi {
+        if let Err(e) = trainer.set_gradient_sync(m.sync()) {
+            warn(format_args!(
+                "error: process {}: --distributed: {e}",
+                m.rank()
+            ));
+            m.abort(1);
+        }
         say!(
             "distributed: {} processes, {} images of each global batch of {} per process",
             m.size(),
@@ -400,7 +746,7 @@ fn train(
             trainer.config().batch_size
         );
     }
-    let [c, h, w] = shape;
+    let [c, h, w] = train.shape();
     say!(
         "data: {} ({} training images{}{}, {c}x{h}x{w}, {} classes)",
         a.data
@@ -420,12 +766,14 @@ fn train(
         trainer.config().batch_size
     );
     if leader {
-        print!("{}", trainer.model().summary());
+        out.text(format_args!("{}", trainer.model().summary()));
     }
 
     // Ctrl-C, and SIGTERM / SIGHUP (what `timeout` and batch schedulers send): stop after the
     // current step and save a resumable checkpoint.
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
+    // Reported each epoch; without a validation split, the test set is only reported, never
+    // used to choose (keep-best, early stopping and the plateau schedule need --val-split).
     let eval_set = val.as_ref().or(test.as_ref());
     let eval_name = if val.is_some() { "val" } else { "test" };
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} loss {msg}")
@@ -433,6 +781,7 @@ fn train(
     let mut bar: Option<ProgressBar> = None;
     let mut steps_done = 0usize;
     let epochs = trainer.config().epochs;
+    let from = (trainer.progress().epoch, trainer.progress().step);
     let result = trainer.fit(&train, eval_set, &mut |e| {
         match e {
             Event::Step {
@@ -478,7 +827,7 @@ fn train(
             }
         }
         let mut stop = STOP.load(Ordering::SeqCst) || a.stop_after.is_some_and(|n| steps_done >= n);
-        if let Some(m) = &mpi {
+        if let Some(m) = mpi {
             // Every process stops after the same step, or the next sum would wait forever.
             stop = m.any(stop);
         }
@@ -491,39 +840,191 @@ fn train(
     if let Some(b) = bar.take() {
         b.finish_and_clear();
     }
-    result?;
+    let advanced = (trainer.progress().epoch, trainer.progress().step) != from;
+    let ending = match result {
+        Ok(()) if trainer.finished() => Ending::Finished,
+        Ok(()) => Ending::Interrupted,
+        // Refused before the first step (the data does not fit the model): nothing to keep.
+        Err(e) if !advanced && trainer.best().is_none() => return Err(e.into()),
+        // The loss is summed over the processes first, so every process fails at the same step.
+        Err(e @ cnnkit::Error::NonFinite { .. }) => Ending::Failed(e.into()),
+        Err(e) => {
+            // One process's own failure: the others would wait for it at the next sum.
+            let e = anyhow::Error::from(e);
+            if let Some(m) = mpi {
+                if leader {
+                    rescue_checkpoint(&trainer, &a.out, &pipe, &stored_args, &train, data_hash);
+                }
+                warn(format_args!(
+                    "error: process {}: {}",
+                    m.rank(),
+                    crate::one_line(&e)
+                ));
+                m.abort(1);
+            }
+            Ending::Failed(e)
+        }
+    };
+    // Process 0 writes; the others wait for it, so the launcher cannot end the job before the
+    // files are complete, and every process exits with process 0's outcome.
+    let outcome = if leader {
+        finish(
+            &mut trainer,
+            ending,
+            &a,
+            pipe,
+            &stored_args,
+            (&train, val.as_ref(), test.as_ref()),
+            data_hash,
+            threshold_for,
+            &out,
+        )
+    } else {
+        Ok(match ending {
+            Ending::Finished => ExitCode::SUCCESS,
+            Ending::Interrupted => ExitCode::from(130),
+            Ending::Failed(_) => ExitCode::FAILURE,
+        })
+    };
+    if leader {
+        if let Some((e, lines)) = out.lost() {
+            warn(format_args!(
+                "note: standard output failed after {lines} writes ({e}); training went on{}",
+                if matches!(outcome, Ok(ref c) if *c == ExitCode::SUCCESS) {
+                    format!(": the model is saved in {}", a.out.display())
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if matches!(outcome, Ok(ref c) if *c == ExitCode::SUCCESS) {
+            say!("trained in {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+    if let Some(m) = mpi {
+        // Process 0 says why before any process exits (the launcher ends the job then).
+        let outcome = match outcome {
+            Err(e) => {
+                warn(format_args!("error: {}", crate::one_line(&e)));
+                Ok(ExitCode::FAILURE)
+            }
+            ok => ok,
+        };
+        let leader_failed =
+            m.any(leader && matches!(outcome, Ok(ref c) if *c == ExitCode::FAILURE));
+        if leader_failed && !leader {
+            return Ok(ExitCode::FAILURE);
+        }
+        return outcome;
+    }
+    outcome
+}
+
+/// Saves the resume checkpoint of a run that cannot go on, with a rescue file if `OUT`'s folder
+/// fails; says where on standard error. Returns where it went.
+fn rescue_checkpoint(
+    trainer: &Trainer,
+    out: &Path,
+    pipe: &Pipeline,
+    stored_args: &str,
+    train: &cnnkit::data::Dataset,
+    data_hash: u64,
+) -> Option<PathBuf> {
     let mut meta = BTreeMap::new();
     meta.insert(pipeline::KEY.to_string(), pipe.to_json());
-    if !trainer.finished() && !leader {
-        return Ok(ExitCode::from(130));
+    meta.insert(ARGS_KEY.to_string(), stored_args.to_string());
+    meta.insert(DATA_LEN_KEY.to_string(), train.len().to_string());
+    meta.insert(DATA_HASH_KEY.to_string(), format!("{data_hash:016x}"));
+    let rp = resume_path(out);
+    let (saved, err) = save_or_rescue(&rp, |p| trainer.save(p, &meta));
+    match (&saved, err) {
+        (Some(s), Some(e)) => warn(format_args!(
+            "error: saving the resumable checkpoint to {} failed ({e}); saved it to {} instead",
+            rp.display(),
+            s.display()
+        )),
+        (None, e) => warn(format_args!(
+            "error: the resumable checkpoint could not be saved anywhere ({}): this run's progress is lost",
+            e.map_or(String::new(), |e| e.to_string())
+        )),
+        (Some(_), None) => {}
     }
-    if !trainer.finished() {
-        meta.insert(ARGS_KEY.to_string(), stored_args);
-        meta.insert(DATA_LEN_KEY.to_string(), train.len().to_string());
-        let rp = resume_path(&a.out);
-        let (saved, err) = save_or_rescue(&rp, |p| trainer.save(p, &meta));
-        let Some(saved) = saved else {
-            bail!(
-                "saving the resumable checkpoint {}: {}",
-                rp.display(),
-                err.map_or(String::new(), |e| e.to_string())
-            );
+    saved
+}
+
+/// Process 0's end of a run: the resume checkpoint of an interrupted run, the model and the
+/// reports of a finished one, and what there is of a failed one.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    trainer: &mut Trainer,
+    ending: Ending,
+    a: &TrainArgs,
+    mut pipe: Pipeline,
+    stored_args: &str,
+    (train, val, test): (
+        &cnnkit::data::Dataset,
+        Option<&cnnkit::data::Dataset>,
+        Option<&cnnkit::data::Dataset>,
+    ),
+    data_hash: u64,
+    threshold_for: Option<(cnnkit::metrics::OperatingPoint, String)>,
+    out: &Progress,
+) -> Result<ExitCode> {
+    macro_rules! say {
+        ($($t:tt)*) => {
+            out.line(format_args!($($t)*))
         };
-        if let Some(e) = err {
-            eprintln!(
-                "error: saving the resumable checkpoint to {} failed ({e}); saved it to {} instead",
-                rp.display(),
+    }
+    let eval_name = if val.is_some() { "val" } else { "test" };
+    let mut meta = BTreeMap::new();
+    meta.insert(pipeline::KEY.to_string(), pipe.to_json());
+    match ending {
+        Ending::Finished => {}
+        Ending::Interrupted => {
+            let Some(saved) =
+                rescue_checkpoint(trainer, &a.out, &pipe, stored_args, train, data_hash)
+            else {
+                bail!("interrupted, and the resumable checkpoint could not be saved");
+            };
+            warn(format_args!(
+                "interrupted after epoch {}, step {}: saved {}\ncontinue with: cnnkit train --resume {}",
+                trainer.progress().epoch + 1,
+                trainer.progress().step,
+                saved.display(),
                 saved.display()
-            );
+            ));
+            return Ok(ExitCode::from(130));
         }
-        eprintln!(
-            "interrupted after epoch {}, step {}: saved {}\ncontinue with: cnnkit train --resume {}",
-            trainer.progress().epoch + 1,
-            trainer.progress().step,
-            saved.display(),
-            saved.display()
-        );
-        return Ok(ExitCode::from(130));
+        Ending::Failed(e) => {
+            let at = format!(
+                "epoch {}, step {}",
+                trainer.progress().epoch + 1,
+                trainer.progress().step
+            );
+            // The best epoch held in memory is a finished model; without one, the state before
+            // the failing step is kept to resume from.
+            if let Some(epoch) = trainer.restore_best()? {
+                let model = trainer.model();
+                let (saved, _) = save_or_rescue(&a.out, |p| model.save(p, &meta));
+                if let Some(s) = saved {
+                    bail!(
+                        "{} in {at}; saved the model of the best epoch so far ({epoch}) to {}",
+                        crate::one_line(&e),
+                        s.display()
+                    );
+                }
+            }
+            let saved = rescue_checkpoint(trainer, &a.out, &pipe, stored_args, train, data_hash);
+            let e = crate::one_line(&e);
+            return Err(match saved {
+                Some(s) => anyhow::anyhow!(
+                    "{e} in {at}; the state before that step is saved in {} (continue with: cnnkit train --resume {})",
+                    s.display(),
+                    s.display()
+                ),
+                None => anyhow::anyhow!("{e} in {at}"),
+            });
+        }
     }
     if let Some(epoch) = trainer.restore_best()? {
         let (_, value) = trainer.best().unwrap_or((epoch, f64::NAN));
@@ -540,22 +1041,25 @@ fn train(
     } else if trainer.stopped_early() {
         say!("stopped early after epoch {}", trainer.history().len());
     }
-    let mut pipe = pipe;
-    if let (Some((target, text)), Some(v)) = (threshold_for, val.as_ref()) {
+    let mut threshold_error = None;
+    if let (Some((target, text)), Some(v)) = (threshold_for, val) {
         let (_, scores) = cnnkit::evaluate_scores(trainer.model_mut(), v, 256)?;
-        let t = cnnkit::metrics::decision_threshold(v.labels(), &scores, target)
-            .context("--threshold-for: the validation set needs images of both classes")?;
-        say!(
-            "threshold {:.4} on P({}) for {text}: validation sensitivity {:.4}, specificity {:.4}",
-            t.threshold,
-            pipe.classes[1],
-            t.sensitivity,
-            t.specificity
-        );
-        pipe.threshold = Some((t.threshold, text));
-        meta.insert(pipeline::KEY.to_string(), pipe.to_json());
+        match cnnkit::metrics::decision_threshold(v.labels(), &scores, target) {
+            Some(t) => {
+                say!(
+                    "threshold {:.4} on P({}) for {text}: validation sensitivity {:.4}, specificity {:.4}",
+                    t.threshold,
+                    pipe.classes[1],
+                    t.sensitivity,
+                    t.specificity
+                );
+                pipe.threshold = Some((t.threshold, text));
+                meta.insert(pipeline::KEY.to_string(), pipe.to_json());
+            }
+            None => threshold_error = Some(text),
+        }
     }
-    let final_set = test.as_ref().or(val.as_ref());
+    let final_set = test.or(val);
     // Metrics and, for the decision threshold's rates, the positive-class scores: one pass.
     let (final_metrics, final_scores) = match final_set {
         Some(ds) => {
@@ -572,13 +1076,9 @@ fn train(
             100.0 * m.accuracy,
             (m.accuracy * n as f64).round() as usize
         );
-        if leader {
-            print!("{}", m.report(&pipe.classes));
-        }
+        out.text(format_args!("{}", m.report(&pipe.classes)));
         say!("confusion matrix (rows: true class, columns: predicted):");
-        if leader {
-            print!("{}", m.confusion_table(&pipe.classes));
-        }
+        out.text(format_args!("{}", m.confusion_table(&pipe.classes)));
         if let (Some((t, why)), Some(ds)) = (&pipe.threshold, final_set)
             && let Some(r) = cnnkit::metrics::rates_at(ds.labels(), &final_scores, *t)
         {
@@ -589,20 +1089,37 @@ fn train(
             );
         }
     }
-    if !leader {
-        return Ok(ExitCode::SUCCESS);
-    }
     let model = trainer.model();
     let (saved, err) = save_or_rescue(&a.out, |p| model.save(p, &meta));
-    if let Some(e) = err {
-        match saved {
-            Some(p) => bail!(
-                "saving the model to {} failed ({e}); saved it to {} instead",
-                a.out.display(),
-                p.display()
-            ),
-            None => bail!("saving the model to {}: {e}", a.out.display()),
-        }
+    let saved = match (saved, err) {
+        (Some(p), None) => p,
+        (Some(p), Some(e)) => bail!(
+            "saving the model to {} failed ({e}); saved it to {} instead",
+            a.out.display(),
+            p.display()
+        ),
+        (None, e) => bail!(
+            "saving the model to {}: {}; no other folder took it either",
+            a.out.display(),
+            e.map_or(String::new(), |e| e.to_string())
+        ),
+    };
+    let rp = resume_path(&a.out);
+    if rp.exists() && !is_stream(&rp) {
+        let _ = std::fs::remove_file(&rp);
+    }
+    if let Some(text) = threshold_error {
+        bail!(
+            "--threshold-for {text}: no threshold reaches it on the validation set; the model is saved in {} without a threshold",
+            saved.display()
+        );
+    }
+    if is_stream(&a.out) {
+        say!(
+            "\nwrote the model to {} (no report files: it is not a file in a folder)",
+            a.out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let files = report::write(
         &a.out,
@@ -610,16 +1127,12 @@ fn train(
         final_metrics.as_ref(),
         &pipe.classes,
         eval_name,
-    )?;
-    let rp = resume_path(&a.out);
-    if rp.exists() {
-        let _ = std::fs::remove_file(&rp);
-    }
+    )
+    .with_context(|| format!("the model is saved in {}, but a report", saved.display()))?;
     say!(
         "\nsaved the model to {} (report: {})",
-        a.out.display(),
+        saved.display(),
         files.join(", ")
     );
-    say!("trained in {:.1} s", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }

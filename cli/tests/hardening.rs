@@ -155,6 +155,16 @@ fn sigterm_saves_a_resumable_checkpoint_even_when_the_folder_is_gone() {
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(d.0.join("out/m.resume.safetensors").is_file(), "{err}");
 
+    // A fresh run over it is refused until the interrupted run's checkpoint is gone.
+    fails(
+        &d.0,
+        &["train", "--out", "out/m.safetensors"],
+        &[
+            "holds an interrupted run",
+            "--resume out/m.resume.safetensors",
+        ],
+    );
+    std::fs::remove_file(d.0.join("out/m.resume.safetensors")).unwrap();
     let child = start_training(&d.0, "out/m.safetensors");
     std::fs::remove_dir_all(d.0.join("out")).unwrap();
     signal(&child, "-TERM");
