@@ -389,6 +389,23 @@ fn default_sigpipe() {
 #[cfg(not(unix))]
 fn default_sigpipe() {}
 
+#[cfg(test)]
+mod tests {
+    use super::after_subcommand;
+
+    #[test]
+    fn the_stored_command_line_starts_after_the_subcommand() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        for line in [
+            "cnnkit train --epochs 2",
+            "cnnkit --memory-budget 1M train --epochs 2",
+            "cnnkit --memory-budget=1M train --epochs 2",
+        ] {
+            assert_eq!(after_subcommand(words(line)), words("--epochs 2"), "{line}");
+        }
+    }
+}
+
 /// The command line as text: a path that is not UTF-8 is refused by name (a training run stores
 /// its command line in its checkpoints, as text).
 fn utf8_args() -> Result<Vec<String>> {
@@ -402,6 +419,20 @@ fn utf8_args() -> Result<Vec<String>> {
             })
         })
         .collect()
+}
+
+/// The words after the subcommand: global options (`--memory-budget SIZE`) may stand before
+/// it.
+fn after_subcommand(args: Vec<String>) -> Vec<String> {
+    let mut it = args.into_iter().skip(1);
+    while let Some(w) = it.next() {
+        if w == "--memory-budget" {
+            it.next();
+        } else if !w.starts_with('-') {
+            break;
+        }
+    }
+    it.collect()
 }
 
 fn main() -> ExitCode {
@@ -426,9 +457,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.cmd {
-        Cmd::Train(a) => {
-            utf8_args().and_then(|args| train::run(*a, args.into_iter().skip(2).collect()))
-        }
+        Cmd::Train(a) => utf8_args().and_then(|args| train::run(*a, after_subcommand(args))),
         Cmd::Eval(a) => with_threads(a.threads, || commands::eval(&a)).map(|_| ExitCode::SUCCESS),
         Cmd::Predict(a) => commands::predict(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Preprocess(a) => commands::preprocess(&a).map(|_| ExitCode::SUCCESS),

@@ -845,14 +845,14 @@ fn train(
         Ok(()) if trainer.finished() => Ending::Finished,
         Ok(()) => Ending::Interrupted,
         // Refused before the first step (the data does not fit the model): nothing to keep.
-        Err(e) if !advanced && trainer.best().is_none() => return Err(e.into()),
+        Err(e) if mpi.is_none() && !advanced && trainer.best().is_none() => return Err(e.into()),
         // The loss is summed over the processes first, so every process fails at the same step.
         Err(e @ cnnkit::Error::NonFinite { .. }) => Ending::Failed(e.into()),
         Err(e) => {
             // One process's own failure: the others would wait for it at the next sum.
             let e = anyhow::Error::from(e);
             if let Some(m) = mpi {
-                if leader {
+                if leader && advanced {
                     rescue_checkpoint(&trainer, &a.out, &pipe, &stored_args, &train, data_hash);
                 }
                 warn(format_args!(

@@ -338,6 +338,13 @@ fn an_error_on_one_process_ends_the_job_with_its_message() {
     budget.extend(args(&[]));
     let (o, took) = mpirun_each(&d.0, &[budget, args(&[])]);
     one_error(&o, took, &["process 0 of 2", "memory budget"]);
+    // A failure inside training on one process (its budget refuses the batch's activations):
+    // MPI_Abort ends the others, which would wait for its gradient.
+    let big = ["--batch-size", "256"];
+    let mut small_budget = vec!["--memory-budget".to_string(), "1M".to_string()];
+    small_budget.extend(args(&big));
+    let (o, took) = mpirun_each(&d.0, &[args(&big), small_budget]);
+    one_error(&o, took, &["process 1", "activations of the batch"]);
     // An error every process meets is said once.
     let (o, took) = mpirun_each(
         &d.0,
