@@ -389,23 +389,6 @@ fn default_sigpipe() {
 #[cfg(not(unix))]
 fn default_sigpipe() {}
 
-#[cfg(test)]
-mod tests {
-    use super::after_subcommand;
-
-    #[test]
-    fn the_stored_command_line_starts_after_the_subcommand() {
-        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        for line in [
-            "cnnkit train --epochs 2",
-            "cnnkit --memory-budget 1M train --epochs 2",
-            "cnnkit --memory-budget=1M train --epochs 2",
-        ] {
-            assert_eq!(after_subcommand(words(line)), words("--epochs 2"), "{line}");
-        }
-    }
-}
-
 /// The command line as text: a path that is not UTF-8 is refused by name (a training run stores
 /// its command line in its checkpoints, as text).
 fn utf8_args() -> Result<Vec<String>> {
@@ -476,6 +459,23 @@ fn main() -> ExitCode {
         Err(e) => {
             output::warn(format_args!("error: {}", one_line(&e)));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::after_subcommand;
+
+    #[test]
+    fn the_stored_command_line_starts_after_the_subcommand() {
+        let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        for line in [
+            "cnnkit train --epochs 2",
+            "cnnkit --memory-budget 1M train --epochs 2",
+            "cnnkit --memory-budget=1M train --epochs 2",
+        ] {
+            assert_eq!(after_subcommand(words(line)), words("--epochs 2"), "{line}");
         }
     }
 }
