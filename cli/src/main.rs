@@ -111,14 +111,17 @@ pub struct TrainArgs {
     /// Worker threads (default: one per core). Results do not depend on it.
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Where to save the model; the training report goes beside it.
+    /// Where to save the model; the training report goes beside it. A device or pipe is written
+    /// through (no report files then).
     #[arg(long, default_value = "model.safetensors")]
     pub out: PathBuf,
-    /// Fraction of the training set held out for validation after each epoch.
+    /// Fraction of the training set, in [0, 1), held out for validation after each epoch (needed
+    /// by --keep-best, --early-stopping and the plateau schedule).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub val_split: f32,
-    /// Continue an interrupted run from its resumable checkpoint (OUT.resume.safetensors). The
-    /// other options are those of the interrupted run, except --threads and --out.
+    /// Continue an interrupted run from its resumable checkpoint (OUT.resume.safetensors), with
+    /// the options stored in it: only --threads, --out, --distributed and --memory-budget may be
+    /// given too. Refused when the training data changed.
     #[arg(long, value_name = "CHECKPOINT")]
     pub resume: Option<PathBuf>,
     /// Adversarial training: replace part of every batch by adversarial examples of the current
