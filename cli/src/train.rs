@@ -699,23 +699,11 @@ enum Ending {
 }
 
 fn train(
-    p: Prepared,
+    mut p: Prepared,
     mpi: Option<&crate::distributed::Mpi>,
     leader: bool,
     started: Instant,
 ) -> Result<ExitCode> {
-    let Prepared {
-        a,
-        mut trainer,
-        train,
-        val,
-        test,
-        pipe,
-        stored_args,
-        data_hash,
-        threshold_for,
-        resumed,
-    } = p;
     let out = Progress::default();
     macro_rules! say {
         ($($t:tt)*) => {
@@ -724,15 +712,15 @@ fn train(
             }
         };
     }
-    if resumed {
+    if p.resumed {
         say!(
             "resuming at epoch {}, step {}",
-            trainer.progress().epoch + 1,
-            trainer.progress().step
+            p.trainer.progress().epoch + 1,
+            p.trainer.progress().step
         );
     }
     if let Some(m) = mpi {
-        if let Err(e) = trainer.set_gradient_sync(m.sync()) {
+        if let Err(e) = p.trainer.set_gradient_sync(m.sync()) {
             warn(format_args!(
                 "error: process {}: --distributed: {e}",
                 m.rank()
@@ -742,31 +730,33 @@ fn train(
         say!(
             "distributed: {} processes, {} images of each global batch of {} per process",
             m.size(),
-            trainer.config().batch_size / m.size(),
-            trainer.config().batch_size
+            p.trainer.config().batch_size / m.size(),
+            p.trainer.config().batch_size
         );
     }
-    let [c, h, w] = train.shape();
+    let [c, h, w] = p.train.shape();
     say!(
         "data: {} ({} training images{}{}, {c}x{h}x{w}, {} classes)",
-        a.data
+        p.a.data
             .as_ref()
             .map_or("embedded digits".to_string(), |p| p.display().to_string()),
-        train.len(),
-        val.as_ref()
+        p.train.len(),
+        p.val
+            .as_ref()
             .map_or(String::new(), |v| format!(", {} validation", v.len())),
-        test.as_ref()
+        p.test
+            .as_ref()
             .map_or(String::new(), |t| format!(", {} test", t.len())),
-        train.classes().len()
+        p.train.classes().len()
     );
     say!(
         "optimizer: {}, {} epochs of batches of {}",
-        trainer.optimizer().kind(),
-        trainer.config().epochs,
-        trainer.config().batch_size
+        p.trainer.optimizer().kind(),
+        p.trainer.config().epochs,
+        p.trainer.config().batch_size
     );
     if leader {
-        out.text(format_args!("{}", trainer.model().summary()));
+        out.text(format_args!("{}", p.trainer.model().summary()));
     }
 
     // Ctrl-C, and SIGTERM / SIGHUP (what `timeout` and batch schedulers send): stop after the
@@ -774,15 +764,15 @@ fn train(
     let _ = ctrlc::set_handler(|| STOP.store(true, Ordering::SeqCst));
     // Reported each epoch; without a validation split, the test set is only reported, never
     // used to choose (keep-best, early stopping and the plateau schedule need --val-split).
-    let eval_set = val.as_ref().or(test.as_ref());
-    let eval_name = if val.is_some() { "val" } else { "test" };
+    let eval_set = p.val.as_ref().or(p.test.as_ref());
+    let eval_name = if p.val.is_some() { "val" } else { "test" };
     let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} loss {msg}")
         .map(|s| s.progress_chars("=> "));
     let mut bar: Option<ProgressBar> = None;
     let mut steps_done = 0usize;
-    let epochs = trainer.config().epochs;
-    let from = (trainer.progress().epoch, trainer.progress().step);
-    let result = trainer.fit(&train, eval_set, &mut |e| {
+    let epochs = p.trainer.config().epochs;
+    let from = (p.trainer.progress().epoch, p.trainer.progress().step);
+    let result = p.trainer.fit(&p.train, eval_set, &mut |e| {
         match e {
             Event::Step {
                 epoch,
@@ -826,7 +816,8 @@ fn train(
                 );
             }
         }
-        let mut stop = STOP.load(Ordering::SeqCst) || a.stop_after.is_some_and(|n| steps_done >= n);
+        let mut stop =
+            STOP.load(Ordering::SeqCst) || p.a.stop_after.is_some_and(|n| steps_done >= n);
         if let Some(m) = mpi {
             // Every process stops after the same step, or the next sum would wait forever.
             stop = m.any(stop);
@@ -840,12 +831,12 @@ fn train(
     if let Some(b) = bar.take() {
         b.finish_and_clear();
     }
-    let advanced = (trainer.progress().epoch, trainer.progress().step) != from;
+    let advanced = (p.trainer.progress().epoch, p.trainer.progress().step) != from;
     let ending = match result {
-        Ok(()) if trainer.finished() => Ending::Finished,
+        Ok(()) if p.trainer.finished() => Ending::Finished,
         Ok(()) => Ending::Interrupted,
         // Refused before the first step (the data does not fit the model): nothing to keep.
-        Err(e) if mpi.is_none() && !advanced && trainer.best().is_none() => return Err(e.into()),
+        Err(e) if mpi.is_none() && !advanced && p.trainer.best().is_none() => return Err(e.into()),
         // The loss is summed over the processes first, so every process fails at the same step.
         Err(e @ cnnkit::Error::NonFinite { .. }) => Ending::Failed(e.into()),
         Err(e) => {
@@ -853,7 +844,14 @@ fn train(
             let e = anyhow::Error::from(e);
             if let Some(m) = mpi {
                 if leader && advanced {
-                    rescue_checkpoint(&trainer, &a.out, &pipe, &stored_args, &train, data_hash);
+                    rescue_checkpoint(
+                        &p.trainer,
+                        &p.a.out,
+                        &p.pipe,
+                        &p.stored_args,
+                        &p.train,
+                        p.data_hash,
+                    );
                 }
                 warn(format_args!(
                     "error: process {}: {}",
@@ -869,14 +867,14 @@ fn train(
     // files are complete, and every process exits with process 0's outcome.
     let outcome = if leader {
         finish(
-            &mut trainer,
+            &mut p.trainer,
             ending,
-            &a,
-            pipe,
-            &stored_args,
-            (&train, val.as_ref(), test.as_ref()),
-            data_hash,
-            threshold_for,
+            &p.a,
+            p.pipe,
+            &p.stored_args,
+            (&p.train, p.val.as_ref(), p.test.as_ref()),
+            p.data_hash,
+            p.threshold_for,
             &out,
         )
     } else {
@@ -891,7 +889,7 @@ fn train(
             warn(format_args!(
                 "note: standard output failed after {lines} writes ({e}); training went on{}",
                 if matches!(outcome, Ok(ref c) if *c == ExitCode::SUCCESS) {
-                    format!(": the model is saved in {}", a.out.display())
+                    format!(": the model is saved in {}", p.a.out.display())
                 } else {
                     String::new()
                 }

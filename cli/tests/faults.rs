@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Dir, blobs, cnnkit, fails, png, text};
+use common::{Dir, blobs, cnnkit, fails, png, rescue_named, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +35,12 @@ fn within(mut c: Command, secs: u64) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `cnnkit train --epochs 1 --out OUT` in `dir`, which must succeed.
+fn train_one_epoch(dir: &Path, out: &str) {
+    let o = cnnkit(dir, &["train", "--epochs", "1", "--out", out]);
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 fn weights(p: &Path) -> Vec<f32> {
@@ -75,8 +81,7 @@ impl Drop for Tmpfs {
 fn outputs_never_destroy_what_they_name() {
     use std::os::unix::fs::{FileTypeExt, symlink};
     let d = Dir::new("faults_outputs");
-    let o = cnnkit(&d.0, &["train", "--epochs", "1", "--out", "/dev/null"]);
-    assert!(o.status.success(), "{}", text(&o));
+    train_one_epoch(&d.0, "/dev/null");
     assert!(
         std::fs::metadata("/dev/null")
             .unwrap()
@@ -90,8 +95,7 @@ fn outputs_never_destroy_what_they_name() {
     ] {
         assert!(!Path::new("/dev").join(side).exists(), "/dev/{side}");
     }
-    let o = cnnkit(&d.0, &["train", "--epochs", "1", "--out", "m.safetensors"]);
-    assert!(o.status.success(), "{}", text(&o));
+    train_one_epoch(&d.0, "m.safetensors");
     let model = std::fs::read(d.0.join("m.safetensors")).unwrap();
     png(&d.0.join("a/0.png"), 8, 8, |x, y| (x * 20 + y) as u8);
     png(&d.0.join("b/0.png"), 8, 8, |x, _| (x * 30) as u8);
@@ -108,28 +112,16 @@ fn outputs_never_destroy_what_they_name() {
     assert!(link.file_type().is_symlink());
 
     // Outputs over inputs.
-    fails(
-        &d.0,
-        &[
-            "predict",
+    for (csv, needle) in [
+        (
             "m.safetensors",
-            "a/0.png",
-            "--csv",
-            "m.safetensors",
-        ],
-        &["m.safetensors is a file this command reads"],
-    );
-    fails(
-        &d.0,
-        &[
-            "predict",
-            "m.safetensors",
-            "a/0.png",
-            "--csv",
-            "./a/../a/0.png",
-        ],
-        &["a file this command reads"],
-    );
+            "m.safetensors is a file this command reads",
+        ),
+        ("./a/../a/0.png", "a file this command reads"),
+    ] {
+        let args = ["predict", "m.safetensors", "a/0.png", "--csv", csv];
+        fails(&d.0, &args, &[needle]);
+    }
     assert_eq!(std::fs::read(d.0.join("m.safetensors")).unwrap(), model);
     let before = std::fs::read(d.0.join("a/0.png")).unwrap();
     fails(
@@ -243,49 +235,31 @@ fn standard_output_that_fails_loses_nothing() {
 fn a_non_finite_loss_saves_what_there_is() {
     let d = Dir::new("faults_nonfinite");
     // Epoch 1 learns; from epoch 2 the learning rate is 1e12 times larger.
-    let o = cnnkit(
+    let schedule = "--schedule=step:1:1e12";
+    fails(
         &d.0,
         &[
             "train",
-            "--epochs",
-            "3",
-            "--optimizer",
-            "sgd",
-            "--schedule",
-            "step:1:1e12",
-            "--val-split",
-            "0.2",
+            "--epochs=3",
+            "--optimizer=sgd",
+            schedule,
+            "--val-split=0.2",
             "--keep-best",
-            "--out",
-            "best.safetensors",
+            "--out=best.safetensors",
         ],
-    );
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(
-        t.contains("not finite") && t.contains("best epoch so far (1)"),
-        "{t}"
+        &["not finite", "best epoch so far (1)", "best.safetensors"],
     );
     let w = weights(&d.0.join("best.safetensors"));
     assert!(w.iter().all(|v| v.is_finite()));
-
-    let o = cnnkit(
+    fails(
         &d.0,
         &[
             "train",
-            "--optimizer",
-            "sgd",
-            "--lr",
-            "1e12",
-            "--out",
-            "nf.safetensors",
+            "--optimizer=sgd",
+            "--lr=1e12",
+            "--out=nf.safetensors",
         ],
-    );
-    let t = text(&o);
-    assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(
-        t.contains("not finite") && t.contains("saved in nf.resume.safetensors"),
-        "{t}"
+        &["not finite", "saved in nf.resume.safetensors"],
     );
     let (trainer, _) = cnnkit::Trainer::load(&d.0.join("nf.resume.safetensors")).unwrap();
     assert!(trainer.model().params().iter().all(|v| v.is_finite()));
@@ -383,17 +357,14 @@ fn a_disk_that_fills_mid_run_still_keeps_the_checkpoint() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    let rescue = err
-        .lines()
-        .find_map(|l| l.split_once("saved it to ")?.1.strip_suffix(" instead"))
-        .unwrap_or_else(|| panic!("no rescue file named: {err}"));
+    let rescue = rescue_named(&err);
     assert!(rescue.starts_with(d.0.to_str().unwrap()), "{err}");
     let o = cnnkit(
         &d.0,
         &[
             "train",
             "--resume",
-            rescue,
+            &rescue,
             "--out",
             "m.safetensors",
             "--stop-after",
@@ -591,38 +562,32 @@ impl Drop for MemoryGroup {
 fn no_command_hangs_on_a_file() {
     use std::os::unix::fs::symlink;
     let d = Dir::new("faults_files");
-    let o = cnnkit(&d.0, &["train", "--epochs", "1", "--out", "m.safetensors"]);
-    assert!(o.status.success(), "{}", text(&o));
+    train_one_epoch(&d.0, "m.safetensors");
     png(&d.0.join("cyc/x/0.png"), 8, 8, |x, _| x as u8);
     symlink("..", d.0.join("cyc/x/up")).unwrap();
     symlink("..", d.0.join("cyc/x/up2")).unwrap();
-    for args in [
-        &["predict", "m.safetensors", "cyc"][..],
-        &["preprocess", "cyc", "cyc_out"],
-    ] {
-        let mut c = bin();
-        c.current_dir(&d.0).args(args);
-        let o = within(c, 20);
-        let t = text(&o);
-        assert_eq!(o.status.code(), Some(1), "{t}");
-        assert!(t.contains("a link cycle"), "{t}");
-    }
     let ok = Command::new("mkfifo")
         .arg(d.0.join("f.png"))
         .status()
         .unwrap();
     assert!(ok.success());
-    for args in [
-        &["predict", "m.safetensors", "f.png"][..],
-        &["preprocess", "f.png", "g.png"],
-        &["saliency", "m.safetensors", "f.png"],
-    ] {
+    let cases: [(&[&str], &str); 5] = [
+        (&["predict", "m.safetensors", "cyc"], "a link cycle"),
+        (&["preprocess", "cyc", "cyc_out"], "a link cycle"),
+        (&["predict", "m.safetensors", "f.png"], "not a regular file"),
+        (&["preprocess", "f.png", "g.png"], "not a regular file"),
+        (
+            &["saliency", "m.safetensors", "f.png"],
+            "not a regular file",
+        ),
+    ];
+    for (args, needle) in cases {
         let mut c = bin();
         c.current_dir(&d.0).args(args);
         let o = within(c, 20);
         let t = text(&o);
         assert_eq!(o.status.code(), Some(1), "{t}");
-        assert!(t.contains("not a regular file"), "{t}");
+        assert!(t.contains(needle), "{t}");
     }
     use std::os::unix::ffi::OsStrExt;
     let bad = std::ffi::OsStr::from_bytes(b"data-\xff\xfe");

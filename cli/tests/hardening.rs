@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Dir, blobs, cnnkit, fails, png, text};
+use common::{Dir, blobs, cnnkit, fails, png, rescue_named, text};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -171,11 +171,7 @@ fn sigterm_saves_a_resumable_checkpoint_even_when_the_folder_is_gone() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    let rescue = err
-        .lines()
-        .find_map(|l| l.split_once("saved it to ")?.1.strip_suffix(" instead"))
-        .unwrap_or_else(|| panic!("no rescue file named: {err}"))
-        .to_string();
+    let rescue = rescue_named(&err);
     assert!(rescue.contains("cnnkit-rescue-"), "{err}");
     assert!(
         err.contains(&format!("cnnkit train --resume {rescue}")),

@@ -77,3 +77,11 @@ pub fn blobs(root: &Path, per_class: u32) {
         }
     }
 }
+
+/// The rescue file that an error message names ("… saved it to PATH instead").
+pub fn rescue_named(err: &str) -> String {
+    err.lines()
+        .find_map(|l| l.split_once("saved it to ")?.1.strip_suffix(" instead"))
+        .unwrap_or_else(|| panic!("no rescue file named: {err}"))
+        .to_string()
+}
