@@ -21,10 +21,10 @@
 //! | `contrast=C` | `ColorJitter(contrast=C)`: `f·x + (1 − f)·mean(x)` per image, clamped | C = 0.2 |
 //! | `noise=σ` | `GaussianNoise(sigma=σ)` (transforms v2): `x + σ·N(0, 1)`, clamped | σ = 0.02 |
 
+use crate::data::normalization::Normalization;
 use crate::error::{Error, Result};
-use crate::layer::Shape3;
 use crate::rng::{Rng, mix64};
-use crate::stability::Normalization;
+use crate::shape::Shape3;
 use std::fmt;
 
 /// Which augmentations to apply to training images (all off by default; see the module
@@ -126,7 +126,7 @@ impl Augment {
     ) -> Result<()> {
         const OP: &str = "Augment::apply";
         self.validate()?;
-        let d = crate::layer::numel(shape);
+        let d = crate::shape::numel(shape);
         crate::error::check_len(OP, "x", x, indices.len() * d)?;
         if let Some(nm) = &self.normalization
             && nm.mean.len() != shape[0]
@@ -382,7 +382,7 @@ mod tests {
     use super::*;
 
     fn ramp(shape: Shape3) -> Vec<f32> {
-        let d = crate::layer::numel(shape);
+        let d = crate::shape::numel(shape);
         (0..d).map(|i| (i as f32 + 0.5) / d as f32).collect()
     }
 

@@ -14,9 +14,10 @@
 //! [`CheckpointLimits`] and the file size before any tensor is allocated.
 
 use crate::error::{Error, Result};
-use crate::layer::{LayerSpec, Shape3, Tensor, TensorData};
+use crate::layer::spec::LayerSpec;
 use crate::model::Sequential;
 use crate::rng::mix64;
+use crate::shape::{Shape3, Tensor, TensorData};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -825,7 +826,7 @@ impl Sequential {
             _ => a,
         });
         let limit = held.max(1 << 24);
-        let mut m = Sequential::build(input, specs, crate::Init::TorchDefault, 0, limit)
+        let mut m = Sequential::build(input, specs, crate::init::Init::TorchDefault, 0, limit)
             .map_err(|e| Error::file(path, e.to_string()))?;
         let map: HashMap<String, Tensor> = st.tensors.iter().cloned().collect();
         m.load_state_dict(&map)

@@ -105,15 +105,13 @@ impl fmt::Display for Error {
                 f,
                 "{op}: {what} would need {}, above the memory budget of {} \
                  (set {}=SIZE, such as 32G, to change it)",
-                crate::memory::human(*bytes),
-                crate::memory::human(*budget as u128),
-                crate::memory::BUDGET_ENV
+                human(*bytes),
+                human(*budget as u128),
+                BUDGET_ENV
             ),
-            Error::OutOfMemory { op, what, bytes } => write!(
-                f,
-                "{op}: the system refused {} for {what}",
-                crate::memory::human(*bytes)
-            ),
+            Error::OutOfMemory { op, what, bytes } => {
+                write!(f, "{op}: the system refused {} for {what}", human(*bytes))
+            }
             Error::NonFinite { op, what } => write!(f, "{op}: {what} is not finite"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
             Error::File { path, reason } => write!(f, "{}: {reason}", path.display()),
@@ -224,3 +222,30 @@ pub(crate) fn mul(op: &'static str, what: &'static str, a: usize, b: usize) -> R
 /// The largest number of `f32` elements any buffer may have: its size in bytes must fit an
 /// `isize`, so element offsets and strides can be passed to GEMM as `isize`.
 pub const MAX_ELEMENTS: usize = isize::MAX as usize / 4;
+
+/// The environment variable of the memory budget ([`crate::memory::BUDGET_ENV`]), named by
+/// [`Error::OverBudget`]'s message.
+pub(crate) const BUDGET_ENV: &str = "CNNKIT_MEMORY_BUDGET";
+
+/// A byte count for messages: `40.0 GB`, `512.0 MB`, `900 bytes` (decimal units).
+pub(crate) fn human(bytes: u128) -> String {
+    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
+    UNITS
+        .iter()
+        .find(|(_, f)| bytes as f64 >= *f)
+        .map_or(format!("{bytes} bytes"), |(u, f)| {
+            format!("{:.1} {u}", bytes as f64 / f)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(40_000_000_000), "40.0 GB");
+        assert_eq!(human(900), "900 bytes");
+        assert_eq!(human(1_500_000), "1.5 MB");
+    }
+}

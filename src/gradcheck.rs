@@ -27,9 +27,10 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::Accum;
-use crate::layer::{Layer, Shape3, numel};
+use crate::layer::Layer;
 use crate::model::Sequential;
 use crate::rng::Rng;
+use crate::shape::{Shape3, numel};
 use std::fmt;
 
 /// Pass criterion `|numeric − analytic| <= atol + rtol·|numeric| + noise allowance`.

@@ -4,8 +4,8 @@
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::layer::Shape3;
 use crate::preprocess::{self, Clahe, Filter, Gray};
+use crate::shape::Shape3;
 use std::path::{Path, PathBuf};
 
 /// Limits on untrusted image files, checked before decoding allocates.

@@ -24,8 +24,8 @@ pub enum Init {
 }
 
 impl std::str::FromStr for Init {
-    type Err = crate::Error;
-    fn from_str(s: &str) -> crate::Result<Self> {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
         Ok(match s {
             "torch" | "default" => Init::TorchDefault,
             "xavier" | "xavier_uniform" | "glorot" => Init::XavierUniform,
@@ -33,7 +33,7 @@ impl std::str::FromStr for Init {
             "kaiming" | "kaiming_uniform" | "he" => Init::KaimingUniform,
             "kaiming_normal" | "he_normal" => Init::KaimingNormal,
             _ => {
-                return Err(crate::Error::invalid(
+                return Err(crate::error::Error::invalid(
                     "Init::from_str",
                     "init",
                     format!(

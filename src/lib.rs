@@ -153,10 +153,12 @@ mod train;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
 pub use init::Init;
-pub use layer::{Layer, LayerSpec, Shape3, Tensor, TensorData};
+pub use layer::{Layer, LayerSpec};
 pub use memory::{memory_budget, set_memory_budget};
 pub use model::Sequential;
-pub use shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape4};
+pub use shape::{
+    Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape3, Shape4, Tensor, TensorData,
+};
 pub use train::{
     AdversarialTraining, Control, EpochReport, Event, Loss, Monitor, Progress, Sampler,
     TrainConfig, Trainer, evaluate, evaluate_scores, predict, reconstruction_loss,

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const FALLBACK_BUDGET: usize = 8 << 30;
 
 /// The environment variable read for the default budget.
-pub const BUDGET_ENV: &str = "CNNKIT_MEMORY_BUDGET";
+pub const BUDGET_ENV: &str = crate::error::BUDGET_ENV;
 
 /// 0: not determined yet.
 static BUDGET: AtomicUsize = AtomicUsize::new(0);
@@ -197,17 +197,6 @@ pub fn parse_bytes(s: &str) -> Option<usize> {
     (bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64).then_some(bytes as usize)
 }
 
-/// A byte count for messages: `40.0 GB`, `512.0 MB`, `900 bytes` (decimal units).
-pub(crate) fn human(bytes: u128) -> String {
-    const UNITS: [(&str, f64); 4] = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
-    UNITS
-        .iter()
-        .find(|(_, f)| bytes as f64 >= *f)
-        .map_or(format!("{bytes} bytes"), |(u, f)| {
-            format!("{:.1} {u}", bytes as f64 / f)
-        })
-}
-
 /// `Err(Error::OverBudget)` if `bytes` exceed the budget.
 pub(crate) fn check(op: &'static str, what: &'static str, bytes: u128) -> Result<()> {
     let budget = memory_budget();
@@ -349,12 +338,5 @@ mod tests {
         // No limit anywhere.
         assert_eq!(cgroup_limit("1:cpu:/\n", &root), None);
         std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(40_000_000_000), "40.0 GB");
-        assert_eq!(human(900), "900 bytes");
-        assert_eq!(human(1_500_000), "1.5 MB");
     }
 }

@@ -6,6 +6,32 @@
 
 use crate::error::{Error, Result, mul};
 
+/// A per-sample shape `[channels, height, width]`; a flat vector of `F` features is `[F, 1, 1]`.
+pub type Shape3 = [usize; 3];
+
+/// Elements of a per-sample shape.
+pub(crate) fn numel(s: Shape3) -> usize {
+    s[0] * s[1] * s[2]
+}
+
+/// A named tensor of model state: a parameter or a buffer, with its PyTorch shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Shape (empty for a scalar).
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: TensorData,
+}
+
+/// The element type and values of a [`Tensor`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorData {
+    /// 32-bit floats (parameters, running statistics).
+    F32(Vec<f32>),
+    /// 64-bit integers (batch norm's `num_batches_tracked`).
+    I64(Vec<i64>),
+}
+
 /// A 4-D activation shape in NCHW order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape4 {

@@ -5,11 +5,14 @@ use crate::checkpoint::{self, CheckpointLimits, SafeTensors};
 use crate::data::{Batches, Dataset, Pairs, gather};
 use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
-use crate::kernels::{Accum, cross_entropy_loss, softmax_forward};
-use crate::layer::{LayerSpec, Tensor, TensorData};
+use crate::kernels::Accum;
+use crate::kernels::loss::cross_entropy_loss;
+use crate::kernels::softmax::softmax_forward;
+use crate::layer::spec::LayerSpec;
 use crate::metrics::Metrics;
 use crate::model::Sequential;
 use crate::optim::{LrSchedule, Optimizer, OptimizerKind};
+use crate::shape::{Tensor, TensorData};
 use std::collections::BTreeMap;
 
 /// How to train.
@@ -543,7 +546,8 @@ impl Trainer {
         // sum, all-reduced (every worker takes part, also with an empty shard).
         let norm = match &self.cfg.class_weights {
             Some(w) => {
-                let mut local = [crate::kernels::class_weight_sum(OP, classes, labels, w)? as f32];
+                let mut local =
+                    [crate::kernels::loss::class_weight_sum(OP, classes, labels, w)? as f32];
                 if let Some(sync) = self.sync.as_mut() {
                     sync.all_reduce_sum(&mut local)?;
                 }
@@ -580,9 +584,9 @@ impl Trainer {
         let d = Some(&mut self.dlogits[..n * classes]);
         let eps = self.cfg.label_smoothing;
         let loss = match (&self.cfg.class_weights, norm) {
-            (Some(w), Some(norm)) => {
-                crate::kernels::weighted_ce_with_norm(classes, logits, labels, w, eps, norm, d)?
-            }
+            (Some(w), Some(norm)) => crate::kernels::loss::weighted_ce_with_norm(
+                classes, logits, labels, w, eps, norm, d,
+            )?,
             _ => cross_entropy_loss(classes, logits, labels, eps, d)?,
         };
         if !loss.is_finite() && self.sync.is_none() {
@@ -675,7 +679,7 @@ impl Trainer {
     ) -> Result<Vec<f32>> {
         const OP: &str = "Trainer::step";
         let n = labels.len();
-        let d = crate::layer::numel(self.model.input_shape());
+        let d = crate::shape::numel(self.model.input_shape());
         crate::error::check_len(OP, "x", x, n * d)?;
         let k = ((adv.fraction as f64 * n as f64).ceil() as usize).min(n);
         let plane = d / self.model.input_shape()[0].max(1);
@@ -779,7 +783,7 @@ impl Trainer {
             OP,
             train.len(),
             sample_weights.as_deref(),
-            crate::layer::numel(train.shape()),
+            crate::shape::numel(train.shape()),
             &mut |t, idx| {
                 let (global, idx) = (idx.len(), t.my_shard(idx));
                 let (mut xb, mut yb) = (std::mem::take(&mut t.xb), std::mem::take(&mut t.yb));
@@ -831,7 +835,7 @@ impl Trainer {
     /// `target` is not whole samples; [`Error::NonFinite`] if the loss is NaN or infinite (the
     /// weights are left as they were).
     pub fn step_to(&mut self, x: &[f32], target: &[f32]) -> Result<f32> {
-        let d = crate::layer::numel(self.model.input_shape());
+        let d = crate::shape::numel(self.model.input_shape());
         let global = x.len() / d.max(1) * self.sync.as_ref().map_or(1, |s| s.size());
         self.step_to_part(x, target, global)
     }
@@ -846,7 +850,7 @@ impl Trainer {
 
     fn step_to_part(&mut self, x: &[f32], target: &[f32], global: usize) -> Result<f32> {
         const OP: &str = "Trainer::step_to";
-        let d = crate::layer::numel(self.model.input_shape());
+        let d = crate::shape::numel(self.model.input_shape());
         let n = x.len() / d.max(1);
         if n == 0 && self.sync.is_some() {
             self.model.grads_mut().fill(0.0);
@@ -859,8 +863,8 @@ impl Trainer {
         let out = self.model.forward(x, n)?;
         let grad = Some(&mut self.dlogits[..target.len()]);
         let loss = match self.cfg.loss {
-            Loss::Mse => crate::kernels::mse_loss(out, target, grad)?,
-            Loss::L1 => crate::kernels::l1_loss(out, target, grad)?,
+            Loss::Mse => crate::kernels::loss::mse_loss(out, target, grad)?,
+            Loss::L1 => crate::kernels::loss::l1_loss(out, target, grad)?,
             Loss::CrossEntropy => {
                 return Err(Error::invalid(
                     OP,
@@ -1129,8 +1133,8 @@ pub fn reconstruction_loss(
         {
             let out = model.forward(x, x.len() / a)?;
             let l = match loss {
-                Loss::Mse => crate::kernels::mse_loss(out, t, None)?,
-                _ => crate::kernels::l1_loss(out, t, None)?,
+                Loss::Mse => crate::kernels::loss::mse_loss(out, t, None)?,
+                _ => crate::kernels::loss::l1_loss(out, t, None)?,
             };
             total += l as f64 * t.len() as f64;
         }
@@ -1330,7 +1334,7 @@ impl TrainConfig {
                     a.seed = f.get(1)?.parse().ok()?;
                     if f.len() == 4 {
                         a.normalization = Some(
-                            crate::stability::Normalization::new(
+                            crate::data::normalization::Normalization::new(
                                 parse_floats(f[2])?,
                                 parse_floats(f[3])?,
                             )
@@ -1383,7 +1387,8 @@ impl AdversarialTraining {
     }
 
     fn from_text(s: &str) -> Option<Self> {
-        use crate::stability::{Attack, AttackNorm, Normalization};
+        use crate::data::normalization::Normalization;
+        use crate::stability::{Attack, AttackNorm};
         let f: Vec<&str> = s.split(',').collect();
         if f.len() != 10 && f.len() != 12 {
             return None;

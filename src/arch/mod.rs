@@ -76,14 +76,14 @@ impl Isa {
 }
 
 impl std::str::FromStr for Isa {
-    type Err = crate::Error;
+    type Err = crate::error::Error;
     /// `portable`, `avx2` or `avx512`.
-    fn from_str(s: &str) -> crate::Result<Isa> {
+    fn from_str(s: &str) -> crate::error::Result<Isa> {
         Isa::ALL
             .into_iter()
             .find(|i| i.name() == s.trim())
             .ok_or_else(|| {
-                crate::Error::invalid(
+                crate::error::Error::invalid(
                     "Isa::from_str",
                     "isa",
                     format!("'{s}': use portable, avx2 or avx512"),

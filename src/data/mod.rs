@@ -4,13 +4,15 @@
 
 mod digits;
 mod idx;
+pub mod normalization;
 
 pub use digits::{DIGITS_TEST_EVERY, digits};
 pub use idx::{IdxLimits, idx_dataset, load_idx, load_mnist_dir, parse_idx};
+pub use normalization::Normalization;
 
 use crate::error::{Error, Result, check_len};
-use crate::layer::{Shape3, numel};
 use crate::rng::Rng;
+use crate::shape::{Shape3, numel};
 
 /// Labelled images, `f32` NCHW, one label per image.
 #[derive(Clone, Debug, PartialEq)]

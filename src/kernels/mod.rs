@@ -174,7 +174,7 @@ impl<'a> Planes<'a> {
             Planes::BnGrad { x, dy, .. } => {
                 crate::error::check_len(op, what, x, len)?;
                 match dy {
-                    Planes::BnGrad { .. } => Err(crate::Error::invalid(
+                    Planes::BnGrad { .. } => Err(crate::error::Error::invalid(
                         op,
                         what,
                         "a batch norm's gradient of another batch norm's gradient",
@@ -274,7 +274,7 @@ impl<'a> Planes<'a> {
                 s
             }
             Planes::BnGrad { .. } => {
-                return Err(crate::Error::invalid(
+                return Err(crate::error::Error::invalid(
                     "Planes",
                     "dy",
                     "a batch norm's gradient of another batch norm's gradient",

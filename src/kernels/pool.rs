@@ -318,8 +318,8 @@ pub(crate) fn unpool_bn_plane(
 }
 
 /// The error for a max-pool index outside its input plane.
-fn bad_index() -> crate::Error {
-    crate::Error::invalid(
+fn bad_index() -> crate::error::Error {
+    crate::error::Error::invalid(
         "max_pool2d_backward",
         "argmax",
         "index outside its input plane",
@@ -578,7 +578,7 @@ pub fn global_avg_pool_backward(
 
 fn global_dims(op: &'static str, s: Shape4) -> Result<(usize, usize)> {
     if s.h == 0 || s.w == 0 {
-        return Err(crate::Error::invalid(op, "shape", "empty plane"));
+        return Err(crate::error::Error::invalid(op, "shape", "empty plane"));
     }
     Ok((
         crate::error::mul(op, "h * w", s.h, s.w)?,

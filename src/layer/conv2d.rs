@@ -1,8 +1,10 @@
 //! `nn.Conv2d`.
 
-use super::{Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
+use super::spec::LayerSpec;
+use super::{Backward, Ctx, Layer, ParamInfo, ParamKind, shape_error};
 use crate::error::Result;
 use crate::kernels::{self, Accum, Planes};
+use crate::shape::Shape3;
 use crate::shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Shape4};
 
 #[derive(Debug)]

@@ -1,8 +1,11 @@
 //! `nn.Linear`.
 
-use super::{Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, shape_error};
+use super::spec::LayerSpec;
+use super::{Backward, Ctx, Layer, ParamInfo, ParamKind, shape_error};
 use crate::error::Result;
-use crate::kernels::{self, Accum, DenseGeom};
+use crate::kernels::dense::DenseGeom;
+use crate::kernels::{self, Accum};
+use crate::shape::Shape3;
 
 #[derive(Debug)]
 pub(crate) struct Dense {

@@ -5,7 +5,8 @@ use super::{
     shape_error,
 };
 use crate::error::{Error, Result};
-use crate::kernels::{self, Accum, RunningStats};
+use crate::kernels::norm::RunningStats;
+use crate::kernels::{self, Accum};
 use crate::shape::Shape4;
 
 #[derive(Debug)]

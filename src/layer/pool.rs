@@ -1,8 +1,11 @@
 //! `nn.MaxPool2d`, `nn.AvgPool2d`, global average pooling and `nn.Flatten`.
 
-use super::{Backward, Ctx, Layer, LayerSpec, Shape3, grow, numel, shape_error};
+use super::spec::LayerSpec;
+use super::{Backward, Ctx, Layer, grow, shape_error};
 use crate::error::Result;
 use crate::kernels::{self, Accum};
+use crate::shape::Shape3;
+use crate::shape::numel;
 use crate::shape::{Pool2dGeom, Pool2dParams, Shape4};
 
 #[derive(Debug)]
@@ -140,7 +143,7 @@ impl Pool {
     ) -> Result<(kernels::Planes<'a>, &'a mut [f32])> {
         let g = self.geom(n)?;
         let argmax = self.argmax.get(..g.y_len()).ok_or_else(|| {
-            crate::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
+            crate::error::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
         })?;
         let (dy, rest) = self.relu_masked(y, dy, ws)?;
         let out_plane = g.out_h() * g.out_w();
@@ -232,7 +235,11 @@ impl Layer for Pool {
             Some(cip) => kernels::avg_pool2d_backward(&g, cip, dy, dx, Accum::Replace),
             None => {
                 let argmax = self.argmax.get(..g.y_len()).ok_or_else(|| {
-                    crate::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
+                    crate::error::Error::invalid(
+                        "MaxPool2d::backward",
+                        "forward",
+                        "no forward pass",
+                    )
                 })?;
                 let (dy, _) = self.relu_masked(y, dy, ctx.ws)?;
                 kernels::max_pool2d_backward(&g, argmax, dy, dx, Accum::Replace)

@@ -12,9 +12,14 @@
 
 use super::conv2d::Conv2d;
 use super::norm::BatchNorm2d;
-use super::{Backward, Ctx, Layer, LayerSpec, ParamInfo, Shape3, Tensor, grow, numel, shape_error};
+use super::spec::LayerSpec;
+use super::{Backward, Ctx, Layer, ParamInfo, grow, shape_error};
 use crate::error::{Error, Result};
-use crate::kernels::{self, Accum, Activation};
+use crate::kernels::activation::Activation;
+use crate::kernels::{self, Accum};
+use crate::shape::Shape3;
+use crate::shape::Tensor;
+use crate::shape::numel;
 
 #[derive(Debug)]
 pub(crate) struct Residual {

@@ -27,7 +27,7 @@
 //! | residual block | `res(OUT[,s=S])`: two 3x3 convolutions with batch norm, identity or 1x1-projection shortcut | torchvision's `BasicBlock(in, OUT, stride=S, downsample=…)` |
 
 use crate::error::{Error, Result};
-use crate::kernels::Activation;
+use crate::kernels::activation::Activation;
 use std::fmt;
 
 /// One layer's kind and hyper-parameters (shapes are inferred from the layer before it).

@@ -1,6 +1,6 @@
 //! Reference activations, softmax and losses, evaluated in `f64` from their textbook formulas.
 
-use crate::kernels::Activation;
+use crate::kernels::activation::Activation;
 
 /// `f(x)` for one element.
 pub fn activation(act: Activation, x: f64) -> f64 {

@@ -1,7 +1,8 @@
 //! Accuracy against the perturbation budget: how fast a classifier falls under attack, beside
 //! how little random noise of the same size does to it.
 
-use super::{Attack, AttackKind, PixelModel, adversarial_examples, argmax, in_eval};
+use super::pixels::{PixelModel, in_eval};
+use super::{Attack, AttackKind, adversarial_examples, argmax};
 use crate::error::{Error, Result};
 use crate::model::Sequential;
 use std::fmt::Write;
@@ -74,7 +75,7 @@ pub fn robustness_curve(
         ));
     }
     crate::error::check_len(OP, "labels", labels, n)?;
-    let d = crate::layer::numel(model.input_shape());
+    let d = crate::shape::numel(model.input_shape());
     crate::error::check_len(OP, "x", x, n * d)?;
     let batches = n.div_ceil(batch);
     let with_noise = attack.kind != AttackKind::Noise;
@@ -254,8 +255,9 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LayerSpec;
-    use crate::stability::{AttackNorm, Normalization};
+    use crate::layer::spec::LayerSpec;
+    use crate::stability::AttackNorm;
+    use crate::data::normalization::Normalization;
 
     /// A two-class linear model and samples spread on both sides of its boundary.
     fn linear() -> (Sequential, Vec<f32>, Vec<u32>) {

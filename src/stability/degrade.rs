@@ -4,8 +4,8 @@
 
 use crate::data::{Dataset, Pairs};
 use crate::error::{Error, Result};
-use crate::layer::Shape3;
 use crate::rng::{normal_at, uniform_at};
+use crate::shape::Shape3;
 
 /// A degradation of images.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,7 +59,7 @@ impl Degradation {
         self.validate()?;
         let [_, h, w] = shape;
         let plane = h * w;
-        let d = crate::layer::numel(shape);
+        let d = crate::shape::numel(shape);
         if d == 0 || !x.len().is_multiple_of(d) {
             return Err(Error::invalid(
                 "Degradation::apply",

@@ -33,12 +33,12 @@ use crate::rng::Rng;
 
 mod curve;
 mod degrade;
-mod pixels;
+pub(crate) mod pixels;
 mod saliency;
 
+pub use crate::data::normalization::Normalization;
 pub use curve::{RobustnessCurve, RobustnessPoint, robustness_curve};
 pub use degrade::Degradation;
-pub use pixels::Normalization;
 use pixels::{PixelModel, in_eval};
 pub use saliency::{SaliencyMethod, heatmap_overlay, saliency};
 
@@ -508,7 +508,7 @@ pub fn adversarial_examples(
         ));
     }
     check_in_range(OP, x, attack.range)?;
-    crate::error::check_len(OP, "x", x, n * crate::layer::numel(model.input_shape()))?;
+    crate::error::check_len(OP, "x", x, n * crate::shape::numel(model.input_shape()))?;
     in_eval(model, |m| {
         let mut pm = PixelModel::new(OP, m, attack.normalization.as_ref())?;
         attack_eval(&mut pm, x, labels, n, attack)
@@ -616,7 +616,7 @@ fn attack_eval(
         if it == iterations {
             break;
         }
-        crate::kernels::cross_entropy_loss(classes, logits, labels, 0.0, Some(&mut dlogits))?;
+        crate::kernels::loss::cross_entropy_loss(classes, logits, labels, 0.0, Some(&mut dlogits))?;
         model.input_gradient(&adv, &dlogits, &mut grad)?;
         for (a_s, g_s) in adv.chunks_exact_mut(d).zip(grad.chunks_exact(d)) {
             match a.norm {
@@ -650,7 +650,7 @@ fn attack_eval(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LayerSpec;
+    use crate::layer::spec::LayerSpec;
 
     /// For a linear map `f(x) = W·x` the answer is known: `Q` grows along `W`'s top right singular
     /// vector when `σ₁² > λ`, and there the output changes by `σ₁·‖r‖`, more than random noise of

@@ -10,11 +10,12 @@
 //!
 //! [`heatmap_overlay`] turns a map into an RGB picture over the input.
 
-use super::{Normalization, PixelModel, in_eval};
+use super::pixels::{PixelModel, in_eval};
+use crate::data::normalization::Normalization;
 use crate::error::{Error, Result};
-use crate::layer::Shape3;
 use crate::model::Sequential;
 use crate::rng::Rng;
+use crate::shape::Shape3;
 
 /// A saliency method (see the [module docs](self)).
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +107,7 @@ pub fn saliency(
     normalization: Option<&Normalization>,
 ) -> Result<Vec<f32>> {
     const OP: &str = "saliency";
-    let d = crate::layer::numel(model.input_shape());
+    let d = crate::shape::numel(model.input_shape());
     crate::error::check_len(OP, "x", x, d)?;
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid(OP, "x", format!("x[{i}] = {}", x[i])));
@@ -244,7 +245,7 @@ pub fn heatmap_overlay(shape: Shape3, pixels: &[f32], map: &[f32]) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LayerSpec;
+    use crate::layer::spec::LayerSpec;
 
     fn smooth_cnn() -> Sequential {
         // Smooth everywhere (tanh, average pooling), so finite differences apply.

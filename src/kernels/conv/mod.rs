@@ -290,14 +290,14 @@ pub(crate) fn conv2d_forward_pooled(
     const OP: &str = "conv2d_forward";
     check_operands(OP, g, x, w, b)?;
     if g.groups() != 1 || g.is_depthwise() {
-        return Err(crate::Error::invalid(
+        return Err(crate::error::Error::invalid(
             OP,
             "groups",
             "a pooled output needs one group",
         ));
     }
     if pool.x_shape() != crate::shape::Shape4::new(g.n(), g.c_out(), g.out_h(), g.out_w()) {
-        return Err(crate::Error::invalid(
+        return Err(crate::error::Error::invalid(
             OP,
             "pool",
             "input is not the convolution's output",
@@ -640,7 +640,7 @@ pub(crate) fn conv2d_backward_data_from(
     let (c_out, out_plane) = (g.c_out(), g.out_plane());
     if g.is_depthwise() {
         let Planes::Dense(dy) = dy else {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 OP,
                 "dy",
                 "depthwise: stored planes only",
@@ -932,7 +932,7 @@ pub(crate) fn conv2d_backward_weights_from(
     if g.is_depthwise() {
         check_min_len(OP, "ws", ws, conv2d_backward_weights_scratch_len(g))?;
         let Planes::Dense(dy) = dy else {
-            return Err(crate::Error::invalid(
+            return Err(crate::error::Error::invalid(
                 OP,
                 "dy",
                 "depthwise: stored planes only",
@@ -1069,7 +1069,7 @@ pub(crate) fn bias_backward_from(
 
 #[cfg(test)]
 mod tests {
-    use crate::{Conv2dGeom, Conv2dParams, Shape4};
+    use crate::shape::{Conv2dGeom, Conv2dParams, Shape4};
 
     /// The direct path reads tap offsets as u32: a layer whose prepared input would need larger
     /// offsets takes the im2col path instead of truncating them.
