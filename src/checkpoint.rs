@@ -3,22 +3,22 @@
 //!
 //! A file is an 8-byte little-endian header length, a JSON header
 //! (`{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}`) and the tensor bytes.
-//! A [`Sequential`] is saved under PyTorch's `state_dict` names (`"0.weight"`, `"1.running_mean"`,
-//! ...), so `torch.nn.Sequential.load_state_dict(safetensors.torch.load_file(path))` reads it, and
-//! the other way round. The metadata keeps the architecture (`cnnkit.arch`, `cnnkit.input`), so
-//! [`Sequential::load`] rebuilds the model, plus a hash of the tensor bytes (`cnnkit.data_hash`)
-//! so a flipped bit is caught.
+//! A [`Sequential`](crate::Sequential) is saved under PyTorch's `state_dict` names
+//! (`"0.weight"`, `"1.running_mean"`, ...), so
+//! `torch.nn.Sequential.load_state_dict(safetensors.torch.load_file(path))` reads it, and the
+//! other way round. The metadata keeps the architecture (`cnnkit.arch`, `cnnkit.input`), so
+//! [`Sequential::load`](crate::Sequential::load) rebuilds the model (the model's side lives in
+//! `model/persist.rs`), plus a hash of the tensor bytes (`cnnkit.data_hash`) so a flipped bit is
+//! caught.
 //!
 //! The reader trusts nothing: the header length, JSON grammar, dtypes, shapes, offsets (in
 //! bounds, contiguous, non-overlapping, covering the buffer) and sizes are all checked against
 //! [`CheckpointLimits`] and the file size before any tensor is allocated.
 
 use crate::error::{Error, Result};
-use crate::layer::spec::LayerSpec;
-use crate::model::Sequential;
 use crate::rng::mix64;
 use crate::shape::{Shape3, Tensor, TensorData};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -721,7 +721,8 @@ pub const ARCH_KEY: &str = "cnnkit.arch";
 /// Metadata key of the input shape (`CxHxW`).
 pub const INPUT_KEY: &str = "cnnkit.input";
 
-fn shape_string(s: Shape3) -> String {
+/// `CxHxW`, as [`INPUT_KEY`] holds it.
+pub fn shape_string(s: Shape3) -> String {
     format!("{}x{}x{}", s[0], s[1], s[2])
 }
 
@@ -732,106 +733,4 @@ pub fn parse_shape(s: &str) -> Option<Shape3> {
         .map(|t| t.trim().parse().ok())
         .collect::<Option<_>>()?;
     (v.len() == 3 && !v.contains(&0)).then(|| [v[0], v[1], v[2]])
-}
-
-impl Sequential {
-    /// The model as safetensors: its `state_dict` plus the architecture metadata, merged with
-    /// `extra` metadata.
-    pub fn to_safetensors(&self, extra: &BTreeMap<String, String>) -> SafeTensors {
-        let mut metadata = extra.clone();
-        metadata.insert("format".into(), "pt".into());
-        metadata.insert(ARCH_KEY.into(), LayerSpec::list_to_string(&self.specs()));
-        metadata.insert(INPUT_KEY.into(), shape_string(self.input_shape()));
-        metadata.insert("cnnkit.version".into(), env!("CARGO_PKG_VERSION").into());
-        SafeTensors {
-            tensors: self.state_dict(),
-            metadata,
-        }
-    }
-
-    /// Saves the model to `path` atomically (see the module documentation), with `extra` metadata
-    /// (class names, normalisation, ...).
-    ///
-    /// # Errors
-    /// [`Error::Io`] naming the file.
-    pub fn save(&self, path: &Path, extra: &BTreeMap<String, String>) -> Result<()> {
-        save(path, &self.to_safetensors(extra))
-    }
-
-    /// Loads a model saved by [`Sequential::save`]: rebuilds the architecture from the metadata
-    /// and loads every tensor. Returns the model (in evaluation mode) and the metadata.
-    ///
-    /// # Errors
-    /// [`Error::File`] for a corrupt file, missing architecture metadata, or tensors that do not
-    /// fit the architecture.
-    pub fn load(path: &Path) -> Result<(Sequential, BTreeMap<String, String>)> {
-        Self::from_safetensors_meta(path, load(path, CheckpointLimits::default())?)
-    }
-
-    /// As [`Sequential::load`], from the bytes of a checkpoint (`name` is used in messages).
-    ///
-    /// # Errors
-    /// As [`Sequential::load`].
-    pub fn from_checkpoint_bytes(
-        bytes: &[u8],
-        name: &Path,
-    ) -> Result<(Sequential, BTreeMap<String, String>)> {
-        Self::from_safetensors_meta(name, parse(bytes, name, CheckpointLimits::default())?)
-    }
-
-    fn from_safetensors_meta(
-        path: &Path,
-        st: SafeTensors,
-    ) -> Result<(Sequential, BTreeMap<String, String>)> {
-        let arch = st.metadata.get(ARCH_KEY).ok_or_else(|| {
-            Error::file(
-                path,
-                format!("no {ARCH_KEY} metadata: give the architecture (Sequential::load_with)"),
-            )
-        })?;
-        let input = st
-            .metadata
-            .get(INPUT_KEY)
-            .and_then(|s| parse_shape(s))
-            .ok_or_else(|| {
-                Error::file(path, format!("missing or malformed {INPUT_KEY} metadata"))
-            })?;
-        let specs = LayerSpec::parse_list(arch).map_err(|e| Error::file(path, e.to_string()))?;
-        let m = Self::from_safetensors(path, input, &specs, &st)?;
-        Ok((m, st.metadata))
-    }
-
-    /// Loads a safetensors file with a known architecture (for files written elsewhere, such as
-    /// `safetensors.torch.save_file(model.state_dict(), path)`).
-    ///
-    /// # Errors
-    /// As [`Sequential::load`].
-    pub fn load_with(path: &Path, input: Shape3, specs: &[LayerSpec]) -> Result<Sequential> {
-        let st = load(path, CheckpointLimits::default())?;
-        Self::from_safetensors(path, input, specs, &st)
-    }
-
-    fn from_safetensors(
-        path: &Path,
-        input: Shape3,
-        specs: &[LayerSpec],
-        st: &SafeTensors,
-    ) -> Result<Sequential> {
-        // Every parameter comes from a tensor of the file, so an architecture asking for much
-        // more than the file holds is refused before its parameters are allocated (a hostile
-        // architecture string cannot allocate gigabytes). Small mismatches get through to the
-        // tensor-by-tensor check, whose message names the tensor.
-        let held = st.tensors.iter().fold(0usize, |a, (_, t)| match &t.data {
-            TensorData::F32(v) => a.saturating_add(v.len()),
-            _ => a,
-        });
-        let limit = held.max(1 << 24);
-        let mut m = Sequential::build(input, specs, crate::init::Init::TorchDefault, 0, limit)
-            .map_err(|e| Error::file(path, e.to_string()))?;
-        let map: HashMap<String, Tensor> = st.tensors.iter().cloned().collect();
-        m.load_state_dict(&map)
-            .map_err(|e| Error::file(path, e.to_string()))?;
-        m.eval();
-        Ok(m)
-    }
 }

@@ -255,9 +255,9 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::normalization::Normalization;
     use crate::layer::spec::LayerSpec;
     use crate::stability::AttackNorm;
-    use crate::data::normalization::Normalization;
 
     /// A two-class linear model and samples spread on both sides of its boundary.
     fn linear() -> (Sequential, Vec<f32>, Vec<u32>) {

@@ -1,5 +1,7 @@
 //! [`Sequential`]: a stack of layers with its parameters, gradients, activations and scratch.
 
+mod persist;
+
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::{Accum, Planes};
