@@ -19,7 +19,7 @@
     allow(dead_code, unused_macros, unused_imports)
 )]
 
-use super::Isa;
+use super::isa::Isa;
 
 /// One SIMD register of `N` floats and the operations the tile bodies use. Implementations are
 /// `#[inline(always)]` wrappers around one intrinsic each; they are compiled for the instruction
@@ -589,7 +589,7 @@ macro_rules! micro_kernels {
         // `Isa::detected()`), and the raw functions are the bodies of `arch::kernel`, which touch
         // exactly the memory their contracts name.
         unsafe impl $crate::arch::kernel::MicroKernel for $token {
-            const ISA: $crate::arch::Isa = $isa;
+            const ISA: $crate::arch::isa::Isa = $isa;
             const MR: usize = $mr;
             const NR: usize = $nv * <$v as $crate::arch::kernel::Vector>::N;
             const LANES: usize = <$v as $crate::arch::kernel::Vector>::N;

@@ -8,9 +8,8 @@
 //! Sizes cover the edges (0..2·MR by 0..2·NR for GEMM, short and long `k`), every accumulate
 //! mode, and outputs pre-filled with NaN wherever a kernel must not read them.
 
-use super::Isa;
+use super::isa::Isa;
 use super::kernel::{MicroKernel, Taps};
-use crate::gemm::packed::{self, Out, Strided};
 
 /// A test over any instruction set's micro-kernels.
 pub(crate) trait KernelTest {
@@ -41,7 +40,7 @@ pub(crate) fn on_every_kernel(t: &mut impl KernelTest) -> Vec<Isa> {
 }
 
 /// Deterministic values in [-1, 1) with a few exact zeros.
-fn values(seed: u64, n: usize) -> Vec<f32> {
+pub(crate) fn values(seed: u64, n: usize) -> Vec<f32> {
     (0..n as u64)
         .map(|i| {
             let u = crate::rng::uniform_at(seed, i);
@@ -52,7 +51,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 
 /// Bit-for-bit equality (NaN never expected here).
 #[track_caller]
-fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+pub(crate) fn same_bits(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
@@ -142,145 +141,6 @@ fn gemm_tile_matches_the_reference_bit_for_bit() {
         }
     }
     on_every_kernel(&mut T);
-}
-
-/// The packed GEMM driver around the tile: every `m` in 0..=2·MR against edge and interior
-/// widths of `n` (and every `n` in 0..=2·NR at a few heights), short and long `k` (257 crosses a
-/// packed block, whose partial sums are added to C), row- and column-major sources.
-#[test]
-fn packed_gemm_matches_the_blocked_reference_bit_for_bit() {
-    struct T;
-    impl KernelTest for T {
-        fn run<K: MicroKernel>(&mut self, kern: K) {
-            let (mr, nr) = (K::MR, K::NR);
-            let edge_n = [0, 1, nr - 1, nr, nr + 1, 2 * nr - 1, 2 * nr];
-            let mut shapes: Vec<(usize, usize)> = (0..=2 * mr)
-                .flat_map(|m| edge_n.iter().map(move |&n| (m, n)))
-                .collect();
-            shapes.extend(
-                [1, mr, mr + 1]
-                    .iter()
-                    .flat_map(|&m| (0..=2 * nr).map(move |n| (m, n))),
-            );
-            for (si, &(m, n)) in shapes.iter().enumerate() {
-                let ks: &[usize] = if si % 7 == 0 {
-                    &[0, 1, 6, 17, 257]
-                } else {
-                    &[1, 6, 17]
-                };
-                for &k in ks {
-                    for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, 1.5)] {
-                        let col_major_a = si % 2 == 1;
-                        let col_major_b = si % 3 == 1;
-                        check_packed(kern, m, n, k, alpha, beta, col_major_a, col_major_b);
-                    }
-                }
-            }
-        }
-    }
-    on_every_kernel(&mut T);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_packed<K: MicroKernel>(
-    kern: K,
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    beta: f32,
-    col_major_a: bool,
-    col_major_b: bool,
-) {
-    let (a, b) = (values(4, m * k), values(5, k * n));
-    // B element (p, j): row-major b[p·n + j], or column-major b[j·k + p] (a dense layer's Wᵀ).
-    let b_at = |p: usize, j: usize| {
-        if col_major_b {
-            b[j * k + p]
-        } else {
-            b[p * n + j]
-        }
-    };
-    // A element (i, p): row-major a[i·k + p], or column-major a[p·m + i].
-    let a_at = |i: usize, p: usize| {
-        if col_major_a {
-            a[p * m + i]
-        } else {
-            a[i * k + p]
-        }
-    };
-    let rs = n + 2;
-    let len = if m == 0 { 0 } else { (m - 1) * rs + n };
-    let mut c = values(6, len);
-    if beta == 0.0 {
-        for i in 0..m {
-            c[i * rs..][..n].fill(f32::NAN);
-        }
-    }
-    let mut want = c.clone();
-    for i in 0..m {
-        for j in 0..n {
-            let e = &mut want[i * rs + j];
-            if k == 0 {
-                *e = if beta == 0.0 { 0.0 } else { *e * beta };
-                continue;
-            }
-            for p0 in (0..k).step_by(packed::KC) {
-                let mut acc = 0.0f32;
-                for p in p0..(p0 + packed::KC).min(k) {
-                    acc = a_at(i, p).mul_add(b_at(p, j), acc);
-                }
-                let bb = if p0 == 0 { beta } else { 1.0 };
-                let r = acc * alpha;
-                *e = if bb == 0.0 { r } else { e.mul_add(bb, r) };
-            }
-        }
-    }
-    let sa = if col_major_a {
-        Strided {
-            data: &a,
-            rs: 1,
-            cs: m,
-            rows: m,
-        }
-    } else {
-        Strided {
-            data: &a,
-            rs: k,
-            cs: 1,
-            rows: m,
-        }
-    };
-    let sb = if col_major_b {
-        Strided {
-            data: &b,
-            rs: 1,
-            cs: k,
-            rows: k,
-        }
-    } else {
-        Strided {
-            data: &b,
-            rs: n,
-            cs: 1,
-            rows: k,
-        }
-    };
-    let out = Out {
-        data: &mut c,
-        rs,
-        rows: m,
-        cols: n,
-    };
-    packed::gemm(kern, k, alpha, &sa, &sb, beta, out);
-    same_bits(
-        &format!(
-            "{} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a} col_major_b={col_major_b}",
-            K::ISA
-        ),
-        &c,
-        &want,
-    );
 }
 
 /// The convolution tile: tap counts from none to many, both accumulate modes (overwrite onto NaN),

@@ -300,3 +300,242 @@ impl PackB for Strided<'_> {
         }
     }
 }
+
+/// The packed GEMM driving each instruction set's micro-kernel, against a blocked scalar
+/// reference (the micro-kernels alone are tested in `arch`).
+#[cfg(test)]
+mod tests {
+    use crate::arch::kernel::MicroKernel;
+    use crate::arch::tests::{KernelTest, on_every_kernel, same_bits, values};
+    use crate::gemm::packed::{self, Out, Strided};
+
+    /// The packed GEMM driver around the tile: every `m` in 0..=2·MR against edge and interior
+    /// widths of `n` (and every `n` in 0..=2·NR at a few heights), short and long `k` (257 crosses a
+    /// packed block, whose partial sums are added to C), row- and column-major sources.
+    #[test]
+    fn packed_gemm_matches_the_blocked_reference_bit_for_bit() {
+        struct T;
+        impl KernelTest for T {
+            fn run<K: MicroKernel>(&mut self, kern: K) {
+                let (mr, nr) = (K::MR, K::NR);
+                let edge_n = [0, 1, nr - 1, nr, nr + 1, 2 * nr - 1, 2 * nr];
+                let mut shapes: Vec<(usize, usize)> = (0..=2 * mr)
+                    .flat_map(|m| edge_n.iter().map(move |&n| (m, n)))
+                    .collect();
+                shapes.extend(
+                    [1, mr, mr + 1]
+                        .iter()
+                        .flat_map(|&m| (0..=2 * nr).map(move |n| (m, n))),
+                );
+                for (si, &(m, n)) in shapes.iter().enumerate() {
+                    let ks: &[usize] = if si % 7 == 0 {
+                        &[0, 1, 6, 17, 257]
+                    } else {
+                        &[1, 6, 17]
+                    };
+                    for &k in ks {
+                        for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, 1.5)] {
+                            let col_major_a = si % 2 == 1;
+                            let col_major_b = si % 3 == 1;
+                            check_packed(kern, m, n, k, alpha, beta, col_major_a, col_major_b);
+                        }
+                    }
+                }
+            }
+        }
+        on_every_kernel(&mut T);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_packed<K: MicroKernel>(
+        kern: K,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        beta: f32,
+        col_major_a: bool,
+        col_major_b: bool,
+    ) {
+        let (a, b) = (values(4, m * k), values(5, k * n));
+        // B element (p, j): row-major b[p·n + j], or column-major b[j·k + p] (a dense layer's Wᵀ).
+        let b_at = |p: usize, j: usize| {
+            if col_major_b {
+                b[j * k + p]
+            } else {
+                b[p * n + j]
+            }
+        };
+        // A element (i, p): row-major a[i·k + p], or column-major a[p·m + i].
+        let a_at = |i: usize, p: usize| {
+            if col_major_a {
+                a[p * m + i]
+            } else {
+                a[i * k + p]
+            }
+        };
+        let rs = n + 2;
+        let len = if m == 0 { 0 } else { (m - 1) * rs + n };
+        let mut c = values(6, len);
+        if beta == 0.0 {
+            for i in 0..m {
+                c[i * rs..][..n].fill(f32::NAN);
+            }
+        }
+        let mut want = c.clone();
+        for i in 0..m {
+            for j in 0..n {
+                let e = &mut want[i * rs + j];
+                if k == 0 {
+                    *e = if beta == 0.0 { 0.0 } else { *e * beta };
+                    continue;
+                }
+                for p0 in (0..k).step_by(packed::KC) {
+                    let mut acc = 0.0f32;
+                    for p in p0..(p0 + packed::KC).min(k) {
+                        acc = a_at(i, p).mul_add(b_at(p, j), acc);
+                    }
+                    let bb = if p0 == 0 { beta } else { 1.0 };
+                    let r = acc * alpha;
+                    *e = if bb == 0.0 { r } else { e.mul_add(bb, r) };
+                }
+            }
+        }
+        let sa = if col_major_a {
+            Strided {
+                data: &a,
+                rs: 1,
+                cs: m,
+                rows: m,
+            }
+        } else {
+            Strided {
+                data: &a,
+                rs: k,
+                cs: 1,
+                rows: m,
+            }
+        };
+        let sb = if col_major_b {
+            Strided {
+                data: &b,
+                rs: 1,
+                cs: k,
+                rows: k,
+            }
+        } else {
+            Strided {
+                data: &b,
+                rs: n,
+                cs: 1,
+                rows: k,
+            }
+        };
+        let out = Out {
+            data: &mut c,
+            rs,
+            rows: m,
+            cols: n,
+        };
+        packed::gemm(kern, k, alpha, &sa, &sb, beta, out);
+        same_bits(
+            &format!(
+                "{} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a} col_major_b={col_major_b}",
+                K::ISA
+            ),
+            &c,
+            &want,
+        );
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod shapes {
+    //! `cargo test --release --lib avx512_tile_shapes -- --ignored --nocapture`: the packed GEMM
+    //! (1024³, one thread) on candidate register tiles, interleaved rounds, for choosing the shape
+    //! above.
+    use crate::arch::isa::Isa;
+    use crate::arch::kernel::{MicroKernel, micro_kernels};
+    use crate::arch::x86_64::avx512::{Avx512, Zmm};
+    use crate::gemm::packed::{self, Out, Strided};
+
+    macro_rules! candidate {
+        ($name:ident, $mr:literal, $nv:literal) => {
+            #[derive(Clone, Copy, Debug)]
+            struct $name(());
+            micro_kernels!(
+                $name,
+                Isa::Avx512,
+                Zmm,
+                "avx512f,avx2,fma",
+                mr = $mr,
+                nv = $nv,
+                narrow = $name => |k| k
+            );
+        };
+    }
+    candidate!(S12x32, 12, 2);
+    candidate!(S8x32, 8, 2);
+    candidate!(S14x32, 14, 2);
+    candidate!(S24x16, 24, 1);
+    candidate!(S16x16, 16, 1);
+    candidate!(S6x64, 6, 4);
+    candidate!(S8x48, 8, 3);
+
+    fn time<K: MicroKernel>(k: K, n: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> f64 {
+        let src = |d| Strided {
+            data: d,
+            rs: n,
+            cs: 1,
+            rows: n,
+        };
+        let t = std::time::Instant::now();
+        let out = Out {
+            data: c,
+            rs: n,
+            rows: n,
+            cols: n,
+        };
+        packed::gemm(k, n, 1.0, &src(a), &src(b), 0.0, out);
+        (2 * n * n * n) as f64 / t.elapsed().as_secs_f64() / 1e9
+    }
+
+    #[test]
+    #[ignore]
+    fn avx512_tile_shapes() {
+        if Avx512::new().is_none() {
+            return;
+        }
+        let n = 1024;
+        let (a, b) = (vec![1e-3f32; n * n], vec![1e-3f32; n * n]);
+        let mut c = vec![0.0f32; n * n];
+        let avx2 = crate::arch::x86_64::avx2::Avx2::new().unwrap();
+        let mut runs: Vec<(&str, Vec<f64>)> = vec![];
+        for round in 0..7 {
+            let r = [
+                ("avx2 6x16", time(avx2, n, &a, &b, &mut c)),
+                ("12x32", time(S12x32(()), n, &a, &b, &mut c)),
+                ("8x32", time(S8x32(()), n, &a, &b, &mut c)),
+                ("14x32", time(S14x32(()), n, &a, &b, &mut c)),
+                ("24x16", time(S24x16(()), n, &a, &b, &mut c)),
+                ("16x16", time(S16x16(()), n, &a, &b, &mut c)),
+                ("6x64", time(S6x64(()), n, &a, &b, &mut c)),
+                ("8x48", time(S8x48(()), n, &a, &b, &mut c)),
+            ];
+            if round == 0 {
+                runs = r.iter().map(|(s, _)| (*s, vec![])).collect();
+            }
+            for (i, (_, g)) in r.iter().enumerate() {
+                runs[i].1.push(*g);
+            }
+        }
+        for (s, mut g) in runs {
+            g.sort_by(f64::total_cmp);
+            println!(
+                "{s:>10}: median {:.1} GFLOP/s, best {:.1}",
+                g[g.len() / 2],
+                g[g.len() - 1]
+            );
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 #![allow(unsafe_code)]
 
-use crate::arch::Isa;
+use crate::arch::isa::Isa;
 use crate::arch::kernel::{Vector, micro_kernels};
 use std::arch::x86_64::*;
 

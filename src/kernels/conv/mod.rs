@@ -1079,7 +1079,7 @@ mod tests {
         let huge = Conv2dGeom::new(Shape4::new(1, 1, 70_000, 70_000), 1, [3, 3], p).unwrap();
         assert!(!super::use_direct(&huge));
         let small = Conv2dGeom::new(Shape4::new(1, 1, 64, 64), 1, [3, 3], p).unwrap();
-        assert_eq!(super::use_direct(&small), super::packed::enabled());
+        assert_eq!(super::use_direct(&small), crate::gemm::packed::enabled());
     }
 
     #[cfg(feature = "rayon")]
