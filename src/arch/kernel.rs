@@ -316,7 +316,7 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     /// With `bn = Some((x, [k, mean, a, b]))` (`x` of `dx`'s length), each element `d` of that
     /// plane is then replaced by a batch norm's input gradient in training mode,
     /// `k·(d − a − (x − mean)·b)` with the product and its sum rounded once (the bits of
-    /// `kernels::norm::BnDx`), while the row pair is still in L1.
+    /// `kernels::plane_ops::BnDx`), while the row pair is still in L1.
     ///
     /// Panics (a programming error) if the lengths disagree or an index would not fit in `u32`.
     #[inline]
@@ -1352,7 +1352,7 @@ pub(crate) unsafe fn unpool2_body<V: Vector>(
 }
 
 /// `d[i] = k·(d[i] − a − (x[i] − mean)·b)` for `i < len`, with `[k, mean, a, b] = c`: a batch
-/// norm's input gradient in training mode, with the operations of `kernels::norm::BnDx` (the
+/// norm's input gradient in training mode, with the operations of `kernels::plane_ops::BnDx` (the
 /// differences as sums with the negated operand, the product and its sum rounded once: the same
 /// bits).
 ///

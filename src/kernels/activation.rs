@@ -11,7 +11,7 @@
 #![allow(clippy::redundant_closure)]
 
 use crate::error::{Error, Result, check_len};
-use crate::kernels::Accum;
+use crate::kernels::accum::Accum;
 use crate::par::{self, BLOCK, Items};
 use crate::rng::uniform_at;
 use crate::shape::Shape4;
@@ -206,7 +206,7 @@ fn backward_pass(
         Items(dx, BLOCK),
         #[inline(always)]
         |r, Items(dx, _)| {
-            crate::kernels::zip_map_into(
+            crate::kernels::accum::zip_map_into(
                 &operand[r.clone()],
                 &dy[r],
                 dx,

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result, check_len, mul};
 use crate::gemm::{FEW_ROWS, MatMut, MatRef, sgemm_rows};
-use crate::kernels::Accum;
+use crate::kernels::accum::Accum;
 use crate::kernels::conv::bias_backward;
 use crate::par::{self, Items};
 

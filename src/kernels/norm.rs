@@ -5,8 +5,10 @@
 //! and row sums are taken in `f32` lanes and combined in `f64`.
 
 use crate::error::{Error, Result, check_len, check_min_len};
+use crate::kernels::accum::Accum;
 use crate::kernels::activation::mask_backward;
-use crate::kernels::{Accum, Planes};
+use crate::kernels::plane_ops::BnDx;
+use crate::kernels::planes::Planes;
 use crate::par::{self, BLOCK, Items};
 use crate::rng::{normal_at, uniform_at};
 use crate::shape::Shape4;
@@ -366,7 +368,7 @@ pub(crate) fn batch_norm_backward_from(
     let stream = dx_accum == Accum::Replace && len >= STREAM_FLOATS;
     par::for_each_group(
         n * c,
-        super::groups_in(n * c, len * 3, planes_ws.len(), slot),
+        super::accum::groups_in(n * c, len * 3, planes_ws.len(), slot),
         Items(dx, plane),
         planes_ws,
         slot,
@@ -421,7 +423,7 @@ pub(crate) fn batch_norm_backward_sums<'a>(
     // the same order whatever the thread count.
     par::for_each_group(
         n * c,
-        super::groups_in(n * c, 2 * len, ws.len(), slot),
+        super::accum::groups_in(n * c, 2 * len, ws.len(), slot),
         (Items(&mut *p_dy, 1), Items(&mut *p_dy_xc, 1)),
         ws,
         slot,
@@ -486,104 +488,6 @@ pub(crate) fn batch_norm_backward_sums<'a>(
         sum_dy,
         sum_dy_xhat,
     })
-}
-
-/// The map from a batch norm's output gradient to its input gradient, per channel, once the
-/// sums of the backward pass are known (see [`batch_norm_backward`]).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct BnDx<'a> {
-    training: bool,
-    /// Values per channel.
-    m: f32,
-    gamma: Option<&'a [f32]>,
-    save_mean: &'a [f32],
-    save_invstd: &'a [f32],
-    sum_dy: &'a [f32],
-    sum_dy_xhat: &'a [f32],
-}
-
-impl BnDx<'_> {
-    /// `(k, mean, a, b)` of channel `ch`: training, `dx = k·(dy − a − (x − mean)·b)` with
-    /// `a = Σdy/M`, `b = invstd·Σ(dy·x̂)/M`; evaluation, `dx = k·dy`; `k = γ·invstd`.
-    #[inline(always)]
-    fn coefficients(&self, ch: usize) -> [simd::Lane; 4] {
-        self.scalars(ch).map(splat)
-    }
-
-    /// [`BnDx::coefficients`] of channel `ch`, as scalars.
-    #[inline(always)]
-    fn scalars(&self, ch: usize) -> [f32; 4] {
-        let inv = self.save_invstd[ch];
-        let k = inv * self.gamma.map_or(1.0, |g| g[ch]);
-        let a = self.sum_dy[ch] / self.m;
-        let b = inv * self.sum_dy_xhat[ch] / self.m;
-        [k, self.save_mean[ch], a, b]
-    }
-
-    /// `[k, mean, a, b]` of channel `ch` in training mode (`dx = k·(dy − a − (x − mean)·b)`, for
-    /// a kernel that applies the map itself), `None` in evaluation mode.
-    #[inline(always)]
-    pub(crate) fn training_coefficients(&self, ch: usize) -> Option<[f32; 4]> {
-        self.training.then(|| self.scalars(ch))
-    }
-
-    /// One lane of the map with channel coefficients `c`.
-    #[inline(always)]
-    fn lane(&self, [k, mean, a, b]: [simd::Lane; 4], x: simd::Lane, d: simd::Lane) -> simd::Lane {
-        if self.training {
-            k * (x - mean).mul_neg_add(b, d - a)
-        } else {
-            k * d
-        }
-    }
-
-    /// `dx_p (+)=` the map of plane `(x_p, dy_p)` of channel `ch`, per `accum`.
-    #[inline(always)]
-    pub(crate) fn apply(
-        &self,
-        ch: usize,
-        x_p: &[f32],
-        dy_p: &[f32],
-        dx_p: &mut [f32],
-        accum: Accum,
-    ) {
-        let c = self.coefficients(ch);
-        super::zip_map_into(
-            x_p,
-            dy_p,
-            dx_p,
-            accum,
-            #[inline(always)]
-            |x, d| self.lane(c, x, d),
-        );
-    }
-
-    /// [`BnDx::apply`] with [`Accum::Replace`], stored past the cache
-    /// ([`simd::zip_map_stream`]).
-    #[inline(always)]
-    fn apply_stream(&self, ch: usize, x_p: &[f32], dy_p: &[f32], dx_p: &mut [f32]) {
-        let c = self.coefficients(ch);
-        simd::zip_map_stream(
-            x_p,
-            dy_p,
-            dx_p,
-            #[inline(always)]
-            |x, d| self.lane(c, x, d),
-        );
-    }
-
-    /// `d =` the map of plane `(x_p, d)` of channel `ch`, in place.
-    #[inline(always)]
-    pub(crate) fn apply_in_place(&self, ch: usize, x_p: &[f32], d: &mut [f32]) {
-        let c = self.coefficients(ch);
-        simd::zip_map_acc(
-            x_p,
-            x_p,
-            d,
-            #[inline(always)]
-            |x, _, d| self.lane(c, x, d),
-        );
-    }
 }
 
 /// Layer normalisation over the last `d` elements, as
@@ -944,4 +848,70 @@ pub fn gaussian_noise_forward_train(std: f32, seed: u64, x: &[f32], y: &mut [f32
 /// [`Error::Length`] if the buffers differ in length.
 pub fn dropout_backward(mask: &[f32], dy: &[f32], dx: &mut [f32], accum: Accum) -> Result<()> {
     mask_backward("dropout_backward", mask, dy, dx, accum)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kernels::planes::Planes;
+
+    #[test]
+    fn batch_norm_gradients_of_pooled_planes_are_the_two_steps() {
+        use crate::shape::Shape4;
+        let shape = Shape4::new(2, 3, 7, 11);
+        let (plane, out_plane, c) = (7 * 11, 3 * 5, 3);
+        let x: Vec<f32> = (0..6 * plane)
+            .map(|i| crate::rng::uniform_at(5, i as u64) * 4.0 - 2.0)
+            .collect();
+        let dy: Vec<f32> = (0..6 * out_plane)
+            .map(|i| crate::rng::uniform_at(6, i as u64) - 0.5)
+            .collect();
+        // Each window's maximum at one of its four positions.
+        let argmax: Vec<u32> = (0..6 * out_plane)
+            .map(|i| {
+                let (oh, ow) = (i % out_plane / 5, i % 5);
+                let o = [0, 1, 11, 12][(crate::rng::uniform_at(7, i as u64) * 4.0) as usize % 4];
+                (2 * oh * 11 + 2 * ow + o) as u32
+            })
+            .collect();
+        let pooled = Planes::Pooled {
+            dy: &dy,
+            argmax: &argmax,
+            out_plane,
+            pairs: Some(11),
+            at_max: None,
+        };
+        let (mean, invstd, gamma) = ([0.1f32, -0.3, 0.0], [1.5f32, 0.7, 2.0], [0.9f32, -1.1, 1.0]);
+        for training in [true, false] {
+            let mut sums = vec![0.0; crate::kernels::norm::batch_norm_backward_scratch_len(shape)];
+            let mut ws = vec![0.0; plane];
+            let map = crate::kernels::norm::batch_norm_backward_sums(
+                shape,
+                training,
+                &x,
+                Some(&gamma),
+                &mean,
+                &invstd,
+                pooled,
+                None,
+                None,
+                crate::kernels::accum::Accum::Replace,
+                &mut sums,
+                &mut ws,
+            )
+            .unwrap();
+            let grad = Planes::BnGrad {
+                x: &x,
+                dy: &pooled,
+                map,
+            };
+            let (mut fused, mut two) = (vec![f32::NAN; plane], vec![f32::NAN; plane]);
+            for p in 0..6 {
+                let got = grad.plane(p, plane, c, &mut fused).unwrap();
+                pooled.plane(p, plane, c, &mut two).unwrap();
+                map.apply_in_place(p % c, &x[p * plane..][..plane], &mut two);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(&two), "training {training}, plane {p}");
+            }
+        }
+    }
 }

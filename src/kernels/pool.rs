@@ -4,8 +4,9 @@
 //! Work is split over the `n * c` planes, which are independent.
 
 use crate::error::{Error, Result, check_len, check_min_len};
-use crate::kernels::Accum;
-use crate::kernels::Planes;
+use crate::kernels::accum::Accum;
+use crate::kernels::plane_ops::{bad_index, unpool_plane};
+use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
 use crate::shape::{Pool2dGeom, Shape4};
 use crate::simd;
@@ -170,7 +171,7 @@ pub(crate) fn max_pool2d_forward_from(
     let c = g.c();
     par::for_each_group(
         g.planes(),
-        super::groups_in(g.planes(), work, ws.len(), slot),
+        super::accum::groups_in(g.planes(), work, ws.len(), slot),
         (
             Items(y, out_plane),
             Items(a, a_per_plane),
@@ -255,74 +256,6 @@ pub fn max_pool2d_backward(
             }
             Ok(())
         },
-    )
-}
-
-/// One plane of [`max_pool2d_backward`]: `dy_p[o]` added at `dx_p[a_p[o]]` (to zeros with
-/// [`Accum::Replace`]) in `a_p`'s order; with `pairs` (the input width of 2x2 windows at stride 2
-/// without padding, [`pairs`]) and `Replace`, written by the micro-kernels in one pass when every
-/// index is in its own window (each position then receives one `0 + d`, the same bits).
-///
-/// # Errors
-/// [`Error::InvalidArg`](crate::Error::InvalidArg) if an index is outside the plane.
-#[inline(always)]
-pub(crate) fn unpool_plane(
-    a_p: &[u32],
-    dy_p: &[f32],
-    dx_p: &mut [f32],
-    pairs: Option<usize>,
-    accum: Accum,
-) -> Result<()> {
-    if accum == Accum::Replace {
-        if let Some(in_w) = pairs {
-            let done = crate::arch::with_kernel!(
-                k => crate::arch::kernel::MicroKernel::unpool2(k, dy_p, a_p, dx_p, in_w, None);
-                else false
-            );
-            if done {
-                return Ok(());
-            }
-        }
-        dx_p.fill(0.0);
-    }
-    // One max over the plane's indices (vectorised, no early exit), then the scatter.
-    if a_p.iter().fold(0, |m, &a| m.max(a)) as usize >= dx_p.len() && !a_p.is_empty() {
-        return Err(bad_index());
-    }
-    for (&a, &d) in a_p.iter().zip(dy_p) {
-        dx_p[a as usize] += d;
-    }
-    Ok(())
-}
-
-/// [`unpool_plane`] of 2x2 windows (`in_w` wide, replacing `dx_p`) followed by a batch norm's
-/// input gradient map of `x_p` in training mode with `coefficients`
-/// ([`super::norm::BnDx::training_coefficients`]), in one pass of the micro-kernels (the same
-/// bits as the two steps); `false`, with `dx_p` unspecified, without micro-kernels or when an
-/// index is outside its window.
-#[inline(always)]
-pub(crate) fn unpool_bn_plane(
-    a_p: &[u32],
-    dy_p: &[f32],
-    dx_p: &mut [f32],
-    in_w: usize,
-    x_p: &[f32],
-    coefficients: [f32; 4],
-) -> bool {
-    crate::arch::with_kernel!(
-        k => crate::arch::kernel::MicroKernel::unpool2(
-            k, dy_p, a_p, dx_p, in_w, Some((x_p, coefficients))
-        );
-        else false
-    )
-}
-
-/// The error for a max-pool index outside its input plane.
-fn bad_index() -> crate::error::Error {
-    crate::error::Error::invalid(
-        "max_pool2d_backward",
-        "argmax",
-        "index outside its input plane",
     )
 }
 

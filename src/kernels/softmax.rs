@@ -6,7 +6,7 @@
 //! softmax and gives NaN, and a NaN anywhere in a row makes the whole row NaN.
 
 use crate::error::{Error, Result, check_len};
-use crate::kernels::Accum;
+use crate::kernels::accum::Accum;
 use crate::par;
 use crate::simd::{self, splat};
 

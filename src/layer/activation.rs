@@ -4,8 +4,9 @@ use super::{
     Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, grow, numel, shape_error,
 };
 use crate::error::Result;
+use crate::kernels;
+use crate::kernels::accum::Accum;
 use crate::kernels::activation::Activation;
-use crate::kernels::{self, Accum};
 use crate::shape::Shape4;
 
 #[derive(Debug)]

@@ -3,7 +3,9 @@
 use super::spec::LayerSpec;
 use super::{Backward, Ctx, Layer, ParamInfo, ParamKind, shape_error};
 use crate::error::Result;
-use crate::kernels::{self, Accum, Planes};
+use crate::kernels;
+use crate::kernels::accum::Accum;
+use crate::kernels::planes::Planes;
 use crate::shape::Shape3;
 use crate::shape::{Conv2dGeom, Conv2dParams, Pool2dGeom, Shape4};
 

@@ -3,8 +3,9 @@
 use super::spec::LayerSpec;
 use super::{Backward, Ctx, Layer, ParamInfo, ParamKind, shape_error};
 use crate::error::Result;
+use crate::kernels;
+use crate::kernels::accum::Accum;
 use crate::kernels::dense::DenseGeom;
-use crate::kernels::{self, Accum};
 use crate::shape::Shape3;
 
 #[derive(Debug)]

@@ -16,7 +16,7 @@ pub(crate) mod spec;
 pub use spec::LayerSpec;
 
 use crate::error::{Error, Result};
-use crate::kernels::Accum;
+use crate::kernels::accum::Accum;
 
 pub(crate) use crate::shape::numel;
 pub use crate::shape::{Shape3, Tensor, TensorData};

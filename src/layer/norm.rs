@@ -5,8 +5,9 @@ use super::{
     shape_error,
 };
 use crate::error::{Error, Result};
+use crate::kernels;
+use crate::kernels::accum::Accum;
 use crate::kernels::norm::RunningStats;
-use crate::kernels::{self, Accum};
 use crate::shape::Shape4;
 
 #[derive(Debug)]
@@ -122,7 +123,7 @@ impl BatchNorm2d {
 
     /// The first pass of [`BatchNorm2d::backward_from`]: `dγ`, `dβ` (per `accum`) and the map that
     /// makes its input gradient, for a consumer that makes that gradient itself (plane by plane,
-    /// as [`kernels::Planes::BnGrad`]). `sums` holds [`BatchNorm2d::sums_len`] elements, `ws` a
+    /// as [`kernels::planes::Planes::BnGrad`]). `sums` holds [`BatchNorm2d::sums_len`] elements, `ws` a
     /// plane per parallel group.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward_sums<'a>(
@@ -131,11 +132,11 @@ impl BatchNorm2d {
         p: &'a [f32],
         grad: &mut [f32],
         x: &[f32],
-        dy: kernels::Planes<'_>,
+        dy: kernels::planes::Planes<'_>,
         accum: Accum,
         sums: &'a mut [f32],
         ws: &mut [f32],
-    ) -> Result<kernels::norm::BnDx<'a>> {
+    ) -> Result<kernels::plane_ops::BnDx<'a>> {
         let c = self.shape[0];
         let (dgamma, dbeta) = grad.split_at_mut(c);
         kernels::norm::batch_norm_backward_sums(
@@ -154,7 +155,7 @@ impl BatchNorm2d {
         )
     }
 
-    /// [`Layer::backward`] of a `dy` read through [`kernels::Planes`] (the gradient of the
+    /// [`Layer::backward`] of a `dy` read through [`kernels::planes::Planes`] (the gradient of the
     /// max-pool after this layer), `dx` left out when nobody needs it; `ws` as
     /// [`kernels::batch_norm_backward_from`].
     #[allow(clippy::too_many_arguments)]
@@ -164,7 +165,7 @@ impl BatchNorm2d {
         p: &[f32],
         grad: &mut [f32],
         x: &[f32],
-        dy: kernels::Planes<'_>,
+        dy: kernels::planes::Planes<'_>,
         dx: Option<&mut [f32]>,
         accum: Accum,
         ws: &mut [f32],
@@ -337,7 +338,7 @@ impl Layer for BatchNorm2d {
             ..
         } = b;
         // Without a caller buffer for dx (first layer) the input gradient is not computed.
-        let src = kernels::Planes::Dense(dy);
+        let src = kernels::planes::Planes::Dense(dy);
         self.backward_from(n, p, grad, x, src, dx, accum, ctx.ws)
     }
 }

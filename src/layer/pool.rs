@@ -3,7 +3,8 @@
 use super::spec::LayerSpec;
 use super::{Backward, Ctx, Layer, grow, shape_error};
 use crate::error::Result;
-use crate::kernels::{self, Accum};
+use crate::kernels;
+use crate::kernels::accum::Accum;
 use crate::shape::Shape3;
 use crate::shape::numel;
 use crate::shape::{Pool2dGeom, Pool2dParams, Shape4};
@@ -18,7 +19,7 @@ pub(crate) struct Pool {
     out: Shape3,
     argmax: Vec<u32>,
     /// The batch norm's input at each maximum, when the pool reads a batch norm's output (for
-    /// its backward sums, see [`kernels::Planes::Pooled`]).
+    /// its backward sums, see [`kernels::planes::Planes::Pooled`]).
     at_max: Vec<f32>,
     /// Max pooling that also does the ReLU before it: `maxpool(relu(x)) = relu(maxpool(x))`,
     /// and the ReLU's backward mask is `maxpool output > 0` at the pooled positions.
@@ -96,7 +97,7 @@ impl Pool {
     pub(crate) fn forward_from(
         &mut self,
         n: usize,
-        src: kernels::Planes<'_>,
+        src: kernels::planes::Planes<'_>,
         y: &mut [f32],
         ws: &mut [f32],
     ) -> Result<()> {
@@ -131,7 +132,7 @@ impl Pool {
     }
 
     /// The gradient at the pooled positions (`dy`, masked by the absorbed ReLU into `ws` when
-    /// there is one) and the indices of the last forward pass, as [`kernels::Planes::Pooled`]
+    /// there is one) and the indices of the last forward pass, as [`kernels::planes::Planes::Pooled`]
     /// (the max-pool's input gradient, spread plane by plane by its consumer); `ws` keeps what
     /// follows the masked gradient free.
     pub(crate) fn pooled_grad<'a>(
@@ -140,7 +141,7 @@ impl Pool {
         y: &[f32],
         dy: &'a [f32],
         ws: &'a mut [f32],
-    ) -> Result<(kernels::Planes<'a>, &'a mut [f32])> {
+    ) -> Result<(kernels::planes::Planes<'a>, &'a mut [f32])> {
         let g = self.geom(n)?;
         let argmax = self.argmax.get(..g.y_len()).ok_or_else(|| {
             crate::error::Error::invalid("MaxPool2d::backward", "forward", "no forward pass")
@@ -148,7 +149,7 @@ impl Pool {
         let (dy, rest) = self.relu_masked(y, dy, ws)?;
         let out_plane = g.out_h() * g.out_w();
         Ok((
-            kernels::Planes::Pooled {
+            kernels::planes::Planes::Pooled {
                 dy,
                 argmax,
                 out_plane,

@@ -4,7 +4,8 @@ mod persist;
 
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
-use crate::kernels::{Accum, Planes};
+use crate::kernels::accum::Accum;
+use crate::kernels::planes::Planes;
 use crate::layer::conv2d::Conv2d;
 use crate::layer::norm::BatchNorm2d;
 use crate::layer::pool::Pool;

@@ -12,7 +12,7 @@
 
 use crate::arch::kernel::MAX_LANES;
 use crate::error::Result;
-use crate::kernels::Accum;
+use crate::kernels::accum::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
 use crate::simd::{self, LANES, Lane, splat};

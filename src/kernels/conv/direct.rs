@@ -21,7 +21,8 @@
 
 use crate::arch::kernel::{MicroKernel, Taps};
 use crate::error::{Error, Result};
-use crate::kernels::{Accum, Planes};
+use crate::kernels::accum::Accum;
+use crate::kernels::planes::Planes;
 use crate::par::{self, Items, Parts};
 use crate::shape::Conv2dGeom;
 use std::cell::RefCell;

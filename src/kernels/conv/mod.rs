@@ -26,7 +26,8 @@ pub(crate) mod im2col;
 
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial, packed};
-use crate::kernels::{Accum, Planes};
+use crate::kernels::accum::Accum;
+use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
 use crate::shape::{Conv2dGeom, Pool2dGeom};
 use im2col::{col2im_add, im2col};
@@ -1049,7 +1050,7 @@ pub(crate) fn bias_backward_from(
     let (work, slot) = (n * c * plane, dy.slot(plane));
     par::for_each_group(
         c,
-        crate::kernels::groups_in(c, work, ws.len(), slot),
+        crate::kernels::accum::groups_in(c, work, ws.len(), slot),
         Items(db, 1),
         ws,
         slot,

@@ -1,0 +1,72 @@
+//! Whether a gradient output is overwritten or added to, and the helpers every kernel family
+//! shares: the element-wise `out (+)= f(a, b)` and the count of parallel groups a scratch allows.
+
+/// Whether a gradient output is overwritten or added to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Accum {
+    /// `grad = g` (the output is not read).
+    #[default]
+    Replace,
+    /// `grad += g`.
+    Add,
+}
+
+impl Accum {
+    /// The GEMM `beta` that implements this mode.
+    #[inline]
+    pub(crate) fn beta(self) -> f32 {
+        match self {
+            Accum::Replace => 0.0,
+            Accum::Add => 1.0,
+        }
+    }
+
+    /// `g` or `old + g`.
+    #[inline]
+    pub(crate) fn apply(self, old: f32, g: f32) -> f32 {
+        match self {
+            Accum::Replace => g,
+            Accum::Add => old + g,
+        }
+    }
+
+    /// Lane version of [`Accum::apply`].
+    #[inline(always)]
+    pub(crate) fn lanes(self, old: crate::simd::Lane, g: crate::simd::Lane) -> crate::simd::Lane {
+        match self {
+            Accum::Replace => g,
+            Accum::Add => old + g,
+        }
+    }
+}
+
+/// `out (+)= f(a[i], b[i])` lane by lane, per `accum`: `out` is read only when adding to it (a
+/// backward pass that overwrites its gradient is bound by memory traffic).
+#[inline(always)]
+pub(crate) fn zip_map_into(
+    a: &[f32],
+    b: &[f32],
+    out: &mut [f32],
+    accum: Accum,
+    f: impl Fn(crate::simd::Lane, crate::simd::Lane) -> crate::simd::Lane,
+) {
+    match accum {
+        Accum::Replace => crate::simd::zip_map(a, b, out, f),
+        Accum::Add => crate::simd::zip_map_acc(
+            a,
+            b,
+            out,
+            #[inline(always)]
+            |a, b, old| old + f(a, b),
+        ),
+    }
+}
+
+/// Parallel groups for `items` items of `work` total work, each needing `slot` elements of a
+/// scratch of `ws_len`: never more groups than the scratch has slots for.
+pub(crate) fn groups_in(items: usize, work: usize, ws_len: usize, slot: usize) -> usize {
+    let g = crate::par::groups(items, work);
+    ws_len
+        .checked_div(slot)
+        .map_or(g, |slots| g.min(slots).max(1))
+}
