@@ -5,7 +5,7 @@ use crate::checkpoint::{self, CheckpointLimits, SafeTensors};
 use crate::data::{Batches, Dataset, Pairs, gather};
 use crate::distributed::GradientSync;
 use crate::error::{Error, Result};
-use crate::kernels::Accum;
+use crate::kernels::accum::Accum;
 use crate::kernels::loss::cross_entropy_loss;
 use crate::kernels::softmax::softmax_forward;
 use crate::layer::spec::LayerSpec;
