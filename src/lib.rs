@@ -168,3 +168,18 @@ pub use train::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The examples of `ARCHITECTURE.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../ARCHITECTURE.md")]
+pub struct ArchitectureDoctests;
+
+/// The examples of `docs/library.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/library.md")]
+pub struct LibraryDoctests;
+
+/// The examples of `docs/stability.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/stability.md")]
+pub struct StabilityDoctests;
