@@ -714,3 +714,44 @@ fn eval_mode_input_gradients_through_max_pooling_follow_the_eval_forward_pass() 
     // No batch norm or dropout: the evaluation-mode network is the same function.
     assert_eq!(grad(&mut m, &x2), train);
 }
+
+/// A backward pass at another input than the last forward pass's (another forward ran in
+/// between, or the buffer changed) is an error naming it, not the gradient at the wrong point;
+/// at the same input again it gives the gradient of a fresh forward pass there.
+#[test]
+fn differentiating_at_an_input_other_than_the_last_forward_is_refused() {
+    let specs = LayerSpec::parse_list("conv(4,3,p=1),relu,flatten,dense(3)").unwrap();
+    let mut m = Sequential::new([1, 6, 6], &specs, 0).unwrap();
+    let (x1, x2) = (values(1, 2 * 36), values(2, 2 * 36));
+    let dout = values(3, 2 * 3);
+    let mut at_x1 = vec![0.0; x1.len()];
+    m.forward(&x1, 2).unwrap();
+    m.input_gradient(&x1, &dout, &mut at_x1, None).unwrap();
+    m.forward(&x2, 2).unwrap();
+    let mut dx = vec![0.0; x1.len()];
+    let err = m
+        .input_gradient(&x1, &dout, &mut dx, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not the input of the last forward pass"),
+        "{err}"
+    );
+    let err = m
+        .backward(&x1, &dout, Accum::Replace)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not the input of the last forward pass"),
+        "{err}"
+    );
+    // The same buffer changed in place is another input too.
+    let mut x3 = x2.clone();
+    m.forward(&x3, 2).unwrap();
+    x3[5] += 1.0;
+    assert!(m.input_gradient(&x3, &dout, &mut dx, None).is_err());
+    // After a forward pass at x1 again: the gradient at x1.
+    m.forward(&x1, 2).unwrap();
+    m.input_gradient(&x1, &dout, &mut dx, None).unwrap();
+    assert_eq!(dx, at_x1);
+}

@@ -52,7 +52,10 @@ pub struct Sequential {
     ws: Vec<f32>,
     training: bool,
     rng: Rng,
+    /// The batch size and the input's fingerprint ([`fingerprint`]) of the last forward pass,
+    /// which a backward pass must be given again.
     last_n: Option<usize>,
+    last_x: u64,
     /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
     /// `skipped[i]`: layer `i` is a ReLU, a batch norm or a convolution whose work a later layer does (see
@@ -201,6 +204,7 @@ impl Sequential {
             training: true,
             rng: Rng::new(seed),
             last_n: None,
+            last_x: 0,
             warmed: 0,
             skipped: vec![false; count],
             bn_into: vec![None; count],
@@ -494,6 +498,7 @@ impl Sequential {
             )?;
         }
         self.last_n = Some(n);
+        self.last_x = fingerprint(x);
         let last = self.layers.len() - 1;
         Ok(&self.acts[last][..n * self.output_len()])
     }
@@ -504,14 +509,15 @@ impl Sequential {
     /// gradient is not computed (see [`Sequential::input_gradient`]).
     ///
     /// # Errors
-    /// [`Error::InvalidArg`] without a preceding forward pass; [`Error::Length`] if `x` or `dout`
-    /// do not match its batch.
+    /// [`Error::InvalidArg`] without a preceding forward pass, or when `x` is not its input;
+    /// [`Error::Length`] if `x` or `dout` do not match its batch.
     pub fn backward(&mut self, x: &[f32], dout: &[f32], accum: Accum) -> Result<()> {
         self.backprop("Sequential::backward", x, dout, None, Some(accum))
     }
 
     /// The gradient with respect to the input, `dx = (∂output/∂x)ᵀ · dout`, for the last
-    /// [`Sequential::forward`] call (which must have been given the same `x`) and any upstream
+    /// [`Sequential::forward`] call (which must have been given the same `x`: another `x` is an
+    /// error, not the gradient at another point) and any upstream
     /// gradient `dout` on its output: a loss gradient, or the gradient of any functional of the
     /// output (for `½‖f(x + r) − f(x)‖²` at `x + r`, `dout = f(x + r) − f(x)`). `dx` (the shape
     /// of `x`) is overwritten.
@@ -522,7 +528,8 @@ impl Sequential {
     /// so in training mode the gradient is that of the same random network.
     ///
     /// # Errors
-    /// As [`Sequential::backward`]; [`Error::Length`] if `dx` does not match `x`.
+    /// As [`Sequential::backward`]; [`Error::Length`] if `dx` does not match `x`;
+    /// [`Error::InvalidArg`] if `x` is not the input of the last forward pass.
     ///
     /// # Example
     /// ```
@@ -564,6 +571,14 @@ impl Sequential {
             .last_n
             .ok_or_else(|| Error::invalid(op, "forward", "no forward pass to differentiate"))?;
         check_len(op, "x", x, n * numel(self.input))?;
+        if fingerprint(x) != self.last_x {
+            return Err(Error::invalid(
+                op,
+                "x",
+                "it is not the input of the last forward pass (another forward pass ran since, or \
+                 x changed): run forward(x) again before differentiating at x",
+            ));
+        }
         check_len(op, "dout", dout, n * self.output_len())?;
         if params.is_none() && self.spare_grads.len() != self.grads.len() {
             self.spare_grads =
@@ -866,4 +881,16 @@ fn dtype(t: &Tensor) -> &'static str {
         TensorData::F32(_) => "f32",
         TensorData::I64(_) => "i64",
     }
+}
+
+/// A 64-bit fingerprint of an input's bits, to tell whether a backward pass is given the input
+/// of the last forward pass (not a cryptographic hash: a changed input is found, a crafted one
+/// need not be).
+fn fingerprint(x: &[f32]) -> u64 {
+    let mut h = (x.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    for c in x.chunks(2) {
+        let w = c.iter().fold(0u64, |a, v| (a << 32) | v.to_bits() as u64);
+        h = (h ^ w).wrapping_mul(0x0000_0100_0000_01b3).rotate_left(23);
+    }
+    h
 }
