@@ -755,3 +755,57 @@ fn differentiating_at_an_input_other_than_the_last_forward_is_refused() {
     m.input_gradient(&x1, &dout, &mut dx, None).unwrap();
     assert_eq!(dx, at_x1);
 }
+
+/// `res(...)` takes `bn`'s `eps` and `momentum` for its batch norms (all three, the projection's
+/// too), prints them back, and keeps PyTorch's defaults when they are not given.
+#[test]
+fn residual_blocks_take_the_batch_norm_options() {
+    let specs =
+        LayerSpec::parse_list("res(4,s=2,eps=0.001,momentum=1.0),flatten,dense(2)").unwrap();
+    assert_eq!(
+        LayerSpec::list_to_string(&specs),
+        "res(4,s=2,eps=0.001,momentum=1.0),flatten,dense(2)"
+    );
+    let none = LayerSpec::parse_list("res(4,momentum=none)").unwrap();
+    assert_eq!(LayerSpec::list_to_string(&none), "res(4,momentum=none)");
+    assert_eq!(
+        LayerSpec::list_to_string(&LayerSpec::parse_list("res(4)").unwrap()),
+        "res(4)"
+    );
+    assert!(LayerSpec::parse_list("res(4,momentum=fast)").is_err());
+    // Momentum 1 makes each running mean the batch mean; the default 0.1 a tenth of it.
+    let running_means = |arch: &str| {
+        let specs = LayerSpec::parse_list(arch).unwrap();
+        let mut m = Sequential::new([3, 6, 6], &specs, 5).unwrap();
+        m.forward(&values(9, 4 * 108), 4).unwrap();
+        m.state_dict()
+            .into_iter()
+            .filter(|(k, _)| k.ends_with("running_mean"))
+            .map(|(k, t)| match t.data {
+                cnnkit::TensorData::F32(v) => (k, v),
+                _ => unreachable!(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = running_means("res(4,s=2,momentum=1.0),flatten,dense(2)");
+    let tenth = running_means("res(4,s=2),flatten,dense(2)");
+    assert_eq!(one.len(), 3, "bn1, bn2 and the projection's: {one:?}");
+    for ((k, a), (_, b)) in one.iter().zip(&tenth) {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - 10.0 * y).abs() <= 1e-5 * x.abs().max(1e-3),
+                "{k}: {x} vs 10·{y}"
+            );
+        }
+    }
+    // A large eps shrinks the normalised values: another output.
+    let out = |arch: &str| {
+        let specs = LayerSpec::parse_list(arch).unwrap();
+        let mut m = Sequential::new([3, 6, 6], &specs, 5).unwrap();
+        m.forward(&values(9, 4 * 108), 4).unwrap().to_vec()
+    };
+    assert_ne!(
+        out("res(4,eps=100.0),flatten,dense(2)"),
+        out("res(4),flatten,dense(2)")
+    );
+}

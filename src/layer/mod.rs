@@ -204,9 +204,14 @@ pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
         LayerSpec::RRelu { lower, upper } => {
             Box::new(activation::RRelu::new(*lower, *upper, input)?)
         }
-        LayerSpec::Residual { out, stride } => {
-            Box::new(residual::Residual::new(*out, *stride, input)?)
-        }
+        LayerSpec::Residual {
+            out,
+            stride,
+            eps,
+            momentum,
+        } => Box::new(residual::Residual::new(
+            *out, *stride, *eps, *momentum, input,
+        )?),
         LayerSpec::Custom { name } => {
             return Err(shape_error(
                 spec,

@@ -26,6 +26,9 @@ use crate::shape::numel;
 pub(crate) struct Residual {
     out: usize,
     stride: usize,
+    /// The batch norms' `eps` and `momentum` (as `bn`'s).
+    eps: f32,
+    momentum: Option<f32>,
     out_shape: Shape3,
     conv1: Conv2d,
     bn1: BatchNorm2d,
@@ -96,8 +99,19 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 }
 
 impl Residual {
-    pub fn new(out: usize, stride: usize, input: Shape3) -> Result<Self> {
-        let spec = LayerSpec::Residual { out, stride };
+    pub fn new(
+        out: usize,
+        stride: usize,
+        eps: f32,
+        momentum: Option<f32>,
+        input: Shape3,
+    ) -> Result<Self> {
+        let spec = LayerSpec::Residual {
+            out,
+            stride,
+            eps,
+            momentum,
+        };
         if out == 0 || stride == 0 {
             return Err(shape_error(
                 &spec,
@@ -111,7 +125,7 @@ impl Residual {
         let conv2 = Conv2d::new(&conv(out, 3, 1), mid).map_err(err)?;
         let down = if stride != 1 || input[0] != out {
             let c = Conv2d::new(&conv(out, 1, stride), input).map_err(err)?;
-            let bn = BatchNorm2d::new(1e-5, Some(0.1), c.out_shape())?;
+            let bn = BatchNorm2d::new(eps, momentum, c.out_shape())?;
             Some((c, bn))
         } else {
             None
@@ -129,9 +143,11 @@ impl Residual {
             lens,
             out,
             stride,
+            eps,
+            momentum,
             out_shape: mid,
-            bn1: BatchNorm2d::new(1e-5, Some(0.1), mid)?,
-            bn2: BatchNorm2d::new(1e-5, Some(0.1), mid)?,
+            bn1: BatchNorm2d::new(eps, momentum, mid)?,
+            bn2: BatchNorm2d::new(eps, momentum, mid)?,
             conv1,
             conv2,
             down,
@@ -178,6 +194,8 @@ impl Layer for Residual {
         LayerSpec::Residual {
             out: self.out,
             stride: self.stride,
+            eps: self.eps,
+            momentum: self.momentum,
         }
     }
     fn out_shape(&self) -> Shape3 {

@@ -24,7 +24,7 @@
 //! | activations | `relu`, `leakyrelu[(SLOPE)]`, `elu[(ALPHA)]`, `sigmoid`, `tanh`, `softplus[(beta=B,threshold=T)]`, `gelu`, `gelu_tanh` | `nn.ReLU`, ... , `nn.GELU(approximate='tanh')` |
 //! | PReLU | `prelu` (one slope) or `prelu(channels)` (one per channel) | `nn.PReLU()` / `nn.PReLU(C)` |
 //! | RReLU | `rrelu[(LOWER,UPPER)]` (default 1/8, 1/3) | `nn.RReLU` |
-//! | residual block | `res(OUT[,s=S])`: two 3x3 convolutions with batch norm, identity or 1x1-projection shortcut | torchvision's `BasicBlock(in, OUT, stride=S, downsample=…)` |
+//! | residual block | `res(OUT[,s=S][,eps=E][,momentum=M|none])`: two 3x3 convolutions with batch norm (its `eps` and `momentum` as `bn`'s), identity or 1x1-projection shortcut | torchvision's `BasicBlock(in, OUT, stride=S, downsample=…)` |
 
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
@@ -128,6 +128,10 @@ pub enum LayerSpec {
         out: usize,
         /// Stride of the first convolution and the shortcut.
         stride: usize,
+        /// The batch norms' `eps` (as [`LayerSpec::BatchNorm2d`]'s; PyTorch's 1e-5).
+        eps: f32,
+        /// The batch norms' running-statistics factor (0.1; `None`: a cumulative average).
+        momentum: Option<f32>,
     },
     /// A layer implemented outside cnnkit (see [`crate::layer::Layer`]), known by its name only:
     /// it cannot be built from text, so a model holding one is made with
@@ -176,7 +180,12 @@ impl LayerSpec {
     }
     /// A residual block with `out` channels and stride 1.
     pub fn residual(out: usize) -> Self {
-        LayerSpec::Residual { out, stride: 1 }
+        LayerSpec::Residual {
+            out,
+            stride: 1,
+            eps: 1e-5,
+            momentum: Some(0.1),
+        }
     }
     /// A small residual network (ResNet-14 style: a stem, then three stages of two
     /// [`LayerSpec::Residual`] blocks with 32, 64 and 128 channels, the last two stages starting
@@ -349,10 +358,26 @@ impl fmt::Display for LayerSpec {
                 )
             }
             LayerSpec::RRelu { lower, upper } => write!(f, "rrelu({lower:?},{upper:?})"),
-            LayerSpec::Residual { out, stride } => match stride {
-                1 => write!(f, "res({out})"),
-                s => write!(f, "res({out},s={s})"),
-            },
+            LayerSpec::Residual {
+                out,
+                stride,
+                eps,
+                momentum,
+            } => {
+                write!(f, "res({out}")?;
+                if *stride != 1 {
+                    write!(f, ",s={stride}")?;
+                }
+                if *eps != 1e-5 {
+                    write!(f, ",eps={eps:?}")?;
+                }
+                match momentum {
+                    Some(m) if *m == 0.1 => {}
+                    Some(m) => write!(f, ",momentum={m:?}")?,
+                    None => write!(f, ",momentum=none")?,
+                }
+                write!(f, ")")
+            }
             LayerSpec::Custom { name } => f.write_str(name),
         }
     }
@@ -542,13 +567,7 @@ impl std::str::FromStr for LayerSpec {
             }
             "bn" | "batchnorm" | "batchnorm2d" => {
                 let eps = a.num(0, "eps", Some(1e-5))?;
-                let momentum = match a.get(1, "momentum") {
-                    Some("none") | Some("None") => None,
-                    Some(v) => Some(v.parse().map_err(|_| {
-                        bad(s, format!("momentum = '{v}' is not a number or none"))
-                    })?),
-                    None => Some(0.1),
-                };
+                let momentum = bn_momentum(s, &mut a, 1)?;
                 a.done(2)?;
                 LayerSpec::BatchNorm2d { eps, momentum }
             }
@@ -604,13 +623,28 @@ impl std::str::FromStr for LayerSpec {
                 let spec = LayerSpec::Residual {
                     out: a.num(0, "out", None)?,
                     stride: a.num(1, "s", Some(1))?,
+                    eps: a.num(2, "eps", Some(1e-5))?,
+                    momentum: bn_momentum(s, &mut a, 3)?,
                 };
-                a.done(2)?;
+                a.done(4)?;
                 spec
             }
             _ => return Err(bad(s, format!("unknown layer '{name}'"))),
         };
         Ok(spec)
+    }
+}
+
+/// A batch norm's `momentum` (position `pos` or `momentum=`): a number, or `none` (a cumulative
+/// average); 0.1 when not given.
+fn bn_momentum(s: &str, a: &mut Args<'_>, pos: usize) -> Result<Option<f32>> {
+    match a.get(pos, "momentum") {
+        Some("none") | Some("None") => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| bad(s, format!("momentum = '{v}' is not a number or none"))),
+        None => Ok(Some(0.1)),
     }
 }
 
