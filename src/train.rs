@@ -502,8 +502,7 @@ impl Trainer {
     /// Only if the kept state no longer fits the model (it always does for the trainer's own).
     pub fn restore_best(&mut self) -> Result<Option<usize>> {
         let Some(b) = &self.best else { return Ok(None) };
-        let map = b.state.iter().cloned().collect();
-        self.model.load_state_dict(&map)?;
+        self.model.load_state_dict(&b.state)?;
         Ok(Some(b.epoch))
     }
     /// Gives the model back.
@@ -1658,11 +1657,10 @@ impl Trainer {
             if let Some(epoch) = num(&f, "best_epoch") {
                 if !best_state.is_empty() {
                     // The kept state must fit the model.
-                    let map = best_state.iter().cloned().collect();
                     let mut probe = Sequential::new(input, &specs, 0)
                         .map_err(|e| Error::file(path, e.to_string()))?;
                     probe
-                        .load_state_dict(&map)
+                        .load_state_dict(&best_state)
                         .map_err(|e| Error::file(path, format!("best state: {e}")))?;
                 }
                 t.best = Some(Best {

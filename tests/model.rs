@@ -809,3 +809,31 @@ fn residual_blocks_take_the_batch_norm_options() {
         out("res(4),flatten,dense(2)")
     );
 }
+
+/// `state_dict()` goes straight back into `load_state_dict` (one type both ways); a batch norm's
+/// `num_batches_tracked` may be missing (PyTorch before 0.4.1 wrote none), any other tensor not.
+#[test]
+fn a_state_dict_loads_back_as_it_is_and_without_num_batches_tracked() {
+    let specs = LayerSpec::parse_list("conv(2,3),bn,relu,res(2),flatten,dense(2)").unwrap();
+    let mut a = Sequential::new([1, 6, 6], &specs, 1).unwrap();
+    a.forward(&values(4, 3 * 36), 3).unwrap(); // running statistics and counts move
+    let mut b = Sequential::new([1, 6, 6], &specs, 2).unwrap();
+    b.load_state_dict(&a.state_dict()).unwrap();
+    assert_eq!(a.state_dict(), b.state_dict());
+    let without: Vec<_> = a
+        .state_dict()
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("num_batches_tracked"))
+        .collect();
+    assert!(without.len() < a.state_dict().len());
+    let mut c = Sequential::new([1, 6, 6], &specs, 3).unwrap();
+    c.load_state_dict(&without).unwrap();
+    assert_eq!(c.params(), a.params());
+    let map: std::collections::HashMap<_, _> = without
+        .iter()
+        .filter(|(k, _)| k != "1.running_mean")
+        .cloned()
+        .collect();
+    let err = c.load_state_dict(&map).unwrap_err().to_string();
+    assert!(err.contains("missing tensor 1.running_mean"), "{err}");
+}

@@ -751,20 +751,40 @@ impl Sequential {
         out
     }
 
-    /// Loads a state dictionary (as produced by [`Sequential::state_dict`] or PyTorch's
-    /// `state_dict()` of the equivalent `nn.Sequential`). Every parameter and buffer must be present
-    /// with its exact shape and type, and no other key may be present.
+    /// Loads a state dictionary: what [`Sequential::state_dict`] returns (the same `Vec`), or a
+    /// map by name (PyTorch's `state_dict()` of the equivalent `nn.Sequential`, read from a file).
+    /// Every parameter and buffer must be present with its exact shape and type, and no other key
+    /// may be present; a batch norm's `num_batches_tracked` may be missing (as in checkpoints
+    /// written before PyTorch 0.4.1) and then keeps its value.
     ///
     /// # Errors
     /// [`Error::InvalidArg`] naming the missing, unexpected or mis-shaped tensor; the model is
     /// unchanged on error.
-    pub fn load_state_dict(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    ///
+    /// # Example
+    /// ```
+    /// use cnnkit::{LayerSpec, Sequential};
+    /// let specs = LayerSpec::parse_list("conv(2,3),bn,relu,flatten,dense(2)")?;
+    /// let a = Sequential::new([1, 5, 5], &specs, 1)?;
+    /// let mut b = Sequential::new([1, 5, 5], &specs, 2)?;
+    /// b.load_state_dict(&a.state_dict())?; // the same type both ways
+    /// assert_eq!(a.params(), b.params());
+    /// # Ok::<(), cnnkit::Error>(())
+    /// ```
+    pub fn load_state_dict(&mut self, tensors: &(impl StateTensors + ?Sized)) -> Result<()> {
         const OP: &str = "Sequential::load_state_dict";
         let expected = self.state_dict();
         for (name, t) in &expected {
-            let got = tensors
-                .get(name)
-                .ok_or_else(|| Error::invalid(OP, "state", format!("missing tensor {name}")))?;
+            let Some(got) = tensors.tensor(name) else {
+                if name.ends_with(".num_batches_tracked") {
+                    continue;
+                }
+                return Err(Error::invalid(
+                    OP,
+                    "state",
+                    format!("missing tensor {name}"),
+                ));
+            };
             let same_type = matches!(
                 (&got.data, &t.data),
                 (TensorData::F32(_), TensorData::F32(_)) | (TensorData::I64(_), TensorData::I64(_))
@@ -795,8 +815,9 @@ impl Sequential {
             }
         }
         if let Some(extra) = tensors
-            .keys()
-            .find(|k| !expected.iter().any(|(n, _)| n == *k))
+            .names()
+            .into_iter()
+            .find(|k| !expected.iter().any(|(n, _)| n == k))
         {
             return Err(Error::invalid(
                 OP,
@@ -807,7 +828,8 @@ impl Sequential {
         for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
             let mut at = r.start;
             for p in info {
-                if let TensorData::F32(v) = &tensors[&format!("{i}.{}", p.name)].data {
+                let t = tensors.tensor(&format!("{i}.{}", p.name));
+                if let Some(TensorData::F32(v)) = t.map(|t| &t.data) {
                     self.params[at..at + p.len()].copy_from_slice(v);
                 }
                 at += p.len();
@@ -815,10 +837,57 @@ impl Sequential {
         }
         for (i, l) in self.layers.iter_mut().enumerate() {
             for (name, _) in l.buffers() {
-                l.set_buffer(name, &tensors[&format!("{i}.{name}")])?;
+                if let Some(t) = tensors.tensor(&format!("{i}.{name}")) {
+                    l.set_buffer(name, t)?;
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// Tensors by name, as [`Sequential::load_state_dict`] reads them: the `Vec` (or slice) of
+/// `(name, tensor)` pairs that [`Sequential::state_dict`] returns, or a map by name.
+pub trait StateTensors {
+    /// The tensor called `name`, if there is one.
+    fn tensor(&self, name: &str) -> Option<&Tensor>;
+    /// Every name.
+    fn names(&self) -> Vec<&str>;
+}
+
+impl StateTensors for [(String, Tensor)] {
+    fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+    fn names(&self) -> Vec<&str> {
+        self.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+impl StateTensors for Vec<(String, Tensor)> {
+    fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.as_slice().tensor(name)
+    }
+    fn names(&self) -> Vec<&str> {
+        self.as_slice().names()
+    }
+}
+
+impl<S: std::hash::BuildHasher> StateTensors for HashMap<String, Tensor, S> {
+    fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.get(name)
+    }
+    fn names(&self) -> Vec<&str> {
+        self.keys().map(String::as_str).collect()
+    }
+}
+
+impl StateTensors for std::collections::BTreeMap<String, Tensor> {
+    fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.get(name)
+    }
+    fn names(&self) -> Vec<&str> {
+        self.keys().map(String::as_str).collect()
     }
 }
 
