@@ -129,7 +129,7 @@ fn a_model_with_an_own_layer_trains_and_names_its_parameters() {
     assert!(m.params()[80..88].iter().any(|&b| b != 1.0));
     // Loading its state dict into a freshly built copy gives the same outputs.
     let mut copy = example::model(5).unwrap();
-    let sd = m.state_dict().into_iter().collect();
+    let sd = m.state_dict();
     copy.load_state_dict(&sd).unwrap();
     m.eval();
     copy.eval();
