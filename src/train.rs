@@ -1050,9 +1050,7 @@ impl Trainer {
                 });
             }
             let next = match self.cfg.schedule {
-                LrSchedule::Plateau { .. } => {
-                    self.plateau.step(&self.cfg.schedule, maximize, value, lr)
-                }
+                LrSchedule::Plateau { .. } => self.plateau.step(&self.cfg.schedule, value, lr),
                 _ => self
                     .cfg
                     .schedule
@@ -1652,6 +1650,7 @@ impl Trainer {
                 best: num(&f, "plateau_best").ok_or_else(bad_sel)?,
                 bad_epochs: num(&f, "plateau_bad").ok_or_else(bad_sel)?,
                 cooldown_left: num(&f, "plateau_cooldown").ok_or_else(bad_sel)?,
+                maximize: t.cfg.monitor.maximize(),
             };
             t.stopped_early = num(&f, "stopped_early").ok_or_else(bad_sel)?;
             if let Some(epoch) = num(&f, "best_epoch") {

@@ -9,7 +9,7 @@ mod torch;
 use cnnkit::data::{self, Batches};
 use cnnkit::kernels::weighted_cross_entropy_loss;
 use cnnkit::metrics::{OperatingPoint, decision_threshold, rates_at};
-use cnnkit::optim::{LrSchedule, PlateauState};
+use cnnkit::optim::{LrSchedule, PlateauState, ThresholdMode};
 use cnnkit::{Control, Event, LayerSpec, Monitor, Sampler, Sequential, TrainConfig, Trainer};
 
 #[test]
@@ -72,11 +72,13 @@ fn plateau_schedule_follows_pytorch() {
             threshold: c.threshold,
             cooldown: c.cooldown,
             min_lr: c.min_lr,
+            threshold_mode: ThresholdMode::Rel,
+            eps: 1e-8,
         };
         let mut st = PlateauState::new(c.mode_max);
         let mut lr = c.lr0;
         for (e, (&m, &want)) in c.metrics.iter().zip(c.lrs).enumerate() {
-            lr = st.step(&sched, c.mode_max, m, lr);
+            lr = st.step(&sched, m, lr);
             assert!(
                 (lr - want).abs() <= 1e-6 * want,
                 "case {k}, epoch {e}: lr {lr} vs PyTorch {want}"
@@ -91,11 +93,19 @@ fn plateau_schedule_follows_pytorch() {
             patience: 10,
             threshold: 1e-4,
             cooldown: 0,
-            min_lr: 0.0
+            min_lr: 0.0,
+            threshold_mode: ThresholdMode::Rel,
+            eps: 1e-8,
         }
     );
     assert_eq!(s.to_string().parse::<LrSchedule>().unwrap(), s);
-    for bad in ["plateau:1.5", "plateau:0.1:x", "plateau:0.1:2:-1"] {
+    for bad in [
+        "plateau:1.5",
+        "plateau:0.1:x",
+        "plateau:0.1:2:-1",
+        "plateau:0.1:2:0.1:0:0:sideways",
+        "plateau:0.1:2:0.1:0:0:abs:-1",
+    ] {
         assert!(bad.parse::<LrSchedule>().is_err(), "{bad}");
     }
 }
@@ -428,4 +438,55 @@ fn rates_at_a_threshold_need_both_classes() {
     assert_eq!(rates_at(&[0, 1, 2], &[0.2, f32::NAN, 0.9], 0.5), None);
     let r = rates_at(&[0, 1, 0, 1, 7], &[0.7, 0.7, 0.1, 0.3, 0.9], 0.7).unwrap();
     assert_eq!((r.sensitivity, r.specificity), (0.5, 0.5));
+}
+
+/// PyTorch's `threshold_mode='abs'` and `eps`, against its documented rules worked by hand:
+/// an improvement is `metric < best − threshold` (`> best + threshold` when maximising), and a
+/// reduction smaller than `eps` is not made.
+#[test]
+fn plateau_schedule_takes_an_absolute_threshold_and_eps() {
+    let s: LrSchedule = "plateau:0.5:0:0.5:0:0:abs".parse().unwrap();
+    assert_eq!(s.to_string().parse::<LrSchedule>().unwrap(), s);
+    // Minimising with patience 0: each epoch that is not 0.5 below the best halves the rate.
+    let mut st = PlateauState::new(false);
+    let mut lr = 1.0f32;
+    let mut rates = vec![];
+    for m in [10.0, 9.6, 9.4, 8.8, 8.5] {
+        lr = st.step(&s, m, lr);
+        rates.push(lr);
+    }
+    // 10 (best), 9.6 (not below 9.5: halve), 9.4 (below 9.5: best), 8.8 (below 8.9: best),
+    // 8.5 (not below 8.3: halve).
+    assert_eq!(rates, [1.0, 0.5, 0.5, 0.5, 0.25]);
+    // In relative mode the threshold scales with the best value: 9.6 is not below
+    // 10·(1 − 0.5) = 5 (halve), 4 is (no change).
+    let rel: LrSchedule = "plateau:0.5:0:0.5:0:0:rel".parse().unwrap();
+    let mut st = PlateauState::new(false);
+    let mut lr = 1.0f32;
+    for m in [10.0, 9.6] {
+        lr = st.step(&rel, m, lr);
+    }
+    assert_eq!(lr, 0.5);
+    let mut st = PlateauState::new(false);
+    let mut lr = 1.0f32;
+    for m in [10.0, 4.0] {
+        lr = st.step(&rel, m, lr);
+    }
+    assert_eq!(lr, 1.0, "4 < 10·0.5 is an improvement in relative mode");
+    // Maximising, absolute: 0.80, then 0.84 is not above 0.85: halve.
+    let mut st = PlateauState::new(true);
+    let abs: LrSchedule = "plateau:0.5:0:0.05:0:0:abs".parse().unwrap();
+    let mut lr = 1.0f32;
+    for m in [0.80, 0.84] {
+        lr = st.step(&abs, m, lr);
+    }
+    assert_eq!(lr, 0.5);
+    // eps: a reduction of 0.5 from 1e-3 is 5e-4, below eps = 1e-3: not made.
+    let tiny: LrSchedule = "plateau:0.5:0:0.5:0:0:abs:0.001".parse().unwrap();
+    let mut st = PlateauState::new(false);
+    let mut lr = 1e-3f32;
+    for m in [10.0, 10.0] {
+        lr = st.step(&tiny, m, lr);
+    }
+    assert_eq!(lr, 1e-3);
 }

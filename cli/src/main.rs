@@ -95,8 +95,8 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// Learning-rate schedule: constant, step:STEP_SIZE:GAMMA, cosine:T_MAX[:ETA_MIN], or
-    /// plateau[:FACTOR[:PATIENCE[:THRESHOLD[:COOLDOWN[:MIN_LR]]]]] (ReduceLROnPlateau on
-    /// --monitor; defaults 0.1, 10, 1e-4, 0, 0).
+    /// plateau[:FACTOR[:PATIENCE[:THRESHOLD[:COOLDOWN[:MIN_LR[:rel|abs[:EPS]]]]]]]
+    /// (ReduceLROnPlateau on --monitor; defaults 0.1, 10, 1e-4, 0, 0, rel, 1e-8).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
     /// Weight initialisation: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.

@@ -297,9 +297,11 @@ impl std::fmt::Display for LrSchedule {
                 threshold,
                 cooldown,
                 min_lr,
+                threshold_mode,
+                eps,
             } => write!(
                 f,
-                "plateau:{factor:?}:{patience}:{threshold:?}:{cooldown}:{min_lr:?}"
+                "plateau:{factor:?}:{patience}:{threshold:?}:{cooldown}:{min_lr:?}:{threshold_mode}:{eps:?}"
             ),
         }
     }
@@ -314,7 +316,7 @@ impl std::str::FromStr for LrSchedule {
                 "schedule",
                 format!(
                     "'{s}': use constant, step:STEP_SIZE:GAMMA, cosine:T_MAX[:ETA_MIN] or \
-                     plateau[:FACTOR[:PATIENCE[:THRESHOLD[:COOLDOWN[:MIN_LR]]]]]"
+                     plateau[:FACTOR[:PATIENCE[:THRESHOLD[:COOLDOWN[:MIN_LR[:rel|abs[:EPS]]]]]]]"
                 ),
             )
         };
@@ -333,7 +335,7 @@ impl std::str::FromStr for LrSchedule {
                 t_max: t.parse().map_err(|_| bad())?,
                 eta_min: e.parse().map_err(|_| bad())?,
             }),
-            ["plateau", rest @ ..] if rest.len() <= 5 => {
+            ["plateau", rest @ ..] if rest.len() <= 7 => {
                 let get = |i: usize, default: &'static str| rest.get(i).copied().unwrap_or(default);
                 Ok(LrSchedule::Plateau {
                     factor: get(0, "0.1").parse().map_err(|_| bad())?,
@@ -341,6 +343,12 @@ impl std::str::FromStr for LrSchedule {
                     threshold: get(2, "1e-4").parse().map_err(|_| bad())?,
                     cooldown: get(3, "0").parse().map_err(|_| bad())?,
                     min_lr: get(4, "0").parse().map_err(|_| bad())?,
+                    threshold_mode: match get(5, "rel") {
+                        "rel" => ThresholdMode::Rel,
+                        "abs" => ThresholdMode::Abs,
+                        _ => return Err(bad()),
+                    },
+                    eps: get(6, "1e-8").parse().map_err(|_| bad())?,
                 })
             }
             _ => Err(bad()),
@@ -535,11 +543,12 @@ pub enum LrSchedule {
         /// Final rate.
         eta_min: f32,
     },
-    /// `torch.optim.lr_scheduler.ReduceLROnPlateau` (`threshold_mode='rel'`, `eps=1e-8`) on the
-    /// metric the trainer monitors ([`crate::TrainConfig::monitor`]; minimised for a loss,
-    /// maximised otherwise): after more than `patience` epochs without an improvement by the
-    /// relative `threshold`, the rate is multiplied by `factor` (not below `min_lr`), then
-    /// `cooldown` epochs pass before bad epochs count again. See [`PlateauState`].
+    /// `torch.optim.lr_scheduler.ReduceLROnPlateau` on the metric the trainer monitors
+    /// ([`crate::TrainConfig::monitor`]; minimised for a loss, maximised otherwise): after more
+    /// than `patience` epochs without an improvement by `threshold` (relative or absolute, per
+    /// `threshold_mode`), the rate is multiplied by `factor` (not below `min_lr`; a change
+    /// smaller than `eps` is not made), then `cooldown` epochs pass before bad epochs count
+    /// again. See [`PlateauState`].
     Plateau {
         /// Factor of each reduction (PyTorch's default 0.1).
         factor: f32,
@@ -551,7 +560,33 @@ pub enum LrSchedule {
         cooldown: usize,
         /// Lowest rate (default 0).
         min_lr: f32,
+        /// Whether `threshold` is relative to the best value or absolute (default relative).
+        threshold_mode: ThresholdMode,
+        /// The smallest change of the rate that is made (default 1e-8).
+        eps: f32,
     },
+}
+
+/// How [`LrSchedule::Plateau`] measures an improvement, as PyTorch's `threshold_mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ThresholdMode {
+    /// Better than `best·(1 − threshold)` when minimising, `best·(1 + threshold)` when
+    /// maximising (`'rel'`, PyTorch's default).
+    #[default]
+    Rel,
+    /// Better than `best − threshold` when minimising, `best + threshold` when maximising
+    /// (`'abs'`).
+    Abs,
+}
+
+impl std::fmt::Display for ThresholdMode {
+    /// `rel` or `abs`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ThresholdMode::Rel => "rel",
+            ThresholdMode::Abs => "abs",
+        })
+    }
 }
 
 /// The state of a [`LrSchedule::Plateau`] schedule, as PyTorch's `ReduceLROnPlateau` keeps it.
@@ -563,6 +598,8 @@ pub struct PlateauState {
     pub bad_epochs: usize,
     /// Epochs of cooldown left (`cooldown_counter`).
     pub cooldown_left: usize,
+    /// Whether the metric is maximised (PyTorch's `mode='max'`), fixed when the state is made.
+    pub maximize: bool,
 }
 
 impl PlateauState {
@@ -576,27 +613,31 @@ impl PlateauState {
             },
             bad_epochs: 0,
             cooldown_left: 0,
+            maximize,
         }
     }
 
     /// `scheduler.step(metric)`: the rate after an epoch that ended with `metric` and rate `lr`
     /// (unchanged for any schedule but [`LrSchedule::Plateau`]).
-    pub fn step(&mut self, schedule: &LrSchedule, maximize: bool, metric: f64, lr: f32) -> f32 {
+    pub fn step(&mut self, schedule: &LrSchedule, metric: f64, lr: f32) -> f32 {
         let LrSchedule::Plateau {
             factor,
             patience,
             threshold,
             cooldown,
             min_lr,
+            threshold_mode,
+            eps,
         } = *schedule
         else {
             return lr;
         };
         let t = threshold as f64;
-        let better = if maximize {
-            metric > self.best * (1.0 + t)
-        } else {
-            metric < self.best * (1.0 - t)
+        let better = match (self.maximize, threshold_mode) {
+            (true, ThresholdMode::Rel) => metric > self.best * (1.0 + t),
+            (false, ThresholdMode::Rel) => metric < self.best * (1.0 - t),
+            (true, ThresholdMode::Abs) => metric > self.best + t,
+            (false, ThresholdMode::Abs) => metric < self.best - t,
         };
         if better {
             self.best = metric;
@@ -613,7 +654,7 @@ impl PlateauState {
             self.bad_epochs = 0;
             let old = lr as f64;
             let new = (old * factor as f64).max(min_lr as f64);
-            if old - new > 1e-8 {
+            if old - new > eps as f64 {
                 return new as f32;
             }
         }
@@ -659,17 +700,22 @@ impl LrSchedule {
                 ))
             }
             LrSchedule::Plateau {
-                threshold, min_lr, ..
+                threshold,
+                min_lr,
+                eps,
+                ..
             } if !(threshold.is_finite()
                 && threshold >= 0.0
                 && min_lr.is_finite()
-                && min_lr >= 0.0) =>
+                && min_lr >= 0.0
+                && eps.is_finite()
+                && eps >= 0.0) =>
             {
                 Err(Error::invalid(
                     OP,
                     "threshold",
                     format!(
-                        "threshold {threshold} and min_lr {min_lr} must be finite and non-negative"
+                        "threshold {threshold}, min_lr {min_lr} and eps {eps} must be finite and non-negative"
                     ),
                 ))
             }
