@@ -1360,6 +1360,11 @@ impl AdversarialTraining {
             AttackNorm::Linf => "linf",
             AttackNorm::L2 => "l2",
         };
+        // The last-iterate variant as its own kind: records written before it read as before.
+        let kind = match (kind, a.result) {
+            ("pgd", crate::stability::PgdResult::Last) => "pgd-last",
+            (k, _) => k,
+        };
         let mut t = format!(
             "{kind},{norm},{:?},{},{:?},{},{:?},{:?},{},{:?}",
             a.eps,
@@ -1399,7 +1404,12 @@ impl AdversarialTraining {
         };
         Some(AdversarialTraining {
             attack: Attack {
-                kind: f[0].parse().ok()?,
+                kind: f[0].trim_end_matches("-last").parse().ok()?,
+                result: if f[0] == "pgd-last" {
+                    crate::stability::PgdResult::Last
+                } else {
+                    crate::stability::PgdResult::HighestLoss
+                },
                 norm: match f[1] {
                     "linf" => AttackNorm::Linf,
                     "l2" => AttackNorm::L2,

@@ -93,3 +93,76 @@ fn fgsm_and_pgd_match_pytorch() {
         assert_ne!(adv, X, "{what} moved nothing");
     }
 }
+
+/// `PgdResult::Last` returns PGD's last iterate: the same examples as a naive L∞ PGD loop
+/// written here (sign step, projection onto the ε-box, clipping to the range), while the
+/// default keeps each sample's highest-loss iterate, whose loss is never below the last one's.
+#[test]
+fn pgd_returns_the_last_iterate_when_asked() {
+    use cnnkit::kernels::cross_entropy_loss;
+    use cnnkit::stability::PgdResult;
+    let mut m = model();
+    let n = LABELS.len();
+    let (eps, alpha, steps) = (0.1f32, 0.04f32, 6);
+    let attack = Attack {
+        step_size: alpha,
+        random_start: false,
+        result: PgdResult::Last,
+        ..Attack::pgd(AttackNorm::Linf, eps, steps)
+    };
+    let last = adversarial_examples(&mut m, X, LABELS, n, &attack).unwrap();
+    // The naive loop, on the model's own input (no normalisation).
+    m.eval();
+    let classes = m.output_len();
+    let mut adv = X.to_vec();
+    for _ in 0..steps {
+        let logits = m.forward(&adv, n).unwrap().to_vec();
+        let mut d = vec![0.0; logits.len()];
+        cross_entropy_loss(classes, &logits, LABELS, 0.0, Some(&mut d)).unwrap();
+        let mut g = vec![0.0; adv.len()];
+        m.input_gradient(&adv, &d, &mut g, None).unwrap();
+        for ((a, &x), &g) in adv.iter_mut().zip(X).zip(&g) {
+            let s = if g > 0.0 {
+                1.0
+            } else if g < 0.0 {
+                -1.0
+            } else {
+                0.0
+            };
+            *a = (*a + alpha * s).clamp(x - eps, x + eps).clamp(0.0, 1.0);
+        }
+    }
+    close("PGD last iterate", &last, &adv, 1e-6);
+    // The default differs where a later step lowered a sample's loss, and is never weaker.
+    let best = adversarial_examples(
+        &mut m,
+        X,
+        LABELS,
+        n,
+        &Attack {
+            result: PgdResult::HighestLoss,
+            ..attack.clone()
+        },
+    )
+    .unwrap();
+    let loss_of = |m: &mut Sequential, x: &[f32]| -> Vec<f32> {
+        let logits = m.forward(x, n).unwrap().to_vec();
+        (0..n)
+            .map(|i| {
+                let mut one = vec![0.0; classes];
+                cross_entropy_loss(
+                    classes,
+                    &logits[i * classes..][..classes],
+                    &LABELS[i..i + 1],
+                    0.0,
+                    Some(&mut one),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let (lb, ll) = (loss_of(&mut m, &best), loss_of(&mut m, &last));
+    for (b, l) in lb.iter().zip(&ll) {
+        assert!(b >= &(l - 1e-6), "highest-loss {b} below last {l}");
+    }
+}

@@ -381,3 +381,25 @@ fn an_image_to_image_network_learns_to_undo_subsampling() {
     assert!(t.fit_to(&wrong, &mut |_| Control::Continue).is_err());
     assert!(Pairs::new(vec![0.0; 64], vec![0.0; 128], [1, 8, 8], [1, 8, 8]).is_err());
 }
+
+/// A saved trainer keeps which PGD iterate its adversarial training uses.
+#[test]
+fn the_pgd_result_survives_a_save() {
+    let dir = TempDir::new("pgd_result");
+    for result in [
+        cnnkit::stability::PgdResult::HighestLoss,
+        cnnkit::stability::PgdResult::Last,
+    ] {
+        let attack = Attack {
+            result,
+            ..Attack::pgd(AttackNorm::Linf, 0.1, 3)
+        };
+        let t = adversarial_trainer(attack.clone(), 0.5, 1);
+        let path = dir.path().join("t.safetensors");
+        t.save(&path, &BTreeMap::new()).unwrap();
+        let (back, _) = Trainer::load(&path).unwrap();
+        let got = back.config().adversarial.as_ref().unwrap();
+        assert_eq!(got.attack.result, result);
+        assert_eq!(got.attack.kind, attack.kind);
+    }
+}

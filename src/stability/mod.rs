@@ -336,8 +336,9 @@ impl std::str::FromStr for AttackKind {
 
 /// An adversarial attack on a classifier ([`AttackKind`]): FGSM, PGD, or random noise of the
 /// same size as the baseline. Every example stays within `ε` of `x` and inside `range`. PGD
-/// returns, per sample, the iterate with the highest loss; with `step_size ≥ ε` and no random
-/// start its first iterate is the FGSM example, so its loss is never below FGSM's.
+/// returns, per sample, the iterate with the highest loss by default ([`PgdResult`]; with
+/// `step_size ≥ ε` and no random start its first iterate is the FGSM example, so its loss is
+/// never below FGSM's), or its last iterate, as most PyTorch implementations do.
 ///
 /// With a [`Normalization`], `x`, `ε`, `step_size` and `range` are in pixel units: the model sees
 /// the normalised examples, and the examples returned are pixels.
@@ -361,6 +362,19 @@ pub struct Attack {
     pub seed: u64,
     /// How the model's input is made from pixels (`None`: the examples are the model's input).
     pub normalization: Option<Normalization>,
+    /// Which PGD iterate is returned (default: each sample's highest-loss one).
+    pub result: PgdResult,
+}
+
+/// Which iterate of PGD [`adversarial_examples`] returns for each sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PgdResult {
+    /// The iterate with the highest loss (the start counts with a random start): never weaker
+    /// than any iterate, so robustness is not overstated by a last step that lowered the loss.
+    #[default]
+    HighestLoss,
+    /// The last iterate, as `torchattacks`' and most re-implementations' PGD return it.
+    Last,
 }
 
 impl Attack {
@@ -376,6 +390,7 @@ impl Attack {
             range: (0.0, 1.0),
             seed: 0,
             normalization: None,
+            result: PgdResult::HighestLoss,
         }
     }
 
@@ -644,7 +659,11 @@ fn attack_eval(
         }
         settle(&mut adv);
     }
-    Ok(if pgd { best } else { adv })
+    Ok(if pgd && a.result == PgdResult::HighestLoss {
+        best
+    } else {
+        adv
+    })
 }
 
 #[cfg(test)]
