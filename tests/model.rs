@@ -837,3 +837,54 @@ fn a_state_dict_loads_back_as_it_is_and_without_num_batches_tracked() {
     let err = c.load_state_dict(&map).unwrap_err().to_string();
     assert!(err.contains("missing tensor 1.running_mean"), "{err}");
 }
+
+/// Parameters, their gradients and the buffers by name: the parameters and buffers together are
+/// the state dict, the gradients follow the parameters' names and order, and running statistics
+/// are told from parameters without knowing their names.
+#[test]
+fn parameters_gradients_and_buffers_by_name() {
+    let specs = LayerSpec::parse_list("conv(2,3),bn,relu,flatten,dense(3)").unwrap();
+    let mut m = Sequential::new([1, 5, 5], &specs, 4).unwrap();
+    let x = values(1, 2 * 25);
+    let logits = m.forward(&x, 2).unwrap().to_vec();
+    let mut d = vec![0.0; logits.len()];
+    cross_entropy_loss(3, &logits, &[0, 2], 0.0, Some(&mut d)).unwrap();
+    m.backward(&x, &d, Accum::Replace).unwrap();
+    let params: Vec<String> = m.named_parameters().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        params,
+        [
+            "0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"
+        ]
+    );
+    let buffers: Vec<String> = m.named_buffers().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        buffers,
+        ["1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    );
+    let mut all: Vec<String> = params.iter().chain(&buffers).cloned().collect();
+    let mut sd: Vec<String> = m.state_dict().into_iter().map(|(k, _)| k).collect();
+    all.sort();
+    sd.sort();
+    assert_eq!(all, sd);
+    // Views into the flat buffers, in order.
+    let flat_p: Vec<f32> = m
+        .named_parameters()
+        .iter()
+        .flat_map(|(_, v)| v.to_vec())
+        .collect();
+    let flat_g: Vec<f32> = m
+        .named_grads()
+        .iter()
+        .flat_map(|(_, v)| v.to_vec())
+        .collect();
+    assert_eq!(flat_p, m.params());
+    assert_eq!(flat_g, m.grads());
+    let grads = m.named_grads();
+    let (name, dense_bias_grad) = &grads[5];
+    assert_eq!(name, "4.bias");
+    // The dense bias gradient is the sum over the batch of the mean loss's logit gradients.
+    for (k, g) in dense_bias_grad.iter().enumerate() {
+        assert!((g - (d[k] + d[3 + k])).abs() < 1e-6, "{k}: {g}");
+    }
+}

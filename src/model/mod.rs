@@ -722,6 +722,45 @@ impl Sequential {
         s
     }
 
+    /// The parameters by name, as PyTorch's `named_parameters()` of the equivalent
+    /// `nn.Sequential` (`"0.weight"`, `"1.bias"`, …), each a view into [`Sequential::params`]:
+    /// the learnable tensors, without the running statistics (see [`Sequential::named_buffers`]).
+    pub fn named_parameters(&self) -> Vec<(String, &[f32])> {
+        self.named_slices(&self.params)
+    }
+
+    /// The parameter gradients by name, in the order and with the names of
+    /// [`Sequential::named_parameters`], each a view into [`Sequential::grads`].
+    pub fn named_grads(&self) -> Vec<(String, &[f32])> {
+        self.named_slices(&self.grads)
+    }
+
+    /// The buffers by name, as PyTorch's `named_buffers()`: batch norms' `running_mean`,
+    /// `running_var` and `num_batches_tracked`, the state that is not learned. Together with
+    /// [`Sequential::named_parameters`] they make up [`Sequential::state_dict`].
+    pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, t) in l.buffers() {
+                out.push((format!("{i}.{name}"), t));
+            }
+        }
+        out
+    }
+
+    /// `flat` (the parameters or their gradients) cut into the named parameter tensors.
+    fn named_slices<'a>(&self, flat: &'a [f32]) -> Vec<(String, &'a [f32])> {
+        let mut out = Vec::new();
+        for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
+            let mut at = r.start;
+            for p in info {
+                out.push((format!("{i}.{}", p.name), &flat[at..at + p.len()]));
+                at += p.len();
+            }
+        }
+        out
+    }
+
     /// The model's state as PyTorch's `state_dict()` of the equivalent `torch.nn.Sequential`:
     /// `"{index}.{name}"` for every parameter and buffer, in PyTorch's shapes.
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
