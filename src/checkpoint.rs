@@ -720,6 +720,12 @@ pub fn load(path: &Path, limits: CheckpointLimits) -> Result<SafeTensors> {
 pub const ARCH_KEY: &str = "cnnkit.arch";
 /// Metadata key of the input shape (`CxHxW`).
 pub const INPUT_KEY: &str = "cnnkit.input";
+/// Metadata key of the naming of the tensors: [`NAMES_TORCH`] when they follow
+/// `torch.nn.Sequential`'s module indices (a `gap` is two modules); files written before it
+/// existed counted a `gap` as one, and are renamed when loaded.
+pub const NAMES_KEY: &str = "cnnkit.names";
+/// The value of [`NAMES_KEY`] in files written now.
+pub const NAMES_TORCH: &str = "torch-modules";
 
 /// `CxHxW`, as [`INPUT_KEY`] holds it.
 pub fn shape_string(s: Shape3) -> String {

@@ -1626,6 +1626,14 @@ impl Trainer {
         }
         let mut model =
             Sequential::new(input, &specs, 0).map_err(|e| Error::file(path, e.to_string()))?;
+        // Written before the names followed PyTorch's module indices (a `gap` counted as one).
+        if m.get(checkpoint::NAMES_KEY).map(String::as_str) != Some(checkpoint::NAMES_TORCH) {
+            model_tensors = model
+                .rename_from_layer_indices(model_tensors)
+                .into_iter()
+                .collect();
+            best_state = model.rename_from_layer_indices(best_state);
+        }
         model
             .load_state_dict(&model_tensors)
             .map_err(|e| Error::file(path, e.to_string()))?;

@@ -260,3 +260,57 @@ fn saves_are_atomic_and_leave_no_temporary_files() {
         .to_string();
     assert!(e.contains("m.safetensors"), "{e}");
 }
+
+/// `gap` is `AdaptiveAvgPool2d(1), Flatten()` in the natural `nn.Sequential`, two modules: the
+/// names of every layer after it count both, as PyTorch's state dict does. Files written before
+/// (a `gap` counted as one module, no `cnnkit.names` key) still load, models and training
+/// states alike.
+#[test]
+fn state_dict_names_count_gap_as_two_modules_and_old_files_load() {
+    use cnnkit::{TrainConfig, Trainer};
+    let specs = LayerSpec::parse_list("conv(2,3),relu,gap,dense(3)").unwrap();
+    let m = Sequential::new([1, 5, 5], &specs, 7).unwrap();
+    let names: Vec<String> = m.state_dict().into_iter().map(|(k, _)| k).collect();
+    // nn.Sequential(Conv2d, ReLU, AdaptiveAvgPool2d(1), Flatten(), Linear): the linear is 4.
+    assert_eq!(names, ["0.weight", "0.bias", "4.weight", "4.bias"]);
+
+    let dir = TempDir::new("old_names");
+    let old_name = |k: &str| k.replacen("4.", "3.", 1);
+    // A model file as cnnkit wrote it before.
+    let mut st = m.to_safetensors(&BTreeMap::new());
+    st.metadata.remove(checkpoint::NAMES_KEY);
+    st.tensors = st
+        .tensors
+        .into_iter()
+        .map(|(k, t)| (old_name(&k), t))
+        .collect();
+    let old = dir.path().join("old.safetensors");
+    checkpoint::save(&old, &st).unwrap();
+    let (back, _) = Sequential::load(&old).unwrap();
+    assert_eq!(back.params(), m.params());
+    // A training state as cnnkit wrote it before.
+    let cfg = TrainConfig {
+        epochs: 1,
+        ..Default::default()
+    };
+    let copy = Sequential::new([1, 5, 5], &specs, 7).unwrap();
+    let t = Trainer::new(copy, "sgd".parse().unwrap(), cfg).unwrap();
+    let mut st = t.to_safetensors(&BTreeMap::new());
+    st.metadata.remove(checkpoint::NAMES_KEY);
+    st.tensors = st
+        .tensors
+        .into_iter()
+        .map(|(k, t)| match k.strip_prefix("model.") {
+            Some(rest) => (format!("model.{}", old_name(rest)), t),
+            None => (k, t),
+        })
+        .collect();
+    let old = dir.path().join("old.train.safetensors");
+    checkpoint::save(&old, &st).unwrap();
+    let (back, _) = Trainer::load(&old).unwrap();
+    assert_eq!(back.model().params(), m.params());
+    // A file of today is not renamed (its names already follow PyTorch).
+    let now = dir.path().join("now.safetensors");
+    m.save(&now, &BTreeMap::new()).unwrap();
+    assert_eq!(Sequential::load(&now).unwrap().0.params(), m.params());
+}

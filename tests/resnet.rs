@@ -34,19 +34,33 @@ fn residual_network_matches_pytorch_forward_backward_and_statistics() {
         CheckpointLimits::default(),
     )
     .unwrap();
+    // The fixture's network spells `gap` as one module (index 6), so its dense layer is module
+    // 7; spelled naturally, `AdaptiveAvgPool2d(1), Flatten()` are modules 6 and 7 and the dense
+    // layer is 8, as cnnkit names it: the same network, its indices past 6 one higher.
+    let natural = |k: &str| -> String {
+        let (prefix, rest) = k.split_once('.').unwrap_or(("", k));
+        match rest.split_once('.') {
+            Some((i, tail)) if i.parse::<usize>().is_ok_and(|i| i > 6) => {
+                format!("{prefix}.{}.{tail}", i.parse::<usize>().unwrap() + 1)
+            }
+            _ => k.to_string(),
+        }
+    };
+    let renamed: Vec<(String, &cnnkit::Tensor)> =
+        st.tensors.iter().map(|(k, t)| (natural(k), t)).collect();
     let get: HashMap<&str, &cnnkit::Tensor> =
-        st.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        renamed.iter().map(|(k, t)| (k.as_str(), *t)).collect();
     let arch = &st.metadata["arch"];
     let specs = LayerSpec::parse_list(arch).unwrap();
     let mut m = Sequential::new([2, 9, 9], &specs, 0).unwrap();
-    let sd: HashMap<String, cnnkit::Tensor> = st
-        .tensors
+    let sd: HashMap<String, cnnkit::Tensor> = renamed
         .iter()
-        .filter_map(|(k, t)| Some((k.strip_prefix("model.")?.to_string(), t.clone())))
+        .filter_map(|(k, t)| Some((k.strip_prefix("model.")?.to_string(), (*t).clone())))
         .collect();
     // Names and shapes as PyTorch's state dict: the load refuses any difference.
     m.load_state_dict(&sd).unwrap();
     assert!(sd.contains_key("4.downsample.0.weight") && !sd.contains_key("3.downsample.0.weight"));
+    assert!(sd.contains_key("8.weight") && !sd.contains_key("7.weight"));
 
     let x = f32s(get["x"]);
     let labels: Vec<u32> = f32s(get["labels"]).iter().map(|&v| v as u32).collect();

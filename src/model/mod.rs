@@ -739,10 +739,11 @@ impl Sequential {
     /// `running_var` and `num_batches_tracked`, the state that is not learned. Together with
     /// [`Sequential::named_parameters`] they make up [`Sequential::state_dict`].
     pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        let idx = self.torch_indices();
         let mut out = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             for (name, t) in l.buffers() {
-                out.push((format!("{i}.{name}"), t));
+                out.push((format!("{}.{name}", idx[i]), t));
             }
         }
         out
@@ -750,11 +751,12 @@ impl Sequential {
 
     /// `flat` (the parameters or their gradients) cut into the named parameter tensors.
     fn named_slices<'a>(&self, flat: &'a [f32]) -> Vec<(String, &'a [f32])> {
+        let idx = self.torch_indices();
         let mut out = Vec::new();
         for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
             let mut at = r.start;
             for p in info {
-                out.push((format!("{i}.{}", p.name), &flat[at..at + p.len()]));
+                out.push((format!("{}.{}", idx[i], p.name), &flat[at..at + p.len()]));
                 at += p.len();
             }
         }
@@ -762,8 +764,11 @@ impl Sequential {
     }
 
     /// The model's state as PyTorch's `state_dict()` of the equivalent `torch.nn.Sequential`:
-    /// `"{index}.{name}"` for every parameter and buffer, in PyTorch's shapes.
+    /// `"{index}.{name}"` for every parameter and buffer, in PyTorch's shapes. The index is the
+    /// module's in the natural PyTorch spelling, where a `gap` is two modules
+    /// (`AdaptiveAvgPool2d(1), Flatten()`).
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
+        let idx = self.torch_indices();
         let mut out = Vec::new();
         for (i, (l, (info, r))) in self
             .layers
@@ -775,7 +780,7 @@ impl Sequential {
             for p in info {
                 let data = self.params[at..at + p.len()].to_vec();
                 out.push((
-                    format!("{i}.{}", p.name),
+                    format!("{}.{}", idx[i], p.name),
                     Tensor {
                         shape: p.shape.clone(),
                         data: TensorData::F32(data),
@@ -784,10 +789,48 @@ impl Sequential {
                 at += p.len();
             }
             for (name, t) in l.buffers() {
-                out.push((format!("{i}.{name}"), t));
+                out.push((format!("{}.{name}", idx[i]), t));
             }
         }
         out
+    }
+
+    /// The index of each layer in the equivalent `torch.nn.Sequential`, which names its state:
+    /// a `gap` is two modules there (`AdaptiveAvgPool2d(1)`, `Flatten()`), so each layer after
+    /// one is a place further on.
+    fn torch_indices(&self) -> Vec<usize> {
+        let mut extra = 0;
+        self.layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let at = i + extra;
+                if matches!(l.spec(), LayerSpec::GlobalAvgPool) {
+                    extra += 1;
+                }
+                at
+            })
+            .collect()
+    }
+
+    /// Renames the tensors of a state dictionary written before the names followed
+    /// `torch.nn.Sequential`'s indices (when `gap` counted as one module): `"{layer}.{name}"`
+    /// becomes `"{torch index}.{name}"`. Names that do not start with a layer index are kept.
+    pub(crate) fn rename_from_layer_indices(
+        &self,
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Vec<(String, Tensor)> {
+        let idx = self.torch_indices();
+        tensors
+            .into_iter()
+            .map(|(name, t)| {
+                let renamed = name.split_once('.').and_then(|(head, rest)| {
+                    let i: usize = head.parse().ok()?;
+                    Some(format!("{}.{rest}", idx.get(i)?))
+                });
+                (renamed.unwrap_or(name), t)
+            })
+            .collect()
     }
 
     /// Loads a state dictionary: what [`Sequential::state_dict`] returns (the same `Vec`), or a
@@ -864,10 +907,11 @@ impl Sequential {
                 format!("unexpected tensor {extra}"),
             ));
         }
+        let idx = self.torch_indices();
         for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
             let mut at = r.start;
             for p in info {
-                let t = tensors.tensor(&format!("{i}.{}", p.name));
+                let t = tensors.tensor(&format!("{}.{}", idx[i], p.name));
                 if let Some(TensorData::F32(v)) = t.map(|t| &t.data) {
                     self.params[at..at + p.len()].copy_from_slice(v);
                 }
@@ -876,7 +920,7 @@ impl Sequential {
         }
         for (i, l) in self.layers.iter_mut().enumerate() {
             for (name, _) in l.buffers() {
-                if let Some(t) = tensors.tensor(&format!("{i}.{name}")) {
+                if let Some(t) = tensors.tensor(&format!("{}.{name}", idx[i])) {
                     l.set_buffer(name, t)?;
                 }
             }

@@ -3,8 +3,8 @@
 
 use super::Sequential;
 use crate::checkpoint::{
-    ARCH_KEY, CheckpointLimits, INPUT_KEY, SafeTensors, load, parse, parse_shape, save,
-    shape_string,
+    ARCH_KEY, CheckpointLimits, INPUT_KEY, NAMES_KEY, NAMES_TORCH, SafeTensors, load, parse,
+    parse_shape, save, shape_string,
 };
 use crate::error::{Error, Result};
 use crate::layer::spec::LayerSpec;
@@ -20,6 +20,7 @@ impl Sequential {
         metadata.insert("format".into(), "pt".into());
         metadata.insert(ARCH_KEY.into(), LayerSpec::list_to_string(&self.specs()));
         metadata.insert(INPUT_KEY.into(), shape_string(self.input_shape()));
+        metadata.insert(NAMES_KEY.into(), NAMES_TORCH.into());
         metadata.insert("cnnkit.version".into(), env!("CARGO_PKG_VERSION").into());
         SafeTensors {
             tensors: self.state_dict(),
@@ -106,7 +107,15 @@ impl Sequential {
         let limit = held.max(1 << 24);
         let mut m = Sequential::build(input, specs, crate::init::Init::TorchDefault, 0, limit)
             .map_err(|e| Error::file(path, e.to_string()))?;
-        let map: HashMap<String, Tensor> = st.tensors.iter().cloned().collect();
+        let tensors = st.tensors.iter().cloned();
+        // A file cnnkit wrote before the names followed PyTorch's module indices.
+        let map: HashMap<String, Tensor> = if st.metadata.contains_key(ARCH_KEY)
+            && st.metadata.get(NAMES_KEY).map(String::as_str) != Some(NAMES_TORCH)
+        {
+            m.rename_from_layer_indices(tensors).into_iter().collect()
+        } else {
+            tensors.collect()
+        };
         m.load_state_dict(&map)
             .map_err(|e| Error::file(path, e.to_string()))?;
         m.eval();
