@@ -85,3 +85,20 @@ pub fn rescue_named(err: &str) -> String {
         .unwrap_or_else(|| panic!("no rescue file named: {err}"))
         .to_string()
 }
+
+/// `cnnkit train --resume CHECKPOINT --out OUT --stop-after 1` in `dir`: it must resume and stop
+/// again (status 130), leaving OUT's resume checkpoint.
+pub fn resumes_one_step(dir: &Path, checkpoint: &str, out: &str) {
+    let args = [
+        "train",
+        "--resume",
+        checkpoint,
+        "--out",
+        out,
+        "--stop-after",
+        "1",
+    ];
+    let o = cnnkit(dir, &args);
+    assert_eq!(o.status.code(), Some(130), "{}", text(&o));
+    assert!(text(&o).contains("resuming at epoch"), "{}", text(&o));
+}
