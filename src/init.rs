@@ -8,6 +8,7 @@ use crate::rng::Rng;
 /// With `fan_in = in_channels/groups · k_h · k_w` (or `in_features`) and
 /// `fan_out = out_channels · k_h · k_w` (or `out_features`), as `torch.nn.init`:
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Init {
     /// PyTorch's `reset_parameters`: `kaiming_uniform_(a=√5)`, i.e. `U(−b, b)` with
     /// `b = 1/√fan_in`.

@@ -198,6 +198,7 @@ pub fn roc_auc(labels: &[u32], scores: &[f32]) -> Option<f64> {
 
 /// The operating point a two-class decision threshold is chosen for.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum OperatingPoint {
     /// At least this sensitivity (recall of class 1), with the best specificity that allows.
     Sensitivity(f64),

@@ -60,6 +60,7 @@ pub struct TrainConfig {
 
 /// A metric to select epochs by.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub enum Monitor {
     /// Mean cross-entropy, lower is better (the default).
     #[default]
@@ -130,6 +131,7 @@ struct Best {
 
 /// How a training epoch draws its samples.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub enum Sampler {
     /// Every sample once per epoch, in a new shuffled order (the default, `shuffle=True`).
     #[default]
@@ -195,6 +197,7 @@ type ValFn<'a> = dyn FnMut(&mut Trainer) -> Result<(Option<Metrics>, Option<f64>
 
 /// What a [`Trainer`] minimises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Loss {
     /// Cross-entropy against class labels, with the configured label smoothing
     /// (`torch.nn.CrossEntropyLoss`).
@@ -298,6 +301,7 @@ pub struct EpochReport {
 
 /// Progress reported to the callback of [`Trainer::fit`].
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a> {
     /// A training step finished.
     Step {

@@ -387,6 +387,7 @@ fn brute_force_best(labels: &[u32], scores: &[f32], target: OperatingPoint) -> O
         let (ok, other) = match target {
             OperatingPoint::Sensitivity(s) => (sens >= s, spec),
             OperatingPoint::Specificity(s) => (spec >= s, sens),
+            other => panic!("no brute force for {other:?}"),
         };
         if ok && best.is_none_or(|b| other > b) {
             best = Some(other);
@@ -420,6 +421,7 @@ proptest::proptest! {
         let (reached, other) = match target {
             OperatingPoint::Sensitivity(s) => (t.sensitivity >= s, t.specificity),
             OperatingPoint::Specificity(s) => (t.specificity >= s, t.sensitivity),
+            other => panic!("not generated: {other:?}"),
         };
         proptest::prop_assert!(reached);
         proptest::prop_assert_eq!(Some(other), brute_force_best(&labels, &scores, target));

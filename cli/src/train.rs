@@ -815,6 +815,8 @@ fn train(
                     r.seconds
                 );
             }
+            // Events added later are not shown.
+            _ => {}
         }
         let mut stop =
             STOP.load(Ordering::SeqCst) || p.a.stop_after.is_some_and(|n| steps_done >= n);

@@ -569,6 +569,7 @@ pub enum LrSchedule {
 
 /// How [`LrSchedule::Plateau`] measures an improvement, as PyTorch's `threshold_mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum ThresholdMode {
     /// Better than `best·(1 − threshold)` when minimising, `best·(1 + threshold)` when
     /// maximising (`'rel'`, PyTorch's default).

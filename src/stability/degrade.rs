@@ -9,6 +9,7 @@ use crate::shape::Shape3;
 
 /// A degradation of images.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Degradation {
     /// Random pixel subsampling: a fixed mask (the same for every image and channel, drawn from
     /// `seed`) keeps each pixel position with probability `keep` and zeroes the others.

@@ -297,6 +297,7 @@ fn record(
 
 /// The norm an adversarial perturbation's budget `ε` is measured in (per sample).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AttackNorm {
     /// `max |δᵢ| ≤ ε`: steps along the gradient's sign.
     Linf,
@@ -306,6 +307,7 @@ pub enum AttackNorm {
 
 /// What an [`Attack`] does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AttackKind {
     /// One step of size `ε` along the loss gradient's sign (L∞) or direction (L2) from `x`
     /// (Goodfellow et al., the fast gradient sign method).
@@ -368,6 +370,7 @@ pub struct Attack {
 
 /// Which iterate of PGD [`adversarial_examples`] returns for each sample.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum PgdResult {
     /// The iterate with the highest loss (the start counts with a random start): never weaker
     /// than any iterate, so robustness is not overstated by a last step that lowered the loss.

@@ -19,6 +19,7 @@ use crate::shape::Shape3;
 
 /// A saliency method (see the [module docs](self)).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum SaliencyMethod {
     /// The plain input gradient.
     Gradient,
