@@ -77,8 +77,11 @@ pub enum Error {
     File {
         /// The file.
         path: PathBuf,
-        /// What is wrong with it.
+        /// What is wrong with it (including the inner error's message, when there is one).
         reason: String,
+        /// The error underneath (a decoder's, a parser's), when there is one: what
+        /// [`std::error::Error::source`] returns.
+        cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
 }
 
@@ -114,7 +117,7 @@ impl fmt::Display for Error {
             }
             Error::NonFinite { op, what } => write!(f, "{op}: {what} is not finite"),
             Error::Io { path, source } => write!(f, "{}: {source}", path.display()),
-            Error::File { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Error::File { path, reason, .. } => write!(f, "{}: {reason}", path.display()),
         }
     }
 }
@@ -123,6 +126,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
+            Error::File { cause: Some(c), .. } => Some(c.as_ref()),
             _ => None,
         }
     }
@@ -169,6 +173,29 @@ impl Error {
         Error::File {
             path: path.to_path_buf(),
             reason: reason.into(),
+            cause: None,
+        }
+    }
+
+    /// Builds [`Error::File`] over an inner error `cause`, whose message ends the reason
+    /// (`"{context}: {cause}"`, or the cause's alone when `context` is empty) and which
+    /// [`std::error::Error::source`] returns.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn file_from(
+        path: &Path,
+        context: &str,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let reason = if context.is_empty() {
+            cause.to_string()
+        } else {
+            format!("{context}: {cause}")
+        };
+        Error::File {
+            path: path.to_path_buf(),
+            reason,
+            cause: Some(Box::new(cause)),
         }
     }
 

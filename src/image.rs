@@ -96,7 +96,7 @@ fn decode_bytes(bytes: &[u8], path: &Path, limits: &ImageLimits) -> Result<image
     reader.limits(l);
     reader
         .decode()
-        .map_err(|e| Error::file(path, format!("cannot decode image: {e}")))
+        .map_err(|e| Error::file_from(path, "cannot decode image", e))
 }
 
 /// Decodes `path` and turns it into `f32` CHW values in `[0, 1]` (after CLAHE / equalisation and
@@ -125,7 +125,7 @@ fn convert(
     if w == 0 || h == 0 {
         return Err(Error::file(path, "image has no pixels"));
     }
-    let with = |e: Error| Error::file(path, e.to_string());
+    let with = |e: Error| Error::file_from(path, "", e);
     // Channels as f32 planes in [0, 1], each preprocessed in its native depth.
     let planes: Vec<Vec<f32>> =
         if opts.grayscale && matches!(img, image::DynamicImage::ImageLuma16(_)) {

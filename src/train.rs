@@ -1584,10 +1584,10 @@ impl Trainer {
         let input = checkpoint::parse_shape(get(checkpoint::INPUT_KEY)?)
             .ok_or_else(|| bad("malformed input shape"))?;
         let specs = LayerSpec::parse_list(get(checkpoint::ARCH_KEY)?)
-            .map_err(|e| Error::file(path, e.to_string()))?;
+            .map_err(|e| Error::file_from(path, "", e))?;
         let kind: OptimizerKind = get("train.optimizer")?
             .parse()
-            .map_err(|e: Error| Error::file(path, e.to_string()))?;
+            .map_err(|e: Error| Error::file_from(path, "", e))?;
         let cfg = TrainConfig::from_text(get("train.config")?)
             .ok_or_else(|| bad("malformed train.config"))?;
         let pf = fields(get("train.progress")?);
@@ -1629,7 +1629,7 @@ impl Trainer {
             }
         }
         let mut model =
-            Sequential::new(input, &specs, 0).map_err(|e| Error::file(path, e.to_string()))?;
+            Sequential::new(input, &specs, 0).map_err(|e| Error::file_from(path, "", e))?;
         // Written before the names followed PyTorch's module indices (a `gap` counted as one).
         if m.get(checkpoint::NAMES_KEY).map(String::as_str) != Some(checkpoint::NAMES_TORCH) {
             model_tensors = model
@@ -1640,18 +1640,18 @@ impl Trainer {
         }
         model
             .load_state_dict(&model_tensors)
-            .map_err(|e| Error::file(path, e.to_string()))?;
+            .map_err(|e| Error::file_from(path, "", e))?;
         model.set_rng_state(model_rng);
         model.train();
         let mut t =
-            Trainer::new(model, kind, cfg.clone()).map_err(|e| Error::file(path, e.to_string()))?;
+            Trainer::new(model, kind, cfg.clone()).map_err(|e| Error::file_from(path, "", e))?;
         let view: Vec<(&str, &[f32])> = optim
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_slice()))
             .collect();
         t.optimizer
             .load_state(steps, &view)
-            .map_err(|e| Error::file(path, e.to_string()))?;
+            .map_err(|e| Error::file_from(path, "", e))?;
         // Files without train.initial_lr stored the initial rate as the optimizer's rate.
         match m.get("train.initial_lr") {
             Some(v) => {
@@ -1679,10 +1679,10 @@ impl Trainer {
                 if !best_state.is_empty() {
                     // The kept state must fit the model.
                     let mut probe = Sequential::new(input, &specs, 0)
-                        .map_err(|e| Error::file(path, e.to_string()))?;
+                        .map_err(|e| Error::file_from(path, "", e))?;
                     probe
                         .load_state_dict(&best_state)
-                        .map_err(|e| Error::file(path, format!("best state: {e}")))?;
+                        .map_err(|e| Error::file_from(path, "best state", e))?;
                 }
                 t.best = Some(Best {
                     epoch,

@@ -295,3 +295,28 @@ fn atomic_writes_keep_devices_pipes_and_links() {
         .to_string();
     assert!(err.contains("is a folder"), "{err}");
 }
+
+/// Errors over an inner failure keep it as their source (with its message in their own), so a
+/// caller can walk the chain: a corrupt image's decoder error, a checkpoint's malformed
+/// architecture.
+#[cfg(feature = "image")]
+#[test]
+fn wrapped_errors_keep_their_source() {
+    use std::error::Error as _;
+    let d = TempDir::new("sources");
+    let bad = d.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let e = cnnkit::image::load_image(&bad, &cnnkit::image::ImageOptions::default()).unwrap_err();
+    let source = e.source().expect("the decoder's error");
+    assert!(e.to_string().contains(&source.to_string()), "{e}");
+    // A checkpoint whose architecture no longer parses.
+    let m = small_model();
+    let mut st = m.to_safetensors(&BTreeMap::new());
+    st.metadata
+        .insert(checkpoint::ARCH_KEY.into(), "conv(".into());
+    let path = d.path().join("arch.safetensors");
+    checkpoint::save(&path, &st).unwrap();
+    let e = Sequential::load(&path).unwrap_err();
+    let source = e.source().expect("the parser's error");
+    assert!(source.to_string().contains("conv("), "{source}");
+}

@@ -75,7 +75,7 @@ impl Sequential {
             .ok_or_else(|| {
                 Error::file(path, format!("missing or malformed {INPUT_KEY} metadata"))
             })?;
-        let specs = LayerSpec::parse_list(arch).map_err(|e| Error::file(path, e.to_string()))?;
+        let specs = LayerSpec::parse_list(arch).map_err(|e| Error::file_from(path, "", e))?;
         let m = Self::from_safetensors(path, input, &specs, &st)?;
         Ok((m, st.metadata))
     }
@@ -106,7 +106,7 @@ impl Sequential {
         });
         let limit = held.max(1 << 24);
         let mut m = Sequential::build(input, specs, crate::init::Init::TorchDefault, 0, limit)
-            .map_err(|e| Error::file(path, e.to_string()))?;
+            .map_err(|e| Error::file_from(path, "", e))?;
         let tensors = st.tensors.iter().cloned();
         // A file cnnkit wrote before the names followed PyTorch's module indices.
         let map: HashMap<String, Tensor> = if st.metadata.contains_key(ARCH_KEY)
@@ -117,7 +117,7 @@ impl Sequential {
             tensors.collect()
         };
         m.load_state_dict(&map)
-            .map_err(|e| Error::file(path, e.to_string()))?;
+            .map_err(|e| Error::file_from(path, "", e))?;
         m.eval();
         Ok(m)
     }
