@@ -403,3 +403,158 @@ fn the_pgd_result_survives_a_save() {
         assert_eq!(got.attack.kind, attack.kind);
     }
 }
+
+/// The two-class digits of `tests/fixtures/legacy_training_state.safetensors`: the first 120
+/// zeros and ones of the training set, split 3:1 with seed 7.
+fn legacy_fixture_data() -> (data::Dataset, data::Dataset) {
+    let (train, _) = data::digits().unwrap();
+    let idx: Vec<usize> = (0..train.len())
+        .filter(|&i| train.labels()[i] < 2)
+        .take(120)
+        .collect();
+    let sub = train.subset(&idx);
+    let two = data::Dataset::new(
+        sub.images().to_vec(),
+        sub.labels().to_vec(),
+        [1, 8, 8],
+        vec!["zero".into(), "one".into()],
+    )
+    .unwrap();
+    two.split(0.25, 7).unwrap()
+}
+
+/// The configuration the fixture was trained with.
+fn legacy_fixture_config() -> TrainConfig {
+    let norm = Normalization::new(vec![0.25], vec![0.5]).unwrap();
+    let mut augment: cnnkit::augment::Augment = "flip=0.5,noise=0.01".parse().unwrap();
+    augment.seed = 99;
+    augment.normalization = Some(norm.clone());
+    let mut attack = Attack::pgd(AttackNorm::L2, 0.5, 2);
+    attack.result = cnnkit::stability::PgdResult::Last;
+    attack.normalization = Some(norm);
+    attack.seed = 5;
+    let mut adversarial = AdversarialTraining::new(attack);
+    adversarial.fraction = 0.25;
+    TrainConfig {
+        epochs: 4,
+        batch_size: 16,
+        seed: 3,
+        schedule: "plateau:0.5:1:0.001:0:0:abs:1e-9".parse().unwrap(),
+        label_smoothing: 0.05,
+        eval_batch_size: 32,
+        class_weights: Some(vec![1.0, 1.5]),
+        sampler: "balanced".parse().unwrap(),
+        monitor: "auc".parse().unwrap(),
+        keep_best: true,
+        early_stopping: Some(3),
+        augment: Some(augment),
+        adversarial: Some(adversarial),
+        ..Default::default()
+    }
+}
+
+/// A training state written by cnnkit 0.1.0 before the typed record (its `train.*` entries were
+/// `k=v;` text): every setting comes back, and it resumes as a fresh run of the same settings
+/// stopped at the same step would. Saved again (in the record), it resumes bit for bit alike.
+#[test]
+fn a_training_state_of_the_earlier_format_resumes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/legacy_training_state.safetensors");
+    let (mut old, meta) = Trainer::load(&path).unwrap();
+    assert_eq!(meta.get("note").map(String::as_str), Some("legacy"));
+    assert_eq!(old.config(), &legacy_fixture_config());
+    // It was stopped after 14 steps: two epochs of 6 and 2 steps into the third.
+    assert_eq!((old.progress().epoch, old.progress().step), (2, 2));
+    assert_eq!(old.optimizer().steps(), 14);
+    assert_eq!(old.history().len(), 2);
+    assert!(old.history().iter().all(|r| r.val.is_some()));
+    assert_eq!(old.best().map(|b| b.0), Some(2));
+
+    // The same run from the start, stopped at the same step.
+    let (a, b) = legacy_fixture_data();
+    let arch = LayerSpec::parse_list("conv(4,3,p=1),bn,relu,maxpool(2),gap,dense(2)").unwrap();
+    let model = Sequential::new([1, 8, 8], &arch, 2).unwrap();
+    let mut fresh = Trainer::new(
+        model,
+        "adam(lr=0.01)".parse().unwrap(),
+        legacy_fixture_config(),
+    )
+    .unwrap();
+    let mut steps = 0;
+    fresh
+        .fit(&a, Some(&b), &mut |e| {
+            if let Event::Step { .. } = e {
+                steps += 1;
+            }
+            if steps == 14 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        })
+        .unwrap();
+    assert_eq!(fresh.progress(), old.progress());
+    let close = |x: &[f32], y: &[f32]| {
+        let scale = x.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| (p - q).abs() <= 1e-4 * scale)
+    };
+    assert!(close(fresh.model().params(), old.model().params()));
+
+    // Saved in the current format and loaded back, it continues exactly as the old file does.
+    let dir = TempDir::new("legacy_state");
+    let again = dir.0.join("again.safetensors");
+    old.save(&again, &meta).unwrap();
+    let (mut new, _) = Trainer::load(&again).unwrap();
+    assert_eq!(new.config(), old.config());
+    assert_eq!(new.history(), old.history());
+    for t in [&mut old, &mut new] {
+        t.fit(&a, Some(&b), &mut |_| Control::Continue).unwrap();
+    }
+    assert_eq!(weights_bits(&new), weights_bits(&old));
+    // The history of the last two epochs differs only in their wall-clock seconds.
+    let timeless = |t: &Trainer| {
+        let mut h = t.history().to_vec();
+        h.iter_mut().for_each(|r| r.seconds = 0.0);
+        h
+    };
+    assert_eq!(timeless(&new), timeless(&old));
+    assert_eq!(new.history().len(), 4);
+    assert_eq!(new.best(), old.best());
+}
+
+/// Each field of the training-state record is its own metadata entry: a malformed one is named,
+/// and a record of a newer format is refused as such.
+#[test]
+fn a_malformed_training_state_field_is_named() {
+    let dir = TempDir::new("record_fields");
+    let path = dir.0.join("t.safetensors");
+    let mut t = trainer("flatten,dense(10)", "sgd(lr=0.05)", 2, 0);
+    let (train, _) = digits();
+    t.fit(&train, None, &mut |_| Control::Continue).unwrap();
+    let good = t.to_safetensors(&BTreeMap::new());
+    for (key, value, want) in [
+        (
+            "train.config.epochs",
+            "two",
+            "malformed train.config.epochs",
+        ),
+        ("train.history.1.lr", "fast", "malformed train.history.1.lr"),
+        (
+            "train.progress.shuffle_rng",
+            "1,2",
+            "malformed train.progress.shuffle_rng",
+        ),
+        ("train.format", "2", "newer cnnkit"),
+    ] {
+        let mut st = good.clone();
+        st.metadata.insert(key.into(), value.into());
+        std::fs::write(&path, cnnkit::checkpoint::to_bytes(&st)).unwrap();
+        let e = Trainer::load(&path).unwrap_err().to_string();
+        assert!(e.contains(want), "{key}: {e}");
+    }
+    let mut st = good.clone();
+    st.metadata.remove("train.selection.plateau_bad");
+    std::fs::write(&path, cnnkit::checkpoint::to_bytes(&st)).unwrap();
+    let e = Trainer::load(&path).unwrap_err().to_string();
+    assert!(e.contains("missing train.selection.plateau_bad"), "{e}");
+}
