@@ -1,8 +1,8 @@
 //! Accuracy against the perturbation budget: how fast a classifier falls under attack, beside
 //! how little random noise of the same size does to it.
 
-use super::pixels::{PixelModel, in_eval};
-use super::{Attack, AttackKind, adversarial_examples, argmax};
+use super::attack::{Attack, AttackKind, AttackNorm, adversarial_examples};
+use super::pixels::{PixelModel, argmax, in_eval};
 use crate::error::{Error, Result};
 use crate::model::Sequential;
 use std::fmt::Write;
@@ -195,8 +195,8 @@ impl RobustnessCurve {
             );
         }
         let norm = match self.attack.norm {
-            super::AttackNorm::Linf => "L∞",
-            super::AttackNorm::L2 => "L2",
+            AttackNorm::Linf => "L∞",
+            AttackNorm::L2 => "L2",
         };
         let _ = writeln!(
             s,
@@ -257,7 +257,7 @@ mod tests {
     use super::*;
     use crate::data::normalization::Normalization;
     use crate::layer::spec::LayerSpec;
-    use crate::stability::AttackNorm;
+    use crate::stability::attack::AttackNorm;
 
     /// A two-class linear model and samples spread on both sides of its boundary.
     fn linear() -> (Sequential, Vec<f32>, Vec<u32>) {

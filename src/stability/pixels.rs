@@ -5,7 +5,7 @@
 //! rule (`∂/∂pixel = ∂/∂input / std[c]`) applied to its input gradients.
 
 use crate::data::normalization::Normalization;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Sequential;
 
 /// A model seen from pixel space: forward and input gradient on pixels.
@@ -79,4 +79,36 @@ pub(super) fn in_eval<R>(
         model.train();
     }
     r
+}
+
+// ------------------------------------------------------------- shared by the stability tools
+
+/// The Euclidean norm, in f64.
+pub(super) fn norm(v: &[f32]) -> f64 {
+    v.iter()
+        .map(|&a| (a as f64) * (a as f64))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// An `Err` naming the first value of `x` that is NaN or outside `[lo, hi]`.
+pub(super) fn check_in_range(op: &'static str, x: &[f32], (lo, hi): (f32, f32)) -> Result<()> {
+    match x.iter().position(|v| !(lo..=hi).contains(v)) {
+        Some(i) => Err(Error::invalid(
+            op,
+            "x",
+            format!("x[{i}] = {} is NaN or outside the range [{lo}, {hi}]", x[i]),
+        )),
+        None => Ok(()),
+    }
+}
+
+pub(super) fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &a) in v.iter().enumerate() {
+        if a > v[best] {
+            best = i;
+        }
+    }
+    best
 }

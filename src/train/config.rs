@@ -220,14 +220,14 @@ impl std::fmt::Display for Loss {
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdversarialTraining {
     /// The attack that makes the examples.
-    pub attack: crate::stability::Attack,
+    pub attack: crate::stability::attack::Attack,
     /// Fraction of each batch replaced, in `(0, 1]` (default 0.5).
     pub fraction: f32,
 }
 
 impl AdversarialTraining {
     /// Half of each batch replaced by `attack`'s examples.
-    pub fn new(attack: crate::stability::Attack) -> Self {
+    pub fn new(attack: crate::stability::attack::Attack) -> Self {
         AdversarialTraining {
             attack,
             fraction: 0.5,

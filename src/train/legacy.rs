@@ -9,7 +9,7 @@ use super::trainer::{EpochReport, Progress};
 use crate::augment::Augment;
 use crate::data::normalization::Normalization;
 use crate::metrics::Metrics;
-use crate::stability::{Attack, AttackNorm, PgdResult};
+use crate::stability::attack::{Attack, AttackNorm, PgdResult};
 use std::collections::{BTreeMap, HashMap};
 
 /// `key=value;key=value` into a map.

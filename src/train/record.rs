@@ -8,7 +8,7 @@ use crate::augment::Augment;
 use crate::data::normalization::Normalization;
 use crate::metrics::Metrics;
 use crate::optim::{LrSchedule, OptimizerKind};
-use crate::stability::{Attack, AttackKind, AttackNorm, PgdResult};
+use crate::stability::attack::{Attack, AttackKind, AttackNorm, PgdResult};
 use std::collections::BTreeMap;
 
 type Meta = BTreeMap<String, String>;

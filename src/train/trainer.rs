@@ -434,7 +434,7 @@ impl Trainer {
         let k = ((adv.fraction as f64 * n as f64).ceil() as usize).min(n);
         let plane = d / self.model.input_shape()[0].max(1);
         let steps_done = self.progress.epoch as u64 * 1_000_003 + self.progress.step as u64;
-        let attack = crate::stability::Attack {
+        let attack = crate::stability::attack::Attack {
             seed: adv.attack.seed.wrapping_add(steps_done),
             ..adv.attack.clone()
         };
@@ -446,7 +446,7 @@ impl Trainer {
             let (lo, hi) = attack.range;
             head.iter_mut().for_each(|v| *v = v.clamp(lo, hi));
         }
-        let ex = crate::stability::adversarial_examples(
+        let ex = crate::stability::attack::adversarial_examples(
             &mut self.model,
             head,
             &labels[..k],
