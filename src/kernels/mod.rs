@@ -10,10 +10,12 @@
 
 pub mod accum;
 pub mod activation;
+pub mod batch_norm;
 pub mod conv;
 pub mod dense;
+pub mod dropout;
+pub mod layer_norm;
 pub mod loss;
-pub mod norm;
 pub(crate) mod plane_ops;
 pub(crate) mod planes;
 pub mod pool;
@@ -21,9 +23,18 @@ pub mod softmax;
 
 pub use accum::Accum;
 pub use activation::*;
+pub use batch_norm::*;
 pub use conv::*;
 pub use dense::*;
+pub use dropout::*;
+pub use layer_norm::*;
 pub use loss::*;
-pub use norm::*;
 pub use pool::*;
 pub use softmax::*;
+
+/// The normalisation and dropout kernels under their earlier path, `kernels::norm`.
+pub mod norm {
+    pub use super::batch_norm::*;
+    pub use super::dropout::*;
+    pub use super::layer_norm::*;
+}

@@ -7,7 +7,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::kernels::accum::Accum;
-use crate::kernels::norm::RunningStats;
+use crate::kernels::batch_norm::RunningStats;
 use crate::shape::Shape4;
 
 #[derive(Debug)]
@@ -139,7 +139,7 @@ impl BatchNorm2d {
     ) -> Result<kernels::plane_ops::BnDx<'a>> {
         let c = self.shape[0];
         let (dgamma, dbeta) = grad.split_at_mut(c);
-        kernels::norm::batch_norm_backward_sums(
+        kernels::batch_norm::batch_norm_backward_sums(
             self.shape4(n),
             self.trained,
             x,
