@@ -4,7 +4,7 @@
 use crate::error::{Error, Result, check_len, mul};
 use crate::gemm::{FEW_ROWS, MatMut, MatRef, sgemm_rows};
 use crate::kernels::accum::Accum;
-use crate::kernels::conv::bias_backward;
+use crate::kernels::conv::backward_weights::bias_backward;
 use crate::par::{self, Items};
 
 /// A validated dense layer shape: `n` rows of `in_features` inputs to `out_features` outputs.

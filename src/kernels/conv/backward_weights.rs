@@ -1,0 +1,199 @@
+//! The weight and bias gradients: `dW_g += dy_n[g] · col(x_n)[g]ᵀ`, `db += Σ dy`, each output
+//! channel summed by one thread in image order.
+
+use super::plan::{
+    Src, backward_weights_len, conv2d_backward_weights_scratch_len, group_spans, im2col_parallel,
+    image_work, needs_col, taps, tiles, use_direct,
+};
+use super::{depthwise, direct};
+use crate::error::{Result, check_len, check_min_len};
+use crate::gemm::{MatMut, MatRef, gemm_serial};
+use crate::kernels::accum::Accum;
+use crate::kernels::planes::Planes;
+use crate::par::{self, Items};
+use crate::shape::Conv2dGeom;
+
+/// Gradient of [`conv2d_forward`] with respect to its weights and bias:
+/// `dw[o, c, p, q] = Σ_{n,i,j} dy[n,o,i,j] · x[n, g·C + c, i·s_h − pad_h + p·d_h, j·s_w − pad_w + q·d_w]`,
+/// `db[o] = Σ_{n,i,j} dy[n,o,i,j]`.
+///
+/// - `x`: `[n, c_in, in_h, in_w]`; `dy`: `[n, c_out, out_h, out_w]`
+/// - `dw`: `[c_out, c_in/groups, k_h, k_w]`, `db`: `[c_out]` or `None`; overwritten or added to
+///   according to `accum`
+/// - `ws`: at least [`conv2d_backward_weights_scratch_len`]
+///
+/// Each gradient element is summed by one thread in image order: the result is the same for any
+/// number of threads.
+///
+/// # Errors
+/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+pub fn conv2d_backward_weights(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    conv2d_backward_weights_from(g, x, Planes::Dense(dy), dw, db, accum, ws)
+}
+
+/// [`conv2d_backward_weights`] of an output gradient read through [`Planes`]: planes that are
+/// not stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`]), with
+/// the same sums in the same order; a depthwise convolution takes only stored planes.
+pub(crate) fn conv2d_backward_weights_from(
+    g: &Conv2dGeom,
+    x: &[f32],
+    dy: Planes<'_>,
+    dw: &mut [f32],
+    db: Option<&mut [f32]>,
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_backward_weights";
+    let (c_out, out_plane) = (g.c_out(), g.out_plane());
+    check_len(OP, "x", x, g.x_len())?;
+    dy.check(OP, "dy", g.n() * c_out, out_plane, c_out)?;
+    check_len(OP, "dw", dw, g.w_len())?;
+    if let Some(db) = &db {
+        check_len(OP, "db", db, c_out)?;
+    }
+    let made = !matches!(dy, Planes::Dense(_));
+    if g.is_depthwise() {
+        check_min_len(OP, "ws", ws, conv2d_backward_weights_scratch_len(g))?;
+        let Planes::Dense(dy) = dy else {
+            return Err(crate::error::Error::invalid(
+                OP,
+                "dy",
+                "depthwise: stored planes only",
+            ));
+        };
+        if let Some(db) = db {
+            bias_backward(g.n(), c_out, out_plane, dy, db, accum);
+        }
+        return depthwise::backward_weights(g, x, dy, dw, accum, ws);
+    }
+    check_min_len(OP, "ws", ws, backward_weights_len(g, made))?;
+    if let Some(db) = db {
+        bias_backward_from(g.n(), c_out, out_plane, dy, db, accum, ws)?;
+    }
+    let x_item = g.c_in() * g.in_plane();
+    if use_direct(g) {
+        let d = direct::Direct::for_wgrad(g);
+        let per_group = g.c_out_g() * g.k_g();
+        for (gi, dw_g) in dw.chunks_exact_mut(per_group).enumerate() {
+            let (x0, y0) = (gi * g.c_in_g(), gi * g.c_out_g());
+            direct::with_prep(|prep| {
+                let none = None::<direct::Then<'_, ()>>;
+                direct::wgrad(
+                    &d,
+                    prep,
+                    none,
+                    g.n(),
+                    x,
+                    x_item,
+                    x0,
+                    dy,
+                    c_out,
+                    y0,
+                    dw_g,
+                    accum,
+                    ws,
+                )
+            })?;
+        }
+        return Ok(());
+    }
+    if accum == Accum::Replace {
+        dw.fill(0.0);
+    }
+    let k_g = g.k_g();
+    let (img, ws) = ws.split_at_mut(if made { c_out * out_plane } else { 0 });
+    for (i, x_n) in x.chunks_exact(x_item).enumerate() {
+        let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img, true)?;
+        for oh in tiles(g) {
+            let src = if needs_col(g) {
+                let col = &mut ws[..taps(g) * oh.len() * g.out_w()];
+                im2col_parallel(g, x_n, oh.clone(), col)?;
+                Src::Col(col)
+            } else {
+                Src::Image(x_n)
+            };
+            let (c0, cols) = (oh.start * g.out_w(), oh.len() * g.out_w());
+            let work = image_work(g) * oh.len() / g.out_h();
+            par::for_each(
+                c_out,
+                work,
+                Items(&mut *dw, k_g),
+                #[inline(always)]
+                |o, Items(dw_rows, _)| {
+                    for (gi, os) in group_spans(&o, g.c_out_g()) {
+                        let a = MatRef::new(
+                            &dy_n[os.start * out_plane + c0..],
+                            os.len(),
+                            cols,
+                            out_plane,
+                            1,
+                        )?;
+                        let b = src.view(g, gi * k_g..(gi + 1) * k_g, &oh)?.t();
+                        let c = MatMut::row_major(
+                            &mut dw_rows[(os.start - o.start) * k_g..],
+                            os.len(),
+                            k_g,
+                        )?;
+                        gemm_serial(1.0, a, b, 1.0, c, false);
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `db[o] (+)= Σ_{n, pixels} dy[n, o, :]`, split over channels (one thread sums each channel, in
+/// image order).
+pub(crate) fn bias_backward(
+    n: usize,
+    c: usize,
+    plane: usize,
+    dy: &[f32],
+    db: &mut [f32],
+    accum: Accum,
+) {
+    // Infallible: stored planes are never made.
+    let _ = bias_backward_from(n, c, plane, Planes::Dense(dy), db, accum, &mut []);
+}
+
+/// [`bias_backward`] of an output gradient read through [`Planes`] (`ws`: a plane per parallel
+/// group when the planes are made; at least one).
+pub(crate) fn bias_backward_from(
+    n: usize,
+    c: usize,
+    plane: usize,
+    dy: Planes<'_>,
+    db: &mut [f32],
+    accum: Accum,
+    ws: &mut [f32],
+) -> Result<()> {
+    let (work, slot) = (n * c * plane, dy.slot(plane));
+    par::for_each_group(
+        c,
+        crate::kernels::accum::groups_in(c, work, ws.len(), slot),
+        Items(db, 1),
+        ws,
+        slot,
+        #[inline(always)]
+        |r, Items(db, _), s| {
+            for (o, d) in r.zip(db.iter_mut()) {
+                let mut sum = 0.0f64;
+                for i in 0..n {
+                    sum += crate::simd::sum(dy.plane(i * c + o, plane, c, s)?) as f64;
+                }
+                *d = accum.apply(*d, sum as f32);
+            }
+            Ok(())
+        },
+    )
+}
