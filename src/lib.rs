@@ -11,7 +11,7 @@
 //! | build a network from a layer list and run it | [`Sequential`], [`LayerSpec`] |
 //! | train it (epochs, batches, schedule, validation, Ctrl-C-safe resumption) | [`Trainer`], [`TrainConfig`], [`evaluate`], [`predict`] |
 //! | train with your own loop | [`Sequential::forward`] / [`Sequential::backward`] and an [`optim::Optimizer`] |
-//! | load data | [`data`]: embedded digits, MNIST IDX; [`image`](mod@image) (feature `image`): PNG/JPEG folders |
+//! | load data | [`data`]: embedded digits, MNIST IDX; `image` (feature `image`): PNG/JPEG folders |
 //! | enhance X-rays (CLAHE, equalisation, resize) as OpenCV does | [`preprocess`] |
 //! | save, load, exchange weights with PyTorch (safetensors) | [`Sequential::save`], [`Sequential::load`], [`checkpoint`] |
 //! | call one kernel on your own buffers (no allocation) | [`kernels`], [`gemm`] |
@@ -29,7 +29,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `rayon` | yes | batch-level parallelism on the caller's rayon pool; without it every kernel runs serially |
-//! | `image` | no | decoding PNG and JPEG ([`image`](mod@image)): image files and `ImageFolder`-style folders |
+//! | `image` | no | decoding PNG and JPEG (`cnnkit::image`): image files and `ImageFolder`-style folders |
 //! | `gzip` | no | reading gzip-compressed IDX (MNIST) files |
 //!
 //! ## Training

@@ -3,9 +3,12 @@
 //! crate lives below this module; the rest of the crate asks [`active`] and never a CPU feature of
 //! its own.
 //!
-//! - `kernel.rs`: the micro-kernel trait (tile sizes; GEMM tile, convolution tile, weight-gradient
-//!   tile, depthwise row) with its bounds checks, and the tile bodies, written once for any
-//!   register type.
+//! - `kernel/`: the micro-kernel trait (tile sizes; GEMM tile, convolution tile, weight-gradient
+//!   tile, depthwise row, 2x2 pool) with its bounds checks (`mod.rs`), the macro that instantiates
+//!   it per instruction set (`instantiate.rs`), and the bodies, written once for any register
+//!   type (`bodies/`).
+//! - `stream.rs`: the cache-bypassing stores and the empty barrier the element-wise maps of
+//!   `simd` use.
 //! - `x86_64/avx2.rs`, `x86_64/avx512.rs`: one file per instruction set — its register type, its
 //!   kernel token and its tile shape.
 //! - Here: [`Isa`], its detection, [`limit`] and [`active`], and the *kernel table*, from which

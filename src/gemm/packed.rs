@@ -455,7 +455,8 @@ mod shapes {
     //! (1024³, one thread) on candidate register tiles, interleaved rounds, for choosing the shape
     //! above.
     use crate::arch::isa::Isa;
-    use crate::arch::kernel::{MicroKernel, micro_kernels};
+    use crate::arch::kernel::MicroKernel;
+    use crate::arch::kernel::instantiate::micro_kernels;
     use crate::arch::x86_64::avx512::{Avx512, Zmm};
     use crate::gemm::packed::{self, Out, Strided};
 

@@ -74,7 +74,7 @@ pub fn batch_norm_forward_train(
 
 /// The statistics of [`batch_norm_forward_train`] without its output: `save_mean`,
 /// `save_invstd` and the running statistics (for a max-pool that reads the normalised values
-/// plane by plane, see [`crate::kernels::Planes`]).
+/// plane by plane, see [`crate::kernels::planes::Planes`]).
 pub(crate) fn batch_norm_train_stats(
     shape: Shape4,
     eps: f32,
@@ -211,7 +211,7 @@ fn affine_of(
 }
 
 /// Every channel's `(scale, shift)` of the output map (see [`affine_of`]), for a consumer that
-/// applies it plane by plane ([`crate::kernels::Planes::Affine`]) with the bits of [`normalize`].
+/// applies it plane by plane ([`crate::kernels::planes::Planes::Affine`]) with the bits of [`normalize`].
 pub(crate) fn batch_norm_affine(
     mean: &[f32],
     invstd: &[f32],

@@ -17,7 +17,7 @@ use crate::simd::{self, splat};
 /// - `save_mean`, `save_invstd`: `[rows]`, for [`layer_norm_backward`]
 ///
 /// # Errors
-/// [`Error::InvalidArg`] if `d == 0`; [`Error::Length`] if a buffer disagrees.
+/// [`Error::InvalidArg`](crate::error::Error::InvalidArg) if `d == 0`; [`Error::Length`](crate::error::Error::Length) if a buffer disagrees.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_forward(
     d: usize,
@@ -97,7 +97,7 @@ fn ln_affine_check(
 /// Outputs are overwritten or added to according to `accum`.
 ///
 /// # Errors
-/// [`Error::Length`] if a buffer disagrees.
+/// [`Error::Length`](crate::error::Error::Length) if a buffer disagrees.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm_backward(
     d: usize,

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::simd::{self, splat};
 
 /// The map from a batch norm's output gradient to its input gradient, per channel, once the
-/// sums of the backward pass are known (see [`batch_norm_backward`]).
+/// sums of the backward pass are known (see [`batch_norm_backward`](crate::kernels::batch_norm::batch_norm_backward)).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BnDx<'a> {
     pub(crate) training: bool,

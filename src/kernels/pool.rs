@@ -27,7 +27,7 @@ const MAX_LANE_WINDOW: usize = 64;
 /// PyTorch), so NaN propagates.
 ///
 /// # Errors
-/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+/// [`Error::Length`] if a buffer disagrees with `g`.
 pub fn max_pool2d_forward(
     g: &Pool2dGeom,
     x: &[f32],
@@ -222,8 +222,8 @@ pub(crate) fn max_pool2d_forward_from(
 /// - `dx`: `[n, c, in_h, in_w]`, overwritten or added to according to `accum`
 ///
 /// # Errors
-/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`;
-/// [`Error::InvalidArg`](crate::Error::InvalidArg) if an index is outside its plane (with
+/// [`Error::Length`] if a buffer disagrees with `g`;
+/// [`Error::InvalidArg`] if an index is outside its plane (with
 /// [`Accum::Add`] before anything is added; with [`Accum::Replace`], `dx` is then unspecified).
 pub fn max_pool2d_backward(
     g: &Pool2dGeom,
@@ -355,7 +355,7 @@ fn divisor(g: &Pool2dGeom, count_include_pad: bool, oh: usize, ow: usize) -> f32
 /// - `x`: `[n, c, in_h, in_w]`; `y`: `[n, c, out_h, out_w]`, overwritten
 ///
 /// # Errors
-/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+/// [`Error::Length`] if a buffer disagrees with `g`.
 pub fn avg_pool2d_forward(
     g: &Pool2dGeom,
     count_include_pad: bool,
@@ -402,7 +402,7 @@ pub fn avg_pool2d_forward(
 /// - `dy`: `[n, c, out_h, out_w]`; `dx`: `[n, c, in_h, in_w]`, overwritten or added to
 ///
 /// # Errors
-/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
+/// [`Error::Length`] if a buffer disagrees with `g`.
 pub fn avg_pool2d_backward(
     g: &Pool2dGeom,
     count_include_pad: bool,
@@ -455,8 +455,8 @@ pub fn avg_pool2d_backward(
 /// - `x`: `[n, c, h, w]`; `y`: `[n, c]`, overwritten
 ///
 /// # Errors
-/// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `shape`;
-/// [`Error::InvalidArg`](crate::Error::InvalidArg) for an empty plane.
+/// [`Error::Length`] if a buffer disagrees with `shape`;
+/// [`Error::InvalidArg`] for an empty plane.
 pub fn global_avg_pool_forward(shape: Shape4, x: &[f32], y: &mut [f32]) -> Result<()> {
     const OP: &str = "global_avg_pool_forward";
     let (plane, planes) = global_dims(OP, shape)?;

@@ -24,7 +24,7 @@
 //! | activations | `relu`, `leakyrelu[(SLOPE)]`, `elu[(ALPHA)]`, `sigmoid`, `tanh`, `softplus[(beta=B,threshold=T)]`, `gelu`, `gelu_tanh` | `nn.ReLU`, ... , `nn.GELU(approximate='tanh')` |
 //! | PReLU | `prelu` (one slope) or `prelu(channels)` (one per channel) | `nn.PReLU()` / `nn.PReLU(C)` |
 //! | RReLU | `rrelu[(LOWER,UPPER)]` (default 1/8, 1/3) | `nn.RReLU` |
-//! | residual block | `res(OUT[,s=S][,eps=E][,momentum=M|none])`: two 3x3 convolutions with batch norm (its `eps` and `momentum` as `bn`'s), identity or 1x1-projection shortcut | torchvision's `BasicBlock(in, OUT, stride=S, downsample=…)` |
+//! | residual block | `res(OUT[,s=S][,eps=E][,momentum=M\|none])`: two 3x3 convolutions with batch norm (its `eps` and `momentum` as `bn`'s), identity or 1x1-projection shortcut | torchvision's `BasicBlock(in, OUT, stride=S, downsample=…)` |
 
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;

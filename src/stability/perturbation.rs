@@ -101,7 +101,7 @@ impl PerturbationSearch {
     }
 }
 
-/// The worst-case perturbation search (see the [module docs](self)) for one input `x` (one
+/// The worst-case perturbation search (see the [module docs](crate::stability)) for one input `x` (one
 /// sample of `model`'s input shape). The model runs in evaluation mode (restored afterwards), so
 /// dropout and batch statistics do not move the target.
 ///

@@ -17,7 +17,8 @@ use crate::model::Sequential;
 use crate::rng::Rng;
 use crate::shape::Shape3;
 
-/// A saliency method (see the [module docs](self)).
+/// A saliency method: the plain input gradient, SmoothGrad or integrated gradients, each defined
+/// on its variant.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum SaliencyMethod {

@@ -24,7 +24,7 @@ pub struct TrainConfig {
     /// examples of the current model before the step.
     pub adversarial: Option<AdversarialTraining>,
     /// The loss (default cross-entropy against class labels; MSE or L1 for image targets,
-    /// [`Trainer::fit_to`]).
+    /// [`Trainer::fit_to`](super::Trainer::fit_to)).
     pub loss: Loss,
     /// Per-class weights of the cross-entropy (default none), as
     /// `torch.nn.CrossEntropyLoss(weight=…)`, label smoothing included (see
@@ -38,11 +38,11 @@ pub struct TrainConfig {
     /// (default: the validation loss; the training loss or accuracy without a validation set).
     pub monitor: Monitor,
     /// Keep the parameters and buffers of the best epoch by `monitor` (default false):
-    /// [`Trainer::best`] says which, [`Trainer::restore_best`] puts them back in the model.
+    /// [`Trainer::best`](super::Trainer::best) says which, [`Trainer::restore_best`](super::Trainer::restore_best) puts them back in the model.
     pub keep_best: bool,
     /// Stop when `monitor` has not improved for this many epochs (default none).
     pub early_stopping: Option<usize>,
-    /// Augmentation of the training images in [`Trainer::fit`] (default none): each epoch's
+    /// Augmentation of the training images in [`Trainer::fit`](super::Trainer::fit) (default none): each epoch's
     /// batches are augmented afresh, the same for any thread count and after a resume.
     pub augment: Option<crate::augment::Augment>,
 }
@@ -169,7 +169,7 @@ pub(crate) fn parse_floats(s: &str) -> Option<Vec<f32>> {
     v.filter(|v| !v.is_empty())
 }
 
-/// What a [`Trainer`] minimises.
+/// What a [`Trainer`](super::Trainer) minimises.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Loss {

@@ -2,7 +2,7 @@
 //!
 //! The tensors are the model's (`model.*`), the optimizer's state (`optim.*`) and, with model
 //! selection, the best epoch's model (`best.*`). Everything else is a typed
-//! [`Record`](super::record::Record) of metadata entries. Files written before the record (a few
+//! `Record` (`record.rs`) of metadata entries. Files written before the record (a few
 //! `k=v;` strings) are read by [`super::legacy`].
 
 use super::legacy;

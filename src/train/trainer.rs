@@ -634,7 +634,7 @@ impl Trainer {
     /// [`Trainer::fit`] for image targets ([`Pairs`]: an image-to-image network, such as one that
     /// undoes a degradation), with the configured [`Loss`] (MSE or L1). Epoch reports carry the
     /// mean training loss; their accuracy is NaN and their validation metrics `None` (measure
-    /// a validation set in `observe` with [`reconstruction_loss`]). Stopping and resuming work
+    /// a validation set in `observe` with [`reconstruction_loss`](super::reconstruction_loss)). Stopping and resuming work
     /// as for `fit`.
     ///
     /// # Errors

@@ -4,7 +4,8 @@
 #![allow(unsafe_code)]
 
 use crate::arch::isa::Isa;
-use crate::arch::kernel::{Vector, micro_kernels};
+use crate::arch::kernel::Vector;
+use crate::arch::kernel::instantiate::micro_kernels;
 use std::arch::x86_64::*;
 
 /// The AVX2/FMA micro-kernels; a value exists only on CPUs with AVX2 and FMA.
@@ -22,7 +23,11 @@ impl Avx2 {
 #[derive(Clone, Copy)]
 pub(crate) struct Ymm(__m256);
 
-impl Vector for Ymm {
+// SAFETY: `N` is the 256-bit register's width in floats; each method is the one intrinsic that
+// performs its operation (unaligned loads and stores of exactly `N` floats, IEEE f32 arithmetic,
+// `mul_add` a single fused multiply-add), and the transposes and pool helpers touch only the
+// addresses their contracts name.
+unsafe impl Vector for Ymm {
     const N: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self {

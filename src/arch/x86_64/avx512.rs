@@ -6,7 +6,8 @@
 #![allow(unsafe_code)]
 
 use crate::arch::isa::Isa;
-use crate::arch::kernel::{Vector, micro_kernels};
+use crate::arch::kernel::Vector;
+use crate::arch::kernel::instantiate::micro_kernels;
 use crate::arch::x86_64::avx2::{Avx2, transpose8_ymm};
 use std::arch::x86_64::*;
 
@@ -25,7 +26,11 @@ impl Avx512 {
 #[derive(Clone, Copy)]
 pub(crate) struct Zmm(__m512);
 
-impl Vector for Zmm {
+// SAFETY: `N` is the 512-bit register's width in floats; each method is the one intrinsic that
+// performs its operation (unaligned loads and stores of exactly `N` floats, IEEE f32 arithmetic,
+// `mul_add` a single fused multiply-add), and the transposes and pool helpers touch only the
+// addresses their contracts name.
+unsafe impl Vector for Zmm {
     const N: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {

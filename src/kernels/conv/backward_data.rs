@@ -47,11 +47,11 @@ pub(super) fn wt_dy_rows(
     Ok(())
 }
 
-/// Gradient of [`conv2d_forward`] with respect to its input: `dx = convᵀ(dy, w)`.
+/// Gradient of [`conv2d_forward`](super::conv2d_forward) with respect to its input: `dx = convᵀ(dy, w)`.
 ///
 /// - `w`: `[c_out, c_in/groups, k_h, k_w]`; `dy`: `[n, c_out, out_h, out_w]`
 /// - `dx`: `[n, c_in, in_h, in_w]`, overwritten ([`Accum::Replace`]) or added to ([`Accum::Add`])
-/// - `ws`: as for [`conv2d_forward`] ([`conv2d_backward_data_scratch_len`])
+/// - `ws`: as for [`conv2d_forward`](super::conv2d_forward) ([`conv2d_backward_data_scratch_len`](super::conv2d_backward_data_scratch_len))
 ///
 /// # Errors
 /// [`Error::Length`](crate::Error::Length) if a buffer disagrees with `g`.
@@ -67,7 +67,7 @@ pub fn conv2d_backward_data(
 }
 
 /// [`conv2d_backward_data`] of an output gradient read through [`Planes`]: planes that are not
-/// stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`]); a
+/// stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`](super::conv2d_pooled_scratch_len)); a
 /// depthwise convolution takes only stored planes.
 pub(crate) fn conv2d_backward_data_from(
     g: &Conv2dGeom,

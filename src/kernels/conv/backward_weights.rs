@@ -13,7 +13,7 @@ use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
 
-/// Gradient of [`conv2d_forward`] with respect to its weights and bias:
+/// Gradient of [`conv2d_forward`](super::conv2d_forward) with respect to its weights and bias:
 /// `dw[o, c, p, q] = Σ_{n,i,j} dy[n,o,i,j] · x[n, g·C + c, i·s_h − pad_h + p·d_h, j·s_w − pad_w + q·d_w]`,
 /// `db[o] = Σ_{n,i,j} dy[n,o,i,j]`.
 ///
@@ -40,7 +40,7 @@ pub fn conv2d_backward_weights(
 }
 
 /// [`conv2d_backward_weights`] of an output gradient read through [`Planes`]: planes that are
-/// not stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`]), with
+/// not stored are made an image at a time in the scratch ([`conv2d_pooled_scratch_len`](super::conv2d_pooled_scratch_len)), with
 /// the same sums in the same order; a depthwise convolution takes only stored planes.
 pub(crate) fn conv2d_backward_weights_from(
     g: &Conv2dGeom,

@@ -22,7 +22,7 @@ use std::ops::Range;
 /// - `x`: `[n, c_in, in_h, in_w]` (NCHW); `w`: `[c_out, c_in/groups, k_h, k_w]` (OIHW);
 ///   `b`: `[c_out]` or `None`
 /// - `y`: `[n, c_out, out_h, out_w]`, overwritten, never read
-/// - `ws`: scratch of at least one im2col tile; [`conv2d_forward_scratch_len`] lets every thread
+/// - `ws`: scratch of at least one im2col tile; [`conv2d_forward_scratch_len`](super::conv2d_forward_scratch_len) lets every thread
 ///   work (a shorter buffer uses fewer threads)
 ///
 /// # Errors
@@ -65,7 +65,7 @@ pub fn conv2d_forward(
 
 /// [`conv2d_forward`] followed by [`max_pool2d_forward`](crate::kernels::max_pool2d_forward)
 /// with indices, without storing the convolution's output: each image is convolved into scratch
-/// ([`conv2d_pooled_scratch_len`]) and pooled from there, so the values are those of the two
+/// ([`conv2d_pooled_scratch_len`](super::conv2d_pooled_scratch_len)) and pooled from there, so the values are those of the two
 /// passes. `pool` is the max-pool of the batch (its input is the convolution's output); the
 /// convolution has one group and is not depthwise.
 #[allow(clippy::too_many_arguments)]

@@ -88,7 +88,7 @@ pub(super) fn backward_data_slot(g: &Conv2dGeom) -> usize {
     }
 }
 
-/// Scratch for [`conv2d_forward`] that lets every thread of the current rayon pool work: per
+/// Scratch for [`conv2d_forward`](super::conv2d_forward) that lets every thread of the current rayon pool work: per
 /// thread one band of the prepared input and output (direct path, AVX2 or AVX-512 machines) or one
 /// im2col tile (elsewhere), or one zero-padded plane for depthwise convolutions; 0 for
 /// 1x1/stride-1/unpadded convolutions on the im2col path.
@@ -96,12 +96,12 @@ pub fn conv2d_forward_scratch_len(g: &Conv2dGeom) -> usize {
     forward_slot(g) * par::threads()
 }
 
-/// Scratch for [`conv2d_backward_data`]: as [`conv2d_forward_scratch_len`].
+/// Scratch for [`conv2d_backward_data`](super::conv2d_backward_data): as [`conv2d_forward_scratch_len`].
 pub fn conv2d_backward_data_scratch_len(g: &Conv2dGeom) -> usize {
     backward_data_slot(g) * par::threads()
 }
 
-/// Scratch for [`conv2d_backward_weights`]: shared by all threads (one im2col tile, or on the
+/// Scratch for [`conv2d_backward_weights`](super::conv2d_backward_weights): shared by all threads (one im2col tile, or on the
 /// direct path, per fixed chunk of images, a band of the prepared input and of the transposed
 /// output gradient and a partial transposed weight gradient of one group).
 pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
@@ -129,8 +129,8 @@ pub(super) fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
 }
 
 /// Scratch for the passes of a non-depthwise convolution whose output goes through a max-pool
-/// ([`conv2d_forward_pooled`]) or whose output gradient is read through [`Planes`] that are not
-/// stored ([`conv2d_backward_from`] and the separate passes it falls back to): each pass's
+/// ([`conv2d_forward_pooled`](super::conv2d_forward_pooled)) or whose output gradient is read through [`Planes`](crate::kernels::planes::Planes) that are not
+/// stored ([`conv2d_backward_from`](super::conv2d_backward_from) and the separate passes it falls back to): each pass's
 /// scratch plus an image of the convolution's output (or its gradient) per thread, or the
 /// merged backward pass's per-chunk scratch and bias sums.
 pub(crate) fn conv2d_pooled_scratch_len(g: &Conv2dGeom) -> usize {
