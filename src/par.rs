@@ -225,7 +225,7 @@ fn go<P: Parts>(
 ) -> Result<()> {
     if groups <= 1 {
         // Each group's work is compiled for every instruction set (see `arch::dispatch`).
-        return crate::simd::dispatch(
+        return crate::arch::dispatch(
             #[inline(always)]
             || f(r, parts, &mut ws[..slot]),
         );

@@ -25,6 +25,7 @@
 
 pub mod isa;
 pub(crate) mod kernel;
+pub(crate) mod stream;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(target_arch = "x86_64")]

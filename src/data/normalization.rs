@@ -78,7 +78,7 @@ impl Normalization {
     pub fn to_pixels(&self, plane: usize, input: &[f32], pixels: &mut [f32]) {
         // Inside `dispatch`, so that `mul_add` is the FMA instruction where the CPU has one
         // rather than the software `fmaf` of the x86-64 baseline (the same bits either way).
-        crate::simd::dispatch(
+        crate::arch::dispatch(
             #[inline(always)]
             || {
                 self.each(

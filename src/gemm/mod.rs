@@ -317,13 +317,13 @@ pub(crate) fn gemm_serial(
     if dots && m <= FEW_ROWS && k > 0 && a.cs == 1 && b.rs == 1 {
         // A few rows against a B whose columns are contiguous (a dense layer's `x·Wᵀ` on one
         // sample): one dot product per element; packing B would copy all of it for one use.
-        crate::simd::dispatch(
+        crate::arch::dispatch(
             #[inline(always)]
             || {
                 for i in 0..m {
                     let a_i = &a.data[i * a.rs..][..k];
                     for j in 0..n {
-                        let d = alpha * crate::simd::dot(a_i, &b.data[j * b.cs..][..k]);
+                        let d = alpha * crate::simd::iter::dot(a_i, &b.data[j * b.cs..][..k]);
                         let e = &mut c.data[i * c.rs + j * c.cs];
                         *e = if beta == 0.0 { d } else { d + beta * *e };
                     }

@@ -32,7 +32,11 @@ impl Accum {
 
     /// Lane version of [`Accum::apply`].
     #[inline(always)]
-    pub(crate) fn lanes(self, old: crate::simd::Lane, g: crate::simd::Lane) -> crate::simd::Lane {
+    pub(crate) fn lanes(
+        self,
+        old: crate::simd::lane::Lane,
+        g: crate::simd::lane::Lane,
+    ) -> crate::simd::lane::Lane {
         match self {
             Accum::Replace => g,
             Accum::Add => old + g,
@@ -48,11 +52,11 @@ pub(crate) fn zip_map_into(
     b: &[f32],
     out: &mut [f32],
     accum: Accum,
-    f: impl Fn(crate::simd::Lane, crate::simd::Lane) -> crate::simd::Lane,
+    f: impl Fn(crate::simd::lane::Lane, crate::simd::lane::Lane) -> crate::simd::lane::Lane,
 ) {
     match accum {
-        Accum::Replace => crate::simd::zip_map(a, b, out, f),
-        Accum::Add => crate::simd::zip_map_acc(
+        Accum::Replace => crate::simd::iter::zip_map(a, b, out, f),
+        Accum::Add => crate::simd::iter::zip_map_acc(
             a,
             b,
             out,

@@ -15,7 +15,8 @@ use crate::kernels::accum::Accum;
 use crate::par::{self, BLOCK, Items};
 use crate::rng::uniform_at;
 use crate::shape::Shape4;
-use crate::simd::{self, Lane, gt, le, lt, select, splat};
+use crate::simd;
+use crate::simd::lane::{Lane, gt, le, lt, select, splat};
 use std::f32::consts::FRAC_1_SQRT_2;
 
 /// `sqrt(2 / pi)`.

@@ -10,7 +10,8 @@ use crate::kernels::plane_ops::BnDx;
 use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
 use crate::shape::Shape4;
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Running statistics of a batch norm and the factor of their exponential moving average.
 #[derive(Debug)]

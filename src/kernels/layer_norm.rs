@@ -6,7 +6,8 @@
 use crate::error::{Result, check_len};
 use crate::kernels::accum::Accum;
 use crate::par::{self, Items};
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Layer normalisation over the last `d` elements, as
 /// `torch.nn.functional.layer_norm(x, normalized_shape, weight, bias, eps)` where the product of

@@ -8,7 +8,8 @@
 use crate::error::{Error, Result, check_len};
 use crate::kernels::softmax::{max_and_sum_exp, rows_of};
 use crate::par;
-use crate::simd::{self, Lane, splat};
+use crate::simd;
+use crate::simd::lane::{Lane, splat};
 
 /// Softmax cross-entropy with integer labels and mean reduction, as
 /// `torch.nn.functional.cross_entropy(logits, labels, label_smoothing=ε)`:

@@ -4,7 +4,8 @@
 
 use super::accum::{Accum, zip_map_into};
 use crate::error::Result;
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// The map from a batch norm's output gradient to its input gradient, per channel, once the
 /// sums of the backward pass are known (see [`batch_norm_backward`](crate::kernels::batch_norm::batch_norm_backward)).

@@ -164,10 +164,10 @@ impl<'a> Planes<'a> {
             Planes::Affine { x, scale, shift } => {
                 let s = &mut scratch[..plane];
                 let (a, b) = (
-                    crate::simd::splat(scale[p % c]),
-                    crate::simd::splat(shift[p % c]),
+                    crate::simd::lane::splat(scale[p % c]),
+                    crate::simd::lane::splat(shift[p % c]),
                 );
-                crate::simd::map(
+                crate::simd::iter::map(
                     &x[p * plane..][..plane],
                     s,
                     #[inline(always)]

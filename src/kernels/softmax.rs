@@ -8,7 +8,8 @@
 use crate::error::{Error, Result, check_len};
 use crate::kernels::accum::Accum;
 use crate::par;
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Rows of a row-major `[rows, cols]` buffer of length `len`.
 pub(crate) fn rows_of(op: &'static str, cols: usize, len: usize) -> Result<usize> {

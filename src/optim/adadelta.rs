@@ -2,7 +2,8 @@
 
 use crate::error::{Result, check_len};
 use crate::par::{self, BLOCK, Items};
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Adadelta hyper-parameters, as `torch.optim.Adadelta` (defaults: lr 1.0, rho 0.9, eps 1e-6,
 /// weight decay 0).

@@ -2,7 +2,8 @@
 
 use crate::error::{Result, check_len};
 use crate::par::{self, BLOCK, Items};
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Adagrad hyper-parameters, as `torch.optim.Adagrad` (defaults: lr 1e-2, lr_decay 0, weight
 /// decay 0, initial accumulator value 0, eps 1e-10).

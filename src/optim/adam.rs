@@ -2,7 +2,8 @@
 
 use crate::error::{Result, check_len};
 use crate::par::{self, BLOCK, Items};
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Adam / AdamW hyper-parameters, as `torch.optim.Adam` (defaults: lr 1e-3, betas (0.9, 0.999),
 /// eps 1e-8, weight decay 0 — AdamW's default weight decay is 1e-2, see [`AdamConfig::adamw`]).

@@ -2,7 +2,8 @@
 
 use crate::error::{Result, check_len};
 use crate::par::{self, BLOCK, Items};
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// RMSprop hyper-parameters, as `torch.optim.RMSprop` (defaults: lr 1e-2, alpha 0.99, eps 1e-8,
 /// weight decay 0, momentum 0, not centred).

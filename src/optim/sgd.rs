@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::par::{self, BLOCK, Items};
-use crate::simd::{self, splat};
+use crate::simd;
+use crate::simd::lane::splat;
 
 /// Stochastic gradient descent with momentum, as `torch.optim.SGD` (defaults included).
 #[derive(Clone, Copy, Debug, PartialEq)]

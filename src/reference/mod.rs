@@ -116,13 +116,13 @@ pub fn erfc(x: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use crate::simd::tests::{check, grid};
+    use crate::simd::math::tests::{check, grid};
 
     /// The lane `erfc` (exact GELU's) against this `f64` reference.
     #[test]
     fn the_lane_erfc_matches_the_reference() {
         let mut xs = grid(-6.0, 9.2, 40_000);
         xs.extend([0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 15.0]);
-        check(crate::simd::erfc, super::erfc, &xs, 5e-7, 0.0);
+        check(crate::simd::math::erfc, super::erfc, &xs, 5e-7, 0.0);
     }
 }

@@ -83,11 +83,11 @@ pub(crate) fn conv2d_backward_from(
                     (Items(dx_n, _), Items(s_n, _)): (Items<'_, f32>, Items<'_, f32>),
                     ws: &mut [f32],
                     split: bool| {
-            crate::simd::dispatch(
+            crate::arch::dispatch(
                 #[inline(always)]
                 || {
                     for (o, s) in s_n.iter_mut().enumerate() {
-                        *s = crate::simd::sum(&dy_n[o * out_plane..][..out_plane]);
+                        *s = crate::simd::iter::sum(&dy_n[o * out_plane..][..out_plane]);
                     }
                 },
             );

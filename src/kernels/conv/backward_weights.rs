@@ -189,7 +189,7 @@ pub(crate) fn bias_backward_from(
             for (o, d) in r.zip(db.iter_mut()) {
                 let mut sum = 0.0f64;
                 for i in 0..n {
-                    sum += crate::simd::sum(dy.plane(i * c + o, plane, c, s)?) as f64;
+                    sum += crate::simd::iter::sum(dy.plane(i * c + o, plane, c, s)?) as f64;
                 }
                 *d = accum.apply(*d, sum as f32);
             }

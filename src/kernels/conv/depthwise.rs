@@ -15,7 +15,8 @@ use crate::error::Result;
 use crate::kernels::accum::Accum;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
-use crate::simd::{self, LANES, Lane, splat};
+use crate::simd;
+use crate::simd::lane::{LANES, Lane, splat};
 
 /// A zero-padded plane: `rows x cols` with the image at `(pad_h, pad_w)`, plus slack for the
 /// widest register's reads past the last row.

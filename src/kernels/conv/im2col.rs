@@ -115,7 +115,7 @@ pub(crate) fn col2im_add(
             let src = &src[ow_ok.clone()];
             let dst = &mut dx_c[ih as usize * in_w + iw0..];
             if s_w == 1 {
-                crate::simd::map_in_place_zip(
+                crate::simd::iter::map_in_place_zip(
                     src,
                     &mut dst[..src.len()],
                     #[inline(always)]
