@@ -1,15 +1,21 @@
 //! The GEMM gateway: `C = alpha * A * B + beta * C` on strided `f32` matrices.
 //!
-//! This is the only module that calls `matrixmultiply`, and the only one with `unsafe`. Matrices
-//! are described by [`MatRef`] / [`MatMut`] (slice, rows, cols, row stride `rs`, column stride
-//! `cs`); their constructors prove that every element lies inside the slice, and for [`MatMut`]
-//! that no two elements share a location, so the call below is sound for any value that
-//! type-checks. A transpose is a view with the strides swapped ([`MatRef::t`]).
+//! Matrices are described by [`MatRef`] / [`MatMut`] (slice, rows, cols, row stride `rs`, column
+//! stride `cs`); their constructors prove that every element lies inside the slice, and for
+//! [`MatMut`] that no two elements share a location, so a product is sound for any value that
+//! type-checks. A transpose is a view with the strides swapped ([`MatRef::t`]). This module is
+//! the only caller of `matrixmultiply`; its one `unsafe` block is that call.
 //!
-//! Two implementations, chosen at run time:
+//! Three ways to compute a product, chosen per call:
 //! - on CPUs with AVX2 and FMA or AVX-512, cnnkit's own packed GEMM (`packed`: BLIS blocking
 //!   around the instruction set's micro-kernel from `arch`);
-//! - elsewhere (or under [`crate::arch::limit`]`(Some(Isa::Portable))`), `matrixmultiply`.
+//! - elsewhere (or under [`crate::arch::limit`]`(Some(Isa::Portable))`), `matrixmultiply`;
+//! - for a product of at most `FEW_ROWS` rows, when the caller allows it for the whole product it
+//!   splits (`sgemm_rows`), dot products, which skip the packing a tiny product cannot repay.
+//!
+//! [`sgemm`] is the public entry (dimensions checked, an `Err` on a mismatch); `gemm_serial` runs
+//! on the calling thread, for kernels that split the work themselves; `warm_thread` makes a
+//! thread's packing buffers ahead of time so that no later product allocates.
 
 pub(crate) mod packed;
 

@@ -3,8 +3,11 @@
 //! `B` is packed a `KC x NC` block at a time into `NR`-column panels, `A` an `MC x KC` block at a
 //! time into `MR`-row panels, and the micro-kernel (any [`MicroKernel`]: the tile shape comes
 //! from the instruction set) multiplies one `MR x NR` tile of `C` per call.
-//! Sources implement [`PackA`] / [`PackB`]: a strided matrix, or (for convolutions) an image read
-//! as its im2col matrix without that matrix ever being built.
+//! Sources implement [`PackA`] / [`PackB`]; today the one source is a strided matrix
+//! ([`Strided`]). (Convolutions that skip the im2col matrix do not come through here: the direct
+//! path in `kernels::conv::direct` drives the instruction set's convolution tile itself.) The
+//! packing buffers are per thread and grown once ([`warm`]), so a steady-state product allocates
+//! nothing.
 //!
 //! Every element of `C` is accumulated over `k` in the same order (blocks of `KC`, in order, one
 //! fused multiply-add per step) whichever rows or columns a call covers and whichever
