@@ -36,6 +36,10 @@ fn all_activations() -> Vec<Activation> {
         },
         Activation::Gelu,
         Activation::GeluTanh,
+        Activation::Relu6,
+        Activation::Hardsigmoid,
+        Activation::Hardswish,
+        Activation::Silu,
     ]
 }
 
@@ -52,6 +56,10 @@ fn activation() -> impl Strategy<Value = Activation> {
             .prop_map(|(beta, threshold)| Activation::Softplus { beta, threshold }),
         Just(Activation::Gelu),
         Just(Activation::GeluTanh),
+        Just(Activation::Relu6),
+        Just(Activation::Hardsigmoid),
+        Just(Activation::Hardswish),
+        Just(Activation::Silu),
     ]
 }
 
@@ -125,6 +133,64 @@ fn every_activation_matches_reference_at_lane_boundaries_and_special_values() {
             .unwrap();
         }
     }
+}
+
+/// The piecewise activations at and around their kinks, from their definitions in
+/// `torch.nn` (checked against torch 2.15): ReLU6 and hardsigmoid have gradient 0 at the kinks,
+/// hardswish 0 at −3 and 1 at 3; a NaN input passes `dy` through ReLU6's and hardswish's
+/// gradients and gives 0 through hardsigmoid's.
+#[test]
+fn piecewise_activations_take_torch_branches_at_their_kinks() {
+    let x = [-3.0f32, 3.0, 0.0, 6.0, -3.5, 7.0, 1.5, -1.5];
+    let dy = [1.0f32; 8];
+    let cases: [(Activation, [f32; 8], [f32; 8]); 3] = [
+        (
+            Activation::Relu6,
+            [0.0, 3.0, 0.0, 6.0, 0.0, 6.0, 1.5, 0.0],
+            [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        ),
+        (
+            Activation::Hardsigmoid,
+            [0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 0.75, 0.25],
+            [0.0, 0.0, 1.0 / 6.0, 0.0, 0.0, 0.0, 1.0 / 6.0, 1.0 / 6.0],
+        ),
+        (
+            Activation::Hardswish,
+            [0.0, 3.0, 0.0, 6.0, 0.0, 7.0, 1.125, -0.375],
+            [0.0, 1.0, 0.5, 1.0, 0.0, 1.0, 1.0, 0.0],
+        ),
+    ];
+    for (act, want_y, want_dx) in cases {
+        let y = fwd(act, &x);
+        let mut dx = nans(8);
+        bwd(act, &x, &dy, &mut dx, Accum::Replace);
+        for i in 0..8 {
+            assert!(
+                (y[i] - want_y[i]).abs() <= 1e-6,
+                "{act:?}({}) = {}",
+                x[i],
+                y[i]
+            );
+            assert!(
+                (dx[i] - want_dx[i]).abs() <= 1e-6,
+                "{act:?}'({}) = {}",
+                x[i],
+                dx[i]
+            );
+        }
+        assert!(fwd(act, &[f32::NAN])[0].is_nan(), "{act:?} keeps NaN");
+        let mut dx = [f32::NAN];
+        bwd(act, &[f32::NAN], &[2.0], &mut dx, Accum::Replace);
+        let want = if act == Activation::Hardsigmoid {
+            0.0
+        } else {
+            2.0
+        };
+        assert_eq!(dx[0], want, "{act:?}'(NaN)");
+    }
+    assert!(fwd(Activation::Hardswish, &[f32::NEG_INFINITY])[0].is_nan());
+    let y = fwd(Activation::Relu6, &[-0.0]);
+    assert!(y[0] == 0.0 && y[0].is_sign_negative());
 }
 
 /// PyTorch keeps the sign of −0.0 through ReLU (`x < 0 ? 0 : x`) and maps −1 to +0.

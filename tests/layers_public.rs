@@ -92,6 +92,10 @@ fn cnnkit_layers_pass_the_public_check() {
         ("res(4)", [2, 5, 5]),
         ("dense(4)", [6, 1, 1]),
         ("gelu", [2, 3, 3]),
+        ("relu6", [2, 3, 3]),
+        ("hardsigmoid", [2, 3, 3]),
+        ("hardswish", [2, 3, 3]),
+        ("silu", [2, 3, 3]),
     ] {
         let s: LayerSpec = spec.parse().unwrap();
         let l = layer::build(&s, input).unwrap();

@@ -25,6 +25,10 @@ fn network() -> impl Strategy<Value = (cnnkit::Shape3, String, usize)> {
         Just("prelu"),
         Just("prelu(channels)"),
         Just("rrelu"),
+        Just("relu6"),
+        Just("hardsigmoid"),
+        Just("hardswish"),
+        Just("silu"),
     ];
     let block = (
         1..4usize,

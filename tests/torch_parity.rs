@@ -237,6 +237,29 @@ fn activations_match_torch_values_gradients_and_special_values() {
         activation_backward(act, x, &y, &vec![1.0; x.len()], &mut d, Accum::Replace).unwrap();
         assert_close(&format!("{act:?} grad"), &d, want_d, 2e-6, 1e-5).unwrap();
     }
+    // The piecewise-linear activations at their kinks, and SiLU.
+    let x = t::ACT_KINK_X;
+    for (act, want_y, want_d) in [
+        (Activation::Relu6, t::ACT_RELU6_Y, t::ACT_RELU6_D),
+        (
+            Activation::Hardsigmoid,
+            t::ACT_HARDSIGMOID_Y,
+            t::ACT_HARDSIGMOID_D,
+        ),
+        (
+            Activation::Hardswish,
+            t::ACT_HARDSWISH_Y,
+            t::ACT_HARDSWISH_D,
+        ),
+        (Activation::Silu, t::ACT_SILU_Y, t::ACT_SILU_D),
+    ] {
+        let mut y = nans(x.len());
+        activation_forward(act, x, &mut y).unwrap();
+        assert_close(&format!("{act:?} y"), &y, want_y, 2e-6, 4e-6).unwrap();
+        let mut d = nans(x.len());
+        activation_backward(act, x, &y, &vec![1.0; x.len()], &mut d, Accum::Replace).unwrap();
+        assert_close(&format!("{act:?} grad"), &d, want_d, 2e-6, 1e-5).unwrap();
+    }
     for (act, want) in [
         (Activation::Relu, t::ACT_SPECIAL_RELU),
         (Activation::ELU, t::ACT_SPECIAL_ELU),
@@ -244,6 +267,10 @@ fn activations_match_torch_values_gradients_and_special_values() {
         (Activation::Tanh, t::ACT_SPECIAL_TANH),
         (Activation::SOFTPLUS, t::ACT_SPECIAL_SOFTPLUS),
         (Activation::Gelu, t::ACT_SPECIAL_GELU),
+        (Activation::Relu6, t::ACT_SPECIAL_RELU6),
+        (Activation::Hardsigmoid, t::ACT_SPECIAL_HARDSIGMOID),
+        (Activation::Hardswish, t::ACT_SPECIAL_HARDSWISH),
+        (Activation::Silu, t::ACT_SPECIAL_SILU),
     ] {
         let mut y = nans(3);
         activation_forward(act, t::ACT_SPECIAL_X, &mut y).unwrap();

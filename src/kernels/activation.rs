@@ -16,7 +16,7 @@ use crate::par::{self, BLOCK, Items};
 use crate::rng::uniform_at;
 use crate::shape::Shape4;
 use crate::simd;
-use crate::simd::lane::{Lane, gt, le, lt, select, splat};
+use crate::simd::lane::{Lane, ge, gt, le, lt, select, splat};
 use std::f32::consts::FRAC_1_SQRT_2;
 
 /// `sqrt(2 / pi)`.
@@ -59,6 +59,19 @@ pub enum Activation {
     /// GELU's tanh approximation: `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`
     /// (`torch.nn.GELU(approximate='tanh')`).
     GeluTanh,
+    /// `min(max(x, 0), 6)` (`torch.nn.ReLU6`); NaN and `-0.0` pass through. The gradient is 0
+    /// for `x <= 0` and `x >= 6` and `dy` otherwise (NaN included), as PyTorch's
+    /// `hardtanh_backward`.
+    Relu6,
+    /// `min(max(x + 3, 0), 6) / 6` (`torch.nn.Hardsigmoid`); the gradient is `dy/6` for
+    /// `-3 < x < 3` and 0 elsewhere.
+    Hardsigmoid,
+    /// `x · min(max(x + 3, 0), 6) / 6` (`torch.nn.Hardswish`, MobileNetV3's activation; `−∞`
+    /// gives NaN, as in PyTorch); the gradient is 0 for `x <= -3`, `dy·(x/3 + 1/2)` for
+    /// `-3 < x < 3` and `dy` from 3 on (NaN included).
+    Hardswish,
+    /// `x · σ(x)` (`torch.nn.SiLU`, "swish", EfficientNet's activation).
+    Silu,
 }
 
 impl Activation {
@@ -84,7 +97,11 @@ impl Activation {
     /// Relative cost per element (for the serial threshold).
     fn cost(self) -> usize {
         match self {
-            Activation::Relu | Activation::LeakyRelu { .. } => 1,
+            Activation::Relu
+            | Activation::LeakyRelu { .. }
+            | Activation::Relu6
+            | Activation::Hardsigmoid
+            | Activation::Hardswish => 1,
             _ => 20,
         }
     }
@@ -122,6 +139,29 @@ fn gelu(x: Lane) -> Lane {
 fn gelu_tanh(x: Lane) -> Lane {
     let inner = (x * x * x).mul_add(splat(GELU_KAPPA), x) * splat(SQRT_2_OVER_PI);
     x * splat(0.5) * (splat(1.0) + simd::tanh(inner))
+}
+
+#[inline(always)]
+fn relu6(x: Lane) -> Lane {
+    let low = select(lt(x, splat(0.0)), splat(0.0), x);
+    select(gt(x, splat(6.0)), splat(6.0), low)
+}
+/// `min(max(x + 3, 0), 6)`, NaN kept.
+#[inline(always)]
+fn clamp_x_plus_3(x: Lane) -> Lane {
+    relu6(x + splat(3.0))
+}
+#[inline(always)]
+fn hardsigmoid(x: Lane) -> Lane {
+    clamp_x_plus_3(x) / splat(6.0)
+}
+#[inline(always)]
+fn hardswish(x: Lane) -> Lane {
+    x * clamp_x_plus_3(x) / splat(6.0)
+}
+#[inline(always)]
+fn silu(x: Lane) -> Lane {
+    x * simd::sigmoid(x)
 }
 
 // `dL/dx` given `dy = dL/dy` and the operand the gradient needs: `x` for the ReLU family, ELU,
@@ -170,6 +210,30 @@ fn gelu_tanh_grad(x: Lane, dy: Lane) -> Lane {
         * splat(SQRT_2_OVER_PI)
         * x2.mul_add(splat(3.0 * GELU_KAPPA), splat(1.0));
     dy * (left + right)
+}
+
+#[inline(always)]
+fn relu6_grad(x: Lane, dy: Lane) -> Lane {
+    // PyTorch's `x <= 0 || x >= 6 ? 0 : dy`: a NaN input passes `dy` on.
+    let outside = le(x, splat(0.0)) | ge(x, splat(6.0));
+    select(outside, splat(0.0), dy)
+}
+#[inline(always)]
+fn hardsigmoid_grad(x: Lane, dy: Lane) -> Lane {
+    let inside = gt(x, splat(-3.0)) & lt(x, splat(3.0));
+    select(inside, dy * splat(1.0 / 6.0), splat(0.0))
+}
+#[inline(always)]
+fn hardswish_grad(x: Lane, dy: Lane) -> Lane {
+    // PyTorch's `x <= -3 ? 0 : x < 3 ? dy·(x/3 + 1/2) : dy` (a NaN input passes `dy` on).
+    let middle = dy * (x / splat(3.0) + splat(0.5));
+    let upper = select(lt(x, splat(3.0)), middle, dy);
+    select(le(x, splat(-3.0)), splat(0.0), upper)
+}
+#[inline(always)]
+fn silu_grad(x: Lane, dy: Lane) -> Lane {
+    let s = simd::sigmoid(x);
+    dy * s * x.mul_add(splat(1.0) - s, splat(1.0))
 }
 
 /// `y = f(x)` over the whole slice, in parallel blocks, for one lane function.
@@ -296,6 +360,34 @@ pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) -> Result<(
             #[inline(always)]
             |v| gelu_tanh(v),
         ),
+        Activation::Relu6 => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| relu6(v),
+        ),
+        Activation::Hardsigmoid => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| hardsigmoid(v),
+        ),
+        Activation::Hardswish => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| hardswish(v),
+        ),
+        Activation::Silu => forward_pass(
+            x,
+            y,
+            c,
+            #[inline(always)]
+            |v| silu(v),
+        ),
     }
     Ok(())
 }
@@ -320,7 +412,7 @@ pub(crate) fn relu_in_place(y: &mut [f32]) {
 }
 
 /// `dx = dy · f'(x)` for the activation `act`, given the forward input `x` and output `y`
-/// (ReLU-type activations read `x`, sigmoid and tanh read `y`).
+/// (sigmoid and tanh read `y`, every other activation reads `x`).
 ///
 /// # Errors
 /// [`Error::Length`] if the buffers differ in length; [`Error::InvalidArg`] as for
@@ -411,6 +503,42 @@ pub fn activation_backward(
             c,
             #[inline(always)]
             |o, d| gelu_tanh_grad(o, d),
+        ),
+        Activation::Relu6 => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| relu6_grad(o, d),
+        ),
+        Activation::Hardsigmoid => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| hardsigmoid_grad(o, d),
+        ),
+        Activation::Hardswish => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| hardswish_grad(o, d),
+        ),
+        Activation::Silu => backward_pass(
+            x,
+            dy,
+            dx,
+            accum,
+            c,
+            #[inline(always)]
+            |o, d| silu_grad(o, d),
         ),
     }
     Ok(())

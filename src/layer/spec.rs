@@ -21,7 +21,7 @@
 //! | layer norm | `ln[(eps=E)]` (over each sample's `C·H·W` values) | `nn.LayerNorm([C, H, W])` |
 //! | dropout | `dropout[(P)]` (default 0.5) | `nn.Dropout` |
 //! | Gaussian noise | `noise(STD)`: `x + STD·N(0, 1)` in training, identity in evaluation; `noise(0.1),relu` is a noisy ReLU | — (`x + std * torch.randn_like(x)` when training) |
-//! | activations | `relu`, `leakyrelu[(SLOPE)]`, `elu[(ALPHA)]`, `sigmoid`, `tanh`, `softplus[(beta=B,threshold=T)]`, `gelu`, `gelu_tanh` | `nn.ReLU`, ... , `nn.GELU(approximate='tanh')` |
+//! | activations | `relu`, `leakyrelu[(SLOPE)]`, `elu[(ALPHA)]`, `sigmoid`, `tanh`, `softplus[(beta=B,threshold=T)]`, `gelu`, `gelu_tanh`, `relu6`, `hardsigmoid`, `hardswish`, `silu` | `nn.ReLU`, ... , `nn.GELU(approximate='tanh')`, `nn.ReLU6`, `nn.Hardsigmoid`, `nn.Hardswish`, `nn.SiLU` |
 //! | PReLU | `prelu` (one slope) or `prelu(channels)` (one per channel) | `nn.PReLU()` / `nn.PReLU(C)` |
 //! | RReLU | `rrelu[(LOWER,UPPER)]` (default 1/8, 1/3) | `nn.RReLU` |
 //! | residual block | `res(OUT[,s=S][,eps=E][,momentum=M\|none])`: two 3x3 convolutions with batch norm (its `eps` and `momentum` as `bn`'s), identity or 1x1-projection shortcut | torchvision's `BasicBlock(in, OUT, stride=S, downsample=…)` |
@@ -345,6 +345,10 @@ impl fmt::Display for LayerSpec {
                 }
                 Activation::Gelu => write!(f, "gelu"),
                 Activation::GeluTanh => write!(f, "gelu_tanh"),
+                Activation::Relu6 => write!(f, "relu6"),
+                Activation::Hardsigmoid => write!(f, "hardsigmoid"),
+                Activation::Hardswish => write!(f, "hardswish"),
+                Activation::Silu => write!(f, "silu"),
             },
             LayerSpec::PRelu { per_channel } => {
                 write!(
@@ -591,6 +595,10 @@ impl std::str::FromStr for LayerSpec {
             "tanh" => act(a, 0, Activation::Tanh)?,
             "gelu" => act(a, 0, Activation::Gelu)?,
             "gelu_tanh" => act(a, 0, Activation::GeluTanh)?,
+            "relu6" => act(a, 0, Activation::Relu6)?,
+            "hardsigmoid" => act(a, 0, Activation::Hardsigmoid)?,
+            "hardswish" => act(a, 0, Activation::Hardswish)?,
+            "silu" | "swish" => act(a, 0, Activation::Silu)?,
             "leakyrelu" | "leaky_relu" => {
                 let slope = a.num(0, "slope", Some(0.01))?;
                 act(a, 1, Activation::LeakyRelu { slope })?
@@ -663,9 +671,9 @@ mod tests {
         let text = "conv(32,3,p=1),relu,maxpool(2),conv(16,5x3,s=2x1,p=2x1,d=2,g=2,bias=false),\
                     bn(eps=0.001,momentum=none),leakyrelu(0.1),avgpool(3,s=2,p=1,count_include_pad=false),\
                     gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
-                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
+                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
-        assert_eq!(specs.len(), 24);
+        assert_eq!(specs.len(), 28);
         let printed = LayerSpec::list_to_string(&specs);
         assert_eq!(LayerSpec::parse_list(&printed).unwrap(), specs);
         assert_eq!(specs[0], LayerSpec::conv(32, 3, 1));

@@ -41,6 +41,11 @@ pub fn activation(act: Activation, x: f64) -> f64 {
             let k = (2.0 / std::f64::consts::PI).sqrt();
             0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh())
         }
+        // PyTorch's formulas, special values included (hardswish(−∞) is −∞·0 = NaN).
+        Activation::Relu6 => x.clamp(0.0, 6.0),
+        Activation::Hardsigmoid => (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Hardswish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        Activation::Silu => x / (1.0 + (-x).exp()),
     }
 }
 
@@ -91,6 +96,35 @@ pub fn activation_derivative(act: Activation, x: f64) -> f64 {
             let u = k * (x + 0.044715 * x * x * x);
             let t = u.tanh();
             0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+        }
+        // PyTorch's branches at the kinks: 0 at both ends for ReLU6 and hardsigmoid; for
+        // hardswish 0 at −3 and 1 at 3. A NaN input takes the last branch.
+        Activation::Relu6 => {
+            if x <= 0.0 || x >= 6.0 {
+                0.0
+            } else {
+                1.0
+            }
+        }
+        Activation::Hardsigmoid => {
+            if x > -3.0 && x < 3.0 {
+                1.0 / 6.0
+            } else {
+                0.0
+            }
+        }
+        Activation::Hardswish => {
+            if x <= -3.0 {
+                0.0
+            } else if x < 3.0 {
+                x / 3.0 + 0.5
+            } else {
+                1.0
+            }
+        }
+        Activation::Silu => {
+            let s = 1.0 / (1.0 + (-x).exp());
+            s * (1.0 + x * (1.0 - s))
         }
     }
 }
