@@ -96,6 +96,7 @@ fn cnnkit_layers_pass_the_public_check() {
         ("hardsigmoid", [2, 3, 3]),
         ("hardswish", [2, 3, 3]),
         ("silu", [2, 3, 3]),
+        ("adaptive_avgpool(2x3)", [2, 5, 4]),
     ] {
         let s: LayerSpec = spec.parse().unwrap();
         let l = layer::build(&s, input).unwrap();

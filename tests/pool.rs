@@ -4,8 +4,9 @@
 mod common;
 
 use cnnkit::kernels::{
-    Accum, avg_pool2d_backward, avg_pool2d_forward, global_avg_pool_backward,
-    global_avg_pool_forward, max_pool2d_backward, max_pool2d_forward,
+    Accum, adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d_backward,
+    avg_pool2d_forward, global_avg_pool_backward, global_avg_pool_forward, max_pool2d_backward,
+    max_pool2d_forward,
 };
 use cnnkit::{Pool2dGeom, Pool2dParams, Shape4, reference};
 use common::gradcheck::{Tol, check_vjp};
@@ -186,6 +187,57 @@ proptest! {
             Tol::DEFAULT,
         ))?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(64)))]
+
+    /// Any input and output size, smaller or larger than the input (overlapping windows,
+    /// repeated inputs): the forward against PyTorch's definition, the backward against finite
+    /// differences and with accumulation.
+    #[test]
+    fn adaptive_avg_pool_matches_reference_and_finite_differences(
+        (s, out, x, dy) in (1..3usize, 1..3usize, 1..8usize, 1..8usize, 1..9usize, 1..9usize)
+            .prop_flat_map(|(n, c, h, w, oh, ow)| {
+                let s = Shape4::new(n, c, h, w);
+                (Just(s), Just([oh, ow]), vals(n * c * h * w), vals(n * c * oh * ow))
+            })
+    ) {
+        let mut y = nans(dy.len());
+        par(|| adaptive_avg_pool2d_forward(s, out, &x, &mut y)).unwrap();
+        assert_close("y", &y, &reference::adaptive_avg_pool2d_forward(s, out, &x), 1e-6, 1e-5)?;
+        par(|| check_vjp(
+            &x,
+            &dy,
+            |x, y| adaptive_avg_pool2d_forward(s, out, x, y).unwrap(),
+            |_, dy, dx| adaptive_avg_pool2d_backward(s, out, dy, dx, Accum::Replace).unwrap(),
+            Tol::DEFAULT,
+        ))?;
+        let mut once = nans(x.len());
+        adaptive_avg_pool2d_backward(s, out, &dy, &mut once, Accum::Replace).unwrap();
+        let old = values(7, x.len());
+        let mut added = old.clone();
+        adaptive_avg_pool2d_backward(s, out, &dy, &mut added, Accum::Add).unwrap();
+        let want: Vec<f32> = once.iter().zip(&old).map(|(a, b)| a + b).collect();
+        assert_close("dx add", &added, &want, 1e-6, 1e-6)?;
+    }
+}
+
+/// Output size 1 is global average pooling; the output size of the input is the identity; an
+/// empty output side is refused.
+#[test]
+fn adaptive_avg_pool_special_sizes() {
+    let s = Shape4::new(2, 3, 5, 4);
+    let x = values(3, s.n * s.c * 20);
+    let (mut a, mut b) = (nans(6), nans(6));
+    adaptive_avg_pool2d_forward(s, [1, 1], &x, &mut a).unwrap();
+    global_avg_pool_forward(s, &x, &mut b).unwrap();
+    assert_close("1x1", &a, &b, 1e-6, 1e-6).unwrap();
+    let mut same = nans(x.len());
+    adaptive_avg_pool2d_forward(s, [5, 4], &x, &mut same).unwrap();
+    assert_eq!(same, x);
+    let e = adaptive_avg_pool2d_forward(s, [0, 2], &x, &mut a).unwrap_err();
+    assert!(e.to_string().contains("output_size"), "{e}");
 }
 
 /// The overlapping 3x3/stride-2/pad-1 case of ResNet stems, where windows share rows and

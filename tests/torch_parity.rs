@@ -318,3 +318,22 @@ fn softmax_and_losses_match_torch() {
     close("mse", &[l], t::MSE_LOSS);
     close("mse grad", &d, t::MSE_DX);
 }
+
+/// Adaptive average pooling with overlapping windows (7 rows to 3) and with an output larger than
+/// its input (6 columns to 9).
+#[test]
+fn adaptive_avg_pool_matches_torch() {
+    use cnnkit::kernels::{adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward};
+    let s = Shape4::new(2, 3, 7, 6);
+    for (out, x, want_y, dy, want_dx) in [
+        ([3, 5], t::AAP_A_X, t::AAP_A_Y, t::AAP_A_DY, t::AAP_A_DX),
+        ([9, 4], t::AAP_B_X, t::AAP_B_Y, t::AAP_B_DY, t::AAP_B_DX),
+    ] {
+        let mut y = nans(want_y.len());
+        adaptive_avg_pool2d_forward(s, out, x, &mut y).unwrap();
+        close("y", &y, want_y);
+        let mut dx = nans(x.len());
+        adaptive_avg_pool2d_backward(s, out, dy, &mut dx, Accum::Replace).unwrap();
+        close("dx", &dx, want_dx);
+    }
+}

@@ -10,6 +10,7 @@
 
 pub mod accum;
 pub mod activation;
+pub mod adaptive_pool;
 pub mod batch_norm;
 pub mod conv;
 pub mod dense;
@@ -23,6 +24,7 @@ pub mod softmax;
 
 pub use accum::Accum;
 pub use activation::*;
+pub use adaptive_pool::*;
 pub use batch_norm::*;
 pub use conv::*;
 pub use dense::*;

@@ -192,6 +192,9 @@ pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
             Box::new(pool::Pool::new(spec, input)?)
         }
         LayerSpec::GlobalAvgPool => Box::new(pool::GlobalAvgPool::new(input)),
+        LayerSpec::AdaptiveAvgPool2d { out } => {
+            Box::new(pool::AdaptiveAvgPool::new(spec, *out, input)?)
+        }
         LayerSpec::Flatten => Box::new(pool::Flatten::new(input)),
         LayerSpec::BatchNorm2d { eps, momentum } => {
             Box::new(norm::BatchNorm2d::new(*eps, *momentum, input)?)

@@ -289,6 +289,61 @@ impl Layer for GlobalAvgPool {
     }
 }
 
+/// Adaptive average pooling to a fixed output size.
+#[derive(Debug)]
+pub(crate) struct AdaptiveAvgPool {
+    input: Shape3,
+    out: [usize; 2],
+}
+
+impl AdaptiveAvgPool {
+    pub fn new(spec: &LayerSpec, out: [usize; 2], input: Shape3) -> Result<Self> {
+        if input[1] == 0 || input[2] == 0 || out[0] == 0 || out[1] == 0 {
+            return Err(super::shape_error(
+                spec,
+                input,
+                "the input plane and the output size must not be empty",
+            ));
+        }
+        Ok(AdaptiveAvgPool { input, out })
+    }
+    fn shape(&self, n: usize) -> Shape4 {
+        Shape4::new(n, self.input[0], self.input[1], self.input[2])
+    }
+}
+
+impl Layer for AdaptiveAvgPool {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::AdaptiveAvgPool2d { out: self.out }
+    }
+    fn out_shape(&self) -> Shape3 {
+        [self.input[0], self.out[0], self.out[1]]
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        kernels::adaptive_pool::adaptive_avg_pool2d_forward(self.shape(n), self.out, x, y)
+    }
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { n, dy, dx, .. } = b;
+        match dx {
+            Some(dx) => kernels::adaptive_pool::adaptive_avg_pool2d_backward(
+                self.shape(n),
+                self.out,
+                dy,
+                dx,
+                Accum::Replace,
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Flatten {
     input: Shape3,

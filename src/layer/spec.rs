@@ -80,6 +80,11 @@ pub enum LayerSpec {
     },
     /// Global average pooling to `[C]` (flat output).
     GlobalAvgPool,
+    /// Adaptive average pooling to `[C, out[0], out[1]]` (`nn.AdaptiveAvgPool2d(out)`).
+    AdaptiveAvgPool2d {
+        /// Output height and width.
+        out: [usize; 2],
+    },
     /// Flattens `[C, H, W]` to `[C·H·W]`.
     Flatten,
     /// Batch normalisation over channels.
@@ -323,6 +328,7 @@ impl fmt::Display for LayerSpec {
                 write!(f, ")")
             }
             LayerSpec::GlobalAvgPool => write!(f, "gap"),
+            LayerSpec::AdaptiveAvgPool2d { out } => write!(f, "adaptive_avgpool({})", pair(*out)),
             LayerSpec::Flatten => write!(f, "flatten"),
             LayerSpec::BatchNorm2d { eps, momentum } => {
                 write!(f, "bn(eps={eps:?},momentum=")?;
@@ -561,6 +567,11 @@ impl std::str::FromStr for LayerSpec {
                 a.done(3)?;
                 spec
             }
+            "adaptive_avgpool" | "adaptiveavgpool" | "adaptiveavgpool2d" => {
+                let out = a.pair(0, "out", None)?;
+                a.done(1)?;
+                LayerSpec::AdaptiveAvgPool2d { out }
+            }
             "gap" | "globalavgpool" => {
                 a.done(0)?;
                 LayerSpec::GlobalAvgPool
@@ -671,9 +682,9 @@ mod tests {
         let text = "conv(32,3,p=1),relu,maxpool(2),conv(16,5x3,s=2x1,p=2x1,d=2,g=2,bias=false),\
                     bn(eps=0.001,momentum=none),leakyrelu(0.1),avgpool(3,s=2,p=1,count_include_pad=false),\
                     gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
-                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
+                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
-        assert_eq!(specs.len(), 28);
+        assert_eq!(specs.len(), 30);
         let printed = LayerSpec::list_to_string(&specs);
         assert_eq!(LayerSpec::parse_list(&printed).unwrap(), specs);
         assert_eq!(specs[0], LayerSpec::conv(32, 3, 1));

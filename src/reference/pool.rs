@@ -117,3 +117,29 @@ pub fn global_avg_pool_forward(s: Shape4, x: &[f32]) -> Vec<f32> {
         .map(|p| (p.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32)
         .collect()
 }
+
+/// Adaptive average pooling to `out` per plane, from PyTorch's definition: output `i` averages
+/// the inputs `floor(i·len/out) <= j < ceil((i + 1)·len/out)` (real quotients), in `f64`.
+pub fn adaptive_avg_pool2d_forward(s: Shape4, out: [usize; 2], x: &[f32]) -> Vec<f32> {
+    let range = |i: usize, o: usize, len: usize| {
+        let a = (i as f64 * len as f64 / o as f64).floor() as usize;
+        let b = ((i + 1) as f64 * len as f64 / o as f64).ceil() as usize;
+        a..b
+    };
+    let mut y = Vec::new();
+    for p in x.chunks(s.h * s.w) {
+        for oh in 0..out[0] {
+            for ow in 0..out[1] {
+                let (mut sum, mut count) = (0.0f64, 0usize);
+                for ih in range(oh, out[0], s.h) {
+                    for iw in range(ow, out[1], s.w) {
+                        sum += p[ih * s.w + iw] as f64;
+                        count += 1;
+                    }
+                }
+                y.push((sum / count as f64) as f32);
+            }
+        }
+    }
+    y
+}
