@@ -97,6 +97,9 @@ fn cnnkit_layers_pass_the_public_check() {
         ("hardswish", [2, 3, 3]),
         ("silu", [2, 3, 3]),
         ("adaptive_avgpool(2x3)", [2, 5, 4]),
+        ("upsample(2x3)", [2, 3, 2]),
+        ("upsample(2,mode=bilinear)", [2, 3, 3]),
+        ("upsample(3,mode=bilinear,align_corners=true)", [1, 2, 3]),
     ] {
         let s: LayerSpec = spec.parse().unwrap();
         let l = layer::build(&s, input).unwrap();

@@ -337,3 +337,47 @@ fn adaptive_avg_pool_matches_torch() {
         close("dx", &dx, want_dx);
     }
 }
+
+/// `nn.Upsample` by integer factors in each mode.
+#[test]
+fn upsample_matches_torch() {
+    use cnnkit::kernels::{UpsampleMode, upsample2d_backward, upsample2d_forward};
+    let s = Shape4::new(2, 2, 3, 4);
+    for (factor, mode, x, want_y, dy, want_dx) in [
+        (
+            [2, 3],
+            UpsampleMode::Nearest,
+            t::UP_NEAREST_X,
+            t::UP_NEAREST_Y,
+            t::UP_NEAREST_DY,
+            t::UP_NEAREST_DX,
+        ),
+        (
+            [2, 2],
+            UpsampleMode::Bilinear {
+                align_corners: false,
+            },
+            t::UP_BILINEAR_X,
+            t::UP_BILINEAR_Y,
+            t::UP_BILINEAR_DY,
+            t::UP_BILINEAR_DX,
+        ),
+        (
+            [3, 2],
+            UpsampleMode::Bilinear {
+                align_corners: true,
+            },
+            t::UP_ALIGNED_X,
+            t::UP_ALIGNED_Y,
+            t::UP_ALIGNED_DY,
+            t::UP_ALIGNED_DX,
+        ),
+    ] {
+        let mut y = nans(want_y.len());
+        upsample2d_forward(s, factor, mode, x, &mut y).unwrap();
+        close("y", &y, want_y);
+        let mut dx = nans(x.len());
+        upsample2d_backward(s, factor, mode, dy, &mut dx, Accum::Replace).unwrap();
+        close("dx", &dx, want_dx);
+    }
+}

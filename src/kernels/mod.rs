@@ -21,6 +21,7 @@ pub(crate) mod plane_ops;
 pub(crate) mod planes;
 pub mod pool;
 pub mod softmax;
+pub mod upsample;
 
 pub use accum::Accum;
 pub use activation::*;
@@ -33,6 +34,7 @@ pub use layer_norm::*;
 pub use loss::*;
 pub use pool::*;
 pub use softmax::*;
+pub use upsample::*;
 
 /// The normalisation and dropout kernels under their earlier path, `kernels::norm`.
 pub mod norm {

@@ -12,6 +12,7 @@ pub(crate) mod norm;
 pub(crate) mod pool;
 mod residual;
 pub(crate) mod spec;
+mod upsample;
 
 pub use spec::LayerSpec;
 
@@ -192,6 +193,9 @@ pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
             Box::new(pool::Pool::new(spec, input)?)
         }
         LayerSpec::GlobalAvgPool => Box::new(pool::GlobalAvgPool::new(input)),
+        LayerSpec::Upsample { scale, mode } => {
+            Box::new(upsample::Upsample::new(spec, *scale, *mode, input)?)
+        }
         LayerSpec::AdaptiveAvgPool2d { out } => {
             Box::new(pool::AdaptiveAvgPool::new(spec, *out, input)?)
         }

@@ -28,6 +28,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::activation::Activation;
+use crate::kernels::upsample::UpsampleMode;
 use std::fmt;
 
 /// One layer's kind and hyper-parameters (shapes are inferred from the layer before it).
@@ -80,6 +81,13 @@ pub enum LayerSpec {
     },
     /// Global average pooling to `[C]` (flat output).
     GlobalAvgPool,
+    /// Upsampling by integer factors (`nn.Upsample(scale_factor=scale, mode=…)`).
+    Upsample {
+        /// Height and width factors.
+        scale: [usize; 2],
+        /// Nearest or bilinear.
+        mode: UpsampleMode,
+    },
     /// Adaptive average pooling to `[C, out[0], out[1]]` (`nn.AdaptiveAvgPool2d(out)`).
     AdaptiveAvgPool2d {
         /// Output height and width.
@@ -329,6 +337,19 @@ impl fmt::Display for LayerSpec {
             }
             LayerSpec::GlobalAvgPool => write!(f, "gap"),
             LayerSpec::AdaptiveAvgPool2d { out } => write!(f, "adaptive_avgpool({})", pair(*out)),
+            LayerSpec::Upsample { scale, mode } => {
+                write!(f, "upsample({}", pair(*scale))?;
+                match mode {
+                    UpsampleMode::Nearest => {}
+                    UpsampleMode::Bilinear { align_corners } => {
+                        write!(f, ",mode=bilinear")?;
+                        if *align_corners {
+                            write!(f, ",align_corners=true")?;
+                        }
+                    }
+                }
+                write!(f, ")")
+            }
             LayerSpec::Flatten => write!(f, "flatten"),
             LayerSpec::BatchNorm2d { eps, momentum } => {
                 write!(f, "bn(eps={eps:?},momentum=")?;
@@ -567,6 +588,22 @@ impl std::str::FromStr for LayerSpec {
                 a.done(3)?;
                 spec
             }
+            "upsample" => {
+                let scale = a.pair(0, "scale", None)?;
+                let align_corners = a.flag("align_corners", false)?;
+                let mode = match a.get(usize::MAX, "mode") {
+                    None | Some("nearest") if !align_corners => UpsampleMode::Nearest,
+                    None | Some("nearest") => {
+                        return Err(bad(s, "align_corners applies to mode=bilinear only"));
+                    }
+                    Some("bilinear") => UpsampleMode::Bilinear { align_corners },
+                    Some(m) => {
+                        return Err(bad(s, format!("mode = '{m}': use nearest or bilinear")));
+                    }
+                };
+                a.done(1)?;
+                LayerSpec::Upsample { scale, mode }
+            }
             "adaptive_avgpool" | "adaptiveavgpool" | "adaptiveavgpool2d" => {
                 let out = a.pair(0, "out", None)?;
                 a.done(1)?;
@@ -682,9 +719,9 @@ mod tests {
         let text = "conv(32,3,p=1),relu,maxpool(2),conv(16,5x3,s=2x1,p=2x1,d=2,g=2,bias=false),\
                     bn(eps=0.001,momentum=none),leakyrelu(0.1),avgpool(3,s=2,p=1,count_include_pad=false),\
                     gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
-                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
+                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),upsample(2),upsample(3x2,mode=bilinear),upsample(2,mode=bilinear,align_corners=true),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
-        assert_eq!(specs.len(), 30);
+        assert_eq!(specs.len(), 33);
         let printed = LayerSpec::list_to_string(&specs);
         assert_eq!(LayerSpec::parse_list(&printed).unwrap(), specs);
         assert_eq!(specs[0], LayerSpec::conv(32, 3, 1));

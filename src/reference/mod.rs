@@ -8,11 +8,13 @@ mod conv;
 mod elementwise;
 mod norm;
 mod pool;
+mod upsample;
 
 pub use conv::*;
 pub use elementwise::*;
 pub use norm::*;
 pub use pool::*;
+pub use upsample::*;
 
 /// `C = A·B` for row-major `A: [m, k]`, `B: [k, n]`.
 pub fn matmul(m: usize, k: usize, n: usize, a: &[f32], b: &[f32]) -> Vec<f32> {
