@@ -157,7 +157,8 @@ pub use layer::{Layer, LayerSpec};
 pub use memory::{memory_budget, set_memory_budget};
 pub use model::{Sequential, StateTensors};
 pub use shape::{
-    Conv2dGeom, Conv2dParams, Pool2dGeom, Pool2dParams, Shape3, Shape4, Tensor, TensorData,
+    Conv2dGeom, Conv2dParams, ConvTranspose2dGeom, Pool2dGeom, Pool2dParams, Shape3, Shape4,
+    Tensor, TensorData,
 };
 pub use train::{
     AdversarialTraining, Control, EpochReport, Event, Loss, Monitor, Progress, Sampler,

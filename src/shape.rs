@@ -128,6 +128,117 @@ fn out_len(input: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Opt
     Some((padded - span) / stride + 1)
 }
 
+/// A validated 2-D transposed convolution (`torch.nn.ConvTranspose2d`), described by the
+/// convolution it is the adjoint of: that convolution maps the transposed convolution's output
+/// shape back to its input shape, with the same kernel, stride, padding, dilation and groups.
+///
+/// Output size per axis: `(in − 1)·stride − 2·padding + dilation·(k − 1) + output_padding + 1`.
+/// Weights are `[c_in, c_out / groups, k_h, k_w]`, PyTorch's layout, which is the adjoint
+/// convolution's OIHW.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvTranspose2dGeom {
+    conv: Conv2dGeom,
+    output_padding: [usize; 2],
+}
+
+impl ConvTranspose2dGeom {
+    /// Validates a transposed convolution of input `x` (NCHW) to `c_out` channels.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] as [`Conv2dGeom::new`], for an `output_padding` not smaller than the
+    /// stride (PyTorch also allows one below the dilation; cnnkit does not), or for an output
+    /// size below 1; [`Error::TooLarge`] if a buffer size overflows.
+    pub fn new(
+        x: Shape4,
+        c_out: usize,
+        kernel: [usize; 2],
+        p: Conv2dParams,
+        output_padding: [usize; 2],
+    ) -> Result<Self> {
+        const OP: &str = "ConvTranspose2dGeom::new";
+        let mut out = [0usize; 2];
+        for a in 0..2 {
+            let (len, k, s, pad, d) = (
+                [x.h, x.w][a],
+                kernel[a],
+                p.stride[a],
+                p.padding[a],
+                p.dilation[a],
+            );
+            if s == 0 || d == 0 || k == 0 || len == 0 {
+                // Conv2dGeom::new names which.
+                break;
+            }
+            if output_padding[a] >= s {
+                return Err(Error::invalid(
+                    OP,
+                    ["output_padding_h", "output_padding_w"][a],
+                    format!("{} must be smaller than the stride {s}", output_padding[a]),
+                ));
+            }
+            let grown = (len - 1)
+                .checked_mul(s)
+                .and_then(|v| v.checked_add(d.checked_mul(k - 1)?))
+                .and_then(|v| v.checked_add(output_padding[a] + 1))
+                .ok_or_else(|| Error::too_large(OP, "output size"))?;
+            out[a] = grown
+                .checked_sub(pad.saturating_mul(2))
+                .filter(|&o| o >= 1)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        OP,
+                        ["padding_h", "padding_w"][a],
+                        format!("2·{pad} leaves no output of an input of {len}"),
+                    )
+                })?;
+        }
+        let conv = Conv2dGeom::new(Shape4::new(x.n, c_out, out[0], out[1]), x.c, kernel, p)?;
+        if conv.out != [x.h, x.w] {
+            return Err(Error::invalid(
+                OP,
+                "shape",
+                format!(
+                    "the adjoint convolution maps {}x{} to {}x{}, not back to {}x{}",
+                    out[0], out[1], conv.out[0], conv.out[1], x.h, x.w
+                ),
+            ));
+        }
+        Ok(ConvTranspose2dGeom {
+            conv,
+            output_padding,
+        })
+    }
+
+    /// The convolution this is the adjoint of: its input is this output, its output this input.
+    pub const fn conv(&self) -> &Conv2dGeom {
+        &self.conv
+    }
+    /// `output_padding`.
+    pub const fn output_padding(&self) -> [usize; 2] {
+        self.output_padding
+    }
+    /// Input shape `[n, c_in, in_h, in_w]`.
+    pub const fn x_shape(&self) -> Shape4 {
+        self.conv.y_shape()
+    }
+    /// Output shape `[n, c_out, out_h, out_w]`.
+    pub const fn y_shape(&self) -> Shape4 {
+        self.conv.x_shape()
+    }
+    /// Elements of `x`.
+    pub const fn x_len(&self) -> usize {
+        self.conv.y_len()
+    }
+    /// Elements of `y`.
+    pub const fn y_len(&self) -> usize {
+        self.conv.x_len()
+    }
+    /// Elements of `w`: `c_in * c_out/groups * k_h * k_w`.
+    pub const fn w_len(&self) -> usize {
+        self.conv.w_len()
+    }
+}
+
 /// A validated 2-D convolution: input shape, kernel, parameters and derived output size.
 ///
 /// Weights are OIHW: `[c_out, c_in / groups, k_h, k_w]`.

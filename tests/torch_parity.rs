@@ -381,3 +381,43 @@ fn upsample_matches_torch() {
         close("dx", &dx, want_dx);
     }
 }
+
+/// `F.conv_transpose2d` with groups, per-axis stride, padding, output padding and dilation.
+#[test]
+fn conv_transpose_matches_torch() {
+    use cnnkit::kernels::{
+        conv_transpose2d_backward_data, conv_transpose2d_backward_data_scratch_len,
+        conv_transpose2d_backward_weights, conv_transpose2d_backward_weights_scratch_len,
+        conv_transpose2d_forward, conv_transpose2d_forward_scratch_len,
+    };
+    let p = cnnkit::Conv2dParams {
+        stride: [2, 3],
+        padding: [1, 0],
+        dilation: [1, 2],
+        groups: 2,
+    };
+    let g =
+        cnnkit::ConvTranspose2dGeom::new(Shape4::new(2, 4, 3, 4), 6, [3, 2], p, [1, 2]).unwrap();
+    let mut y = nans(g.y_len());
+    let mut ws = vec![0.0; conv_transpose2d_forward_scratch_len(&g)];
+    conv_transpose2d_forward(&g, t::CT_X, t::CT_W, Some(t::CT_B), &mut y, &mut ws).unwrap();
+    close("y", &y, t::CT_Y);
+    let mut dx = nans(g.x_len());
+    let mut ws = vec![0.0; conv_transpose2d_backward_data_scratch_len(&g)];
+    conv_transpose2d_backward_data(&g, t::CT_W, t::CT_DY, &mut dx, &mut ws).unwrap();
+    close("dx", &dx, t::CT_DX);
+    let (mut dw, mut db) = (nans(g.w_len()), nans(6));
+    let mut ws = vec![0.0; conv_transpose2d_backward_weights_scratch_len(&g)];
+    conv_transpose2d_backward_weights(
+        &g,
+        t::CT_X,
+        t::CT_DY,
+        &mut dw,
+        Some(&mut db),
+        Accum::Replace,
+        &mut ws,
+    )
+    .unwrap();
+    close("dw", &dw, t::CT_DW);
+    close("db", &db, t::CT_DB);
+}

@@ -7,6 +7,7 @@
 
 mod activation;
 pub(crate) mod conv2d;
+mod conv_transpose;
 mod dense;
 pub(crate) mod norm;
 pub(crate) mod pool;
@@ -188,6 +189,9 @@ pub trait Layer: Send + std::fmt::Debug {
 pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
     Ok(match spec {
         LayerSpec::Conv2d { .. } => Box::new(conv2d::Conv2d::new(spec, input)?),
+        LayerSpec::ConvTranspose2d { .. } => {
+            Box::new(conv_transpose::ConvTranspose2d::new(spec, input)?)
+        }
         LayerSpec::Dense { out, bias } => Box::new(dense::Dense::new(*out, *bias, input)?),
         LayerSpec::MaxPool2d { .. } | LayerSpec::AvgPool2d { .. } => {
             Box::new(pool::Pool::new(spec, input)?)

@@ -12,6 +12,9 @@
 //! | layer | form | PyTorch module |
 //! |---|---|---|
 //! | convolution | `conv(OUT,K[,s=S][,p=P][,d=D][,g=G][,bias=BOOL])` | `nn.Conv2d` |
+//! | transposed convolution | `convt(OUT,K[,s=S][,p=P][,op=OP][,d=D][,g=G][,bias=BOOL])` (`op` < `s`) | `nn.ConvTranspose2d` |
+//! | upsampling | `upsample(S[,mode=bilinear][,align_corners=true])` | `nn.Upsample(scale_factor=S)` |
+//! | adaptive average pooling | `adaptive_avgpool(OUT)` | `nn.AdaptiveAvgPool2d(OUT)` |
 //! | dense | `dense(OUT[,bias=BOOL])` | `nn.Linear` |
 //! | max pooling | `maxpool(K[,s=S][,p=P])` (stride defaults to K) | `nn.MaxPool2d` |
 //! | average pooling | `avgpool(K[,s=S][,p=P][,count_include_pad=BOOL])` | `nn.AvgPool2d` |
@@ -45,6 +48,25 @@ pub enum LayerSpec {
         stride: [usize; 2],
         /// Zero padding.
         padding: [usize; 2],
+        /// Dilation.
+        dilation: [usize; 2],
+        /// Groups.
+        groups: usize,
+        /// Whether the layer has a bias.
+        bias: bool,
+    },
+    /// 2-D transposed convolution (`nn.ConvTranspose2d`).
+    ConvTranspose2d {
+        /// Output channels.
+        out: usize,
+        /// Kernel `[k_h, k_w]`.
+        kernel: [usize; 2],
+        /// Stride.
+        stride: [usize; 2],
+        /// Padding (removed from both sides of the output).
+        padding: [usize; 2],
+        /// Added to one side of the output (smaller than the stride).
+        output_padding: [usize; 2],
         /// Dilation.
         dilation: [usize; 2],
         /// Groups.
@@ -273,6 +295,37 @@ fn pair(v: [usize; 2]) -> String {
 impl fmt::Display for LayerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            LayerSpec::ConvTranspose2d {
+                out,
+                kernel,
+                stride,
+                padding,
+                output_padding,
+                dilation,
+                groups,
+                bias,
+            } => {
+                write!(f, "convt({out},{}", pair(*kernel))?;
+                if *stride != [1, 1] {
+                    write!(f, ",s={}", pair(*stride))?;
+                }
+                if *padding != [0, 0] {
+                    write!(f, ",p={}", pair(*padding))?;
+                }
+                if *output_padding != [0, 0] {
+                    write!(f, ",op={}", pair(*output_padding))?;
+                }
+                if *dilation != [1, 1] {
+                    write!(f, ",d={}", pair(*dilation))?;
+                }
+                if *groups != 1 {
+                    write!(f, ",g={groups}")?;
+                }
+                if !bias {
+                    write!(f, ",bias=false")?;
+                }
+                write!(f, ")")
+            }
             LayerSpec::Conv2d {
                 out,
                 kernel,
@@ -544,6 +597,22 @@ impl std::str::FromStr for LayerSpec {
         let lname = name.to_ascii_lowercase();
         let mut a = Args::new(s, inner)?;
         let spec = match lname.as_str() {
+            "convt" | "conv_transpose" | "convtranspose2d" => {
+                let out = a.num(0, "out", None)?;
+                let kernel = a.pair(1, "k", None)?;
+                let spec = LayerSpec::ConvTranspose2d {
+                    out,
+                    kernel,
+                    stride: a.pair(2, "s", Some([1, 1]))?,
+                    padding: a.pair(3, "p", Some([0, 0]))?,
+                    output_padding: a.pair(4, "op", Some([0, 0]))?,
+                    dilation: a.pair(5, "d", Some([1, 1]))?,
+                    groups: a.num(6, "g", Some(1))?,
+                    bias: a.flag("bias", true)?,
+                };
+                a.done(7)?;
+                spec
+            }
             "conv" | "conv2d" => {
                 let out = a.num(0, "out", None)?;
                 let kernel = a.pair(1, "k", None)?;
@@ -719,9 +788,9 @@ mod tests {
         let text = "conv(32,3,p=1),relu,maxpool(2),conv(16,5x3,s=2x1,p=2x1,d=2,g=2,bias=false),\
                     bn(eps=0.001,momentum=none),leakyrelu(0.1),avgpool(3,s=2,p=1,count_include_pad=false),\
                     gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
-                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),upsample(2),upsample(3x2,mode=bilinear),upsample(2,mode=bilinear,align_corners=true),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
+                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),upsample(2),upsample(3x2,mode=bilinear),upsample(2,mode=bilinear,align_corners=true),convt(4,3,s=2,p=1,op=1),convt(6,2x3,s=2,d=2,g=2,bias=false),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
-        assert_eq!(specs.len(), 33);
+        assert_eq!(specs.len(), 35);
         let printed = LayerSpec::list_to_string(&specs);
         assert_eq!(LayerSpec::parse_list(&printed).unwrap(), specs);
         assert_eq!(specs[0], LayerSpec::conv(32, 3, 1));

@@ -27,8 +27,8 @@
 //! in image order: results do not depend on the thread count.
 //!
 //! Files: `plan` (path, tiles, scratch, thread split, shared checks), `forward`,
-//! `backward_data`, `backward_weights`, `backward` (both gradients in one pass), and the three
-//! paths' kernels.
+//! `backward_data`, `backward_weights`, `backward` (both gradients in one pass), the three
+//! paths' kernels, and `transpose` (transposed convolution as the adjoint of a convolution).
 
 mod backward;
 mod backward_data;
@@ -38,6 +38,7 @@ mod direct;
 mod forward;
 pub(crate) mod im2col;
 mod plan;
+pub(crate) mod transpose;
 
 pub(crate) use backward::conv2d_backward_from;
 pub use backward_data::conv2d_backward_data;
@@ -48,4 +49,9 @@ pub(crate) use plan::conv2d_pooled_scratch_len;
 pub use plan::{
     COL_TILE_ELEMS, conv2d_backward_data_scratch_len, conv2d_backward_weights_scratch_len,
     conv2d_forward_scratch_len,
+};
+pub use transpose::{
+    conv_transpose2d_backward_data, conv_transpose2d_backward_data_scratch_len,
+    conv_transpose2d_backward_weights, conv_transpose2d_backward_weights_scratch_len,
+    conv_transpose2d_forward, conv_transpose2d_forward_scratch_len,
 };
