@@ -622,6 +622,60 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(48)))]
+
+    /// Chains of one to three blocks, each fusable (convolution, batch norm, ReLU, max-pool in
+    /// every fused combination) or not, after zero to two plain layers and before a tail of one
+    /// to four layers: every fused step is reached after an even and after an odd number of
+    /// backward steps (the model alternates two gradient buffers, and a fused step that flips
+    /// them wrongly is caught only at one parity), at every depth. The results of separate
+    /// layers (see `compare_passes`), and every fusable block is fused.
+    #[test]
+    fn fusable_blocks_at_every_depth_and_position_match_separate_layers(
+        prefix in 0usize..3,
+        blocks in proptest::collection::vec((0usize..7, 1usize..5), 1..4),
+        tail in 0usize..4,
+        n in 1usize..4,
+        training in any::<bool>(),
+        seed in 0..1000u64,
+    ) {
+        let c = 2;
+        let mut layers: Vec<String> = ["conv(3,3,p=1)", "tanh"][..prefix].iter().map(|s| s.to_string()).collect();
+        let mut fusable = Vec::new();
+        for &(kind, o) in &blocks {
+            let start = layers.len();
+            let block: &[String] = &match kind {
+                0 => vec![format!("conv({o},3,p=1)"), "maxpool(2)".into()],
+                1 => vec![format!("conv({o},3,p=1)"), "relu".into(), "maxpool(2)".into()],
+                2 => vec!["bn".into(), "maxpool(2)".into()],
+                3 => vec!["bn".into(), "relu".into(), "maxpool(2)".into()],
+                4 => vec![format!("conv({o},3,p=1)"), "bn".into(), "maxpool(2)".into()],
+                5 => vec![format!("conv({o},3,p=1)"), "bn".into(), "relu".into(), "maxpool(2)".into()],
+                _ => vec![format!("conv({o},3,p=1)"), "relu".into()],
+            };
+            if kind < 6 {
+                // The layer the pool absorbs: the convolution or batch norm just before it (a
+                // ReLU before the pool is absorbed too).
+                fusable.push(start + block.len() - 2 - usize::from(block[block.len() - 2] == "relu"));
+            }
+            layers.extend(block.iter().cloned());
+        }
+        let tails = ["flatten,dense(3)", "gap,dense(3)", "flatten,dense(4),relu,dense(3)", "conv(3,1),relu,gap,dense(3)"];
+        layers.push(tails[tail].into());
+        let arch = layers.join(",");
+        let specs = LayerSpec::parse_list(&arch).unwrap();
+        let input = [c, 16, 16];
+        let x: Vec<f32> = values(seed, n * c * 256).iter().map(|v| v * 3.0 - 1.0).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let fused = fused_against_separate(input, &specs, seed, training, &x, &labels)
+            .map_err(|e| TestCaseError::fail(format!("{arch}: {e}")))?;
+        for i in fusable {
+            prop_assert!(fused.contains(&i), "{arch}: layer {i} not fused: {fused:?}");
+        }
+    }
+}
+
 /// The convolution + max-pool fusion, and the convolution + batch norm + max-pool backward, on a
 /// layer large enough that its weight gradient splits inside each image (one partial sum) while
 /// the input gradient is made per image on the direct path, with batches smaller and larger than
