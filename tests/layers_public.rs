@@ -98,6 +98,7 @@ fn cnnkit_layers_pass_the_public_check() {
         ("silu", [2, 3, 3]),
         ("adaptive_avgpool(2x3)", [2, 5, 4]),
         ("upsample(2x3)", [2, 3, 2]),
+        ("stochastic_depth(0.3)", [2, 2, 2]),
         ("convt(3,3,s=2,p=1,op=1)", [2, 3, 3]),
         ("convt(4,2x3,s=2x1,d=2,g=2,bias=false)", [2, 2, 3]),
         ("upsample(2,mode=bilinear)", [2, 3, 3]),

@@ -7,6 +7,7 @@ use cnnkit::kernels::{
     Accum, RunningStats, batch_norm_backward, batch_norm_backward_scratch_len,
     batch_norm_forward_eval, batch_norm_forward_train, dropout_backward, dropout_forward_train,
     gaussian_noise_forward_train, layer_norm_backward, layer_norm_forward,
+    stochastic_depth_backward, stochastic_depth_forward_train,
 };
 use cnnkit::{Shape4, reference};
 use common::gradcheck::{Tol, check_vjp};
@@ -235,6 +236,62 @@ fn dropout_rate_scale_and_edges() {
     let mut m2 = nans(n);
     par(|| dropout_forward_train(0.3, 5, &x, &mut y, &mut m2).unwrap());
     assert_eq!(m1, m2);
+}
+
+/// Stochastic depth drops whole samples with probability p and scales the others by 1/(1 − p)
+/// (torchvision's `mode="row"`); p = 0 is the identity, p = 1 zeroes everything; the backward
+/// pass is the mask times `dy` (finite differences), with accumulation; the mask depends on the
+/// seed alone.
+#[test]
+fn stochastic_depth_drops_whole_samples() {
+    let (n, item) = (20_000, 3);
+    let x: Vec<f32> = (0..n * item).map(|i| 1.0 + (i % 7) as f32).collect();
+    let (mut y, mut mask) = (nans(x.len()), nans(n));
+    par(|| stochastic_depth_forward_train(0.25, 9, n, &x, &mut y, &mut mask).unwrap());
+    let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / n as f64;
+    // sd of the kept fraction: sqrt(0.25·0.75/2e4) ≈ 3e-3; allow 6 sd.
+    assert!((kept - 0.75).abs() < 2e-2, "kept {kept}");
+    for s in 0..n {
+        let m = mask[s];
+        assert!(m == 0.0 || (m - 1.0 / 0.75).abs() < 1e-6);
+        for i in 0..item {
+            assert_eq!(y[s * item + i], x[s * item + i] * m);
+        }
+    }
+    let mut m1 = nans(n);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| stochastic_depth_forward_train(0.25, 9, n, &x, &mut y, &mut m1).unwrap());
+    assert_eq!(m1, mask);
+    stochastic_depth_forward_train(0.0, 9, n, &x, &mut y, &mut mask).unwrap();
+    assert_eq!(y, x);
+    stochastic_depth_forward_train(1.0, 9, n, &x, &mut y, &mut mask).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0));
+    assert!(stochastic_depth_forward_train(-0.1, 9, n, &x, &mut y, &mut mask).is_err());
+    assert!(stochastic_depth_forward_train(0.5, 9, n + 1, &x, &mut y, &mut nans(n + 1)).is_err());
+
+    let (n, item) = (6, 4);
+    let x = common::values(3, n * item);
+    let dy = common::values(4, n * item);
+    let mut mask = nans(n);
+    stochastic_depth_forward_train(0.5, 2, n, &x, &mut nans(x.len()), &mut mask).unwrap();
+    assert!(mask.contains(&0.0) && mask.iter().any(|&m| m != 0.0));
+    check_vjp(
+        &x,
+        &dy,
+        |x, y| stochastic_depth_forward_train(0.5, 2, n, x, y, &mut nans(n)).unwrap(),
+        |_, dy, dx| stochastic_depth_backward(&mask, dy, dx, Accum::Replace).unwrap(),
+        Tol::DEFAULT,
+    )
+    .unwrap();
+    let old = common::values(5, n * item);
+    let mut dx = old.clone();
+    stochastic_depth_backward(&mask, &dy, &mut dx, Accum::Add).unwrap();
+    for i in 0..dx.len() {
+        assert_eq!(dx[i], old[i] + dy[i] * mask[i / item]);
+    }
 }
 
 #[test]

@@ -179,6 +179,23 @@ fn training_is_bit_identical_on_1_2_and_3_threads() {
     assert_eq!(one, run(1, "one-again"), "two runs on one thread");
     assert_eq!(one, run(2, "two"), "1 and 2 threads");
     assert_eq!(one, run(3, "three"), "1 and 3 threads");
+    // The layers of the mobile and reconstruction networks too.
+    let arch = "conv(4,3,p=1),bn,relu6,maxpool(2),convt(4,2,s=2),silu,upsample(2,mode=bilinear),\
+                hardswish,conv(4,3,s=2,p=1),adaptive_avgpool(3),stochastic_depth(0.2),flatten,dense(10)";
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut t = trainer(arch, "adam", 1, 4);
+                t.fit(&train, None, &mut |_| Control::Continue).unwrap();
+                weights_bits(&t)
+            })
+    };
+    let one = run(1);
+    assert_eq!(one, run(2), "{arch}: 1 and 2 threads");
+    assert_eq!(one, run(3), "{arch}: 1 and 3 threads");
 }
 
 /// A diverging run stops with a clear error instead of producing NaN weights.

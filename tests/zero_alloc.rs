@@ -79,6 +79,9 @@ fn steady_state_training_and_inference_do_not_allocate() {
          conv(128,3,p=1,bias=false),bn,relu,maxpool(2),conv(128,3,p=1,bias=false),bn,relu,gap,dense(10)",
         // Residual blocks with identity and projection shortcuts (the resnet preset's kinds).
         "conv(8,3,p=1,bias=false),bn,relu,res(8),res(16,s=2),res(16),gap,dense(10)",
+        // The layers of the mobile and reconstruction networks.
+        "conv(4,3,p=1),bn,relu6,maxpool(2),convt(4,2,s=2),silu,upsample(2,mode=bilinear),hardswish,\
+         conv(4,3,s=2,p=1),adaptive_avgpool(5),hardsigmoid,stochastic_depth(0.2),flatten,dense(10)",
     ];
     // The counter sees allocations on this thread (that cnnkit's closures on other threads are
     // marked too is tested beside `par::probe`).

@@ -209,6 +209,7 @@ pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
         }
         LayerSpec::LayerNorm { eps } => Box::new(norm::LayerNorm::new(*eps, input)?),
         LayerSpec::Dropout { p } => Box::new(norm::Dropout::new(*p, input)?),
+        LayerSpec::StochasticDepth { p } => Box::new(norm::StochasticDepth::new(*p, input)?),
         LayerSpec::GaussianNoise { std } => Box::new(norm::GaussianNoise::new(*std, input)?),
         LayerSpec::Activation(a) => Box::new(activation::Act::new(*a, input)?),
         LayerSpec::PRelu { per_channel } => Box::new(activation::PRelu::new(*per_channel, input)),

@@ -513,6 +513,67 @@ impl Layer for Dropout {
     }
 }
 
+/// Stochastic depth: whole samples dropped while training, the identity in evaluation.
+#[derive(Debug)]
+pub(crate) struct StochasticDepth {
+    p: f32,
+    shape: Shape3,
+    mask: Vec<f32>,
+    trained: bool,
+}
+
+impl StochasticDepth {
+    pub fn new(p: f32, input: Shape3) -> Result<Self> {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(shape_error(
+                &LayerSpec::StochasticDepth { p },
+                input,
+                "p must be in [0, 1]",
+            ));
+        }
+        Ok(StochasticDepth {
+            p,
+            shape: input,
+            mask: Vec::new(),
+            trained: false,
+        })
+    }
+}
+
+impl Layer for StochasticDepth {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::StochasticDepth { p: self.p }
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn forward(
+        &mut self,
+        n: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        self.trained = ctx.training;
+        if ctx.training {
+            let mask = grow("StochasticDepth::forward", &mut self.mask, n)?;
+            kernels::stochastic_depth_forward_train(self.p, ctx.seed, n, x, y, mask)
+        } else {
+            pass_through("stochastic_depth", "y", x, y)
+        }
+    }
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { n, dy, dx, .. } = b;
+        let Some(dx) = dx else { return Ok(()) };
+        if self.trained {
+            kernels::stochastic_depth_backward(&self.mask[..n], dy, dx, Accum::Replace)
+        } else {
+            pass_through("stochastic_depth", "dx", dy, dx)
+        }
+    }
+}
+
 /// `to = from` (the identity pass of a layer that only acts in training), checking the length.
 fn pass_through(op: &'static str, what: &'static str, from: &[f32], to: &mut [f32]) -> Result<()> {
     crate::error::check_len(op, what, to, from.len())?;

@@ -15,6 +15,7 @@
 //! | transposed convolution | `convt(OUT,K[,s=S][,p=P][,op=OP][,d=D][,g=G][,bias=BOOL])` (`op` < `s`) | `nn.ConvTranspose2d` |
 //! | upsampling | `upsample(S[,mode=bilinear][,align_corners=true])` | `nn.Upsample(scale_factor=S)` |
 //! | adaptive average pooling | `adaptive_avgpool(OUT)` | `nn.AdaptiveAvgPool2d(OUT)` |
+//! | stochastic depth | `stochastic_depth(P)` | `torchvision.ops.StochasticDepth(P, "row")` |
 //! | dense | `dense(OUT[,bias=BOOL])` | `nn.Linear` |
 //! | max pooling | `maxpool(K[,s=S][,p=P])` (stride defaults to K) | `nn.MaxPool2d` |
 //! | average pooling | `avgpool(K[,s=S][,p=P][,count_include_pad=BOOL])` | `nn.AvgPool2d` |
@@ -128,6 +129,12 @@ pub enum LayerSpec {
     LayerNorm {
         /// Added to the variance.
         eps: f32,
+    },
+    /// Stochastic depth (`torchvision.ops.StochasticDepth(p, mode="row")`): whole samples
+    /// dropped while training, the identity in evaluation.
+    StochasticDepth {
+        /// Probability of dropping a sample.
+        p: f32,
     },
     /// Inverted dropout.
     Dropout {
@@ -413,6 +420,7 @@ impl fmt::Display for LayerSpec {
             }
             LayerSpec::LayerNorm { eps } => write!(f, "ln(eps={eps:?})"),
             LayerSpec::Dropout { p } => write!(f, "dropout({p:?})"),
+            LayerSpec::StochasticDepth { p } => write!(f, "stochastic_depth({p:?})"),
             LayerSpec::GaussianNoise { std } => write!(f, "noise({std:?})"),
             LayerSpec::Activation(a) => match a {
                 Activation::Relu => write!(f, "relu"),
@@ -702,6 +710,11 @@ impl std::str::FromStr for LayerSpec {
                 a.done(1)?;
                 LayerSpec::Dropout { p }
             }
+            "stochastic_depth" | "drop_path" => {
+                let p = a.num(0, "p", None)?;
+                a.done(1)?;
+                LayerSpec::StochasticDepth { p }
+            }
             "noise" | "gaussian_noise" => {
                 let std = a.num(0, "std", None)?;
                 a.done(1)?;
@@ -788,9 +801,9 @@ mod tests {
         let text = "conv(32,3,p=1),relu,maxpool(2),conv(16,5x3,s=2x1,p=2x1,d=2,g=2,bias=false),\
                     bn(eps=0.001,momentum=none),leakyrelu(0.1),avgpool(3,s=2,p=1,count_include_pad=false),\
                     gap,flatten,ln(eps=1e-5),dropout(0.25),noise(0.1),elu(0.5),sigmoid,tanh,\
-                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),upsample(2),upsample(3x2,mode=bilinear),upsample(2,mode=bilinear,align_corners=true),convt(4,3,s=2,p=1,op=1),convt(6,2x3,s=2,d=2,g=2,bias=false),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
+                    softplus(beta=2.0,threshold=10.0),gelu,gelu_tanh,relu6,hardsigmoid,hardswish,silu,adaptive_avgpool(3),adaptive_avgpool(2x5),upsample(2),upsample(3x2,mode=bilinear),upsample(2,mode=bilinear,align_corners=true),convt(4,3,s=2,p=1,op=1),convt(6,2x3,s=2,d=2,g=2,bias=false),stochastic_depth(0.2),prelu,prelu(channels),rrelu(0.1,0.3),res(8),res(16,s=2),dense(10,bias=false)";
         let specs = LayerSpec::parse_list(text).unwrap();
-        assert_eq!(specs.len(), 35);
+        assert_eq!(specs.len(), 36);
         let printed = LayerSpec::list_to_string(&specs);
         assert_eq!(LayerSpec::parse_list(&printed).unwrap(), specs);
         assert_eq!(specs[0], LayerSpec::conv(32, 3, 1));
