@@ -377,6 +377,16 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
             changed(st.noise_class_changed)
         )?;
     }
+    if let Some(last) = steps.last()
+        && last.size < 1e-3
+        && last.class_changed != Some(true)
+    {
+        crate::output::warn(format_args!(
+            "note: the search barely moved (‖r‖/‖x‖ = {:.2e} after {} iterations): raise --step \
+             or --iterations, or lower --lambda",
+            last.size, last.iteration
+        ));
+    }
     // The strip: input | perturbation (magnified) | perturbed input | probability bars.
     let shown = steps
         .iter()

@@ -100,6 +100,13 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
     assert!(rows.iter().any(|r| r[3].contains("changed")), "{t}");
     let last = rows.last().unwrap();
     assert!(num(last, 2) > num(last, 4), "{t}");
+    // A search that cannot move says so (it used to print its table of near-zero rows only).
+    let t = ok(
+        &d.0,
+        &["perturb", "model.safetensors", "zero.png", "--step", "1e-9"],
+    );
+    assert!(t.contains("barely moved") && t.contains("--step"), "{t}");
+    assert!(!ok(&d.0, &["perturb", "model.safetensors", "zero.png"]).contains("barely moved"));
     let strip = image::open(d.0.join("zero.perturb.png")).unwrap();
     // Four panels of 8x8 magnified 16 times, 4-pixel gaps.
     assert_eq!((strip.width(), strip.height()), (4 * 128 + 12, 128));

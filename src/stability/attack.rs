@@ -5,7 +5,7 @@ use super::pixels::{PixelModel, check_in_range, in_eval, norm};
 use crate::data::normalization::Normalization;
 use crate::error::{Error, Result};
 use crate::model::Sequential;
-use crate::rng::Rng;
+use crate::rng::{Rng, mix64};
 
 /// The norm an adversarial perturbation's budget `ε` is measured in (per sample).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +220,20 @@ pub fn adversarial_examples(
     n: usize,
     attack: &Attack,
 ) -> Result<Vec<f32>> {
+    adversarial_examples_from(model, x, labels, n, attack, 0)
+}
+
+/// [`adversarial_examples`] of samples numbered from `first` in a larger set: sample `i`'s random
+/// start or noise is drawn from `(seed, first + i)`, so a set attacked in batches gets the draws
+/// it would get in one call.
+pub(crate) fn adversarial_examples_from(
+    model: &mut Sequential,
+    x: &[f32],
+    labels: &[u32],
+    n: usize,
+    attack: &Attack,
+    first: usize,
+) -> Result<Vec<f32>> {
     const OP: &str = "adversarial_examples";
     attack.validate()?;
     if labels.len() != n {
@@ -241,8 +255,14 @@ pub fn adversarial_examples(
     crate::error::check_len(OP, "x", x, n * crate::shape::numel(model.input_shape()))?;
     in_eval(model, |m| {
         let mut pm = PixelModel::new(OP, m, attack.normalization.as_ref())?;
-        attack_eval(&mut pm, x, labels, n, attack)
+        attack_eval(&mut pm, x, labels, n, attack, first)
     })
+}
+
+/// The random generator of sample `index` under `seed`: each sample's random start and noise are
+/// its own, whichever batch it comes in.
+fn sample_rng(seed: u64, index: usize) -> Rng {
+    Rng::new(mix64(seed ^ mix64(index as u64 ^ 0x5EED_0F_5A4D_91E5)))
 }
 
 fn attack_eval(
@@ -251,6 +271,7 @@ fn attack_eval(
     labels: &[u32],
     n: usize,
     a: &Attack,
+    first: usize,
 ) -> Result<Vec<f32>> {
     let classes = model.model.output_len();
     let d = x.len() / n.max(1);
@@ -281,8 +302,8 @@ fn attack_eval(
         }
     };
     if a.kind == AttackKind::Noise {
-        let mut rng = Rng::new(a.seed);
-        for s in adv.chunks_exact_mut(d) {
+        for (i, s) in adv.chunks_exact_mut(d).enumerate() {
+            let mut rng = sample_rng(a.seed, first + i);
             match a.norm {
                 AttackNorm::Linf => s.iter_mut().for_each(|v| {
                     *v += if rng.next_u64() >> 63 == 1 {
@@ -305,8 +326,8 @@ fn attack_eval(
     }
     let pgd = a.kind == AttackKind::Pgd;
     if pgd && a.random_start {
-        let mut rng = Rng::new(a.seed);
-        for s in adv.chunks_exact_mut(d) {
+        for (i, s) in adv.chunks_exact_mut(d).enumerate() {
+            let mut rng = sample_rng(a.seed, first + i);
             match a.norm {
                 AttackNorm::Linf => s.iter_mut().for_each(|v| *v += rng.uniform(-a.eps, a.eps)),
                 AttackNorm::L2 => {

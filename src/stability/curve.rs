@@ -1,7 +1,7 @@
 //! Accuracy against the perturbation budget: how fast a classifier falls under attack, beside
 //! how little random noise of the same size does to it.
 
-use super::attack::{Attack, AttackKind, AttackNorm, adversarial_examples};
+use super::attack::{Attack, AttackKind, AttackNorm, adversarial_examples_from};
 use super::pixels::{PixelModel, argmax, in_eval};
 use crate::error::{Error, Result};
 use crate::model::Sequential;
@@ -87,12 +87,12 @@ pub fn robustness_curve(
     };
     let correct = |m: &mut Sequential, a: Option<&Attack>, tick: &mut dyn FnMut()| {
         let mut right = 0usize;
-        for (xb, lb) in x.chunks(batch * d).zip(labels.chunks(batch)) {
+        for (b, (xb, lb)) in x.chunks(batch * d).zip(labels.chunks(batch)).enumerate() {
             let k = lb.len();
             let ex;
             let xs = match a {
                 Some(a) => {
-                    ex = adversarial_examples(m, xb, lb, k, a)?;
+                    ex = adversarial_examples_from(m, xb, lb, k, a, b * batch)?;
                     &ex[..]
                 }
                 None => xb,
@@ -267,6 +267,41 @@ mod tests {
         let x: Vec<f32> = (0..40 * 8).map(|_| r.uniform(0.0, 1.0)).collect();
         let labels = (0..40).map(|i| (i % 2) as u32).collect();
         (m, x, labels)
+    }
+
+    /// The random start and the noise are drawn per sample: the curve is the same whatever the
+    /// batch size (they used to repeat for every batch, so sample k of each batch got the same
+    /// draws), and two copies of one image in different batches get different noise.
+    #[test]
+    fn random_draws_are_per_sample_whatever_the_batch() {
+        let (mut m, x, labels) = linear();
+        for attack in [
+            Attack::noise(AttackNorm::L2, 0.5),
+            Attack::pgd(AttackNorm::Linf, 0.2, 3),
+        ] {
+            let eps = [0.1f32, 0.4];
+            let mut at = |batch| {
+                robustness_curve(
+                    &mut m,
+                    &x,
+                    &labels,
+                    40,
+                    &attack,
+                    &eps,
+                    batch,
+                    &mut |_, _| {},
+                )
+                .unwrap()
+            };
+            let one = at(40);
+            assert_eq!(one, at(1), "{attack:?}");
+            assert_eq!(one, at(7), "{attack:?}");
+        }
+        let noise = Attack::noise(AttackNorm::L2, 0.3);
+        let two: Vec<f32> = x[..8].iter().chain(&x[..8]).copied().collect();
+        let a = adversarial_examples_from(&mut m, &two[..8], &labels[..1], 1, &noise, 0).unwrap();
+        let b = adversarial_examples_from(&mut m, &two[8..], &labels[..1], 1, &noise, 1).unwrap();
+        assert_ne!(a, b);
     }
 
     /// For a linear two-class model FGSM (L∞, no clipping) lowers every sample's margin

@@ -52,16 +52,21 @@ impl Default for PerturbationSearch {
 pub struct PerturbationStep {
     /// Ascent iterations done.
     pub iteration: usize,
-    /// `‖r‖ / ‖x‖`.
+    /// `‖r‖ / ‖x‖` (infinite for an all-zero `x` with `r ≠ 0`).
     pub size: f32,
     /// `‖f(x + r) − f(x)‖ / ‖f(x)‖`.
     pub output_change: f32,
+    /// `‖r‖` itself (`size` is infinite for an all-zero `x`).
+    pub norm: f32,
     /// Whether the predicted class (arg-max of the output) changed; `None` for an output of one
     /// value.
     pub class_changed: Option<bool>,
-    /// `‖f(x + e) − f(x)‖ / ‖f(x)‖` for Gaussian noise `e` with `‖e‖ = ‖r‖` (clipped to the range
-    /// like `r`).
+    /// `‖f(x + e) − f(x)‖ / ‖f(x)‖` for a random perturbation `e` of a Gaussian direction whose
+    /// norm *after* clipping to the range is `‖r‖` (see `noise_size`).
     pub noise_output_change: f32,
+    /// `‖e‖ / ‖x‖` of that noise as applied (after clipping): `size`, unless the range leaves no
+    /// room for that much noise in its direction, when it is the most there is.
+    pub noise_size: f32,
     /// Whether that noise changed the predicted class.
     pub noise_class_changed: Option<bool>,
     /// The perturbation `r` itself (the shape of `x`).
@@ -95,6 +100,19 @@ impl PerturbationSearch {
             return bad(
                 "range",
                 format!("({lo}, {hi}) (must be finite, low < high)"),
+            );
+        }
+        // The −λ·r term alone is a heavy-ball iteration on `½λ‖r‖²`, which converges only for
+        // step·λ < 2(1 + μ); beyond that the ascent oscillates with growing amplitude and the
+        // penalty meant to keep r small drives it to the range's bounds instead.
+        let limit = 2.0 * (1.0 + self.momentum as f64);
+        if self.step as f64 * self.lambda as f64 >= limit {
+            return bad(
+                "lambda",
+                format!(
+                    "step·lambda = {}·{} must be below 2·(1 + momentum) = {limit}, or the ascent diverges",
+                    self.step, self.lambda
+                ),
             );
         }
         Ok(())
@@ -141,19 +159,17 @@ fn search(
 ) -> Result<Vec<PerturbationStep>> {
     let (lo, hi) = s.range;
     let fx = model.forward(x, 1)?.to_vec();
-    let (nx, nfx) = (
-        norm(x).max(f64::MIN_POSITIVE),
-        norm(&fx).max(f64::MIN_POSITIVE),
-    );
+    let (nx, nfx) = (norm(x), norm(&fx).max(f64::MIN_POSITIVE));
     let class = (fx.len() > 1).then(|| argmax(&fx));
     let mut rng = Rng::new(s.seed);
+    // A tiny Gaussian start, 1e-4 of the image's RMS value — or of the range's span for an image
+    // (nearly) all zero, which would otherwise start at r = 0, where the gradient vanishes.
+    let rms = nx / (x.len() as f64).sqrt();
+    let start = 1e-4 * rms.max(1e-3 * (hi - lo) as f64);
     // r is kept so that x + r is in range: r = clip(x + r) − x after every step.
     let mut r: Vec<f32> = x
         .iter()
-        .map(|&v| {
-            ((v as f64 + 1e-4 * nx / (x.len() as f64).sqrt() * rng.normal()) as f32).clamp(lo, hi)
-                - v
-        })
+        .map(|&v| ((v as f64 + start * rng.normal()) as f32).clamp(lo, hi) - v)
         .collect();
     let mut vel = vec![0.0f32; x.len()];
     let (mut xr, mut diff, mut grad) = (
@@ -204,27 +220,59 @@ fn record(
         Ok(((norm(&d) / nfx) as f32, class.map(|c| argmax(f) != c)))
     };
     let (output_change, class_changed) = change(model, r)?;
-    // Gaussian noise scaled to ‖r‖, then clipped like r.
-    let e: Vec<f64> = (0..x.len()).map(|_| rng.normal()).collect();
-    let ne = e
+    // A Gaussian direction u, scaled by t so that the clipped noise clip(x + t·u) − x has norm
+    // ‖r‖: that norm grows with t (each coordinate's clipped step does), so bisection finds t.
+    let u: Vec<f64> = (0..x.len()).map(|_| rng.normal()).collect();
+    let clipped = |t: f64| -> Vec<f32> {
+        x.iter()
+            .zip(&u)
+            .map(|(&xi, &ui)| ((xi as f64 + t * ui) as f32).clamp(lo, hi) - xi)
+            .collect()
+    };
+    let nu = u
         .iter()
         .map(|v| v * v)
         .sum::<f64>()
         .sqrt()
         .max(f64::MIN_POSITIVE);
-    let noise: Vec<f32> = x
-        .iter()
-        .zip(&e)
-        .map(|(&xi, &ei)| ((xi as f64 + ei * nr / ne) as f32).clamp(lo, hi) - xi)
-        .collect();
+    // Beyond this every coordinate that can move has reached its bound.
+    let t_max = 2.0
+        * (hi - lo) as f64
+        * u.iter()
+            .fold(0.0f64, |m, v| m.max(1.0 / v.abs().max(1e-12)));
+    let (mut a, mut b) = (0.0f64, (nr / nu).min(t_max));
+    while norm(&clipped(b)) < nr && b < t_max {
+        a = b;
+        b = (2.0 * b).min(t_max);
+    }
+    for _ in 0..60 {
+        let mid = 0.5 * (a + b);
+        if norm(&clipped(mid)) < nr {
+            a = mid;
+        } else {
+            b = mid;
+        }
+    }
+    let noise = clipped(b);
     let (noise_output_change, noise_class_changed) = change(model, &noise)?;
+    let relative = |v: f64| {
+        if nx > 0.0 {
+            (v / nx) as f32
+        } else if v > 0.0 {
+            f32::INFINITY
+        } else {
+            0.0
+        }
+    };
     Ok(PerturbationStep {
         iteration,
-        size: (nr / nx) as f32,
+        size: relative(nr),
+        norm: nr as f32,
         output_change,
         class_changed,
         noise_output_change,
         noise_class_changed,
+        noise_size: relative(norm(&noise)),
         perturbation: r.to_vec(),
     })
 }
@@ -302,6 +350,80 @@ mod tests {
             "{:?}",
             steps.last().unwrap().size
         );
+    }
+
+    /// The baseline noise has exactly the perturbation's norm as applied, after clipping to the
+    /// range — on an image whose pixels sit at the range's bounds, where clipping a scaled
+    /// Gaussian removes about half of it (the noise used to keep only what clipping left).
+    #[test]
+    fn the_noise_baseline_has_the_reported_norm_after_clipping() {
+        let specs = LayerSpec::parse_list("conv(2,3,p=1),relu,flatten,dense(3)").unwrap();
+        let mut m = Sequential::new([1, 6, 6], &specs, 3).unwrap();
+        let x: Vec<f32> = (0..36)
+            .map(|i| if i % 3 == 0 { 0.0 } else { 1.0 })
+            .collect();
+        let s = PerturbationSearch {
+            lambda: 0.0,
+            step: 2.0,
+            iterations: 30,
+            ..PerturbationSearch::default()
+        };
+        let steps = worst_case_perturbation(&mut m, &x, &s).unwrap();
+        assert!(steps.last().unwrap().size > 1e-4, "{:?}", steps.last());
+        for st in &steps {
+            assert!(
+                (st.noise_size - st.size).abs() <= 1e-4 * st.size,
+                "noise {} against r {}",
+                st.noise_size,
+                st.size
+            );
+        }
+    }
+
+    /// An all-black image: the search used to start at r = 0 (a start scaled by ‖x‖), where the
+    /// gradient vanishes, and never moved. Now it grows, and its size relative to ‖x‖ = 0 is
+    /// infinite (the absolute norm is reported beside it).
+    #[test]
+    fn an_all_zero_image_is_searched_too() {
+        let specs = LayerSpec::parse_list("flatten,dense(3)").unwrap();
+        let mut m = Sequential::new([1, 4, 4], &specs, 5).unwrap();
+        let x = vec![0.0f32; 16];
+        let s = PerturbationSearch {
+            lambda: 0.0,
+            step: 0.5,
+            iterations: 40,
+            record_every: 10,
+            ..PerturbationSearch::default()
+        };
+        let steps = worst_case_perturbation(&mut m, &x, &s).unwrap();
+        let (first, last) = (&steps[0], steps.last().unwrap());
+        assert!(
+            first.norm > 0.0 && last.norm > 100.0 * first.norm,
+            "{first:?} {last:?}"
+        );
+        assert!(last.output_change > 0.0);
+        assert_eq!(last.size, f32::INFINITY);
+    }
+
+    /// With step·λ at or above 2(1 + μ) the −λr term alone makes the ascent diverge (it used to
+    /// run, oscillate to the range's bounds and change the class): refused, naming `lambda`.
+    #[test]
+    fn a_step_and_lambda_that_diverge_are_refused() {
+        let specs = LayerSpec::parse_list("flatten,dense(3)").unwrap();
+        let mut m = Sequential::new([1, 2, 2], &specs, 0).unwrap();
+        let x = [0.5f32; 4];
+        let s = PerturbationSearch {
+            lambda: 40.0,
+            step: 0.1,
+            momentum: 0.9,
+            ..PerturbationSearch::default()
+        };
+        let e = worst_case_perturbation(&mut m, &x, &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lambda") && e.contains("diverges"), "{e}");
+        let fine = PerturbationSearch { lambda: 30.0, ..s };
+        assert!(worst_case_perturbation(&mut m, &x, &fine).is_ok());
     }
 
     #[test]
