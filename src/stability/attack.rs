@@ -262,7 +262,7 @@ pub(crate) fn adversarial_examples_from(
 /// The random generator of sample `index` under `seed`: each sample's random start and noise are
 /// its own, whichever batch it comes in.
 fn sample_rng(seed: u64, index: usize) -> Rng {
-    Rng::new(mix64(seed ^ mix64(index as u64 ^ 0x5EED_0F_5A4D_91E5)))
+    Rng::new(mix64(seed ^ mix64(index as u64 ^ 0x005E_ED0F_5A4D_91E5)))
 }
 
 fn attack_eval(
