@@ -26,7 +26,11 @@ pub struct RobustnessArgs {
     #[arg(long, default_value = "fgsm")]
     pub attack: String,
     /// Budgets, comma-separated, in pixel units (pixels in [0, 1]).
-    #[arg(long, default_value = "0.01,0.02,0.05,0.1,0.2")]
+    #[arg(
+        long,
+        default_value = "0.01,0.02,0.05,0.1,0.2",
+        allow_hyphen_values = true
+    )]
     pub eps: String,
     /// linf or l2.
     #[arg(long, default_value = "linf")]
@@ -55,11 +59,11 @@ pub struct PerturbArgs {
     /// The image to perturb.
     pub image: PathBuf,
     /// λ, the price of the perturbation's size.
-    #[arg(long, default_value_t = PerturbationSearch::default().lambda)]
+    #[arg(long, default_value_t = PerturbationSearch::default().lambda, allow_hyphen_values = true)]
     pub lambda: f32,
     /// Gradient-ascent step (small: the ascent grows the perturbation geometrically from a tiny
     /// random start, so the records go from invisible to class-changing).
-    #[arg(long, default_value_t = PerturbationSearch::default().step)]
+    #[arg(long, default_value_t = PerturbationSearch::default().step, allow_hyphen_values = true)]
     pub step: f32,
     /// Ascent iterations.
     #[arg(long, default_value_t = PerturbationSearch::default().iterations)]

@@ -107,6 +107,19 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
     );
     assert!(t.contains("barely moved") && t.contains("--step"), "{t}");
     assert!(!ok(&d.0, &["perturb", "model.safetensors", "zero.png"]).contains("barely moved"));
+    // A negative number is a value with a range error, not an unknown option.
+    for args in [
+        &["robustness", "model.safetensors", "--eps", "-0.1"][..],
+        &["perturb", "model.safetensors", "zero.png", "--lambda", "-1"],
+        &["perturb", "model.safetensors", "zero.png", "--step", "-0.5"],
+    ] {
+        let o = cnnkit(&d.0, args);
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?}: {t}");
+        assert!(!t.contains("unexpected argument"), "{args:?}: {t}");
+        let name = args[args.len() - 2].trim_start_matches('-');
+        assert!(t.contains(name), "{args:?}: {t}");
+    }
     let strip = image::open(d.0.join("zero.perturb.png")).unwrap();
     // Four panels of 8x8 magnified 16 times, 4-pixel gaps.
     assert_eq!((strip.width(), strip.height()), (4 * 128 + 12, 128));
