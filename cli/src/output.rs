@@ -37,9 +37,13 @@ macro_rules! outln {
 pub(crate) use outln;
 
 /// Writes a line to standard error; a standard error that cannot be written is ignored (there
-/// is nowhere left to say so).
+/// is nowhere left to say so). The line goes out in one write, so that the lines of the
+/// processes of an MPI job (and `mpirun`'s own) do not cut into each other: standard error is
+/// unbuffered, and `writeln!` would write each formatted piece on its own.
 pub fn warn(args: fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr().lock(), "{args}");
+    let mut line = args.to_string();
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Standard output for a long run: a write that fails does not stop the work. The first failure
