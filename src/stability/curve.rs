@@ -48,7 +48,7 @@ pub struct RobustnessCurve {
 ///
 /// # Errors
 /// [`Error::InvalidArg`] for an empty or invalid budget list, a batch of 0, and as
-/// [`adversarial_examples`].
+/// [`adversarial_examples`](super::adversarial_examples).
 #[allow(clippy::too_many_arguments)]
 pub fn robustness_curve(
     model: &mut Sequential,
