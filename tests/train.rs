@@ -575,3 +575,26 @@ fn a_malformed_training_state_field_is_named() {
     let e = Trainer::load(&path).unwrap_err().to_string();
     assert!(e.contains("missing train.selection.plateau_bad"), "{e}");
 }
+
+/// A trainer refuses an adversarial attack it could not run when it is made, not at its first
+/// step.
+#[test]
+fn an_attack_that_cannot_run_is_refused_by_the_trainer() {
+    let model = Sequential::new(
+        [1, 8, 8],
+        &LayerSpec::parse_list("flatten,dense(10)").unwrap(),
+        0,
+    )
+    .unwrap();
+    let cfg = TrainConfig {
+        adversarial: Some(AdversarialTraining::new(Attack {
+            steps: 0,
+            ..Attack::pgd(AttackNorm::Linf, 0.1, 3)
+        })),
+        ..Default::default()
+    };
+    let e = Trainer::new(model, "adam".parse().unwrap(), cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("steps"), "{e}");
+}

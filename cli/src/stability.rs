@@ -155,10 +155,20 @@ pub fn adversarial_training(
     if eps <= 0.0 {
         bail!("eps must be > 0");
     }
+    if norm == AttackNorm::Linf && eps > 1.0 {
+        bail!("eps = {eps} is larger than the whole pixel range [0, 1]");
+    }
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        bail!("fraction = {fraction} must be in (0, 1]");
+    }
     let attack = Attack {
         normalization: Some(Normalization::new(mean.clone(), std.clone())?),
         ..Attack::of_kind(kind, norm, eps, steps)
     };
+    if kind == AttackKind::Pgd && steps == 0 {
+        bail!("steps must be at least 1 for pgd");
+    }
+    attack.validate()?;
     Ok(AdversarialTraining { attack, fraction })
 }
 

@@ -294,3 +294,30 @@ fn distributed_runs_need_mpi_and_ask_for_it() {
         "{t}"
     );
 }
+
+/// Bad `--adversarial` settings are named as such before any training (a fraction of 2 used to
+/// be blamed on `--batch-size`, `--class-weights` and others; `steps=0` was found after the model
+/// was printed, at the first step).
+#[test]
+fn bad_adversarial_settings_are_named_before_training() {
+    let d = Dir::new("adversarial_settings");
+    for (setting, want) in [
+        ("pgd,fraction=2", "fraction"),
+        ("pgd,steps=0", "steps"),
+        ("fgsm,eps=3", "eps"),
+    ] {
+        let o = cnnkit(&d.0, &["train", "--epochs", "1", "--adversarial", setting]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{setting}: {t}");
+        let error = t.lines().find(|l| l.starts_with("error:")).unwrap_or("");
+        assert!(
+            error.contains("--adversarial") && error.contains(want),
+            "{setting}: {t}"
+        );
+        assert!(!error.contains("--batch-size"), "{setting}: {t}");
+        assert!(
+            !t.contains("params"),
+            "{setting}: the model was printed first: {t}"
+        );
+    }
+}

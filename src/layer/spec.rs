@@ -707,16 +707,25 @@ impl std::str::FromStr for LayerSpec {
             }
             "dropout" => {
                 let p = a.num(0, "p", Some(0.5))?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(bad(s, format!("p = {p} must be in [0, 1]")));
+                }
                 a.done(1)?;
                 LayerSpec::Dropout { p }
             }
             "stochastic_depth" | "drop_path" => {
                 let p = a.num(0, "p", None)?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(bad(s, format!("p = {p} must be in [0, 1]")));
+                }
                 a.done(1)?;
                 LayerSpec::StochasticDepth { p }
             }
             "noise" | "gaussian_noise" => {
-                let std = a.num(0, "std", None)?;
+                let std: f32 = a.num(0, "std", None)?;
+                if !(std.is_finite() && std >= 0.0) {
+                    return Err(bad(s, format!("std = {std} must be finite and >= 0")));
+                }
                 a.done(1)?;
                 LayerSpec::GaussianNoise { std }
             }
@@ -795,6 +804,20 @@ fn act(a: Args<'_>, max_pos: usize, act: Activation) -> Result<LayerSpec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Values out of range are named at parse time (they used to surface as "does not fit the
+    /// input shape" when the model was built).
+    #[test]
+    fn values_out_of_range_are_named_when_parsed() {
+        for (text, want) in [
+            ("noise(-1)", "std = -1"),
+            ("dropout(2)", "p = 2"),
+            ("stochastic_depth(1.5)", "p = 1.5"),
+        ] {
+            let e = text.parse::<LayerSpec>().unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(text), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn parses_and_prints_every_layer() {

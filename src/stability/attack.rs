@@ -154,7 +154,12 @@ impl Attack {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the settings: a finite `eps >= 0`, at least one step and a positive step size for
+    /// PGD, a finite range with `low < high`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] naming the first setting out of range.
+    pub fn validate(&self) -> Result<()> {
         const OP: &str = "adversarial_examples";
         if !(self.eps.is_finite() && self.eps >= 0.0) {
             return Err(Error::invalid(

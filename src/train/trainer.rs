@@ -135,14 +135,16 @@ impl Trainer {
             ));
         }
         cfg.schedule.validate()?;
-        if let Some(a) = &cfg.adversarial
-            && !(a.fraction > 0.0 && a.fraction <= 1.0)
-        {
-            return Err(Error::invalid(
-                "Trainer::new",
-                "adversarial.fraction",
-                format!("{} (must be in (0, 1])", a.fraction),
-            ));
+        if let Some(a) = &cfg.adversarial {
+            if !(a.fraction > 0.0 && a.fraction <= 1.0) {
+                return Err(Error::invalid(
+                    "Trainer::new",
+                    "adversarial.fraction",
+                    format!("{} (must be in (0, 1])", a.fraction),
+                ));
+            }
+            // Found now rather than at the first step.
+            a.attack.validate()?;
         }
         let weights = [
             cfg.class_weights.as_deref(),
