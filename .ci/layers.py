@@ -180,7 +180,12 @@ def references(f):
                         base = base[:-1]
                 names = [last]
                 if last == "{":
-                    g = USE_GROUP.search(line, m.start())
+                    # A group may span lines: read on to its closing brace.
+                    text, k = line[m.start():], no
+                    while "}" not in text and k + 1 < len(f.lines):
+                        k += 1
+                        text += " " + f.lines[k]
+                    g = USE_GROUP.search(text)
                     names = [
                         re.split(r"[\s:]", n.strip())[0]
                         for n in (g.group(2).split(",") if g else [])

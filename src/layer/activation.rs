@@ -1,13 +1,13 @@
 //! Activation layers: the element-wise activations, `nn.PReLU` and `nn.RReLU`.
 
-use super::{
-    Backward, Ctx, Layer, LayerSpec, ParamInfo, ParamKind, Shape3, grow, numel, shape_error,
-};
+use super::spec::LayerSpec;
+use super::{Backward, Ctx, Layer, ParamInfo, ParamKind, grow, shape_error};
 use crate::error::Result;
 use crate::kernels;
 use crate::kernels::accum::Accum;
 use crate::kernels::activation::Activation;
 use crate::shape::Shape4;
+use crate::shape::{Shape3, numel};
 
 #[derive(Debug)]
 pub(crate) struct Act {

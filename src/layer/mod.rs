@@ -6,10 +6,12 @@
 //! checkpoint is a list of views into one buffer.
 
 mod activation;
+pub(crate) mod batch_norm;
 pub(crate) mod conv2d;
 mod conv_transpose;
 mod dense;
-pub(crate) mod norm;
+mod layer_norm;
+mod noise;
 pub(crate) mod pool;
 mod residual;
 pub(crate) mod spec;
@@ -20,7 +22,6 @@ pub use spec::LayerSpec;
 use crate::error::{Error, Result};
 use crate::kernels::accum::Accum;
 
-pub(crate) use crate::shape::numel;
 pub use crate::shape::{Shape3, Tensor, TensorData};
 
 /// How a parameter is initialised by default (PyTorch's `reset_parameters`).
@@ -205,12 +206,12 @@ pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
         }
         LayerSpec::Flatten => Box::new(pool::Flatten::new(input)),
         LayerSpec::BatchNorm2d { eps, momentum } => {
-            Box::new(norm::BatchNorm2d::new(*eps, *momentum, input)?)
+            Box::new(batch_norm::BatchNorm2d::new(*eps, *momentum, input)?)
         }
-        LayerSpec::LayerNorm { eps } => Box::new(norm::LayerNorm::new(*eps, input)?),
-        LayerSpec::Dropout { p } => Box::new(norm::Dropout::new(*p, input)?),
-        LayerSpec::StochasticDepth { p } => Box::new(norm::StochasticDepth::new(*p, input)?),
-        LayerSpec::GaussianNoise { std } => Box::new(norm::GaussianNoise::new(*std, input)?),
+        LayerSpec::LayerNorm { eps } => Box::new(layer_norm::LayerNorm::new(*eps, input)?),
+        LayerSpec::Dropout { p } => Box::new(noise::Dropout::new(*p, input)?),
+        LayerSpec::StochasticDepth { p } => Box::new(noise::StochasticDepth::new(*p, input)?),
+        LayerSpec::GaussianNoise { std } => Box::new(noise::GaussianNoise::new(*std, input)?),
         LayerSpec::Activation(a) => Box::new(activation::Act::new(*a, input)?),
         LayerSpec::PRelu { per_channel } => Box::new(activation::PRelu::new(*per_channel, input)),
         LayerSpec::RRelu { lower, upper } => {

@@ -10,8 +10,8 @@
 //! [`crate::Sequential`], built from the same convolution and batch-norm layers as the rest, with
 //! caches that grow once for the largest batch (no allocation in a steady training step).
 
+use super::batch_norm::BatchNorm2d;
 use super::conv2d::Conv2d;
-use super::norm::BatchNorm2d;
 use super::spec::LayerSpec;
 use super::{Backward, Ctx, Layer, ParamInfo, grow, shape_error};
 use crate::error::{Error, Result};

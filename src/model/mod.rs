@@ -6,13 +6,13 @@ use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::accum::Accum;
 use crate::kernels::planes::Planes;
+use crate::layer::batch_norm::BatchNorm2d;
 use crate::layer::conv2d::Conv2d;
-use crate::layer::norm::BatchNorm2d;
 use crate::layer::pool::Pool;
-use crate::layer::{
-    self, Backward, Ctx, Layer, LayerSpec, ParamInfo, Shape3, Tensor, TensorData, numel,
-};
+use crate::layer::spec::LayerSpec;
+use crate::layer::{self, Backward, Ctx, Layer, ParamInfo};
 use crate::rng::{Rng, mix64};
+use crate::shape::{Shape3, Tensor, TensorData, numel};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::ops::Range;
