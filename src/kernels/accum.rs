@@ -74,3 +74,36 @@ pub(crate) fn groups_in(items: usize, work: usize, ws_len: usize, slot: usize) -
         .checked_div(slot)
         .map_or(g, |slots| g.min(slots).max(1))
 }
+
+/// The shape of every backward pass that adds each output's gradient into the inputs it read,
+/// plane by plane: on the caller's pool, `scatter(dy_p, dx_p)` for each of the `planes` planes
+/// (`dy_p`: `out_plane` values of `dy`; `dx_p`: `in_plane` values of `dx`, zeroed first for
+/// [`Accum::Replace`]). Each plane is summed by one thread in a fixed order, so the result does
+/// not depend on the thread count.
+pub(crate) fn scatter_planes(
+    planes: usize,
+    (dy, out_plane): (&[f32], usize),
+    (dx, in_plane): (&mut [f32], usize),
+    accum: Accum,
+    scatter: impl Fn(&[f32], &mut [f32]) + Sync,
+) -> crate::error::Result<()> {
+    if in_plane == 0 {
+        return Ok(());
+    }
+    let work = dy.len().max(dx.len());
+    crate::par::for_each(
+        planes,
+        work,
+        crate::par::Items(dx, in_plane),
+        #[inline(always)]
+        |r, crate::par::Items(dx, _)| {
+            for (p, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
+                if accum == Accum::Replace {
+                    dx_p.fill(0.0);
+                }
+                scatter(&dy[p * out_plane..][..out_plane], dx_p);
+            }
+            Ok(())
+        },
+    )
+}

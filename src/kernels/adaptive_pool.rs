@@ -6,7 +6,7 @@
 //! row-major order in `f32` and is divided by its height, then its width, as PyTorch does.
 
 use crate::error::{Error, Result, check_len};
-use crate::kernels::accum::Accum;
+use crate::kernels::accum::{Accum, scatter_planes};
 use crate::par::{self, Items};
 use crate::shape::Shape4;
 
@@ -113,31 +113,25 @@ pub fn adaptive_avg_pool2d_backward(
     check_len(OP, "dy", dy, planes * out_plane)?;
     check_len(OP, "dx", dx, shape.len(OP)?)?;
     let (h, w, plane) = (shape.h, shape.w, shape.plane());
-    par::for_each(
+    scatter_planes(
         planes,
-        dx.len(),
-        Items(dx, plane),
+        (dy, out_plane),
+        (dx, plane),
+        accum,
         #[inline(always)]
-        |r, Items(dx, _)| {
-            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
-                if accum == Accum::Replace {
-                    dx_p.fill(0.0);
-                }
-                let dy_p = &dy[p * out_plane..][..out_plane];
-                for oh in 0..out[0] {
-                    let (h0, h1) = window(oh, out[0], h);
-                    for ow in 0..out[1] {
-                        let (w0, w1) = window(ow, out[1], w);
-                        let g = dy_p[oh * out[1] + ow] / (h1 - h0) as f32 / (w1 - w0) as f32;
-                        for row in dx_p[h0 * w..h1 * w].chunks_exact_mut(w) {
-                            for d in &mut row[w0..w1] {
-                                *d += g;
-                            }
+        |dy_p, dx_p| {
+            for oh in 0..out[0] {
+                let (h0, h1) = window(oh, out[0], h);
+                for ow in 0..out[1] {
+                    let (w0, w1) = window(ow, out[1], w);
+                    let g = dy_p[oh * out[1] + ow] / (h1 - h0) as f32 / (w1 - w0) as f32;
+                    for row in dx_p[h0 * w..h1 * w].chunks_exact_mut(w) {
+                        for d in &mut row[w0..w1] {
+                            *d += g;
                         }
                     }
                 }
             }
-            Ok(())
         },
     )
 }

@@ -7,6 +7,21 @@ use crate::kernels::activation::mask_backward;
 use crate::par::{self, BLOCK, Items};
 use crate::rng::{normal_at, uniform_at};
 
+/// The factor of a kept element, `1/(1 − p)` (0 for `p = 1`, where nothing is kept).
+///
+/// # Errors
+/// [`Error::InvalidArg`] unless `0 <= p <= 1`.
+fn kept_scale(op: &'static str, p: f32) -> Result<f32> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(Error::invalid(
+            op,
+            "p",
+            format!("must be in [0, 1], got {p}"),
+        ));
+    }
+    Ok(if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 })
+}
+
 /// Dropout in training mode, as `torch.nn.functional.dropout(x, p, training=True)`: each element
 /// is zeroed with probability `p`, the others scaled by `1/(1 − p)`. `mask` receives the factor
 /// (`0` or `1/(1 − p)`) of each element for [`dropout_backward`]. The decision for element `i`
@@ -22,16 +37,9 @@ pub fn dropout_forward_train(
     mask: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "dropout_forward_train";
-    if !(0.0..=1.0).contains(&p) {
-        return Err(Error::invalid(
-            OP,
-            "p",
-            format!("must be in [0, 1], got {p}"),
-        ));
-    }
+    let scale = kept_scale(OP, p)?;
     check_len(OP, "y", y, x.len())?;
     check_len(OP, "mask", mask, x.len())?;
-    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     par::for_each_block(
         x.len(),
         4,
@@ -105,13 +113,7 @@ pub fn stochastic_depth_forward_train(
     mask: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "stochastic_depth_forward_train";
-    if !(0.0..=1.0).contains(&p) {
-        return Err(Error::invalid(
-            OP,
-            "p",
-            format!("must be in [0, 1], got {p}"),
-        ));
-    }
+    let scale = kept_scale(OP, p)?;
     check_len(OP, "y", y, x.len())?;
     check_len(OP, "mask", mask, n)?;
     if n == 0 {
@@ -121,7 +123,6 @@ pub fn stochastic_depth_forward_train(
         return Err(Error::length(OP, "x", n * (x.len() / n + 1), x.len()));
     }
     let item = x.len() / n;
-    let scale = if p < 1.0 { 1.0 / (1.0 - p) } else { 0.0 };
     for (s, m) in mask.iter_mut().enumerate() {
         *m = if uniform_at(seed, s as u64) >= p {
             scale

@@ -9,7 +9,7 @@
 //! gradient into the inputs it read, with the same weights.
 
 use crate::error::{Error, Result, check_len};
-use crate::kernels::accum::Accum;
+use crate::kernels::accum::{Accum, scatter_planes};
 use crate::par::{self, Items};
 use crate::shape::Shape4;
 
@@ -35,6 +35,19 @@ struct Tap {
     i0: usize,
     next: usize,
     l1: f32,
+}
+
+impl Tap {
+    /// The two indices (scaled by `stride`) and their weights.
+    #[inline]
+    fn span(self, stride: usize) -> (usize, usize, f32, f32) {
+        (
+            self.i0 * stride,
+            (self.i0 + self.next) * stride,
+            1.0 - self.l1,
+            self.l1,
+        )
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -153,13 +166,9 @@ pub fn upsample2d_forward(
                 for (oh, y_row) in y_p.chunks_exact_mut(aw.out).enumerate() {
                     match mode {
                         UpsampleMode::Bilinear { align_corners } => {
-                            let th = ah.linear(oh, align_corners);
-                            let (r0, r1) = (th.i0 * w, (th.i0 + th.next) * w);
-                            let (h1l, h0l) = (th.l1, 1.0 - th.l1);
+                            let (r0, r1, h0l, h1l) = ah.linear(oh, align_corners).span(w);
                             for (ow, v) in y_row.iter_mut().enumerate() {
-                                let tw = aw.linear(ow, align_corners);
-                                let (c0, c1) = (tw.i0, tw.i0 + tw.next);
-                                let (w1l, w0l) = (tw.l1, 1.0 - tw.l1);
+                                let (c0, c1, w0l, w1l) = aw.linear(ow, align_corners).span(1);
                                 let top = x_p[r0 + c0] * w0l + x_p[r0 + c1] * w1l;
                                 let bottom = x_p[r1 + c0] * w0l + x_p[r1 + c1] * w1l;
                                 *v = top * h0l + bottom * h1l;
@@ -201,43 +210,33 @@ pub fn upsample2d_backward(
         Axis::new(shape.w, factor[1], mode),
     );
     let (w, plane) = (shape.w, shape.plane());
-    par::for_each(
+    scatter_planes(
         planes,
-        dy.len(),
-        Items(dx, plane),
+        (dy, out_plane),
+        (dx, plane),
+        accum,
         #[inline(always)]
-        |r, Items(dx, _)| {
-            for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
-                if accum == Accum::Replace {
-                    dx_p.fill(0.0);
-                }
-                let dy_p = &dy[p * out_plane..][..out_plane];
-                for (oh, dy_row) in dy_p.chunks_exact(aw.out).enumerate() {
-                    match mode {
-                        UpsampleMode::Bilinear { align_corners } => {
-                            let th = ah.linear(oh, align_corners);
-                            let (r0, r1) = (th.i0 * w, (th.i0 + th.next) * w);
-                            let (h1l, h0l) = (th.l1, 1.0 - th.l1);
-                            for (ow, &g) in dy_row.iter().enumerate() {
-                                let tw = aw.linear(ow, align_corners);
-                                let (c0, c1) = (tw.i0, tw.i0 + tw.next);
-                                let (w1l, w0l) = (tw.l1, 1.0 - tw.l1);
-                                dx_p[r0 + c0] += h0l * w0l * g;
-                                dx_p[r0 + c1] += h0l * w1l * g;
-                                dx_p[r1 + c0] += h1l * w0l * g;
-                                dx_p[r1 + c1] += h1l * w1l * g;
-                            }
+        |dy_p, dx_p| {
+            for (oh, dy_row) in dy_p.chunks_exact(aw.out).enumerate() {
+                match mode {
+                    UpsampleMode::Bilinear { align_corners } => {
+                        let (r0, r1, h0l, h1l) = ah.linear(oh, align_corners).span(w);
+                        for (ow, &g) in dy_row.iter().enumerate() {
+                            let (c0, c1, w0l, w1l) = aw.linear(ow, align_corners).span(1);
+                            dx_p[r0 + c0] += h0l * w0l * g;
+                            dx_p[r0 + c1] += h0l * w1l * g;
+                            dx_p[r1 + c0] += h1l * w0l * g;
+                            dx_p[r1 + c1] += h1l * w1l * g;
                         }
-                        _ => {
-                            let row = ah.nearest(oh) * w;
-                            for (ow, &g) in dy_row.iter().enumerate() {
-                                dx_p[row + aw.nearest(ow)] += g;
-                            }
+                    }
+                    _ => {
+                        let row = ah.nearest(oh) * w;
+                        for (ow, &g) in dy_row.iter().enumerate() {
+                            dx_p[row + aw.nearest(ow)] += g;
                         }
                     }
                 }
             }
-            Ok(())
         },
     )
 }

@@ -209,8 +209,12 @@ pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
             Box::new(batch_norm::BatchNorm2d::new(*eps, *momentum, input)?)
         }
         LayerSpec::LayerNorm { eps } => Box::new(layer_norm::LayerNorm::new(*eps, input)?),
-        LayerSpec::Dropout { p } => Box::new(noise::Dropout::new(*p, input)?),
-        LayerSpec::StochasticDepth { p } => Box::new(noise::StochasticDepth::new(*p, input)?),
+        LayerSpec::Dropout { p } => {
+            Box::new(noise::Dropped::new(noise::Drop::Elements, *p, input)?)
+        }
+        LayerSpec::StochasticDepth { p } => {
+            Box::new(noise::Dropped::new(noise::Drop::Samples, *p, input)?)
+        }
         LayerSpec::GaussianNoise { std } => Box::new(noise::GaussianNoise::new(*std, input)?),
         LayerSpec::Activation(a) => Box::new(activation::Act::new(*a, input)?),
         LayerSpec::PRelu { per_channel } => Box::new(activation::PRelu::new(*per_channel, input)),

@@ -8,96 +8,54 @@ use crate::kernels;
 use crate::kernels::accum::Accum;
 use crate::shape::Shape3;
 
+/// Which elements a [`Dropped`] layer drops together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Drop {
+    /// Each element on its own (`nn.Dropout`).
+    Elements,
+    /// Whole samples (torchvision's `StochasticDepth(p, "row")`).
+    Samples,
+}
+
+/// Dropout and stochastic depth: a seeded mask of `0` and `1/(1 − p)` factors while training
+/// (one per element or one per sample), the identity in evaluation.
 #[derive(Debug)]
-pub(crate) struct Dropout {
+pub(crate) struct Dropped {
+    drop: Drop,
     p: f32,
     shape: Shape3,
     mask: Vec<f32>,
     trained: bool,
 }
 
-impl Dropout {
-    pub fn new(p: f32, input: Shape3) -> Result<Self> {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(shape_error(
-                &LayerSpec::Dropout { p },
-                input,
-                "p must be in [0, 1]",
-            ));
-        }
-        Ok(Dropout {
+impl Dropped {
+    pub fn new(drop: Drop, p: f32, input: Shape3) -> Result<Self> {
+        let layer = Dropped {
+            drop,
             p,
             shape: input,
             mask: Vec::new(),
             trained: false,
-        })
-    }
-}
-
-impl Layer for Dropout {
-    fn spec(&self) -> LayerSpec {
-        LayerSpec::Dropout { p: self.p }
-    }
-    fn out_shape(&self) -> Shape3 {
-        self.shape
-    }
-    fn forward(
-        &mut self,
-        _: usize,
-        _: &[f32],
-        x: &[f32],
-        y: &mut [f32],
-        ctx: &mut Ctx<'_>,
-    ) -> Result<()> {
-        self.trained = ctx.training;
-        if ctx.training {
-            let mask = grow("Dropout::forward", &mut self.mask, x.len())?;
-            kernels::dropout_forward_train(self.p, ctx.seed, x, y, mask)
-        } else {
-            pass_through("dropout", "y", x, y)
-        }
-    }
-    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
-        let Backward { dy, dx, .. } = b;
-        let Some(dx) = dx else { return Ok(()) };
-        if self.trained {
-            kernels::dropout_backward(&self.mask[..dy.len()], dy, dx, Accum::Replace)
-        } else {
-            pass_through("dropout", "dx", dy, dx)
-        }
-    }
-}
-
-/// Stochastic depth: whole samples dropped while training, the identity in evaluation.
-#[derive(Debug)]
-pub(crate) struct StochasticDepth {
-    p: f32,
-    shape: Shape3,
-    mask: Vec<f32>,
-    trained: bool,
-}
-
-impl StochasticDepth {
-    pub fn new(p: f32, input: Shape3) -> Result<Self> {
+        };
         if !(0.0..=1.0).contains(&p) {
-            return Err(shape_error(
-                &LayerSpec::StochasticDepth { p },
-                input,
-                "p must be in [0, 1]",
-            ));
+            return Err(shape_error(&layer.spec(), input, "p must be in [0, 1]"));
         }
-        Ok(StochasticDepth {
-            p,
-            shape: input,
-            mask: Vec::new(),
-            trained: false,
-        })
+        Ok(layer)
+    }
+    fn name(&self) -> &'static str {
+        match self.drop {
+            Drop::Elements => "dropout",
+            Drop::Samples => "stochastic_depth",
+        }
     }
 }
 
-impl Layer for StochasticDepth {
+impl Layer for Dropped {
     fn spec(&self) -> LayerSpec {
-        LayerSpec::StochasticDepth { p: self.p }
+        match self.drop {
+            Drop::Elements => LayerSpec::Dropout { p: self.p },
+            Drop::Samples => LayerSpec::StochasticDepth { p: self.p },
+        }
     }
     fn out_shape(&self) -> Shape3 {
         self.shape
@@ -111,20 +69,34 @@ impl Layer for StochasticDepth {
         ctx: &mut Ctx<'_>,
     ) -> Result<()> {
         self.trained = ctx.training;
-        if ctx.training {
-            let mask = grow("StochasticDepth::forward", &mut self.mask, n)?;
-            kernels::stochastic_depth_forward_train(self.p, ctx.seed, n, x, y, mask)
-        } else {
-            pass_through("stochastic_depth", "y", x, y)
+        if !ctx.training {
+            return pass_through(self.name(), "y", x, y);
+        }
+        let (p, seed) = (self.p, ctx.seed);
+        match self.drop {
+            Drop::Elements => {
+                let mask = grow("Dropout::forward", &mut self.mask, x.len())?;
+                kernels::dropout_forward_train(p, seed, x, y, mask)
+            }
+            Drop::Samples => {
+                let mask = grow("StochasticDepth::forward", &mut self.mask, n)?;
+                kernels::stochastic_depth_forward_train(p, seed, n, x, y, mask)
+            }
         }
     }
     fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
         let Backward { n, dy, dx, .. } = b;
         let Some(dx) = dx else { return Ok(()) };
-        if self.trained {
-            kernels::stochastic_depth_backward(&self.mask[..n], dy, dx, Accum::Replace)
-        } else {
-            pass_through("stochastic_depth", "dx", dy, dx)
+        if !self.trained {
+            return pass_through(self.name(), "dx", dy, dx);
+        }
+        match self.drop {
+            Drop::Elements => {
+                kernels::dropout_backward(&self.mask[..dy.len()], dy, dx, Accum::Replace)
+            }
+            Drop::Samples => {
+                kernels::stochastic_depth_backward(&self.mask[..n], dy, dx, Accum::Replace)
+            }
         }
     }
 }

@@ -299,6 +299,32 @@ fn pair(v: [usize; 2]) -> String {
     }
 }
 
+/// The options of `conv(…)` and `convt(…)` that differ from their defaults, then `)`; `extra` are
+/// `(key, value, default)` written after the padding.
+fn conv_options(
+    f: &mut fmt::Formatter<'_>,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    extra: &[(&str, [usize; 2], [usize; 2])],
+    dilation: [usize; 2],
+    groups: usize,
+    bias: bool,
+) -> fmt::Result {
+    let pairs = [("s", stride, [1, 1]), ("p", padding, [0, 0])];
+    for (key, v, default) in pairs.iter().chain(extra).chain(&[("d", dilation, [1, 1])]) {
+        if v != default {
+            write!(f, ",{key}={}", pair(*v))?;
+        }
+    }
+    if groups != 1 {
+        write!(f, ",g={groups}")?;
+    }
+    if !bias {
+        write!(f, ",bias=false")?;
+    }
+    write!(f, ")")
+}
+
 impl fmt::Display for LayerSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -313,25 +339,8 @@ impl fmt::Display for LayerSpec {
                 bias,
             } => {
                 write!(f, "convt({out},{}", pair(*kernel))?;
-                if *stride != [1, 1] {
-                    write!(f, ",s={}", pair(*stride))?;
-                }
-                if *padding != [0, 0] {
-                    write!(f, ",p={}", pair(*padding))?;
-                }
-                if *output_padding != [0, 0] {
-                    write!(f, ",op={}", pair(*output_padding))?;
-                }
-                if *dilation != [1, 1] {
-                    write!(f, ",d={}", pair(*dilation))?;
-                }
-                if *groups != 1 {
-                    write!(f, ",g={groups}")?;
-                }
-                if !bias {
-                    write!(f, ",bias=false")?;
-                }
-                write!(f, ")")
+                let extra = [("op", *output_padding, [0, 0])];
+                conv_options(f, *stride, *padding, &extra, *dilation, *groups, *bias)
             }
             LayerSpec::Conv2d {
                 out,
@@ -343,22 +352,7 @@ impl fmt::Display for LayerSpec {
                 bias,
             } => {
                 write!(f, "conv({out},{}", pair(*kernel))?;
-                if *stride != [1, 1] {
-                    write!(f, ",s={}", pair(*stride))?;
-                }
-                if *padding != [0, 0] {
-                    write!(f, ",p={}", pair(*padding))?;
-                }
-                if *dilation != [1, 1] {
-                    write!(f, ",d={}", pair(*dilation))?;
-                }
-                if *groups != 1 {
-                    write!(f, ",g={groups}")?;
-                }
-                if !bias {
-                    write!(f, ",bias=false")?;
-                }
-                write!(f, ")")
+                conv_options(f, *stride, *padding, &[], *dilation, *groups, *bias)
             }
             LayerSpec::Dense { out, bias } => {
                 write!(f, "dense({out}{})", if *bias { "" } else { ",bias=false" })
