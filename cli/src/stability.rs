@@ -212,6 +212,14 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
         bail!("--limit must be at least 1");
     }
     let (mut model, pipe, ds) = model_and_test_data(&a.model, a.data.as_ref(), &a.foreign)?;
+    // No perturbation in [0, 1]ᵈ is larger than the range (L∞) or its diagonal (L2).
+    let most = match norm {
+        AttackNorm::L2 => (model.input_shape().iter().product::<usize>() as f32).sqrt(),
+        _ => 1.0,
+    };
+    if let Some(e) = eps.iter().find(|&&e| e > most) {
+        bail!("--eps: {e} is larger than any perturbation of an image in [0, 1] ({most} at most)");
+    }
     let n = ds.len().min(a.limit);
     let d = ds.images().len() / ds.len().max(1);
     let (x, labels) = (&ds.images()[..n * d], &ds.labels()[..n]);
@@ -279,6 +287,15 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
 
 /// Loads `path` as the model's input, in pixels.
 fn load_pixels(path: &Path, model: &Sequential, pipe: &Pipeline) -> Result<Vec<f32>> {
+    let [_, h, w] = model.input_shape();
+    if let Ok((iw, ih)) = image::image_dimensions(path)
+        && (iw as usize, ih as usize) != (w, h)
+    {
+        crate::output::warn(format_args!(
+            "note: {} is {iw}x{ih}; resized to {w}x{h}, the model's input",
+            path.display()
+        ));
+    }
     let (x, shape) = cnnkit::image::load_image(path, &pipe.image_options())?;
     if shape != model.input_shape() {
         bail!(
@@ -310,8 +327,12 @@ fn write_png(path: &Path, w: usize, h: usize, rgb: Vec<u8>) -> Result<()> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     img.write_to(&mut bytes, image::ImageFormat::Png)
         .with_context(|| format!("{}: cannot encode", path.display()))?;
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(d) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+        crate::output::warn(format_args!("note: created the folder {}", d.display()));
     }
     cnnkit::checkpoint::write_atomic(path, bytes.get_ref())?;
     Ok(())
@@ -337,7 +358,17 @@ fn grey(v: &[f32], c: usize, plane: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The most ascent iterations `perturb` runs (each is a forward and a backward pass).
+const MAX_ITERATIONS: usize = 1_000_000;
+
 pub fn perturb(a: &PerturbArgs) -> Result<()> {
+    if a.iterations > MAX_ITERATIONS {
+        bail!(
+            "--iterations {}: at most {MAX_ITERATIONS} (the search grows r geometrically; a \
+             larger --step goes further)",
+            a.iterations
+        );
+    }
     let (mut model, pipe) = model_for_images(&a.model, &a.foreign)?;
     let x = load_pixels(&a.image, &model, &pipe)?;
     let s = PerturbationSearch {

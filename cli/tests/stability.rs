@@ -107,6 +107,51 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
     );
     assert!(t.contains("barely moved") && t.contains("--step"), "{t}");
     assert!(!ok(&d.0, &["perturb", "model.safetensors", "zero.png"]).contains("barely moved"));
+    // Budgets and iterations beyond any use are refused; what the command does beyond what was
+    // asked (resizing, creating a folder) it says.
+    let o = cnnkit(
+        &d.0,
+        &["robustness", "model.safetensors", "--eps", "0.1,1e30"],
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("--eps") && t.contains("larger than any perturbation"),
+        "{t}"
+    );
+    let o = cnnkit(
+        &d.0,
+        &[
+            "perturb",
+            "model.safetensors",
+            "zero.png",
+            "--iterations",
+            "2000000",
+        ],
+    );
+    assert!(
+        !o.status.success() && text(&o).contains("--iterations"),
+        "{}",
+        text(&o)
+    );
+    png(&d.0.join("big.png"), 16, 16, |x, y| {
+        if (x + y) % 5 == 0 { 255 } else { 0 }
+    });
+    let t = ok(
+        &d.0,
+        &[
+            "perturb",
+            "model.safetensors",
+            "big.png",
+            "--iterations",
+            "5",
+            "--out",
+            "new/b.png",
+        ],
+    );
+    assert!(t.contains("16x16; resized to 8x8"), "{t}");
+    assert!(t.contains("created the folder new"), "{t}");
+    assert!(d.0.join("new/b.png").is_file());
     // A negative number is a value with a range error, not an unknown option.
     for args in [
         &["robustness", "model.safetensors", "--eps", "-0.1"][..],
