@@ -287,6 +287,8 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
 
 /// Loads `path` as the model's input, in pixels.
 fn load_pixels(path: &Path, model: &Sequential, pipe: &Pipeline) -> Result<Vec<f32>> {
+    // Loading first: it refuses what is not a regular file (a FIFO would block a reader).
+    let (x, shape) = cnnkit::image::load_image(path, &pipe.image_options())?;
     let [_, h, w] = model.input_shape();
     if let Ok((iw, ih)) = image::image_dimensions(path)
         && (iw as usize, ih as usize) != (w, h)
@@ -296,7 +298,6 @@ fn load_pixels(path: &Path, model: &Sequential, pipe: &Pipeline) -> Result<Vec<f
             path.display()
         ));
     }
-    let (x, shape) = cnnkit::image::load_image(path, &pipe.image_options())?;
     if shape != model.input_shape() {
         bail!(
             "{}: {:?} after loading, the model takes {:?}",
