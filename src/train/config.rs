@@ -156,7 +156,7 @@ impl std::str::FromStr for Sampler {
 }
 
 /// `v` as `a<sep>b<sep>…` with every float exactly.
-pub(crate) fn join_floats(v: &[f32], sep: &str) -> String {
+fn join_floats(v: &[f32], sep: &str) -> String {
     v.iter()
         .map(|x| format!("{x:?}"))
         .collect::<Vec<_>>()
@@ -164,7 +164,7 @@ pub(crate) fn join_floats(v: &[f32], sep: &str) -> String {
 }
 
 /// Floats separated by `/` or `,` (at least one).
-pub(crate) fn parse_floats(s: &str) -> Option<Vec<f32>> {
+pub(super) fn parse_floats(s: &str) -> Option<Vec<f32>> {
     let v: Option<Vec<f32>> = s.split(['/', ',']).map(|t| t.trim().parse().ok()).collect();
     v.filter(|v| !v.is_empty())
 }

@@ -3,8 +3,8 @@
 //! positional lists, and the history as one `;`-separated line per epoch. Only read, never
 //! written; kept so that checkpoints of earlier versions still resume.
 
-use super::config::{AdversarialTraining, Loss, Monitor, Sampler, TrainConfig};
-use super::record::{Reader, Record, Selection};
+use super::config::{AdversarialTraining, Loss, Monitor, Sampler, TrainConfig, parse_floats};
+use super::record::{Reader, Record, Selection, Value};
 use super::trainer::{EpochReport, Progress};
 use crate::augment::Augment;
 use crate::data::normalization::Normalization;
@@ -19,20 +19,6 @@ fn fields(s: &str) -> HashMap<&str, &str> {
 
 fn num<T: std::str::FromStr>(m: &HashMap<&str, &str>, k: &str) -> Option<T> {
     m.get(k)?.parse().ok()
-}
-
-/// Floats separated by `/` or `,` (at least one).
-fn floats(s: &str) -> Option<Vec<f32>> {
-    let v: Option<Vec<f32>> = s.split(['/', ',']).map(|t| t.trim().parse().ok()).collect();
-    v.filter(|v| !v.is_empty())
-}
-
-fn hex4(s: &str, sep: char) -> Option<[u64; 4]> {
-    let v: Vec<u64> = s
-        .split(sep)
-        .map(|t| u64::from_str_radix(t, 16).ok())
-        .collect::<Option<_>>()?;
-    v.try_into().ok()
 }
 
 fn config(s: &str) -> Option<TrainConfig> {
@@ -55,7 +41,7 @@ fn config(s: &str) -> Option<TrainConfig> {
         },
         class_weights: match opt("class_weights") {
             None => None,
-            Some(w) => Some(floats(w)?),
+            Some(w) => Some(parse_floats(w)?),
         },
         sampler: match opt("sampler") {
             None => Sampler::Shuffle,
@@ -78,7 +64,8 @@ fn config(s: &str) -> Option<TrainConfig> {
                 let mut a: Augment = f.first()?.parse().ok()?;
                 a.seed = f.get(1)?.parse().ok()?;
                 if f.len() == 4 {
-                    a.normalization = Some(Normalization::new(floats(f[2])?, floats(f[3])?).ok()?);
+                    a.normalization =
+                        Some(Normalization::new(parse_floats(f[2])?, parse_floats(f[3])?).ok()?);
                 }
                 Some(a)
             }
@@ -94,7 +81,7 @@ fn adversarial(s: &str) -> Option<AdversarialTraining> {
         return None;
     }
     let normalization = if f.len() == 12 {
-        Some(Normalization::new(floats(f[10])?, floats(f[11])?).ok()?)
+        Some(Normalization::new(parse_floats(f[10])?, parse_floats(f[11])?).ok()?)
     } else {
         None
     };
@@ -167,7 +154,7 @@ pub(super) fn read(m: &BTreeMap<String, String>) -> Result<Record, String> {
         Some(Progress {
             epoch: num(&pf, "epoch")?,
             step: num(&pf, "step")?,
-            shuffle_rng: hex4(pf.get("shuffle_rng")?, ':')?,
+            shuffle_rng: <[u64; 4]>::decode(&pf.get("shuffle_rng")?.replace(':', ","))?,
             partial: (
                 num(&pf, "loss_sum")?,
                 num(&pf, "correct")?,
@@ -201,7 +188,7 @@ pub(super) fn read(m: &BTreeMap<String, String>) -> Result<Record, String> {
         // Files without train.initial_lr stored the initial rate as the optimizer's rate.
         initial_lr: r.opt("train.initial_lr")?,
         optimizer_steps: r.get("train.optimizer_steps")?,
-        model_rng: hex4(text("train.model_rng")?, ',')
+        model_rng: <[u64; 4]>::decode(text("train.model_rng")?)
             .ok_or_else(|| malformed("train.model_rng"))?,
         history: history(text("train.history")?).ok_or_else(|| malformed("train.history"))?,
         config,
