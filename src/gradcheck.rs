@@ -30,7 +30,7 @@
 use crate::error::{Error, Result};
 use crate::kernels::accum::Accum;
 use crate::layer::Layer;
-use crate::model::Sequential;
+use crate::model::{Model, Sequential};
 use crate::rng::Rng;
 use crate::shape::{Shape3, numel};
 use std::fmt;
@@ -286,6 +286,21 @@ pub fn check_layer(
         return Err(Error::invalid("check_layer", "n", "must be at least 1"));
     }
     let mut model = Sequential::from_layers(input, vec![layer], seed)?;
+    check_model(&mut model, n, seed)
+}
+
+/// Checks a whole model's backward pass as [`check_layer`] checks one layer's: every parameter
+/// gradient and, on up to 96 evenly spread values, the input gradient of `L = Σ f(x)·dy` on a
+/// batch of `n` samples drawn from `seed`, in training mode (with the same noise on every
+/// evaluation). The parameters are the model's own.
+///
+/// # Errors
+/// [`Error::InvalidArg`] if `n` is 0; the model's own errors.
+pub fn check_model(model: &mut Model, n: usize, seed: u64) -> Result<GradReport> {
+    if n == 0 {
+        return Err(Error::invalid("check_model", "n", "must be at least 1"));
+    }
+    let input = model.input_shape();
     let mut rng = Rng::new(seed ^ 0x9e37_79b9_7f4a_7c15);
     let mut x: Vec<f32> = (0..n * numel(input))
         .map(|_| rng.uniform(-2.0, 2.0))
@@ -301,7 +316,7 @@ pub fn check_layer(
     let grads = model.grads().to_vec();
     let params = model.params().to_vec();
     // L = Σ f(x)·dy in f64, with the same noise every time.
-    let loss = |m: &mut Sequential, x: &[f32]| -> f64 {
+    let loss = |m: &mut Model, x: &[f32]| -> f64 {
         m.set_rng_state(state);
         m.forward(x, n).map_or(f64::NAN, |y| {
             y.iter().zip(&dy).map(|(&a, &b)| a as f64 * b as f64).sum()
@@ -319,7 +334,7 @@ pub fn check_layer(
             Tolerance::default(),
             &mut |i, v| {
                 model.params_mut()[i] = v;
-                loss(&mut model, &x)
+                loss(model, &x)
             },
         ));
     }
@@ -334,7 +349,7 @@ pub fn check_layer(
         Tolerance::default(),
         &mut |i, v| {
             x[i] = v;
-            loss(&mut model, &x)
+            loss(model, &x)
         },
     ));
     Ok(report)

@@ -69,7 +69,7 @@ fn allocations(f: impl FnOnce()) -> usize {
 
 #[test]
 fn steady_state_training_and_inference_do_not_allocate() {
-    use cnnkit::{LayerSpec, Sequential, TrainConfig, Trainer};
+    use cnnkit::{TrainConfig, Trainer};
     // The MNIST-CNN of the benchmarks, every other layer kind that keeps buffers, X1, residual blocks.
     let archs = [
         "conv(32,3,p=1),relu,maxpool(2),conv(64,3,p=1),relu,maxpool(2),flatten,dense(128),relu,dense(10)",
@@ -82,6 +82,16 @@ fn steady_state_training_and_inference_do_not_allocate() {
         // The layers of the mobile and reconstruction networks.
         "conv(4,3,p=1),bn,relu6,maxpool(2),convt(4,2,s=2),silu,upsample(2,mode=bilinear),hardswish,\
          conv(4,3,s=2,p=1),adaptive_avgpool(5),hardsigmoid,stochastic_depth(0.2),flatten,dense(10)",
+        // A graph: a residual sum, a concatenation (DenseNet, U-Net), a squeeze-and-excitation
+        // gate, a transposed convolution, a node read by three others, fused steps.
+        "stem = conv(8,3,p=1,bias=false), bn, relu
+         body = conv(8,3,p=1,bias=false), bn, relu, conv(8,3,p=1,bias=false), bn
+         sum = add(stem, body), relu
+         se = adaptive_avgpool(1), conv(2,1), relu, conv(8,1), sigmoid
+         gated = mul(se, sum)
+         down = conv(8,3,p=1), bn, relu, maxpool(2)
+         up = convt(8,2,s=2)
+         cat(up, gated, stem), conv(4,3,p=1), relu, gap, dense(10)",
     ];
     // The counter sees allocations on this thread (that cnnkit's closures on other threads are
     // marked too is tested beside `par::probe`).
@@ -97,8 +107,7 @@ fn steady_state_training_and_inference_do_not_allocate() {
             .unwrap();
         pool.install(|| {
             for arch in archs {
-                let specs = LayerSpec::parse_list(arch).unwrap();
-                let model = || Sequential::new([1, 28, 28], &specs, 0).unwrap();
+                let model = || cnnkit::Model::from_text([1, 28, 28], arch, 0).unwrap();
                 for opt in [
                     "sgd(lr=0.01,momentum=0.9,nesterov=true)",
                     "adam(amsgrad=true)",

@@ -322,9 +322,6 @@ impl Layer for BatchNorm2d {
             )
         }
     }
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(self)
-    }
     fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
         let Backward {
             n,

@@ -154,9 +154,6 @@ impl Layer for Conv2d {
         }
         v
     }
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(self)
-    }
     fn scratch_len(&self, n: usize) -> usize {
         self.geom(n).map_or(0, |g| {
             kernels::conv2d_forward_scratch_len(&g)

@@ -147,20 +147,6 @@ pub trait Layer: Send + std::fmt::Debug {
     fn scratch_len(&self, _n: usize) -> usize {
         0
     }
-    /// Takes over (`on`) or gives back the work of a ReLU layer directly before this one: its
-    /// forward then sees the ReLU's input and its backward returns the ReLU's input gradient.
-    /// Returns whether the layer can (see [`crate::Sequential::set_fusion`]); by default it
-    /// cannot.
-    #[doc(hidden)]
-    fn absorb_relu(&mut self, _on: bool) -> bool {
-        false
-    }
-    /// The layer itself, for the model's fusions of cnnkit's own layers (see
-    /// [`crate::Sequential::set_fusion`]); `None` by default.
-    #[doc(hidden)]
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        None
-    }
     /// `y = f(x)` for a batch of `n` samples (`y` is to be overwritten).
     ///
     /// # Errors
@@ -188,6 +174,64 @@ pub trait Layer: Send + std::fmt::Debug {
 /// [`Error::InvalidArg`] if the layer cannot take the input shape, or for
 /// [`LayerSpec::Custom`].
 pub fn build(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
+    Ok(match build_typed(spec, input)? {
+        Built::Conv(l) => Box::new(l),
+        Built::Bn(l) => Box::new(l),
+        Built::Pool(l) => Box::new(l),
+        Built::Other(l) => l,
+    })
+}
+
+/// A layer as the model holds it: cnnkit's convolution, batch norm and pooling by their own
+/// types (the execution plan fuses them, see `model::plan`), any other layer behind the trait.
+#[derive(Debug)]
+pub(crate) enum Built {
+    /// `conv`.
+    Conv(conv2d::Conv2d),
+    /// `bn`.
+    Bn(batch_norm::BatchNorm2d),
+    /// `maxpool`, `avgpool`.
+    Pool(pool::Pool),
+    /// Everything else, an embedder's own layers included.
+    Other(Box<dyn Layer>),
+}
+
+impl Built {
+    /// The layer behind the trait.
+    pub(crate) fn layer(&self) -> &dyn Layer {
+        match self {
+            Built::Conv(l) => l,
+            Built::Bn(l) => l,
+            Built::Pool(l) => l,
+            Built::Other(l) => l.as_ref(),
+        }
+    }
+    /// The layer behind the trait, mutably.
+    pub(crate) fn layer_mut(&mut self) -> &mut dyn Layer {
+        match self {
+            Built::Conv(l) => l,
+            Built::Bn(l) => l,
+            Built::Pool(l) => l,
+            Built::Other(l) => l.as_mut(),
+        }
+    }
+}
+
+/// As [`build`], keeping the types the execution plan fuses.
+pub(crate) fn build_typed(spec: &LayerSpec, input: Shape3) -> Result<Built> {
+    Ok(match spec {
+        LayerSpec::Conv2d { .. } => Built::Conv(conv2d::Conv2d::new(spec, input)?),
+        LayerSpec::MaxPool2d { .. } | LayerSpec::AvgPool2d { .. } => {
+            Built::Pool(pool::Pool::new(spec, input)?)
+        }
+        LayerSpec::BatchNorm2d { eps, momentum } => {
+            Built::Bn(batch_norm::BatchNorm2d::new(*eps, *momentum, input)?)
+        }
+        _ => Built::Other(build_other(spec, input)?),
+    })
+}
+
+fn build_other(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
     Ok(match spec {
         LayerSpec::Conv2d { .. } => Box::new(conv2d::Conv2d::new(spec, input)?),
         LayerSpec::ConvTranspose2d { .. } => {

@@ -86,6 +86,13 @@ impl Pool {
         self.avg.is_none()
     }
 
+    /// Takes over (`on`) or gives back the work of a ReLU directly before this max-pool
+    /// (`maxpool(relu(x)) = relu(maxpool(x))`): its forward then sees the ReLU's input and its
+    /// backward returns the ReLU's input gradient. Average pooling cannot.
+    pub(crate) fn absorb_relu(&mut self, on: bool) {
+        self.relu = on && self.is_max();
+    }
+
     /// Takes over (`on`) or gives back the output pass of the batch norm before it (and of the
     /// ReLU between them, if it absorbed one): see [`Pool::forward_from`].
     pub(crate) fn absorb_bn(&mut self, on: bool) {
@@ -197,13 +204,6 @@ impl Layer for Pool {
             0
         };
         masked + bn
-    }
-    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
-        Some(self)
-    }
-    fn absorb_relu(&mut self, on: bool) -> bool {
-        self.relu = on && self.avg.is_none();
-        self.avg.is_none()
     }
     fn forward(
         &mut self,

@@ -1,28 +1,37 @@
-//! [`Sequential`]: a stack of layers with its parameters, gradients, activations and scratch.
+//! [`Model`]: a graph of layers and joins with its parameters, gradients, activations, scratch
+//! and execution plan; a [`Sequential`] chain is the one-input case of the same type.
 
+mod graph;
 mod persist;
+pub(crate) mod plan;
+
+pub use graph::{GraphBuilder, Join, NodeId};
 
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::accum::Accum;
+use crate::kernels::join;
 use crate::kernels::planes::Planes;
-use crate::layer::batch_norm::BatchNorm2d;
-use crate::layer::conv2d::Conv2d;
-use crate::layer::pool::Pool;
 use crate::layer::spec::LayerSpec;
-use crate::layer::{self, Backward, Ctx, Layer, ParamInfo};
+use crate::layer::{Backward, Built, Ctx, Layer, ParamInfo};
 use crate::rng::{Rng, mix64};
 use crate::shape::{Shape3, Tensor, TensorData, numel};
+use graph::{Node, Op, Src};
+use plan::{Plan, Step};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::ops::Range;
 
-/// A feed-forward network: layers applied in order, as `torch.nn.Sequential`.
+/// A network: a directed acyclic graph of layers and joins (sums, channel concatenations,
+/// gates), run by an execution plan made once per model; a chain of layers
+/// ([`Sequential`], `torch.nn.Sequential`) is the graph whose nodes each read the one before.
 ///
-/// All parameters live in one flat buffer ([`Sequential::params`]) and their gradients in another
-/// ([`Sequential::grads`]), in layer order and, within a layer, in PyTorch's `state_dict` order
+/// All parameters live in one flat buffer ([`Model::params`]) and their gradients in another
+/// ([`Model::grads`]), in node order and, within a node, in PyTorch's `state_dict` order
 /// (`weight` then `bias`). Activations, caches and scratch are kept between calls and only grow:
 /// after the first step with the largest batch, forward and backward allocate nothing.
+/// Build a chain with [`Model::new`], a graph with [`GraphBuilder`] or from text with
+/// [`Model::from_text`].
 ///
 /// # Example
 /// ```
@@ -36,17 +45,20 @@ use std::ops::Range;
 /// # Ok::<(), cnnkit::Error>(())
 /// ```
 #[derive(Debug)]
-pub struct Sequential {
+pub struct Model {
     input: Shape3,
-    layers: Vec<Box<dyn Layer>>,
+    nodes: Vec<Node>,
     shapes: Vec<Shape3>,
     infos: Vec<Vec<ParamInfo>>,
     ranges: Vec<Range<usize>>,
     params: Vec<f32>,
     grads: Vec<f32>,
     acts: Vec<Vec<f32>>,
-    dbuf: [Vec<f32>; 2],
-    /// Where [`Sequential::input_gradient`] writes the parameter gradients it is not asked for
+    /// The plan's gradient slots.
+    dslots: Vec<Vec<f32>>,
+    /// A layer's input gradient before it is added to an earlier one.
+    dtmp: Vec<f32>,
+    /// Where [`Model::input_gradient`] writes the parameter gradients it is not asked for
     /// (made on its first call).
     spare_grads: Vec<f32>,
     ws: Vec<f32>,
@@ -58,24 +70,17 @@ pub struct Sequential {
     last_x: u64,
     /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
-    /// `skipped[i]`: layer `i` is a ReLU, a batch norm or a convolution whose work a later layer does (see
-    /// [`Sequential::set_fusion`]); it has no output buffer of its own.
-    skipped: Vec<bool>,
-    /// `bn_into[k] = Some(b)`: max-pool `k` reads the output of batch norm `b` plane by plane,
-    /// and runs its statistics and backward pass (see [`Sequential::set_fusion`]).
-    bn_into: Vec<Option<usize>>,
-    /// `conv_into[k] = Some(c)`: max-pool `k` runs convolution `c` image by image and pools
-    /// each image's output from scratch (see [`Sequential::set_fusion`]).
-    conv_into: Vec<Option<usize>>,
-    /// `bn_conv[k] = Some(c)`: max-pool `k` (with `bn_into[k]`) runs the backward pass of
-    /// convolution `c`, the batch norm's input, which makes its output gradient an image at a time
-    /// (see [`Sequential::set_fusion`]).
-    bn_conv: Vec<Option<usize>>,
+    plan: Plan,
 }
 
-impl Sequential {
-    /// Builds the network `specs` for samples of shape `input` (`[C, H, W]`), with PyTorch's
-    /// default initialisation drawn from `seed`. Starts in training mode.
+/// A chain of layers, `torch.nn.Sequential`: the [`Model`] whose nodes each read the one before
+/// (the name cnnkit's models had before graphs; every method is [`Model`]'s).
+pub type Sequential = Model;
+
+impl Model {
+    /// Builds the chain `specs` for samples of shape `input` (`[C, H, W]`), with PyTorch's
+    /// default initialisation drawn from `seed`. Starts in training mode. Its nodes are named by
+    /// their index in the equivalent `torch.nn.Sequential` (`"0"`, `"1"`, …).
     ///
     /// # Errors
     /// [`Error::InvalidArg`] naming the first layer that cannot take its input shape (a kernel
@@ -84,17 +89,17 @@ impl Sequential {
         Self::with_init(input, specs, Init::TorchDefault, seed)
     }
 
-    /// As [`Sequential::new`], with weights initialised by `init`.
+    /// As [`Model::new`], with weights initialised by `init`.
     pub fn with_init(input: Shape3, specs: &[LayerSpec], init: Init, seed: u64) -> Result<Self> {
         Self::build(input, specs, init, seed, usize::MAX)
     }
 
-    /// As [`Sequential::new`], refusing with an error (before allocating anything) a network of
+    /// As [`Model::new`], refusing with an error (before allocating anything) a network of
     /// more than `max_params` parameters: for architectures from untrusted sources, where a short
     /// string can ask for gigabytes.
     ///
     /// # Errors
-    /// As [`Sequential::new`], and [`Error::InvalidArg`] naming the limit.
+    /// As [`Model::new`], and [`Error::InvalidArg`] naming the limit.
     pub fn new_with_limit(
         input: Shape3,
         specs: &[LayerSpec],
@@ -104,7 +109,29 @@ impl Sequential {
         Self::build(input, specs, Init::TorchDefault, seed, max_params)
     }
 
-    /// As [`Sequential::with_init`], refusing (before allocating them) more than `max_params`
+    /// The model of an architecture text: a layer list (`conv(8,3,p=1),relu,…`) or a graph (see
+    /// [`GraphBuilder::parse`]), as [`Model::architecture`] writes it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] naming the statement or layer that is wrong.
+    pub fn from_text(input: Shape3, text: &str, seed: u64) -> Result<Self> {
+        Self::from_text_with_limit(input, text, seed, usize::MAX)
+    }
+
+    /// As [`Model::from_text`], refusing more than `max_params` parameters.
+    ///
+    /// # Errors
+    /// As [`Model::from_text`].
+    pub fn from_text_with_limit(
+        input: Shape3,
+        text: &str,
+        seed: u64,
+        max_params: usize,
+    ) -> Result<Self> {
+        GraphBuilder::parse_with_limit(input, text, max_params)?.build(seed)
+    }
+
+    /// As [`Model::with_init`], refusing (before allocating them) more than `max_params`
     /// parameters.
     pub(crate) fn build(
         input: Shape3,
@@ -113,28 +140,23 @@ impl Sequential {
         seed: u64,
         max_params: usize,
     ) -> Result<Self> {
-        const OP: &str = "Sequential::new";
         check_input(input, specs.len())?;
-        let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(specs.len());
-        let (mut shape, mut total) = (input, 0);
-        for spec in specs {
-            let l = layer::build(spec, shape)?;
-            shape = l.out_shape();
-            crate::error::mul(OP, "layer output", shape[0], shape[1] * shape[2])?;
-            // Refused before the next layer is built (a hostile architecture allocates nothing).
-            total = add_params(total, &l.params(), max_params)?;
-            layers.push(l);
+        let mut g = GraphBuilder::with_limit(input, max_params);
+        let mut at = g.input();
+        for (spec, k) in specs.iter().zip(graph::torch_indices(specs)) {
+            at = g.layer(&k.to_string(), spec, at)?;
         }
-        Self::assemble(input, layers, init, seed, max_params)
+        g.build_with_init(init, seed)
     }
 
-    /// A model of layers already built, among them your own (see [`Layer`]): each must have been
-    /// made for the per-sample output shape of the one before it (the first for `input`);
+    /// A chain of layers already built, among them your own (see [`Layer`]): each must have
+    /// been made for the per-sample output shape of the one before it (the first for `input`);
     /// cnnkit's layers are made with [`crate::layer::build`]. Parameters are initialised as by
-    /// [`Sequential::new`] from each layer's [`ParamKind`](crate::layer::ParamKind)s. Such a
+    /// [`Model::new`] from each layer's [`ParamKind`](crate::layer::ParamKind)s. Such a
     /// model trains, evaluates and saves like any other; loading it back needs the same layers
-    /// (build them again, then [`Sequential::load_state_dict`]), since only cnnkit's own layers
-    /// can be rebuilt from the architecture text.
+    /// (build them again, then [`Model::load_state_dict`]), since only cnnkit's own layers
+    /// can be rebuilt from the architecture text. (In a graph, add your layers with
+    /// [`GraphBuilder::custom`].)
     ///
     /// # Errors
     /// [`Error::InvalidArg`] for an empty input shape, no layers, or an output shape with no
@@ -152,7 +174,15 @@ impl Sequential {
     /// ```
     pub fn from_layers(input: Shape3, layers: Vec<Box<dyn Layer>>, seed: u64) -> Result<Self> {
         const OP: &str = "Sequential::from_layers";
-        for (i, l) in layers.iter().enumerate() {
+        check_input(input, layers.len())?;
+        let specs: Vec<LayerSpec> = layers.iter().map(|l| l.spec()).collect();
+        let mut g = GraphBuilder::new(input);
+        let mut at = g.input();
+        for (i, (l, k)) in layers
+            .into_iter()
+            .zip(graph::torch_indices(&specs))
+            .enumerate()
+        {
             if l.out_shape().contains(&0) {
                 return Err(Error::invalid(
                     OP,
@@ -160,45 +190,50 @@ impl Sequential {
                     format!("layer {i} ({}) has an empty output shape", l.spec()),
                 ));
             }
+            at = g.custom(&k.to_string(), l, at)?;
         }
-        Self::assemble(input, layers, Init::TorchDefault, seed, usize::MAX)
+        g.build(seed)
     }
 
-    fn assemble(
+    pub(crate) fn assemble(
         input: Shape3,
-        layers: Vec<Box<dyn Layer>>,
+        nodes: Vec<Node>,
         init: Init,
         seed: u64,
         max_params: usize,
     ) -> Result<Self> {
         const OP: &str = "Sequential::new";
-        check_input(input, layers.len())?;
+        check_input(input, nodes.len())?;
         let (mut shapes, mut infos, mut ranges) = (Vec::new(), Vec::new(), Vec::new());
         let mut total = 0usize;
-        for l in &layers {
-            let info = l.params();
+        for n in &nodes {
+            let info = match &n.op {
+                Op::Layer(l) => l.layer().params(),
+                Op::Join(_) => Vec::new(),
+            };
             let end = add_params(total, &info, max_params)?;
             ranges.push(total..end);
             total = end;
-            shapes.push(l.out_shape());
+            shapes.push(n.shape);
             infos.push(info);
         }
-        let count = layers.len();
+        let count = nodes.len();
         crate::memory::check_elems::<f32>(
             OP,
             "the parameters and their gradients",
             2 * total as u128,
         )?;
-        let mut m = Sequential {
+        let mut m = Model {
             input,
-            layers,
+            nodes,
             shapes,
             infos,
             ranges,
             params: crate::memory::vec_of(OP, "parameters", total, 0.0)?,
             grads: crate::memory::vec_of(OP, "gradients", total, 0.0)?,
             acts: vec![Vec::new(); count],
-            dbuf: [Vec::new(), Vec::new()],
+            dslots: Vec::new(),
+            dtmp: Vec::new(),
             spare_grads: Vec::new(),
             ws: Vec::new(),
             training: true,
@@ -206,17 +241,14 @@ impl Sequential {
             last_n: None,
             last_x: 0,
             warmed: 0,
-            skipped: vec![false; count],
-            bn_into: vec![None; count],
-            conv_into: vec![None; count],
-            bn_conv: vec![None; count],
+            plan: Plan::default(),
         };
         m.reinit(init, seed);
         m.set_fusion(true);
         Ok(m)
     }
 
-    /// Re-initialises every parameter with `init` from `seed` (layer by layer, tensor by tensor).
+    /// Re-initialises every parameter with `init` from `seed` (node by node, tensor by tensor).
     pub fn reinit(&mut self, init: Init, seed: u64) {
         let mut rng = Rng::new(seed);
         for (info, r) in self.infos.iter().zip(&self.ranges) {
@@ -232,21 +264,44 @@ impl Sequential {
     pub fn input_shape(&self) -> Shape3 {
         self.input
     }
-    /// Per-sample output shape of every layer, in order.
+    /// Per-sample output shape of every node, in order.
     pub fn layer_shapes(&self) -> &[Shape3] {
         &self.shapes
     }
     /// Per-sample output shape.
     pub fn output_shape(&self) -> Shape3 {
-        *self.shapes.last().expect("at least one layer")
+        *self.shapes.last().expect("at least one node")
     }
     /// Output values per sample (the number of classes for a classifier).
     pub fn output_len(&self) -> usize {
         numel(self.output_shape())
     }
-    /// The layers' specifications.
+    /// The specifications of the model's layers, in node order (joins left out): for a chain,
+    /// its layer list.
     pub fn specs(&self) -> Vec<LayerSpec> {
-        self.layers.iter().map(|l| l.spec()).collect()
+        self.nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                Op::Layer(l) => Some(l.layer().spec()),
+                Op::Join(_) => None,
+            })
+            .collect()
+    }
+    /// The architecture as text, read back by [`Model::from_text`] into the same graph and
+    /// names: a chain's layer list (`conv(8,3,p=1),relu,…`), or one statement per node.
+    pub fn architecture(&self) -> String {
+        graph::to_text(&self.nodes)
+    }
+    /// Whether the model is a chain (each node a layer reading the one before it).
+    pub fn is_chain(&self) -> bool {
+        self.nodes.iter().enumerate().all(|(i, n)| {
+            matches!(n.op, Op::Layer(_))
+                && n.inputs == [if i == 0 { Src::Input } else { Src::Node(i - 1) }]
+        })
+    }
+    /// Every node's name, in order (the prefix of its parameters' state-dict names).
+    pub fn node_names(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.name.as_str()).collect()
     }
     /// Number of trainable parameters.
     pub fn param_count(&self) -> usize {
@@ -260,7 +315,7 @@ impl Sequential {
     pub fn params_mut(&mut self) -> &mut [f32] {
         &mut self.params
     }
-    /// All parameter gradients, flat (same layout as [`Sequential::params`]).
+    /// All parameter gradients, flat (same layout as [`Model::params`]).
     pub fn grads(&self) -> &[f32] {
         &self.grads
     }
@@ -279,7 +334,8 @@ impl Sequential {
     pub fn eval(&mut self) {
         self.training = false;
     }
-    /// Fuses (`true`, the default) or separates layers whose work one pass can do:
+    /// Fuses (`true`, the default) or separates nodes whose work one pass can do, wherever a
+    /// node's output has one reader and is not the model's output (see `model::plan`):
     /// - a ReLU directly followed by a max-pool runs inside the pool (`maxpool(relu(x)) =
     ///   relu(maxpool(x))`, and the ReLU's backward mask is the pooled output's sign), which saves
     ///   one pass over the larger tensor in each direction;
@@ -287,10 +343,10 @@ impl Sequential {
     ///   statistics but never stores its output: the pool normalises each plane as it reads it,
     ///   and backward, the batch norm reads the pool's gradient spread over one plane at a time
     ///   (in cache) instead of a whole tensor, which saves about four passes over the larger
-    ///   tensor per step; when the batch norm's input is a convolution with one group, the
-    ///   convolution's backward pass makes the batch norm's input gradient (its own output
-    ///   gradient) an image at a time after the batch norm's sums, instead of reading a whole
-    ///   tensor of it;
+    ///   tensor per step; when the batch norm's input is a convolution with one group read by
+    ///   nothing else, the convolution's backward pass makes the batch norm's input gradient (its
+    ///   own output gradient) an image at a time after the batch norm's sums, instead of reading
+    ///   a whole tensor of it;
     /// - a convolution with one group followed by a max-pool (directly or through such a ReLU)
     ///   never stores its output: the pool convolves one image at a time into scratch and pools
     ///   it from there, and backward, the pool's gradient is spread one image at a time for the
@@ -302,82 +358,28 @@ impl Sequential {
     /// input at each maximum as it runs, and the spread gradient is zero elsewhere — so those
     /// sums, and the gradients that follow from them, differ from the separate layers' in the
     /// last bits (by rounding only: tested within `1e-4` of each gradient's largest element).
-    /// Fused results are still bit-identical for any thread count. `false` runs every layer as
-    /// written, for comparison. A ReLU that is the first layer is not fused.
+    /// Fused results are still bit-identical for any thread count. `false` runs every node as
+    /// written, for comparison. A ReLU that reads the model's input is not fused.
     /// Changing it discards the last forward pass (a backward pass needs a new one).
     pub fn set_fusion(&mut self, on: bool) {
         // The layers' caches of the last forward pass follow the old plan.
         self.last_n = None;
-        let count = self.layers.len();
-        for i in 0..count {
-            self.skipped[i] = false;
-            self.bn_into[i] = None;
-            self.conv_into[i] = None;
-            self.bn_conv[i] = None;
-            if let Some(pool) = downcast::<Pool>(&mut self.layers[i]) {
-                pool.absorb_bn(false);
-            }
-            let relu = self.layers[i].spec() == LayerSpec::RELU;
-            if relu && i >= 1 && i + 1 < count {
-                self.skipped[i] = self.layers[i + 1].absorb_relu(on) && on;
+        let plan = Plan::new(&self.nodes, on);
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if let Op::Layer(Built::Pool(p)) = &mut n.op {
+                p.absorb_relu(plan.relu_into[i]);
+                p.absorb_bn(plan.bn_into[i]);
             }
         }
-        if !on {
-            return;
-        }
-        for b in 0..count {
-            if downcast::<BatchNorm2d>(&mut self.layers[b]).is_none() {
-                continue;
-            }
-            // The next layer that runs, past a ReLU the pool absorbed.
-            let Some(k) = (b + 1..count).find(|&k| !self.skipped[k]) else {
-                continue;
-            };
-            if let Some(pool) = downcast::<Pool>(&mut self.layers[k])
-                && pool.is_max()
-            {
-                pool.absorb_bn(true);
-                self.skipped[b] = true;
-                self.bn_into[k] = Some(b);
-            }
-        }
-        for c in 0..count {
-            if !downcast::<Conv2d>(&mut self.layers[c]).is_some_and(|l| l.fits_pool()) {
-                continue;
-            }
-            let Some(k) = (c + 1..count).find(|&k| !self.skipped[k]) else {
-                continue;
-            };
-            // Directly, or through a ReLU the pool absorbed (not through a batch norm, whose
-            // statistics need every image's output first).
-            if self.bn_into[k].is_none()
-                && downcast::<Pool>(&mut self.layers[k]).is_some_and(|p| p.is_max())
-            {
-                self.skipped[c] = true;
-                self.conv_into[k] = Some(c);
-            }
-        }
-        for k in 0..count {
-            let Some(b) = self.bn_into[k] else { continue };
-            if let Some(c) = Self::source(&self.skipped, b)
-                && downcast::<Conv2d>(&mut self.layers[c]).is_some_and(|l| l.fits_pool())
-            {
-                self.bn_conv[k] = Some(c);
-            }
-        }
+        self.dslots.resize_with(plan.slots, Vec::new);
+        self.plan = plan;
     }
 
-    /// The layers that currently run inside the next one (see [`Sequential::set_fusion`]).
+    /// The nodes that currently run inside a later step (see [`Model::set_fusion`]).
     pub fn fused_layers(&self) -> Vec<usize> {
-        (0..self.skipped.len())
-            .filter(|&i| self.skipped[i])
+        (0..self.plan.skipped.len())
+            .filter(|&i| self.plan.skipped[i])
             .collect()
-    }
-
-    /// The layer whose output is layer `i`'s input (`None`: the network's input), given which
-    /// layers are `skipped`.
-    fn source(skipped: &[bool], i: usize) -> Option<usize> {
-        (0..i).rev().find(|&j| !skipped[j])
     }
 
     /// Whether the model is in training mode.
@@ -394,39 +396,63 @@ impl Sequential {
     }
 
     /// Grows activations and scratch for a batch of `n` (no-op when they are large enough).
-    /// The whole batch's memory is checked against the budget first (activations, the two
-    /// gradient buffers, scratch and, as an upper bound of the layers' caches, the activations
-    /// once more), so an oversized batch is refused before anything is allocated.
+    /// The whole batch's memory is checked against the budget first (activations, the gradient
+    /// slots, scratch and, as an upper bound of the layers' caches, the activations once more),
+    /// so an oversized batch is refused before anything is allocated.
     fn reserve(&mut self, n: usize) -> Result<()> {
         const OP: &str = "Sequential::forward";
         let len = |s: Shape3| crate::error::mul(OP, "batch", n, numel(s));
         let mut widest = len(self.input)?;
         let (mut acts, mut ws) = (0u128, 0usize);
-        for (l, &s) in self.layers.iter().zip(&self.shapes) {
+        for (node, &s) in self.nodes.iter().zip(&self.shapes) {
             let k = len(s)?;
             acts += k as u128;
             widest = widest.max(k);
-            ws = ws.max(l.scratch_len(n));
-        }
-        for k in 0..self.layers.len() {
-            if let Some(c) = self.conv_into[k].or(self.bn_conv[k]) {
-                let conv =
-                    downcast::<Conv2d>(&mut self.layers[c]).map_or(0, |c| c.pooled_scratch_len(n));
-                ws = ws.max(self.layers[k].scratch_len(n) + conv);
+            if let Op::Layer(l) = &node.op {
+                ws = ws.max(l.layer().scratch_len(n));
             }
         }
+        for step in &self.plan.forward {
+            let (conv, pool) = match *step {
+                Step::BnPool {
+                    conv: Some(c),
+                    pool,
+                    ..
+                } => (c, pool),
+                Step::ConvPool { conv, pool } => (conv, pool),
+                _ => continue,
+            };
+            let extra = match &self.nodes[conv].op {
+                Op::Layer(Built::Conv(c)) => c.pooled_scratch_len(n),
+                _ => 0,
+            };
+            let pool_ws = match &self.nodes[pool].op {
+                Op::Layer(l) => l.layer().scratch_len(n),
+                Op::Join(_) => 0,
+            };
+            ws = ws.max(pool_ws + extra);
+        }
+        let slots = self.plan.slots + usize::from(self.plan.adds_layer_grad);
         crate::memory::check_elems::<f32>(
             OP,
             "the activations of the batch",
-            2 * acts + 2 * widest as u128 + ws as u128,
+            2 * acts + slots as u128 * widest as u128 + ws as u128,
         )?;
-        for ((a, &s), &skip) in self.acts.iter_mut().zip(&self.shapes).zip(&self.skipped) {
+        for ((a, &s), &skip) in self
+            .acts
+            .iter_mut()
+            .zip(&self.shapes)
+            .zip(&self.plan.skipped)
+        {
             if !skip {
                 crate::memory::grow(OP, "activations", a, len(s)?)?;
             }
         }
-        for d in &mut self.dbuf {
+        for d in &mut self.dslots {
             crate::memory::grow(OP, "gradients", d, widest)?;
+        }
+        if self.plan.adds_layer_grad {
+            crate::memory::grow(OP, "gradients", &mut self.dtmp, widest)?;
         }
         crate::memory::grow(OP, "scratch", &mut self.ws, ws)?;
         // Every thread of the pool makes its packing buffers on the first call (and again when
@@ -452,61 +478,75 @@ impl Sequential {
         } else {
             0
         };
-        for i in 0..self.layers.len() {
-            if self.skipped[i] {
-                continue;
-            }
-            let src = Self::source(&self.skipped, i);
-            let (prev, rest) = self.acts.split_at_mut(i);
-            let input: &[f32] = match src {
-                None => x,
-                Some(j) => &prev[j][..n * numel(self.shapes[j])],
+        let Model {
+            nodes,
+            shapes,
+            ranges,
+            params,
+            acts,
+            ws,
+            plan,
+            training,
+            ..
+        } = self;
+        for &step in &plan.forward {
+            let i = step.top();
+            let (prev, rest) = acts.split_at_mut(i);
+            let (head, tail) = nodes.split_at_mut(i);
+            let input = |s: Src| -> &[f32] {
+                match s {
+                    Src::Input => x,
+                    Src::Node(j) => &prev[j][..n * numel(shapes[j])],
+                }
             };
-            let out = &mut rest[0][..n * numel(self.shapes[i])];
-            let mut ctx = Ctx::new(self.training, mix64(call_seed ^ i as u64), &mut self.ws);
-            if let Some(b) = self.bn_into[i] {
-                let (head, tail) = self.layers.split_at_mut(i);
-                let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut head[b], &mut tail[0])?;
-                bn.forward_stats(
-                    n,
-                    &self.params[self.ranges[b].clone()],
-                    input,
-                    self.training,
-                )?;
-                let (scale, shift) = bn.affine();
-                let src = Planes::Affine {
-                    x: input,
-                    scale,
-                    shift,
-                };
-                pool.forward_from(n, src, out, ctx.ws)?;
-                continue;
+            let out = &mut rest[0][..n * numel(shapes[i])];
+            let mut ctx = Ctx::new(*training, mix64(call_seed ^ i as u64), ws);
+            match step {
+                Step::BnPool { bn, .. } => {
+                    let (Op::Layer(Built::Bn(bn_l)), Op::Layer(Built::Pool(pool))) =
+                        (&mut head[bn].op, &mut tail[0].op)
+                    else {
+                        return Err(planned());
+                    };
+                    let x_bn = input(plan.reads[bn][0]);
+                    bn_l.forward_stats(n, &params[ranges[bn].clone()], x_bn, *training)?;
+                    let (scale, shift) = bn_l.affine();
+                    let src = Planes::Affine {
+                        x: x_bn,
+                        scale,
+                        shift,
+                    };
+                    pool.forward_from(n, src, out, ctx.ws)?;
+                }
+                Step::ConvPool { conv, .. } => {
+                    let (Op::Layer(Built::Conv(c)), Op::Layer(Built::Pool(pool))) =
+                        (&head[conv].op, &mut tail[0].op)
+                    else {
+                        return Err(planned());
+                    };
+                    let p = &params[ranges[conv].clone()];
+                    pool.forward_conv(n, c, p, input(plan.reads[conv][0]), out, ctx.ws)?;
+                }
+                Step::Node(_) => match &mut tail[0].op {
+                    Op::Layer(l) => {
+                        let p = &params[ranges[i].clone()];
+                        l.layer_mut()
+                            .forward(n, p, input(plan.reads[i][0]), out, &mut ctx)?;
+                    }
+                    Op::Join(j) => join_forward(*j, n, &plan.reads[i], &input, out, shapes[i])?,
+                },
             }
-            if let Some(c) = self.conv_into[i] {
-                let (head, tail) = self.layers.split_at_mut(i);
-                let (conv, pool) = fused_pair::<Conv2d, Pool>(&mut head[c], &mut tail[0])?;
-                let p = &self.params[self.ranges[c].clone()];
-                pool.forward_conv(n, conv, p, input, out, ctx.ws)?;
-                continue;
-            }
-            self.layers[i].forward(
-                n,
-                &self.params[self.ranges[i].clone()],
-                input,
-                out,
-                &mut ctx,
-            )?;
         }
         self.last_n = Some(n);
         self.last_x = fingerprint(x);
-        let last = self.layers.len() - 1;
+        let last = self.nodes.len() - 1;
         Ok(&self.acts[last][..n * self.output_len()])
     }
 
-    /// Back-propagates `dout = dL/d(output)` of the last [`Sequential::forward`] call (which must
+    /// Back-propagates `dout = dL/d(output)` of the last [`Model::forward`] call (which must
     /// have been given the same `x`) into the parameter gradients: overwritten with
     /// [`Accum::Replace`], added to with [`Accum::Add`] (gradient accumulation). The input
-    /// gradient is not computed (see [`Sequential::input_gradient`]).
+    /// gradient is not computed (see [`Model::input_gradient`]).
     ///
     /// # Errors
     /// [`Error::InvalidArg`] without a preceding forward pass, or when `x` is not its input;
@@ -516,19 +556,19 @@ impl Sequential {
     }
 
     /// The gradient with respect to the input, `dx = (∂output/∂x)ᵀ · dout`, for the last
-    /// [`Sequential::forward`] call (which must have been given the same `x`: another `x` is an
+    /// [`Model::forward`] call (which must have been given the same `x`: another `x` is an
     /// error, not the gradient at another point) and any upstream
     /// gradient `dout` on its output: a loss gradient, or the gradient of any functional of the
     /// output (for `½‖f(x + r) − f(x)‖²` at `x + r`, `dout = f(x + r) − f(x)`). `dx` (the shape
     /// of `x`) is overwritten.
     ///
     /// The parameter gradients are left exactly as they were with `params = None`, or
-    /// overwritten / added to with `Some(accum)` as by [`Sequential::backward`] (one pass for
+    /// overwritten / added to with `Some(accum)` as by [`Model::backward`] (one pass for
     /// both, as adversarial training needs). Dropout and RReLU use the masks of that forward pass,
     /// so in training mode the gradient is that of the same random network.
     ///
     /// # Errors
-    /// As [`Sequential::backward`]; [`Error::Length`] if `dx` does not match `x`;
+    /// As [`Model::backward`]; [`Error::Length`] if `dx` does not match `x`;
     /// [`Error::InvalidArg`] if `x` is not the input of the last forward pass.
     ///
     /// # Example
@@ -584,138 +624,160 @@ impl Sequential {
             self.spare_grads =
                 crate::memory::vec_of(op, "spare parameter gradients", self.grads.len(), 0.0)?;
         }
+        let Model {
+            input,
+            nodes,
+            shapes,
+            ranges,
+            params: weights,
+            grads: own_grads,
+            spare_grads,
+            acts,
+            dslots,
+            dtmp,
+            ws,
+            plan,
+            training,
+            ..
+        } = self;
         let (grads, accum) = match params {
-            Some(a) => (&mut self.grads, a),
-            None => (&mut self.spare_grads, Accum::Replace),
+            Some(a) => (own_grads, a),
+            None => (spare_grads, Accum::Replace),
         };
-        let last = self.layers.len() - 1;
-        let mut cur = 0; // dbuf[cur] holds dy of layer i (except for the last layer)
-        for i in (0..self.layers.len()).rev() {
-            // Without an input gradient, a first layer without parameters has nothing to do.
-            if i == 0 && dx_in.is_none() && self.ranges[0].is_empty() {
-                break;
+        let want_dx = dx_in.is_some();
+        // Whether the gradient of a node's output (or the input) is needed at all.
+        let needed = |s: Src| match s {
+            Src::Input => want_dx,
+            Src::Node(j) => want_dx || plan.trains[j],
+        };
+        let last = nodes.len() - 1;
+        let act = |s: Src| -> &[f32] {
+            match s {
+                Src::Input => x,
+                Src::Node(j) => &acts[j][..n * numel(shapes[j])],
             }
-            if self.skipped[i] || self.bn_conv.contains(&Some(i)) {
-                // A later layer returned this layer's input gradient already.
+        };
+        for bs in &plan.backward {
+            let step = bs.step;
+            let top = step.top();
+            if !needed(Src::Node(top)) {
                 continue;
             }
-            let y_len = n * numel(self.shapes[i]);
-            let src = Self::source(&self.skipped, i);
-            let (prev, rest) = self.acts.split_at(i);
-            let input: &[f32] = match src {
-                None => x,
-                Some(j) => &prev[j][..n * numel(self.shapes[j])],
+            let y = &acts[top][..n * numel(shapes[top])];
+            let dy_buf = match plan.slot[top] {
+                Some(s) if top != last => std::mem::take(&mut dslots[s]),
+                _ => Vec::new(),
             };
-            let y = &rest[0][..y_len];
-            let [d0, d1] = &mut self.dbuf;
-            let (dy_buf, dx_buf) = if cur == 0 { (&*d0, d1) } else { (&*d1, d0) };
-            let dy: &[f32] = if i == last { dout } else { &dy_buf[..y_len] };
-            let dx = match src {
-                Some(_) => Some(&mut dx_buf[..input.len()]),
-                None => dx_in.as_deref_mut(),
+            let dy: &[f32] = if top == last {
+                dout
+            } else {
+                &dy_buf[..y.len()]
             };
-            let mut ctx = Ctx::new(self.training, 0, &mut self.ws);
-            if let (Some(b), Some(c)) = (self.bn_into[i], self.bn_conv[i]) {
-                // Pool, batch norm and the convolution before it: the batch norm's sums, then
-                // the convolution's backward pass making the batch norm's input gradient (its
-                // own output gradient) an image at a time.
-                let (head, tail) = self.layers.split_at_mut(i);
-                let (head, bn_l) = head.split_at_mut(b);
-                let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut bn_l[0], &mut tail[0])?;
-                let conv = downcast::<Conv2d>(&mut head[c]).ok_or_else(planned)?;
-                let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
-                let (sums, ws) = ws.split_at_mut(bn.sums_len(n));
-                let (rc, rb) = (self.ranges[c].clone(), self.ranges[b].clone());
-                let (gc, gb) = grads.split_at_mut(rb.start);
-                let pb = &self.params[rb.clone()];
-                let map =
-                    bn.backward_sums(n, pb, &mut gb[..rb.len()], input, src, accum, sums, ws)?;
-                let planes = Planes::BnGrad {
-                    x: input,
-                    dy: &src,
-                    map,
+            let bottom = step.bottom();
+            let mut ctx = Ctx::new(*training, 0, ws);
+            if let Op::Join(j) = nodes[bottom].op {
+                for (t, &s) in plan.reads[bottom].iter().enumerate() {
+                    if !needed(s) {
+                        continue;
+                    }
+                    let a = bs.accum[t];
+                    with_grad_dest(s, n, shapes, plan, dslots, &mut dx_in, |dest| {
+                        join_backward(
+                            j,
+                            t,
+                            n,
+                            &plan.reads[bottom],
+                            &act,
+                            dy,
+                            dest,
+                            a,
+                            shapes[bottom],
+                        )
+                    })?;
+                }
+            } else {
+                let target = plan.reads[bottom][0];
+                let a = bs.accum[0];
+                let len_in = n * numel(match target {
+                    Src::Input => *input,
+                    Src::Node(k) => shapes[k],
+                });
+                // The layer overwrites its input gradient: straight into its place for the first
+                // writer, through scratch for a later one.
+                let mut dest_buf = match (needed(target), target, a) {
+                    (true, Src::Node(k), Accum::Replace) => {
+                        std::mem::take(&mut dslots[plan.slot[k].ok_or_else(planned)?])
+                    }
+                    _ => Vec::new(),
                 };
-                let conv_src = Self::source(&self.skipped, c);
-                let conv_x: &[f32] = match conv_src {
-                    None => x,
-                    Some(j) => &prev[j][..n * numel(self.shapes[j])],
-                };
-                let conv_dx = match conv_src {
-                    Some(_) => Some(&mut dx_buf[..conv_x.len()]),
-                    None => dx_in.as_deref_mut(),
-                };
-                let pc = &self.params[rc.clone()];
-                conv.backward_from(n, pc, &mut gc[rc], conv_x, planes, conv_dx, accum, ws)?;
-                cur = 1 - cur;
-                continue;
+                {
+                    let dx: Option<&mut [f32]> = match (needed(target), target, a) {
+                        (false, ..) => None,
+                        (true, _, Accum::Add) => Some(&mut dtmp[..len_in]),
+                        (true, Src::Node(_), Accum::Replace) => Some(&mut dest_buf[..len_in]),
+                        (true, Src::Input, Accum::Replace) => dx_in.as_deref_mut(),
+                    };
+                    layer_backward(
+                        step, nodes, ranges, weights, grads, accum, n, &act, plan, y, dy, dx,
+                        &mut ctx,
+                    )?;
+                }
+                if let Src::Node(k) = target
+                    && a == Accum::Replace
+                    && needed(target)
+                {
+                    dslots[plan.slot[k].ok_or_else(planned)?] = dest_buf;
+                }
+                if needed(target) && a == Accum::Add {
+                    let tmp = &dtmp[..len_in];
+                    with_grad_dest(target, n, shapes, plan, dslots, &mut dx_in, |dest| {
+                        join::pass_backward(tmp, dest, Accum::Add)
+                    })?;
+                }
             }
-            if let Some(b) = self.bn_into[i] {
-                let (head, tail) = self.layers.split_at_mut(i);
-                let (bn, pool) = fused_pair::<BatchNorm2d, Pool>(&mut head[b], &mut tail[0])?;
-                let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
-                let r = self.ranges[b].clone();
-                bn.backward_from(
-                    n,
-                    &self.params[r.clone()],
-                    &mut grads[r],
-                    input,
-                    src,
-                    dx,
-                    accum,
-                    ws,
-                )?;
-                cur = 1 - cur;
-                continue;
+            if let Some(s) = plan.slot[top]
+                && top != last
+            {
+                dslots[s] = dy_buf;
             }
-            if let Some(c) = self.conv_into[i] {
-                let (head, tail) = self.layers.split_at_mut(i);
-                let (conv, pool) = fused_pair::<Conv2d, Pool>(&mut head[c], &mut tail[0])?;
-                let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
-                let r = self.ranges[c].clone();
-                let p = &self.params[r.clone()];
-                conv.backward_from(n, p, &mut grads[r], input, src, dx, accum, ws)?;
-                cur = 1 - cur;
-                continue;
-            }
-            let r = self.ranges[i].clone();
-            let b = Backward {
-                n,
-                params: &self.params[r.clone()],
-                grads: &mut grads[r],
-                x: input,
-                y,
-                dy,
-                dx,
-                accum,
-            };
-            self.layers[i].backward(b, &mut ctx)?;
-            cur = 1 - cur;
         }
         Ok(())
     }
 
-    /// One line per layer: index, layer, output shape and parameter count, under a header with
-    /// the input shape and the total.
+    /// One line per node: index, name, layer (or join and its inputs), output shape and
+    /// parameter count, under a header with the input shape and the total.
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let [c, h, w] = self.input;
         let _ = writeln!(s, "input {c}x{h}x{w}, {} parameters", self.param_count());
+        let chain = self.is_chain();
         let _ = writeln!(
             s,
             "{:>3}  {:<40} {:>14} {:>10}",
-            "#", "layer", "output", "params"
+            "#",
+            if chain { "layer" } else { "node" },
+            "output",
+            "params"
         );
-        for (i, l) in self.layers.iter().enumerate() {
+        let name_of = |src: Src| match src {
+            Src::Input => "input".to_string(),
+            Src::Node(j) => self.nodes[j].name.clone(),
+        };
+        for (i, n) in self.nodes.iter().enumerate() {
             let [c, h, w] = self.shapes[i];
             let out = if h == 1 && w == 1 {
                 format!("{c}")
             } else {
                 format!("{c}x{h}x{w}")
             };
+            let what = if chain {
+                n.describe(&name_of)
+            } else {
+                format!("{} = {}", n.name, n.describe(&name_of))
+            };
             let _ = writeln!(
                 s,
-                "{i:>3}  {:<40} {out:>14} {:>10}",
-                l.spec().to_string(),
+                "{i:>3}  {what:<40} {out:>14} {:>10}",
                 self.ranges[i].len()
             );
         }
@@ -739,9 +801,9 @@ impl Sequential {
     /// `running_var` and `num_batches_tracked`, the state that is not learned. Together with
     /// [`Sequential::named_parameters`] they make up [`Sequential::state_dict`].
     pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
-        let idx = self.torch_indices();
+        let idx = self.node_names();
         let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
+        for (i, l) in self.layers() {
             for (name, t) in l.buffers() {
                 out.push((format!("{}.{name}", idx[i]), t));
             }
@@ -751,7 +813,7 @@ impl Sequential {
 
     /// `flat` (the parameters or their gradients) cut into the named parameter tensors.
     fn named_slices<'a>(&self, flat: &'a [f32]) -> Vec<(String, &'a [f32])> {
-        let idx = self.torch_indices();
+        let idx = self.node_names();
         let mut out = Vec::new();
         for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
             let mut at = r.start;
@@ -768,10 +830,10 @@ impl Sequential {
     /// module's in the natural PyTorch spelling, where a `gap` is two modules
     /// (`AdaptiveAvgPool2d(1), Flatten()`).
     pub fn state_dict(&self) -> Vec<(String, Tensor)> {
-        let idx = self.torch_indices();
+        let idx = self.node_names();
         let mut out = Vec::new();
-        for (i, (l, (info, r))) in self
-            .layers
+        for (i, (node, (info, r))) in self
+            .nodes
             .iter()
             .zip(self.infos.iter().zip(&self.ranges))
             .enumerate()
@@ -788,29 +850,24 @@ impl Sequential {
                 ));
                 at += p.len();
             }
-            for (name, t) in l.buffers() {
-                out.push((format!("{}.{name}", idx[i]), t));
+            if let Op::Layer(l) = &node.op {
+                for (name, t) in l.layer().buffers() {
+                    out.push((format!("{}.{name}", idx[i]), t));
+                }
             }
         }
         out
     }
 
-    /// The index of each layer in the equivalent `torch.nn.Sequential`, which names its state:
-    /// a `gap` is two modules there (`AdaptiveAvgPool2d(1)`, `Flatten()`), so each layer after
-    /// one is a place further on.
-    fn torch_indices(&self) -> Vec<usize> {
-        let mut extra = 0;
-        self.layers
+    /// Each node's layer, by node index (joins left out).
+    fn layers(&self) -> impl Iterator<Item = (usize, &dyn Layer)> {
+        self.nodes
             .iter()
             .enumerate()
-            .map(|(i, l)| {
-                let at = i + extra;
-                if matches!(l.spec(), LayerSpec::GlobalAvgPool) {
-                    extra += 1;
-                }
-                at
+            .filter_map(|(i, n)| match &n.op {
+                Op::Layer(l) => Some((i, l.layer())),
+                Op::Join(_) => None,
             })
-            .collect()
     }
 
     /// Renames the tensors of a state dictionary written before the names followed
@@ -820,7 +877,7 @@ impl Sequential {
         &self,
         tensors: impl IntoIterator<Item = (String, Tensor)>,
     ) -> Vec<(String, Tensor)> {
-        let idx = self.torch_indices();
+        let idx = self.node_names();
         tensors
             .into_iter()
             .map(|(name, t)| {
@@ -907,7 +964,7 @@ impl Sequential {
                 format!("unexpected tensor {extra}"),
             ));
         }
-        let idx = self.torch_indices();
+        let idx: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
         for (i, (info, r)) in self.infos.iter().zip(&self.ranges).enumerate() {
             let mut at = r.start;
             for p in info {
@@ -918,7 +975,9 @@ impl Sequential {
                 at += p.len();
             }
         }
-        for (i, l) in self.layers.iter_mut().enumerate() {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let Op::Layer(l) = &mut node.op else { continue };
+            let l = l.layer_mut();
             for (name, _) in l.buffers() {
                 if let Some(t) = tensors.tensor(&format!("{}.{name}", idx[i])) {
                     l.set_buffer(name, t)?;
@@ -974,25 +1033,215 @@ impl StateTensors for std::collections::BTreeMap<String, Tensor> {
     }
 }
 
-/// Layer `l` as cnnkit's own layer type `T`, if it is one.
-fn downcast<T: 'static>(l: &mut Box<dyn Layer>) -> Option<&mut T> {
-    l.as_any_mut()?.downcast_mut::<T>()
-}
-
-/// The error when the layers of a fusion are not those [`Sequential::set_fusion`] planned for.
+/// The error when the nodes of a step are not those the plan was made for.
 fn planned() -> Error {
     Error::invalid("Sequential", "fusion", "planned for other layers")
 }
 
-/// The two layers of a fusion that [`Sequential::set_fusion`] planned, as their own types.
-fn fused_pair<'a, A: 'static, B: 'static>(
-    a: &'a mut Box<dyn Layer>,
-    b: &'a mut Box<dyn Layer>,
-) -> Result<(&'a mut A, &'a mut B)> {
-    Ok((
-        downcast::<A>(a).ok_or_else(planned)?,
-        downcast::<B>(b).ok_or_else(planned)?,
-    ))
+/// Runs `f` on the gradient buffer of `s` (a slot, or the caller's input gradient), `n` samples.
+fn with_grad_dest(
+    s: Src,
+    n: usize,
+    shapes: &[Shape3],
+    plan: &Plan,
+    dslots: &mut [Vec<f32>],
+    dx_in: &mut Option<&mut [f32]>,
+    f: impl FnOnce(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    match s {
+        Src::Input => match dx_in.as_deref_mut() {
+            Some(d) => f(d),
+            None => Ok(()),
+        },
+        Src::Node(k) => {
+            let slot = plan.slot[k].ok_or_else(planned)?;
+            f(&mut dslots[slot][..n * numel(shapes[k])])
+        }
+    }
+}
+
+/// The forward pass of join `j` reading `reads` into `out` (of `shape` per sample).
+fn join_forward<'a>(
+    j: Join,
+    n: usize,
+    reads: &[Src],
+    input: &dyn Fn(Src) -> &'a [f32],
+    out: &mut [f32],
+    shape: Shape3,
+) -> Result<()> {
+    match j {
+        Join::Add => {
+            for (t, &s) in reads.iter().enumerate() {
+                let a = if t == 0 { Accum::Replace } else { Accum::Add };
+                join::add_forward(input(s), out, a)?;
+            }
+        }
+        Join::Concat => {
+            let per = numel(shape);
+            let mut at = 0;
+            for &s in reads {
+                let x = input(s);
+                let len = x.len() / n.max(1);
+                join::concat_forward(n, per, at, len, x, out)?;
+                at += len;
+            }
+        }
+        Join::Mul => {
+            let (a, b) = (input(reads[0]), input(reads[1]));
+            if a.len() == b.len() {
+                join::mul_forward(a, b, out)?;
+            } else {
+                let gate_first = a.len() < b.len();
+                let (g, m) = if gate_first { (a, b) } else { (b, a) };
+                let c = shape[0];
+                join::gate_forward(n, c, shape[1] * shape[2], g, m, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The gradient of input `t` of join `j` (output gradient `dy`, `shape` per sample) into `dest`.
+#[allow(clippy::too_many_arguments)]
+fn join_backward<'a>(
+    j: Join,
+    t: usize,
+    n: usize,
+    reads: &[Src],
+    act: &dyn Fn(Src) -> &'a [f32],
+    dy: &[f32],
+    dest: &mut [f32],
+    accum: Accum,
+    shape: Shape3,
+) -> Result<()> {
+    match j {
+        Join::Add => join::pass_backward(dy, dest, accum),
+        Join::Concat => {
+            let per = numel(shape);
+            let offset: usize = reads[..t].iter().map(|&s| act(s).len() / n.max(1)).sum();
+            let len = act(reads[t]).len() / n.max(1);
+            join::concat_backward(n, per, offset, len, dy, dest, accum)
+        }
+        Join::Mul => {
+            let (a, b) = (act(reads[0]), act(reads[1]));
+            let other = if t == 0 { b } else { a };
+            if a.len() == b.len() {
+                return join::mul_backward(other, dy, dest, accum);
+            }
+            let gate_first = a.len() < b.len();
+            let (g, m) = if gate_first { (a, b) } else { (b, a) };
+            let (c, plane) = (shape[0], shape[1] * shape[2]);
+            let is_gate = (t == 0) == gate_first;
+            if is_gate {
+                join::gate_backward(n, c, plane, g, m, dy, Some((dest, accum)), None)
+            } else {
+                join::gate_backward(n, c, plane, g, m, dy, None, Some((dest, accum)))
+            }
+        }
+    }
+}
+
+/// The backward pass of a layer step (a node, or a fused step) with output gradient `dy`, its
+/// input gradient into `dx` when given.
+#[allow(clippy::too_many_arguments)]
+fn layer_backward<'a>(
+    step: Step,
+    nodes: &mut [Node],
+    ranges: &[Range<usize>],
+    weights: &[f32],
+    grads: &mut [f32],
+    accum: Accum,
+    n: usize,
+    act: &dyn Fn(Src) -> &'a [f32],
+    plan: &Plan,
+    y: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    ctx: &mut Ctx<'_>,
+) -> Result<()> {
+    let top = step.top();
+    match step {
+        Step::Node(i) => {
+            let Op::Layer(l) = &mut nodes[i].op else {
+                return Err(planned());
+            };
+            let r = ranges[i].clone();
+            let b = Backward {
+                n,
+                params: &weights[r.clone()],
+                grads: &mut grads[r],
+                x: act(plan.reads[i][0]),
+                y,
+                dy,
+                dx,
+                accum,
+            };
+            l.layer_mut().backward(b, ctx)
+        }
+        Step::BnPool { bn, conv, .. } => {
+            let (head, tail) = nodes.split_at_mut(top);
+            let (head, bn_l) = head.split_at_mut(bn);
+            let (Op::Layer(Built::Bn(bn_l)), Op::Layer(Built::Pool(pool))) =
+                (&mut bn_l[0].op, &tail[0].op)
+            else {
+                return Err(planned());
+            };
+            let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
+            let x_bn = act(plan.reads[bn][0]);
+            let rb = ranges[bn].clone();
+            let Some(c) = conv else {
+                return bn_l.backward_from(
+                    n,
+                    &weights[rb.clone()],
+                    &mut grads[rb],
+                    x_bn,
+                    src,
+                    dx,
+                    accum,
+                    ws,
+                );
+            };
+            // The batch norm's sums, then the convolution's backward pass making the batch
+            // norm's input gradient (its own output gradient) an image at a time.
+            let Op::Layer(Built::Conv(conv_l)) = &head[c].op else {
+                return Err(planned());
+            };
+            let (sums, ws) = ws.split_at_mut(bn_l.sums_len(n));
+            let rc = ranges[c].clone();
+            let (gc, gb) = grads.split_at_mut(rb.start);
+            let pb = &weights[rb.clone()];
+            let map = bn_l.backward_sums(n, pb, &mut gb[..rb.len()], x_bn, src, accum, sums, ws)?;
+            let planes = Planes::BnGrad {
+                x: x_bn,
+                dy: &src,
+                map,
+            };
+            let pc = &weights[rc.clone()];
+            let conv_x = act(plan.reads[c][0]);
+            conv_l.backward_from(n, pc, &mut gc[rc], conv_x, planes, dx, accum, ws)
+        }
+        Step::ConvPool { conv, .. } => {
+            let (head, tail) = nodes.split_at_mut(top);
+            let (Op::Layer(Built::Conv(c)), Op::Layer(Built::Pool(pool))) =
+                (&head[conv].op, &tail[0].op)
+            else {
+                return Err(planned());
+            };
+            let (src, ws) = pool.pooled_grad(n, y, dy, ctx.ws)?;
+            let r = ranges[conv].clone();
+            let p = &weights[r.clone()];
+            c.backward_from(
+                n,
+                p,
+                &mut grads[r],
+                act(plan.reads[conv][0]),
+                src,
+                dx,
+                accum,
+                ws,
+            )
+        }
+    }
 }
 
 /// Refuses an empty input shape or an empty network.
@@ -1012,7 +1261,7 @@ fn check_input(input: Shape3, layers: usize) -> Result<()> {
 }
 
 /// `total` plus the parameters of `info`, refused above `max_params`.
-fn add_params(total: usize, info: &[ParamInfo], max_params: usize) -> Result<usize> {
+pub(crate) fn add_params(total: usize, info: &[ParamInfo], max_params: usize) -> Result<usize> {
     const OP: &str = "Sequential::new";
     let total = info
         .iter()

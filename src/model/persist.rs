@@ -18,7 +18,7 @@ impl Sequential {
     pub fn to_safetensors(&self, extra: &BTreeMap<String, String>) -> SafeTensors {
         let mut metadata = extra.clone();
         metadata.insert("format".into(), "pt".into());
-        metadata.insert(ARCH_KEY.into(), LayerSpec::list_to_string(&self.specs()));
+        metadata.insert(ARCH_KEY.into(), self.architecture());
         metadata.insert(INPUT_KEY.into(), shape_string(self.input_shape()));
         metadata.insert(NAMES_KEY.into(), NAMES_TORCH.into());
         metadata.insert("cnnkit.version".into(), env!("CARGO_PKG_VERSION").into());
@@ -75,8 +75,9 @@ impl Sequential {
             .ok_or_else(|| {
                 Error::file(path, format!("missing or malformed {INPUT_KEY} metadata"))
             })?;
-        let specs = LayerSpec::parse_list(arch).map_err(|e| Error::file_from(path, "", e))?;
-        let m = Self::from_safetensors(path, input, &specs, &st)?;
+        let m = Self::from_safetensors(path, &st, |limit| {
+            Sequential::from_text_with_limit(input, arch, 0, limit)
+        })?;
         Ok((m, st.metadata))
     }
 
@@ -87,14 +88,15 @@ impl Sequential {
     /// As [`Sequential::load`].
     pub fn load_with(path: &Path, input: Shape3, specs: &[LayerSpec]) -> Result<Sequential> {
         let st = load(path, CheckpointLimits::default())?;
-        Self::from_safetensors(path, input, specs, &st)
+        Self::from_safetensors(path, &st, |limit| {
+            Sequential::build(input, specs, crate::init::Init::TorchDefault, 0, limit)
+        })
     }
 
     fn from_safetensors(
         path: &Path,
-        input: Shape3,
-        specs: &[LayerSpec],
         st: &SafeTensors,
+        build: impl FnOnce(usize) -> Result<Sequential>,
     ) -> Result<Sequential> {
         // Every parameter comes from a tensor of the file, so an architecture asking for much
         // more than the file holds is refused before its parameters are allocated (a hostile
@@ -105,8 +107,7 @@ impl Sequential {
             _ => a,
         });
         let limit = held.max(1 << 24);
-        let mut m = Sequential::build(input, specs, crate::init::Init::TorchDefault, 0, limit)
-            .map_err(|e| Error::file_from(path, "", e))?;
+        let mut m = build(limit).map_err(|e| Error::file_from(path, "", e))?;
         let tensors = st.tensors.iter().cloned();
         // A file cnnkit wrote before the names followed PyTorch's module indices.
         let map: HashMap<String, Tensor> = if st.metadata.contains_key(ARCH_KEY)

@@ -10,7 +10,6 @@ use super::record::{FORMAT_KEY, Record, Selection};
 use super::trainer::{Best, Trainer};
 use crate::checkpoint::{self, CheckpointLimits, SafeTensors};
 use crate::error::{Error, Result};
-use crate::layer::spec::LayerSpec;
 use crate::model::Sequential;
 use crate::optim::PlateauState;
 use crate::shape::{Tensor, TensorData};
@@ -87,8 +86,7 @@ impl Trainer {
         };
         let input = checkpoint::parse_shape(get(checkpoint::INPUT_KEY)?)
             .ok_or_else(|| bad("malformed input shape"))?;
-        let specs = LayerSpec::parse_list(get(checkpoint::ARCH_KEY)?)
-            .map_err(|e| Error::file_from(path, "", e))?;
+        let arch = get(checkpoint::ARCH_KEY)?;
         let record = if m.contains_key(FORMAT_KEY) {
             Record::read(m)
         } else {
@@ -114,7 +112,7 @@ impl Trainer {
             }
         }
         let mut model =
-            Sequential::new(input, &specs, 0).map_err(|e| Error::file_from(path, "", e))?;
+            Sequential::from_text(input, arch, 0).map_err(|e| Error::file_from(path, "", e))?;
         // Written before the names followed PyTorch's module indices (a `gap` counted as one).
         if m.get(checkpoint::NAMES_KEY).map(String::as_str) != Some(checkpoint::NAMES_TORCH) {
             model_tensors = model
@@ -157,7 +155,7 @@ impl Trainer {
             if let Some((epoch, value)) = sel.best {
                 if !best_state.is_empty() {
                     // The kept state must fit the model.
-                    let mut probe = Sequential::new(input, &specs, 0)
+                    let mut probe = Sequential::from_text(input, arch, 0)
                         .map_err(|e| Error::file_from(path, "", e))?;
                     probe
                         .load_state_dict(&best_state)
