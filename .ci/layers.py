@@ -34,6 +34,7 @@ LAYERS = [
     "layer",
     "init",
     "model",
+    "zoo",
     "gradcheck",
     "optim",
     "metrics",

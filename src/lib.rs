@@ -149,6 +149,7 @@ pub mod rng;
 mod shape;
 mod simd;
 pub mod stability;
+pub mod zoo;
 mod train;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
