@@ -149,8 +149,8 @@ pub mod rng;
 mod shape;
 mod simd;
 pub mod stability;
-pub mod zoo;
 mod train;
+pub mod zoo;
 
 pub use error::{Error, MAX_ELEMENTS, Result};
 pub use init::Init;

@@ -19,7 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::layer::spec::LayerSpec;
-use crate::model::{GraphBuilder, NodeId};
+use crate::model::graph::{GraphBuilder, NodeId};
 use crate::shape::Shape3;
 
 /// The names [`build`] knows, with what each is.
@@ -27,7 +27,10 @@ pub const MODELS: [(&str, &str); 7] = [
     ("resnet18", "torchvision ResNet-18 (BasicBlock, 2-2-2-2)"),
     ("resnet34", "torchvision ResNet-34 (BasicBlock, 3-4-6-3)"),
     ("resnet50", "torchvision ResNet-50 (Bottleneck, 3-4-6-3)"),
-    ("densenet121", "torchvision DenseNet-121 (CheXNet's network)"),
+    (
+        "densenet121",
+        "torchvision DenseNet-121 (CheXNet's network)",
+    ),
     ("mobilenet_v2", "torchvision MobileNetV2"),
     ("efficientnet_b0", "torchvision EfficientNet-B0"),
     (
@@ -273,7 +276,16 @@ fn mobilenet_v2(input: Shape3, classes: usize) -> Result<GraphBuilder> {
             let mut y = at;
             let mut k = 0;
             if t != 1 {
-                y = conv_norm_act(&mut g, &format!("{p}.{k}"), hidden, 1, 1, 1, Some("relu6"), y)?;
+                y = conv_norm_act(
+                    &mut g,
+                    &format!("{p}.{k}"),
+                    hidden,
+                    1,
+                    1,
+                    1,
+                    Some("relu6"),
+                    y,
+                )?;
                 k += 1;
             }
             y = conv_norm_act(
@@ -348,7 +360,16 @@ fn efficientnet_b0(input: Shape3, classes: usize) -> Result<GraphBuilder> {
             let mut y = at;
             let mut b = 0;
             if e != 1 {
-                y = conv_norm_act(&mut g, &format!("{p}.{b}"), hidden, 1, 1, 1, Some("silu"), y)?;
+                y = conv_norm_act(
+                    &mut g,
+                    &format!("{p}.{b}"),
+                    hidden,
+                    1,
+                    1,
+                    1,
+                    Some("silu"),
+                    y,
+                )?;
                 b += 1;
             }
             y = conv_norm_act(
@@ -365,9 +386,19 @@ fn efficientnet_b0(input: Shape3, classes: usize) -> Result<GraphBuilder> {
             let se = format!("{p}.{}", b + 1);
             let squeeze = (inp / 4).max(1);
             let mut gate = layer(&mut g, &format!("{se}.avgpool"), "adaptive_avgpool(1)", y)?;
-            gate = layer(&mut g, &format!("{se}.fc1"), &format!("conv({squeeze},1)"), gate)?;
+            gate = layer(
+                &mut g,
+                &format!("{se}.fc1"),
+                &format!("conv({squeeze},1)"),
+                gate,
+            )?;
             gate = layer(&mut g, &format!("{se}.activation"), "silu", gate)?;
-            gate = layer(&mut g, &format!("{se}.fc2"), &format!("conv({hidden},1)"), gate)?;
+            gate = layer(
+                &mut g,
+                &format!("{se}.fc2"),
+                &format!("conv({hidden},1)"),
+                gate,
+            )?;
             gate = layer(&mut g, &format!("{se}.scale_activation"), "sigmoid", gate)?;
             y = g.mul(&format!("{se}.scale"), gate, y)?;
             y = conv_norm_act(&mut g, &format!("{p}.{}", b + 2), cout, 1, 1, 1, None, y)?;
@@ -417,7 +448,7 @@ pub fn unet(input: Shape3, out: usize, width: usize, depth: usize) -> Result<Gra
         ));
     }
     let m = 1usize << depth;
-    if input[1] % m != 0 || input[2] % m != 0 {
+    if !input[1].is_multiple_of(m) || !input[2].is_multiple_of(m) {
         return Err(Error::invalid(
             OP,
             "input",

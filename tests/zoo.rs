@@ -4,8 +4,8 @@
 //! (`tests/fixtures/gen_zoo.py` wrote the fixtures with torchvision).
 
 use cnnkit::kernels::{Accum, cross_entropy_loss};
-use cnnkit::{Tensor, TensorData};
 use cnnkit::{Model, zoo};
+use cnnkit::{Tensor, TensorData};
 use std::collections::HashMap;
 
 struct Pass {
@@ -21,7 +21,10 @@ struct Fixture {
 }
 
 fn fixture(name: &str) -> Fixture {
-    let path = format!("{}/tests/fixtures/zoo/{name}.txt", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/zoo/{name}.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     let mut f = Fixture {
         tensors: Vec::new(),
@@ -31,9 +34,10 @@ fn fixture(name: &str) -> Fixture {
     for line in text.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w[0] {
-            "tensor" => f
-                .tensors
-                .push((w[1].into(), w[2..].iter().map(|d| d.parse().unwrap()).collect())),
+            "tensor" => f.tensors.push((
+                w[1].into(),
+                w[2..].iter().map(|d| d.parse().unwrap()).collect(),
+            )),
             "mode" => f.passes.push((
                 w[1] == "train",
                 Pass {
@@ -43,15 +47,18 @@ fn fixture(name: &str) -> Fixture {
                     input: (0.0, 0.0),
                 },
             )),
-            "logits" => f.passes.last_mut().unwrap().1.logits = w[1..].iter().map(|s| num(s)).collect(),
+            "logits" => {
+                f.passes.last_mut().unwrap().1.logits = w[1..].iter().map(|s| num(s)).collect()
+            }
             "loss" => f.passes.last_mut().unwrap().1.loss = num(w[1]),
-            "grad" => f
-                .passes
-                .last_mut()
-                .unwrap()
-                .1
-                .grads
-                .push((w[1].into(), num(w[2]), num(w[3]))),
+            "grad" => {
+                f.passes
+                    .last_mut()
+                    .unwrap()
+                    .1
+                    .grads
+                    .push((w[1].into(), num(w[2]), num(w[3])))
+            }
             "input" => f.passes.last_mut().unwrap().1.input = (num(w[1]), num(w[2])),
             _ => {}
         }
@@ -92,8 +99,9 @@ fn filled(t: usize, name: &str, shape: &[usize]) -> Tensor {
 }
 
 fn stats(v: &[f32]) -> (f64, f64) {
-    v.iter()
-        .fold((0.0, 0.0), |(s, q), &x| (s + x as f64, q + (x as f64).powi(2)))
+    v.iter().fold((0.0, 0.0), |(s, q), &x| {
+        (s + x as f64, q + (x as f64).powi(2))
+    })
 }
 
 fn check_model(name: &str) {
@@ -125,7 +133,9 @@ fn check_model(name: &str) {
         } else {
             m.eval();
         }
-        let x: Vec<f32> = (0..2 * 32 * 32).map(|i| (0.1 * i as f64).sin() as f32).collect();
+        let x: Vec<f32> = (0..2 * 32 * 32)
+            .map(|i| (0.1 * i as f64).sin() as f32)
+            .collect();
         let y = m.forward(&x, 2).unwrap().to_vec();
         let scale = want.logits.iter().fold(1.0f64, |a, v| a.max(v.abs()));
         for (a, b) in y.iter().zip(&want.logits) {
@@ -137,7 +147,10 @@ fn check_model(name: &str) {
         }
         let mut d = vec![0.0; y.len()];
         let loss = cross_entropy_loss(3, &y, &[0, 2], 0.0, Some(&mut d)).unwrap();
-        assert!((loss as f64 - want.loss).abs() <= 2e-4 * (1.0 + want.loss), "{name}: loss");
+        assert!(
+            (loss as f64 - want.loss).abs() <= 2e-4 * (1.0 + want.loss),
+            "{name}: loss"
+        );
         let mut dx = vec![0.0; x.len()];
         m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace))
             .unwrap();
@@ -216,7 +229,13 @@ fn unet_maps_images_to_images() {
     let mut m = zoo::unet([1, 16, 16], 2, 4, 2).unwrap().build(1).unwrap();
     assert_eq!(m.output_shape(), [2, 16, 16]);
     let names: Vec<String> = m.named_parameters().into_iter().map(|(k, _)| k).collect();
-    for k in ["enc1.0.weight", "bottleneck.2.bias", "up2.weight", "dec1.2.weight", "head.bias"] {
+    for k in [
+        "enc1.0.weight",
+        "bottleneck.2.bias",
+        "up2.weight",
+        "dec1.2.weight",
+        "head.bias",
+    ] {
         assert!(names.iter().any(|n| n == k), "{k} in {names:?}");
     }
     let mut small = zoo::unet([1, 8, 8], 1, 2, 2).unwrap().build(3).unwrap();

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use cnnkit::data::normalize_images;
 use cnnkit::image::load_image;
 use cnnkit::preprocess::{self, Filter, Gray};
-use cnnkit::{LayerSpec, Sequential, Shape3, evaluate_scores, predict as predict_probs};
+use cnnkit::{Sequential, Shape3, evaluate_scores, predict as predict_probs};
 use std::path::{Path, PathBuf};
 
 /// Loads a model saved by `cnnkit train` and its pipeline; or, given `--arch`, a state dict
@@ -19,8 +19,9 @@ pub fn load_model(
 ) -> Result<(Sequential, Pipeline)> {
     if let Some(arch) = arch {
         let (shape, classes, source) = input()?;
-        let specs = LayerSpec::parse_list(arch).with_context(|| format!("--arch {arch}"))?;
-        let mut model = Sequential::load_with(path, shape, &specs)
+        let classes_n = classes.len().max(1);
+        let graph = crate::train::architecture(arch, classes_n, shape)?;
+        let mut model = Sequential::load_with_graph(path, graph)
             .with_context(|| format!("{} with --arch {arch}", path.display()))?;
         model.eval();
         let [c, h, w] = shape;

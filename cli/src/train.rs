@@ -8,7 +8,7 @@ use clap::Parser;
 use cnnkit::image::ImageOptions;
 use cnnkit::optim::OptimizerKind;
 use cnnkit::{
-    Control, Event, LayerSpec, Sequential, Shape3, TrainConfig, Trainer, evaluate_scores,
+    Control, Event, GraphBuilder, LayerSpec, Shape3, TrainConfig, Trainer, evaluate_scores,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -30,10 +30,11 @@ struct TrainOnly {
     a: TrainArgs,
 }
 
-/// The named architectures for `classes` outputs and images of shape `input`, or a layer list.
-pub fn architecture(arch: &str, classes: usize, input: Shape3) -> Result<Vec<LayerSpec>> {
+/// The named architectures for `classes` outputs and images of shape `input` (the presets, the
+/// zoo), a layer list or graph as text, or a file holding one.
+pub fn architecture(arch: &str, classes: usize, input: Shape3) -> Result<GraphBuilder> {
     let text = match arch {
-        "resnet" => return Ok(LayerSpec::resnet(input, classes)),
+        "resnet" => LayerSpec::list_to_string(&LayerSpec::resnet(input, classes)),
         "mlp" => format!("flatten,dense(128),relu,dense({classes})"),
         "cnn" => format!("conv(32,3,p=1),relu,maxpool(2),flatten,dense({classes})"),
         "lenet" => format!(
@@ -43,12 +44,27 @@ pub fn architecture(arch: &str, classes: usize, input: Shape3) -> Result<Vec<Lay
             "conv(32,3,p=1),bn,relu,conv(32,3,p=1),bn,relu,maxpool(2),conv(64,3,p=1),bn,relu,conv(64,3,p=1),bn,relu,maxpool(2),\
              flatten,dense(128),relu,dropout(0.5),dense({classes})"
         ),
+        zoo if cnnkit::zoo::MODELS.iter().any(|(n, _)| *n == zoo) => {
+            return cnnkit::zoo::build(zoo, input, classes)
+                .with_context(|| format!("--arch {arch}"));
+        }
         spec if spec.contains('(') || spec.contains(',') => spec.to_string(),
+        file if Path::new(file).is_file() => {
+            let meta = std::fs::metadata(file).with_context(|| format!("--arch {file}"))?;
+            if meta.len() > 1 << 20 {
+                bail!(
+                    "--arch {file}: {} bytes is too large for an architecture (1 MiB at most)",
+                    meta.len()
+                );
+            }
+            std::fs::read_to_string(file).with_context(|| format!("--arch {file}"))?
+        }
         other => bail!(
-            "--arch {other}: not a preset (mlp, cnn, lenet, vgg, resnet) or a layer list such as \"conv(32,3,p=1),relu,flatten,dense(10)\""
+            "--arch {other}: not a preset (mlp, cnn, lenet, vgg, resnet), a zoo model ({}), a file, or a layer list or graph such as \"conv(32,3,p=1),relu,flatten,dense(10)\"",
+            cnnkit::zoo::MODELS.map(|(n, _)| n).join(", ")
         ),
     };
-    LayerSpec::parse_list(&text).with_context(|| format!("--arch {arch}"))
+    GraphBuilder::parse_with_limit(input, &text, 1 << 30).with_context(|| format!("--arch {arch}"))
 }
 
 fn optimizer(a: &TrainArgs) -> Result<OptimizerKind> {
@@ -612,14 +628,15 @@ fn new_trainer(
     shape: Shape3,
     mean_std: &(Vec<f32>, Vec<f32>),
 ) -> Result<Trainer> {
-    let specs = architecture(&a.arch, train.classes().len(), train.shape())?;
     let init = a.init.parse().context("--init")?;
-    let model = Sequential::with_init(shape, &specs, init, a.seed).with_context(|| {
-        format!(
-            "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
-            a.arch, shape[0], shape[1], shape[2]
-        )
-    })?;
+    let model = architecture(&a.arch, train.classes().len(), shape)
+        .and_then(|g| Ok(g.build_with_init(init, a.seed)?))
+        .with_context(|| {
+            format!(
+                "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
+                a.arch, shape[0], shape[1], shape[2]
+            )
+        })?;
     if model.output_len() != train.classes().len() {
         bail!(
             "--arch ends with {} outputs, but the data has {} classes",

@@ -3,32 +3,8 @@
 //! every graph a [`Model`](super::Model) receives is acyclic by construction: a node can only read
 //! the model's input or nodes added before it.
 //!
-//! # The text form
-//! One statement per line (or separated by `;`), `#` to the end of a line is a comment:
-//!
-//! ```text
-//! [NAME =] [SOURCE:] ITEM, ITEM, …
-//! ```
-//!
-//! - An item is a layer as in a layer list (`conv(16,3,p=1)`, `bn`, `relu`, …) or, as the first
-//!   item of a statement, a join of named nodes: `add(a, b, …)` (element-wise sum),
-//!   `cat(a, b, …)` (channel concatenation) or `mul(a, b)` (a product; one factor may be a
-//!   per-channel gate of shape `C×1×1`, as squeeze-and-excitation).
-//! - A statement reads `SOURCE` (a node's name, or `input`), by default the output of the
-//!   statement before it (the model's input for the first).
-//! - A statement of one item names its node `NAME`; of several, `NAME.0`, `NAME.1`, … in the
-//!   numbering of the equivalent `torch.nn.Sequential` (a `gap` counts as two modules), so the
-//!   state-dict names are PyTorch's (`stem.0.weight`). Nodes of unnamed statements are numbered
-//!   `0`, `1`, … across the graph: a plain layer list is the one-statement graph, named exactly as
-//!   `torch.nn.Sequential`.
-//! - The model's output is the last node; every other node must be read by some node.
-//!
-//! ```text
-//! stem = conv(16,3,p=1,bias=false), bn, relu
-//! body = conv(16,3,p=1,bias=false), bn, relu, conv(16,3,p=1,bias=false), bn
-//! sum  = add(stem, body), relu
-//! head = gap, dense(10)
-//! ```
+//! The text form (a layer list, or statements with names, sources and joins) is described on
+//! [`GraphBuilder::parse`].
 
 use crate::error::{Error, Result};
 use crate::layer::spec::LayerSpec;
@@ -106,7 +82,7 @@ impl Node {
     }
 }
 
-/// Builds a graph model node by node (see the [module documentation](self) for the text form).
+/// Builds a graph model node by node (or from text, see [`GraphBuilder::parse`]).
 ///
 /// # Example
 /// A residual block and a squeeze-and-excitation gate:
@@ -193,6 +169,11 @@ impl GraphBuilder {
             .iter()
             .rposition(|n| n.name == name)
             .map(|i| NodeId(Src::Node(i)))
+    }
+
+    /// Parameters of the nodes so far.
+    pub fn param_count(&self) -> usize {
+        self.params
     }
 
     /// Nodes so far.
@@ -367,8 +348,36 @@ impl GraphBuilder {
         super::Model::assemble(self.input, self.nodes, init, seed, self.max_params)
     }
 
-    /// Builds the graph of the text form (see the [module documentation](self)) for inputs of
-    /// shape `input`; a plain layer list is the one-statement graph.
+    /// Builds the graph of a text for inputs of shape `input`; a plain layer list is the
+    /// one-statement graph.
+    ///
+    /// # The text form
+    /// One statement per line (or separated by `;`), `#` to the end of a line is a comment:
+    ///
+    /// ```text
+    /// [NAME =] [SOURCE:] ITEM, ITEM, …
+    /// ```
+    ///
+    /// - An item is a layer as in a layer list (`conv(16,3,p=1)`, `bn`, `relu`, …) or, as the first
+    ///   item of a statement, a join of named nodes: `add(a, b, …)` (element-wise sum),
+    ///   `cat(a, b, …)` (channel concatenation) or `mul(a, b)` (a product; one factor may be a
+    ///   per-channel gate of shape `C×1×1`, as squeeze-and-excitation).
+    /// - A statement reads `SOURCE` (a node's name, or `input`), by default the output of the
+    ///   statement before it (the model's input for the first).
+    /// - A statement of one item names its node `NAME`; of several, `NAME.0`, `NAME.1`, … in the
+    ///   numbering of the equivalent `torch.nn.Sequential` (a `gap` counts as two modules), so the
+    ///   state-dict names are PyTorch's (`stem.0.weight`). Nodes of unnamed statements are numbered
+    ///   `0`, `1`, … across the graph: a plain layer list is the one-statement graph, named exactly as
+    ///   `torch.nn.Sequential`.
+    /// - The model's output is the last node; every other node must be read by some node.
+    ///
+    /// ```text
+    /// stem = conv(16,3,p=1,bias=false), bn, relu
+    /// body = conv(16,3,p=1,bias=false), bn, relu, conv(16,3,p=1,bias=false), bn
+    /// sum  = add(stem, body), relu
+    /// head = gap, dense(10)
+    /// ```
+    ///
     ///
     /// # Errors
     /// [`Error::InvalidArg`] naming the statement and what is wrong with it.

@@ -1,7 +1,7 @@
 //! [`Model`]: a graph of layers and joins with its parameters, gradients, activations, scratch
 //! and execution plan; a [`Sequential`] chain is the one-input case of the same type.
 
-mod graph;
+pub(crate) mod graph;
 mod persist;
 pub(crate) mod plan;
 

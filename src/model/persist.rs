@@ -93,6 +93,25 @@ impl Sequential {
         })
     }
 
+    /// Loads a safetensors file into the graph `graph` (built from text, the zoo or Rust), as
+    /// [`Sequential::load_with`] does for a layer list.
+    ///
+    /// # Errors
+    /// As [`Sequential::load`].
+    pub fn load_with_graph(path: &Path, graph: super::graph::GraphBuilder) -> Result<Sequential> {
+        let st = load(path, CheckpointLimits::default())?;
+        Self::from_safetensors(path, &st, |limit| {
+            if graph.param_count() > limit {
+                return Err(Error::invalid(
+                    "Sequential::load",
+                    "architecture",
+                    format!("needs more than {limit} parameters"),
+                ));
+            }
+            graph.build(0)
+        })
+    }
+
     fn from_safetensors(
         path: &Path,
         st: &SafeTensors,
