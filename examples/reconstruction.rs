@@ -4,8 +4,11 @@
 //! reconstruction a lot, beside Gaussian noise of the same size.
 //!
 //! ```text
-//! cargo run --release --example reconstruction [OUT.png]
+//! cargo run --release --example reconstruction [--arch cnn|unet] [OUT.png]
 //! ```
+//!
+//! `--arch cnn` (the default) is four 3x3 convolutions of 32 channels; `--arch unet` a U-Net of
+//! width 32 and depth 2 (`cnnkit::zoo::unet`), the kind of network the study audits.
 //!
 //! Prints the test error against the subsampled input's, the search's table, and writes a strip:
 //! top row the network's inputs `y, y + r₁, y + r₂, …`, bottom row its reconstructions.
@@ -16,16 +19,33 @@ use cnnkit::{
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args()
-        .nth(1)
-        .unwrap_or("reconstruction.png".into());
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let unet = match args.iter().position(|a| a == "--arch") {
+        Some(i) if i + 1 < args.len() => {
+            let arch = args.remove(i + 1);
+            args.remove(i);
+            match arch.as_str() {
+                "unet" => true,
+                "cnn" => false,
+                other => return Err(format!("--arch {other}: cnn or unet").into()),
+            }
+        }
+        Some(_) => return Err("--arch needs a value: cnn or unet".into()),
+        None => false,
+    };
+    let out = args.pop().unwrap_or("reconstruction.png".into());
     let (train, test) = data::digits()?;
     let a = Degradation::Subsample { keep: 0.5, seed: 1 };
     let (tr, te) = (a.pairs(&train)?, a.pairs(&test)?);
-    let arch = LayerSpec::parse_list(
-        "conv(32,3,p=1),relu,conv(32,3,p=1),relu,conv(32,3,p=1),relu,conv(1,3,p=1)",
-    )?;
-    let model = Sequential::new(train.shape(), &arch, 0)?;
+    let model = if unet {
+        cnnkit::zoo::unet(train.shape(), 1, 32, 2)?.build(0)?
+    } else {
+        let arch = LayerSpec::parse_list(
+            "conv(32,3,p=1),relu,conv(32,3,p=1),relu,conv(32,3,p=1),relu,conv(1,3,p=1)",
+        )?;
+        Sequential::new(train.shape(), &arch, 0)?
+    };
+    println!("{} parameters", model.param_count());
     let cfg = TrainConfig {
         epochs: 30,
         loss: Loss::Mse,

@@ -173,8 +173,35 @@ def main():
         with torch.inference_mode():
             out("X1", "infer", t, bench(lambda: net(x1)))
 
+    def zoo(t):
+        # torchvision's networks adapted to one grey channel and 2 classes, as cnnkit::zoo builds them.
+        import torchvision
+
+        for name in ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"]:
+            net = getattr(torchvision.models, name)(weights=None, num_classes=2)
+            if name.startswith("resnet"):
+                net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+            elif name.startswith("densenet"):
+                net.features.conv0 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+            else:
+                net.features[0][0] = nn.Conv2d(1, 32, 3, 2, 1, bias=False)
+            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+            x, y = torch.randn(8, 1, 224, 224), torch.tensor([0, 1] * 4)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+
+            net.train()
+            out(name, "step", t, bench(step, min_time=2.0))
+            net.eval()
+            x1 = torch.randn(1, 1, 224, 224)
+            with torch.inference_mode():
+                out(name, "infer", t, bench(lambda: net(x1)))
+
     groups = {"gemm": gemm, "conv": conv, "pool": pool, "act": act, "softmax": softmax, "bn": bn, "mnist": mnist,
-              "xray": xray}
+              "xray": xray, "zoo": zoo}
     for t in args.threads:
         torch.set_num_threads(t)
         for g in args.only.split(","):

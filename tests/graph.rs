@@ -455,3 +455,29 @@ fn a_node_read_twice_gets_both_gradients() {
     assert!(close(&g1, m.grads()));
     assert!(close(&d1, &dx));
 }
+
+proptest! {
+    /// Any text, however malformed (tokens of the grammar in random order), is a model or an
+    /// error: never a panic.
+    #[test]
+    fn any_text_is_a_model_or_an_error(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just("conv(2,3,p=1)"), Just("relu"), Just("bn"), Just("maxpool(2)"), Just("gap"),
+                Just("dense(3)"), Just("add(a,b)"), Just("cat(a,input)"), Just("mul(a,b)"),
+                Just("mul(a)"), Just("a"), Just("b"), Just("="), Just(":"), Just(","), Just(";"),
+                Just("\n"), Just("("), Just(")"), Just("#"), Just("input"), Just("a.0"), Just(" "),
+                Just("convt(2,2,s=2)"), Just("upsample(2)"), Just("1"), Just("é"),
+            ],
+            0..24,
+        ),
+    ) {
+        let text: String = parts.concat();
+        if let Ok(mut m) = Model::from_text([2, 4, 4], &text, 0) {
+            let x = vec![0.5; 32];
+            m.forward(&x, 1).unwrap();
+            let again = Model::from_text([2, 4, 4], &m.architecture(), 0).unwrap();
+            prop_assert_eq!(again.node_names(), m.node_names());
+        }
+    }
+}

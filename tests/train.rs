@@ -601,3 +601,149 @@ fn an_attack_that_cannot_run_is_refused_by_the_trainer() {
         .to_string();
     assert!(e.contains("steps"), "{e}");
 }
+
+/// A graph: a residual sum, a concatenation, a squeeze-and-excitation gate, batch norm, dropout
+/// and a fused convolution + batch norm + ReLU + max-pool, on 8x8 digits.
+const GRAPH: &str = "stem = conv(8,3,p=1,bias=false), bn, relu
+                     body = conv(8,3,p=1,bias=false), bn, relu, conv(8,3,p=1,bias=false), bn
+                     sum = add(stem, body), relu
+                     se = adaptive_avgpool(1), conv(4,1), relu, conv(8,1), sigmoid
+                     gated = mul(se, sum)
+                     both = cat(gated, stem), conv(8,3,p=1), bn, relu, maxpool(2)
+                     head = dropout(0.2), gap, dense(10)";
+
+fn graph_trainer(cfg: TrainConfig, seed: u64) -> Trainer {
+    let model = cnnkit::Model::from_text([1, 8, 8], GRAPH, seed).unwrap();
+    Trainer::new(model, "adam".parse().unwrap(), cfg).unwrap()
+}
+
+/// Everything the trainer does with a chain it does with a graph: class weights, augmentation,
+/// adversarial training, a schedule and model selection; stopped, saved and resumed it gives the
+/// uninterrupted run's weights bit for bit; and the same bits on 1 and 2 threads.
+#[test]
+fn a_graph_trains_resumes_and_gives_the_same_bits_on_any_thread_count() {
+    let (train, test) = digits();
+    let train = train.subset(&(0..256).collect::<Vec<_>>());
+    let (mean, std) = data::digits().unwrap().0.channel_stats();
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 32,
+        seed: 5,
+        class_weights: Some(vec![1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5]),
+        augment: Some("flip,rotate=10".parse().unwrap()),
+        adversarial: Some(AdversarialTraining {
+            attack: Attack {
+                normalization: Some(Normalization::new(mean, std).unwrap()),
+                ..Attack::pgd(AttackNorm::Linf, 0.05, 2)
+            },
+            fraction: 0.5,
+        }),
+        schedule: "cosine:2".parse().unwrap(),
+        keep_best: true,
+        ..Default::default()
+    };
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| {
+                let mut t = graph_trainer(cfg.clone(), 3);
+                t.fit(&train, Some(&test), &mut |_| Control::Continue)
+                    .unwrap();
+                weights_bits(&t)
+            })
+    };
+    let full = run(1);
+    assert_eq!(full, run(2), "1 and 2 threads");
+    let mut part = graph_trainer(cfg.clone(), 3);
+    let mut steps = 0;
+    part.fit(&train, Some(&test), &mut |e| {
+        if let Event::Step { .. } = e {
+            steps += 1;
+        }
+        if steps == 11 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    })
+    .unwrap();
+    let dir = TempDir::new("graph_resume");
+    let path = dir.0.join("state.safetensors");
+    part.save(&path, &BTreeMap::new()).unwrap();
+    let (mut resumed, _) = Trainer::load(&path).unwrap();
+    assert_eq!(resumed.model().architecture(), part.model().architecture());
+    resumed
+        .fit(&train, Some(&test), &mut |_| Control::Continue)
+        .unwrap();
+    assert_eq!(weights_bits(&resumed), full, "resumed and uninterrupted");
+    // The model file of a graph loads back into the same graph, with the same outputs.
+    let model_path = dir.0.join("model.safetensors");
+    resumed.model().save(&model_path, &BTreeMap::new()).unwrap();
+    let (mut loaded, _) = Sequential::load(&model_path).unwrap();
+    let m = resumed.model_mut();
+    m.eval();
+    let x = &test.images()[..4 * 64];
+    assert_eq!(m.forward(x, 4).unwrap(), loaded.forward(x, 4).unwrap());
+    let h = resumed.history();
+    assert!(h[1].train_loss < h[0].train_loss, "{h:?}");
+    let a = evaluate(&mut loaded, &test, 64).unwrap().accuracy;
+    assert_eq!(
+        a,
+        evaluate(resumed.model_mut(), &test, 64).unwrap().accuracy
+    );
+}
+
+/// The stability tools run on a graph as on a chain: attacks, the worst-case search, saliency.
+#[test]
+fn the_stability_tools_run_on_a_graph() {
+    use cnnkit::stability::{
+        PerturbationSearch, SaliencyMethod, saliency, worst_case_perturbation,
+    };
+    let (_, test) = data::digits().unwrap();
+    let mut m = cnnkit::Model::from_text([1, 8, 8], GRAPH, 1).unwrap();
+    m.eval();
+    let x = &test.images()[..2 * 64];
+    let labels = &test.labels()[..2];
+    let attack = Attack::pgd(AttackNorm::L2, 0.5, 3);
+    let adv = cnnkit::stability::adversarial_examples(&mut m, x, labels, 2, &attack).unwrap();
+    let moved: f32 = adv.iter().zip(x).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
+    assert!(moved > 0.0 && moved.sqrt() <= 2.0 * 0.5 + 1e-4);
+    let s = PerturbationSearch {
+        iterations: 20,
+        record_every: 10,
+        ..Default::default()
+    };
+    let steps = worst_case_perturbation(&mut m, &x[..64], &s).unwrap();
+    assert!(!steps.is_empty());
+    let map = saliency(&mut m, &x[..64], 3, &SaliencyMethod::Gradient, None).unwrap();
+    assert_eq!(map.len(), 64);
+    assert!(map.iter().any(|&v| v != 0.0));
+}
+
+/// A U-Net learns to undo subsampling of the digits (image-to-image training with `fit_to`).
+#[test]
+fn a_unet_learns_to_undo_subsampling() {
+    let (train, test) = data::digits().unwrap();
+    let a = Degradation::Subsample { keep: 0.5, seed: 1 };
+    let (tr, te) = (a.pairs(&train).unwrap(), a.pairs(&test).unwrap());
+    let model = cnnkit::zoo::unet([1, 8, 8], 1, 8, 2)
+        .unwrap()
+        .build(2)
+        .unwrap();
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch_size: 32,
+        loss: Loss::Mse,
+        ..Default::default()
+    };
+    let mut t = Trainer::new(model, "adam(lr=0.003)".parse().unwrap(), cfg).unwrap();
+    t.fit_to(&tr, &mut |_| Control::Continue).unwrap();
+    let baseline = cnnkit::kernels::mse_loss(te.inputs(), te.targets(), None).unwrap() as f64;
+    let got = reconstruction_loss(t.model_mut(), &te, Loss::Mse, 64).unwrap();
+    assert!(
+        got < 0.6 * baseline,
+        "test MSE {got} vs the subsampled input's {baseline}"
+    );
+}

@@ -238,6 +238,29 @@ fn unet_maps_images_to_images() {
     ] {
         assert!(names.iter().any(|n| n == k), "{k} in {names:?}");
     }
+    // The original width and depth: two 3x3 convolutions per level, 2x2 transposed
+    // convolutions up, a 1x1 head, counted from the layout.
+    let conv = |i: usize, o: usize, k: usize| i * o * k * k + o;
+    let (mut count, mut cin) = (0, 1);
+    for l in 0..4 {
+        let c = 64 << l;
+        count += conv(cin, c, 3) + conv(c, c, 3);
+        cin = c;
+    }
+    count += conv(cin, 1024, 3) + conv(1024, 1024, 3);
+    cin = 1024;
+    for l in (0..4).rev() {
+        let c = 64 << l;
+        count += cin * c * 4 + c + conv(2 * c, c, 3) + conv(c, c, 3);
+        cin = c;
+    }
+    count += conv(64, 1, 1);
+    let original = zoo::build("unet", [1, 16, 16], 1)
+        .unwrap()
+        .build(0)
+        .unwrap();
+    assert_eq!(original.param_count(), count);
+    assert_eq!(count, 31_030_593);
     let mut small = zoo::unet([1, 8, 8], 1, 2, 2).unwrap().build(3).unwrap();
     let r = cnnkit::gradcheck::check_model(&mut small, 2, 3).unwrap();
     assert!(r.passed(), "{r}");

@@ -1,4 +1,5 @@
-//! The standard workloads (ids C1–C7, G1–G3, P1–P3, the five activations, S1–S2, B1, MNIST-CNN, X1),
+//! The standard workloads (ids C1–C7, G1–G3, P1–P3, the five activations, S1–S2, B1, MNIST-CNN, X1,
+//! and on request the zoo networks),
 //! as ready-to-run cases with every buffer allocated up front. Shared by `cargo bench` and the
 //! comparison program (`perf/`), so both time exactly the same calls.
 #![allow(dead_code)]
@@ -416,13 +417,72 @@ pub fn xray_cases() -> Vec<Case> {
     v
 }
 
-/// The groups, by the names the comparison program and `torch_bench.py` use.
+/// The zoo networks timed in the `zoo` group: a training step on a batch of
+/// [`ZOO_BATCH`] grey 224x224 images with 2 classes (SGD with momentum, training mode: batch
+/// statistics, dropout, stochastic depth) and batch-1 inference, as torchvision's models adapted to
+/// one input channel (the chest-X-ray setting).
+pub const ZOO: [&str; 5] = [
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "mobilenet_v2",
+    "efficientnet_b0",
+];
+
+/// The zoo group's training batch.
+pub const ZOO_BATCH: usize = 8;
+
+/// The `zoo` group (see [`ZOO`]).
+pub fn zoo_cases() -> Vec<Case> {
+    let n = ZOO_BATCH;
+    let x = randn(23, n * 224 * 224, 1.0);
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
+    let mut v = Vec::new();
+    for name in ZOO {
+        let model = cnnkit::zoo::build(name, [1, 224, 224], 2)
+            .unwrap()
+            .build(0)
+            .unwrap();
+        let mut t = Trainer::new(
+            model,
+            "sgd(lr=0.01,momentum=0.9)".parse().unwrap(),
+            TrainConfig::default(),
+        )
+        .unwrap();
+        let (xs, ls) = (x.clone(), labels.clone());
+        v.push(Case {
+            images: n as f64,
+            ..case(name, "step", 0.0, 0.0, move || {
+                t.step(&xs, &ls).unwrap();
+            })
+        });
+        let mut m1 = cnnkit::zoo::build(name, [1, 224, 224], 2)
+            .unwrap()
+            .build(0)
+            .unwrap();
+        m1.eval();
+        let x1 = x[..224 * 224].to_vec();
+        v.push(Case {
+            images: 1.0,
+            ..case(name, "infer", 0.0, 0.0, move || {
+                std::hint::black_box(m1.forward(&x1, 1).unwrap());
+            })
+        });
+    }
+    v
+}
+
+/// The groups run by default, by the names the comparison program and `torch_bench.py` use
+/// (`zoo` is asked for by name: its steps take seconds each).
 pub const GROUPS: [&str; 8] = [
     "gemm", "conv", "pool", "act", "softmax", "bn", "mnist", "xray",
 ];
 
 /// The group a workload id belongs to (`C3` → `conv`, `X1` → `xray`, `relu` → `act`, ...).
 pub fn group_of(id: &str) -> &'static str {
+    if ZOO.contains(&id) {
+        return "zoo";
+    }
     match id.chars().next() {
         Some('C') => "conv",
         Some('G') => "gemm",
@@ -445,6 +505,7 @@ pub fn group(name: &str) -> Vec<Case> {
         "bn" => bn_cases(),
         "mnist" => mnist_cases(),
         "xray" => xray_cases(),
+        "zoo" => zoo_cases(),
         _ => Vec::new(),
     }
 }

@@ -267,8 +267,8 @@ fn bad_input_gives_one_clear_message() {
     fails(&d.0, &["train", "--arch", "conv(8,"], &["--arch"]);
     fails(
         &d.0,
-        &["train", "--arch", "resnet50"],
-        &["--arch resnet50", "not a preset"],
+        &["train", "--arch", "resnet51"],
+        &["--arch resnet51", "not a preset", "a zoo model (resnet18"],
     );
     fails(
         &d.0,

@@ -80,6 +80,44 @@ fn two_processes_train_the_weights_of_one() {
     );
 }
 
+/// A graph model (given as a file) trains over MPI as a chain does: 2 processes give the weights
+/// of 1 (without batch norm, whose statistics each process takes over its own share, as
+/// PyTorch's data-parallel training without `SyncBatchNorm`).
+#[test]
+fn a_graph_trains_on_two_processes_as_on_one() {
+    let d = Dir::new("mpi_graph");
+    let arch = d.0.join("graph.txt");
+    std::fs::write(
+        &arch,
+        "stem = conv(8,3,p=1), relu\n\
+         body = conv(8,3,p=1), tanh\n\
+         sum = add(stem, body), relu\n\
+         cat(sum, stem), maxpool(2), gap, dense(10)\n",
+    )
+    .unwrap();
+    let arch = arch.to_str().unwrap();
+    let one = cnnkit(
+        &d.0,
+        &[RUN, &["--arch", arch, "--out", "one.safetensors"]].concat(),
+    );
+    assert!(one.status.success(), "{}", text(&one));
+    let two = mpirun(
+        &d.0,
+        2,
+        &[
+            RUN,
+            &["--arch", arch, "--distributed", "--out", "two.safetensors"],
+        ]
+        .concat(),
+    );
+    assert!(two.status.success(), "{}", text(&two));
+    assert_close(
+        &weights(&d.0.join("two.safetensors")),
+        &weights(&d.0.join("one.safetensors")),
+        "a graph on 2 processes vs 1",
+    );
+}
+
 /// Interrupted on 2 processes, resumed on 1 (and the other way round): the weights of an
 /// uninterrupted run.
 #[test]
