@@ -13,6 +13,7 @@
 //! use cnnkit::zoo;
 //! let mut m = zoo::build("resnet18", [1, 32, 32], 3)?.build(0)?;
 //! assert!(m.state_dict().iter().any(|(k, _)| k == "layer4.1.bn2.running_var"));
+//! m.eval(); // (training mode needs more than one value per channel: 1x1 maps, batch 1)
 //! assert_eq!(m.forward(&vec![0.0; 32 * 32], 1)?.len(), 3);
 //! # Ok::<(), cnnkit::Error>(())
 //! ```
