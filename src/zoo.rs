@@ -253,6 +253,37 @@ fn conv_norm_act(
     chain(g, name, &specs, from)
 }
 
+/// The front of an inverted residual block (MobileNetV2, EfficientNet): a 1x1 expansion to
+/// `hidden` channels when `expand`, then the depthwise `kernel`x`kernel` convolution with
+/// `stride`, each with batch norm and `act`, named `{p}.0`, `{p}.1`; returns the output and the
+/// index of the next module.
+fn expand_depthwise(
+    g: &mut GraphBuilder,
+    p: &str,
+    [hidden, kernel, stride]: [usize; 3],
+    act: &str,
+    expand: bool,
+    from: NodeId,
+) -> Result<(NodeId, usize)> {
+    let mut y = from;
+    let mut k = 0;
+    if expand {
+        y = conv_norm_act(g, &format!("{p}.{k}"), hidden, 1, 1, 1, Some(act), y)?;
+        k += 1;
+    }
+    y = conv_norm_act(
+        g,
+        &format!("{p}.{k}"),
+        hidden,
+        kernel,
+        stride,
+        hidden,
+        Some(act),
+        y,
+    )?;
+    Ok((y, k + 1))
+}
+
 /// torchvision's `MobileNetV2` (width 1.0).
 fn mobilenet_v2(input: Shape3, classes: usize) -> Result<GraphBuilder> {
     check("zoo::mobilenet_v2", input, classes)?;
@@ -273,39 +304,15 @@ fn mobilenet_v2(input: Shape3, classes: usize) -> Result<GraphBuilder> {
         for i in 0..n {
             let stride = if i == 0 { s } else { 1 };
             let p = format!("features.{idx}.conv");
-            let hidden = inp * t;
-            let mut y = at;
-            let mut k = 0;
-            if t != 1 {
-                y = conv_norm_act(
-                    &mut g,
-                    &format!("{p}.{k}"),
-                    hidden,
-                    1,
-                    1,
-                    1,
-                    Some("relu6"),
-                    y,
-                )?;
-                k += 1;
-            }
-            y = conv_norm_act(
-                &mut g,
-                &format!("{p}.{k}"),
-                hidden,
-                3,
-                stride,
-                hidden,
-                Some("relu6"),
-                y,
-            )?;
+            let (mut y, k) =
+                expand_depthwise(&mut g, &p, [inp * t, 3, stride], "relu6", t != 1, at)?;
             y = layer(
                 &mut g,
-                &format!("{p}.{}", k + 1),
+                &format!("{p}.{k}"),
                 &format!("conv({c},1,bias=false)"),
                 y,
             )?;
-            y = layer(&mut g, &format!("{p}.{}", k + 2), "bn", y)?;
+            y = layer(&mut g, &format!("{p}.{}", k + 1), "bn", y)?;
             at = if stride == 1 && inp == c {
                 g.add(&format!("features.{idx}.add"), &[at, y])?
             } else {
@@ -358,33 +365,9 @@ fn efficientnet_b0(input: Shape3, classes: usize) -> Result<GraphBuilder> {
             let (inp, stride) = if i == 0 { (cin, s) } else { (cout, 1) };
             let p = format!("features.{}.{i}.block", si + 1);
             let hidden = inp * e;
-            let mut y = at;
-            let mut b = 0;
-            if e != 1 {
-                y = conv_norm_act(
-                    &mut g,
-                    &format!("{p}.{b}"),
-                    hidden,
-                    1,
-                    1,
-                    1,
-                    Some("silu"),
-                    y,
-                )?;
-                b += 1;
-            }
-            y = conv_norm_act(
-                &mut g,
-                &format!("{p}.{b}"),
-                hidden,
-                k,
-                stride,
-                hidden,
-                Some("silu"),
-                y,
-            )?;
+            let (mut y, b) = expand_depthwise(&mut g, &p, [hidden, k, stride], "silu", e != 1, at)?;
             // Squeeze-and-excitation: `{p}.{b+1}.fc1`, `.fc2`.
-            let se = format!("{p}.{}", b + 1);
+            let se = format!("{p}.{b}");
             let squeeze = (inp / 4).max(1);
             let mut gate = layer(&mut g, &format!("{se}.avgpool"), "adaptive_avgpool(1)", y)?;
             gate = layer(
@@ -402,7 +385,7 @@ fn efficientnet_b0(input: Shape3, classes: usize) -> Result<GraphBuilder> {
             )?;
             gate = layer(&mut g, &format!("{se}.scale_activation"), "sigmoid", gate)?;
             y = g.mul(&format!("{se}.scale"), gate, y)?;
-            y = conv_norm_act(&mut g, &format!("{p}.{}", b + 2), cout, 1, 1, 1, None, y)?;
+            y = conv_norm_act(&mut g, &format!("{p}.{}", b + 1), cout, 1, 1, 1, None, y)?;
             at = if stride == 1 && inp == cout {
                 let sd = 0.2 * block_id as f32 / total as f32;
                 let name = format!("features.{}.{i}.stochastic_depth", si + 1);

@@ -47,13 +47,7 @@ pub fn concat_forward(
     y: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "concat_forward";
-    if offset.checked_add(len).is_none_or(|e| e > per) {
-        return Err(Error::invalid(
-            OP,
-            "offset",
-            format!("{offset}+{len} exceeds a sample of {per}"),
-        ));
-    }
+    check_slice(OP, per, offset, len)?;
     check_len(OP, "x", x, n * len)?;
     check_len(OP, "y", y, n * per)?;
     for s in 0..n {
@@ -78,13 +72,7 @@ pub fn concat_backward(
     accum: Accum,
 ) -> Result<()> {
     const OP: &str = "concat_backward";
-    if offset.checked_add(len).is_none_or(|e| e > per) {
-        return Err(Error::invalid(
-            OP,
-            "offset",
-            format!("{offset}+{len} exceeds a sample of {per}"),
-        ));
-    }
+    check_slice(OP, per, offset, len)?;
     check_len(OP, "dy", dy, n * per)?;
     check_len(OP, "dx", dx, n * len)?;
     for s in 0..n {
@@ -198,6 +186,18 @@ pub fn mul_backward(other: &[f32], dy: &[f32], dx: &mut [f32], accum: Accum) -> 
     dx.iter_mut()
         .zip(other.iter().zip(dy))
         .for_each(|(d, (&o, &g))| *d = accum.apply(*d, o * g));
+    Ok(())
+}
+
+/// Refuses a slice `offset..offset + len` that does not fit a sample of `per` values.
+fn check_slice(op: &'static str, per: usize, offset: usize, len: usize) -> Result<()> {
+    if offset.checked_add(len).is_none_or(|e| e > per) {
+        return Err(Error::invalid(
+            op,
+            "offset",
+            format!("{offset}+{len} exceeds a sample of {per}"),
+        ));
+    }
     Ok(())
 }
 

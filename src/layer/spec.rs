@@ -275,12 +275,17 @@ impl LayerSpec {
 
 /// Splits at commas outside parentheses.
 fn split_top(s: &str) -> Vec<&str> {
+    split_top_by(s, ',')
+}
+
+/// Splits at every `sep` outside parentheses.
+pub(crate) fn split_top_by(s: &str, sep: char) -> Vec<&str> {
     let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
     for (i, ch) in s.char_indices() {
         match ch {
             '(' => depth += 1,
             ')' => depth -= 1,
-            ',' if depth == 0 => {
+            c if c == sep && depth == 0 => {
                 out.push(&s[start..i]);
                 start = i + 1;
             }

@@ -7,7 +7,7 @@
 //! [`GraphBuilder::parse`].
 
 use crate::error::{Error, Result};
-use crate::layer::spec::LayerSpec;
+use crate::layer::spec::{LayerSpec, split_top_by};
 use crate::layer::{self, Built, Layer};
 use crate::shape::Shape3;
 use std::fmt::Write as _;
@@ -633,23 +633,10 @@ fn show(s: Shape3) -> String {
 
 /// The statements of a text: split at newlines and `;` outside parentheses, comments removed.
 fn statements(text: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.split('#').next().unwrap_or("");
-        let (mut depth, mut start) = (0i32, 0);
-        for (i, ch) in line.char_indices() {
-            match ch {
-                '(' => depth += 1,
-                ')' => depth -= 1,
-                ';' if depth == 0 => {
-                    out.push(&line[start..i]);
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-        out.push(&line[start..]);
-    }
+    let mut out: Vec<&str> = text
+        .lines()
+        .flat_map(|line| split_top_by(line.split('#').next().unwrap_or(""), ';'))
+        .collect();
     out.retain(|s| !s.trim().is_empty());
     out
 }
@@ -670,20 +657,7 @@ fn split_top_at(s: &str, sep: char) -> Option<(&str, &str)> {
 
 /// Splits at commas outside parentheses.
 fn split_top(s: &str) -> Vec<&str> {
-    let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
-    for (i, ch) in s.char_indices() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                out.push(&s[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    out.push(&s[start..]);
-    out
+    split_top_by(s, ',')
 }
 
 /// The text form of `nodes` (read back by [`GraphBuilder::parse`] into the same graph and
