@@ -402,13 +402,7 @@ impl GraphBuilder {
     /// As [`GraphBuilder::parse`].
     pub fn parse_with_limit(input: Shape3, text: &str, max_params: usize) -> Result<Self> {
         const P: &str = "GraphBuilder::parse";
-        if input.contains(&0) {
-            return Err(Error::invalid(
-                "Sequential::new",
-                "input",
-                format!("empty input shape {input:?}"),
-            ));
-        }
+        super::check_input(input, 1)?;
         let mut g = Self::with_limit(input, max_params);
         let mut prev = g.input();
         for (k, stmt) in statements(text).into_iter().enumerate() {
@@ -660,6 +654,14 @@ fn split_top(s: &str) -> Vec<&str> {
     split_top_by(s, ',')
 }
 
+/// Whether `nodes` are a chain: each a layer reading the one before it (the first the input).
+pub(crate) fn is_chain(nodes: &[Node]) -> bool {
+    nodes.iter().enumerate().all(|(i, n)| {
+        matches!(n.op, Op::Layer(_))
+            && n.inputs == [if i == 0 { Src::Input } else { Src::Node(i - 1) }]
+    })
+}
+
 /// The text form of `nodes` (read back by [`GraphBuilder::parse`] into the same graph and
 /// names): the layer list for a chain named as `torch.nn.Sequential`, else one statement per
 /// node.
@@ -671,11 +673,7 @@ pub(crate) fn to_text(nodes: &[Node]) -> String {
             Op::Join(_) => None,
         })
         .collect();
-    let chain = specs.len() == nodes.len()
-        && nodes
-            .iter()
-            .enumerate()
-            .all(|(i, n)| n.inputs == [if i == 0 { Src::Input } else { Src::Node(i - 1) }])
+    let chain = is_chain(nodes)
         && torch_indices(&specs)
             .iter()
             .zip(nodes)

@@ -294,10 +294,7 @@ impl Model {
     }
     /// Whether the model is a chain (each node a layer reading the one before it).
     pub fn is_chain(&self) -> bool {
-        self.nodes.iter().enumerate().all(|(i, n)| {
-            matches!(n.op, Op::Layer(_))
-                && n.inputs == [if i == 0 { Src::Input } else { Src::Node(i - 1) }]
-        })
+        graph::is_chain(&self.nodes)
     }
     /// Every node's name, in order (the prefix of its parameters' state-dict names).
     pub fn node_names(&self) -> Vec<&str> {
