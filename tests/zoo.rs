@@ -1,23 +1,43 @@
 //! The model zoo against torchvision: state-dict names and shapes (both ways: every tensor of
 //! one is a tensor of the other, of the same shape), parameter counts of the published
-//! networks, and the outputs, loss and gradients of the same weights on the same inputs
-//! (`tests/fixtures/gen_zoo.py` wrote the fixtures with torchvision).
+//! networks, and, for the same weights on the same inputs, in evaluation and in training mode,
+//! the outputs, loss, every parameter gradient and the input gradient, then one Adam step and
+//! the outputs after it (`tests/fixtures/gen_zoo.py` wrote the fixtures with torchvision, in
+//! float64, with PyTorch float32's distance from them, which sets each bound).
 
 use cnnkit::kernels::{Accum, cross_entropy_loss};
+use cnnkit::optim::{AdamConfig, Optimizer, OptimizerKind, SgdConfig};
 use cnnkit::{Model, zoo};
 use cnnkit::{Tensor, TensorData};
 use std::collections::HashMap;
 
-struct Pass {
-    logits: Vec<f64>,
-    loss: f64,
-    grads: Vec<(String, f64, f64)>,
-    input: (f64, f64),
+/// A reference value (float64 PyTorch) and PyTorch's own float32 distance from it.
+#[derive(Clone, Copy, Default)]
+struct Stats {
+    sum: f64,
+    squares: f64,
+    /// ‖PyTorch f32 − PyTorch f64‖ of the tensor.
+    err: f64,
 }
 
+#[derive(Default)]
+struct Pass {
+    train: bool,
+    /// PyTorch f32's largest logit error, and the float64 logits.
+    logits: (f64, Vec<f64>),
+    loss: (f64, f64),
+    grads: Vec<(String, Stats)>,
+    input: Stats,
+}
+
+#[derive(Default)]
 struct Fixture {
     tensors: Vec<(String, Vec<usize>)>,
-    passes: Vec<(bool, Pass)>,
+    passes: Vec<Pass>,
+    /// Adam's learning rate and weight decay, each parameter's update, the logits after it.
+    adam: (f32, f32),
+    steps: Vec<(String, Stats)>,
+    after: (f64, Vec<f64>),
 }
 
 fn fixture(name: &str) -> Fixture {
@@ -26,11 +46,14 @@ fn fixture(name: &str) -> Fixture {
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut f = Fixture {
-        tensors: Vec::new(),
-        passes: Vec::new(),
-    };
+    let mut f = Fixture::default();
     let num = |s: &str| s.parse::<f64>().unwrap();
+    let stats = |w: &[&str]| Stats {
+        sum: num(w[0]),
+        squares: num(w[1]),
+        err: num(w[2]),
+    };
+    let logits = |w: &[&str]| (num(w[0]), w[1..].iter().map(|s| num(s)).collect());
     for line in text.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w[0] {
@@ -38,32 +61,36 @@ fn fixture(name: &str) -> Fixture {
                 w[1].into(),
                 w[2..].iter().map(|d| d.parse().unwrap()).collect(),
             )),
-            "mode" => f.passes.push((
-                w[1] == "train",
-                Pass {
-                    logits: Vec::new(),
-                    loss: 0.0,
-                    grads: Vec::new(),
-                    input: (0.0, 0.0),
-                },
-            )),
-            "logits" => {
-                f.passes.last_mut().unwrap().1.logits = w[1..].iter().map(|s| num(s)).collect()
-            }
-            "loss" => f.passes.last_mut().unwrap().1.loss = num(w[1]),
+            "mode" => f.passes.push(Pass {
+                train: w[1] == "train",
+                ..Pass::default()
+            }),
+            "logits" => f.passes.last_mut().unwrap().logits = logits(&w[1..]),
+            "loss" => f.passes.last_mut().unwrap().loss = (num(w[1]), num(w[2])),
             "grad" => {
-                f.passes
-                    .last_mut()
-                    .unwrap()
-                    .1
-                    .grads
-                    .push((w[1].into(), num(w[2]), num(w[3])))
+                let s = stats(&w[2..]);
+                f.passes.last_mut().unwrap().grads.push((w[1].into(), s))
             }
-            "input" => f.passes.last_mut().unwrap().1.input = (num(w[1]), num(w[2])),
+            "input" => f.passes.last_mut().unwrap().input = stats(&w[1..]),
+            "adam" => f.adam = (num(w[2]) as f32, num(w[4]) as f32),
+            "step" => f.steps.push((w[1].into(), stats(&w[2..]))),
+            "after" => f.after = logits(&w[1..]),
             _ => {}
         }
     }
     f
+}
+
+/// Element `i` of stream `t`, in [-1, 1): the fixture's 32-bit integer hash.
+fn hashed(t: u64, i: u64) -> f64 {
+    const M: u64 = 0xFFFF_FFFF;
+    let mut h = (i * 2_654_435_761 + t * 40_503 + 12_345) & M;
+    for _ in 0..2 {
+        h ^= h >> 16;
+        h = (h * 0x45D_9F3B) & M;
+    }
+    h ^= h >> 16;
+    h as f64 / 2f64.powi(31) - 1.0
 }
 
 /// The fixture's formula for tensor `t` (in torchvision's order) named `name`.
@@ -77,7 +104,7 @@ fn filled(t: usize, name: &str, shape: &[usize]) -> Tensor {
     }
     let v: Vec<f32> = (0..m)
         .map(|i| {
-            let s = (0.37 * i as f64 + 1.3 * t as f64).sin();
+            let s = hashed(t as u64, i as u64);
             let x = if name.ends_with("running_var") {
                 1.0 + 0.2 * s.abs()
             } else if name.ends_with("running_mean") {
@@ -98,15 +125,93 @@ fn filled(t: usize, name: &str, shape: &[usize]) -> Tensor {
     }
 }
 
-fn stats(v: &[f32]) -> (f64, f64) {
-    v.iter().fold((0.0, 0.0), |(s, q), &x| {
+/// How far cnnkit may be from the float64 reference: `FACTOR` times PyTorch float32's own
+/// distance, plus a floor relative to the quantity's size (two float32 programs that sum in
+/// different orders differ by a few times the rounding of the sums, in either direction).
+const FACTOR: f64 = 4.0;
+const FLOOR: f64 = 2e-5;
+
+/// The tensor `v` against the reference `want`: the sum of squares within `2‖v‖·T + T²` and
+/// the sum within `√n·T + slack` (both follow from ‖v − ref‖ ≤ T), with
+/// `T = FACTOR·err + FLOOR·‖ref‖`. `Err` says by how much it missed (the larger of the two
+/// misses, as a multiple of its bound).
+fn close(v: &[f32], want: Stats, slack: f64) -> Result<(), (f64, String)> {
+    let (s, q) = v.iter().fold((0.0, 0.0), |(s, q), &x| {
         (s + x as f64, q + (x as f64).powi(2))
-    })
+    });
+    let norm = want.squares.sqrt();
+    let t = FACTOR * want.err + FLOOR * norm + 1e-9;
+    let miss = ((q - want.squares).abs() / (2.0 * norm * t + t * t))
+        .max((s - want.sum).abs() / ((v.len() as f64).sqrt() * t + slack));
+    if miss <= 1.0 {
+        return Ok(());
+    }
+    Err((
+        miss,
+        format!(
+            "sum {s:e} vs {:e}, squares {q:e} vs {:e} (PyTorch f32 is {:e} from it): {miss:.1}x the bound",
+            want.sum, want.squares, want.err
+        ),
+    ))
+}
+
+/// Every tensor of `got` (by name) against the reference, allowing `flips` of them to miss by
+/// up to 100x their bound (see the training pass in [`check_model`]).
+fn close_all(
+    what: &str,
+    got: &HashMap<String, Vec<f32>>,
+    want: &[(String, Stats)],
+    slack: f64,
+    flips: usize,
+) {
+    assert_eq!(got.len(), want.len(), "{what}: parameter count");
+    let mut missed = Vec::new();
+    for (k, s) in want {
+        if let Err((miss, msg)) = close(&got[k], *s, slack) {
+            missed.push(format!("{k}: {msg}"));
+            assert!(miss <= 100.0, "{what}: {k}: {msg}");
+        }
+    }
+    assert!(
+        missed.len() <= flips,
+        "{what}: {} tensors miss their bound (at most {flips} may):\n{}",
+        missed.len(),
+        missed.join("\n")
+    );
+}
+
+fn close_logits(what: &str, y: &[f32], (err, want): &(f64, Vec<f64>)) {
+    let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
+    for (a, b) in y.iter().zip(want) {
+        assert!(
+            (*a as f64 - b).abs() <= FACTOR * err + FLOOR * scale,
+            "{what}: logits {y:?} vs {want:?} (PyTorch f32 is {err:e} from it)"
+        );
+    }
+}
+
+/// The architecture text with every dropout and stochastic depth at 0 (the fixture's training
+/// pass turns off the only random layers, whose masks no two programs draw alike).
+fn without_dropout(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = ["dropout(", "stochastic_depth("]
+        .iter()
+        .filter_map(|k| rest.find(k).map(|i| i + k.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        out.push('0');
+        rest = &rest[at + rest[at..].find(')').unwrap()..];
+    }
+    out + rest
 }
 
 fn check_model(name: &str) {
     let f = fixture(name);
-    let mut m = zoo::build(name, [1, 32, 32], 3).unwrap().build(0).unwrap();
+    let built = zoo::build(name, [1, 64, 64], 3).unwrap().build(0).unwrap();
+    let arch = without_dropout(&built.architecture());
+    let mut m = Model::from_text([1, 64, 64], &arch, 0).unwrap();
     // The same names and shapes, both ways.
     let ours: HashMap<String, Vec<usize>> = m
         .state_dict()
@@ -126,30 +231,26 @@ fn check_model(name: &str) {
         .enumerate()
         .map(|(t, (k, s))| (k.clone(), filled(t, k, s)))
         .collect();
-    for (train, want) in &f.passes {
-        m.load_state_dict(&sd).unwrap();
-        if *train {
+    m.load_state_dict(&sd).unwrap();
+    let x: Vec<f32> = (0..2 * 64 * 64)
+        .map(|i| hashed(1_000_000, i) as f32)
+        .collect();
+    for want in &f.passes {
+        let train = want.train;
+        if train {
             m.train();
         } else {
             m.eval();
         }
-        let x: Vec<f32> = (0..2 * 32 * 32)
-            .map(|i| (0.1 * i as f64).sin() as f32)
-            .collect();
+        let what = format!("{name} (train {train})");
         let y = m.forward(&x, 2).unwrap().to_vec();
-        let scale = want.logits.iter().fold(1.0f64, |a, v| a.max(v.abs()));
-        for (a, b) in y.iter().zip(&want.logits) {
-            assert!(
-                (*a as f64 - b).abs() <= 2e-4 * scale,
-                "{name} (train {train}): logits {y:?} vs {:?}",
-                want.logits
-            );
-        }
+        close_logits(&what, &y, &want.logits);
         let mut d = vec![0.0; y.len()];
         let loss = cross_entropy_loss(3, &y, &[0, 2], 0.0, Some(&mut d)).unwrap();
         assert!(
-            (loss as f64 - want.loss).abs() <= 2e-4 * (1.0 + want.loss),
-            "{name}: loss"
+            (loss as f64 - want.loss.0).abs() <= FACTOR * want.loss.1 + FLOOR,
+            "{what}: loss {loss} vs {}",
+            want.loss.0
         );
         let mut dx = vec![0.0; x.len()];
         m.input_gradient(&x, &d, &mut dx, Some(Accum::Replace))
@@ -159,19 +260,65 @@ fn check_model(name: &str) {
             .into_iter()
             .map(|(k, v)| (k, v.to_vec()))
             .collect();
-        // Sums may cancel: compare against the gradient's size (√ of its sum of squares).
-        let close = |name_k: &str, (s, q): (f64, f64), (ws, wq): (f64, f64)| {
-            let size = wq.sqrt() * 1e-3 + 1e-7;
-            assert!(
-                (s - ws).abs() <= size && (q - wq).abs() <= 2e-3 * wq + 1e-12,
-                "{name} (train {train}): {name_k}: sum {s} vs {ws}, squares {q} vs {wq}"
-            );
+        // In training mode a few tensors may miss, for a reason that is not an error: a ReLU
+        // whose input lies within float32 rounding of 0 takes either branch in two float32
+        // programs (DenseNet-121's nearest is 1.2e-7 of the largest input of its unit, ResNet-50's
+        // 5e-8), and the gradient of the tensor just before it then differs by that one element's
+        // upstream gradient. Evaluation mode is held to every bound.
+        let flips = if train {
+            2.max(want.grads.len() / 100)
+        } else {
+            0
         };
-        for (k, ws, wq) in &want.grads {
-            close(k, stats(&grads[k]), (*ws, *wq));
+        close_all(&what, &grads, &want.grads, 0.0, flips);
+        if let Err((_, msg)) = close(&dx, want.input, 0.0) {
+            panic!("{what}: input gradient: {msg}");
         }
-        close("input", stats(&dx), want.input);
     }
+    // One Adam step with the training pass's gradients, then the evaluation-mode logits with
+    // the running statistics that pass updated.
+    assert!(f.passes.last().unwrap().train);
+    let before: HashMap<String, Vec<f32>> = m
+        .named_parameters()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_vec()))
+        .collect();
+    let kind = OptimizerKind::Adam(AdamConfig {
+        lr: f.adam.0,
+        weight_decay: f.adam.1,
+        ..AdamConfig::default()
+    });
+    let mut opt = Optimizer::new(kind, m.param_count()).unwrap();
+    let (p, g) = m.params_and_grads();
+    opt.step(p, g).unwrap();
+    let after: HashMap<String, Vec<f32>> = m
+        .named_parameters()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_vec()))
+        .collect();
+    let delta: HashMap<String, Vec<f32>> = after
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.clone(),
+                a.iter().zip(&before[k]).map(|(a, b)| a - b).collect(),
+            )
+        })
+        .collect();
+    // Adam's first update is `lr·g/(|g| + eps)`, about `±lr` by the sign of the gradient: an
+    // element whose gradient (with the weight decay) is within rounding of 0 may move either way,
+    // `2·lr` apart. Three such elements per tensor are allowed in its sum.
+    let slack = 6.0 * f.adam.0 as f64;
+    close_all(
+        &format!("{name}: Adam's update"),
+        &delta,
+        &f.steps,
+        slack,
+        0,
+    );
+    m.eval();
+    let y = m.forward(&x, 2).unwrap().to_vec();
+    close_logits(&format!("{name} after the Adam step"), &y, &f.after);
 }
 
 #[test]
@@ -270,4 +417,60 @@ fn unet_maps_images_to_images() {
     assert!(zoo::build("resnet18", [1, 32, 32], 0).is_err());
     let y = m.forward(&vec![0.5; 2 * 256], 2).unwrap();
     assert_eq!(y.len(), 2 * 2 * 256);
+}
+
+/// Each zoo model's checkpoint, written by cnnkit after a few training steps of its own, loads
+/// into torchvision's network of the same name with `load_state_dict(strict=True)` and gives
+/// cnnkit's evaluation-mode outputs. Needs python3 with torch, torchvision, safetensors and numpy
+/// (see `docs/testing.md`), which the test command does not install, so it runs with
+/// `cargo test --test zoo -- --ignored`; a missing module fails it, never passes it.
+#[test]
+#[ignore = "needs python3 with torch and torchvision: cargo test --test zoo -- --ignored"]
+fn cnnkit_zoo_checkpoints_load_into_torchvision() {
+    let dir = std::env::temp_dir().join(format!("cnnkit-zoo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c, h, k) = (3, 64, 5);
+    for (name, _) in zoo::MODELS.iter().filter(|(n, _)| *n != "unet") {
+        let mut m = zoo::build(name, [c, h, h], k).unwrap().build(7).unwrap();
+        let x: Vec<f32> = (0..2 * c * h * h)
+            .map(|i| hashed(99, i as u64) as f32)
+            .collect();
+        // Two SGD steps make the weights and the running statistics cnnkit's own.
+        let sgd = OptimizerKind::Sgd(SgdConfig {
+            lr: 1e-3,
+            ..SgdConfig::default()
+        });
+        let mut opt = Optimizer::new(sgd, m.param_count()).unwrap();
+        for _ in 0..2 {
+            let y = m.forward(&x, 2).unwrap().to_vec();
+            let mut d = vec![0.0; y.len()];
+            cross_entropy_loss(k, &y, &[1, 3], 0.0, Some(&mut d)).unwrap();
+            m.backward(&x, &d, Accum::Replace).unwrap();
+            let (p, g) = m.params_and_grads();
+            opt.step(p, g).unwrap();
+        }
+        m.eval();
+        let y = m.forward(&x, 2).unwrap().to_vec();
+        assert!(y.iter().all(|v| v.is_finite()), "{name}: {y:?}");
+        let path = dir.join(format!("{name}.safetensors"));
+        m.save(&path, &Default::default()).unwrap();
+        let raw = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+        std::fs::write(dir.join("x.f32"), raw(&x)).unwrap();
+        std::fs::write(dir.join("y.f32"), raw(&y)).unwrap();
+        let out = std::process::Command::new("python3")
+            .arg("tests/fixtures/check_zoo_in_torchvision.py")
+            .arg(name)
+            .args([c, h, h, k].map(|v| v.to_string()))
+            .arg(&path)
+            .args([dir.join("x.f32"), dir.join("y.f32")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
