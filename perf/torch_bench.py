@@ -177,7 +177,7 @@ def main():
         # torchvision's networks adapted to one grey channel and 2 classes, as cnnkit::zoo builds them.
         import torchvision
 
-        for name in ["resnet18", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"]:
+        for name in ["resnet18", "resnet34", "resnet50", "densenet121", "mobilenet_v2", "efficientnet_b0"]:
             net = getattr(torchvision.models, name)(weights=None, num_classes=2)
             if name.startswith("resnet"):
                 net.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
@@ -199,6 +199,56 @@ def main():
             x1 = torch.randn(1, 1, 224, 224)
             with torch.inference_mode():
                 out(name, "infer", t, bench(lambda: net(x1)))
+
+        # cnnkit::zoo::unet([1, 128, 128], 1, 32, 4): padded 3x3 convolutions, 2x2 transposed
+        # convolutions up, skip connections concatenated before the upsampled map; MSE, Adam.
+        class UNet(nn.Module):
+            def __init__(self, width=32, depth=4):
+                super().__init__()
+
+                def double(i, o):
+                    return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU(), nn.Conv2d(o, o, 3, padding=1), nn.ReLU())
+
+                self.enc, self.up, self.dec = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+                c_in = 1
+                for i in range(depth):
+                    self.enc.append(double(c_in, width << i))
+                    c_in = width << i
+                self.bottleneck = double(c_in, width << depth)
+                c_in = width << depth
+                for i in reversed(range(depth)):
+                    c = width << i
+                    self.up.append(nn.ConvTranspose2d(c_in, c, 2, stride=2))
+                    self.dec.append(double(2 * c, c))
+                    c_in = c
+                self.head = nn.Conv2d(width, 1, 1)
+
+            def forward(self, x):
+                skips = []
+                for e in self.enc:
+                    x = e(x)
+                    skips.append(x)
+                    x = F.max_pool2d(x, 2)
+                x = self.bottleneck(x)
+                for up, dec in zip(self.up, self.dec):
+                    x = dec(torch.cat([skips.pop(), up(x)], 1))
+                return self.head(x)
+
+        net = UNet()
+        opt = torch.optim.Adam(net.parameters())
+        x, target = torch.randn(8, 1, 128, 128), torch.randn(8, 1, 128, 128)
+
+        def unet_step():
+            opt.zero_grad(set_to_none=True)
+            F.mse_loss(net(x), target).backward()
+            opt.step()
+
+        net.train()
+        out("unet", "step", t, bench(unet_step, min_time=2.0))
+        net.eval()
+        x1 = torch.randn(1, 1, 128, 128)
+        with torch.inference_mode():
+            out("unet", "infer", t, bench(lambda: net(x1)))
 
     groups = {"gemm": gemm, "conv": conv, "pool": pool, "act": act, "softmax": softmax, "bn": bn, "mnist": mnist,
               "xray": xray, "zoo": zoo}

@@ -156,7 +156,7 @@ pub use error::{Error, MAX_ELEMENTS, Result};
 pub use init::Init;
 pub use layer::{Layer, LayerSpec};
 pub use memory::{memory_budget, set_memory_budget};
-pub use model::{GraphBuilder, Join, Model, NodeId, Sequential, StateTensors};
+pub use model::{ActivationMemory, GraphBuilder, Join, Model, NodeId, Sequential, StateTensors};
 pub use shape::{
     Conv2dGeom, Conv2dParams, ConvTranspose2dGeom, Pool2dGeom, Pool2dParams, Shape3, Shape4,
     Tensor, TensorData,

@@ -17,8 +17,8 @@ fn values(seed: u64, len: usize) -> Vec<f32> {
 }
 
 /// A random graph over `[2, 8, 8]` inputs from the choices `ops`: layers of every kind (fusable
-/// blocks of convolution, batch norm, ReLU and max-pool among them), sums, concatenations, gates,
-/// upsampling and transposed convolutions, each reading a random earlier node; every node nobody
+/// blocks of convolution, batch norm, ReLU and max-pool among them), sums, concatenations (dense
+/// blocks among them), gates, upsampling and transposed convolutions, each reading a random earlier node; every node nobody
 /// reads goes through `gap, dense(3)` into one final sum.
 fn random_graph(ops: &[(u8, u8, u8)]) -> GraphBuilder {
     let mut g = GraphBuilder::new([2, 8, 8]);
@@ -38,7 +38,7 @@ fn random_graph(ops: &[(u8, u8, u8)]) -> GraphBuilder {
             let specs: Vec<LayerSpec> = specs.iter().map(|s| spec(s)).collect();
             g.chain(&name("n"), &specs, from).unwrap()
         };
-        let new = match op % 12 {
+        let new = match op % 13 {
             0 => add(&mut g, &["conv(3,3,p=1)"], from),
             1 if spatial => add(&mut g, &["conv(3,3,p=1)", "bn", "relu", "maxpool(2)"], from),
             2 if spatial => add(&mut g, &["bn", "relu", "maxpool(2)"], from),
@@ -76,6 +76,20 @@ fn random_graph(ops: &[(u8, u8, u8)]) -> GraphBuilder {
                 } else {
                     g.mul(&name("gate"), from, gate).unwrap()
                 }
+            }
+            12 => {
+                // A dense block: each layer reads the concatenation of all before it.
+                let mut feats = vec![from];
+                let block = nodes.len();
+                for j in 0..1 + b % 3 {
+                    let input = if feats.len() == 1 {
+                        feats[0]
+                    } else {
+                        g.concat(&format!("dense{block}_{j}"), &feats).unwrap()
+                    };
+                    feats.push(add(&mut g, &["bn", "relu", "conv(2,3,p=1)"], input));
+                }
+                g.concat(&format!("dense{block}"), &feats).unwrap()
             }
             _ => {
                 // An element-wise product with a node of the same shape.
@@ -200,6 +214,40 @@ proptest! {
         let (two, _) = run(true, 2);
         prop_assert!(two == fused, "two threads differ from one");
         Ok::<(), TestCaseError>(())?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Inference gives the forward pass's outputs bit for bit, for one sample (concatenations in
+    /// place) and for a batch, called again after a forward pass and after itself (its buffer
+    /// holds other nodes' values by then), in less memory than training keeps.
+    #[test]
+    fn inference_is_the_forward_pass_in_less_memory(
+        ops in ops(),
+        n in 1usize..4,
+        fused in any::<bool>(),
+        seed in 0..1000u64,
+    ) {
+        let mut m = random_graph(&ops).build(seed).unwrap();
+        m.set_fusion(fused);
+        m.eval();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for n in [n, 1] {
+            let x = values(seed + n as u64, n * 128);
+            let y = bits(m.forward(&x, n).unwrap());
+            prop_assert_eq!(&bits(m.infer(&x, n).unwrap()), &y, "{}", m.architecture());
+            let other = values(seed + 7, n * 128);
+            m.infer(&other, n).unwrap();
+            prop_assert_eq!(&bits(m.infer(&x, n).unwrap()), &y);
+            let mem = m.activation_memory(n);
+            prop_assert!(mem.inference <= mem.training, "{:?}", mem);
+        }
+        // A backward pass needs a forward pass, not an inference.
+        let x = values(seed, 128);
+        let y = m.infer(&x, 1).unwrap().to_vec();
+        prop_assert!(m.backward(&x, &vec![0.0; y.len()], Accum::Replace).is_err());
     }
 }
 

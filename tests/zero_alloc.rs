@@ -147,12 +147,18 @@ fn steady_state_training_and_inference_do_not_allocate() {
                     n, 0,
                     "{threads} threads, {arch}: {n} allocations in 3 input gradients"
                 );
+                // Evaluation-mode passes, kept (forward) and not (infer), for one image and a
+                // batch.
                 let mut m = model();
                 m.eval();
-                m.forward(&x[..784], 1).unwrap();
+                for n in [1, batch] {
+                    m.forward(&x[..n * 784], n).unwrap();
+                    m.infer(&x[..n * 784], n).unwrap();
+                }
                 let n = allocations(|| {
-                    for _ in 0..3 {
-                        std::hint::black_box(m.forward(&x[..784], 1).unwrap());
+                    for n in [1, batch, 1] {
+                        std::hint::black_box(m.forward(&x[..n * 784], n).unwrap());
+                        std::hint::black_box(m.infer(&x[..n * 784], n).unwrap());
                     }
                 });
                 assert_eq!(

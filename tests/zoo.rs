@@ -474,3 +474,39 @@ fn cnnkit_zoo_checkpoints_load_into_torchvision() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Inference of every zoo model gives the forward pass's outputs bit for bit, for one image and
+/// for a batch; for one image, DenseNet's and U-Net's concatenations copy nothing (every input is
+/// written into its slice), and the buffer is a fraction of what training keeps.
+#[test]
+fn zoo_inference_is_the_forward_pass_without_copies() {
+    let mut models: Vec<(&str, Model)> = zoo::MODELS
+        .iter()
+        .filter(|(n, _)| *n != "unet")
+        .map(|(n, _)| (*n, zoo::build(n, [1, 32, 32], 3).unwrap().build(1).unwrap()))
+        .collect();
+    models.push((
+        "unet",
+        zoo::unet([1, 32, 32], 1, 8, 3).unwrap().build(1).unwrap(),
+    ));
+    for (name, mut m) in models {
+        m.eval();
+        for n in [1, 2] {
+            let x: Vec<f32> = (0..n * 32 * 32)
+                .map(|i| hashed(5, i as u64) as f32)
+                .collect();
+            let y = m.forward(&x, n).unwrap().to_vec();
+            let z = m.infer(&x, n).unwrap();
+            assert!(
+                y.iter().zip(z).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}, batch {n}"
+            );
+        }
+        let mem = m.activation_memory(1);
+        assert!(mem.inference * 2 <= mem.training, "{name}: {mem:?}");
+        if name == "densenet121" || name == "unet" {
+            assert_eq!(mem.copied, 0, "{name}");
+            assert!(m.activation_memory(2).copied > 0, "{name}");
+        }
+    }
+}

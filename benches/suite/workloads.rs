@@ -349,7 +349,7 @@ pub fn mnist_cases() -> Vec<Case> {
     v.push(Case {
         images: 1.0,
         ..case("mnist-cnn", "infer", fwd, 0.0, move || {
-            std::hint::black_box(m1.forward(&x1, 1).unwrap());
+            std::hint::black_box(m1.infer(&x1, 1).unwrap());
         })
     });
     let mut m64 = Sequential::new([1, 28, 28], &specs, 0).unwrap();
@@ -357,7 +357,7 @@ pub fn mnist_cases() -> Vec<Case> {
     v.push(Case {
         images: 64.0,
         ..case("mnist-cnn", "infer_b64", 64.0 * fwd, 0.0, move || {
-            std::hint::black_box(m64.forward(&x, 64).unwrap());
+            std::hint::black_box(m64.infer(&x, 64).unwrap());
         })
     });
     v
@@ -411,7 +411,7 @@ pub fn xray_cases() -> Vec<Case> {
     v.push(Case {
         images: 1.0,
         ..case("X1", "infer", fwd, 0.0, move || {
-            std::hint::black_box(m1.forward(&x1, 1).unwrap());
+            std::hint::black_box(m1.infer(&x1, 1).unwrap());
         })
     });
     v
@@ -420,13 +420,16 @@ pub fn xray_cases() -> Vec<Case> {
 /// The zoo networks timed in the `zoo` group: a training step on a batch of
 /// [`ZOO_BATCH`] grey 224x224 images with 2 classes (SGD with momentum, training mode: batch
 /// statistics, dropout, stochastic depth) and batch-1 inference, as torchvision's models adapted to
-/// one input channel (the chest-X-ray setting).
-pub const ZOO: [&str; 5] = [
+/// one input channel (the chest-X-ray setting); and `unet`: `zoo::unet` of width 32 and depth 4
+/// on grey 128x128 images, its step an image-to-image MSE step on [`ZOO_BATCH`] of them.
+pub const ZOO: [&str; 7] = [
     "resnet18",
+    "resnet34",
     "resnet50",
     "densenet121",
     "mobilenet_v2",
     "efficientnet_b0",
+    "unet",
 ];
 
 /// The zoo group's training batch.
@@ -438,7 +441,7 @@ pub fn zoo_cases() -> Vec<Case> {
     let x = randn(23, n * 224 * 224, 1.0);
     let labels: Vec<u32> = (0..n as u32).map(|i| i % 2).collect();
     let mut v = Vec::new();
-    for name in ZOO {
+    for name in ZOO.into_iter().filter(|&z| z != "unet") {
         let model = cnnkit::zoo::build(name, [1, 224, 224], 2)
             .unwrap()
             .build(0)
@@ -465,10 +468,39 @@ pub fn zoo_cases() -> Vec<Case> {
         v.push(Case {
             images: 1.0,
             ..case(name, "infer", 0.0, 0.0, move || {
-                std::hint::black_box(m1.forward(&x1, 1).unwrap());
+                std::hint::black_box(m1.infer(&x1, 1).unwrap());
             })
         });
     }
+    let unet = || {
+        cnnkit::zoo::unet([1, 128, 128], 1, 32, 4)
+            .unwrap()
+            .build(0)
+            .unwrap()
+    };
+    let cfg = TrainConfig {
+        loss: cnnkit::Loss::Mse,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(unet(), "adam".parse().unwrap(), cfg).unwrap();
+    let x = randn(24, n * 128 * 128, 1.0);
+    let target = randn(25, n * 128 * 128, 1.0);
+    let xs = x.clone();
+    v.push(Case {
+        images: n as f64,
+        ..case("unet", "step", 0.0, 0.0, move || {
+            t.step_to(&xs, &target).unwrap();
+        })
+    });
+    let mut m1 = unet();
+    m1.eval();
+    let x1 = x[..128 * 128].to_vec();
+    v.push(Case {
+        images: 1.0,
+        ..case("unet", "infer", 0.0, 0.0, move || {
+            std::hint::black_box(m1.infer(&x1, 1).unwrap());
+        })
+    });
     v
 }
 

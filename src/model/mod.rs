@@ -1,6 +1,7 @@
 //! [`Model`]: a graph of layers and joins with its parameters, gradients, activations, scratch
 //! and execution plan; a [`Sequential`] chain is the one-input case of the same type.
 
+mod arena;
 pub(crate) mod graph;
 mod persist;
 pub(crate) mod plan;
@@ -16,6 +17,7 @@ use crate::layer::spec::LayerSpec;
 use crate::layer::{Backward, Built, Ctx, Layer, ParamInfo};
 use crate::rng::{Rng, mix64};
 use crate::shape::{Shape3, Tensor, TensorData, numel};
+use arena::Arena;
 use graph::{Node, Op, Src};
 use plan::{Plan, Step};
 use std::collections::HashMap;
@@ -71,11 +73,29 @@ pub struct Model {
     /// Size of the pool whose threads' packing buffers were made (0: none yet).
     warmed: usize,
     plan: Plan,
+    /// Where [`Model::infer`] keeps each node's output: for a batch, and for one sample with
+    /// concatenations in place.
+    arenas: [Arena; 2],
+    /// The buffer of [`Model::infer`].
+    infer_buf: Vec<f32>,
 }
 
 /// A chain of layers, `torch.nn.Sequential`: the [`Model`] whose nodes each read the one before
 /// (the name cnnkit's models had before graphs; every method is [`Model`]'s).
 pub type Sequential = Model;
+
+/// Activation memory of a model for one batch size, in bytes
+/// ([`Model::activation_memory`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationMemory {
+    /// The outputs [`Model::forward`] keeps for the backward pass.
+    pub training: usize,
+    /// The buffer [`Model::infer`] needs (outputs share it over their lifetimes).
+    pub inference: usize,
+    /// What [`Model::infer`]'s channel concatenations copy per call (0 for one sample whenever
+    /// every input can be written in place).
+    pub copied: usize,
+}
 
 impl Model {
     /// Builds the chain `specs` for samples of shape `input` (`[C, H, W]`), with PyTorch's
@@ -242,6 +262,8 @@ impl Model {
             last_x: 0,
             warmed: 0,
             plan: Plan::default(),
+            arenas: Default::default(),
+            infer_buf: Vec::new(),
         };
         m.reinit(init, seed);
         m.set_fusion(true);
@@ -369,6 +391,11 @@ impl Model {
             }
         }
         self.dslots.resize_with(plan.slots, Vec::new);
+        let input_len = numel(self.input);
+        self.arenas = [
+            Arena::new(&self.nodes, &plan, input_len, false),
+            Arena::new(&self.nodes, &plan, input_len, true),
+        ];
         self.plan = plan;
     }
 
@@ -400,11 +427,44 @@ impl Model {
         const OP: &str = "Sequential::forward";
         let len = |s: Shape3| crate::error::mul(OP, "batch", n, numel(s));
         let mut widest = len(self.input)?;
-        let (mut acts, mut ws) = (0u128, 0usize);
-        for (node, &s) in self.nodes.iter().zip(&self.shapes) {
+        let mut acts = 0u128;
+        for &s in &self.shapes {
             let k = len(s)?;
             acts += k as u128;
             widest = widest.max(k);
+        }
+        let ws = self.scratch_len(n);
+        let slots = self.plan.slots + usize::from(self.plan.adds_layer_grad);
+        crate::memory::check_elems::<f32>(
+            OP,
+            "the activations of the batch",
+            2 * acts + slots as u128 * widest as u128 + ws as u128,
+        )?;
+        for ((a, &s), &skip) in self
+            .acts
+            .iter_mut()
+            .zip(&self.shapes)
+            .zip(&self.plan.skipped)
+        {
+            if !skip {
+                crate::memory::grow(OP, "activations", a, len(s)?)?;
+            }
+        }
+        for d in &mut self.dslots {
+            crate::memory::grow(OP, "gradients", d, widest)?;
+        }
+        if self.plan.adds_layer_grad {
+            crate::memory::grow(OP, "gradients", &mut self.dtmp, widest)?;
+        }
+        crate::memory::grow(OP, "scratch", &mut self.ws, ws)?;
+        self.warm();
+        Ok(())
+    }
+
+    /// Scratch the forward and backward steps need for a batch of `n`.
+    fn scratch_len(&self, n: usize) -> usize {
+        let mut ws = 0;
+        for node in &self.nodes {
             if let Op::Layer(l) = &node.op {
                 ws = ws.max(l.layer().scratch_len(n));
             }
@@ -429,37 +489,17 @@ impl Model {
             };
             ws = ws.max(pool_ws + extra);
         }
-        let slots = self.plan.slots + usize::from(self.plan.adds_layer_grad);
-        crate::memory::check_elems::<f32>(
-            OP,
-            "the activations of the batch",
-            2 * acts + slots as u128 * widest as u128 + ws as u128,
-        )?;
-        for ((a, &s), &skip) in self
-            .acts
-            .iter_mut()
-            .zip(&self.shapes)
-            .zip(&self.plan.skipped)
-        {
-            if !skip {
-                crate::memory::grow(OP, "activations", a, len(s)?)?;
-            }
-        }
-        for d in &mut self.dslots {
-            crate::memory::grow(OP, "gradients", d, widest)?;
-        }
-        if self.plan.adds_layer_grad {
-            crate::memory::grow(OP, "gradients", &mut self.dtmp, widest)?;
-        }
-        crate::memory::grow(OP, "scratch", &mut self.ws, ws)?;
-        // Every thread of the pool makes its packing buffers on the first call (and again when
-        // the pool's size changes): which thread runs which product later depends on
-        // scheduling, and none of the steps after the first may allocate.
+        ws
+    }
+
+    /// Every thread of the pool makes its packing buffers on the first call (and again when the
+    /// pool's size changes): which thread runs which product later depends on scheduling, and
+    /// none of the steps after the first may allocate.
+    fn warm(&mut self) {
         if self.warmed != crate::par::threads() {
             crate::par::on_every_thread(crate::gemm::warm_thread);
             self.warmed = crate::par::threads();
         }
-        Ok(())
     }
 
     /// Runs the network on `n` samples `x` (`[n, C, H, W]`) in the current mode and returns the
@@ -484,12 +524,22 @@ impl Model {
             ws,
             plan,
             training,
+            input,
             ..
         } = self;
+        let run = Run {
+            shapes,
+            ranges,
+            params,
+            plan,
+            input_len: numel(*input),
+            training: *training,
+            n,
+            seed: call_seed,
+        };
         for &step in &plan.forward {
             let i = step.top();
             let (prev, rest) = acts.split_at_mut(i);
-            let (head, tail) = nodes.split_at_mut(i);
             let input = |s: Src| -> &[f32] {
                 match s {
                     Src::Input => x,
@@ -497,47 +547,135 @@ impl Model {
                 }
             };
             let out = &mut rest[0][..n * numel(shapes[i])];
-            let mut ctx = Ctx::new(*training, mix64(call_seed ^ i as u64), ws);
-            match step {
-                Step::BnPool { bn, .. } => {
-                    let (Op::Layer(Built::Bn(bn_l)), Op::Layer(Built::Pool(pool))) =
-                        (&mut head[bn].op, &mut tail[0].op)
-                    else {
-                        return Err(planned());
-                    };
-                    let x_bn = input(plan.reads[bn][0]);
-                    bn_l.forward_stats(n, &params[ranges[bn].clone()], x_bn, *training)?;
-                    let (scale, shift) = bn_l.affine();
-                    let src = Planes::Affine {
-                        x: x_bn,
-                        scale,
-                        shift,
-                    };
-                    pool.forward_from(n, src, out, ctx.ws)?;
-                }
-                Step::ConvPool { conv, .. } => {
-                    let (Op::Layer(Built::Conv(c)), Op::Layer(Built::Pool(pool))) =
-                        (&head[conv].op, &mut tail[0].op)
-                    else {
-                        return Err(planned());
-                    };
-                    let p = &params[ranges[conv].clone()];
-                    pool.forward_conv(n, c, p, input(plan.reads[conv][0]), out, ctx.ws)?;
-                }
-                Step::Node(_) => match &mut tail[0].op {
-                    Op::Layer(l) => {
-                        let p = &params[ranges[i].clone()];
-                        l.layer_mut()
-                            .forward(n, p, input(plan.reads[i][0]), out, &mut ctx)?;
-                    }
-                    Op::Join(j) => join_forward(*j, n, &plan.reads[i], &input, out, shapes[i])?,
-                },
-            }
+            run_step(&run, step, nodes, &input, out, ws, None)?;
         }
         self.last_n = Some(n);
         self.last_x = fingerprint(x);
         let last = self.nodes.len() - 1;
         Ok(&self.acts[last][..n * self.output_len()])
+    }
+
+    /// The output of [`Model::forward`], bit for bit, without keeping what a backward pass
+    /// needs: in evaluation mode each node's output lives only from the step that writes it to
+    /// the last step that reads it, in one buffer whose regions are reused (see
+    /// [`Model::activation_memory`]), and for a single sample (`n == 1`) a channel
+    /// concatenation's inputs are written straight into their slices of its output, so it
+    /// copies nothing (DenseNet's growing feature maps, U-Net's skip connections). In training
+    /// mode (batch statistics are an effect a caller may want) it is [`Model::forward`].
+    ///
+    /// A backward pass after it needs a new forward pass. Nothing is allocated once the buffer
+    /// has grown to the largest batch.
+    ///
+    /// # Errors
+    /// As [`Model::forward`].
+    ///
+    /// # Example
+    /// ```
+    /// use cnnkit::{GraphBuilder, LayerSpec};
+    /// let mut g = GraphBuilder::new([1, 8, 8]);
+    /// let x = g.input();
+    /// let a = g.layer("a", &LayerSpec::conv(4, 3, 1), x)?;
+    /// let b = g.layer("b", &LayerSpec::conv(4, 3, 1), a)?;
+    /// let cat = g.concat("cat", &[a, b])?;
+    /// let pool = g.layer("pool", &LayerSpec::GlobalAvgPool, cat)?;
+    /// let _ = g.layer("fc", &LayerSpec::dense(3), pool)?;
+    /// let mut m = g.build(0)?;
+    /// m.eval();
+    /// let x = vec![0.25; 64];
+    /// let y = m.forward(&x, 1)?.to_vec();
+    /// assert_eq!(m.infer(&x, 1)?, &y[..]);
+    /// assert!(m.activation_memory(1).inference < m.activation_memory(1).training);
+    /// assert_eq!(m.activation_memory(1).copied, 0);
+    /// # Ok::<(), cnnkit::Error>(())
+    /// ```
+    pub fn infer(&mut self, x: &[f32], n: usize) -> Result<&[f32]> {
+        if self.training {
+            return self.forward(x, n);
+        }
+        const OP: &str = "Model::infer";
+        check_len(OP, "x", x, n * numel(self.input))?;
+        let which = usize::from(n == 1);
+        let size = crate::error::mul(OP, "batch", n, self.arenas[which].size)?;
+        let ws_len = self.scratch_len(n);
+        crate::memory::check_elems::<f32>(
+            OP,
+            "the activations of the batch",
+            size as u128 + ws_len as u128,
+        )?;
+        crate::memory::grow(OP, "activations", &mut self.infer_buf, size)?;
+        crate::memory::grow(OP, "scratch", &mut self.ws, ws_len)?;
+        self.warm();
+        // The layers' caches and the activations no longer belong to the last forward pass.
+        self.last_n = None;
+        let Model {
+            nodes,
+            shapes,
+            ranges,
+            params,
+            ws,
+            plan,
+            input,
+            arenas,
+            infer_buf,
+            ..
+        } = self;
+        let arena = &arenas[which];
+        let run = Run {
+            shapes,
+            ranges,
+            params,
+            plan,
+            input_len: numel(*input),
+            training: false,
+            n,
+            seed: 0,
+        };
+        for &step in &plan.forward {
+            let i = step.top();
+            if arena.view[i] {
+                continue;
+            }
+            let o = arena.range(i, n).ok_or_else(planned)?;
+            let (left, rest) = infer_buf.split_at_mut(o.start);
+            let (out, right) = rest.split_at_mut(o.len());
+            // Inputs lie before or after the output (the arena is checked for it).
+            let input = |s: Src| -> &[f32] {
+                let part = match s {
+                    Src::Input => return x,
+                    Src::Node(j) => arena.range(j, n),
+                };
+                match part {
+                    Some(r) if r.end <= o.start => left.get(r),
+                    Some(r) if r.start >= o.end => right.get(r.start - o.end..r.end - o.end),
+                    _ => None,
+                }
+                .unwrap_or_default()
+            };
+            let copy = arena.copy[i].as_slice();
+            run_step(&run, step, nodes, &input, out, ws, Some(copy))?;
+        }
+        let last = nodes.len() - 1;
+        let r = arenas[which].range(last, n).ok_or_else(planned)?;
+        Ok(&self.infer_buf[r])
+    }
+
+    /// The memory of the activations for a batch of `n`: what [`Model::forward`] keeps for the
+    /// backward pass, what [`Model::infer`] needs, and what its concatenations copy per call.
+    pub fn activation_memory(&self, n: usize) -> ActivationMemory {
+        let f = std::mem::size_of::<f32>();
+        let training = self
+            .shapes
+            .iter()
+            .zip(&self.plan.skipped)
+            .filter(|(_, skip)| !**skip)
+            .map(|(&s, _)| numel(s))
+            .sum::<usize>();
+        let a = &self.arenas[usize::from(n == 1)];
+        ActivationMemory {
+            training: training.saturating_mul(n).saturating_mul(f),
+            inference: a.size.saturating_mul(n).saturating_mul(f),
+            copied: a.copied.saturating_mul(n).saturating_mul(f),
+        }
     }
 
     /// Back-propagates `dout = dL/d(output)` of the last [`Model::forward`] call (which must
@@ -1057,14 +1195,90 @@ fn with_grad_dest(
     }
 }
 
-/// The forward pass of join `j` reading `reads` into `out` (of `shape` per sample).
+/// What every forward step of one call shares.
+struct Run<'m> {
+    shapes: &'m [Shape3],
+    ranges: &'m [Range<usize>],
+    params: &'m [f32],
+    plan: &'m Plan,
+    /// Values per sample of the model's input.
+    input_len: usize,
+    training: bool,
+    n: usize,
+    /// The call's seed (each node's random masks are drawn from it and the node's index).
+    seed: u64,
+}
+
+/// Forward step `step`: its inputs through `input`, the output of its top node into `out`. A
+/// concatenation copies input `t` unless `copy` says it is already in place.
+fn run_step<'a>(
+    run: &Run,
+    step: Step,
+    nodes: &mut [Node],
+    input: &dyn Fn(Src) -> &'a [f32],
+    out: &mut [f32],
+    ws: &mut [f32],
+    copy: Option<&[bool]>,
+) -> Result<()> {
+    let (plan, params, ranges, n) = (run.plan, run.params, run.ranges, run.n);
+    let i = step.top();
+    let (head, tail) = nodes.split_at_mut(i);
+    let mut ctx = Ctx::new(run.training, mix64(run.seed ^ i as u64), ws);
+    match step {
+        Step::BnPool { bn, .. } => {
+            let (Op::Layer(Built::Bn(bn_l)), Op::Layer(Built::Pool(pool))) =
+                (&mut head[bn].op, &mut tail[0].op)
+            else {
+                return Err(planned());
+            };
+            let x_bn = input(plan.reads[bn][0]);
+            bn_l.forward_stats(n, &params[ranges[bn].clone()], x_bn, run.training)?;
+            let (scale, shift) = bn_l.affine();
+            let src = Planes::Affine {
+                x: x_bn,
+                scale,
+                shift,
+            };
+            pool.forward_from(n, src, out, ctx.ws)
+        }
+        Step::ConvPool { conv, .. } => {
+            let (Op::Layer(Built::Conv(c)), Op::Layer(Built::Pool(pool))) =
+                (&head[conv].op, &mut tail[0].op)
+            else {
+                return Err(planned());
+            };
+            let p = &params[ranges[conv].clone()];
+            pool.forward_conv(n, c, p, input(plan.reads[conv][0]), out, ctx.ws)
+        }
+        Step::Node(_) => match &mut tail[0].op {
+            Op::Layer(l) => {
+                let p = &params[ranges[i].clone()];
+                l.layer_mut()
+                    .forward(n, p, input(plan.reads[i][0]), out, &mut ctx)
+            }
+            Op::Join(j) => {
+                let len = |s: Src| match s {
+                    Src::Input => run.input_len,
+                    Src::Node(k) => numel(run.shapes[k]),
+                };
+                join_forward(*j, n, &plan.reads[i], input, &len, out, run.shapes[i], copy)
+            }
+        },
+    }
+}
+
+/// The forward pass of join `j` reading `reads` (of `len` values per sample) into `out` (of
+/// `shape` per sample); a concatenation skips the inputs `copy` marks as already in place.
+#[allow(clippy::too_many_arguments)]
 fn join_forward<'a>(
     j: Join,
     n: usize,
     reads: &[Src],
     input: &dyn Fn(Src) -> &'a [f32],
+    len: &dyn Fn(Src) -> usize,
     out: &mut [f32],
     shape: Shape3,
+    copy: Option<&[bool]>,
 ) -> Result<()> {
     match j {
         Join::Add => {
@@ -1076,11 +1290,12 @@ fn join_forward<'a>(
         Join::Concat => {
             let per = numel(shape);
             let mut at = 0;
-            for &s in reads {
-                let x = input(s);
-                let len = x.len() / n.max(1);
-                join::concat_forward(n, per, at, len, x, out)?;
-                at += len;
+            for (t, &s) in reads.iter().enumerate() {
+                let k = len(s);
+                if copy.is_none_or(|c| c.get(t) != Some(&false)) {
+                    join::concat_forward(n, per, at, k, input(s), out)?;
+                }
+                at += k;
             }
         }
         Join::Mul => {

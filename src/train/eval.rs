@@ -26,7 +26,7 @@ pub(super) fn argmax(v: &[f32]) -> usize {
 pub fn predict(model: &mut Sequential, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let was = model.is_training();
     model.eval();
-    let out = model.forward(x, n).map(|l| l.to_vec());
+    let out = model.infer(x, n).map(|l| l.to_vec());
     if was {
         model.train();
     }
@@ -67,7 +67,7 @@ pub fn reconstruction_loss(
             .chunks(batch * a)
             .zip(pairs.targets().chunks(batch * b))
         {
-            let out = model.forward(x, x.len() / a)?;
+            let out = model.infer(x, x.len() / a)?;
             let l = match loss {
                 Loss::Mse => crate::kernels::loss::mse_loss(out, t, None)?,
                 _ => crate::kernels::loss::l1_loss(out, t, None)?,
@@ -124,7 +124,7 @@ pub fn evaluate_scores(
     let mut result = Ok(());
     for chunk in idx.chunks(batch.max(1)) {
         gather(ds, chunk, &mut xb, &mut yb);
-        let logits = match model.forward(&xb, chunk.len()) {
+        let logits = match model.infer(&xb, chunk.len()) {
             Ok(l) => l,
             Err(e) => {
                 result = Err(e);

@@ -1,0 +1,234 @@
+//! Inference memory: where each node's output lives when no backward pass follows
+//! ([`Model::infer`](super::Model::infer)).
+//!
+//! Training keeps every activation for the backward pass. Inference needs a node's output only
+//! from the step that writes it to the last step that reads it, so outputs share one buffer: each
+//! gets a region of it for its lifetime, and regions whose lifetimes do not overlap reuse the same
+//! memory (first fit, in step order).
+//!
+//! For one sample at a time, a channel concatenation's output is its inputs laid end to end, so
+//! its inputs can be written straight into their slices of it: the concatenation copies nothing,
+//! and a concatenation whose inputs already lie end to end in a larger one (DenseNet's growing
+//! feature map, read by each layer of a block) is only a view of that one. (For a batch, an
+//! input's slice of the output is strided, one piece per sample, and layers write whole tensors,
+//! so the batch plan copies.) Concatenations are placed from the last to the first:
+//! - one whose inputs all lie end to end, in its order, is a view of where they are;
+//! - otherwise it gets its own region, and each input not yet placed is placed at its slice;
+//!   an input placed elsewhere, or the model's input, is copied.
+//!
+//! A region lives from the first step that writes into it to the last step that reads from it.
+//! Every step's inputs must lie outside its output (the plan is checked; should a placement break
+//! that, the plan falls back to one without concatenations in place).
+
+use super::graph::{Join, Node, Op, Src};
+use super::plan::{Plan, Step};
+use crate::shape::numel;
+use std::ops::Range;
+
+/// Where each node's output lives (offsets and lengths per sample; a batch of `n` scales them).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Arena {
+    /// Each node's offset, `None` for a node no step writes (its work is fused into another).
+    at: Vec<Option<usize>>,
+    /// Each node's length per sample.
+    len: Vec<usize>,
+    /// For a concatenation, whether its step copies input `t` (`false`: already in place).
+    pub copy: Vec<Vec<bool>>,
+    /// Concatenations whose inputs are all in place: their step does nothing.
+    pub view: Vec<bool>,
+    /// Length of the whole buffer per sample.
+    pub size: usize,
+    /// Values the concatenations copy per sample.
+    pub copied: usize,
+}
+
+/// What forward step `step` reads.
+pub(crate) fn step_reads(plan: &Plan, step: Step) -> &[Src] {
+    match step {
+        Step::Node(i) => &plan.reads[i],
+        Step::BnPool { bn, .. } => &plan.reads[bn],
+        Step::ConvPool { conv, .. } => &plan.reads[conv],
+    }
+}
+
+impl Arena {
+    /// The arena for `plan`'s forward steps over `nodes` (`input_len` values per sample of the
+    /// model's input), with concatenations written in place when `in_place` (for one sample at
+    /// a time).
+    pub(crate) fn new(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
+        if in_place {
+            let a = Arena::place(nodes, plan, input_len, true);
+            if a.checked(plan) {
+                return a;
+            }
+        }
+        Arena::place(nodes, plan, input_len, false)
+    }
+
+    /// The range of node `j`'s output for a batch of `n`.
+    pub(crate) fn range(&self, j: usize, n: usize) -> Option<Range<usize>> {
+        let at = self.at.get(j).copied().flatten()?;
+        Some(n * at..n * (at + self.len[j]))
+    }
+
+    fn place(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
+        let count = nodes.len();
+        let len: Vec<usize> = nodes.iter().map(|n| numel(n.shape)).collect();
+        let steps = plan.forward.len();
+        // The step that writes each node, and the last step that reads it (the output: past
+        // the end).
+        let mut made = vec![usize::MAX; count];
+        let mut last = vec![0usize; count];
+        for (s, &step) in plan.forward.iter().enumerate() {
+            made[step.top()] = s;
+            for src in step_reads(plan, step) {
+                if let Src::Node(j) = *src {
+                    last[j] = last[j].max(s);
+                }
+            }
+        }
+        last[count - 1] = steps;
+        let src_len = |s: Src| match s {
+            Src::Input => input_len,
+            Src::Node(j) => len[j],
+        };
+        // Each node's home: the node owning its region, and its offset there.
+        let mut home: Vec<Option<(usize, usize)>> = vec![None; count];
+        let mut copy = vec![Vec::new(); count];
+        let mut view = vec![false; count];
+        let mut copied = 0;
+        for c in (0..count).rev() {
+            if !matches!(nodes[c].op, Op::Join(Join::Concat)) || made[c] == usize::MAX {
+                continue;
+            }
+            let reads = &plan.reads[c];
+            let offsets: Vec<usize> = reads
+                .iter()
+                .scan(0, |at, &s| {
+                    let o = *at;
+                    *at += src_len(s);
+                    Some(o)
+                })
+                .collect();
+            if !in_place {
+                copy[c] = vec![true; reads.len()];
+                copied += len[c];
+                continue;
+            }
+            // Its inputs already end to end, in its order: a view of them.
+            let first = match reads[0] {
+                Src::Node(p) => home[p],
+                Src::Input => None,
+            };
+            let end_to_end = first.is_some_and(|(r, o)| {
+                reads.iter().zip(&offsets).all(|(&s, &off)| match s {
+                    Src::Node(p) => made[p] != usize::MAX && home[p] == Some((r, o + off)),
+                    Src::Input => false,
+                })
+            });
+            if home[c].is_none() && end_to_end {
+                home[c] = first;
+                view[c] = true;
+                copy[c] = vec![false; reads.len()];
+                continue;
+            }
+            let (r, base) = *home[c].get_or_insert((c, 0));
+            let flags: Vec<bool> = reads
+                .iter()
+                .zip(&offsets)
+                .map(|(&s, &off)| match s {
+                    Src::Node(p) if made[p] != usize::MAX => match home[p] {
+                        Some(h) => h != (r, base + off),
+                        None => {
+                            home[p] = Some((r, base + off));
+                            false
+                        }
+                    },
+                    _ => true,
+                })
+                .collect();
+            copied += reads
+                .iter()
+                .zip(&flags)
+                .filter(|&(_, &f)| f)
+                .map(|(&s, _)| src_len(s))
+                .sum::<usize>();
+            view[c] = !flags.contains(&true);
+            copy[c] = flags;
+        }
+        // Every other node written by a step owns its region.
+        for j in 0..count {
+            if home[j].is_none() && made[j] != usize::MAX {
+                home[j] = Some((j, 0));
+            }
+        }
+        // Each region's lifetime: from the first step writing into it to the last reading it.
+        let mut life: Vec<Option<(usize, usize)>> = vec![None; count];
+        for j in 0..count {
+            if let Some((r, _)) = home[j] {
+                let (s, e) = life[r].get_or_insert((made[j], last[j]));
+                *s = (*s).min(made[j]);
+                *e = (*e).max(last[j]);
+            }
+        }
+        // First fit, in order of first write; a region read last at step `e` is free from step
+        // `e + 1` (a step reads its inputs while it writes its output).
+        let mut roots: Vec<usize> = (0..count).filter(|&r| life[r].is_some()).collect();
+        roots.sort_by_key(|&r| life[r].map(|l| l.0));
+        let mut offset = vec![0usize; count];
+        let mut live: Vec<(usize, usize, usize)> = Vec::new(); // (offset, size, last read)
+        let mut size = 0;
+        for r in roots {
+            let Some((start, end)) = life[r] else {
+                continue;
+            };
+            live.retain(|&(_, _, e)| e >= start);
+            live.sort_unstable();
+            let mut at = 0;
+            for &(o, sz, _) in &live {
+                if o >= at + len[r] {
+                    break;
+                }
+                at = at.max(o + sz);
+            }
+            offset[r] = at;
+            live.push((at, len[r], end));
+            size = size.max(at + len[r]);
+        }
+        let at = (0..count)
+            .map(|j| home[j].map(|(r, o)| offset[r] + o))
+            .collect();
+        Arena {
+            at,
+            len,
+            copy,
+            view,
+            size,
+            copied,
+        }
+    }
+
+    /// Whether every step's inputs (those it reads, not those already in place) lie outside
+    /// its output.
+    fn checked(&self, plan: &Plan) -> bool {
+        plan.forward.iter().all(|&step| {
+            let top = step.top();
+            if self.view[top] {
+                return true;
+            }
+            let Some(out) = self.range(top, 1) else {
+                return false;
+            };
+            step_reads(plan, step)
+                .iter()
+                .enumerate()
+                .all(|(t, &s)| match s {
+                    Src::Input => true,
+                    Src::Node(_) if self.copy[top].get(t) == Some(&false) => true,
+                    Src::Node(j) => self
+                        .range(j, 1)
+                        .is_some_and(|r| r.end <= out.start || r.start >= out.end),
+                })
+        })
+    }
+}
