@@ -1,13 +1,15 @@
 //! Input gradients, saliency and attacks against PyTorch: tests/fixtures/gen_stability.py builds
 //! the network of a cnnkit checkpoint in PyTorch, loads its weights, and stores its input
-//! gradients, FGSM and PGD examples on fixed pixels (through the checkpoint's normalisation).
+//! gradients, FGSM and PGD examples on fixed pixels (through the checkpoint's normalisation),
+//! and the smallest class-changing perturbations of 40 test digits by the same algorithm.
 
 #[path = "fixtures/stability_torch.rs"]
 mod fixture;
 
 use cnnkit::Sequential;
 use cnnkit::stability::{
-    Attack, AttackKind, AttackNorm, Normalization, SaliencyMethod, adversarial_examples, saliency,
+    Attack, AttackKind, AttackNorm, MinimalSearch, MinimalSummary, Normalization, SaliencyMethod,
+    adversarial_examples, minimal_perturbations, saliency,
 };
 use fixture::*;
 
@@ -164,5 +166,73 @@ fn pgd_returns_the_last_iterate_when_asked() {
     let (lb, ll) = (loss_of(&mut m, &best), loss_of(&mut m, &last));
     for (b, l) in lb.iter().zip(&ll) {
         assert!(b >= &(l - 1e-6), "highest-loss {b} below last {l}");
+    }
+}
+
+/// The smallest perturbation that changes each digit's class, by a PyTorch implementation of
+/// the same search: image by image within the bisection's last interval, and the same quartiles.
+/// (Two float32 programs may take the other side of one bisection step where PGD lands within
+/// rounding of the decision boundary; two such images in 40 are allowed, within four intervals.)
+#[test]
+fn minimal_perturbations_match_pytorch() {
+    let mut m = model();
+    let n = DIGITS.len() / 64;
+    for (norm_kind, max, want) in [
+        (AttackNorm::Linf, 1.0f32, MINIMAL_LINF),
+        (AttackNorm::L2, 8.0, MINIMAL_L2),
+    ] {
+        let search = MinimalSearch {
+            steps: MINIMAL_STEPS,
+            bisections: MINIMAL_BISECTIONS,
+            normalization: Some(norm()),
+            ..MinimalSearch::new(norm_kind, max)
+        };
+        let found = minimal_perturbations(&mut m, DIGITS, n, &search, 16, &mut |_, _| {}).unwrap();
+        let interval = max / (1u32 << MINIMAL_BISECTIONS) as f32;
+        let mut apart = 0;
+        for (i, (r, &w)) in found.iter().zip(want).enumerate() {
+            let Some(s) = r.size else {
+                assert!(
+                    w.is_nan(),
+                    "{norm_kind:?}, digit {i}: PyTorch changed it at {w}"
+                );
+                continue;
+            };
+            assert!(
+                !w.is_nan(),
+                "{norm_kind:?}, digit {i}: only cnnkit changed it ({s})"
+            );
+            assert!(s <= max && r.new_class != Some(r.class));
+            if (s - w).abs() > interval {
+                apart += 1;
+                assert!(
+                    (s - w).abs() <= 4.0 * interval,
+                    "{norm_kind:?}, digit {i}: cnnkit {s}, PyTorch {w}"
+                );
+            }
+        }
+        assert!(apart <= 2, "{norm_kind:?}: {apart} digits apart");
+        // Almost every digit changes within the whole range; the quartiles agree.
+        let ours = MinimalSummary::of(&found);
+        assert!(ours.found >= n - 2, "{ours:?}");
+        let own: Vec<f32> = DIGITS
+            .chunks(64)
+            .map(|x| match norm_kind {
+                AttackNorm::Linf => x.iter().fold(0.0f32, |a, v| a.max(v.abs())),
+                _ => x.iter().map(|v| v * v).sum::<f32>().sqrt(),
+            })
+            .collect();
+        let median = ours.quartiles[1].unwrap();
+        let mut rel: Vec<f32> = want
+            .iter()
+            .zip(&own)
+            .map(|(w, o)| if w.is_nan() { f32::INFINITY } else { w / o })
+            .collect();
+        rel.sort_by(f32::total_cmp);
+        let their_median = rel[n.div_ceil(2) - 1];
+        assert!(
+            (median - their_median).abs() <= 4.0 * interval,
+            "{norm_kind:?}: median ‖r‖/‖x‖ {median} vs PyTorch {their_median}"
+        );
     }
 }

@@ -7,8 +7,9 @@ use crate::pipeline::Pipeline;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use cnnkit::stability::{
-    Attack, AttackKind, AttackNorm, Normalization, PerturbationSearch, SaliencyMethod,
-    heatmap_overlay, robustness_curve, worst_case_perturbation,
+    Attack, AttackKind, AttackNorm, MinimalSearch, MinimalSummary, Normalization,
+    PerturbationSearch, SaliencyMethod, heatmap_overlay, minimal_perturbations, robustness_curve,
+    worst_case_perturbation,
 };
 use cnnkit::{AdversarialTraining, Sequential};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -44,6 +45,14 @@ pub struct RobustnessArgs {
     /// Seed of the random starts and of the noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Instead of accuracy at fixed budgets: the smallest perturbation that changes each image's
+    /// predicted class (a bisection on the budget over PGD of --steps steps, up to the whole
+    /// pixel range), and its median and quartiles relative to the image's norm.
+    #[arg(long)]
+    pub minimal: bool,
+    /// Halvings of the budget for --minimal.
+    #[arg(long, default_value_t = 10)]
+    pub bisections: usize,
     #[command(flatten)]
     pub foreign: ForeignModel,
     /// Worker threads.
@@ -211,12 +220,21 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
     if a.limit == 0 {
         bail!("--limit must be at least 1");
     }
+    if a.minimal && a.steps == 0 {
+        bail!("--steps must be at least 1 for --minimal");
+    }
+    if a.minimal && a.bisections > 40 {
+        bail!("--bisections: {} (at most 40)", a.bisections);
+    }
     let (mut model, pipe, ds) = model_and_test_data(&a.model, a.data.as_ref(), &a.foreign)?;
     // No perturbation in [0, 1]ᵈ is larger than the range (L∞) or its diagonal (L2).
     let most = match norm {
         AttackNorm::L2 => (model.input_shape().iter().product::<usize>() as f32).sqrt(),
         _ => 1.0,
     };
+    if a.minimal {
+        return minimal(a, norm, most, &mut model, &pipe, &ds);
+    }
     if let Some(e) = eps.iter().find(|&&e| e > most) {
         bail!("--eps: {e} is larger than any perturbation of an image in [0, 1] ({most} at most)");
     }
@@ -282,6 +300,74 @@ pub fn robustness(a: &RobustnessArgs) -> Result<()> {
     );
     cnnkit::checkpoint::write_atomic(&svg, curve.to_svg(&title).as_bytes())?;
     outln!("wrote {} and {}", csv.display(), svg.display())?;
+    Ok(())
+}
+
+/// `cnnkit robustness --minimal`.
+fn minimal(
+    a: &RobustnessArgs,
+    norm: AttackNorm,
+    most: f32,
+    model: &mut Sequential,
+    pipe: &Pipeline,
+    ds: &cnnkit::data::Dataset,
+) -> Result<()> {
+    let n = ds.len().min(a.limit);
+    let d = ds.images().len() / ds.len().max(1);
+    let x = &ds.images()[..n * d];
+    let search = MinimalSearch {
+        steps: a.steps,
+        bisections: a.bisections,
+        normalization: Some(normalization(pipe)?),
+        ..MinimalSearch::new(norm, most)
+    };
+    let bar = progress_bar(0, &format!("smallest class changes of {n} images"));
+    let found = minimal_perturbations(model, x, n, &search, 64, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    let s = MinimalSummary::of(&found);
+    let norm_name = if norm == AttackNorm::Linf {
+        "L∞"
+    } else {
+        "L2"
+    };
+    let q = |v: Option<f32>| v.map_or_else(|| "not changed".to_string(), |v| format!("{v:.4}"));
+    outln!(
+        "smallest change of the predicted class ({norm_name}, PGD of {} steps, {} bisections, \
+         budget up to {most}) on {n} images of {}:",
+        a.steps,
+        a.bisections,
+        a.model.display()
+    )?;
+    outln!(
+        "changed {} of {} images; ‖r‖/‖x‖: lower quartile {}, median {}, upper quartile {}",
+        s.found,
+        s.total,
+        q(s.quartiles[0]),
+        q(s.quartiles[1]),
+        q(s.quartiles[2])
+    )?;
+    let classes = ds.classes();
+    let name = |c: usize| classes.get(c).map_or(c.to_string(), |s| s.to_string());
+    let mut csv = String::from("image,class,new_class,size,relative\n");
+    for (i, r) in found.iter().enumerate() {
+        let opt = |v: Option<f32>| v.map_or(String::new(), |v| v.to_string());
+        csv += &format!(
+            "{i},{},{},{},{}\n",
+            name(r.class),
+            r.new_class.map_or(String::new(), name),
+            opt(r.size),
+            opt(r.relative)
+        );
+    }
+    let path = beside(
+        &a.model,
+        &format!("robustness-minimal-{}.csv", a.norm.to_ascii_lowercase()),
+    );
+    cnnkit::checkpoint::write_atomic(&path, csv.as_bytes())?;
+    outln!("wrote {}", path.display())?;
     Ok(())
 }
 

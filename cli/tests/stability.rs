@@ -78,6 +78,47 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
         ],
     );
     assert!(d.0.join("model.robustness-pgd-l2.csv").is_file());
+    // The smallest change of each decision: the quartiles in the report, a row per image in the
+    // CSV whose sizes give those quartiles, every image changed within the whole range.
+    let t = ok(
+        &d.0,
+        &[
+            "robustness",
+            "model.safetensors",
+            "--minimal",
+            "--norm",
+            "l2",
+            "--limit",
+            "40",
+            "--bisections",
+            "8",
+        ],
+    );
+    assert!(t.contains("changed 40 of 40 images"), "{t}");
+    let csv = std::fs::read_to_string(d.0.join("model.robustness-minimal-l2.csv")).unwrap();
+    let mut rel: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_ne!(f[1], f[2], "the class changes: {l}");
+            f[4].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(rel.len(), 40, "{csv}");
+    rel.sort_by(f64::total_cmp);
+    // Nearest rank: the 20th of 40 is the median.
+    let median = format!("median {:.4}", rel[19]);
+    assert!(t.contains(&median), "{median} in {t}");
+    assert!(rel[0] > 0.0 && rel[39] < 1.0, "{csv}");
+    for (args, what) in [
+        (&["--minimal", "--steps", "0"][..], "--steps"),
+        (&["--minimal", "--bisections", "41"][..], "--bisections"),
+    ] {
+        let mut all = vec!["robustness", "model.safetensors"];
+        all.extend_from_slice(args);
+        fails(&d.0, &all, &[what]);
+    }
 
     ring(&d.0.join("zero.png"));
     let t = ok(&d.0, &["perturb", "model.safetensors", "zero.png"]);

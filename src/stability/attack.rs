@@ -260,7 +260,7 @@ pub(crate) fn adversarial_examples_from(
     crate::error::check_len(OP, "x", x, n * crate::shape::numel(model.input_shape()))?;
     in_eval(model, |m| {
         let mut pm = PixelModel::new(OP, m, attack.normalization.as_ref())?;
-        attack_eval(&mut pm, x, labels, n, attack, first)
+        attack_eval(&mut pm, x, labels, n, attack, first, &vec![1.0; n])
     })
 }
 
@@ -270,13 +270,16 @@ fn sample_rng(seed: u64, index: usize) -> Rng {
     Rng::new(mix64(seed ^ mix64(index as u64 ^ 0x005E_ED0F_5A4D_91E5)))
 }
 
-fn attack_eval(
+/// The attack `a` on the `n` samples `x`, sample `i` with budget and step size `a.eps·scale[i]`
+/// and `a.step_size·scale[i]` (all 1 for the attack as given).
+pub(super) fn attack_eval(
     model: &mut PixelModel<'_>,
     x: &[f32],
     labels: &[u32],
     n: usize,
     a: &Attack,
     first: usize,
+    scale: &[f32],
 ) -> Result<Vec<f32>> {
     let classes = model.model.output_len();
     let d = x.len() / n.max(1);
@@ -285,22 +288,26 @@ fn attack_eval(
     if n == 0 || a.eps == 0.0 {
         return Ok(adv);
     }
-    // Moves `v` (a sample's perturbation, in place) into the ε-ball.
-    let project = |v: &mut [f32]| match a.norm {
-        AttackNorm::Linf => v.iter_mut().for_each(|e| *e = e.clamp(-a.eps, a.eps)),
-        AttackNorm::L2 => {
-            let r = norm(v);
-            if r > a.eps as f64 {
-                let s = (a.eps as f64 / r) as f32;
-                v.iter_mut().for_each(|e| *e *= s);
+    let eps_of = |i: usize| a.eps * scale[i];
+    // Moves `v` (sample `i`'s perturbation, in place) into its ε-ball.
+    let project = |i: usize, v: &mut [f32]| {
+        let eps = eps_of(i);
+        match a.norm {
+            AttackNorm::Linf => v.iter_mut().for_each(|e| *e = e.clamp(-eps, eps)),
+            AttackNorm::L2 => {
+                let r = norm(v);
+                if r > eps as f64 {
+                    let s = (eps as f64 / r) as f32;
+                    v.iter_mut().for_each(|e| *e *= s);
+                }
             }
         }
     };
     // adv = clip(x + project(adv − x)) per sample.
     let settle = |adv: &mut [f32]| {
-        for (a_s, x_s) in adv.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        for (i, (a_s, x_s)) in adv.chunks_exact_mut(d).zip(x.chunks_exact(d)).enumerate() {
             let mut delta: Vec<f32> = a_s.iter().zip(x_s).map(|(a, b)| a - b).collect();
-            project(&mut delta);
+            project(i, &mut delta);
             for ((a, b), e) in a_s.iter_mut().zip(x_s).zip(&delta) {
                 *a = (b + e).clamp(lo, hi);
             }
@@ -309,19 +316,16 @@ fn attack_eval(
     if a.kind == AttackKind::Noise {
         for (i, s) in adv.chunks_exact_mut(d).enumerate() {
             let mut rng = sample_rng(a.seed, first + i);
+            let eps = eps_of(i);
             match a.norm {
-                AttackNorm::Linf => s.iter_mut().for_each(|v| {
-                    *v += if rng.next_u64() >> 63 == 1 {
-                        a.eps
-                    } else {
-                        -a.eps
-                    }
-                }),
+                AttackNorm::Linf => s
+                    .iter_mut()
+                    .for_each(|v| *v += if rng.next_u64() >> 63 == 1 { eps } else { -eps }),
                 AttackNorm::L2 => {
                     let dir: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
                     let len = dir.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
                     for (v, g) in s.iter_mut().zip(&dir) {
-                        *v += (g / len * a.eps as f64) as f32;
+                        *v += (g / len * eps as f64) as f32;
                     }
                 }
             }
@@ -333,13 +337,14 @@ fn attack_eval(
     if pgd && a.random_start {
         for (i, s) in adv.chunks_exact_mut(d).enumerate() {
             let mut rng = sample_rng(a.seed, first + i);
+            let eps = eps_of(i);
             match a.norm {
-                AttackNorm::Linf => s.iter_mut().for_each(|v| *v += rng.uniform(-a.eps, a.eps)),
+                AttackNorm::Linf => s.iter_mut().for_each(|v| *v += rng.uniform(-eps, eps)),
                 AttackNorm::L2 => {
                     // A uniform point of the d-ball: a Gaussian direction, radius ε·u^(1/d).
                     let dir: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
                     let len = dir.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-30);
-                    let radius = a.eps as f64 * (rng.uniform(0.0, 1.0) as f64).powf(1.0 / d as f64);
+                    let radius = eps as f64 * (rng.uniform(0.0, 1.0) as f64).powf(1.0 / d as f64);
                     for (v, g) in s.iter_mut().zip(&dir) {
                         *v += (g / len * radius) as f32;
                     }
@@ -374,7 +379,12 @@ fn attack_eval(
         }
         crate::kernels::loss::cross_entropy_loss(classes, logits, labels, 0.0, Some(&mut dlogits))?;
         model.input_gradient(&adv, &dlogits, &mut grad)?;
-        for (a_s, g_s) in adv.chunks_exact_mut(d).zip(grad.chunks_exact(d)) {
+        for (i, (a_s, g_s)) in adv
+            .chunks_exact_mut(d)
+            .zip(grad.chunks_exact(d))
+            .enumerate()
+        {
+            let step = step * scale[i];
             match a.norm {
                 AttackNorm::Linf => {
                     for (v, g) in a_s.iter_mut().zip(g_s) {

@@ -29,13 +29,15 @@
 //!
 //! Beside it, this module holds the other instruments of a stability audit, one file each:
 //! adversarial examples (`attack`: FGSM, PGD and same-size noise), robustness curves (`curve`:
-//! accuracy against the budget), degradations (`degrade`: blur, noise, contrast, subsampling),
+//! accuracy against the budget), the smallest perturbation that changes each decision
+//! (`minimal`: a bisection on the budget over PGD), degradations (`degrade`: blur, noise, contrast, subsampling),
 //! saliency maps (`saliency`), and the pixel-space view of a normalised model they share
 //! (`pixels`).
 
 pub(crate) mod attack;
 mod curve;
 mod degrade;
+mod minimal;
 mod perturbation;
 mod pixels;
 mod saliency;
@@ -44,5 +46,6 @@ pub use crate::data::normalization::Normalization;
 pub use attack::{Attack, AttackKind, AttackNorm, PgdResult, adversarial_examples};
 pub use curve::{RobustnessCurve, RobustnessPoint, robustness_curve};
 pub use degrade::Degradation;
+pub use minimal::{MinimalPerturbation, MinimalSearch, MinimalSummary, minimal_perturbations};
 pub use perturbation::{PerturbationSearch, PerturbationStep, worst_case_perturbation};
 pub use saliency::{SaliencyMethod, heatmap_overlay, saliency};
