@@ -38,6 +38,7 @@ pub(crate) mod attack;
 mod curve;
 mod degrade;
 mod minimal;
+mod operator;
 mod perturbation;
 mod pixels;
 mod saliency;
@@ -47,5 +48,6 @@ pub use attack::{Attack, AttackKind, AttackNorm, PgdResult, adversarial_examples
 pub use curve::{RobustnessCurve, RobustnessPoint, robustness_curve};
 pub use degrade::Degradation;
 pub use minimal::{MinimalPerturbation, MinimalSearch, MinimalSummary, minimal_perturbations};
-pub use perturbation::{PerturbationSearch, PerturbationStep, worst_case_perturbation};
+pub use operator::Operator;
+pub use perturbation::{Objective, PerturbationSearch, PerturbationStep, worst_case_perturbation};
 pub use saliency::{SaliencyMethod, heatmap_overlay, saliency};

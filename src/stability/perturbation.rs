@@ -1,6 +1,7 @@
 //! The worst-case perturbation search of Antun et al. (see the [module documentation](super)),
 //! with Gaussian noise of the same norm beside it.
 
+use super::operator::Operator;
 use super::pixels::{PixelModel, argmax, check_in_range, in_eval, norm};
 use crate::data::normalization::Normalization;
 use crate::error::{Error, Result};
@@ -30,6 +31,28 @@ pub struct PerturbationSearch {
     /// How the model's input is made from `x` (`None`: `x` is the input). With a normalisation,
     /// `x`, `r` and `range` are in pixel units.
     pub normalization: Option<Normalization>,
+    /// The forward operator of an inverse problem: the model sees `A(x + r)` for an image `x`
+    /// and a perturbation `r` of the image (`None`: the model sees `x + r`). The noise baseline
+    /// is then noise in the measurement domain ([`Operator::measurement_noise`]) of the norm of
+    /// `A r`.
+    pub operator: Option<Operator>,
+    /// What the ascent makes large.
+    pub objective: Objective,
+    /// Where the ascent starts (`None`: a tiny random `r₀`, see `seed`); `x + r₀` must be in
+    /// range.
+    pub start: Option<Vec<f32>>,
+}
+
+/// What [`worst_case_perturbation`] maximises (besides the `−(λ/2)‖r‖²` penalty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Objective {
+    /// `½‖f(A(x + r)) − f(A x)‖²`: how far the output moves.
+    #[default]
+    OutputChange,
+    /// `½‖f(A(x + r)) − x‖²`: the reconstruction's error against the true image, the study's
+    /// measure (needs an operator and an output of the image's shape).
+    ErrorToImage,
 }
 
 impl Default for PerturbationSearch {
@@ -43,6 +66,9 @@ impl Default for PerturbationSearch {
             range: (0.0, 1.0),
             seed: 0,
             normalization: None,
+            operator: None,
+            objective: Objective::OutputChange,
+            start: None,
         }
     }
 }
@@ -65,8 +91,16 @@ pub struct PerturbationStep {
     /// norm *after* clipping to the range is `‖r‖` (see `noise_size`).
     pub noise_output_change: f32,
     /// `‖e‖ / ‖x‖` of that noise as applied (after clipping): `size`, unless the range leaves no
-    /// room for that much noise in its direction, when it is the most there is.
+    /// room for that much noise in its direction, when it is the most there is. With an operator:
+    /// `‖e‖ / ‖A x‖` of the measurement noise, which equals `measured_size`.
     pub noise_size: f32,
+    /// `‖A r‖ / ‖A x‖`: the perturbation as the network sees it (`size` without an operator).
+    pub measured_size: f32,
+    /// `‖f(A(x + r)) − x‖ / ‖x‖`, the reconstruction's error against the true image (with an
+    /// operator, for an output of the image's shape).
+    pub error: Option<f32>,
+    /// The same for the noise baseline: `‖f(A x + e) − x‖ / ‖x‖`.
+    pub noise_error: Option<f32>,
     /// Whether that noise changed the predicted class.
     pub noise_class_changed: Option<bool>,
     /// The perturbation `r` itself (the shape of `x`).
@@ -115,6 +149,14 @@ impl PerturbationSearch {
                 ),
             );
         }
+        if self.objective == Objective::ErrorToImage && self.operator.is_none() {
+            return bad(
+                "objective",
+                "the error against the image needs a forward operator (the network's input is \
+                 not the image)"
+                    .into(),
+            );
+        }
         Ok(())
     }
 }
@@ -146,10 +188,49 @@ pub fn worst_case_perturbation(
         ));
     }
     check_in_range(OP, x, s.range)?;
+    if let Some(op) = &s.operator {
+        op.apply([c, h, w], x)?;
+    }
+    if s.objective == Objective::ErrorToImage && model.output_len() != x.len() {
+        return Err(Error::invalid(
+            OP,
+            "objective",
+            format!(
+                "the error against the image needs an output of the image's shape ({c}x{h}x{w}); \
+                 the model gives {:?}",
+                model.output_shape()
+            ),
+        ));
+    }
+    if let Some(r0) = &s.start {
+        crate::error::check_len(OP, "start", r0, x.len())?;
+        let xr: Vec<f32> = x.iter().zip(r0).map(|(a, b)| a + b).collect();
+        check_in_range(OP, &xr, s.range)
+            .map_err(|_| Error::invalid(OP, "start", "x + start leaves the range (or is NaN)"))?;
+    }
     in_eval(model, |m| {
         let mut pm = PixelModel::new(OP, m, s.normalization.as_ref())?;
         search(&mut pm, x, s)
     })
+}
+
+/// What the search keeps of the problem: the operator, `A x`, `f(A x)` and the target.
+struct Problem<'a> {
+    shape: crate::shape::Shape3,
+    op: Option<&'a Operator>,
+    x: &'a [f32],
+    ax: Vec<f32>,
+    fx: Vec<f32>,
+}
+
+impl Problem<'_> {
+    /// `A v` (`v` itself without an operator).
+    fn a(&self, v: &[f32]) -> Result<Vec<f32>> {
+        match self.op {
+            Some(o) => o.apply(self.shape, v),
+            None => Ok(v.to_vec()),
+        }
+    }
 }
 
 fn search(
@@ -158,23 +239,39 @@ fn search(
     s: &PerturbationSearch,
 ) -> Result<Vec<PerturbationStep>> {
     let (lo, hi) = s.range;
-    let fx = model.forward(x, 1)?.to_vec();
-    let (nx, nfx) = (norm(x), norm(&fx).max(f64::MIN_POSITIVE));
-    let class = (fx.len() > 1).then(|| argmax(&fx));
+    let shape = model.model.input_shape();
+    let mut p = Problem {
+        shape,
+        op: s.operator.as_ref(),
+        x,
+        ax: Vec::new(),
+        fx: Vec::new(),
+    };
+    p.ax = p.a(x)?;
+    p.fx = model.forward(&p.ax, 1)?.to_vec();
+    let (nx, nfx) = (norm(x), norm(&p.fx).max(f64::MIN_POSITIVE));
+    let class = (p.fx.len() > 1).then(|| argmax(&p.fx));
     let mut rng = Rng::new(s.seed);
     // A tiny Gaussian start, 1e-4 of the image's RMS value — or of the range's span for an image
     // (nearly) all zero, which would otherwise start at r = 0, where the gradient vanishes.
     let rms = nx / (x.len() as f64).sqrt();
     let start = 1e-4 * rms.max(1e-3 * (hi - lo) as f64);
     // r is kept so that x + r is in range: r = clip(x + r) − x after every step.
-    let mut r: Vec<f32> = x
-        .iter()
-        .map(|&v| ((v as f64 + start * rng.normal()) as f32).clamp(lo, hi) - v)
-        .collect();
+    let mut r: Vec<f32> = match &s.start {
+        Some(r0) => r0.clone(),
+        None => x
+            .iter()
+            .map(|&v| ((v as f64 + start * rng.normal()) as f32).clamp(lo, hi) - v)
+            .collect(),
+    };
+    let target: Vec<f32> = match s.objective {
+        Objective::OutputChange => p.fx.clone(),
+        Objective::ErrorToImage => x.to_vec(),
+    };
     let mut vel = vec![0.0f32; x.len()];
     let (mut xr, mut diff, mut grad) = (
         vec![0.0f32; x.len()],
-        vec![0.0f32; fx.len()],
+        vec![0.0f32; p.fx.len()],
         vec![0.0f32; x.len()],
     );
     let mut out = Vec::new();
@@ -182,17 +279,21 @@ fn search(
         for ((a, &b), &d) in xr.iter_mut().zip(x).zip(&r) {
             *a = b + d;
         }
-        let f = model.forward(&xr, 1)?;
-        for ((d, &a), &b) in diff.iter_mut().zip(f).zip(&fx) {
+        let y = p.a(&xr)?;
+        let f = model.forward(&y, 1)?;
+        for ((d, &a), &b) in diff.iter_mut().zip(f).zip(&target) {
             *d = a - b;
         }
-        model.input_gradient(&xr, &diff, &mut grad)?;
+        model.input_gradient(&y, &diff, &mut grad)?;
+        if let Some(o) = p.op {
+            grad = o.adjoint(shape, &grad)?;
+        }
         for (((v, ri), &g), &xi) in vel.iter_mut().zip(r.iter_mut()).zip(&grad).zip(x) {
             *v = s.momentum * *v + s.step * (g - s.lambda * *ri);
             *ri = (xi + *ri + *v).clamp(lo, hi) - xi;
         }
         if it % s.record_every == 0 || it == s.iterations {
-            out.push(record(model, x, &fx, nx, nfx, class, &r, it, &mut rng, s)?);
+            out.push(record(model, &p, nx, nfx, class, &r, it, &mut rng, s)?);
         }
     }
     Ok(out)
@@ -201,8 +302,7 @@ fn search(
 #[allow(clippy::too_many_arguments)]
 fn record(
     model: &mut PixelModel<'_>,
-    x: &[f32],
-    fx: &[f32],
+    p: &Problem<'_>,
     nx: f64,
     nfx: f64,
     class: Option<usize>,
@@ -211,13 +311,71 @@ fn record(
     rng: &mut Rng,
     s: &PerturbationSearch,
 ) -> Result<PerturbationStep> {
+    let (x, fx) = (p.x, &p.fx[..]);
     let (lo, hi) = s.range;
     let nr = norm(r);
+    let relative = |v: f64, of: f64| {
+        if of > 0.0 {
+            (v / of) as f32
+        } else if v > 0.0 {
+            f32::INFINITY
+        } else {
+            0.0
+        }
+    };
+    // The output change, class change and (with an operator, for an image-shaped output) error
+    // against the image, for the network input `y`.
+    let with_error = p.op.is_some() && fx.len() == x.len();
+    let effect =
+        |model: &mut PixelModel<'_>, y: &[f32]| -> Result<(f32, Option<bool>, Option<f32>)> {
+            let f = model.forward(y, 1)?;
+            let d: Vec<f32> = f.iter().zip(fx).map(|(&a, &b)| a - b).collect();
+            let error = with_error.then(|| {
+                let e: Vec<f32> = f.iter().zip(x).map(|(&a, &b)| a - b).collect();
+                relative(norm(&e), nx)
+            });
+            Ok((
+                (norm(&d) / nfx) as f32,
+                class.map(|c| argmax(f) != c),
+                error,
+            ))
+        };
+    if p.op.is_some() {
+        let xr: Vec<f32> = x.iter().zip(r).map(|(&a, &b)| a + b).collect();
+        let (output_change, class_changed, error) = effect(model, &p.a(&xr)?)?;
+        // A r, and measurement noise of its norm: a Gaussian image as the operator measures it,
+        // scaled (measurements are not clipped to the pixel range).
+        let ar = p.a(r)?;
+        let nar = norm(&ar);
+        let g: Vec<f32> = (0..x.len()).map(|_| rng.normal() as f32).collect();
+        let op =
+            p.op.ok_or_else(|| Error::invalid("worst_case_perturbation", "operator", "missing"))?;
+        let mut e = op.measurement_noise(p.shape, &g)?;
+        let ne = norm(&e);
+        let t = if ne > 0.0 { (nar / ne) as f32 } else { 0.0 };
+        e.iter_mut().for_each(|v| *v *= t);
+        let ye: Vec<f32> = p.ax.iter().zip(&e).map(|(&a, &b)| a + b).collect();
+        let (noise_output_change, noise_class_changed, noise_error) = effect(model, &ye)?;
+        let nax = norm(&p.ax);
+        return Ok(PerturbationStep {
+            iteration,
+            size: relative(nr, nx),
+            norm: nr as f32,
+            output_change,
+            class_changed,
+            noise_output_change,
+            noise_class_changed,
+            noise_size: relative(norm(&e), nax),
+            measured_size: relative(nar, nax),
+            error,
+            noise_error,
+            perturbation: r.to_vec(),
+        });
+    }
     let change = |model: &mut PixelModel<'_>, pert: &[f32]| -> Result<(f32, Option<bool>)> {
         let xp: Vec<f32> = x.iter().zip(pert).map(|(&a, &b)| a + b).collect();
-        let f = model.forward(&xp, 1)?;
-        let d: Vec<f32> = f.iter().zip(fx).map(|(&a, &b)| a - b).collect();
-        Ok(((norm(&d) / nfx) as f32, class.map(|c| argmax(f) != c)))
+        let (c, k, _) = effect(model, &xp)?;
+        Ok((c, k))
     };
     let (output_change, class_changed) = change(model, r)?;
     // A Gaussian direction u, scaled by t so that the clipped noise clip(x + t·u) − x has norm
@@ -255,24 +413,18 @@ fn record(
     }
     let noise = clipped(b);
     let (noise_output_change, noise_class_changed) = change(model, &noise)?;
-    let relative = |v: f64| {
-        if nx > 0.0 {
-            (v / nx) as f32
-        } else if v > 0.0 {
-            f32::INFINITY
-        } else {
-            0.0
-        }
-    };
     Ok(PerturbationStep {
         iteration,
-        size: relative(nr),
+        size: relative(nr, nx),
         norm: nr as f32,
         output_change,
         class_changed,
         noise_output_change,
         noise_class_changed,
-        noise_size: relative(norm(&noise)),
+        noise_size: relative(norm(&noise), nx),
+        measured_size: relative(nr, nx),
+        error: None,
+        noise_error: None,
         perturbation: r.to_vec(),
     })
 }
@@ -304,6 +456,7 @@ mod tests {
             range: (-1000.0, 1000.0),
             seed: 1,
             normalization: None,
+            ..PerturbationSearch::default()
         };
         let steps = worst_case_perturbation(&mut m, &x, &s).unwrap();
         assert_eq!(
@@ -480,5 +633,126 @@ mod tests {
         let mut nan = x.clone();
         nan[3] = f32::NAN;
         assert!(worst_case_perturbation(&mut m, &nan, &s).is_err());
+    }
+
+    /// With a subsampling operator the search perturbs the image, and the network sees only what
+    /// the mask measures: the perturbation ends up (almost) entirely on measured pixels, since
+    /// the rest only costs `λ`; the output change is that of `A r`; the measurement noise lies on
+    /// measured pixels too and has the norm of `A r`.
+    #[test]
+    fn a_masked_problem_is_perturbed_where_it_is_measured() {
+        let specs = LayerSpec::parse_list("conv(1,3,p=1),flatten,dense(4)").unwrap();
+        let mut m = Sequential::new([1, 4, 4], &specs, 3).unwrap();
+        let x: Vec<f32> = (0..16)
+            .map(|i| 0.3 + 0.4 * ((i * 5) % 7) as f32 / 7.0)
+            .collect();
+        let op = Operator::subsample(4, 4, 0.5, 2);
+        let Operator::Mask { keep } = &op else {
+            unreachable!()
+        };
+        let keep = keep.clone();
+        assert!(keep.iter().any(|&k| k) && keep.iter().any(|&k| !k));
+        let s = PerturbationSearch {
+            lambda: 0.05,
+            step: 0.05,
+            iterations: 200,
+            record_every: 50,
+            range: (-100.0, 100.0),
+            operator: Some(op.clone()),
+            ..PerturbationSearch::default()
+        };
+        let steps = worst_case_perturbation(&mut m, &x, &s).unwrap();
+        let last = steps.last().unwrap();
+        let r = &last.perturbation;
+        let off: f64 = r
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| !**k)
+            .map(|(v, _)| (*v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(off < 1e-3 * norm(r), "{off} of {} off the mask", norm(r));
+        let ax = op.apply([1, 4, 4], &x).unwrap();
+        let ar = op.apply([1, 4, 4], r).unwrap();
+        assert!((last.measured_size as f64 - norm(&ar) / norm(&ax)).abs() < 1e-5);
+        assert!((last.noise_size - last.measured_size).abs() < 1e-4 * last.measured_size);
+        // The output change is f's at A(x + r) against A x.
+        m.eval();
+        let fx = m.forward(&ax, 1).unwrap().to_vec();
+        let y: Vec<f32> = ax.iter().zip(&ar).map(|(a, b)| a + b).collect();
+        let fy = m.forward(&y, 1).unwrap().to_vec();
+        let d: Vec<f32> = fy.iter().zip(&fx).map(|(a, b)| a - b).collect();
+        let want = norm(&d) / norm(&fx);
+        assert!((last.output_change as f64 - want).abs() < 1e-4 * want);
+        assert!(last.output_change > last.noise_output_change);
+        // Classifier outputs have no error against the image.
+        assert!(last.error.is_none() && last.noise_error.is_none());
+    }
+
+    /// The study's objective: the reconstruction's error against the true image. On an identity
+    /// network after a mask, `f(A(x + r)) − x = A(x + r) − x`, so the error grows with the
+    /// measured part of `r`, and the error at a record is exactly that norm.
+    #[test]
+    fn the_error_against_the_image_is_the_studys_measure() {
+        // A 1x1 convolution of weight 1 and bias 0: the identity on the network's input.
+        let specs = LayerSpec::parse_list("conv(1,1)").unwrap();
+        let mut m = Sequential::new([1, 4, 4], &specs, 0).unwrap();
+        m.params_mut().copy_from_slice(&[1.0, 0.0]);
+        let x: Vec<f32> = (0..16).map(|i| 0.2 + 0.05 * i as f32).collect();
+        let op = Operator::subsample(4, 4, 0.5, 2);
+        let s = PerturbationSearch {
+            lambda: 0.1,
+            step: 0.05,
+            iterations: 60,
+            record_every: 20,
+            range: (-100.0, 100.0),
+            operator: Some(op.clone()),
+            objective: Objective::ErrorToImage,
+            ..PerturbationSearch::default()
+        };
+        let steps = worst_case_perturbation(&mut m, &x, &s).unwrap();
+        for st in &steps {
+            let xr: Vec<f32> = x.iter().zip(&st.perturbation).map(|(a, b)| a + b).collect();
+            let y = op.apply([1, 4, 4], &xr).unwrap();
+            let e: Vec<f32> = y.iter().zip(&x).map(|(a, b)| a - b).collect();
+            let want = norm(&e) / norm(&x);
+            let got = st.error.unwrap() as f64;
+            assert!((got - want).abs() < 1e-5 * want.max(1.0), "{got} vs {want}");
+        }
+        assert!(steps.windows(2).all(|w| w[1].error >= w[0].error));
+        // Without an operator, or for a classifier, the objective is refused.
+        let e = worst_case_perturbation(
+            &mut m,
+            &x,
+            &PerturbationSearch {
+                operator: None,
+                ..s.clone()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("operator"), "{e}");
+        let specs = LayerSpec::parse_list("flatten,dense(3)").unwrap();
+        let mut c = Sequential::new([1, 4, 4], &specs, 0).unwrap();
+        let e = worst_case_perturbation(&mut c, &x, &s)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image's shape"), "{e}");
+        // A start outside the range, or of the wrong length, is refused.
+        let bad = PerturbationSearch {
+            start: Some(vec![1000.0; 16]),
+            ..s.clone()
+        };
+        assert!(
+            worst_case_perturbation(&mut m, &x, &bad)
+                .unwrap_err()
+                .to_string()
+                .contains("start")
+        );
+        let bad = PerturbationSearch {
+            start: Some(vec![0.0; 3]),
+            ..s
+        };
+        assert!(worst_case_perturbation(&mut m, &x, &bad).is_err());
     }
 }
