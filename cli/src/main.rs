@@ -2,6 +2,7 @@
 
 mod commands;
 mod distributed;
+mod figure;
 mod output;
 mod pipeline;
 mod report;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use cnnkit::stability::{
     Attack, AttackKind, AttackNorm, MinimalSearch, MinimalSummary, Normalization,
-    PerturbationSearch, SaliencyMethod, heatmap_overlay, minimal_perturbations, robustness_curve,
+    PerturbationSearch, SaliencyMethod, minimal_perturbations, robustness_curve, signed_overlay,
     worst_case_perturbation,
 };
 use cnnkit::{AdversarialTraining, Sequential};
@@ -581,23 +581,72 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
             .map_or("image".into(), |s| s.to_string_lossy());
         PathBuf::from(format!("{stem}.perturb.png"))
     });
+    let svg_path = out.with_extension("svg");
     let mut outputs = Outputs::default();
     outputs.input(&a.model);
     outputs.input(&a.image);
     outputs.plan(&out, "the picture")?;
+    outputs.plan(&svg_path, "the figure")?;
     write_png(&out, width, ph, rgb)?;
+    // The figure: the same panels with what each shows written over it, class names under the
+    // bars.
+    let k = 0.5 / rmax;
+    let shown_as = if k >= 1.0 {
+        format!("perturbation magnified ×{k:.1} around grey")
+    } else {
+        format!("perturbation scaled ×{k:.2} around grey (shrunk to fit)")
+    };
+    let panel_png = |v: &[f32]| -> Result<Vec<u8>> {
+        let rgb: Vec<u8> = v
+            .iter()
+            .flat_map(|p| {
+                let g = (p.clamp(0.0, 1.0) * 255.0).round() as u8;
+                [g, g, g]
+            })
+            .collect();
+        let (big, bw, bh) = magnify(&rgb, w, h, scale);
+        crate::figure::png_bytes(bw, bh, big)
+    };
+    let pngs = [
+        panel_png(&panels[0])?,
+        panel_png(&panels[1])?,
+        panel_png(&panels[2])?,
+    ];
+    let c1 = argmax(&p1);
+    let svg = crate::figure::perturb_svg(
+        [&pngs[0], &pngs[1], &pngs[2]],
+        pw,
+        ph,
+        [
+            format!("input: {} ({:.0}%)", pipe.classes[c0], 100.0 * p0[c0]),
+            format!("r ×{k:.2}, grey = 0"),
+            format!("perturbed: {} ({:.0}%)", pipe.classes[c1], 100.0 * p1[c1]),
+        ],
+        &pipe.classes,
+        &p0,
+        &p1,
+        &[
+            format!("middle: the {shown_as}"),
+            format!(
+                "iteration {}: ‖r‖/‖x‖ = {:.4}, output change {:.4} (noise of that norm: {:.4})",
+                shown.iteration, shown.size, shown.output_change, shown.noise_output_change
+            ),
+        ],
+    );
+    cnnkit::checkpoint::write_atomic(&svg_path, svg.as_bytes())?;
     outln!(
-        "wrote {} (iteration {}: input | perturbation ×{:.1} around grey | perturbed input, predicted {} | class probabilities: grey clean, red perturbed)",
+        "wrote {} and {} (iteration {}: input | {shown_as} | perturbed input, predicted {} | class probabilities: grey clean, red perturbed)",
         out.display(),
+        svg_path.display(),
         shown.iteration,
-        0.5 / rmax,
-        pipe.classes[argmax(&p1)]
+        pipe.classes[c1]
     )?;
     Ok(())
 }
 
-/// The map file of each image: `OUT_DIR/STEM.METHOD.png`, and for a stem that an earlier image
-/// already has (`a/0.png`, `b/0.png`), `STEM-2.METHOD.png`, `STEM-3…`; never one of the inputs.
+/// The map file of each image: `OUT_DIR/STEM.METHOD.png` (and its figure, `.svg`), and for a
+/// stem that an earlier image already has (`a/0.png`, `b/0.png`), `STEM-2.METHOD.png`,
+/// `STEM-3…`; never one of the inputs.
 fn saliency_outputs(a: &SaliencyArgs) -> Result<Vec<PathBuf>> {
     let mut outputs = Outputs::default();
     outputs.input(&a.model);
@@ -616,6 +665,7 @@ fn saliency_outputs(a: &SaliencyArgs) -> Result<Vec<PathBuf>> {
         };
         let out = a.out_dir.join(name);
         outputs.plan(&out, &path.display().to_string())?;
+        outputs.plan(&out.with_extension("svg"), &path.display().to_string())?;
         outs.push(out);
     }
     Ok(outs)
@@ -655,16 +705,29 @@ pub fn saliency(a: &SaliencyArgs) -> Result<()> {
         let p = softmax(model.forward(&input, 1)?);
         let k = class.unwrap_or_else(|| argmax(&p));
         let map = cnnkit::stability::saliency(&mut model, &x, k, &method, Some(&nm))?;
-        let rgb = heatmap_overlay([c, h, w], &x, &map)?;
+        let (rgb, top) = signed_overlay([c, h, w], &x, &map)?;
         let (big, bw, bh) = magnify(&rgb, w, h, scale);
+        let png = crate::figure::png_bytes(bw, bh, big.clone())?;
         write_png(out, bw, bh, big)?;
+        let title = format!(
+            "{} saliency of class {} ({:.1}%) for {}",
+            a.method,
+            pipe.classes[k],
+            100.0 * p[k],
+            path.file_name()
+                .map_or(String::new(), |f| f.to_string_lossy().into())
+        );
+        let svg = crate::figure::saliency_svg(&title, &png, bw, bh, top, &pipe.classes[k]);
+        let svg_path = out.with_extension("svg");
+        cnnkit::checkpoint::write_atomic(&svg_path, svg.as_bytes())?;
         bar.suspend(|| {
             outln!(
-                "{}: class {} ({:.2}%) → {}",
+                "{}: class {} ({:.2}%) → {} (figure with colour bar: {})",
                 path.display(),
                 pipe.classes[k],
                 100.0 * p[k],
-                out.display()
+                out.display(),
+                svg_path.display()
             )
         })?;
         bar.inc(1);

@@ -206,9 +206,34 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
         let name = args[args.len() - 2].trim_start_matches('-');
         assert!(t.contains(name), "{args:?}: {t}");
     }
+    let t = ok(&d.0, &["perturb", "model.safetensors", "zero.png"]);
     let strip = image::open(d.0.join("zero.perturb.png")).unwrap();
     // Four panels of 8x8 magnified 16 times, 4-pixel gaps.
     assert_eq!((strip.width(), strip.height()), (4 * 128 + 12, 128));
+    // The figure beside it names what each panel shows, the perturbation's scale as drawn
+    // (the factor that the text output states), and every class under its bars.
+    let svg = std::fs::read_to_string(d.0.join("zero.perturb.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.matches("<image").count() == 3,
+        "{svg}"
+    );
+    assert!(
+        svg.contains("input: 0 (") && svg.contains("perturbed: "),
+        "{svg}"
+    );
+    let factor = t
+        .split("perturbation ")
+        .nth(1)
+        .and_then(|r| r.split('×').nth(1))
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no scale in {t}"));
+    assert!(
+        svg.contains(&format!("r ×{factor}, grey = 0")),
+        "{factor}: {svg}"
+    );
+    for c in 0..10 {
+        assert!(svg.contains(&format!(">{c}</text>")), "class {c}: {svg}");
+    }
 
     for m in ["grad", "smoothgrad", "ig"] {
         let t = ok(
@@ -229,8 +254,28 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
             .to_rgb8();
         // 8x8 maps are magnified to 128 pixels by default.
         assert_eq!(img.dimensions(), (128, 128));
-        // Some pixel is coloured (the map is not empty).
-        assert!(img.pixels().any(|p| p[0] != p[2]), "{m}: no heat");
+        // Some pixel is coloured (the map is not empty), and for the plain gradient both signs
+        // show: red where the class score rises, blue where it falls.
+        assert!(img.pixels().any(|p| p[0] > p[2]), "{m}: no red");
+        if m == "grad" {
+            assert!(img.pixels().any(|p| p[2] > p[0]), "{m}: no blue");
+        }
+        // The figure: the map, a colour bar from −s to +s, a legend naming the class.
+        let svg = std::fs::read_to_string(d.0.join(format!("maps/zero.{m}.svg"))).unwrap();
+        assert!(
+            svg.contains("linearGradient") && svg.contains("<image"),
+            "{svg}"
+        );
+        assert!(svg.contains("raises the score of class 0"), "{svg}");
+        let top = svg
+            .split("start\">+")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .unwrap_or_else(|| panic!("no +s label: {svg}"));
+        assert!(
+            svg.contains(&format!(">-{top}<")),
+            "the bar is symmetric: {svg}"
+        );
     }
     ok(
         &d.0,

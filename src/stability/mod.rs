@@ -50,4 +50,6 @@ pub use degrade::Degradation;
 pub use minimal::{MinimalPerturbation, MinimalSearch, MinimalSummary, minimal_perturbations};
 pub use operator::Operator;
 pub use perturbation::{Objective, PerturbationSearch, PerturbationStep, worst_case_perturbation};
-pub use saliency::{SaliencyMethod, heatmap_overlay, saliency};
+pub use saliency::{
+    SIGNED_NEGATIVE, SIGNED_POSITIVE, SaliencyMethod, heatmap_overlay, saliency, signed_overlay,
+};

@@ -8,7 +8,8 @@
 //!   from a baseline image `x₀`, by the midpoint rule over `steps` points. Its values add up to
 //!   `f_c(x) − f_c(x₀)` (completeness), up to the quadrature error.
 //!
-//! [`heatmap_overlay`] turns a map into an RGB picture over the input.
+//! [`signed_overlay`] turns a map into an RGB picture over the input that keeps its sign (red
+//! raises the class score, blue lowers it); [`heatmap_overlay`] shows the strength alone.
 
 use super::pixels::{PixelModel, in_eval};
 use crate::data::normalization::Normalization;
@@ -244,6 +245,65 @@ pub fn heatmap_overlay(shape: Shape3, pixels: &[f32], map: &[f32]) -> Result<Vec
     Ok(out)
 }
 
+/// A signed RGB picture (`h·w·3` bytes, row-major) of a saliency map over its input, and the
+/// map value that full colour stands for. The input is drawn in grey (the mean of its channels,
+/// clamped to `[0, 1]`); over it, each pixel's attribution — the sum of the map over the
+/// channels — divided by the 99th percentile of its magnitude (`scale`, returned), clamped to
+/// `[-1, 1]`, blends towards red where it is positive (the pixel raises the class score) and
+/// blue where it is negative, in proportion to the square root of its magnitude. A pixel with no
+/// attribution shows the plain input, so a black pixel is black background either way; the
+/// colour bar of `cnnkit saliency`'s figure says so.
+///
+/// # Errors
+/// [`Error::Length`] if `pixels` or `map` is not one sample of `shape`.
+pub fn signed_overlay(shape: Shape3, pixels: &[f32], map: &[f32]) -> Result<(Vec<u8>, f32)> {
+    const OP: &str = "signed_overlay";
+    let [c, h, w] = shape;
+    let plane = h * w;
+    crate::error::check_len(OP, "pixels", pixels, c * plane)?;
+    crate::error::check_len(OP, "map", map, c * plane)?;
+    let value: Vec<f32> = (0..plane)
+        .map(|i| (0..c).map(|ch| map[ch * plane + i]).sum::<f32>())
+        .collect();
+    let mut sorted: Vec<f32> = value
+        .iter()
+        .map(|v| v.abs())
+        .filter(|v| v.is_finite())
+        .collect();
+    sorted.sort_by(f32::total_cmp);
+    let scale = sorted
+        .get((sorted.len().saturating_sub(1) * 99).div_ceil(100))
+        .copied()
+        .unwrap_or(0.0);
+    let mut out = Vec::with_capacity(plane * 3);
+    for (i, &v) in value.iter().enumerate() {
+        let grey = ((0..c).map(|ch| pixels[ch * plane + i]).sum::<f32>() / c.max(1) as f32)
+            .clamp(0.0, 1.0);
+        let t = if scale > 0.0 && v.is_finite() {
+            (v / scale).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        let toward = if t >= 0.0 {
+            SIGNED_POSITIVE
+        } else {
+            SIGNED_NEGATIVE
+        };
+        let alpha = t.abs().sqrt();
+        for hc in toward {
+            let v = (1.0 - alpha) * grey + alpha * hc;
+            out.push((v * 255.0).round() as u8);
+        }
+    }
+    Ok((out, scale))
+}
+
+/// The colours [`signed_overlay`] blends towards: positive attribution (red) and negative (blue),
+/// as RGB in `[0, 1]`.
+pub const SIGNED_POSITIVE: [f32; 3] = [0.92, 0.12, 0.08];
+/// See [`SIGNED_POSITIVE`].
+pub const SIGNED_NEGATIVE: [f32; 3] = [0.10, 0.35, 1.0];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +326,26 @@ mod tests {
         m.eval();
         let mut pm = PixelModel::new("test", m, norm).unwrap();
         pm.forward(x, 1).unwrap()[c] as f64
+    }
+
+    /// The signed picture keeps the sign: a positive pixel turns red, a negative one blue, a
+    /// zero one shows the image; full colour stands for the 99th percentile of the magnitude.
+    #[test]
+    fn signed_overlays_keep_the_sign() {
+        let pixels = [0.5f32, 0.5, 0.5, 0.0];
+        let map = [2.0f32, -2.0, 0.0, 0.0];
+        let (rgb, scale) = signed_overlay([1, 2, 2], &pixels, &map).unwrap();
+        assert_eq!(scale, 2.0);
+        let px = |i: usize| [rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]];
+        let full = |c: [f32; 3]| c.map(|v| (v * 255.0).round() as u8);
+        assert_eq!(px(0), full(SIGNED_POSITIVE));
+        assert_eq!(px(1), full(SIGNED_NEGATIVE));
+        assert_eq!(px(2), [128, 128, 128]);
+        assert_eq!(px(3), [0, 0, 0]);
+        assert!(signed_overlay([1, 2, 2], &pixels, &map[..3]).is_err());
+        // All zero: no colour anywhere, scale 0.
+        let (rgb, scale) = signed_overlay([1, 2, 2], &pixels, &[0.0; 4]).unwrap();
+        assert_eq!((scale, rgb[0]), (0.0, 128));
     }
 
     /// The gradient map is `∂f_c/∂pixel` by central differences, with and without a
