@@ -631,11 +631,18 @@ fn new_trainer(
     let init = a.init.parse().context("--init")?;
     let model = architecture(&a.arch, train.classes().len(), shape)
         .and_then(|g| Ok(g.build_with_init(init, a.seed)?))
-        .with_context(|| {
-            format!(
-                "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
-                a.arch, shape[0], shape[1], shape[2]
-            )
+        .map_err(|e| {
+            // A layer written wrong (`noise(-1)`, `conv(0,3)`) is not a question of image size.
+            let written_wrong = format!("{e:#}").contains("LayerSpec::parse");
+            let why = if written_wrong {
+                format!("--arch {}: a layer is not valid", a.arch)
+            } else {
+                format!(
+                    "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
+                    a.arch, shape[0], shape[1], shape[2]
+                )
+            };
+            e.context(why)
         })?;
     if model.output_len() != train.classes().len() {
         bail!(

@@ -311,6 +311,14 @@ fn bad_input_gives_one_clear_message() {
             "maxpool(2) cannot take an input of shape 16x1x1",
         ],
     );
+    // A layer written wrong is named as such, not blamed on the image size.
+    let o = cnnkit(&d.0, &["train", "--arch", "noise(-1),flatten,dense(10)"]);
+    let t = text(&o);
+    assert!(
+        !o.status.success() && t.contains("a layer is not valid"),
+        "{t}"
+    );
+    assert!(t.contains("std = -1") && !t.contains("does not fit"), "{t}");
     // A corrupt IDX directory.
     std::fs::create_dir_all(d.0.join("idx")).unwrap();
     std::fs::write(
