@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch side of the comparison: the standard workloads with the same timing rule as cnnkit's
 (warm-up of >= 3 calls and >= 0.15 s, then >= 10 individually timed calls and >= 0.6 s; the
-median). One JSON line per case: {"id", "op", "threads", "median_ms"}.
+median). One JSON line per case: {"id", "op", "threads", "median_ms"}, and for inference cases,
+when the onnxruntime package is installed, "ort_ms": the same module exported with
+torch.onnx.export (opset 17) and run by onnxruntime's CPU provider on as many intra-op threads
+(one inter-op thread, all graph optimisations), timed by the same rule.
 
     python3 perf/torch_bench.py --threads 1 2 --only conv,gemm
 
@@ -10,6 +13,7 @@ with cnnkit. Re-executes itself with GLIBC_TUNABLES so freed tensor buffers are 
 being page-faulted in again on every call (as the reference measurements did).
 """
 import argparse
+import io
 import json
 import math
 import os
@@ -48,7 +52,34 @@ def main():
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    out = lambda id_, op, t, ms: print(json.dumps({"id": id_, "op": op, "threads": t, "median_ms": ms}), flush=True)
+    def out(id_, op, t, ms, ort_ms=None):
+        line = {"id": id_, "op": op, "threads": t, "median_ms": ms}
+        if ort_ms is not None:
+            line["ort_ms"] = ort_ms
+        print(json.dumps(line), flush=True)
+
+    def ort(net, x, t):
+        """The evaluation-mode `net` on `x` through onnxruntime (None without the package)."""
+        try:
+            import onnxruntime
+        except ImportError:
+            return None
+        import warnings
+
+        f = io.BytesIO()
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
+            # onnxscript; both write the same operators for these networks.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (x,), f, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+        so = onnxruntime.SessionOptions()
+        so.intra_op_num_threads = t
+        so.inter_op_num_threads = 1
+        so.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = onnxruntime.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
+        xn = x.numpy()
+        return bench(lambda: sess.run(None, {"x": xn}))
 
     def gemm(t):
         for gid, m, k, n in [("G1", 256, 256, 256), ("G2", 1024, 1024, 1024), ("G3", 64, 3136, 128)]:
@@ -139,9 +170,10 @@ def main():
         out("mnist-cnn", "step", t, bench(step, min_time=1.5))
         net.eval()
         x1 = torch.randn(1, 1, 28, 28)
+        o1, o64 = ort(net, x1, t), ort(net, x, t)
         with torch.inference_mode():
-            out("mnist-cnn", "infer", t, bench(lambda: net(x1)))
-            out("mnist-cnn", "infer_b64", t, bench(lambda: net(x)))
+            out("mnist-cnn", "infer", t, bench(lambda: net(x1)), o1)
+            out("mnist-cnn", "infer_b64", t, bench(lambda: net(x)), o64)
 
     def xray(t):
         class XrayNet(nn.Module):
@@ -170,8 +202,9 @@ def main():
         out("X1", "step", t, bench(step, min_time=2.0))
         net.eval()
         x1 = torch.randn(1, 1, 128, 128)
+        o1 = ort(net, x1, t)
         with torch.inference_mode():
-            out("X1", "infer", t, bench(lambda: net(x1)))
+            out("X1", "infer", t, bench(lambda: net(x1)), o1)
 
     def zoo(t):
         # torchvision's networks adapted to one grey channel and 2 classes, as cnnkit::zoo builds them.
@@ -197,8 +230,9 @@ def main():
             out(name, "step", t, bench(step, min_time=2.0))
             net.eval()
             x1 = torch.randn(1, 1, 224, 224)
+            o1 = ort(net, x1, t)
             with torch.inference_mode():
-                out(name, "infer", t, bench(lambda: net(x1)))
+                out(name, "infer", t, bench(lambda: net(x1)), o1)
 
         # cnnkit::zoo::unet([1, 128, 128], 1, 32, 4): padded 3x3 convolutions, 2x2 transposed
         # convolutions up, skip connections concatenated before the upsampled map; MSE, Adam.
@@ -247,8 +281,9 @@ def main():
         out("unet", "step", t, bench(unet_step, min_time=2.0))
         net.eval()
         x1 = torch.randn(1, 1, 128, 128)
+        o1 = ort(net, x1, t)
         with torch.inference_mode():
-            out("unet", "infer", t, bench(lambda: net(x1)))
+            out("unet", "infer", t, bench(lambda: net(x1)), o1)
 
     groups = {"gemm": gemm, "conv": conv, "pool": pool, "act": act, "softmax": softmax, "bn": bn, "mnist": mnist,
               "xray": xray, "zoo": zoo}

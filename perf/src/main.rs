@@ -9,8 +9,9 @@
 //! Each round measures, group by group, cnnkit at every thread count and then PyTorch
 //! (`perf/torch_bench.py`, when `python3 -c "import torch"` works) in the same time window, with
 //! the same timing rule (median of individually timed calls after a warm-up). The table reports
-//! medians of the round medians, the ratio PyTorch/cnnkit (above 1: cnnkit is faster) and
-//! cnnkit's fraction of the machine's limit: the measured FMA peak for compute-bound cases, the
+//! medians of the round medians, the ratio PyTorch/cnnkit (above 1: cnnkit is faster), for
+//! inference cases onnxruntime on the same PyTorch module exported to ONNX (when the
+//! `onnxruntime` package is installed) and its ratio, and cnnkit's fraction of the machine's limit: the measured FMA peak for compute-bound cases, the
 //! STREAM bandwidth at the workload's size for memory-bound ones.
 
 mod peak;
@@ -109,6 +110,8 @@ type Key = (String, String, usize);
 struct Row {
     cnnkit: Vec<f64>,
     torch: Vec<f64>,
+    /// onnxruntime on the same PyTorch module (inference cases, when installed).
+    ort: Vec<f64>,
     flops: f64,
     bytes: f64,
     images: f64,
@@ -127,7 +130,8 @@ fn torch_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn run_torch(group: &str, threads: &[usize]) -> Vec<(Key, f64)> {
+/// PyTorch's median of each case, and onnxruntime's where it was measured.
+fn run_torch(group: &str, threads: &[usize]) -> Vec<(Key, f64, Option<f64>)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/torch_bench.py");
     let ts: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
     let out = Command::new("python3")
@@ -149,6 +153,7 @@ fn run_torch(group: &str, threads: &[usize]) -> Vec<(Key, f64)> {
                     v["threads"].as_u64()? as usize,
                 ),
                 v["median_ms"].as_f64()?,
+                v["ort_ms"].as_f64(),
             ))
         })
         .collect()
@@ -241,17 +246,19 @@ fn main() {
                 });
             }
             if torch {
-                for (key, ms) in run_torch(g, &o.threads) {
-                    rows.entry(key).or_default().torch.push(ms);
+                for (key, ms, ort) in run_torch(g, &o.threads) {
+                    let r = rows.entry(key).or_default();
+                    r.torch.push(ms);
+                    r.ort.extend(ort);
                 }
             }
         }
     }
     println!();
     println!(
-        "| id | op | threads | cnnkit ms | torch ms | torch/cnnkit | cnnkit | % of limit ({peak_isa} FMA peak; STREAM) |"
+        "| id | op | threads | cnnkit ms | torch ms | torch/cnnkit | onnxruntime ms | ort/cnnkit | cnnkit | % of limit ({peak_isa} FMA peak; STREAM) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut records = Vec::new();
     for key in &order {
         let r = &rows[key];
@@ -260,6 +267,7 @@ fn main() {
             continue;
         };
         let torch_ms = median(&r.torch);
+        let ort_ms = median(&r.ort);
         let (rate, limit) = if r.images > 0.0 {
             (
                 format!("{:.0} img/s", r.images / ms * 1e3),
@@ -279,14 +287,19 @@ fn main() {
         } else {
             (String::new(), None)
         };
+        let time = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.3}"));
+        let ratio = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.2}x", v / ms));
         println!(
-            "| {id} | {op} | {t} | {ms:.3} | {} | {} | {rate} | {} |",
-            torch_ms.map_or("-".into(), |v| format!("{v:.3}")),
-            torch_ms.map_or("-".into(), |v| format!("{:.2}x", v / ms)),
+            "| {id} | {op} | {t} | {ms:.3} | {} | {} | {} | {} | {rate} | {} |",
+            time(torch_ms),
+            ratio(torch_ms),
+            time(ort_ms),
+            ratio(ort_ms),
             limit.map_or("-".into(), |l| format!("{:.0}%", 100.0 * l)),
         );
         records.push(serde_json::json!({
             "id": id, "op": op, "threads": t, "cnnkit_ms": ms, "torch_ms": torch_ms,
+            "ort_ms": ort_ms, "ort_round_medians": r.ort,
             "cnnkit_round_medians": r.cnnkit, "torch_round_medians": r.torch,
             "flops": r.flops, "bytes": r.bytes, "fraction_of_limit": limit,
         }));
