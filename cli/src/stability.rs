@@ -81,7 +81,8 @@ pub struct PerturbArgs {
     #[arg(long, default_value_t = PerturbationSearch::default().record_every)]
     pub record_every: usize,
     /// The PNG strip to write (default: IMAGE's name with .perturb.png, in the current folder). It
-    /// shows the smallest recorded perturbation that changes the class (or the last one).
+    /// shows the smallest recorded perturbation that changes the class (or the last one); a
+    /// labelled figure of it is written beside it, with .svg.
     #[arg(long)]
     pub out: Option<PathBuf>,
     #[command(flatten)]
@@ -454,6 +455,16 @@ pub fn perturb(a: &PerturbArgs) -> Result<()> {
             "--iterations {}: at most {MAX_ITERATIONS} (the search grows r geometrically; a \
              larger --step goes further)",
             a.iterations
+        );
+    }
+    if let Some(out) = &a.out
+        && out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        bail!(
+            "--out {}: name the PNG strip; its figure is written beside it, with .svg",
+            out.display()
         );
     }
     let (mut model, pipe) = model_for_images(&a.model, &a.foreign)?;

@@ -163,7 +163,12 @@ fn outputs_never_destroy_what_they_name() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     maps.sort();
-    assert_eq!(maps, ["0-2.grad.png", "0.grad.png"], "{}", text(&o));
+    assert_eq!(
+        maps,
+        ["0-2.grad.png", "0-2.grad.svg", "0.grad.png", "0.grad.svg"],
+        "{}",
+        text(&o)
+    );
 }
 
 /// Promise: standard output that fails never costs a run. Training goes on when stdout is full

@@ -206,6 +206,12 @@ fn robustness_perturb_and_saliency_on_a_trained_model() {
         let name = args[args.len() - 2].trim_start_matches('-');
         assert!(t.contains(name), "{args:?}: {t}");
     }
+    fails(
+        &d.0,
+        &["perturb", "model.safetensors", "zero.png", "--out", "f.SVG"],
+        &["--out f.SVG", "PNG"],
+    );
+    assert!(!d.0.join("f.SVG").exists());
     let t = ok(&d.0, &["perturb", "model.safetensors", "zero.png"]);
     let strip = image::open(d.0.join("zero.perturb.png")).unwrap();
     // Four panels of 8x8 magnified 16 times, 4-pixel gaps.
