@@ -312,7 +312,6 @@ fn record(
     s: &PerturbationSearch,
 ) -> Result<PerturbationStep> {
     let (x, fx) = (p.x, &p.fx[..]);
-    let (lo, hi) = s.range;
     let nr = norm(r);
     let relative = |v: f64, of: f64| {
         if of > 0.0 {
@@ -340,46 +339,52 @@ fn record(
                 error,
             ))
         };
-    if p.op.is_some() {
-        let xr: Vec<f32> = x.iter().zip(r).map(|(&a, &b)| a + b).collect();
-        let (output_change, class_changed, error) = effect(model, &p.a(&xr)?)?;
-        // A r, and measurement noise of its norm: a Gaussian image as the operator measures it,
-        // scaled (measurements are not clipped to the pixel range).
-        let ar = p.a(r)?;
-        let nar = norm(&ar);
-        let g: Vec<f32> = (0..x.len()).map(|_| rng.normal() as f32).collect();
-        let op =
-            p.op.ok_or_else(|| Error::invalid("worst_case_perturbation", "operator", "missing"))?;
-        let mut e = op.measurement_noise(p.shape, &g)?;
-        let ne = norm(&e);
-        let t = if ne > 0.0 { (nar / ne) as f32 } else { 0.0 };
-        e.iter_mut().for_each(|v| *v *= t);
-        let ye: Vec<f32> = p.ax.iter().zip(&e).map(|(&a, &b)| a + b).collect();
-        let (noise_output_change, noise_class_changed, noise_error) = effect(model, &ye)?;
-        let nax = norm(&p.ax);
-        return Ok(PerturbationStep {
-            iteration,
-            size: relative(nr, nx),
-            norm: nr as f32,
-            output_change,
-            class_changed,
-            noise_output_change,
-            noise_class_changed,
-            noise_size: relative(norm(&e), nax),
-            measured_size: relative(nar, nax),
-            error,
-            noise_error,
-            perturbation: r.to_vec(),
-        });
-    }
-    let change = |model: &mut PixelModel<'_>, pert: &[f32]| -> Result<(f32, Option<bool>)> {
-        let xp: Vec<f32> = x.iter().zip(pert).map(|(&a, &b)| a + b).collect();
-        let (c, k, _) = effect(model, &xp)?;
-        Ok((c, k))
+    // The perturbation's effect, and that of the baseline noise (its measured size): with an
+    // operator, noise in the measurement domain of norm ‖A r‖; without, image noise of norm
+    // ‖r‖ after clipping.
+    let xr: Vec<f32> = x.iter().zip(r).map(|(&a, &b)| a + b).collect();
+    let (output_change, class_changed, error) = effect(model, &p.a(&xr)?)?;
+    let (noisy, noise_size, measured_size) = match p.op {
+        Some(op) => {
+            let ar = p.a(r)?;
+            let nar = norm(&ar);
+            let g: Vec<f32> = (0..x.len()).map(|_| rng.normal() as f32).collect();
+            let mut e = op.measurement_noise(p.shape, &g)?;
+            let ne = norm(&e);
+            let t = if ne > 0.0 { (nar / ne) as f32 } else { 0.0 };
+            e.iter_mut().for_each(|v| *v *= t);
+            let nax = norm(&p.ax);
+            let ye: Vec<f32> = p.ax.iter().zip(&e).map(|(&a, &b)| a + b).collect();
+            (ye, relative(norm(&e), nax), relative(nar, nax))
+        }
+        None => {
+            let noise = clipped_noise(x, nr, rng, s.range);
+            let xe: Vec<f32> = x.iter().zip(&noise).map(|(&a, &b)| a + b).collect();
+            (xe, relative(norm(&noise), nx), relative(nr, nx))
+        }
     };
-    let (output_change, class_changed) = change(model, r)?;
-    // A Gaussian direction u, scaled by t so that the clipped noise clip(x + t·u) − x has norm
-    // ‖r‖: that norm grows with t (each coordinate's clipped step does), so bisection finds t.
+    let (noise_output_change, noise_class_changed, noise_error) = effect(model, &noisy)?;
+    Ok(PerturbationStep {
+        iteration,
+        size: relative(nr, nx),
+        norm: nr as f32,
+        output_change,
+        class_changed,
+        noise_output_change,
+        noise_class_changed,
+        noise_size,
+        measured_size,
+        error,
+        noise_error,
+        perturbation: r.to_vec(),
+    })
+}
+
+/// Image noise of norm `nr` after clipping `x + e` to `range`: a Gaussian direction `u`, scaled
+/// by `t` so that `clip(x + t·u) − x` has norm `nr` (that norm grows with `t`, each coordinate's
+/// clipped step does, so bisection finds `t`; where the range leaves no room for that much, the
+/// most there is).
+fn clipped_noise(x: &[f32], nr: f64, rng: &mut Rng, (lo, hi): (f32, f32)) -> Vec<f32> {
     let u: Vec<f64> = (0..x.len()).map(|_| rng.normal()).collect();
     let clipped = |t: f64| -> Vec<f32> {
         x.iter()
@@ -411,22 +416,7 @@ fn record(
             b = mid;
         }
     }
-    let noise = clipped(b);
-    let (noise_output_change, noise_class_changed) = change(model, &noise)?;
-    Ok(PerturbationStep {
-        iteration,
-        size: relative(nr, nx),
-        norm: nr as f32,
-        output_change,
-        class_changed,
-        noise_output_change,
-        noise_class_changed,
-        noise_size: relative(norm(&noise), nx),
-        measured_size: relative(nr, nx),
-        error: None,
-        noise_error: None,
-        perturbation: r.to_vec(),
-    })
+    clipped(b)
 }
 
 #[cfg(test)]
