@@ -215,16 +215,10 @@ pub fn heatmap_overlay(shape: Shape3, pixels: &[f32], map: &[f32]) -> Result<Vec
     let strength: Vec<f32> = (0..plane)
         .map(|i| (0..c).fold(0.0f32, |m, ch| m.max(map[ch * plane + i].abs())))
         .collect();
-    let mut sorted: Vec<f32> = strength.iter().copied().filter(|v| v.is_finite()).collect();
-    sorted.sort_by(f32::total_cmp);
-    let top = sorted
-        .get((sorted.len().saturating_sub(1) * 99).div_ceil(100))
-        .copied()
-        .unwrap_or(0.0);
+    let top = percentile_99(strength.iter().copied());
     let mut out = Vec::with_capacity(plane * 3);
     for (i, &s) in strength.iter().enumerate() {
-        let grey = ((0..c).map(|ch| pixels[ch * plane + i]).sum::<f32>() / c.max(1) as f32)
-            .clamp(0.0, 1.0);
+        let grey = grey_at(pixels, c, plane, i);
         let t = if top > 0.0 && s.is_finite() {
             (s / top).min(1.0)
         } else {
@@ -265,20 +259,10 @@ pub fn signed_overlay(shape: Shape3, pixels: &[f32], map: &[f32]) -> Result<(Vec
     let value: Vec<f32> = (0..plane)
         .map(|i| (0..c).map(|ch| map[ch * plane + i]).sum::<f32>())
         .collect();
-    let mut sorted: Vec<f32> = value
-        .iter()
-        .map(|v| v.abs())
-        .filter(|v| v.is_finite())
-        .collect();
-    sorted.sort_by(f32::total_cmp);
-    let scale = sorted
-        .get((sorted.len().saturating_sub(1) * 99).div_ceil(100))
-        .copied()
-        .unwrap_or(0.0);
+    let scale = percentile_99(value.iter().map(|v| v.abs()));
     let mut out = Vec::with_capacity(plane * 3);
     for (i, &v) in value.iter().enumerate() {
-        let grey = ((0..c).map(|ch| pixels[ch * plane + i]).sum::<f32>() / c.max(1) as f32)
-            .clamp(0.0, 1.0);
+        let grey = grey_at(pixels, c, plane, i);
         let t = if scale > 0.0 && v.is_finite() {
             (v / scale).clamp(-1.0, 1.0)
         } else {
@@ -296,6 +280,22 @@ pub fn signed_overlay(shape: Shape3, pixels: &[f32], map: &[f32]) -> Result<(Vec
         }
     }
     Ok((out, scale))
+}
+
+/// The 99th percentile (nearest rank from below) of the finite `values`, 0 for none.
+fn percentile_99(values: impl Iterator<Item = f32>) -> f32 {
+    let mut sorted: Vec<f32> = values.filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f32::total_cmp);
+    sorted
+        .get((sorted.len().saturating_sub(1) * 99).div_ceil(100))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Pixel `i` of a `c`-channel image of `plane` pixels per channel, in grey: the mean of its
+/// channels, clamped to `[0, 1]`.
+fn grey_at(pixels: &[f32], c: usize, plane: usize, i: usize) -> f32 {
+    ((0..c).map(|ch| pixels[ch * plane + i]).sum::<f32>() / c.max(1) as f32).clamp(0.0, 1.0)
 }
 
 /// The colours [`signed_overlay`] blends towards: positive attribution (red) and negative (blue),
