@@ -411,10 +411,13 @@ fn argmax(v: &[f32]) -> usize {
 
 /// Writes `rgb` (`w·h·3`) as a PNG, atomically.
 fn write_png(path: &Path, w: usize, h: usize, rgb: Vec<u8>) -> Result<()> {
-    let img = image::RgbImage::from_raw(w as u32, h as u32, rgb).context("image size")?;
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, image::ImageFormat::Png)
+    let png = crate::figure::png_bytes(w, h, rgb)
         .with_context(|| format!("{}: cannot encode", path.display()))?;
+    write_encoded(path, &png)
+}
+
+/// Writes encoded `bytes` to `path`, atomically, creating its folder (with a note) if missing.
+fn write_encoded(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(d) = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())
@@ -422,7 +425,7 @@ fn write_png(path: &Path, w: usize, h: usize, rgb: Vec<u8>) -> Result<()> {
         std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
         crate::output::warn(format_args!("note: created the folder {}", d.display()));
     }
-    cnnkit::checkpoint::write_atomic(path, bytes.get_ref())?;
+    cnnkit::checkpoint::write_atomic(path, bytes)?;
     Ok(())
 }
 
@@ -718,8 +721,9 @@ pub fn saliency(a: &SaliencyArgs) -> Result<()> {
         let map = cnnkit::stability::saliency(&mut model, &x, k, &method, Some(&nm))?;
         let (rgb, top) = signed_overlay([c, h, w], &x, &map)?;
         let (big, bw, bh) = magnify(&rgb, w, h, scale);
-        let png = crate::figure::png_bytes(bw, bh, big.clone())?;
-        write_png(out, bw, bh, big)?;
+        // Encoded once: the PNG file and the figure's embedded picture are the same bytes.
+        let png = crate::figure::png_bytes(bw, bh, big)?;
+        write_encoded(out, &png)?;
         let title = format!(
             "{} saliency of class {} ({:.1}%) for {}",
             a.method,

@@ -108,28 +108,24 @@ pub struct MinimalSummary {
 impl MinimalSummary {
     /// The summary of `results`.
     pub fn of(results: &[MinimalPerturbation]) -> MinimalSummary {
-        summary(results)
-    }
-}
-
-fn summary(results: &[MinimalPerturbation]) -> MinimalSummary {
-    let mut v: Vec<f32> = results
-        .iter()
-        .map(|r| r.relative.unwrap_or(f32::INFINITY))
-        .collect();
-    v.sort_by(f32::total_cmp);
-    let q = |p: f64| -> Option<f32> {
-        if v.is_empty() {
-            return None;
+        let mut v: Vec<f32> = results
+            .iter()
+            .map(|r| r.relative.unwrap_or(f32::INFINITY))
+            .collect();
+        v.sort_by(f32::total_cmp);
+        let q = |p: f64| -> Option<f32> {
+            if v.is_empty() {
+                return None;
+            }
+            // Nearest rank: the smallest value with at least p of the values at or below it.
+            let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+            Some(v[rank - 1]).filter(|x| x.is_finite())
+        };
+        MinimalSummary {
+            found: results.iter().filter(|r| r.size.is_some()).count(),
+            total: results.len(),
+            quartiles: [q(0.25), q(0.5), q(0.75)],
         }
-        // Nearest rank: the smallest value with at least p of the values at or below it.
-        let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        Some(v[rank - 1]).filter(|x| x.is_finite())
-    };
-    MinimalSummary {
-        found: results.iter().filter(|r| r.size.is_some()).count(),
-        total: results.len(),
-        quartiles: [q(0.25), q(0.5), q(0.75)],
     }
 }
 

@@ -59,12 +59,8 @@ impl Operator {
         }
     }
 
-    /// `A x` for one image `x` of `shape`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArg`] when `x` is not one image of `shape`, a mask is not `H·W` long, or
-    /// `sigma` is not a positive number.
-    pub fn apply(&self, shape: Shape3, x: &[f32]) -> Result<Vec<f32>> {
+    /// An `Err` when `x` is not one image of `shape` or the operator does not fit it.
+    fn check(&self, shape: Shape3, x: &[f32]) -> Result<()> {
         const OP: &str = "Operator::apply";
         let [c, h, w] = shape;
         let plane = h * w;
@@ -75,33 +71,42 @@ impl Operator {
                 format!("{} values are not one {c}x{h}x{w} image", x.len()),
             ));
         }
-        let mask_fits = |keep: &[bool]| {
-            if keep.len() == plane {
-                Ok(())
-            } else {
+        match self {
+            Operator::Mask { keep } | Operator::Fourier { keep } if keep.len() != plane => {
                 Err(Error::invalid(
                     OP,
                     "keep",
                     format!("a mask of {} positions for {h}x{w} images", keep.len()),
                 ))
             }
-        };
+            Operator::Blur { sigma } if !(sigma.is_finite() && *sigma > 0.0 && *sigma <= 1e3) => {
+                Err(Error::invalid(
+                    OP,
+                    "sigma",
+                    format!("{sigma} (must be in (0, 1000])"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `A x` for one image `x` of `shape`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArg`] when `x` is not one image of `shape`, a mask is not `H·W` long, or
+    /// `sigma` is not a positive number.
+    pub fn apply(&self, shape: Shape3, x: &[f32]) -> Result<Vec<f32>> {
+        self.check(shape, x)?;
+        let [_, h, w] = shape;
+        let plane = h * w;
         let mut y = vec![0.0f32; x.len()];
         match self {
             Operator::Mask { keep } => {
-                mask_fits(keep)?;
                 for (i, (o, &v)) in y.iter_mut().zip(x).enumerate() {
                     *o = if keep[i % plane] { v } else { 0.0 };
                 }
             }
             Operator::Blur { sigma } => {
-                if !(sigma.is_finite() && *sigma > 0.0 && *sigma <= 1e3) {
-                    return Err(Error::invalid(
-                        OP,
-                        "sigma",
-                        format!("{sigma} (must be in (0, 1000])"),
-                    ));
-                }
                 let k = gaussian(*sigma);
                 let mut tmp = vec![0.0f32; plane];
                 for (xs, ys) in x.chunks_exact(plane).zip(y.chunks_exact_mut(plane)) {
@@ -110,7 +115,6 @@ impl Operator {
                 }
             }
             Operator::Fourier { keep } => {
-                mask_fits(keep)?;
                 for (xs, ys) in x.chunks_exact(plane).zip(y.chunks_exact_mut(plane)) {
                     masked_fourier(xs, ys, keep, h, w);
                 }
@@ -129,7 +133,7 @@ impl Operator {
     pub fn measurement_noise(&self, shape: Shape3, g: &[f32]) -> Result<Vec<f32>> {
         match self {
             Operator::Blur { .. } => {
-                self.apply(shape, g)?; // the same checks
+                self.check(shape, g)?;
                 Ok(g.to_vec())
             }
             _ => self.apply(shape, g),
