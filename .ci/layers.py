@@ -35,6 +35,7 @@ LAYERS = [
     "init",
     "model",
     "zoo",
+    "onnx",
     "gradcheck",
     "optim",
     "metrics",

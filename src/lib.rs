@@ -141,6 +141,7 @@ pub mod layer;
 pub mod memory;
 pub mod metrics;
 mod model;
+pub mod onnx;
 pub mod optim;
 pub mod par;
 pub mod preprocess;

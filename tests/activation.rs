@@ -385,3 +385,37 @@ fn other_elementwise_kernels_cover_lane_boundaries() {
         }
     }
 }
+
+/// The softmax layer is `nn.Softmax(dim=1)`: at each position, exp over the channels divided by
+/// their sum (computed here in float64), for a map and for a flat input.
+#[test]
+fn softmax_layer_normalises_over_the_channels_at_each_position() {
+    use cnnkit::layer::{self, Ctx};
+    for shape in [[3usize, 2, 3], [5, 1, 1]] {
+        let [c, h, w] = shape;
+        let n = 2;
+        let x: Vec<f32> = (0..n * c * h * w)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7)
+            .collect();
+        let mut l = layer::build(&"softmax".parse().unwrap(), shape).unwrap();
+        let mut y = vec![0.0; x.len()];
+        let mut ws = Vec::new();
+        l.forward(n, &[], &x, &mut y, &mut Ctx::new(false, 0, &mut ws))
+            .unwrap();
+        let hw = h * w;
+        for s in 0..n {
+            for p in 0..hw {
+                let at = |k: usize| s * c * hw + k * hw + p;
+                let m = (0..c).map(|k| x[at(k)] as f64).fold(f64::MIN, f64::max);
+                let z: f64 = (0..c).map(|k| (x[at(k)] as f64 - m).exp()).sum();
+                for k in 0..c {
+                    let want = (x[at(k)] as f64 - m).exp() / z;
+                    assert!(
+                        (y[at(k)] as f64 - want).abs() < 1e-6,
+                        "{shape:?} {s} {p} {k}"
+                    );
+                }
+            }
+        }
+    }
+}

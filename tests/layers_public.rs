@@ -96,6 +96,8 @@ fn cnnkit_layers_pass_the_public_check() {
         ("hardsigmoid", [2, 3, 3]),
         ("hardswish", [2, 3, 3]),
         ("silu", [2, 3, 3]),
+        ("softmax", [3, 2, 2]),
+        ("softmax", [4, 1, 1]),
         ("adaptive_avgpool(2x3)", [2, 5, 4]),
         ("upsample(2x3)", [2, 3, 2]),
         ("stochastic_depth(0.3)", [2, 2, 2]),

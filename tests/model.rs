@@ -29,6 +29,7 @@ fn network() -> impl Strategy<Value = (cnnkit::Shape3, String, usize)> {
         Just("hardsigmoid"),
         Just("hardswish"),
         Just("silu"),
+        Just("softmax"),
     ];
     let block = (
         1..4usize,

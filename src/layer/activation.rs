@@ -196,3 +196,77 @@ impl Layer for RRelu {
         }
     }
 }
+
+/// Softmax over the channels at each position of each sample (`nn.Softmax(dim=1)`).
+#[derive(Debug)]
+pub(crate) struct Softmax {
+    shape: Shape3,
+}
+
+impl Softmax {
+    pub fn new(input: Shape3) -> Self {
+        Softmax { shape: input }
+    }
+}
+
+impl Layer for Softmax {
+    fn spec(&self) -> LayerSpec {
+        LayerSpec::Softmax
+    }
+    fn out_shape(&self) -> Shape3 {
+        self.shape
+    }
+    fn forward(
+        &mut self,
+        _: usize,
+        _: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        _: &mut Ctx<'_>,
+    ) -> Result<()> {
+        crate::error::check_len("softmax", "y", y, x.len())?;
+        let [c, h, w] = self.shape;
+        let hw = h * w;
+        if hw == 1 {
+            return kernels::softmax::softmax_forward(c, x, y);
+        }
+        for (xs, ys) in x.chunks_exact(c * hw).zip(y.chunks_exact_mut(c * hw)) {
+            for p in 0..hw {
+                let m = (0..c)
+                    .map(|k| xs[k * hw + p])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for k in 0..c {
+                    let e = (xs[k * hw + p] - m).exp();
+                    ys[k * hw + p] = e;
+                    sum += e;
+                }
+                for k in 0..c {
+                    ys[k * hw + p] /= sum;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
+        let Backward { y, dy, dx, .. } = b;
+        let Some(dx) = dx else { return Ok(()) };
+        crate::error::check_len("softmax", "dx", dx, dy.len())?;
+        let [c, h, w] = self.shape;
+        let hw = h * w;
+        // dx = y·(dy − Σ_k dy_k·y_k) at each position.
+        for ((ys, dys), dxs) in y
+            .chunks_exact(c * hw)
+            .zip(dy.chunks_exact(c * hw))
+            .zip(dx.chunks_exact_mut(c * hw))
+        {
+            for p in 0..hw {
+                let dot: f32 = (0..c).map(|k| dys[k * hw + p] * ys[k * hw + p]).sum();
+                for k in 0..c {
+                    dxs[k * hw + p] = ys[k * hw + p] * (dys[k * hw + p] - dot);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -249,6 +249,7 @@ fn build_other(spec: &LayerSpec, input: Shape3) -> Result<Box<dyn Layer>> {
             Box::new(pool::AdaptiveAvgPool::new(spec, *out, input)?)
         }
         LayerSpec::Flatten => Box::new(pool::Flatten::new(input)),
+        LayerSpec::Softmax => Box::new(activation::Softmax::new(input)),
         LayerSpec::BatchNorm2d { eps, momentum } => {
             Box::new(batch_norm::BatchNorm2d::new(*eps, *momentum, input)?)
         }

@@ -21,6 +21,7 @@
 //! | average pooling | `avgpool(K[,s=S][,p=P][,count_include_pad=BOOL])` | `nn.AvgPool2d` |
 //! | global average pooling | `gap` | `nn.AdaptiveAvgPool2d(1)` then `nn.Flatten()` (one module here) |
 //! | flatten | `flatten` | `nn.Flatten()` |
+//! | softmax | `softmax` (over the channels at each position) | `nn.Softmax(dim=1)` |
 //! | batch norm | `bn[(eps=E][,momentum=M|none])` | `nn.BatchNorm2d` |
 //! | layer norm | `ln[(eps=E)]` (over each sample's `C·H·W` values) | `nn.LayerNorm([C, H, W])` |
 //! | dropout | `dropout[(P)]` (default 0.5) | `nn.Dropout` |
@@ -118,6 +119,9 @@ pub enum LayerSpec {
     },
     /// Flattens `[C, H, W]` to `[C·H·W]`.
     Flatten,
+    /// Softmax over the channels at each position (`nn.Softmax(dim=1)`; over the features of a
+    /// flat input).
+    Softmax,
     /// Batch normalisation over channels.
     BatchNorm2d {
         /// Added to the variance.
@@ -410,6 +414,7 @@ impl fmt::Display for LayerSpec {
                 write!(f, ")")
             }
             LayerSpec::Flatten => write!(f, "flatten"),
+            LayerSpec::Softmax => write!(f, "softmax"),
             LayerSpec::BatchNorm2d { eps, momentum } => {
                 write!(f, "bn(eps={eps:?},momentum=")?;
                 match momentum {
@@ -692,6 +697,10 @@ impl std::str::FromStr for LayerSpec {
             "flatten" => {
                 a.done(0)?;
                 LayerSpec::Flatten
+            }
+            "softmax" => {
+                a.done(0)?;
+                LayerSpec::Softmax
             }
             "bn" | "batchnorm" | "batchnorm2d" => {
                 let eps = a.num(0, "eps", Some(1e-5))?;

@@ -318,6 +318,10 @@ impl Model {
     pub fn is_chain(&self) -> bool {
         graph::is_chain(&self.nodes)
     }
+    /// The graph's nodes, in order (for the ONNX writer).
+    pub(crate) fn graph_nodes(&self) -> &[Node] {
+        &self.nodes
+    }
     /// Every node's name, in order (the prefix of its parameters' state-dict names).
     pub fn node_names(&self) -> Vec<&str> {
         self.nodes.iter().map(|n| n.name.as_str()).collect()
