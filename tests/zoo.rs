@@ -207,11 +207,49 @@ fn without_dropout(text: &str) -> String {
     out + rest
 }
 
+/// The model of `tests/fixtures/zoo/NAME.onnx` (torchvision's network as `torch.onnx.export`
+/// wrote it, see `gen_onnx.py`) with the fixture's weights: the file's initializers point into
+/// `NAME.weights`, which is written here from the formula, in torchvision's order.
+fn from_onnx(name: &str, f: &Fixture) -> Model {
+    let dir = std::env::temp_dir().join(format!("cnnkit-zoo-onnx-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = format!(
+        "{}/tests/fixtures/zoo/{name}.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(&src, dir.join(format!("{name}.onnx"))).unwrap();
+    let mut bytes = Vec::new();
+    for (t, (k, shape)) in f.tensors.iter().enumerate() {
+        if let TensorData::F32(v) = filled(t, k, shape).data {
+            bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+        }
+    }
+    std::fs::write(dir.join(format!("{name}.weights")), bytes).unwrap();
+    let m = Model::from_onnx(dir.join(format!("{name}.onnx"))).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    m
+}
+
 fn check_model(name: &str) {
+    check(name, false);
+}
+
+/// Checks the zoo's model `name`, or with `onnx` the model read from torchvision's ONNX export
+/// (whose weights must then be the file's, and which must train as the zoo's does).
+fn check(name: &str, onnx: bool) {
     let f = fixture(name);
     let built = zoo::build(name, [1, 64, 64], 3).unwrap().build(0).unwrap();
     let arch = without_dropout(&built.architecture());
-    let mut m = Model::from_text([1, 64, 64], &arch, 0).unwrap();
+    let mut m = if onnx {
+        let mut m = from_onnx(name, &f);
+        // Dropout and stochastic depth are not in an evaluation-mode export: training mode is
+        // the fixture's (where they are 0) without them.
+        assert!(!m.architecture().contains("dropout"), "{name}");
+        m.train();
+        m
+    } else {
+        Model::from_text([1, 64, 64], &arch, 0).unwrap()
+    };
     // The same names and shapes, both ways.
     let ours: HashMap<String, Vec<usize>> = m
         .state_dict()
@@ -231,7 +269,18 @@ fn check_model(name: &str) {
         .enumerate()
         .map(|(t, (k, s))| (k.clone(), filled(t, k, s)))
         .collect();
-    m.load_state_dict(&sd).unwrap();
+    if onnx {
+        // The file's weights are the formula's, bit for bit.
+        let mut got: HashMap<String, Tensor> = m.state_dict().into_iter().collect();
+        for (k, want) in &sd {
+            let g = got.remove(k).unwrap();
+            if !k.ends_with("num_batches_tracked") {
+                assert_eq!(&g, want, "{name}: {k} from the ONNX file");
+            }
+        }
+    } else {
+        m.load_state_dict(&sd).unwrap();
+    }
     let x: Vec<f32> = (0..2 * 64 * 64)
         .map(|i| hashed(1_000_000, i) as f32)
         .collect();
@@ -319,6 +368,23 @@ fn check_model(name: &str) {
     m.eval();
     let y = m.forward(&x, 2).unwrap().to_vec();
     close_logits(&format!("{name} after the Adam step"), &y, &f.after);
+}
+
+/// torchvision's networks as `torch.onnx.export` writes them read into cnnkit with
+/// torchvision's state-dict names, and give torchvision's outputs, gradients, Adam step and
+/// running statistics, to the bounds of the zoo's own tests.
+#[test]
+fn torchvision_onnx_exports_are_torchvisions() {
+    for name in [
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "densenet121",
+        "mobilenet_v2",
+        "efficientnet_b0",
+    ] {
+        check(name, true);
+    }
 }
 
 #[test]

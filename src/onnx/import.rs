@@ -1113,6 +1113,11 @@ impl<'g, 'a> Importer<'g, 'a> {
                     ids.push(id);
                     shape = Some((s, rank));
                 }
+                if ids.len() == 1 {
+                    let v = self.input(node, 0)?.clone();
+                    self.set(node, v);
+                    return Ok(());
+                }
                 let name = self.name_for(node, None);
                 let id = self.builder.add(&name, &ids).map_err(|e| at(node, e))?;
                 let (s, rank) = shape.ok_or_else(|| at(node, "no inputs"))?;
@@ -1142,6 +1147,12 @@ impl<'g, 'a> Importer<'g, 'a> {
                         node,
                         format!("axis {axis}: cnnkit concatenates channels (axis 1)"),
                     ));
+                }
+                if ids.len() == 1 {
+                    // A concatenation of one tensor (DenseNet's first layer) is that tensor.
+                    let v = self.input(node, 0)?.clone();
+                    self.set(node, v);
+                    return Ok(());
                 }
                 let name = self.name_for(node, None);
                 let id = self.builder.concat(&name, &ids).map_err(|e| at(node, e))?;
