@@ -110,3 +110,13 @@ for i, s in enumerate([
     "flatten,dense(1",
 ]):
     put("layer_spec", str(i), s.encode())
+
+# ONNX: the small networks of tests/fixtures/onnx (torch.onnx.export) and some of its hostile
+# files (run tests/fixtures/gen_onnx.py first).
+FIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "onnx")
+for name in ["convnet", "mobile", "unet", "matmul", "gelu20", "folded"]:
+    with open(os.path.join(FIX, name + ".onnx"), "rb") as f:
+        put("onnx", name, f.read())
+for name in ["cycle", "ceil_mode", "asymmetric_pads", "float16", "huge_dims"]:
+    with open(os.path.join(FIX, "hostile", name + ".onnx"), "rb") as f:
+        put("onnx", "hostile-" + name, f.read())

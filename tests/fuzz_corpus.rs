@@ -40,7 +40,8 @@ fn every_target_has_a_replay_test() {
             "checkpoint",
             "kernels",
             "clahe",
-            "layer_spec"
+            "layer_spec",
+            "onnx"
         ]
     );
 }
@@ -131,4 +132,9 @@ fn split<'a>(mut s: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
     }
     out.push(s);
     out
+}
+
+#[test]
+fn replay_onnx() {
+    replay("onnx");
 }

@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("kernels", kernels),
     ("clahe", clahe),
     ("layer_spec", layer_spec),
+    ("onnx", onnx),
 ];
 
 /// A per-process scratch directory, emptied before each input.
@@ -477,5 +478,38 @@ pub fn layer_spec(data: &[u8]) {
             let y = m.forward(&x, 2).expect("forward");
             assert_eq!(y.len(), 2 * n);
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------- onnx
+
+/// ONNX import: a file either reads into a model (small limits, so no input asks for much
+/// memory) that runs and writes back to ONNX that reads again with the same weights, or is
+/// refused; never a panic.
+pub fn onnx(data: &[u8]) {
+    use cnnkit::onnx::{self, ExportOptions, ImportOptions, Limits};
+    let options = ImportOptions {
+        input: None,
+        limits: Limits {
+            max_file_bytes: 1 << 20,
+            max_nodes: 200,
+            max_tensors: 200,
+            max_elements: 1 << 16,
+        },
+    };
+    let Ok(im) = onnx::from_bytes(data, &options) else {
+        return;
+    };
+    let mut m = im.model;
+    let [c, h, w] = m.input_shape();
+    if c * h * w > 1 << 12 || m.param_count() > 1 << 16 {
+        return;
+    }
+    let x = vec![0.5; c * h * w];
+    let y = m.forward(&x, 1).expect("forward on an imported model");
+    assert_eq!(y.len(), m.output_len());
+    if let Ok(bytes) = onnx::to_bytes(&m, &ExportOptions::default()) {
+        let back = onnx::from_bytes(&bytes, &ImportOptions::default()).expect("an exported model reads");
+        assert_eq!(back.model.param_count(), m.param_count());
     }
 }
