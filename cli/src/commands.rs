@@ -17,6 +17,15 @@ pub fn load_model(
     arch: Option<&str>,
     input: impl FnOnce() -> Result<(Shape3, Vec<String>, String)>,
 ) -> Result<(Sequential, Pipeline)> {
+    if is_onnx(path) {
+        if arch.is_some() {
+            bail!(
+                "{}: an ONNX file holds its architecture; --arch is not used with it",
+                path.display()
+            );
+        }
+        return load_onnx(path, input);
+    }
     if let Some(arch) = arch {
         let (shape, classes, source) = input()?;
         let classes_n = classes.len().max(1);
@@ -65,6 +74,110 @@ pub fn load_model(
         );
     }
     Ok((model, pipe))
+}
+
+/// Whether `path` names an ONNX file (by its extension).
+pub fn is_onnx(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Reads an ONNX model for inputs of shape `shape` (`None`: the file's own), saying which
+/// file and what is wrong when it cannot be read.
+pub fn read_onnx(path: &Path, shape: Option<Shape3>) -> Result<cnnkit::onnx::Imported> {
+    let options = cnnkit::onnx::ImportOptions {
+        input: shape,
+        ..Default::default()
+    };
+    Ok(cnnkit::onnx::read(path, &options)?)
+}
+
+/// An ONNX model and its pipeline: the one `cnnkit export` recorded in it, or (a model from
+/// elsewhere) images as the data gives them, or as the model's input, without normalisation.
+fn load_onnx(
+    path: &Path,
+    input: impl FnOnce() -> Result<(Shape3, Vec<String>, String)>,
+) -> Result<(Sequential, Pipeline)> {
+    let mut input = Some(input);
+    let mut given = None;
+    let im = match read_onnx(path, None) {
+        Ok(im) => im,
+        // Symbolic height and width: the data (or --size) says what they are.
+        Err(e) if format!("{e:#}").contains("symbolic") => {
+            let asked = input.take().map_or_else(|| bail!("no input"), |f| f());
+            let g = asked.with_context(|| format!("{e:#}"))?;
+            let shape = g.0;
+            given = Some(g);
+            read_onnx(path, Some(shape))?
+        }
+        Err(e) => return Err(e),
+    };
+    let model = im.model;
+    if let Some(json) = im.metadata.get(pipeline::KEY) {
+        let pipe = Pipeline::from_json(json).with_context(|| path.display().to_string())?;
+        if pipe.classes.len() != model.output_len() {
+            bail!(
+                "{}: {} class names for {} outputs",
+                path.display(),
+                pipe.classes.len(),
+                model.output_len()
+            );
+        }
+        return Ok((model, pipe));
+    }
+    let [c, h, w] = model.input_shape();
+    let asked = match given {
+        Some(g) => Ok(g),
+        None => input.take().map_or_else(|| bail!("no input"), |f| f()),
+    };
+    let (classes, source) = match asked {
+        Ok((_, classes, source)) => (classes, source),
+        // No data given (predict): numbered classes, images resized to the model's input.
+        Err(_) => (Vec::new(), "folder".to_string()),
+    };
+    let pipe = Pipeline {
+        source,
+        data: None,
+        classes,
+        channels: c,
+        size: [h, w],
+        clahe: None,
+        equalize: false,
+        mean: vec![0.0; c],
+        std: vec![1.0; c],
+        threshold: None,
+    };
+    Ok((model, pipe))
+}
+
+/// `cnnkit export`: a model as ONNX, its pipeline (normalisation, class names, preprocessing)
+/// recorded as metadata.
+pub fn export(a: &crate::ExportArgs) -> Result<()> {
+    let (model, pipe) = model_for_images(&a.model, &a.foreign)?;
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert(pipeline::KEY.to_string(), pipe.to_json());
+    metadata.insert(
+        "classes".to_string(),
+        serde_json::to_string(&pipe.classes).context("class names")?,
+    );
+    metadata.insert(
+        "input_normalization".to_string(),
+        serde_json::json!({"mean": pipe.mean, "std": pipe.std}).to_string(),
+    );
+    let options = cnnkit::onnx::ExportOptions {
+        metadata,
+        ..Default::default()
+    };
+    cnnkit::onnx::save(&model, &a.onnx, &options)
+        .with_context(|| format!("{} to ONNX", a.model.display()))?;
+    let [c, h, w] = model.input_shape();
+    outln!(
+        "wrote {} (input {c}x{h}x{w} named input, {} outputs named output, normalisation and {} class names in its metadata)",
+        a.onnx.display(),
+        model.output_len(),
+        pipe.classes.len()
+    )?;
+    Ok(())
 }
 
 /// A model and the data to test it on (as `eval` finds it: `--data`, or the data the model was

@@ -50,6 +50,21 @@ enum Cmd {
     Perturb(stability::PerturbArgs),
     /// Saliency maps (gradient, SmoothGrad, integrated gradients) as heat maps over the images.
     Saliency(stability::SaliencyArgs),
+    /// Write a model as ONNX (for onnxruntime and other runtimes), its input normalisation and
+    /// class names in the file's metadata.
+    Export(ExportArgs),
+}
+
+/// Options of `cnnkit export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A model saved by `cnnkit train` (or a state dict with --arch and --size).
+    pub model: PathBuf,
+    /// The ONNX file to write.
+    #[arg(long, value_name = "OUT.onnx")]
+    pub onnx: PathBuf,
+    #[command(flatten)]
+    pub foreign: ForeignModel,
 }
 
 /// Options of `cnnkit train`.
@@ -100,7 +115,9 @@ pub struct TrainArgs {
     /// (ReduceLROnPlateau on --monitor; defaults 0.1, 10, 1e-4, 0, 0, rel, 1e-8).
     #[arg(long, default_value = "constant")]
     pub schedule: String,
-    /// Weight initialisation: torch, xavier_uniform, xavier_normal, kaiming_uniform, kaiming_normal.
+    /// Weight initialisation: torch, xavier_uniform, xavier_normal, kaiming_uniform,
+    /// kaiming_normal; or an ONNX model (MODEL.onnx) to fine-tune, whose architecture and weights
+    /// replace --arch.
     #[arg(long, default_value = "torch")]
     pub init: String,
     /// Cross-entropy label smoothing.
@@ -174,8 +191,8 @@ pub struct TrainArgs {
 /// Options of `cnnkit eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A model saved by `cnnkit train`, or a safetensors state dict saved elsewhere (PyTorch)
-    /// together with `--arch`.
+    /// A model saved by `cnnkit train`, an ONNX file (MODEL.onnx), or a safetensors state dict
+    /// saved elsewhere (PyTorch) together with `--arch`.
     pub model: PathBuf,
     /// Test data (as for train); default: the data the model was trained on (the embedded
     /// digits, or the folder recorded in the model).
@@ -191,7 +208,7 @@ pub struct EvalArgs {
 /// Options of `cnnkit predict`.
 #[derive(Args, Debug)]
 pub struct PredictArgs {
-    /// A model saved by `cnnkit train`.
+    /// A model saved by `cnnkit train`, or an ONNX file (MODEL.onnx).
     pub model: PathBuf,
     /// Images to classify, or folders of them (searched recursively for .png/.jpg/.jpeg).
     #[arg(required = true)]
@@ -447,6 +464,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => utf8_args().and_then(|args| train::run(*a, after_subcommand(args))),
         Cmd::Eval(a) => with_threads(a.threads, || commands::eval(&a)).map(|_| ExitCode::SUCCESS),
         Cmd::Predict(a) => commands::predict(&a).map(|_| ExitCode::SUCCESS),
+        Cmd::Export(a) => commands::export(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Preprocess(a) => commands::preprocess(&a).map(|_| ExitCode::SUCCESS),
         Cmd::Robustness(a) => {
             with_threads(a.threads, || stability::robustness(&a)).map(|_| ExitCode::SUCCESS)

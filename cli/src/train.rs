@@ -628,22 +628,39 @@ fn new_trainer(
     shape: Shape3,
     mean_std: &(Vec<f32>, Vec<f32>),
 ) -> Result<Trainer> {
-    let init = a.init.parse().context("--init")?;
-    let model = architecture(&a.arch, train.classes().len(), shape)
-        .and_then(|g| Ok(g.build_with_init(init, a.seed)?))
-        .map_err(|e| {
-            // A layer written wrong (`noise(-1)`, `conv(0,3)`) is not a question of image size.
-            let written_wrong = format!("{e:#}").contains("LayerSpec::parse");
-            let why = if written_wrong {
-                format!("--arch {}: a layer is not valid", a.arch)
-            } else {
-                format!(
-                    "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
-                    a.arch, shape[0], shape[1], shape[2]
-                )
-            };
-            e.context(why)
-        })?;
+    let model = if crate::commands::is_onnx(Path::new(&a.init)) {
+        // Fine-tuning: the file's architecture and weights, for the data's image shape.
+        let mut m = crate::commands::read_onnx(Path::new(&a.init), Some(shape))
+            .with_context(|| format!("--init {}", a.init))?
+            .model;
+        m.train();
+        if m.output_len() != train.classes().len() {
+            bail!(
+                "--init {}: the model has {} outputs, the data {} classes",
+                a.init,
+                m.output_len(),
+                train.classes().len()
+            );
+        }
+        Ok(m)
+    } else {
+        let init = a.init.parse().context("--init")?;
+        architecture(&a.arch, train.classes().len(), shape)
+            .and_then(|g| Ok(g.build_with_init(init, a.seed)?))
+    };
+    let model = model.map_err(|e| {
+        // A layer written wrong (`noise(-1)`, `conv(0,3)`) is not a question of image size.
+        let written_wrong = format!("{e:#}").contains("LayerSpec::parse");
+        let why = if written_wrong {
+            format!("--arch {}: a layer is not valid", a.arch)
+        } else {
+            format!(
+                "--arch {} does not fit {}x{}x{} images (use --size or another architecture)",
+                a.arch, shape[0], shape[1], shape[2]
+            )
+        };
+        e.context(why)
+    })?;
     if model.output_len() != train.classes().len() {
         bail!(
             "--arch ends with {} outputs, but the data has {} classes",

@@ -417,3 +417,89 @@ fn ctrl_c_saves_a_resumable_checkpoint() {
     assert_eq!(o.status.code(), Some(130), "{t}");
     assert!(t.contains("resuming at epoch"), "{t}");
 }
+
+/// ONNX both ways from the command: a trained model exported (its normalisation and classes in
+/// the file) evaluates, predicts and audits as the checkpoint does; a model from elsewhere
+/// (torch.onnx.export, no cnnkit metadata) is evaluated on given data; `train --init` fine-tunes
+/// an ONNX model; a wrong file is one clear message.
+#[test]
+fn onnx_export_eval_predict_and_fine_tune() {
+    let d = Dir::new("onnx");
+    let o = cnnkit(
+        &d.0,
+        &[
+            "train",
+            "--epochs",
+            "2",
+            "--arch",
+            "conv(8,3,p=1),bn,relu,maxpool(2),flatten,dense(10)",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cnnkit(
+        &d.0,
+        &["export", "model.safetensors", "--onnx", "model.onnx"],
+    );
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("wrote model.onnx"), "{t}");
+    let accuracy = |o: &std::process::Output| {
+        let t = text(o);
+        let at = t.find("accuracy ").unwrap_or_else(|| panic!("{t}"));
+        t[at..].split_whitespace().nth(1).unwrap().to_string()
+    };
+    let a = cnnkit(&d.0, &["eval", "model.safetensors"]);
+    let b = cnnkit(&d.0, &["eval", "model.onnx"]);
+    assert!(b.status.success(), "{}", text(&b));
+    assert_eq!(accuracy(&a), accuracy(&b), "{}", text(&b));
+    png(
+        &d.0.join("one.png"),
+        8,
+        8,
+        |x, _| if x == 4 { 255 } else { 0 },
+    );
+    let p1 = text(&cnnkit(&d.0, &["predict", "model.safetensors", "one.png"]));
+    let p2 = text(&cnnkit(&d.0, &["predict", "model.onnx", "one.png"]));
+    assert_eq!(p1, p2);
+    let o = cnnkit(&d.0, &["robustness", "model.onnx", "--eps", "0.05"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cnnkit(
+        &d.0,
+        &["saliency", "model.onnx", "one.png", "--out-dir", "sal"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // Fine-tuning the exported model: the run starts from its accuracy, not from scratch.
+    let o = cnnkit(
+        &d.0,
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--init",
+            "model.onnx",
+            "--out",
+            "tuned.safetensors",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // An ONNX file with no cnnkit metadata (torch.onnx.export's), on data of its shape.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/onnx/hostile/two_inputs.onnx"
+    );
+    fails(
+        &d.0,
+        &["eval", fixture],
+        &["two_inputs.onnx", "one input; this graph has 2"],
+    );
+    fails(
+        &d.0,
+        &["eval", "model.onnx", "--arch", "cnn"],
+        &["--arch is not used"],
+    );
+    std::fs::write(d.0.join("broken.onnx"), b"\x0a\xff\xff\xff").unwrap();
+    fails(
+        &d.0,
+        &["predict", "broken.onnx", "one.png"],
+        &["broken.onnx", "truncated"],
+    );
+}
