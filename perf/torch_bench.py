@@ -58,8 +58,10 @@ def main():
             line["ort_ms"] = ort_ms
         print(json.dumps(line), flush=True)
 
-    def ort(net, x, t):
-        """The evaluation-mode `net` on `x` through onnxruntime (None without the package)."""
+    def ort(net, x, t, name=None):
+        """The evaluation-mode `net` on `x` through onnxruntime (None without the package). With
+        CNNKIT_ONNX_DIR set, the exported file is also written there as NAME.onnx, for `compare`
+        to time cnnkit on the very same file."""
         try:
             import onnxruntime
         except ImportError:
@@ -72,6 +74,10 @@ def main():
             # onnxscript; both write the same operators for these networks.
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (x,), f, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+        where = os.environ.get("CNNKIT_ONNX_DIR")
+        if where and name:
+            with open(os.path.join(where, f"{name}.onnx"), "wb") as fh:
+                fh.write(f.getvalue())
         so = onnxruntime.SessionOptions()
         so.intra_op_num_threads = t
         so.inter_op_num_threads = 1
@@ -230,7 +236,7 @@ def main():
             out(name, "step", t, bench(step, min_time=2.0))
             net.eval()
             x1 = torch.randn(1, 1, 224, 224)
-            o1 = ort(net, x1, t)
+            o1 = ort(net, x1, t, name)
             with torch.inference_mode():
                 out(name, "infer", t, bench(lambda: net(x1)), o1)
 
@@ -281,7 +287,7 @@ def main():
         out("unet", "step", t, bench(unet_step, min_time=2.0))
         net.eval()
         x1 = torch.randn(1, 1, 128, 128)
-        o1 = ort(net, x1, t)
+        o1 = ort(net, x1, t, "unet")
         with torch.inference_mode():
             out("unet", "infer", t, bench(lambda: net(x1)), o1)
 

@@ -11,7 +11,8 @@
 //! the same timing rule (median of individually timed calls after a warm-up). The table reports
 //! medians of the round medians, the ratio PyTorch/cnnkit (above 1: cnnkit is faster), for
 //! inference cases onnxruntime on the same PyTorch module exported to ONNX (when the
-//! `onnxruntime` package is installed) and its ratio, and cnnkit's fraction of the machine's limit: the measured FMA peak for compute-bound cases, the
+//! `onnxruntime` package is installed) and its ratio — and, as op `infer_onnx`, cnnkit running
+//! the very ONNX file onnxruntime ran (read with `cnnkit::onnx`) — and cnnkit's fraction of the machine's limit: the measured FMA peak for compute-bound cases, the
 //! STREAM bandwidth at the workload's size for memory-bound ones.
 
 mod peak;
@@ -130,11 +131,17 @@ fn torch_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// PyTorch's median of each case, and onnxruntime's where it was measured.
-fn run_torch(group: &str, threads: &[usize]) -> Vec<(Key, f64, Option<f64>)> {
+/// PyTorch's median of each case, and onnxruntime's where it was measured; the ONNX files that
+/// onnxruntime ran are left in `onnx_dir` as `ID.onnx`.
+fn run_torch(
+    group: &str,
+    threads: &[usize],
+    onnx_dir: &std::path::Path,
+) -> Vec<(Key, f64, Option<f64>)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/torch_bench.py");
     let ts: Vec<String> = threads.iter().map(|t| t.to_string()).collect();
     let out = Command::new("python3")
+        .env("CNNKIT_ONNX_DIR", onnx_dir)
         .arg(script)
         .arg("--only")
         .arg(group)
@@ -246,11 +253,47 @@ fn main() {
                 });
             }
             if torch {
-                for (key, ms, ort) in run_torch(g, &o.threads) {
-                    let r = rows.entry(key).or_default();
-                    r.torch.push(ms);
-                    r.ort.extend(ort);
+                let dir =
+                    std::env::temp_dir().join(format!("cnnkit-compare-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).expect("a temporary folder");
+                let measured = run_torch(g, &o.threads, &dir);
+                for (key, ms, ort) in &measured {
+                    let r = rows.entry(key.clone()).or_default();
+                    r.torch.push(*ms);
+                    r.ort.extend(*ort);
                 }
+                // cnnkit on the file onnxruntime ran (`cnnkit::onnx`), beside onnxruntime.
+                for (key, _, ort) in &measured {
+                    let (id, op, t) = key;
+                    let path = dir.join(format!("{id}.onnx"));
+                    let (Some(ort), "infer", true) = (ort, op.as_str(), path.is_file()) else {
+                        continue;
+                    };
+                    let Ok(mut m) = cnnkit::Model::from_onnx(&path) else {
+                        eprintln!("{id}: the ONNX file does not read into cnnkit");
+                        continue;
+                    };
+                    let x = vec![0.1f32; m.input_shape().iter().product()];
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(*t)
+                        .build()
+                        .unwrap();
+                    let timing = pool.install(|| {
+                        workloads::measure(&mut || {
+                            std::hint::black_box(m.infer(&x, 1).unwrap());
+                        })
+                    });
+                    let flops = rows.get(key).map_or(0.0, |r| r.flops);
+                    let key = (id.clone(), "infer_onnx".to_string(), *t);
+                    if !rows.contains_key(&key) {
+                        order.push(key.clone());
+                    }
+                    let r = rows.entry(key).or_default();
+                    r.cnnkit.push(timing.median_ms);
+                    r.ort.push(*ort);
+                    (r.flops, r.images) = (flops, 1.0);
+                }
+                let _ = std::fs::remove_dir_all(&dir);
             }
         }
     }

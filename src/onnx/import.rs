@@ -601,6 +601,14 @@ impl<'g, 'a> Importer<'g, 'a> {
         for consumers in self.consumers.values_mut() {
             consumers.dedup();
         }
+        for (i, n) in nodes.iter().enumerate() {
+            // Every needed node has an output (that is how it is needed); every operator but a
+            // constant reads something.
+            if needed[i] && n.op_type != "Constant" && n.inputs.first().is_none_or(String::is_empty)
+            {
+                return Err(at(n, "has no input"));
+            }
+        }
         // Constants read nothing: known before any pattern looks ahead at them.
         for (i, n) in nodes.iter().enumerate() {
             if needed[i] && n.op_type == "Constant" && n.domain.is_empty() {
