@@ -467,7 +467,24 @@ fn onnx_export_eval_predict_and_fine_tune() {
         &["saliency", "model.onnx", "one.png", "--out-dir", "sal"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    // Fine-tuning the exported model: the run starts from its accuracy, not from scratch.
+    let o = cnnkit(
+        &d.0,
+        &[
+            "perturb",
+            "model.onnx",
+            "one.png",
+            "--iterations",
+            "5",
+            "--out",
+            "strip.png",
+        ],
+    );
+    assert!(
+        o.status.success() && d.0.join("strip.png").is_file(),
+        "{}",
+        text(&o)
+    );
+    // Fine-tuning the exported model.
     let o = cnnkit(
         &d.0,
         &[

@@ -509,7 +509,8 @@ pub fn onnx(data: &[u8]) {
     let y = m.forward(&x, 1).expect("forward on an imported model");
     assert_eq!(y.len(), m.output_len());
     if let Ok(bytes) = onnx::to_bytes(&m, &ExportOptions::default()) {
-        let back = onnx::from_bytes(&bytes, &ImportOptions::default()).expect("an exported model reads");
+        let back =
+            onnx::from_bytes(&bytes, &ImportOptions::default()).expect("an exported model reads");
         assert_eq!(back.model.param_count(), m.param_count());
     }
 }
