@@ -1114,13 +1114,16 @@ impl<'g, 'a> Importer<'g, 'a> {
             "Add" | "Sum" => {
                 let mut ids = Vec::new();
                 let mut shape = None;
+                let mut ranks = Vec::new();
                 for k in 0..node.inputs.len() {
                     let (id, s, rank) = self.tensor(node, k).map_err(|_| {
                         at(node, "adds a constant to a tensor; cnnkit adds constants only as a bias after MatMul")
                     })?;
                     ids.push(id);
+                    ranks.push(rank);
                     shape = Some((s, rank));
                 }
+                same_rank(node, &ranks)?;
                 if ids.len() == 1 {
                     let v = self.input(node, 0)?.clone();
                     self.set(node, v);
@@ -1133,9 +1136,10 @@ impl<'g, 'a> Importer<'g, 'a> {
             }
             "Mul" => {
                 let (a, _, rank) = self.tensor(node, 0)?;
-                let (b, _, _) = self.tensor(node, 1).map_err(|_| {
+                let (b, _, rank_b) = self.tensor(node, 1).map_err(|_| {
                     at(node, "multiplies by a constant; cnnkit multiplies tensors (gates), and constants only inside GELU")
                 })?;
+                same_rank(node, &[rank, rank_b])?;
                 let name = self.name_for(node, None);
                 let id = self.builder.mul(&name, a, b).map_err(|e| at(node, e))?;
                 let shape = self.builder.shape(id)?;
@@ -1143,12 +1147,14 @@ impl<'g, 'a> Importer<'g, 'a> {
             }
             "Concat" => {
                 let mut ids = Vec::new();
-                let mut rank = 4;
+                let mut ranks = Vec::new();
                 for k in 0..node.inputs.len() {
                     let (id, _, r) = self.tensor(node, k)?;
                     ids.push(id);
-                    rank = r;
+                    ranks.push(r);
                 }
+                same_rank(node, &ranks)?;
+                let rank = ranks.first().copied().unwrap_or(4);
                 let axis = attr_int(node, "axis", 0)?;
                 if axis != 1 && axis != 1 - rank as i64 {
                     return Err(at(
@@ -1873,6 +1879,20 @@ impl<'g, 'a> Importer<'g, 'a> {
             )),
         }
     }
+}
+
+/// Inputs of one rank: ONNX broadcasts `N×C` against `N×C×H×W` from the right (over `H×W`), which
+/// is not a per-channel gate or a sum of maps.
+fn same_rank(node: &NodeProto<'_>, ranks: &[usize]) -> Result<()> {
+    if ranks.windows(2).any(|w| w[0] != w[1]) {
+        return Err(at(
+            node,
+            format!(
+                "inputs of ranks {ranks:?}: cnnkit joins tensors of one rank (ONNX broadcasts mixed ranks from the right)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn slice_const(node: &NodeProto<'_>, x: &Const, start: i64, end: i64) -> Result<Const> {
