@@ -33,20 +33,7 @@ pub fn load_model(
         let mut model = Sequential::load_with_graph(path, graph)
             .with_context(|| format!("{} with --arch {arch}", path.display()))?;
         model.eval();
-        let [c, h, w] = shape;
-        let pipe = Pipeline {
-            source,
-            data: None,
-            classes,
-            channels: c,
-            size: [h, w],
-            clahe: None,
-            equalize: false,
-            mean: vec![0.0; c],
-            std: vec![1.0; c],
-            threshold: None,
-        };
-        return Ok((model, pipe));
+        return Ok((model, Pipeline::plain(source, classes, shape)));
     }
     let (model, meta) = Sequential::load(path).map_err(|e| match e {
         cnnkit::Error::File { reason, .. } if reason.contains(cnnkit::checkpoint::ARCH_KEY) => {
@@ -125,7 +112,6 @@ fn load_onnx(
         }
         return Ok((model, pipe));
     }
-    let [c, h, w] = model.input_shape();
     let asked = match given {
         Some(g) => Ok(g),
         None => input.take().map_or_else(|| bail!("no input"), |f| f()),
@@ -135,18 +121,7 @@ fn load_onnx(
         // No data given (predict): numbered classes, images resized to the model's input.
         Err(_) => (Vec::new(), "folder".to_string()),
     };
-    let pipe = Pipeline {
-        source,
-        data: None,
-        classes,
-        channels: c,
-        size: [h, w],
-        clahe: None,
-        equalize: false,
-        mean: vec![0.0; c],
-        std: vec![1.0; c],
-        threshold: None,
-    };
+    let pipe = Pipeline::plain(source, classes, model.input_shape());
     Ok((model, pipe))
 }
 

@@ -38,6 +38,24 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The pipeline of a model from elsewhere: images of `shape` (`[C, H, W]`) in [0, 1], not
+    /// normalised, no enhancement.
+    pub fn plain(source: String, classes: Vec<String>, shape: cnnkit::Shape3) -> Self {
+        let [c, h, w] = shape;
+        Pipeline {
+            source,
+            data: None,
+            classes,
+            channels: c,
+            size: [h, w],
+            clahe: None,
+            equalize: false,
+            mean: vec![0.0; c],
+            std: vec![1.0; c],
+            threshold: None,
+        }
+    }
+
     pub fn to_json(&self) -> String {
         json!({
             "source": self.source,

@@ -1269,41 +1269,53 @@ impl<'g, 'a> Importer<'g, 'a> {
         Ok(())
     }
 
-    fn conv(&mut self, i: usize) -> Result<()> {
-        let node = &self.graph.nodes[i];
-        refuse_attrs(
-            node,
-            &[
-                "auto_pad",
-                "dilations",
-                "group",
-                "kernel_shape",
-                "pads",
-                "strides",
-            ],
-        )?;
+    /// A convolution's input, weight (2-D), group count and bias, checked against each other.
+    #[allow(clippy::type_complexity)]
+    fn conv_parts(
+        &self,
+        node: &NodeProto<'_>,
+        extra: &[&str],
+    ) -> Result<(NodeId, Shape3, Const, usize, Option<Const>)> {
+        let mut known = vec![
+            "auto_pad",
+            "dilations",
+            "group",
+            "kernel_shape",
+            "pads",
+            "strides",
+        ];
+        known.extend_from_slice(extra);
+        refuse_attrs(node, &known)?;
         let (from, s, _) = self.tensor(node, 0)?;
         let w = self.constant(node, 1)?.clone();
-        let groups = attr_int(node, "group", 1)?;
         if w.dims.len() != 4 {
             return Err(at(
                 node,
                 format!("weight of shape {:?}: cnnkit has 2-D convolutions", w.dims),
             ));
         }
-        let kernel = [w.dims[2], w.dims[3]];
         if let Some(k) = attr_ints(node, "kernel_shape")?
-            && k != [kernel[0] as i64, kernel[1] as i64]
+            && k != [w.dims[2] as i64, w.dims[3] as i64]
         {
             return Err(at(
                 node,
-                format!("kernel_shape {k:?} differs from the weight's {kernel:?}"),
+                format!(
+                    "kernel_shape {k:?} differs from the weight's {:?}",
+                    &w.dims[2..]
+                ),
             ));
         }
+        let groups = attr_int(node, "group", 1)?;
         let groups = usize::try_from(groups)
             .ok()
             .filter(|&g| g >= 1)
             .ok_or_else(|| at(node, format!("group {groups}")))?;
+        Ok((from, s, w, groups, self.opt_const(node, 2)?.cloned()))
+    }
+
+    fn conv(&mut self, i: usize) -> Result<()> {
+        let node = &self.graph.nodes[i];
+        let (from, s, w, groups, bias) = self.conv_parts(node, &[])?;
         if w.dims[1] * groups != s[0] {
             return Err(at(
                 node,
@@ -1313,10 +1325,9 @@ impl<'g, 'a> Importer<'g, 'a> {
                 ),
             ));
         }
-        let bias = self.opt_const(node, 2)?.cloned();
         let spec = LayerSpec::Conv2d {
             out: w.dims[0],
-            kernel,
+            kernel: [w.dims[2], w.dims[3]],
             stride: pair(node, "strides", 1)?,
             padding: pads(node)?,
             dilation: pair(node, "dilations", 1)?,
@@ -1333,39 +1344,14 @@ impl<'g, 'a> Importer<'g, 'a> {
 
     fn conv_transpose(&mut self, i: usize) -> Result<()> {
         let node = &self.graph.nodes[i];
-        refuse_attrs(
-            node,
-            &[
-                "auto_pad",
-                "dilations",
-                "group",
-                "kernel_shape",
-                "pads",
-                "strides",
-                "output_padding",
-                "output_shape",
-            ],
-        )?;
-        let (from, s, _) = self.tensor(node, 0)?;
-        let w = self.constant(node, 1)?.clone();
-        if w.dims.len() != 4 {
-            return Err(at(
-                node,
-                format!("weight of shape {:?}: cnnkit has 2-D convolutions", w.dims),
-            ));
-        }
-        let groups = attr_int(node, "group", 1)?;
-        let groups = usize::try_from(groups)
-            .ok()
-            .filter(|&g| g >= 1)
-            .ok_or_else(|| at(node, format!("group {groups}")))?;
+        let (from, s, w, groups, bias) =
+            self.conv_parts(node, &["output_padding", "output_shape"])?;
         if w.dims[0] != s[0] {
             return Err(at(
                 node,
                 format!("weight of shape {:?} for {} input channels", w.dims, s[0]),
             ));
         }
-        let bias = self.opt_const(node, 2)?.cloned();
         let spec = LayerSpec::ConvTranspose2d {
             out: w.dims[1] * groups,
             kernel: [w.dims[2], w.dims[3]],
@@ -1382,7 +1368,7 @@ impl<'g, 'a> Importer<'g, 'a> {
         let v = self.layer(node, spec, from, 4, params, pre)?;
         if let Some(os) = attr_ints(node, "output_shape")? {
             let Value::Tensor { shape, .. } = &v else {
-                unreachable!("layer makes tensors")
+                return Err(at(node, "made no tensor (internal)"));
             };
             let want = &os[os.len().saturating_sub(2)..];
             if want != [shape[1] as i64, shape[2] as i64] {
