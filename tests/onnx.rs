@@ -73,7 +73,7 @@ fn expect(name: &str) -> Expect {
     e
 }
 
-const SMALL: [&str; 7] = [
+const SMALL: [&str; 11] = [
     "convnet",
     "convnet13",
     "mobile",
@@ -81,6 +81,10 @@ const SMALL: [&str; 7] = [
     "matmul",
     "gelu20",
     "folded",
+    "convnet_dynamo",
+    "unet_dynamo",
+    "matmul_dynamo",
+    "folded_dynamo",
 ];
 
 fn input_for(shape: [usize; 3], n: usize) -> Vec<f32> {
@@ -148,8 +152,9 @@ fn pytorch_exports_give_pytorchs_outputs_and_gradients() {
         m.input_gradient(&x, &r, &mut dx, Some(Accum::Replace))
             .unwrap();
         check_stats(&format!("{name}: input gradient"), &dx, e.dinput);
-        if name == "folded" {
-            // Batch norm folded into the convolutions: the weights are not PyTorch's.
+        if name.starts_with("folded") || name.ends_with("_dynamo") {
+            // Batch norm folded into the convolutions (and the newer exporter's own weight
+            // names): the weights are not PyTorch's parameters.
             continue;
         }
         let grads: HashMap<String, Vec<f32>> = m

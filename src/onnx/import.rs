@@ -93,7 +93,7 @@ fn bad(what: impl Into<String>) -> Error {
 }
 
 /// The operators the importer maps, for messages.
-pub(crate) const SUPPORTED: &str = "Conv, ConvTranspose, BatchNormalization, LayerNormalization (axis 1), Relu, Clip, LeakyRelu, Elu, Sigmoid, Tanh, Softplus, Gelu, HardSwish, HardSigmoid, PRelu, Softmax, MaxPool, AveragePool, GlobalAveragePool, Gemm, MatMul, Flatten, Reshape (as a flatten), Add, Sum, Mul, Concat, Resize, Dropout, Identity, and for constants Constant, Shape, Gather, Unsqueeze, Squeeze, Cast, Slice";
+pub(crate) const SUPPORTED: &str = "Conv, ConvTranspose, BatchNormalization, LayerNormalization (axis 1), Relu, Clip, LeakyRelu, Elu, Sigmoid, Tanh, Softplus, Gelu, HardSwish, HardSigmoid, PRelu, Softmax, MaxPool, AveragePool, GlobalAveragePool, ReduceMean (over H and W), Gemm, MatMul, Flatten, Reshape (as a flatten), Add, Sum, Mul, Concat, Resize, Dropout, Identity, and for constants Constant, Shape, Gather, Unsqueeze, Squeeze, Cast, Slice";
 
 /// Reads the model in `buf`; external data is read relative to `dir` (refused without one).
 pub(crate) fn import(
@@ -175,6 +175,11 @@ pub(crate) fn import(
         done: vec![false; graph.nodes.len()],
         producer: HashMap::new(),
         count: 0,
+        batch: x
+            .dims
+            .as_ref()
+            .and_then(|d| d.first().copied().flatten())
+            .filter(|&b| b > 0),
     };
     let id = b.builder.input();
     b.values
@@ -447,6 +452,9 @@ struct Importer<'g, 'a> {
     producer: HashMap<&'g str, usize>,
     /// Nodes made so far (for names of unnamed nodes).
     count: usize,
+    /// The input's batch size where the file fixes it (an export without a dynamic batch writes
+    /// it into its reshapes).
+    batch: Option<i64>,
 }
 
 /// An attribute's value.
@@ -1050,6 +1058,39 @@ impl<'g, 'a> Importer<'g, 'a> {
                 let v = self.layer(node, LayerSpec::LayerNorm { eps }, from, 4, params, pre)?;
                 self.set(node, v);
             }
+            "ReduceMean" => {
+                // The mean over height and width (the newer exporter's adaptive_avg_pool2d(1)).
+                refuse_attrs(node, &["axes", "keepdims", "noop_with_empty_axes"])?;
+                let (from, _, rank) = self.tensor(node, 0)?;
+                let axes = match (attr_ints(node, "axes")?, self.opt_const(node, 1)?) {
+                    (Some(a), _) => a,
+                    (None, Some(c)) => c.ints(),
+                    (None, None) => Vec::new(),
+                };
+                let mut axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank as i64 } else { a })
+                    .collect();
+                axes.sort_unstable();
+                if rank != 4 || axes != [2, 3] {
+                    return Err(at(
+                        node,
+                        format!(
+                            "a mean over axes {axes:?}: cnnkit averages over height and width (axes 2 and 3 of N×C×H×W)"
+                        ),
+                    ));
+                }
+                let spec = LayerSpec::AdaptiveAvgPool2d { out: [1, 1] };
+                let v = self.layer(node, spec, from, 4, Vec::new(), None)?;
+                // Without keepdims the result is N×C: the same values, read as flat.
+                let v = match v {
+                    Value::Tensor { id, shape, .. } if attr_int(node, "keepdims", 1)? == 0 => {
+                        Value::Tensor { id, shape, rank: 2 }
+                    }
+                    v => v,
+                };
+                self.set(node, v);
+            }
             "GlobalAveragePool" => {
                 let (from, _, rank) = self.tensor(node, 0)?;
                 if rank != 4 {
@@ -1080,7 +1121,8 @@ impl<'g, 'a> Importer<'g, 'a> {
                 let (from, s, rank) = self.tensor(node, 0)?;
                 let target = self.constant(node, 1)?.ints();
                 let per_sample = s[0] * s[1] * s[2];
-                let batch_like = |d: i64| d == BATCH || d == 0 || d == -1;
+                let fixed = self.batch;
+                let batch_like = |d: i64| d == BATCH || d == 0 || d == -1 || Some(d) == fixed;
                 let ok = match target[..] {
                     [b, f] => {
                         batch_like(b)

@@ -24,7 +24,7 @@
 //! | `PRelu` (one slope or one per channel) | `prelu` |
 //! | `Softmax` over axis 1 | `softmax` |
 //! | `MaxPool`, `AveragePool` (`ceil_mode` 0) | `maxpool`, `avgpool` |
-//! | `GlobalAveragePool` | `adaptive_avgpool(1)` |
+//! | `GlobalAveragePool`, `ReduceMean` over axes 2 and 3 | `adaptive_avgpool(1)` |
 //! | `Gemm` (a linear layer), `MatMul` with a constant weight (and an `Add` of a bias) | `dense` |
 //! | `Flatten` (axis 1), `Reshape` to `N×features` | `flatten` (nothing when already flat) |
 //! | `Add`, `Sum`, `Mul` of two tensors, `Concat` on axis 1 | the joins `add`, `mul`, `cat` |
