@@ -45,7 +45,7 @@ fn case(
     }
 }
 
-fn randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+pub fn randn(seed: u64, n: usize, scale: f32) -> Vec<f32> {
     let mut r = Rng::new(seed);
     (0..n).map(|_| (r.normal() as f32) * scale).collect()
 }
