@@ -419,3 +419,24 @@ fn softmax_layer_normalises_over_the_channels_at_each_position() {
         }
     }
 }
+
+/// The channel softmax kernels: `Accum::Add` adds to the gradient `Accum::Replace` writes, and a
+/// zero plane size or a length that is not a whole number of samples is an error.
+#[test]
+fn softmax_channels_kernels_accumulate_and_check_lengths() {
+    use cnnkit::kernels::{Accum, softmax_channels_backward, softmax_channels_forward};
+    let (c, hw) = (3, 4);
+    let x: Vec<f32> = (0..2 * c * hw).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut y = vec![0.0; x.len()];
+    softmax_channels_forward(c, hw, &x, &mut y).unwrap();
+    let dy: Vec<f32> = (0..x.len()).map(|i| (i as f32 * 0.11).cos()).collect();
+    let mut replace = vec![0.0; x.len()];
+    softmax_channels_backward(c, hw, &y, &dy, &mut replace, Accum::Replace).unwrap();
+    let mut add = vec![1.0; x.len()];
+    softmax_channels_backward(c, hw, &y, &dy, &mut add, Accum::Add).unwrap();
+    for (a, r) in add.iter().zip(&replace) {
+        assert!((a - (1.0 + r)).abs() < 1e-6);
+    }
+    assert!(softmax_channels_forward(c, 0, &x, &mut y).is_err());
+    assert!(softmax_channels_forward(c, hw, &x[1..], &mut y[1..]).is_err());
+}

@@ -186,3 +186,81 @@ pub fn log_softmax_backward(
     );
     Ok(())
 }
+
+/// Softmax over the channels at each position, as `torch.softmax(x, dim=1)` on `[N, C, H·W]`
+/// (`hw` positions per channel plane): for each sample and position `p`,
+/// `y[c, p] = exp(x[c, p] − m_p) / Σ_k exp(x[k, p] − m_p)`. With `hw == 1` it is
+/// [`softmax_forward`] over rows of `c`.
+///
+/// # Errors
+/// [`Error::InvalidArg`] if `c` or `hw` is 0; [`Error::Length`] if `x.len()` is not a multiple
+/// of `c·hw` or `y.len() != x.len()`.
+pub fn softmax_channels_forward(c: usize, hw: usize, x: &[f32], y: &mut [f32]) -> Result<()> {
+    const OP: &str = "softmax_channels_forward";
+    if hw == 0 {
+        return Err(Error::invalid(OP, "hw", "must be at least 1"));
+    }
+    if hw == 1 {
+        return softmax_forward(c, x, y);
+    }
+    rows_of(OP, c.saturating_mul(hw), x.len())?;
+    check_len(OP, "y", y, x.len())?;
+    for (xs, ys) in x.chunks_exact(c * hw).zip(y.chunks_exact_mut(c * hw)) {
+        for p in 0..hw {
+            // NaN anywhere makes the sum, and so every output at this position, NaN.
+            let m = (0..c)
+                .map(|k| xs[k * hw + p])
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for k in 0..c {
+                let e = (xs[k * hw + p] - m).exp();
+                ys[k * hw + p] = e;
+                sum += e;
+            }
+            let inv = 1.0 / sum;
+            for k in 0..c {
+                ys[k * hw + p] *= inv;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gradient of [`softmax_channels_forward`] from its output `y`: at each position,
+/// `dx[c, p] = y[c, p] · (dy[c, p] − Σ_k dy[k, p]·y[k, p])`.
+///
+/// # Errors
+/// As [`softmax_channels_forward`], for `y`, `dy` and `dx`.
+pub fn softmax_channels_backward(
+    c: usize,
+    hw: usize,
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "softmax_channels_backward";
+    if hw == 0 {
+        return Err(Error::invalid(OP, "hw", "must be at least 1"));
+    }
+    if hw == 1 {
+        return softmax_backward(c, y, dy, dx, accum);
+    }
+    rows_of(OP, c.saturating_mul(hw), y.len())?;
+    check_len(OP, "dy", dy, y.len())?;
+    check_len(OP, "dx", dx, y.len())?;
+    for ((ys, dys), dxs) in y
+        .chunks_exact(c * hw)
+        .zip(dy.chunks_exact(c * hw))
+        .zip(dx.chunks_exact_mut(c * hw))
+    {
+        for p in 0..hw {
+            let dot: f32 = (0..c).map(|k| dys[k * hw + p] * ys[k * hw + p]).sum();
+            for k in 0..c {
+                let g = ys[k * hw + p] * (dys[k * hw + p] - dot);
+                dxs[k * hw + p] = accum.apply(dxs[k * hw + p], g);
+            }
+        }
+    }
+    Ok(())
+}

@@ -224,49 +224,17 @@ impl Layer for Softmax {
         y: &mut [f32],
         _: &mut Ctx<'_>,
     ) -> Result<()> {
-        crate::error::check_len("softmax", "y", y, x.len())?;
         let [c, h, w] = self.shape;
-        let hw = h * w;
-        if hw == 1 {
-            return kernels::softmax::softmax_forward(c, x, y);
-        }
-        for (xs, ys) in x.chunks_exact(c * hw).zip(y.chunks_exact_mut(c * hw)) {
-            for p in 0..hw {
-                let m = (0..c)
-                    .map(|k| xs[k * hw + p])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for k in 0..c {
-                    let e = (xs[k * hw + p] - m).exp();
-                    ys[k * hw + p] = e;
-                    sum += e;
-                }
-                for k in 0..c {
-                    ys[k * hw + p] /= sum;
-                }
-            }
-        }
-        Ok(())
+        kernels::softmax::softmax_channels_forward(c, h * w, x, y)
     }
     fn backward(&mut self, b: Backward<'_>, _: &mut Ctx<'_>) -> Result<()> {
         let Backward { y, dy, dx, .. } = b;
-        let Some(dx) = dx else { return Ok(()) };
-        crate::error::check_len("softmax", "dx", dx, dy.len())?;
         let [c, h, w] = self.shape;
-        let hw = h * w;
-        // dx = y·(dy − Σ_k dy_k·y_k) at each position.
-        for ((ys, dys), dxs) in y
-            .chunks_exact(c * hw)
-            .zip(dy.chunks_exact(c * hw))
-            .zip(dx.chunks_exact_mut(c * hw))
-        {
-            for p in 0..hw {
-                let dot: f32 = (0..c).map(|k| dys[k * hw + p] * ys[k * hw + p]).sum();
-                for k in 0..c {
-                    dxs[k * hw + p] = ys[k * hw + p] * (dys[k * hw + p] - dot);
-                }
+        match dx {
+            Some(dx) => {
+                kernels::softmax::softmax_channels_backward(c, h * w, y, dy, dx, Accum::Replace)
             }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
