@@ -7,24 +7,12 @@ mod common;
 use cnnkit::kernels::Accum;
 use cnnkit::onnx::{self, ExportOptions, ImportOptions, Limits};
 use cnnkit::{GraphBuilder, LayerSpec, Model, Sequential};
-use common::TempDir;
+use common::{TempDir, hashed};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx")
-}
-
-/// Element `i` of stream `t` in [-1, 1): the fixtures' integer hash (as tests/zoo.rs).
-fn hashed(t: u64, i: u64) -> f64 {
-    const M: u64 = 0xFFFF_FFFF;
-    let mut h = (i * 2_654_435_761 + t * 40_503 + 12_345) & M;
-    for _ in 0..2 {
-        h ^= h >> 16;
-        h = (h * 0x45D_9F3B) & M;
-    }
-    h ^= h >> 16;
-    h as f64 / 2f64.powi(31) - 1.0
 }
 
 /// A fixture's expectations: input shape, float64 outputs with PyTorch float32's largest

@@ -5,10 +5,13 @@
 //! the outputs after it (`tests/fixtures/gen_zoo.py` wrote the fixtures with torchvision, in
 //! float64, with PyTorch float32's distance from them, which sets each bound).
 
+mod common;
+
 use cnnkit::kernels::{Accum, cross_entropy_loss};
 use cnnkit::optim::{AdamConfig, Optimizer, OptimizerKind, SgdConfig};
 use cnnkit::{Model, zoo};
 use cnnkit::{Tensor, TensorData};
+use common::hashed;
 use std::collections::HashMap;
 
 /// A reference value (float64 PyTorch) and PyTorch's own float32 distance from it.
@@ -79,18 +82,6 @@ fn fixture(name: &str) -> Fixture {
         }
     }
     f
-}
-
-/// Element `i` of stream `t`, in [-1, 1): the fixture's 32-bit integer hash.
-fn hashed(t: u64, i: u64) -> f64 {
-    const M: u64 = 0xFFFF_FFFF;
-    let mut h = (i * 2_654_435_761 + t * 40_503 + 12_345) & M;
-    for _ in 0..2 {
-        h ^= h >> 16;
-        h = (h * 0x45D_9F3B) & M;
-    }
-    h ^= h >> 16;
-    h as f64 / 2f64.powi(31) - 1.0
 }
 
 /// The fixture's formula for tensor `t` (in torchvision's order) named `name`.

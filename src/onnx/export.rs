@@ -28,6 +28,17 @@ struct Out<'m> {
     opset: i64,
 }
 
+/// A per-axis pair as ONNX's integers.
+fn ints(v: [usize; 2]) -> [i64; 2] {
+    [v[0] as i64, v[1] as i64]
+}
+
+/// Symmetric padding as ONNX's `pads` (`[top, left, bottom, right]`).
+fn pads_attr(p: [usize; 2]) -> Writer {
+    let [h, w] = ints(p);
+    proto::attr_ints("pads", &[h, w, h, w])
+}
+
 fn f32s(t: &Tensor) -> &[f32] {
     match &t.data {
         TensorData::F32(v) => v,
@@ -110,21 +121,12 @@ impl Out<'_> {
         dilation: [usize; 2],
         groups: usize,
     ) -> Vec<Writer> {
-        let i = |v: [usize; 2]| [v[0] as i64, v[1] as i64];
         vec![
-            proto::attr_ints("dilations", &i(dilation)),
+            proto::attr_ints("dilations", &ints(dilation)),
             proto::attr_int("group", groups as i64),
-            proto::attr_ints("kernel_shape", &i(kernel)),
-            proto::attr_ints(
-                "pads",
-                &[
-                    padding[0] as i64,
-                    padding[1] as i64,
-                    padding[0] as i64,
-                    padding[1] as i64,
-                ],
-            ),
-            proto::attr_ints("strides", &i(stride)),
+            proto::attr_ints("kernel_shape", &ints(kernel)),
+            pads_attr(padding),
+            proto::attr_ints("strides", &ints(stride)),
         ]
     }
 
@@ -308,10 +310,7 @@ impl Out<'_> {
                 }
                 let ins: Vec<&str> = ins.iter().map(String::as_str).collect();
                 let mut attrs = Self::conv_attrs(kernel, stride, padding, dilation, groups);
-                attrs.push(proto::attr_ints(
-                    "output_padding",
-                    &[output_padding[0] as i64, output_padding[1] as i64],
-                ));
+                attrs.push(proto::attr_ints("output_padding", &ints(output_padding)));
                 self.node("ConvTranspose", name, &ins, out, attrs);
                 Ok(4)
             }
@@ -337,20 +336,11 @@ impl Out<'_> {
                 ..
             } => {
                 let x = self.as_rank(x, 4);
-                let i = |v: [usize; 2]| [v[0] as i64, v[1] as i64];
                 let mut attrs = vec![
                     proto::attr_int("ceil_mode", 0),
-                    proto::attr_ints("kernel_shape", &i(window)),
-                    proto::attr_ints(
-                        "pads",
-                        &[
-                            padding[0] as i64,
-                            padding[1] as i64,
-                            padding[0] as i64,
-                            padding[1] as i64,
-                        ],
-                    ),
-                    proto::attr_ints("strides", &i(stride)),
+                    proto::attr_ints("kernel_shape", &ints(window)),
+                    pads_attr(padding),
+                    proto::attr_ints("strides", &ints(stride)),
                 ];
                 let op = if let LayerSpec::AvgPool2d {
                     count_include_pad, ..

@@ -103,3 +103,16 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Element `i` of stream `t` in [-1, 1): the fixtures' 32-bit integer hash (`hashed` in
+/// `tests/fixtures/gen_zoo.py`, exact in any language).
+pub fn hashed(t: u64, i: u64) -> f64 {
+    const M: u64 = 0xFFFF_FFFF;
+    let mut h = (i * 2_654_435_761 + t * 40_503 + 12_345) & M;
+    for _ in 0..2 {
+        h ^= h >> 16;
+        h = (h * 0x45D_9F3B) & M;
+    }
+    h ^= h >> 16;
+    h as f64 / 2f64.powi(31) - 1.0
+}
