@@ -3,7 +3,9 @@
 mod common;
 
 use cnnkit::kernels::{
-    conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_scratch_len,
+    Accum, Activation, Epilogue, activation_forward, add_forward,
+    conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_fused,
+    conv2d_forward_scratch_len,
 };
 use cnnkit::{Conv2dGeom, Conv2dParams, Shape4, reference};
 use common::conv_check::{
@@ -42,6 +44,67 @@ proptest! {
         check_against_reference(&c)?;
         check_weight_gradient(&c)?;
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(128)))]
+
+    /// `conv2d_forward_fused` is the convolution, the sum with the residual and the activation
+    /// as three passes, bit for bit, on every path (direct, depthwise, im2col) and for any
+    /// thread count.
+    #[test]
+    fn conv2d_fused_epilogue_is_the_separate_passes(
+        c in conv_case(CONV_REF),
+        act in 0usize..4,
+        with_residual in any::<bool>(),
+    ) {
+        let act = [None, Some(Activation::Relu), Some(Activation::Relu6), Some(Activation::Silu)][act];
+        let residual: Vec<f32> = values(17, c.g.y_len());
+        let mut ws = vec![0.0; conv2d_forward_scratch_len(&c.g)];
+        let mut want = vec![0.0; c.g.y_len()];
+        conv2d_forward(&c.g, &c.x, &c.w, Some(&c.b), &mut want, &mut ws).unwrap();
+        if with_residual {
+            add_forward(&residual, &mut want, Accum::Add).unwrap();
+        }
+        if let Some(a) = act {
+            let pre = want.clone();
+            activation_forward(a, &pre, &mut want).unwrap();
+        }
+        let epi = Epilogue { residual: with_residual.then_some(&residual[..]), act };
+        for threads in [1, 2] {
+            let mut y = vec![f32::NAN; c.g.y_len()];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| conv2d_forward_fused(&c.g, &c.x, &c.w, Some(&c.b), epi, &mut y, &mut ws))
+                .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&y), bits(&want), "{:?}, {} threads", c.g, threads);
+        }
+    }
+}
+
+/// A residual of the wrong length is refused, as is an activation's invalid parameter (softplus
+/// with β = 0).
+#[test]
+fn conv2d_fused_refuses_a_wrong_residual() {
+    let g = Conv2dGeom::new(Shape4::new(1, 2, 5, 5), 3, [3, 3], Conv2dParams::default()).unwrap();
+    let (x, w) = (values(1, g.x_len()), values(2, g.w_len()));
+    let mut y = vec![0.0; g.y_len()];
+    let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+    let short = vec![0.0; g.y_len() - 1];
+    let epi = Epilogue {
+        residual: Some(&short),
+        act: None,
+    };
+    let e = conv2d_forward_fused(&g, &x, &w, None, epi, &mut y, &mut ws).unwrap_err();
+    assert!(e.to_string().contains("residual"), "{e}");
+    let epi = Epilogue {
+        residual: None,
+        act: Some(Activation::Softplus {
+            beta: 0.0,
+            threshold: 20.0,
+        }),
+    };
+    assert!(conv2d_forward_fused(&g, &x, &w, None, epi, &mut y, &mut ws).is_err());
 }
 
 /// Every small geometry on a grid (h, w, kernel, stride, padding, dilation per axis), all passes.

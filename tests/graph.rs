@@ -220,9 +220,11 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// Inference gives the forward pass's outputs bit for bit, for one sample (concatenations in
-    /// place) and for a batch, called again after a forward pass and after itself (its buffer
-    /// holds other nodes' values by then), in less memory than training keeps.
+    /// Inference gives the forward pass's outputs (bit for bit without fusion; with it, within
+    /// the rounding of the batch norms folded into convolutions), for one sample
+    /// (concatenations in place) and for a batch, and the same bits again after a forward pass
+    /// and after itself (its buffer holds other nodes' values by then), in less memory than
+    /// training keeps.
     #[test]
     fn inference_is_the_forward_pass_in_less_memory(
         ops in ops(),
@@ -236,11 +238,17 @@ proptest! {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for n in [n, 1] {
             let x = values(seed + n as u64, n * 128);
-            let y = bits(m.forward(&x, n).unwrap());
-            prop_assert_eq!(&bits(m.infer(&x, n).unwrap()), &y, "{}", m.architecture());
+            let y = m.forward(&x, n).unwrap().to_vec();
+            let z = bits(m.infer(&x, n).unwrap());
+            if fused {
+                let z: Vec<f32> = z.iter().map(|&b| f32::from_bits(b)).collect();
+                prop_assert!(close(&z, &y), "{}", m.architecture());
+            } else {
+                prop_assert_eq!(&z, &bits(&y), "{}", m.architecture());
+            }
             let other = values(seed + 7, n * 128);
             m.infer(&other, n).unwrap();
-            prop_assert_eq!(&bits(m.infer(&x, n).unwrap()), &y);
+            prop_assert_eq!(&bits(m.infer(&x, n).unwrap()), &z);
             let mem = m.activation_memory(n);
             prop_assert!(mem.inference <= mem.training, "{:?}", mem);
         }
@@ -528,4 +536,62 @@ proptest! {
             prop_assert_eq!(again.node_names(), m.node_names());
         }
     }
+}
+
+/// `a` within folding's rounding of `b`: `1e-5` of `b`'s largest magnitude (the zoo's measured
+/// error is about `1e-7` of it).
+fn close(a: &[f32], b: &[f32]) -> bool {
+    let tol = 1e-5 * b.iter().fold(0.0f32, |m, v| m.max(v.abs())) + 1e-7;
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+/// Inference folds each batch norm into the convolution before it and takes the shortcut's sum
+/// and the activation after it into the same step (and nothing without fusion), and it follows
+/// every change of the parameters and running statistics: a parameter written through
+/// `params_mut`, running statistics moved by a training-mode pass, a loaded state dict, new
+/// weights from `reinit`.
+#[test]
+fn inference_folds_batch_norms_and_follows_every_change() {
+    let text = "stem = conv(8,3,p=1,bias=false), bn, relu
+                body = conv(8,3,p=1,bias=false), bn, relu, conv(8,3,p=1), bn
+                sum = add(stem, body), relu
+                head = gap, dense(3)";
+    let build = |seed| {
+        GraphBuilder::parse([2, 8, 8], text)
+            .unwrap()
+            .build(seed)
+            .unwrap()
+    };
+    let mut m = build(3);
+    // stem.1, stem.2, body.1, body.2, body.4, the sum and its ReLU.
+    assert_eq!(m.inference_fused().len(), 7, "{:?}", m.inference_fused());
+    m.set_fusion(false);
+    assert!(m.inference_fused().is_empty());
+    m.set_fusion(true);
+    let (x, xs) = (values(1, 2 * 128), values(2, 4 * 128));
+    let check = |m: &mut Model, what: &str| -> Vec<f32> {
+        let y = m.forward(&x, 2).unwrap().to_vec();
+        let z = m.infer(&x, 2).unwrap().to_vec();
+        assert!(close(&z, &y), "{what}: {z:?} against {y:?}");
+        z
+    };
+    m.forward(&xs, 4).unwrap();
+    m.eval();
+    let before = check(&mut m, "trained statistics");
+    m.params_mut()[0] += 0.5;
+    let after = check(&mut m, "params_mut");
+    assert_ne!(before, after);
+    m.train();
+    m.forward(&xs, 4).unwrap();
+    m.eval();
+    let moved = check(&mut m, "a training pass");
+    assert_ne!(after, moved);
+    let mut other = build(4);
+    other.forward(&xs, 4).unwrap();
+    m.load_state_dict(&other.state_dict()).unwrap();
+    let loaded = check(&mut m, "load_state_dict");
+    assert_ne!(moved, loaded);
+    m.reinit(cnnkit::Init::TorchDefault, 9);
+    let fresh = check(&mut m, "reinit");
+    assert_ne!(loaded, fresh);
 }

@@ -85,7 +85,7 @@ impl Activation {
         threshold: 20.0,
     };
 
-    fn validate(self, op: &'static str) -> Result<()> {
+    pub(crate) fn validate(self, op: &'static str) -> Result<()> {
         if let Activation::Softplus { beta, .. } = self
             && beta == 0.0
         {
@@ -237,6 +237,63 @@ fn silu_grad(x: Lane, dy: Lane) -> Lane {
 }
 
 /// `y = f(x)` over the whole slice, in parallel blocks, for one lane function.
+/// Expands `$run!(f)` once per activation, `f` its lane function (one place for the table of
+/// functions, read by every pass that applies an activation).
+macro_rules! per_activation {
+    ($act:expr, $run:ident) => {
+        match $act {
+            Activation::Relu => $run!(
+                #[inline(always)]
+                |v| relu(v)
+            ),
+            Activation::LeakyRelu { slope } => $run!(
+                #[inline(always)]
+                |v| leaky_relu(slope, v)
+            ),
+            Activation::Elu { alpha } => $run!(
+                #[inline(always)]
+                |v| elu(alpha, v)
+            ),
+            Activation::Sigmoid => $run!(
+                #[inline(always)]
+                |v| simd::sigmoid(v)
+            ),
+            Activation::Tanh => $run!(
+                #[inline(always)]
+                |v| simd::tanh(v)
+            ),
+            Activation::Softplus { beta, threshold } => $run!(
+                #[inline(always)]
+                |v| softplus(beta, threshold, v)
+            ),
+            Activation::Gelu => $run!(
+                #[inline(always)]
+                |v| gelu(v)
+            ),
+            Activation::GeluTanh => $run!(
+                #[inline(always)]
+                |v| gelu_tanh(v)
+            ),
+            Activation::Relu6 => $run!(
+                #[inline(always)]
+                |v| relu6(v)
+            ),
+            Activation::Hardsigmoid => $run!(
+                #[inline(always)]
+                |v| hardsigmoid(v)
+            ),
+            Activation::Hardswish => $run!(
+                #[inline(always)]
+                |v| hardswish(v)
+            ),
+            Activation::Silu => $run!(
+                #[inline(always)]
+                |v| silu(v)
+            ),
+        }
+    };
+}
+
 fn forward_pass(x: &[f32], y: &mut [f32], cost: usize, f: impl Fn(Lane) -> Lane + Sync) {
     par::for_each_block(
         x.len(),
@@ -303,92 +360,12 @@ pub fn activation_forward(act: Activation, x: &[f32], y: &mut [f32]) -> Result<(
     act.validate(OP)?;
     check_len(OP, "y", y, x.len())?;
     let c = act.cost();
-    match act {
-        Activation::Relu => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| relu(v),
-        ),
-        Activation::LeakyRelu { slope } => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| leaky_relu(slope, v),
-        ),
-        Activation::Elu { alpha } => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| elu(alpha, v),
-        ),
-        Activation::Sigmoid => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| simd::sigmoid(v),
-        ),
-        Activation::Tanh => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| simd::tanh(v),
-        ),
-        Activation::Softplus { beta, threshold } => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| softplus(beta, threshold, v),
-        ),
-        Activation::Gelu => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| gelu(v),
-        ),
-        Activation::GeluTanh => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| gelu_tanh(v),
-        ),
-        Activation::Relu6 => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| relu6(v),
-        ),
-        Activation::Hardsigmoid => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| hardsigmoid(v),
-        ),
-        Activation::Hardswish => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| hardswish(v),
-        ),
-        Activation::Silu => forward_pass(
-            x,
-            y,
-            c,
-            #[inline(always)]
-            |v| silu(v),
-        ),
+    macro_rules! run {
+        ($f:expr) => {
+            forward_pass(x, y, c, $f)
+        };
     }
+    per_activation!(act, run);
     Ok(())
 }
 
@@ -409,6 +386,22 @@ pub(crate) fn relu_in_place(y: &mut [f32]) {
             )
         },
     );
+}
+
+/// `y = act(y)` in place, on this thread, the values of [`activation_forward`]: for a kernel
+/// that applies an activation to a block of its own output while it is in cache.
+pub(crate) fn activation_in_place(act: Activation, y: &mut [f32]) {
+    crate::arch::dispatch(
+        #[inline(always)]
+        || {
+            macro_rules! run {
+                ($f:expr) => {
+                    simd::map_in_place(y, $f)
+                };
+            }
+            per_activation!(act, run)
+        },
+    )
 }
 
 /// `dx = dy · f'(x)` for the activation `act`, given the forward input `x` and output `y`

@@ -110,6 +110,34 @@ impl BatchNorm2d {
         Ok(())
     }
 
+    /// `(scale, shift)` per channel of evaluation mode (`y = x·scale + shift`, from the running
+    /// statistics and the parameters `p`), as [`BatchNorm2d::forward_stats`] computes them: for
+    /// folding into the convolution before this layer.
+    pub(crate) fn eval_affine(&self, p: &[f32]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let c = self.shape[0];
+        crate::error::check_len("BatchNorm2d::eval_affine", "params", p, 2 * c)?;
+        let (mut mean, mut invstd) = (vec![0.0; c], vec![0.0; c]);
+        kernels::batch_norm_eval_stats(
+            self.shape4(1),
+            self.eps,
+            &self.running_mean,
+            &self.running_var,
+            &mut mean,
+            &mut invstd,
+        )?;
+        let (gamma, beta) = p.split_at(c);
+        let (mut scale, mut shift) = (vec![0.0; c], vec![0.0; c]);
+        kernels::batch_norm_affine(
+            &mean,
+            &invstd,
+            Some(gamma),
+            Some(beta),
+            &mut scale,
+            &mut shift,
+        );
+        Ok((scale, shift))
+    }
+
     /// `(scale, shift)` per channel of the last [`BatchNorm2d::forward_stats`].
     pub(crate) fn affine(&self) -> (&[f32], &[f32]) {
         (&self.scale, &self.shift)

@@ -105,6 +105,59 @@ impl Conv2d {
 
     /// The backward pass with the output gradient read through `dy` (a max-pool's gradient
     /// spread image by image when it is not stored).
+    /// The weights and bias of evaluation mode with the batch norm `y·scale + shift` after
+    /// this layer folded in: `w'[o] = w[o]·scale[o]`, `b'[o] = b[o]·scale[o] + shift[o]`
+    /// (`shift[o]` without a bias). Without a batch norm, a copy.
+    pub(crate) fn fold(
+        &self,
+        p: &[f32],
+        bn: Option<(&[f32], &[f32])>,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let wl = self.w_len();
+        crate::error::check_len(
+            "Conv2d::fold",
+            "params",
+            p,
+            wl + if self.bias { self.c_out } else { 0 },
+        )?;
+        let (w, b) = p.split_at(wl);
+        let b = self.bias.then_some(b);
+        let Some((scale, shift)) = bn else {
+            return Ok((w.to_vec(), b.map(<[f32]>::to_vec)));
+        };
+        let per = wl / self.c_out;
+        let mut fw = w.to_vec();
+        for (row, s) in fw.chunks_exact_mut(per).zip(scale) {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        let fb = (0..self.c_out)
+            .map(|o| b.map_or(shift[o], |b| b[o].mul_add(scale[o], shift[o])))
+            .collect();
+        Ok((fw, Some(fb)))
+    }
+
+    /// `w` packed for this layer's direct forward path (`None` where another path runs).
+    pub(crate) fn prepack(&self, w: &[f32]) -> Option<kernels::conv::Prepacked> {
+        kernels::conv::conv2d_prepack(&self.geom(1).ok()?, w)
+    }
+
+    /// The forward pass with weights `w` and bias `b` (folded), packed as `pre`, through `epi`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_fused(
+        &self,
+        n: usize,
+        w: &[f32],
+        b: Option<&[f32]>,
+        pre: Option<&kernels::conv::Prepacked>,
+        epi: kernels::conv::Epilogue<'_>,
+        x: &[f32],
+        y: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<()> {
+        let g = self.geom(n)?;
+        kernels::conv::conv2d_forward_prepacked(&g, x, w, b, pre, epi, y, ws)
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn backward_from(
         &self,

@@ -48,13 +48,14 @@ pub(crate) fn step_reads(plan: &Plan, step: Step) -> &[Src] {
         Step::Node(i) => &plan.reads[i],
         Step::BnPool { bn, .. } => &plan.reads[bn],
         Step::ConvPool { conv, .. } => &plan.reads[conv],
+        Step::ConvOut { .. } => &plan.fused_reads[step.top()],
     }
 }
 
 impl Arena {
-    /// The arena for `plan`'s forward steps over `nodes` (`input_len` values per sample of the
-    /// model's input), with concatenations written in place when `in_place` (for one sample at
-    /// a time).
+    /// The arena for `plan`'s inference steps over `nodes` (`input_len` values per sample of
+    /// the model's input), with concatenations written in place when `in_place` (for one sample
+    /// at a time).
     pub(crate) fn new(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
         if in_place {
             let a = Arena::place(nodes, plan, input_len, true);
@@ -74,12 +75,12 @@ impl Arena {
     fn place(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
         let count = nodes.len();
         let len: Vec<usize> = nodes.iter().map(|n| numel(n.shape)).collect();
-        let steps = plan.forward.len();
+        let steps = plan.infer.len();
         // The step that writes each node, and the last step that reads it (the output: past
         // the end).
         let mut made = vec![usize::MAX; count];
         let mut last = vec![0usize; count];
-        for (s, &step) in plan.forward.iter().enumerate() {
+        for (s, &step) in plan.infer.iter().enumerate() {
             made[step.top()] = s;
             for src in step_reads(plan, step) {
                 if let Src::Node(j) = *src {
@@ -211,7 +212,7 @@ impl Arena {
     /// Whether every step's inputs (those it reads, not those already in place) lie outside
     /// its output.
     fn checked(&self, plan: &Plan) -> bool {
-        plan.forward.iter().all(|&step| {
+        plan.infer.iter().all(|&step| {
             let top = step.top();
             if self.view[top] {
                 return true;

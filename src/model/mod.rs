@@ -11,6 +11,7 @@ pub use graph::{GraphBuilder, Join, NodeId};
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::accum::Accum;
+use crate::kernels::conv::{Epilogue, Prepacked};
 use crate::kernels::join;
 use crate::kernels::planes::Planes;
 use crate::layer::spec::LayerSpec;
@@ -78,6 +79,10 @@ pub struct Model {
     arenas: [Arena; 2],
     /// The buffer of [`Model::infer`].
     infer_buf: Vec<f32>,
+    /// The folded convolutions of [`Model::infer`]'s fused steps, by node; empty until the
+    /// first call, and emptied by anything that may change the parameters or the batch norms'
+    /// running statistics.
+    folded: Vec<Option<Folded>>,
 }
 
 /// A chain of layers, `torch.nn.Sequential`: the [`Model`] whose nodes each read the one before
@@ -263,6 +268,7 @@ impl Model {
             warmed: 0,
             plan: Plan::default(),
             arenas: Default::default(),
+            folded: Vec::new(),
             infer_buf: Vec::new(),
         };
         m.reinit(init, seed);
@@ -272,6 +278,7 @@ impl Model {
 
     /// Re-initialises every parameter with `init` from `seed` (node by node, tensor by tensor).
     pub fn reinit(&mut self, init: Init, seed: u64) {
+        self.folded.clear();
         let mut rng = Rng::new(seed);
         for (info, r) in self.infos.iter().zip(&self.ranges) {
             let mut at = r.start;
@@ -336,6 +343,7 @@ impl Model {
     }
     /// All parameters, flat and mutable.
     pub fn params_mut(&mut self) -> &mut [f32] {
+        self.folded.clear();
         &mut self.params
     }
     /// All parameter gradients, flat (same layout as [`Model::params`]).
@@ -344,6 +352,7 @@ impl Model {
     }
     /// Parameters and gradients together, for an optimizer step.
     pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        self.folded.clear();
         (&mut self.params, &self.grads)
     }
     pub(crate) fn grads_mut(&mut self) -> &mut [f32] {
@@ -385,6 +394,7 @@ impl Model {
     /// written, for comparison. A ReLU that reads the model's input is not fused.
     /// Changing it discards the last forward pass (a backward pass needs a new one).
     pub fn set_fusion(&mut self, on: bool) {
+        self.folded.clear();
         // The layers' caches of the last forward pass follow the old plan.
         self.last_n = None;
         let plan = Plan::new(&self.nodes, on);
@@ -408,6 +418,23 @@ impl Model {
         (0..self.plan.skipped.len())
             .filter(|&i| self.plan.skipped[i])
             .collect()
+    }
+
+    /// The nodes that [`Model::infer`] runs inside a convolution's step in evaluation mode: a
+    /// batch norm folded into the convolution before it, and the shortcut's sum and the
+    /// activation after it, applied as the convolution writes its output (values within
+    /// rounding of the separate nodes'; none when fusion is off, see [`Model::set_fusion`]).
+    pub fn inference_fused(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = (self.plan.infer.iter())
+            .filter_map(|s| match *s {
+                Step::ConvOut { bn, add, act, .. } => Some([bn, add, act]),
+                _ => None,
+            })
+            .flatten()
+            .flatten()
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     /// Whether the model is in training mode.
@@ -499,6 +526,50 @@ impl Model {
     /// Every thread of the pool makes its packing buffers on the first call (and again when the
     /// pool's size changes): which thread runs which product later depends on scheduling, and
     /// none of the steps after the first may allocate.
+    /// Makes [`Model::infer`]'s folded convolutions, unless they are made already: each
+    /// [`Step::ConvOut`]'s weights with its batch norm folded in, packed for the direct path.
+    fn fold(&mut self) -> Result<()> {
+        const OP: &str = "Model::infer";
+        if !self.folded.is_empty() {
+            return Ok(());
+        }
+        let convs: Vec<(usize, Option<usize>)> = (self.plan.infer.iter())
+            .filter_map(|s| match *s {
+                Step::ConvOut { conv, bn, .. } => Some((conv, bn)),
+                _ => None,
+            })
+            .collect();
+        // A copy of each weight, and a packed one.
+        let floats = convs
+            .iter()
+            .map(|&(c, _)| self.ranges[c].len())
+            .sum::<usize>();
+        crate::memory::check_elems::<f32>(OP, "the folded weights", 2 * floats as u128)?;
+        let mut folded: Vec<Option<Folded>> = std::iter::repeat_with(|| None)
+            .take(self.nodes.len())
+            .collect();
+        for (conv, bn) in convs {
+            let Op::Layer(Built::Conv(c)) = &self.nodes[conv].op else {
+                return Err(planned());
+            };
+            let affine = match bn {
+                None => None,
+                Some(b) => match &self.nodes[b].op {
+                    Op::Layer(Built::Bn(l)) => {
+                        Some(l.eval_affine(&self.params[self.ranges[b].clone()])?)
+                    }
+                    _ => return Err(planned()),
+                },
+            };
+            let affine = affine.as_ref().map(|(s, t)| (&s[..], &t[..]));
+            let (w, b) = c.fold(&self.params[self.ranges[conv].clone()], affine)?;
+            let packed = c.prepack(&w);
+            folded[conv] = Some(Folded { w, b, packed });
+        }
+        self.folded = folded;
+        Ok(())
+    }
+
     fn warm(&mut self) {
         if self.warmed != crate::par::threads() {
             crate::par::on_every_thread(crate::gemm::warm_thread);
@@ -515,6 +586,8 @@ impl Model {
         check_len("Sequential::forward", "x", x, n * numel(self.input))?;
         self.reserve(n)?;
         let call_seed = if self.training {
+            // Training updates the batch norms' running statistics.
+            self.folded.clear();
             self.rng.next_u64()
         } else {
             0
@@ -540,6 +613,7 @@ impl Model {
             training: *training,
             n,
             seed: call_seed,
+            folded: &[],
         };
         for &step in &plan.forward {
             let i = step.top();
@@ -608,6 +682,7 @@ impl Model {
         )?;
         crate::memory::grow(OP, "activations", &mut self.infer_buf, size)?;
         crate::memory::grow(OP, "scratch", &mut self.ws, ws_len)?;
+        self.fold()?;
         self.warm();
         // The layers' caches and the activations no longer belong to the last forward pass.
         self.last_n = None;
@@ -621,6 +696,7 @@ impl Model {
             input,
             arenas,
             infer_buf,
+            folded,
             ..
         } = self;
         let arena = &arenas[which];
@@ -633,8 +709,9 @@ impl Model {
             training: false,
             n,
             seed: 0,
+            folded,
         };
-        for &step in &plan.forward {
+        for &step in &plan.infer {
             let i = step.top();
             if arena.view[i] {
                 continue;
@@ -1051,6 +1128,7 @@ impl Model {
     /// ```
     pub fn load_state_dict(&mut self, tensors: &(impl StateTensors + ?Sized)) -> Result<()> {
         const OP: &str = "Sequential::load_state_dict";
+        self.folded.clear();
         let expected = self.state_dict();
         for (name, t) in &expected {
             let Some(got) = tensors.tensor(name) else {
@@ -1211,6 +1289,17 @@ struct Run<'m> {
     n: usize,
     /// The call's seed (each node's random masks are drawn from it and the node's index).
     seed: u64,
+    /// The convolutions' folded weights, by node (inference; empty otherwise).
+    folded: &'m [Option<Folded>],
+}
+
+/// A convolution's evaluation-mode weights for [`Model::infer`]: the batch norm after it folded
+/// in, and packed for the direct path.
+#[derive(Debug)]
+struct Folded {
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
+    packed: Option<Prepacked>,
 }
 
 /// Forward step `step`: its inputs through `input`, the output of its top node into `out`. A
@@ -1253,6 +1342,28 @@ fn run_step<'a>(
             };
             let p = &params[ranges[conv].clone()];
             pool.forward_conv(n, c, p, input(plan.reads[conv][0]), out, ctx.ws)
+        }
+        Step::ConvOut { conv, act, .. } => {
+            let Op::Layer(Built::Conv(c)) = &head[conv].op else {
+                return Err(planned());
+            };
+            let f = run.folded.get(conv).and_then(Option::as_ref);
+            let f = f.ok_or_else(planned)?;
+            let act = match (act, &tail[0].op) {
+                (None, _) => None,
+                (Some(_), Op::Layer(Built::Other(o))) => match o.spec() {
+                    LayerSpec::Activation(a) => Some(a),
+                    _ => return Err(planned()),
+                },
+                _ => return Err(planned()),
+            };
+            let r = &plan.fused_reads[i];
+            let epi = Epilogue {
+                residual: r.get(1).map(|&s| input(s)),
+                act,
+            };
+            let (w, b, pre) = (&f.w[..], f.b.as_deref(), f.packed.as_ref());
+            c.forward_fused(n, w, b, pre, epi, input(r[0]), out, ctx.ws)
         }
         Step::Node(_) => match &mut tail[0].op {
             Op::Layer(l) => {
@@ -1457,6 +1568,8 @@ fn layer_backward<'a>(
                 ws,
             )
         }
+        // Inference steps have no backward pass.
+        Step::ConvOut { .. } => Err(planned()),
     }
 }
 

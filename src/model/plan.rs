@@ -39,6 +39,15 @@ pub(crate) enum Step {
     },
     /// A convolution run image by image into the max-pool after it.
     ConvPool { conv: usize, pool: usize },
+    /// Inference only: a convolution with the batch norm after it folded into its weights, the
+    /// sum with a shortcut after that and an activation last, each optional, applied to the
+    /// convolution's output as it is written ([`Plan::infer`]).
+    ConvOut {
+        conv: usize,
+        bn: Option<usize>,
+        add: Option<usize>,
+        act: Option<usize>,
+    },
 }
 
 impl Step {
@@ -47,6 +56,7 @@ impl Step {
         match self {
             Step::Node(i) => i,
             Step::BnPool { pool, .. } | Step::ConvPool { pool, .. } => pool,
+            Step::ConvOut { conv, bn, add, act } => act.or(add).or(bn).unwrap_or(conv),
         }
     }
     /// The node whose inputs' gradients the step's backward writes.
@@ -55,7 +65,7 @@ impl Step {
             Step::Node(i) => i,
             Step::BnPool { conv: Some(c), .. } => c,
             Step::BnPool { bn, .. } => bn,
-            Step::ConvPool { conv, .. } => conv,
+            Step::ConvPool { conv, .. } | Step::ConvOut { conv, .. } => conv,
         }
     }
 }
@@ -91,6 +101,13 @@ pub(crate) struct Plan {
     /// `trains[j]`: node `j` or a node before it has parameters (its output gradient is needed
     /// for the parameter gradients).
     pub trains: Vec<bool>,
+    /// The steps of inference ([`Model::infer`](super::Model::infer) in evaluation mode): those
+    /// of `forward` with each convolution's batch norm, shortcut sum and activation taken into a
+    /// [`Step::ConvOut`] where the training steps run them as nodes of their own.
+    pub infer: Vec<Step>,
+    /// What each [`Step::ConvOut`] reads, by its top node: the convolution's input, then the
+    /// shortcut.
+    pub fused_reads: Vec<Vec<Src>>,
 }
 
 impl Plan {
@@ -253,7 +270,14 @@ impl Plan {
                     .iter()
                     .any(|s| matches!(*s, Src::Node(j) if trains[j]));
         }
+        let (infer, fused_reads) = if fusion {
+            inference_steps(nodes, &forward, &reads, &single)
+        } else {
+            (forward.clone(), vec![Vec::new(); count])
+        };
         Plan {
+            infer,
+            fused_reads,
             forward,
             backward,
             skipped,
@@ -266,4 +290,78 @@ impl Plan {
             trains,
         }
     }
+}
+
+/// The inference steps over the training plan's `forward` steps: from each convolution that runs
+/// as a node of its own, the chain of single readers that are nodes of their own too — a batch
+/// norm, then a two-input sum, then an element-wise activation, each optional and in that order
+/// (ResNet's `conv, bn, +, relu`; MobileNet's `conv, bn, relu6` and `conv, bn, +`) — becomes one
+/// [`Step::ConvOut`] at the chain's last node. Returns the steps and each fused step's reads.
+fn inference_steps(
+    nodes: &[Node],
+    forward: &[Step],
+    reads: &[Vec<Src>],
+    single: &dyn Fn(usize) -> Option<usize>,
+) -> (Vec<Step>, Vec<Vec<Src>>) {
+    let count = nodes.len();
+    // Nodes that run as a step of their own in training.
+    let mut own = vec![false; count];
+    for s in forward {
+        if let Step::Node(i) = *s {
+            own[i] = true;
+        }
+    }
+    let layer = |i: usize| match &nodes[i].op {
+        Op::Layer(l) => Some(l),
+        Op::Join(_) => None,
+    };
+    let mut taken = vec![false; count];
+    let mut fused: Vec<Option<Step>> = vec![None; count];
+    let mut fused_reads = vec![Vec::new(); count];
+    for c in 0..count {
+        if !own[c] || !matches!(layer(c), Some(Built::Conv(_))) {
+            continue;
+        }
+        let next = |j: usize, taken: &[bool]| single(j).filter(|&k| own[k] && !taken[k]);
+        let mut top = c;
+        let bn = next(top, &taken).filter(|&k| matches!(layer(k), Some(Built::Bn(_))));
+        top = bn.unwrap_or(top);
+        let add = next(top, &taken).filter(|&k| {
+            matches!(nodes[k].op, Op::Join(super::graph::Join::Add)) && reads[k].len() == 2
+        });
+        let shortcut = add.map(|k| {
+            if reads[k][0] == Src::Node(top) {
+                reads[k][1]
+            } else {
+                reads[k][0]
+            }
+        });
+        top = add.unwrap_or(top);
+        let act = next(top, &taken).filter(|&k| {
+            matches!(layer(k), Some(Built::Other(o)) if matches!(o.spec(), LayerSpec::Activation(_)))
+        });
+        top = act.unwrap_or(top);
+        if top == c {
+            continue;
+        }
+        for k in [Some(c), bn, add, act].into_iter().flatten() {
+            taken[k] = true;
+        }
+        fused[top] = Some(Step::ConvOut {
+            conv: c,
+            bn,
+            add,
+            act,
+        });
+        fused_reads[top] = std::iter::once(reads[c][0]).chain(shortcut).collect();
+    }
+    let steps = forward
+        .iter()
+        .filter_map(|&s| match s {
+            Step::Node(i) if fused[i].is_some() => fused[i],
+            Step::Node(i) if taken[i] => None,
+            s => Some(s),
+        })
+        .collect();
+    (steps, fused_reads)
 }

@@ -168,7 +168,8 @@ impl DataPass<'_> {
     ) -> Result<()> {
         let (g, w, accum) = (self.g, self.w, self.accum);
         if let Some((d, prep)) = &self.direct {
-            return direct::conv_into(d, prep, None, dy_n, dx_n, accum, ws, split);
+            let epi = direct::Epi::default();
+            return direct::conv_into(d, prep, None, epi, dy_n, dx_n, accum, ws, split);
         }
         let (plane, beta, full) = (g.in_plane(), accum.beta(), 0..g.out_h());
         if !needs_col(g) {

@@ -22,6 +22,7 @@
 use crate::arch::kernel::{MicroKernel, Taps};
 use crate::error::{Error, Result};
 use crate::kernels::accum::Accum;
+use crate::kernels::activation::Activation;
 use crate::kernels::planes::Planes;
 use crate::par::{self, Items, Parts};
 use crate::shape::Conv2dGeom;
@@ -193,6 +194,11 @@ impl Direct {
             .map(move |oh0| (oh0, me.layout(rows.min(me.out_h - oh0))))
     }
 
+    /// Output channels of one group.
+    pub(super) fn out_ch(&self) -> usize {
+        self.out_ch
+    }
+
     fn out_rows(&self) -> usize {
         self.out_ch.div_ceil(self.tile.0) * self.tile.0
     }
@@ -245,6 +251,12 @@ impl Direct {
         for (pi, dst) in planes.zip(xs.chunks_exact_mut(lay.plane)) {
             let (phase, c) = (pi / self.src_ch, pi % self.src_ch);
             let (psi, phi) = (phase / sw, phase % sw);
+            if !self.phase_read(psi, phi) {
+                // No tap reads this phase (a 1x1 kernel with a stride reads one of its
+                // `s_h · s_w`): zeros, without the strided gather.
+                dst.fill(0.0);
+                continue;
+            }
             let src_c = &src[c * src_plane..][..src_plane];
             // Columns j with 0 <= j·sw + φ − pad_w < src_w.
             let jlo = self.pad[1].saturating_sub(phi).div_ceil(sw);
@@ -270,6 +282,12 @@ impl Direct {
                 }
             }
         }
+    }
+
+    /// Whether some tap reads the stride phase `(ψ, φ)`.
+    fn phase_read(&self, psi: usize, phi: usize) -> bool {
+        let hits = |a: usize, ph: usize| (0..self.k[a]).any(|p| p * self.dil[a] % self.s[a] == ph);
+        hits(0, psi) && hits(1, phi)
     }
 
     /// Prepares the whole band, in parallel over planes when it is large.
@@ -323,7 +341,7 @@ pub(super) fn with_prep<R>(f: impl FnOnce(&mut Prep) -> R) -> R {
 
 impl Prep {
     /// Bands and their tap offsets for `d`, with `per_pixel_out` output floats per pixel.
-    fn plan_bands(&mut self, d: &Direct, per_pixel_out: usize) {
+    pub(super) fn plan_bands(&mut self, d: &Direct, per_pixel_out: usize) {
         self.bands.clear();
         self.off.clear();
         for (oh0, lay) in d.bands(per_pixel_out) {
@@ -334,32 +352,85 @@ impl Prep {
 
     /// Packs the weights of group `group` and plans the bands for [`conv_into`].
     pub(super) fn plan(&mut self, d: &Direct, weights: Weights<'_>) {
-        let taps = d.taps();
-        let (kh, kw) = (d.k[0], d.k[1]);
-        match weights {
-            Weights::Forward { w, group } => {
-                let rows = &w[group * d.out_ch * taps..][..d.out_ch * taps];
-                let (mr, out_ch, dst) = (d.tile.0, d.out_ch, &mut self.packed);
-                crate::arch::with_kernel!(
-                    kern => pack_rows(Some(kern), mr, out_ch, taps, rows, dst);
-                    else pack_rows(None::<crate::arch::kernel::Never>, mr, out_ch, taps, rows, dst)
-                );
-            }
-            Weights::Flipped { w, group, c_in_g } => pack_weights(
-                d.tile.0,
-                d.out_ch,
-                taps,
-                |c, t| {
-                    let (o, pq) = (t / (kh * kw), t % (kh * kw));
-                    let (p, q) = (pq / kw, pq % kw);
-                    w[(((group * d.src_ch + o) * c_in_g + c) * kh + (kh - 1 - p)) * kw
-                        + (kw - 1 - q)]
-                },
-                &mut self.packed,
-            ),
-        }
+        pack(d, weights, &mut self.packed);
         self.plan_bands(d, d.out_ch);
     }
+}
+
+/// Packs `weights` (one group) into `dst` as `d`'s micro-kernels read them.
+fn pack(d: &Direct, weights: Weights<'_>, dst: &mut Vec<f32>) {
+    let taps = d.taps();
+    let (kh, kw) = (d.k[0], d.k[1]);
+    match weights {
+        Weights::Forward { w, group } => {
+            let rows = &w[group * d.out_ch * taps..][..d.out_ch * taps];
+            let (mr, out_ch) = (d.tile.0, d.out_ch);
+            crate::arch::with_kernel!(
+                kern => pack_rows(Some(kern), mr, out_ch, taps, rows, dst);
+                else pack_rows(None::<crate::arch::kernel::Never>, mr, out_ch, taps, rows, dst)
+            );
+        }
+        Weights::Flipped { w, group, c_in_g } => pack_weights(
+            d.tile.0,
+            d.out_ch,
+            taps,
+            |c, t| {
+                let (o, pq) = (t / (kh * kw), t % (kh * kw));
+                let (p, q) = (pq / kw, pq % kw);
+                w[(((group * d.src_ch + o) * c_in_g + c) * kh + (kh - 1 - p)) * kw + (kw - 1 - q)]
+            },
+            dst,
+        ),
+    }
+}
+
+/// A forward convolution's weights packed once for the direct path (all groups, for the tile of
+/// the instruction set active when they were packed): an inference model packs its fixed
+/// weights once instead of on every call (on the deep layers of a network at batch 1 the
+/// packing took a third of the time).
+#[derive(Clone, Debug)]
+pub(crate) struct Prepacked {
+    tile: (usize, usize),
+    per_group: usize,
+    data: Vec<f32>,
+}
+
+impl Prepacked {
+    /// `w` (OIHW, `groups` groups) packed for `d`.
+    pub(super) fn new(d: &Direct, w: &[f32], groups: usize) -> Prepacked {
+        let mut data = Vec::new();
+        let mut one = Vec::new();
+        for group in 0..groups {
+            pack(d, Weights::Forward { w, group }, &mut one);
+            data.extend_from_slice(&one);
+        }
+        Prepacked {
+            tile: d.tile,
+            per_group: one.len(),
+            data,
+        }
+    }
+
+    /// Group `group`'s panels, when they were packed for `d`'s tile.
+    pub(super) fn group(&self, d: &Direct, group: usize) -> Option<&[f32]> {
+        (self.tile == d.tile)
+            .then(|| {
+                self.data
+                    .get(group * self.per_group..(group + 1) * self.per_group)
+            })
+            .flatten()
+    }
+}
+
+/// What the direct pass does to each output value on its way out of the band buffer:
+/// `act(value + bias[o] + residual)`.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Epi<'a> {
+    /// `[out_ch]` of this group.
+    pub bias: Option<&'a [f32]>,
+    /// This group's output channels of this image (the output's layout).
+    pub residual: Option<&'a [f32]>,
+    pub act: Option<Activation>,
 }
 
 /// [`pack_weights`] of OIHW rows (`weight(o, t) = rows[o·taps + t]`): with `kern` and
@@ -431,6 +502,15 @@ fn tap_block(d: &Direct, per_ch: usize) -> usize {
     channels * per_ch
 }
 
+/// Floats of packed weights a group of panels may hold so that it stays in L2 (256 KiB) beside
+/// the band's input while every pixel tile reads it.
+const PANEL_GROUP_FLOATS: usize = 1 << 16;
+
+/// Panels per group for `taps` taps of `mr`-channel panels (at least one).
+fn panel_group(taps: usize, mr: usize) -> usize {
+    (PANEL_GROUP_FLOATS / (taps * mr).max(1)).max(1)
+}
+
 /// Most rows of any instruction set's register tile.
 const MAX_MR: usize = 32;
 
@@ -452,22 +532,25 @@ pub(super) enum Weights<'a> {
 }
 
 /// `out_img` (this group's output channels of one image) = conv(`src` (this group's source
-/// channels)) with the weights `prep` was planned for, plus `bias[o]`, overwritten or added to
-/// per `accum`. `ws` holds at least one [`Direct::slot_len`]; with `split`, the work inside the
-/// image is shared across the pool (the caller is then not itself inside a parallel split).
+/// channels)) with the weights `prep` was planned for (or `packed`, packed for `d` already),
+/// through `epi`, overwritten or added to per `accum`. `ws` holds at least one
+/// [`Direct::slot_len`]; with `split`, the work inside the image is shared across the pool (the
+/// caller is then not itself inside a parallel split).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn conv_into(
     d: &Direct,
     prep: &Prep,
-    bias: Option<&[f32]>,
+    packed: Option<&[f32]>,
+    epi: Epi<'_>,
     src: &[f32],
     out_img: &mut [f32],
     accum: Accum,
     ws: &mut [f32],
     split: bool,
 ) -> Result<()> {
+    let packed = packed.unwrap_or(&prep.packed);
     crate::arch::with_kernel!(
-        kern => conv_into_on(kern, d, prep, bias, src, out_img, accum, ws, split);
+        kern => conv_into_on(kern, d, prep, packed, epi, src, out_img, accum, ws, split);
         else Err(changed("conv2d"))
     )
 }
@@ -478,7 +561,8 @@ fn conv_into_on<K: MicroKernel>(
     kern: K,
     d: &Direct,
     prep: &Prep,
-    bias: Option<&[f32]>,
+    packed: &[f32],
+    epi: Epi<'_>,
     src: &[f32],
     out_img: &mut [f32],
     accum: Accum,
@@ -492,7 +576,6 @@ fn conv_into_on<K: MicroKernel>(
     let taps = d.taps();
     let out_plane = d.out_h * d.out_w;
     let rows_out = d.out_rows();
-    let packed = &prep.packed[..];
     for (bi, &(oh0, lay)) in prep.bands.iter().enumerate() {
         let off = &prep.off[bi * taps..][..taps];
         let (xs, rest) = ws.split_at_mut(lay.len);
@@ -517,13 +600,21 @@ fn conv_into_on<K: MicroKernel>(
             let t0 = b * block;
             (t0 < taps).then(|| (t0, Taps::new(&off[t0..(t0 + block).min(taps)])))
         });
+        // Panels are taken a group at a time whose weights stay in L2 while every pixel tile
+        // reads them: where the weights outweigh the band's input (the deep layers of a network
+        // at batch 1), each weight then comes from memory once per band instead of once per
+        // pixel tile. Each C tile still sums its tap blocks in the same order (the same bits).
+        let group = panel_group(taps, mr);
         let run = |pr: std::ops::Range<usize>, yrows: &mut [f32]| {
-            for j0 in (0..lay.npix).step_by(nr) {
-                for (t0, tb) in blocks.iter().flatten() {
-                    for (pi, p) in pr.clone().enumerate() {
-                        let a = &packed[(p * taps + t0) * mr..];
-                        let ytile = &mut yrows[pi * mr * lay.npix + j0..];
-                        kern.conv_tile(a, xs, j0, tb, *t0 > 0, ytile, lay.npix);
+            for g0 in pr.clone().step_by(group) {
+                let gr = g0..(g0 + group).min(pr.end);
+                for j0 in (0..lay.npix).step_by(nr) {
+                    for (t0, tb) in blocks.iter().flatten() {
+                        for p in gr.clone() {
+                            let a = &packed[(p * taps + t0) * mr..];
+                            let ytile = &mut yrows[(p - pr.start) * mr * lay.npix + j0..];
+                            kern.conv_tile(a, xs, j0, tb, *t0 > 0, ytile, lay.npix);
+                        }
                     }
                 }
             }
@@ -542,19 +633,38 @@ fn conv_into_on<K: MicroKernel>(
         } else {
             run(0..panels, yp);
         }
-        // Copy the band's valid pixels out, adding the bias.
+        // Copy the band's valid pixels out through the epilogue (bias, residual, activation),
+        // one channel's rows at a time while they are in cache.
         let yp = &*yp;
         let copy = |cr: std::ops::Range<usize>, out: &mut [f32]| {
             for (ci, o) in cr.enumerate() {
-                let b = bias.map_or(0.0, |b| b[o]);
-                let dst = &mut out[ci * out_plane + oh0 * d.out_w..][..lay.rows * d.out_w];
+                let b = epi.bias.map_or(0.0, |b| b[o]);
+                let (at, len) = (oh0 * d.out_w, lay.rows * d.out_w);
+                let dst = &mut out[ci * out_plane + at..][..len];
+                let res = epi.residual.map(|r| &r[o * out_plane + at..][..len]);
                 let src = &yp[o * lay.npix..];
                 for (r, drow) in dst.chunks_exact_mut(d.out_w).enumerate() {
                     let srow = &src[r * lay.pw..][..d.out_w];
-                    match accum {
-                        Accum::Replace => drow.iter_mut().zip(srow).for_each(|(y, v)| *y = v + b),
-                        Accum::Add => drow.iter_mut().zip(srow).for_each(|(y, v)| *y += v + b),
+                    let rrow = res.map(|res| &res[r * d.out_w..][..d.out_w]);
+                    match (accum, rrow) {
+                        (Accum::Replace, None) => {
+                            drow.iter_mut().zip(srow).for_each(|(y, v)| *y = v + b)
+                        }
+                        (Accum::Add, None) => {
+                            drow.iter_mut().zip(srow).for_each(|(y, v)| *y += v + b)
+                        }
+                        (Accum::Replace, Some(rr)) => drow
+                            .iter_mut()
+                            .zip(srow.iter().zip(rr))
+                            .for_each(|(y, (v, r))| *y = (v + b) + r),
+                        (Accum::Add, Some(rr)) => drow
+                            .iter_mut()
+                            .zip(srow.iter().zip(rr))
+                            .for_each(|(y, (v, r))| *y += (v + b) + r),
                     }
+                }
+                if let Some(act) = epi.act {
+                    crate::kernels::activation::activation_in_place(act, dst);
                 }
             }
         };

@@ -1,6 +1,7 @@
 //! The forward pass: `y_n[g] = W_g · col(x_n)[g] (+ b)`, image by image or split inside an image,
 //! optionally max-pooled on the way out.
 
+use super::direct::Prepacked;
 use super::im2col::im2col;
 use super::plan::{
     Src, check_operands, each_image, forward_slot, group_spans, im2col_parallel, image_groups,
@@ -10,6 +11,7 @@ use super::{depthwise, direct};
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial};
 use crate::kernels::accum::Accum;
+use crate::kernels::activation::Activation;
 use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
 use crate::shape::{Conv2dGeom, Pool2dGeom};
@@ -60,7 +62,106 @@ pub fn conv2d_forward(
     if g.is_depthwise() {
         return depthwise::forward(g, x, w, b, y, ws);
     }
-    forward_images(g, x, w, b, Out::Conv(y), ws)
+    forward_images(g, x, w, b, None, Epilogue::default(), Out::Conv(y), ws)
+}
+
+/// What a fused forward convolution does to each output value after the bias, while the value
+/// is still in cache: `y = act(conv(x) + b + residual)` — the tail of a residual block
+/// (convolution, batch norm folded into its weights, the shortcut's sum, ReLU) in one pass.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added to the output (the output's shape): a residual connection.
+    pub residual: Option<&'a [f32]>,
+    /// Applied last.
+    pub act: Option<Activation>,
+}
+
+/// [`conv2d_forward`] followed by `epi`, in one pass where the direct path runs (the bias,
+/// residual and activation applied to each block of output channels as it leaves the
+/// micro-kernels' buffer), as separate passes elsewhere; the values are those of the separate
+/// operations (`act(conv(x) + b + residual)`, summed in that order).
+///
+/// # Errors
+/// As [`conv2d_forward`]; [`Error::Length`](crate::Error::Length) if the residual is not the
+/// output's length; [`Error::InvalidArg`](crate::Error::InvalidArg) for an activation's invalid
+/// parameter.
+///
+/// # Example
+/// ```
+/// use cnnkit::kernels::{conv2d_forward_fused, conv2d_forward_scratch_len, Activation, Epilogue};
+/// use cnnkit::{Conv2dGeom, Conv2dParams, Shape4};
+/// let g = Conv2dGeom::new(Shape4::new(1, 1, 2, 2), 1, [1, 1], Conv2dParams::default())?;
+/// let (x, w, shortcut) = ([1.0, -2.0, 3.0, -4.0], [1.0], [0.5; 4]);
+/// let mut y = [0.0; 4];
+/// let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+/// let epi = Epilogue { residual: Some(&shortcut), act: Some(Activation::Relu) };
+/// conv2d_forward_fused(&g, &x, &w, None, epi, &mut y, &mut ws)?;
+/// assert_eq!(y, [1.5, 0.0, 3.5, 0.0]);
+/// # Ok::<(), cnnkit::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward_fused(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    epi: Epilogue<'_>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
+    conv2d_forward_prepacked(g, x, w, b, None, epi, y, ws)
+}
+
+/// [`conv2d_forward_fused`] with `w` also packed already ([`conv2d_prepack`]; used when its tile
+/// is the active instruction set's, `w` otherwise).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_forward_prepacked(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    pre: Option<&Prepacked>,
+    epi: Epilogue<'_>,
+    y: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
+    const OP: &str = "conv2d_forward";
+    check_operands(OP, g, x, w, b)?;
+    check_len(OP, "y", y, g.y_len())?;
+    if let Some(r) = epi.residual {
+        check_len(OP, "residual", r, g.y_len())?;
+    }
+    if let Some(a) = epi.act {
+        a.validate(OP)?;
+    }
+    check_min_len(OP, "ws", ws, forward_slot(g))?;
+    if g.n() == 0 {
+        return Ok(());
+    }
+    if g.is_depthwise() {
+        depthwise::forward(g, x, w, b, y, ws)?;
+        epilogue_pass(epi, y);
+        return Ok(());
+    }
+    forward_images(g, x, w, b, pre, epi, Out::Conv(y), ws)
+}
+
+/// `w` (OIHW) packed for the direct path's micro-kernels, when that path runs `g` on this
+/// machine (`None` otherwise: nothing to keep).
+pub(crate) fn conv2d_prepack(g: &Conv2dGeom, w: &[f32]) -> Option<Prepacked> {
+    (use_direct(g) && w.len() == g.w_len())
+        .then(|| Prepacked::new(&direct::Direct::forward(g), w, g.groups()))
+}
+
+/// `y = act(y + residual)` over the whole output, for the paths without an epilogue of their
+/// own.
+fn epilogue_pass(epi: Epilogue<'_>, y: &mut [f32]) {
+    if let Some(r) = epi.residual {
+        let _ = crate::kernels::join::add_forward(r, y, Accum::Add);
+    }
+    if let Some(a) = epi.act {
+        crate::kernels::activation::activation_in_place(a, y);
+    }
 }
 
 /// [`conv2d_forward`] followed by [`max_pool2d_forward`](crate::kernels::max_pool2d_forward)
@@ -109,6 +210,8 @@ pub(crate) fn conv2d_forward_pooled(
         x,
         w,
         b,
+        None,
+        Epilogue::default(),
         Out::Pooled {
             pool: one,
             y,
@@ -149,11 +252,14 @@ pub(super) type ImageConv<'a> =
     dyn Fn(usize, &mut [f32], &mut [f32], bool) -> Result<()> + Sync + 'a;
 
 /// The forward pass of a non-depthwise convolution (checked by the caller), image by image.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward_images(
     g: &Conv2dGeom,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
+    pre: Option<&Prepacked>,
+    epi: Epilogue<'_>,
     out: Out<'_>,
     ws: &mut [f32],
 ) -> Result<()> {
@@ -201,15 +307,26 @@ pub(super) fn forward_images(
         let d = direct::Direct::forward(g);
         let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g() * g.out_plane());
         let mut out = out;
+        let y_item = g.c_out() * g.out_plane();
         return direct::with_prep(|prep| {
             for gi in 0..g.groups() {
-                prep.plan(&d, direct::Weights::Forward { w, group: gi });
+                let packed = pre.and_then(|p| p.group(&d, gi));
+                if packed.is_some() {
+                    prep.plan_bands(&d, d.out_ch());
+                } else {
+                    prep.plan(&d, direct::Weights::Forward { w, group: gi });
+                }
                 let prep = &*prep;
                 let bias = b.map(|b| &b[gi * g.c_out_g()..][..g.c_out_g()]);
                 let conv = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
                     let x_g = &x[i * x_item + gi * ci_g..][..ci_g];
                     let y_g = &mut y_n[gi * co_g..][..co_g];
-                    direct::conv_into(&d, prep, bias, x_g, y_g, Accum::Replace, ws, split)
+                    let epi = direct::Epi {
+                        bias,
+                        residual: epi.residual.map(|r| &r[i * y_item + gi * co_g..][..co_g]),
+                        act: epi.act,
+                    };
+                    direct::conv_into(&d, prep, packed, epi, x_g, y_g, Accum::Replace, ws, split)
                 };
                 let o = out.reborrow();
                 run(d.slot_len(), &conv, o, ws)?;
@@ -244,6 +361,9 @@ pub(super) fn forward_images(
                 |o, Items(y_rows, _)| forward_rows(g, w, b, &src, o, oh.clone(), y_rows),
             )?;
         }
+        let y_item = y_n.len();
+        let residual = epi.residual.map(|r| &r[i * y_item..][..y_item]);
+        epilogue_pass(Epilogue { residual, ..epi }, y_n);
         Ok(())
     };
     run(slot_len(g), &conv, out, ws)

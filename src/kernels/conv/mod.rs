@@ -43,8 +43,9 @@ pub(crate) mod transpose;
 pub(crate) use backward::conv2d_backward_from;
 pub use backward_data::conv2d_backward_data;
 pub use backward_weights::conv2d_backward_weights;
-pub use forward::conv2d_forward;
-pub(crate) use forward::conv2d_forward_pooled;
+pub(crate) use direct::Prepacked;
+pub use forward::{Epilogue, conv2d_forward, conv2d_forward_fused};
+pub(crate) use forward::{conv2d_forward_pooled, conv2d_forward_prepacked, conv2d_prepack};
 pub(crate) use plan::conv2d_pooled_scratch_len;
 pub use plan::{
     COL_TILE_ELEMS, conv2d_backward_data_scratch_len, conv2d_backward_weights_scratch_len,

@@ -63,6 +63,11 @@ pub(super) const MAX_DIRECT_STRIDE: usize = 4;
 
 /// Scratch of one worker for the forward pass on this machine.
 pub(super) fn forward_slot(g: &Conv2dGeom) -> usize {
+    path_slot(g)
+}
+
+/// [`forward_slot`] of the direct, depthwise or im2col path.
+fn path_slot(g: &Conv2dGeom) -> usize {
     if g.is_depthwise() {
         depthwise::slot_len(g)
     } else if use_direct(g) {
