@@ -1,13 +1,12 @@
 //! The forward pass: `y_n[g] = W_g · col(x_n)[g] (+ b)`, image by image or split inside an image,
 //! optionally max-pooled on the way out.
 
-use super::direct::Prepacked;
 use super::im2col::im2col;
 use super::plan::{
     Src, check_operands, each_image, forward_slot, group_spans, im2col_parallel, image_groups,
     image_work, needs_col, slot_len, taps, tiles, use_direct,
 };
-use super::{depthwise, direct};
+use super::{depthwise, direct, winograd};
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial};
 use crate::kernels::accum::Accum;
@@ -146,11 +145,35 @@ pub(crate) fn conv2d_forward_prepacked(
     forward_images(g, x, w, b, pre, epi, Out::Conv(y), ws)
 }
 
-/// `w` (OIHW) packed for the direct path's micro-kernels, when that path runs `g` on this
-/// machine (`None` otherwise: nothing to keep).
+/// A convolution's fixed weights as its forward path reads them ([`conv2d_prepack`]): packed
+/// for the direct path's micro-kernels, or transformed for Winograd's products.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepacked {
+    direct: Option<direct::Prepacked>,
+    wino: Option<(winograd::Tile, Vec<f32>)>,
+}
+
+/// `w` (OIHW) as the path that runs `g` on this machine reads it (`None` for the other paths:
+/// nothing to keep).
 pub(crate) fn conv2d_prepack(g: &Conv2dGeom, w: &[f32]) -> Option<Prepacked> {
-    (use_direct(g) && w.len() == g.w_len())
-        .then(|| Prepacked::new(&direct::Direct::forward(g), w, g.groups()))
+    if w.len() != g.w_len() {
+        return None;
+    }
+    if let Some(t) = winograd::winograd_choice(g) {
+        let u = winograd::with_weights(g, t, w, <[f32]>::to_vec);
+        return Some(Prepacked {
+            direct: None,
+            wino: Some((t, u)),
+        });
+    }
+    use_direct(g).then(|| Prepacked {
+        direct: Some(direct::Prepacked::new(
+            &direct::Direct::forward(g),
+            w,
+            g.groups(),
+        )),
+        wino: None,
+    })
 }
 
 /// `y = act(y + residual)` over the whole output, for the paths without an epilogue of their
@@ -303,6 +326,23 @@ pub(super) fn forward_images(
             )
         }
     };
+    if let (Some(t), Out::Conv(_)) = (winograd::winograd_choice(g), &out) {
+        let y_item = g.c_out() * g.out_plane();
+        let images = |u: &[f32]| {
+            let conv = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
+                let x_n = &x[i * x_item..][..x_item];
+                winograd::image(g, t, u, b, x_n, y_n, ws, split)?;
+                let residual = epi.residual.map(|r| &r[i * y_item..][..y_item]);
+                epilogue_pass(Epilogue { residual, ..epi }, y_n);
+                Ok(())
+            };
+            run(winograd::slot_len(g, t), &conv, out, ws)
+        };
+        return match pre.and_then(|p| p.wino.as_ref()) {
+            Some((pt, u)) if *pt == t => images(u),
+            _ => winograd::with_weights(g, t, w, images),
+        };
+    }
     if use_direct(g) {
         let d = direct::Direct::forward(g);
         let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g() * g.out_plane());
@@ -310,7 +350,7 @@ pub(super) fn forward_images(
         let y_item = g.c_out() * g.out_plane();
         return direct::with_prep(|prep| {
             for gi in 0..g.groups() {
-                let packed = pre.and_then(|p| p.group(&d, gi));
+                let packed = pre.and_then(|p| p.direct.as_ref()?.group(&d, gi));
                 if packed.is_some() {
                     prep.plan_bands(&d, d.out_ch());
                 } else {

@@ -39,13 +39,15 @@ mod forward;
 pub(crate) mod im2col;
 mod plan;
 pub(crate) mod transpose;
+mod winograd;
 
 pub(crate) use backward::conv2d_backward_from;
 pub use backward_data::conv2d_backward_data;
 pub use backward_weights::conv2d_backward_weights;
-pub(crate) use direct::Prepacked;
 pub use forward::{Epilogue, conv2d_forward, conv2d_forward_fused};
-pub(crate) use forward::{conv2d_forward_pooled, conv2d_forward_prepacked, conv2d_prepack};
+pub(crate) use forward::{
+    Prepacked, conv2d_forward_pooled, conv2d_forward_prepacked, conv2d_prepack,
+};
 pub(crate) use plan::conv2d_pooled_scratch_len;
 pub use plan::{
     COL_TILE_ELEMS, conv2d_backward_data_scratch_len, conv2d_backward_weights_scratch_len,
@@ -56,3 +58,4 @@ pub use transpose::{
     conv_transpose2d_backward_weights, conv_transpose2d_backward_weights_scratch_len,
     conv_transpose2d_forward, conv_transpose2d_forward_scratch_len,
 };
+pub use winograd::{Winograd, set_winograd, winograd};

@@ -63,7 +63,8 @@ pub(super) const MAX_DIRECT_STRIDE: usize = 4;
 
 /// Scratch of one worker for the forward pass on this machine.
 pub(super) fn forward_slot(g: &Conv2dGeom) -> usize {
-    path_slot(g)
+    let wino = super::winograd::winograd_choice(g).map_or(0, |t| super::winograd::slot_len(g, t));
+    wino.max(path_slot(g))
 }
 
 /// [`forward_slot`] of the direct, depthwise or im2col path.
