@@ -117,6 +117,23 @@ fn kernels() -> Named {
         out.push((format!("conv {i} backward-data"), dx));
         out.push((format!("conv {i} backward-weights"), [dw, db].concat()));
     }
+    // Winograd, both tiles, forced (the switch is process-wide; this binary has one test).
+    let g = Conv2dGeom::new(
+        Shape4::new(2, 12, 19, 22),
+        20,
+        [3, 3],
+        Conv2dParams::default().padding(1),
+    )
+    .unwrap();
+    let (x, w, b) = (values(91, g.x_len()), values(92, g.w_len()), values(93, 20));
+    for tile in [Winograd::F2, Winograd::F4] {
+        set_winograd(tile);
+        let mut y = vec![f32::NAN; g.y_len()];
+        let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+        conv2d_forward(&g, &x, &w, Some(&b), &mut y, &mut ws).unwrap();
+        out.push((format!("winograd {tile:?} forward"), y));
+    }
+    set_winograd(Winograd::Auto);
     out
 }
 
