@@ -11,7 +11,7 @@ pub use graph::{GraphBuilder, Join, NodeId};
 use crate::error::{Error, Result, check_len};
 use crate::init::{self, Init};
 use crate::kernels::accum::Accum;
-use crate::kernels::conv::{Epilogue, Prepacked};
+use crate::kernels::conv::forward::{Epilogue, Prepacked};
 use crate::kernels::join;
 use crate::kernels::planes::Planes;
 use crate::layer::spec::LayerSpec;

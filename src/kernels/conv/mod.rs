@@ -35,7 +35,7 @@ mod backward_data;
 pub(crate) mod backward_weights;
 mod depthwise;
 mod direct;
-mod forward;
+pub(crate) mod forward;
 pub(crate) mod im2col;
 mod plan;
 pub(crate) mod transpose;
