@@ -131,7 +131,7 @@ impl Conv2d {
             row.iter_mut().for_each(|v| *v *= s);
         }
         let fb = (0..self.c_out)
-            .map(|o| b.map_or(shift[o], |b| b[o].mul_add(scale[o], shift[o])))
+            .map(|o| b.map_or(shift[o], |b| b[o] * scale[o] + shift[o]))
             .collect();
         Ok((fw, Some(fb)))
     }
