@@ -126,12 +126,22 @@ fn kernels() -> Named {
     )
     .unwrap();
     let (x, w, b) = (values(91, g.x_len()), values(92, g.w_len()), values(93, 20));
+    let dy = values(94, g.y_len());
     for tile in [Winograd::F2, Winograd::F4] {
         set_winograd(tile);
         let mut y = vec![f32::NAN; g.y_len()];
-        let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+        let ws_len = conv2d_forward_scratch_len(&g)
+            .max(conv2d_backward_data_scratch_len(&g))
+            .max(conv2d_backward_weights_scratch_len(&g));
+        let mut ws = vec![0.0; ws_len];
         conv2d_forward(&g, &x, &w, Some(&b), &mut y, &mut ws).unwrap();
+        let mut dx = vec![f32::NAN; g.x_len()];
+        conv2d_backward_data(&g, &w, &dy, &mut dx, Accum::Replace, &mut ws).unwrap();
+        let mut dw = vec![f32::NAN; g.w_len()];
+        conv2d_backward_weights(&g, &x, &dy, &mut dw, None, Accum::Replace, &mut ws).unwrap();
         out.push((format!("winograd {tile:?} forward"), y));
+        out.push((format!("winograd {tile:?} backward-data"), dx));
+        out.push((format!("winograd {tile:?} backward-weights"), dw));
     }
     set_winograd(Winograd::Auto);
     out

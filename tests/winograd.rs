@@ -5,8 +5,9 @@
 mod common;
 
 use cnnkit::kernels::{
-    Activation, Epilogue, Winograd, conv2d_forward, conv2d_forward_fused,
-    conv2d_forward_scratch_len, set_winograd,
+    Accum, Activation, Epilogue, Winograd, conv2d_backward_data, conv2d_backward_data_scratch_len,
+    conv2d_backward_weights, conv2d_backward_weights_scratch_len, conv2d_forward,
+    conv2d_forward_fused, conv2d_forward_scratch_len, set_winograd,
 };
 use cnnkit::{Conv2dGeom, Conv2dParams, Shape4, reference};
 use common::values;
@@ -99,6 +100,88 @@ fn winograd_matches_the_reference_and_every_thread_count() {
     set_winograd(Winograd::Auto);
 }
 
+/// Both gradients of a pass on `threads` threads: `(dx, dw, db)`, each added to a start value
+/// (`Accum::Add`) when `add`.
+fn grads(
+    g: &Conv2dGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    threads: usize,
+    add: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let (start, accum) = if add {
+        (0.25, Accum::Add)
+    } else {
+        (f32::NAN, Accum::Replace)
+    };
+    let (mut dx, mut dw, mut db) = (
+        vec![start; g.x_len()],
+        vec![start; g.w_len()],
+        vec![start; g.c_out()],
+    );
+    pool.install(|| {
+        let mut ws = vec![0.0; conv2d_backward_data_scratch_len(g)];
+        conv2d_backward_data(g, w, dy, &mut dx, accum, &mut ws).unwrap();
+        let mut ws = vec![0.0; conv2d_backward_weights_scratch_len(g)];
+        conv2d_backward_weights(g, x, dy, &mut dw, Some(&mut db), accum, &mut ws).unwrap();
+    });
+    (dx, dw, db)
+}
+
+/// Both gradients by Winograd (the backward-data pass as the convolution of the output gradient
+/// with the turned, transposed filters; the weight gradient as the adjoint of the forward tile)
+/// against the `f64` reference within the forward pass's bounds, bit-identical on 1–3 threads,
+/// and added to the destination with `Accum::Add`.
+#[test]
+fn winograd_gradients_match_the_reference_and_every_thread_count() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    for (mode, bound) in [(Winograd::F2, BOUND_F2), (Winograd::F4, BOUND_F4)] {
+        let (mut worst_dx, mut worst_dw) = (0.0f32, 0.0f32);
+        for (i, g) in shapes().iter().enumerate() {
+            let (x, w, dy) = (
+                values(i as u64, g.x_len()),
+                values(100 + i as u64, g.w_len()),
+                values(300 + i as u64, g.y_len()),
+            );
+            let rdx = reference::conv2d_backward_data(g, &w, &dy);
+            let (rdw, rdb) = reference::conv2d_backward_weights(g, &x, &dy);
+            set_winograd(Winograd::Off);
+            let (ddx, ddw, _) = grads(g, &x, &w, &dy, 1, false);
+            set_winograd(mode);
+            let (dx, dw, db) = grads(g, &x, &w, &dy, 1, false);
+            assert_ne!(dx, ddx, "{mode:?}: backward data did not run on {g:?}");
+            assert_ne!(dw, ddw, "{mode:?}: weight gradient did not run on {g:?}");
+            let (e_dx, e_dw) = (rel_error(&dx, &rdx), rel_error(&dw, &rdw));
+            assert!(e_dx <= bound, "{mode:?} {g:?}: dx error {e_dx:e}");
+            assert!(e_dw <= bound, "{mode:?} {g:?}: dw error {e_dw:e}");
+            assert!(rel_error(&db, &rdb) <= 1e-6, "{mode:?} {g:?}: db");
+            worst_dx = worst_dx.max(e_dx);
+            worst_dw = worst_dw.max(e_dw);
+            for threads in [2, 3] {
+                let (tx, tw, tb) = grads(g, &x, &w, &dy, threads, false);
+                assert_eq!(bits(&tx), bits(&dx), "{mode:?} {g:?} dx, {threads} threads");
+                assert_eq!(bits(&tw), bits(&dw), "{mode:?} {g:?} dw, {threads} threads");
+                assert_eq!(bits(&tb), bits(&db), "{mode:?} {g:?} db, {threads} threads");
+            }
+            let (ax, aw, _) = grads(g, &x, &w, &dy, 2, true);
+            let plus = |v: &[f32]| v.iter().map(|a| a + 0.25).collect::<Vec<_>>();
+            assert_eq!(bits(&ax), bits(&plus(&dx)), "{mode:?} {g:?}: dx added");
+            assert_eq!(bits(&aw), bits(&plus(&dw)), "{mode:?} {g:?}: dw added");
+        }
+        eprintln!(
+            "{mode:?}: largest error {worst_dx:e} (input gradient), {worst_dw:e} (weight \
+             gradient) of the gradient's magnitude"
+        );
+    }
+    set_winograd(Winograd::Auto);
+}
+
 /// The fused epilogue after Winograd: the residual and activation of the separate passes.
 #[test]
 fn winograd_takes_the_fused_epilogue() {
@@ -173,5 +256,39 @@ fn the_cost_model_and_the_switch_choose_where_winograd_runs() {
     ] {
         assert!(!differs(Winograd::F4, &g), "{g:?}");
     }
+    // The gradients' own tables: whether Auto changes (input gradient, weight gradient).
+    let grads_differ = |g: &Conv2dGeom| {
+        let (x, w, dy) = (
+            values(1, g.x_len()),
+            values(2, g.w_len()),
+            values(4, g.y_len()),
+        );
+        set_winograd(Winograd::Off);
+        let (dx0, dw0, _) = grads(g, &x, &w, &dy, 1, false);
+        set_winograd(Winograd::Auto);
+        let (dx, dw, _) = grads(g, &x, &w, &dy, 1, false);
+        (dx != dx0, dw != dw0)
+    };
+    assert_eq!(grads_differ(&geom(64, 28, 3, 1, 1)), (false, true));
+    assert_eq!(grads_differ(&geom(128, 28, 3, 1, 1)), (true, true));
+    assert_eq!(grads_differ(&geom(128, 14, 3, 1, 1)), (false, true));
+    assert_eq!(grads_differ(&geom(32, 56, 3, 1, 1)), (false, false));
+    assert_eq!(grads_differ(&geom(512, 7, 3, 1, 1)), (false, false));
+    assert_eq!(grads_differ(&geom(128, 28, 3, 2, 1)), (false, false));
     assert!(cnnkit::kernels::winograd() == Winograd::Auto);
+}
+
+/// `CNNKIT_WINOGRAD`'s values, as the setting's text form reads them.
+#[test]
+fn the_setting_reads_its_text_form() {
+    for (text, want) in [
+        ("auto", Winograd::Auto),
+        ("Off", Winograd::Off),
+        ("f2", Winograd::F2),
+        ("F4", Winograd::F4),
+    ] {
+        assert_eq!(text.parse::<Winograd>().unwrap(), want);
+    }
+    let err = "f6".parse::<Winograd>().unwrap_err().to_string();
+    assert!(err.contains("'f6'") && err.contains("f4"), "{err}");
 }

@@ -67,8 +67,13 @@ fn allocations(f: impl FnOnce()) -> usize {
     ALLOCS.load(Ordering::SeqCst)
 }
 
+/// Held by the tests that build convolutions: the Winograd test changes the process-wide
+/// algorithm, and a model planned under one setting refuses to run under another.
+static CONVOLUTIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn steady_state_training_and_inference_do_not_allocate() {
+    let _conv = CONVOLUTIONS.lock().unwrap_or_else(|e| e.into_inner());
     use cnnkit::{TrainConfig, Trainer};
     // The MNIST-CNN of the benchmarks, every other layer kind that keeps buffers, X1, residual blocks.
     let archs = [
@@ -168,6 +173,60 @@ fn steady_state_training_and_inference_do_not_allocate() {
             }
         });
     }
+}
+
+/// With Winograd forced on every 3×3 stride-1 layer, a training step (its forward pass, input
+/// gradient and weight gradient) and an inference reuse their buffers too: the transformed
+/// weights, the tiles' scratch and the weight gradient's sums.
+#[test]
+fn winograd_training_and_inference_do_not_allocate() {
+    let _conv = CONVOLUTIONS.lock().unwrap_or_else(|e| e.into_inner());
+    use cnnkit::kernels::{Winograd, set_winograd};
+    use cnnkit::{TrainConfig, Trainer};
+    let arch = "conv(16,3,p=1,bias=false),bn,relu,conv(24,3,p=1),relu,maxpool(2),\
+                conv(16,3,p=2),relu,conv(8,3),relu,gap,dense(10)";
+    let batch = 4;
+    let mut r = cnnkit::rng::Rng::new(2);
+    let x: Vec<f32> = (0..batch * 784).map(|_| r.uniform(0.0, 1.0)).collect();
+    let labels: Vec<u32> = (0..batch).map(|i| (i % 10) as u32).collect();
+    for mode in [Winograd::F2, Winograd::F4] {
+        set_winograd(mode);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let model = || cnnkit::Model::from_text([1, 28, 28], arch, 0).unwrap();
+                let opt = "sgd(lr=0.01,momentum=0.9)".parse().unwrap();
+                let mut t = Trainer::new(model(), opt, TrainConfig::default()).unwrap();
+                t.step(&x, &labels).unwrap();
+                t.step(&x, &labels).unwrap();
+                let n = allocations(|| {
+                    for _ in 0..3 {
+                        t.step(&x, &labels).unwrap();
+                    }
+                });
+                assert_eq!(
+                    n, 0,
+                    "{mode:?}, {threads} threads: {n} allocations in 3 steps"
+                );
+                let mut m = model();
+                m.eval();
+                for _ in 0..2 {
+                    m.infer(&x, batch).unwrap();
+                }
+                let n = allocations(|| {
+                    std::hint::black_box(m.infer(&x, batch).unwrap());
+                });
+                assert_eq!(
+                    n, 0,
+                    "{mode:?}, {threads} threads: {n} allocations in inference"
+                );
+            });
+        }
+    }
+    set_winograd(Winograd::Auto);
 }
 
 #[test]

@@ -118,7 +118,8 @@ fn filled(t: usize, name: &str, shape: &[usize]) -> Tensor {
 
 /// How far cnnkit may be from the float64 reference: `FACTOR` times PyTorch float32's own
 /// distance, plus a floor relative to the quantity's size (two float32 programs that sum in
-/// different orders differ by a few times the rounding of the sums, in either direction).
+/// different orders differ by a few times the rounding of the sums, in either direction);
+/// ten times that with Winograd F(4×4) forced (`common::wino_scale`).
 const FACTOR: f64 = 4.0;
 const FLOOR: f64 = 2e-5;
 
@@ -131,7 +132,7 @@ fn close(v: &[f32], want: Stats, slack: f64) -> Result<(), (f64, String)> {
         (s + x as f64, q + (x as f64).powi(2))
     });
     let norm = want.squares.sqrt();
-    let t = FACTOR * want.err + FLOOR * norm + 1e-9;
+    let t = (FACTOR * want.err + FLOOR * norm) * common::wino_scale() as f64 + 1e-9;
     let miss = ((q - want.squares).abs() / (2.0 * norm * t + t * t))
         .max((s - want.sum).abs() / ((v.len() as f64).sqrt() * t + slack));
     if miss <= 1.0 {
@@ -175,7 +176,7 @@ fn close_logits(what: &str, y: &[f32], (err, want): &(f64, Vec<f64>)) {
     let scale = want.iter().fold(1.0f64, |a, v| a.max(v.abs()));
     for (a, b) in y.iter().zip(want) {
         assert!(
-            (*a as f64 - b).abs() <= FACTOR * err + FLOOR * scale,
+            (*a as f64 - b).abs() <= (FACTOR * err + FLOOR * scale) * common::wino_scale() as f64,
             "{what}: logits {y:?} vs {want:?} (PyTorch f32 is {err:e} from it)"
         );
     }

@@ -3,7 +3,7 @@
 
 use super::gradcheck::{Tol, check_vjp};
 use super::strategies::ConvCase;
-use super::{assert_close, nans, par};
+use super::{assert_close, nans, par, wino_scale};
 use cnnkit::kernels::{
     Accum, conv2d_backward_data, conv2d_backward_data_scratch_len, conv2d_backward_weights,
     conv2d_backward_weights_scratch_len, conv2d_forward, conv2d_forward_scratch_len,
@@ -45,47 +45,49 @@ pub fn backward_weights(
 /// known values.
 pub fn check_against_reference(c: &ConvCase) -> Result<(), TestCaseError> {
     let g = &c.g;
+    let (atol, rtol) = (ATOL * wino_scale(), RTOL * wino_scale());
+    let atol_w = 1e-4 * wino_scale();
     par(|| {
         let y = forward(g, &c.x, &c.w, Some(&c.b));
         assert_close(
             "y",
             &y,
             &reference::conv2d_forward(g, &c.x, &c.w, Some(&c.b)),
-            ATOL,
-            RTOL,
+            atol,
+            rtol,
         )?;
         let y0 = forward(g, &c.x, &c.w, None);
         assert_close(
             "y (no bias)",
             &y0,
             &reference::conv2d_forward(g, &c.x, &c.w, None),
-            ATOL,
-            RTOL,
+            atol,
+            rtol,
         )?;
 
         let want_dx = reference::conv2d_backward_data(g, &c.w, &c.dy);
         let mut dx = nans(g.x_len());
         backward_data(g, &c.w, &c.dy, &mut dx, Accum::Replace);
-        assert_close("dx", &dx, &want_dx, ATOL, RTOL)?;
+        assert_close("dx", &dx, &want_dx, atol, rtol)?;
         // Accumulation onto random values: reading the old value from the wrong index fails.
         let old = super::values(11, g.x_len());
         let mut dx = old.clone();
         backward_data(g, &c.w, &c.dy, &mut dx, Accum::Add);
         let want: Vec<f32> = want_dx.iter().zip(&old).map(|(v, o)| v + o).collect();
-        assert_close("dx (add)", &dx, &want, ATOL, RTOL)?;
+        assert_close("dx (add)", &dx, &want, atol, rtol)?;
 
         let (want_dw, want_db) = reference::conv2d_backward_weights(g, &c.x, &c.dy);
         let (mut dw, mut db) = (nans(g.w_len()), nans(g.c_out()));
         backward_weights(g, &c.x, &c.dy, &mut dw, &mut db, Accum::Replace);
-        assert_close("dw", &dw, &want_dw, 1e-4, RTOL)?;
-        assert_close("db", &db, &want_db, 1e-4, RTOL)?;
+        assert_close("dw", &dw, &want_dw, atol_w, rtol)?;
+        assert_close("db", &db, &want_db, atol_w, rtol)?;
         let (old_w, old_b) = (super::values(12, g.w_len()), super::values(13, g.c_out()));
         let (mut dw, mut db) = (old_w.clone(), old_b.clone());
         backward_weights(g, &c.x, &c.dy, &mut dw, &mut db, Accum::Add);
         let want: Vec<f32> = want_dw.iter().zip(&old_w).map(|(v, o)| v + o).collect();
-        assert_close("dw (add)", &dw, &want, 1e-4, RTOL)?;
+        assert_close("dw (add)", &dw, &want, atol_w, rtol)?;
         let want: Vec<f32> = want_db.iter().zip(&old_b).map(|(v, o)| v + o).collect();
-        assert_close("db (add)", &db, &want, 1e-4, RTOL)
+        assert_close("db (add)", &db, &want, atol_w, rtol)
     })
 }
 

@@ -9,6 +9,16 @@ pub mod strategies;
 use proptest::test_runner::TestCaseError;
 use std::sync::OnceLock;
 
+/// How much wider a tolerance against a reference is under the active Winograd setting:
+/// `CNNKIT_WINOGRAD=f4` runs a suite with F(4×4, 3×3) forced on every 3×3 stride-1 layer,
+/// whose stated error bound (`tests/winograd.rs`) is ten times that of the direct path's sums.
+pub fn wino_scale() -> f32 {
+    match cnnkit::kernels::winograd() {
+        cnnkit::kernels::Winograd::F4 => 10.0,
+        _ => 1.0,
+    }
+}
+
 /// `n` proptest cases, times `CNNKIT_PROPTEST_SCALE` if set (e.g. 4 for a longer search):
 /// the tests' own case counts are explicit, so proptest's `PROPTEST_CASES` does not change them.
 pub fn cases(n: u32) -> u32 {

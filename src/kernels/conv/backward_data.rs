@@ -6,7 +6,7 @@ use super::plan::{
     backward_data_slot, direct_backward_data, each_image, group_spans, image_groups, image_work,
     needs_col, taps, tiles,
 };
-use super::{depthwise, direct};
+use super::{depthwise, direct, winograd};
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial};
 use crate::kernels::accum::Accum;
@@ -104,6 +104,17 @@ pub(crate) fn conv2d_backward_data_from(
     }
     let x_item = g.c_in() * g.in_plane();
     let groups = image_groups(g, slot, ws.len());
+    if let Some((gd, t)) = winograd::data_choice(g) {
+        let add = accum == Accum::Add;
+        return winograd::with_weights(&gd, t, w, true, |u| {
+            let image = |i: usize, Items(dx_n, _): Items<'_, f32>, ws: &mut [f32], split| {
+                let (img, ws) = ws.split_at_mut(made);
+                let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img, split)?;
+                winograd::image(&gd, t, u, None, dy_n, dx_n, add, ws, split)
+            };
+            each_image(groups, g.n(), Items(&mut *dx, x_item), ws, slot, &image)
+        });
+    }
     if let Some(d) = direct_backward_data(g) {
         let (ci_g, co_g) = (g.c_in_g() * g.in_plane(), g.c_out_g());
         return direct::with_prep(|prep| {

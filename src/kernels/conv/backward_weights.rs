@@ -5,7 +5,7 @@ use super::plan::{
     Src, backward_weights_len, conv2d_backward_weights_scratch_len, group_spans, im2col_parallel,
     image_work, needs_col, taps, tiles, use_direct,
 };
-use super::{depthwise, direct};
+use super::{depthwise, direct, winograd};
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial};
 use crate::kernels::accum::Accum;
@@ -79,6 +79,10 @@ pub(crate) fn conv2d_backward_weights_from(
         bias_backward_from(g.n(), c_out, out_plane, dy, db, accum, ws)?;
     }
     let x_item = g.c_in() * g.in_plane();
+    if let Some(t) = winograd::wgrad_choice(g) {
+        let (img, ws) = ws.split_at_mut(if made { c_out * out_plane } else { 0 });
+        return winograd::weight_grad(g, t, x, dy, img, dw, accum, ws);
+    }
     if use_direct(g) {
         let d = direct::Direct::for_wgrad(g);
         let per_group = g.c_out_g() * g.k_g();

@@ -160,7 +160,7 @@ pub(crate) fn conv2d_prepack(g: &Conv2dGeom, w: &[f32]) -> Option<Prepacked> {
         return None;
     }
     if let Some(t) = winograd::winograd_choice(g) {
-        let u = winograd::with_weights(g, t, w, <[f32]>::to_vec);
+        let u = winograd::with_weights(g, t, w, false, <[f32]>::to_vec);
         return Some(Prepacked {
             direct: None,
             wino: Some((t, u)),
@@ -326,12 +326,12 @@ pub(super) fn forward_images(
             )
         }
     };
-    if let (Some(t), Out::Conv(_)) = (winograd::winograd_choice(g), &out) {
+    if let Some(t) = winograd::winograd_choice(g) {
         let y_item = g.c_out() * g.out_plane();
         let images = |u: &[f32]| {
             let conv = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
                 let x_n = &x[i * x_item..][..x_item];
-                winograd::image(g, t, u, b, x_n, y_n, ws, split)?;
+                winograd::image(g, t, u, b, x_n, y_n, false, ws, split)?;
                 let residual = epi.residual.map(|r| &r[i * y_item..][..y_item]);
                 epilogue_pass(Epilogue { residual, ..epi }, y_n);
                 Ok(())
@@ -340,7 +340,7 @@ pub(super) fn forward_images(
         };
         return match pre.and_then(|p| p.wino.as_ref()) {
             Some((pt, u)) if *pt == t => images(u),
-            _ => winograd::with_weights(g, t, w, images),
+            _ => winograd::with_weights(g, t, w, false, images),
         };
     }
     if use_direct(g) {

@@ -58,4 +58,4 @@ pub use transpose::{
     conv_transpose2d_backward_weights, conv_transpose2d_backward_weights_scratch_len,
     conv_transpose2d_forward, conv_transpose2d_forward_scratch_len,
 };
-pub use winograd::{Winograd, set_winograd, winograd};
+pub use winograd::{WINOGRAD_ENV, Winograd, set_winograd, winograd};

@@ -87,11 +87,13 @@ pub(super) fn direct_backward_data(g: &Conv2dGeom) -> Option<direct::Direct> {
 
 /// Scratch of one worker for the backward-data pass on this machine.
 pub(super) fn backward_data_slot(g: &Conv2dGeom) -> usize {
-    match direct_backward_data(g) {
+    let wino =
+        super::winograd::data_choice(g).map_or(0, |(gd, t)| super::winograd::slot_len(&gd, t));
+    wino.max(match direct_backward_data(g) {
         _ if g.is_depthwise() => depthwise::slot_len(g),
         Some(d) => d.slot_len(),
         None => slot_len(g),
-    }
+    })
 }
 
 /// Scratch for [`conv2d_forward`](super::conv2d_forward) that lets every thread of the current rayon pool work: per
@@ -122,11 +124,13 @@ pub fn conv2d_backward_weights_scratch_len(g: &Conv2dGeom) -> usize {
 /// output gradient and a plane per thread for the bias gradient.
 pub(super) fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
     let img = if made { g.c_out() * g.out_plane() } else { 0 };
-    let passes = if use_direct(g) {
+    let wino =
+        super::winograd::wgrad_choice(g).map_or(0, |t| super::winograd::wgrad_len(g, t) + img);
+    let passes = wino.max(if use_direct(g) {
         direct::Direct::for_wgrad(g).wgrad_scratch(g.n(), made)
     } else {
         slot_len(g) + img
-    };
+    });
     passes.max(if made {
         g.out_plane() * par::threads()
     } else {
