@@ -147,6 +147,69 @@ impl<T: Send> Parts for Items<'_, T> {
     }
 }
 
+/// The planes of a `[n][c][plane]` buffer, cut between channels: each part holds every sample's
+/// planes of its own channels, which lie `c·plane` apart (a per-channel pass over a batch, such
+/// as a batch norm's input gradient, writes them while another thread writes other channels).
+pub(crate) struct ChannelPlanes<'a> {
+    ptr: *mut f32,
+    n: usize,
+    c: usize,
+    plane: usize,
+    /// The channels of this part.
+    ch: Range<usize>,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a part only reaches the planes of its own channels (`plane_mut` checks), and parts
+// made by `split` hold disjoint channel ranges of one exclusively borrowed buffer, so sending a
+// part to another thread is sending a `&mut` to data no other part reaches.
+#[allow(unsafe_code)]
+unsafe impl Send for ChannelPlanes<'_> {}
+
+impl<'a> ChannelPlanes<'a> {
+    /// All `c` channels of `buf`, which holds exactly `n·c·plane` values.
+    pub(crate) fn new(buf: &'a mut [f32], n: usize, c: usize, plane: usize) -> Self {
+        assert_eq!(buf.len(), n * c * plane, "ChannelPlanes: buffer length");
+        ChannelPlanes {
+            ptr: buf.as_mut_ptr(),
+            n,
+            c,
+            plane,
+            ch: 0..c,
+            _buf: std::marker::PhantomData,
+        }
+    }
+
+    /// The plane of sample `i` and channel `ch` (one of this part's).
+    #[inline]
+    #[allow(unsafe_code)]
+    pub(crate) fn plane_mut(&mut self, i: usize, ch: usize) -> &mut [f32] {
+        assert!(
+            i < self.n && self.ch.contains(&ch),
+            "ChannelPlanes: plane out of the part"
+        );
+        // SAFETY: `(i·c + ch + 1)·plane ≤ n·c·plane`, the buffer's length (checked in `new`), so
+        // the range lies inside the buffer; `ch` is this part's, so no other part reaches it, and
+        // the `&mut self` borrow keeps this part from handing out a second reference meanwhile.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add((i * self.c + ch) * self.plane), self.plane)
+        }
+    }
+}
+
+impl Parts for ChannelPlanes<'_> {
+    #[inline]
+    fn split(self, items: usize) -> (Self, Self) {
+        let mid = (self.ch.start + items).min(self.ch.end);
+        let part = |ch: Range<usize>| ChannelPlanes {
+            ch,
+            _buf: std::marker::PhantomData,
+            ..self
+        };
+        (part(self.ch.start..mid), part(mid..self.ch.end))
+    }
+}
+
 impl<A: Parts> Parts for Option<A> {
     #[inline]
     fn split(self, items: usize) -> (Self, Self) {
@@ -435,5 +498,36 @@ mod tests {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod channel_planes_tests {
+    use super::{ChannelPlanes, Parts};
+
+    /// Parts cut between channels reach exactly their own channels' planes of every sample.
+    #[test]
+    fn parts_reach_their_own_channels_of_every_sample() {
+        let (n, c, plane) = (3, 5, 4);
+        let mut buf = vec![0.0f32; n * c * plane];
+        let (mut a, rest) = ChannelPlanes::new(&mut buf, n, c, plane).split(2);
+        let (mut b, mut d) = rest.split(1);
+        for i in 0..n {
+            for (part, chs) in [(&mut a, 0..2), (&mut b, 2..3), (&mut d, 3..5)] {
+                for ch in chs {
+                    part.plane_mut(i, ch).fill((i * c + ch) as f32);
+                }
+            }
+        }
+        let want: Vec<f32> = (0..n * c * plane).map(|k| (k / plane) as f32).collect();
+        assert_eq!(buf, want);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of the part")]
+    fn a_part_refuses_another_parts_channel() {
+        let mut buf = vec![0.0f32; 2 * 4 * 3];
+        let (mut a, _b) = ChannelPlanes::new(&mut buf, 2, 4, 3).split(2);
+        a.plane_mut(0, 2);
     }
 }
