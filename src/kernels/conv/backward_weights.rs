@@ -80,7 +80,8 @@ pub(crate) fn conv2d_backward_weights_from(
     }
     let x_item = g.c_in() * g.in_plane();
     if let Some(t) = winograd::wgrad_choice(g) {
-        let (img, ws) = ws.split_at_mut(if made { c_out * out_plane } else { 0 });
+        let img = if made { c_out * out_plane } else { 0 };
+        let (img, ws) = ws.split_at_mut(img.min(ws.len()));
         return winograd::weight_grad(g, t, x, dy, img, dw, accum, ws);
     }
     if use_direct(g) {

@@ -715,6 +715,14 @@ pub(super) fn weight_grad(
     let rows = block_rows(g, t);
     let (ci, co, a2) = (g.c_in(), g.c_out(), t.alpha() * t.alpha());
     let (x_item, out_plane) = (ci * g.in_plane(), g.out_plane());
+    let made = !matches!(dy, Planes::Dense(_));
+    if ws.len() < wgrad_len(g, t) || (made && img.len() < co * out_plane) {
+        return Err(Error::invalid(
+            "conv2d_backward_weights",
+            "winograd",
+            "scratch planned for another setting (set_winograd called concurrently)",
+        ));
+    }
     let (sums, ws) = ws.split_at_mut(a2 * co * ci);
     sums.fill(0.0);
     for (i, x_n) in x.chunks_exact(x_item).enumerate() {
