@@ -67,6 +67,20 @@ fn allocations(f: impl FnOnce()) -> usize {
     ALLOCS.load(Ordering::SeqCst)
 }
 
+/// Allocations in three training steps of `model` with optimizer `opt`, after two that set its
+/// buffers up.
+fn steady_steps(model: cnnkit::Model, opt: &str, x: &[f32], labels: &[u32]) -> usize {
+    use cnnkit::{TrainConfig, Trainer};
+    let mut t = Trainer::new(model, opt.parse().unwrap(), TrainConfig::default()).unwrap();
+    t.step(x, labels).unwrap();
+    t.step(x, labels).unwrap();
+    allocations(|| {
+        for _ in 0..3 {
+            t.step(x, labels).unwrap();
+        }
+    })
+}
+
 /// Held by the tests that build convolutions: the Winograd test changes the process-wide
 /// algorithm, and a model planned under one setting refuses to run under another.
 static CONVOLUTIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -74,7 +88,6 @@ static CONVOLUTIONS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 #[test]
 fn steady_state_training_and_inference_do_not_allocate() {
     let _conv = CONVOLUTIONS.lock().unwrap_or_else(|e| e.into_inner());
-    use cnnkit::{TrainConfig, Trainer};
     // The MNIST-CNN of the benchmarks, every other layer kind that keeps buffers, X1, residual blocks.
     let archs = [
         "conv(32,3,p=1),relu,maxpool(2),conv(64,3,p=1),relu,maxpool(2),flatten,dense(128),relu,dense(10)",
@@ -118,15 +131,7 @@ fn steady_state_training_and_inference_do_not_allocate() {
                     "adam(amsgrad=true)",
                     "rmsprop(centered=true,momentum=0.5)",
                 ] {
-                    let mut t = Trainer::new(model(), opt.parse().unwrap(), TrainConfig::default())
-                        .unwrap();
-                    t.step(&x, &labels).unwrap();
-                    t.step(&x, &labels).unwrap();
-                    let n = allocations(|| {
-                        for _ in 0..3 {
-                            t.step(&x, &labels).unwrap();
-                        }
-                    });
+                    let n = steady_steps(model(), opt, &x, &labels);
                     assert_eq!(
                         n, 0,
                         "{threads} threads, {arch}, {opt}: {n} allocations in 3 steps"
@@ -182,7 +187,6 @@ fn steady_state_training_and_inference_do_not_allocate() {
 fn winograd_training_and_inference_do_not_allocate() {
     let _conv = CONVOLUTIONS.lock().unwrap_or_else(|e| e.into_inner());
     use cnnkit::kernels::{Winograd, set_winograd};
-    use cnnkit::{TrainConfig, Trainer};
     let arch = "conv(16,3,p=1,bias=false),bn,relu,conv(24,3,p=1),relu,maxpool(2),\
                 conv(16,3,p=2),relu,conv(8,3),relu,gap,dense(10)";
     let batch = 4;
@@ -198,15 +202,7 @@ fn winograd_training_and_inference_do_not_allocate() {
                 .unwrap();
             pool.install(|| {
                 let model = || cnnkit::Model::from_text([1, 28, 28], arch, 0).unwrap();
-                let opt = "sgd(lr=0.01,momentum=0.9)".parse().unwrap();
-                let mut t = Trainer::new(model(), opt, TrainConfig::default()).unwrap();
-                t.step(&x, &labels).unwrap();
-                t.step(&x, &labels).unwrap();
-                let n = allocations(|| {
-                    for _ in 0..3 {
-                        t.step(&x, &labels).unwrap();
-                    }
-                });
+                let n = steady_steps(model(), "sgd(lr=0.01,momentum=0.9)", &x, &labels);
                 assert_eq!(
                     n, 0,
                     "{mode:?}, {threads} threads: {n} allocations in 3 steps"

@@ -423,9 +423,7 @@ fn by_channel(
     sums: &mut [f32],
 ) -> Result<()> {
     const OP: &str = "batch_norm_backward";
-    let len = bn_check(OP, shape, x, gamma, None)?;
-    check_len(OP, "save_mean", save_mean, shape.c)?;
-    check_len(OP, "save_invstd", save_invstd, shape.c)?;
+    let len = check_saved(OP, shape, x, gamma, save_mean, save_invstd)?;
     check_len(OP, "dy", dy, len)?;
     let (c, n, plane) = (shape.c, shape.n, shape.plane());
     let (sum_dy, rest) = sums.split_at_mut(c);
@@ -446,14 +444,8 @@ fn by_channel(
                 let (mut s1, mut s2) = (0.0f64, 0.0f64);
                 for i in 0..n {
                     let at = (i * c + ch) * plane;
-                    let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
-                    s1 += simd::sum(dy_p) as f64;
-                    s2 += simd::sum_zip(
-                        x_p,
-                        dy_p,
-                        #[inline(always)]
-                        |x, d| (x - mean) * d,
-                    ) as f64;
+                    let (a, b) = plane_sums(&x[at..][..plane], &dy[at..][..plane], mean);
+                    (s1, s2) = (s1 + a as f64, s2 + b as f64);
                 }
                 *s_dy = s1 as f32;
                 *s_dyx = (s2 * save_invstd[ch] as f64) as f32;
@@ -481,16 +473,52 @@ fn by_channel(
             Ok(())
         },
     )?;
-    if let Some(dg) = dgamma {
-        check_len(OP, "dgamma", dg, c)?;
-        for (d, s) in dg.iter_mut().zip(sum_dy_xhat.iter()) {
-            *d = accum.apply(*d, *s);
-        }
-    }
-    if let Some(db) = dbeta {
-        check_len(OP, "dbeta", db, c)?;
-        for (d, s) in db.iter_mut().zip(sum_dy.iter()) {
-            *d = accum.apply(*d, *s);
+    param_grads(sum_dy, sum_dy_xhat, dgamma, dbeta, accum)?;
+    Ok(())
+}
+
+/// Checks a backward pass's input, scale and saved statistics against `shape`; the input's length.
+fn check_saved(
+    op: &'static str,
+    shape: Shape4,
+    x: &[f32],
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+) -> Result<usize> {
+    let len = bn_check(op, shape, x, gamma, None)?;
+    check_len(op, "save_mean", save_mean, shape.c)?;
+    check_len(op, "save_invstd", save_invstd, shape.c)?;
+    Ok(len)
+}
+
+/// `(Σ dy, Σ dy·(x − mean))` of one plane.
+#[inline(always)]
+fn plane_sums(x_p: &[f32], dy_p: &[f32], mean: simd::Lane) -> (f32, f32) {
+    let centred = simd::sum_zip(
+        x_p,
+        dy_p,
+        #[inline(always)]
+        |x, d| (x - mean) * d,
+    );
+    (simd::sum(dy_p), centred)
+}
+
+/// `dγ (+)= Σ dy·x̂`, `dβ (+)= Σ dy` per `accum`, for those asked for.
+fn param_grads(
+    sum_dy: &[f32],
+    sum_dy_xhat: &[f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+    accum: Accum,
+) -> Result<()> {
+    const OP: &str = "batch_norm_backward";
+    for (grad, name, sums) in [(dgamma, "dgamma", sum_dy_xhat), (dbeta, "dbeta", sum_dy)] {
+        if let Some(g) = grad {
+            check_len(OP, name, g, sums.len())?;
+            for (d, s) in g.iter_mut().zip(sums) {
+                *d = accum.apply(*d, *s);
+            }
         }
     }
     Ok(())
@@ -516,9 +544,7 @@ pub(crate) fn batch_norm_backward_sums<'a>(
     ws: &mut [f32],
 ) -> Result<BnDx<'a>> {
     const OP: &str = "batch_norm_backward";
-    let len = bn_check(OP, shape, x, gamma, None)?;
-    check_len(OP, "save_mean", save_mean, shape.c)?;
-    check_len(OP, "save_invstd", save_invstd, shape.c)?;
+    let len = check_saved(OP, shape, x, gamma, save_mean, save_invstd)?;
     let (c, n, plane) = (shape.c, shape.n, shape.plane());
     dy.check(OP, "dy", n * c, plane, c)?;
     let slot = dy.slot(plane);
@@ -554,13 +580,7 @@ pub(crate) fn batch_norm_backward_sums<'a>(
                     dy => (x_p, dy.plane(p, plane, c, s)?),
                 };
                 let mean = splat(save_mean[p % c]);
-                *a = simd::sum(dy_p);
-                *b = simd::sum_zip(
-                    x_p,
-                    dy_p,
-                    #[inline(always)]
-                    |x, d| (x - mean) * d,
-                );
+                (*a, *b) = plane_sums(x_p, dy_p, mean);
             }
             Ok(())
         },
@@ -576,18 +596,7 @@ pub(crate) fn batch_norm_backward_sums<'a>(
         // Σ dy·x̂ = invstd · Σ dy·(x − mean)
         sum_dy_xhat[ch] = (s2 * save_invstd[ch] as f64) as f32;
     }
-    if let Some(dg) = dgamma {
-        check_len(OP, "dgamma", dg, c)?;
-        for (d, s) in dg.iter_mut().zip(sum_dy_xhat.iter()) {
-            *d = accum.apply(*d, *s);
-        }
-    }
-    if let Some(db) = dbeta {
-        check_len(OP, "dbeta", db, c)?;
-        for (d, s) in db.iter_mut().zip(sum_dy.iter()) {
-            *d = accum.apply(*d, *s);
-        }
-    }
+    param_grads(sum_dy, sum_dy_xhat, dgamma, dbeta, accum)?;
     Ok(BnDx {
         training,
         m: (n * plane) as f32,
