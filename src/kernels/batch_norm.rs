@@ -619,8 +619,11 @@ mod tests {
     fn the_channel_by_channel_gradient_is_the_two_passes() {
         use crate::kernels::accum::Accum;
         use crate::shape::Shape4;
-        let shape = Shape4::new(3, 5, 6, 7);
-        let (c, plane, len) = (5, 42, 3 * 5 * 42);
+        // Work above the default parallel threshold, so that 3 threads split the channels (the
+        // threshold is process-wide: this test leaves it alone).
+        let shape = Shape4::new(4, 5, 37, 41);
+        let (c, plane, len) = (5, 37 * 41, 4 * 5 * 37 * 41);
+        assert!(5 * len > crate::par::DEFAULT_PARALLEL_THRESHOLD);
         let at = |seed: u64| -> Vec<f32> {
             (0..len)
                 .map(|i| crate::rng::uniform_at(seed, i as u64) * 4.0 - 2.0)
@@ -649,7 +652,7 @@ mod tests {
                 )
                 .unwrap();
                 let mut want = start.clone();
-                for p in 0..3 * c {
+                for p in 0..4 * c {
                     let r = p * plane..(p + 1) * plane;
                     map.apply(p % c, &x[r.clone()], &dy[r.clone()], &mut want[r], accum);
                 }
@@ -661,8 +664,6 @@ mod tests {
                         .unwrap();
                     let (mut dx, mut dg, mut db) = (start.clone(), vec![0.0; c], vec![0.0; c]);
                     let mut ws = vec![0.0; super::batch_norm_backward_scratch_len(shape)];
-                    let was = crate::par::parallel_threshold();
-                    crate::par::set_parallel_threshold(1);
                     let r = pool.install(|| {
                         super::batch_norm_backward(
                             shape,
@@ -679,7 +680,6 @@ mod tests {
                             &mut ws,
                         )
                     });
-                    crate::par::set_parallel_threshold(was);
                     r.unwrap();
                     let what = format!("training {training}, {accum:?}, {threads} threads");
                     assert_eq!(bits(&dx), bits(&want), "dx: {what}");
