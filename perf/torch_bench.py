@@ -13,6 +13,7 @@ with cnnkit. Re-executes itself with GLIBC_TUNABLES so freed tensor buffers are 
 being page-faulted in again on every call (as the reference measurements did).
 """
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -52,6 +53,17 @@ def main():
     import torch.nn.functional as F
 
     torch.manual_seed(0)
+    # Set by the bf16 group: the steps run under bf16 autocast and are reported as step_bf16.
+    AUTOCAST = [False]
+
+    def mixed():
+        if AUTOCAST[0]:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step_op():
+        return "step_bf16" if AUTOCAST[0] else "step"
+
     def out(id_, op, t, ms, ort_ms=None):
         line = {"id": id_, "op": op, "threads": t, "median_ms": ms}
         if ort_ms is not None:
@@ -170,10 +182,14 @@ def main():
 
         def step():
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
+            with mixed():
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
             opt.step()
 
-        out("mnist-cnn", "step", t, bench(step, min_time=1.5))
+        out("mnist-cnn", step_op(), t, bench(step, min_time=1.5))
+        if AUTOCAST[0]:
+            return
         net.eval()
         x1 = torch.randn(1, 1, 28, 28)
         o1, o64 = ort(net, x1, t), ort(net, x, t)
@@ -202,10 +218,14 @@ def main():
 
         def step():
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
+            with mixed():
+                loss = F.cross_entropy(net(x), y)
+            loss.backward()
             opt.step()
 
-        out("X1", "step", t, bench(step, min_time=2.0))
+        out("X1", step_op(), t, bench(step, min_time=2.0))
+        if AUTOCAST[0]:
+            return
         net.eval()
         x1 = torch.randn(1, 1, 128, 128)
         o1 = ort(net, x1, t)
@@ -229,11 +249,15 @@ def main():
 
             def step():
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
+                with mixed():
+                    loss = F.cross_entropy(net(x), y)
+                loss.backward()
                 opt.step()
 
             net.train()
-            out(name, "step", t, bench(step, min_time=2.0))
+            out(name, step_op(), t, bench(step, min_time=2.0))
+            if AUTOCAST[0]:
+                continue
             net.eval()
             x1 = torch.randn(1, 1, 224, 224)
             o1 = ort(net, x1, t, name)
@@ -280,19 +304,33 @@ def main():
 
         def unet_step():
             opt.zero_grad(set_to_none=True)
-            F.mse_loss(net(x), target).backward()
+            with mixed():
+                loss = F.mse_loss(net(x), target)
+            loss.backward()
             opt.step()
 
         net.train()
-        out("unet", "step", t, bench(unet_step, min_time=2.0))
+        out("unet", step_op(), t, bench(unet_step, min_time=2.0))
+        if AUTOCAST[0]:
+            return
         net.eval()
         x1 = torch.randn(1, 1, 128, 128)
         o1 = ort(net, x1, t, "unet")
         with torch.inference_mode():
             out("unet", "infer", t, bench(lambda: net(x1)), o1)
 
+    def bf16(t):
+        # The training steps of mnist, xray and zoo under torch.autocast("cpu", torch.bfloat16),
+        # reported as op step_bf16 (inference is skipped).
+        AUTOCAST[0] = True
+        try:
+            for g in (mnist, xray, zoo):
+                g(t)
+        finally:
+            AUTOCAST[0] = False
+
     groups = {"gemm": gemm, "conv": conv, "pool": pool, "act": act, "softmax": softmax, "bn": bn, "mnist": mnist,
-              "xray": xray, "zoo": zoo}
+              "xray": xray, "zoo": zoo, "bf16": bf16}
     for t in args.threads:
         torch.set_num_threads(t)
         for g in args.only.split(","):

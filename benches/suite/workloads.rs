@@ -504,14 +504,40 @@ pub fn zoo_cases() -> Vec<Case> {
     v
 }
 
+/// The `bf16` group: the training steps of the `mnist`, `xray` and `zoo` groups with
+/// `Precision::Bf16` set around each call (op `step_bf16`), beside PyTorch's steps under
+/// `torch.autocast("cpu", torch.bfloat16)`.
+pub fn bf16_cases() -> Vec<Case> {
+    use cnnkit::gemm::{Precision, set_precision};
+    [mnist_cases(), xray_cases(), zoo_cases()]
+        .into_iter()
+        .flatten()
+        .filter(|c| c.op == "step")
+        .map(|mut c| {
+            let mut run = c.run;
+            c.op = "step_bf16";
+            c.run = Box::new(move || {
+                set_precision(Precision::Bf16);
+                run();
+                set_precision(Precision::F32);
+            });
+            c
+        })
+        .collect()
+}
+
 /// The groups run by default, by the names the comparison program and `torch_bench.py` use
 /// (`zoo` is asked for by name: its steps take seconds each).
 pub const GROUPS: [&str; 8] = [
     "gemm", "conv", "pool", "act", "softmax", "bn", "mnist", "xray",
 ];
 
-/// The group a workload id belongs to (`C3` → `conv`, `X1` → `xray`, `relu` → `act`, ...).
-pub fn group_of(id: &str) -> &'static str {
+/// The group a workload case belongs to (`C3` → `conv`, `X1` → `xray`, `relu` → `act`, a
+/// `step_bf16` → `bf16`, ...).
+pub fn group_of(id: &str, op: &str) -> &'static str {
+    if op.ends_with("_bf16") {
+        return "bf16";
+    }
     if ZOO.contains(&id) {
         return "zoo";
     }
@@ -538,6 +564,7 @@ pub fn group(name: &str) -> Vec<Case> {
         "mnist" => mnist_cases(),
         "xray" => xray_cases(),
         "zoo" => zoo_cases(),
+        "bf16" => bf16_cases(),
         _ => Vec::new(),
     }
 }

@@ -16,11 +16,15 @@ pub enum Isa {
     Avx2Fma,
     /// x86-64 AVX-512F (with AVX2 and FMA, which every such CPU has).
     Avx512,
+    /// AVX-512 with the BF16 dot products (`vdpbf16ps`, AVX512-BF16, with AVX512-BW and -VL):
+    /// the AVX-512 kernels, and under [`crate::gemm::Precision::Bf16`] a GEMM tile that
+    /// multiplies bf16 pairs into f32 sums. In f32 it computes exactly what [`Isa::Avx512`] does.
+    Avx512Bf16,
 }
 
 impl Isa {
     /// Every instruction set, narrowest first.
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2Fma, Isa::Avx512, Isa::Avx512Bf16];
 
     /// The widest instruction set this CPU supports (detected once).
     pub fn detected() -> Isa {
@@ -30,7 +34,10 @@ impl Isa {
             {
                 let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
                 if avx2 && is_x86_feature_detected!("avx512f") {
-                    return Isa::Avx512;
+                    let bf16 = is_x86_feature_detected!("avx512bf16")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl");
+                    return if bf16 { Isa::Avx512Bf16 } else { Isa::Avx512 };
                 }
                 if avx2 {
                     return Isa::Avx2Fma;
@@ -40,19 +47,20 @@ impl Isa {
         })
     }
 
-    /// A short name: `portable`, `avx2` or `avx512`.
+    /// A short name: `portable`, `avx2`, `avx512` or `avx512bf16`.
     pub fn name(self) -> &'static str {
         match self {
             Isa::Portable => "portable",
             Isa::Avx2Fma => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Bf16 => "avx512bf16",
         }
     }
 }
 
 impl std::str::FromStr for Isa {
     type Err = crate::error::Error;
-    /// `portable`, `avx2` or `avx512`.
+    /// `portable`, `avx2`, `avx512` or `avx512bf16`.
     fn from_str(s: &str) -> crate::error::Result<Isa> {
         Isa::ALL
             .into_iter()
@@ -61,7 +69,7 @@ impl std::str::FromStr for Isa {
                 crate::error::Error::invalid(
                     "Isa::from_str",
                     "isa",
-                    format!("'{s}': use portable, avx2 or avx512"),
+                    format!("'{s}': use portable, avx2, avx512 or avx512bf16"),
                 )
             })
     }
@@ -90,7 +98,7 @@ pub fn limit(isa: Option<Isa>) {
 }
 
 /// The widest instruction set cnnkit has kernels for.
-pub const WIDEST_IMPLEMENTED: Isa = Isa::Avx512;
+pub const WIDEST_IMPLEMENTED: Isa = Isa::Avx512Bf16;
 
 /// The instruction set the kernels use now: the CPU's, capped by [`limit`] and by
 /// [`WIDEST_IMPLEMENTED`].

@@ -23,6 +23,7 @@
 
 #![allow(unsafe_code)]
 
+pub mod bf16;
 pub mod isa;
 pub(crate) mod kernel;
 pub(crate) mod stream;
@@ -31,6 +32,7 @@ pub(crate) mod tests;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_64;
 
+pub use bf16::round_bf16;
 pub use isa::{Isa, WIDEST_IMPLEMENTED, active, limit};
 
 /// Whether cnnkit's own micro-kernels run (some instruction set beyond the baseline is active):
@@ -84,7 +86,8 @@ macro_rules! select_kernel {
             $(
                 #[$m]
                 {
-                    if isa == $crate::arch::isa::Isa::$isa {
+                    // The table is widest first: the first entry the active set includes.
+                    if isa >= $crate::arch::isa::Isa::$isa {
                         if let Some($k) = <$tok>::new() {
                             break 'select ($body);
                         }
@@ -140,22 +143,25 @@ pub(crate) fn dispatch<R>(f: impl FnOnce() -> R) -> R {
 /// for its features.
 macro_rules! dispatch_variants {
     (($f:ident) $(#[$m:meta] $isa:ident = $tok:path, $feat:literal;)*) => {
-        match active() {
-            $(
-                #[$m]
-                Isa::$isa => {
+        let isa = active();
+        $(
+            #[$m]
+            {
+                // The table is widest first: the first entry the active set includes.
+                if isa >= Isa::$isa {
                     #[target_feature(enable = $feat)]
                     unsafe fn variant<R>(f: impl FnOnce() -> R) -> R {
                         f()
                     }
                     // SAFETY: `active` never exceeds `Isa::detected`, which reports this
-                    // instruction set only when `is_x86_feature_detected!` found every feature
-                    // the table lists for it.
+                    // instruction set (or a wider one, whose CPUs have every narrower set's
+                    // features) only when `is_x86_feature_detected!` found every feature the
+                    // table lists for it.
                     return unsafe { variant($f) };
                 }
-            )*
-            _ => {}
-        }
+            }
+        )*
+        let _ = isa;
     };
 }
 pub(crate) use dispatch_variants;

@@ -73,10 +73,12 @@ fn every_instruction_set_the_cpu_has_is_exercised() {
     }
     let mut seen = Seen(Vec::new());
     let ran = on_every_kernel(&mut seen);
+    // AVX512-BF16 runs the AVX-512 entry's kernels in f32; its one tile of its own, the bf16
+    // GEMM tile, has its tests beside it (`x86_64::bf16`) and in the packed GEMM's.
     let expected: Vec<Isa> = Isa::ALL
         .into_iter()
         .rev()
-        .filter(|&i| i > Isa::Portable && i <= Isa::detected())
+        .filter(|&i| i > Isa::Portable && i <= Isa::detected() && i != Isa::Avx512Bf16)
         .collect();
     assert_eq!(
         ran, expected,

@@ -18,6 +18,9 @@
 //! thread's packing buffers ahead of time so that no later product allocates.
 
 pub(crate) mod packed;
+pub mod precision;
+
+pub use precision::{PRECISION_ENV, Precision, precision, round_bf16, set_precision};
 
 use crate::error::{Error, Result};
 

@@ -50,6 +50,25 @@ pub(crate) trait PackB: Sync {
         nc: usize,
         out: &mut [f32],
     );
+
+    /// [`PackB::pack_b`] into bf16 pairs (each panel as
+    /// [`Bf16::pair_rows`](crate::arch::x86_64::bf16::Bf16::pair_rows) leaves it): by default
+    /// by converting the packed panels; a source that can does both in one pass.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn pack_b_pairs<K: MicroKernel>(
+        &self,
+        kern: K,
+        t: crate::arch::x86_64::bf16::Bf16,
+        k0: usize,
+        kc: usize,
+        c0: usize,
+        nc: usize,
+        out: &mut [f32],
+    ) {
+        self.pack_b(kern, k0, kc, c0, nc, out);
+        Narrow::Pairs(t).convert(out, kc, K::NR);
+    }
 }
 
 /// A row-major destination: row `i` is `data[i·rs..i·rs + cols]`.
@@ -104,6 +123,21 @@ pub(crate) fn gemm<K: MicroKernel>(
     beta: f32,
     c: Out<'_>,
 ) {
+    gemm_in(Narrow::of::<K>(), kern, k, alpha, a, b, beta, c)
+}
+
+/// [`gemm`] with the panels' format given.
+#[allow(clippy::too_many_arguments)]
+fn gemm_in<K: MicroKernel>(
+    narrow: Narrow,
+    kern: K,
+    k: usize,
+    alpha: f32,
+    a: &impl PackA,
+    b: &impl PackB,
+    beta: f32,
+    c: Out<'_>,
+) {
     let (mr, nr) = (K::MR, K::NR);
     let (mcb, ncb) = (MC / mr * mr, NC / nr * nr);
     let (m, n) = (c.rows, c.cols);
@@ -133,11 +167,21 @@ pub(crate) fn gemm<K: MicroKernel>(
             let nc = ncb.min(n - jc);
             for pc in (0..k).step_by(KC) {
                 let kc = KC.min(k - pc);
-                b.pack_b(kern, pc, kc, jc, nc, &mut bbuf[..kc * nc.div_ceil(nr) * nr]);
+                let bpanels = &mut bbuf[..kc * nc.div_ceil(nr) * nr];
+                match narrow {
+                    #[cfg(target_arch = "x86_64")]
+                    Narrow::Pairs(t) => b.pack_b_pairs(kern, t, pc, kc, jc, nc, bpanels),
+                    _ => {
+                        b.pack_b(kern, pc, kc, jc, nc, bpanels);
+                        narrow.convert(bpanels, kc, nr);
+                    }
+                }
                 let beta = if pc == 0 { beta } else { 1.0 };
                 for ic in (0..m).step_by(mcb) {
                     let mc = mcb.min(m - ic);
-                    a.pack_a::<K>(ic, mc, pc, kc, &mut abuf[..kc * mc.div_ceil(mr) * mr]);
+                    let apanels = &mut abuf[..kc * mc.div_ceil(mr) * mr];
+                    a.pack_a::<K>(ic, mc, pc, kc, apanels);
+                    narrow.convert(apanels, kc, mr);
                     for jr in (0..nc).step_by(nr) {
                         let bp = &bbuf[(jr / nr) * kc * nr..][..kc * nr];
                         let cols = nr.min(nc - jr);
@@ -146,7 +190,7 @@ pub(crate) fn gemm<K: MicroKernel>(
                             let rows = mr.min(mc - ir);
                             let at = (ic + ir) * c.rs + jc + jr;
                             if rows == mr && cols == nr && c.rs >= nr {
-                                kern.tile(kc, ap, bp, alpha, beta, &mut c.data[at..], c.rs);
+                                narrow.tile(kern, kc, ap, bp, alpha, beta, &mut c.data[at..], c.rs);
                             } else {
                                 tilebuf.fill(0.0);
                                 if beta != 0.0 {
@@ -155,7 +199,7 @@ pub(crate) fn gemm<K: MicroKernel>(
                                             .copy_from_slice(&c.data[at + i * c.rs..][..cols]);
                                     }
                                 }
-                                kern.tile(kc, ap, bp, alpha, beta, tilebuf, nr);
+                                narrow.tile(kern, kc, ap, bp, alpha, beta, tilebuf, nr);
                                 for i in 0..rows {
                                     c.data[at + i * c.rs..][..cols]
                                         .copy_from_slice(&tilebuf[i * nr..][..cols]);
@@ -167,6 +211,71 @@ pub(crate) fn gemm<K: MicroKernel>(
             }
         }
     });
+}
+
+/// How the packed panels hold their numbers ([`crate::gemm::Precision`]).
+#[derive(Clone, Copy, Debug)]
+enum Narrow {
+    /// f32, as the sources hold them.
+    F32,
+    /// Rounded to bf16 and kept as f32, for the f32 tiles (bf16 precision on CPUs without
+    /// AVX512-BF16).
+    Rounded,
+    /// Rounded to bf16 and paired for the AVX512-BF16 tile.
+    #[cfg(target_arch = "x86_64")]
+    Pairs(crate::arch::x86_64::bf16::Bf16),
+}
+
+impl Narrow {
+    /// The panels' format for a product on `K`'s tiles now.
+    fn of<K: MicroKernel>() -> Narrow {
+        if !crate::gemm::precision::bf16() {
+            return Narrow::F32;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::arch::x86_64::bf16::Bf16;
+            if let Some(t) = Bf16::new().filter(|_| (K::MR, K::NR) == (Bf16::MR, Bf16::NR)) {
+                return Narrow::Pairs(t);
+            }
+        }
+        Narrow::Rounded
+    }
+
+    /// Converts packed panels of `kc` steps of `w` (panel `p` at `panels[p·kc·w..]`) in place.
+    fn convert(self, panels: &mut [f32], kc: usize, w: usize) {
+        match self {
+            Narrow::F32 => {}
+            Narrow::Rounded => panels
+                .iter_mut()
+                .for_each(|v| *v = crate::arch::bf16::round_bf16(*v)),
+            #[cfg(target_arch = "x86_64")]
+            Narrow::Pairs(t) => panels
+                .chunks_exact_mut(kc * w)
+                .for_each(|p| t.pair_rows(p, kc, w)),
+        }
+    }
+
+    /// One `MR x NR` tile of `kc` steps from the converted panels `a` and `b`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn tile<K: MicroKernel>(
+        self,
+        kern: K,
+        kc: usize,
+        a: &[f32],
+        b: &[f32],
+        alpha: f32,
+        beta: f32,
+        c: &mut [f32],
+        rs: usize,
+    ) {
+        match self {
+            Narrow::F32 | Narrow::Rounded => kern.tile(kc, a, b, alpha, beta, c, rs),
+            #[cfg(target_arch = "x86_64")]
+            Narrow::Pairs(t) => t.tile(kc.div_ceil(2), a, b, alpha, beta, c, rs),
+        }
+    }
 }
 
 /// A strided matrix as a packing source: element `(i, j)` at `data[off + i·rs + j·cs]`.
@@ -302,15 +411,47 @@ impl PackB for Strided<'_> {
             }
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    fn pack_b_pairs<K: MicroKernel>(
+        &self,
+        kern: K,
+        t: crate::arch::x86_64::bf16::Bf16,
+        k0: usize,
+        kc: usize,
+        c0: usize,
+        nc: usize,
+        out: &mut [f32],
+    ) {
+        let nr = K::NR;
+        for (p, panel) in out.chunks_exact_mut(kc * nr).enumerate() {
+            let j0 = c0 + p * nr;
+            let w = nr.min(c0 + nc - j0);
+            if self.cs != 1 || w != nr || !nr.is_multiple_of(8) {
+                // Columns apart, or an edge panel: packed in f32, then paired in place.
+                self.pack_b(kern, k0, kc, j0, w, panel);
+                t.pair_rows(panel, kc, nr);
+                continue;
+            }
+            // Row-major (the im2col matrix, a dense layer's input): two rows read, one step of
+            // pairs written.
+            let row = |k: usize| &self.data[(k0 + k) * self.rs + j0..][..nr];
+            for s in 0..kc.div_ceil(2) {
+                let odd = (2 * s + 1 < kc).then(|| row(2 * s + 1));
+                t.pair_two(row(2 * s), odd, &mut panel[s * nr..][..nr]);
+            }
+        }
+    }
 }
 
 /// The packed GEMM driving each instruction set's micro-kernel, against a blocked scalar
 /// reference (the micro-kernels alone are tested in `arch`).
 #[cfg(test)]
 mod tests {
+    use crate::arch::bf16::round_bf16;
     use crate::arch::kernel::MicroKernel;
     use crate::arch::tests::{KernelTest, on_every_kernel, same_bits, values};
-    use crate::gemm::packed::{self, Out, Strided};
+    use crate::gemm::packed::{self, Narrow, Out, Strided};
 
     /// The packed GEMM driver around the tile: every `m` in 0..=2·MR against edge and interior
     /// widths of `n` (and every `n` in 0..=2·NR at a few heights), short and long `k` (257 crosses a
@@ -340,7 +481,8 @@ mod tests {
                         for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, 1.5)] {
                             let col_major_a = si % 2 == 1;
                             let col_major_b = si % 3 == 1;
-                            check_packed(kern, m, n, k, alpha, beta, col_major_a, col_major_b);
+                            let (a, b) = (col_major_a, col_major_b);
+                            check_packed(kern, Narrow::F32, m, n, k, alpha, beta, a, b);
                         }
                     }
                 }
@@ -349,9 +491,46 @@ mod tests {
         on_every_kernel(&mut T);
     }
 
+    /// The bf16 panels: rounded operands on the f32 tiles of every instruction set, and the
+    /// AVX512-BF16 pairs where the CPU has them, on edge and interior shapes, odd and even
+    /// blocks of `k`, row- and column-major sources.
+    #[test]
+    fn bf16_panels_match_the_rounded_reference_bit_for_bit() {
+        struct T;
+        impl KernelTest for T {
+            fn run<K: MicroKernel>(&mut self, kern: K) {
+                let mut modes = vec![Narrow::Rounded];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use crate::arch::x86_64::bf16::Bf16;
+                    if let Some(t) = Bf16::new().filter(|_| (K::MR, K::NR) == (Bf16::MR, Bf16::NR))
+                    {
+                        modes.push(Narrow::Pairs(t));
+                    }
+                }
+                let (mr, nr) = (K::MR, K::NR);
+                for narrow in modes {
+                    for (m, n) in [(1, 1), (mr, nr), (mr + 3, 2 * nr + 5), (2 * mr - 1, nr - 1)] {
+                        for k in [1, 2, 7, 256, 261, 515] {
+                            for (alpha, beta) in [(1.0f32, 0.0f32), (0.75, 1.5)] {
+                                let (a, b) = (k % 2 == 1, m % 2 == 0);
+                                check_packed(kern, narrow, m, n, k, alpha, beta, a, b);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        on_every_kernel(&mut T);
+    }
+
+    /// `C = alpha·A·B + beta·C` by [`packed::gemm_in`] against a scalar reference that sums each
+    /// `KC` block as the panels' format says: f32 products in order; for bf16, of the rounded
+    /// operands, in order (`Rounded`) or pair by pair, odd step first (`Pairs`).
     #[allow(clippy::too_many_arguments)]
     fn check_packed<K: MicroKernel>(
         kern: K,
+        narrow: Narrow,
         m: usize,
         n: usize,
         k: usize,
@@ -395,8 +574,32 @@ mod tests {
                 }
                 for p0 in (0..k).step_by(packed::KC) {
                     let mut acc = 0.0f32;
-                    for p in p0..(p0 + packed::KC).min(k) {
-                        acc = a_at(i, p).mul_add(b_at(p, j), acc);
+                    let end = (p0 + packed::KC).min(k);
+                    match narrow {
+                        Narrow::F32 => {
+                            for p in p0..end {
+                                acc = a_at(i, p).mul_add(b_at(p, j), acc);
+                            }
+                        }
+                        Narrow::Rounded => {
+                            for p in p0..end {
+                                acc = round_bf16(a_at(i, p)).mul_add(round_bf16(b_at(p, j)), acc);
+                            }
+                        }
+                        #[cfg(target_arch = "x86_64")]
+                        Narrow::Pairs(_) => {
+                            let prod = |p: usize| {
+                                if p < end {
+                                    round_bf16(a_at(i, p)) * round_bf16(b_at(p, j))
+                                } else {
+                                    0.0
+                                }
+                            };
+                            for p in (p0..end).step_by(2) {
+                                acc += prod(p + 1);
+                                acc += prod(p);
+                            }
+                        }
                     }
                     let bb = if p0 == 0 { beta } else { 1.0 };
                     let r = acc * alpha;
@@ -440,10 +643,10 @@ mod tests {
             rows: m,
             cols: n,
         };
-        packed::gemm(kern, k, alpha, &sa, &sb, beta, out);
+        packed::gemm_in(narrow, kern, k, alpha, &sa, &sb, beta, out);
         same_bits(
             &format!(
-                "{} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a} col_major_b={col_major_b}",
+                "{} {narrow:?} packed gemm {m}x{n}x{k} alpha={alpha} beta={beta} col_major_a={col_major_a} col_major_b={col_major_b}",
                 K::ISA
             ),
             &c,

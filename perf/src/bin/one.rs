@@ -1,7 +1,8 @@
 //! Runs one workload case in a loop (for profilers): `one ID OP [THREADS] [SECONDS]`, e.g.
 //! `perf record -e cpu-clock target/release/one C3 fwd 1 5`. `CNNKIT_ISA=avx2` (or `portable`)
 //! in the environment caps the instruction set (`CNNKIT_PORTABLE=1` is `CNNKIT_ISA=portable`);
-//! `CNNKIT_PAR_THRESHOLD=work` sets `cnnkit::par::set_parallel_threshold`.
+//! `CNNKIT_PAR_THRESHOLD=work` sets `cnnkit::par::set_parallel_threshold`; `CNNKIT_PRECISION=bf16`
+//! runs every case in bf16 (the `step_bf16` cases set it themselves).
 
 #[path = "../../../benches/suite/workloads.rs"]
 mod workloads;
@@ -28,7 +29,7 @@ fn main() {
         .unwrap();
     pool.install(|| {
         // Only the workload's own group is built: its setup stays out of a profile's way.
-        let mut cases = workloads::group(workloads::group_of(id));
+        let mut cases = workloads::group(workloads::group_of(id, op));
         let i = cases
             .iter()
             .position(|c| c.id == id && c.op == op)
@@ -57,7 +58,7 @@ mod tests {
     fn every_workload_is_in_the_group_its_id_names() {
         for g in workloads::GROUPS {
             for c in workloads::group(g) {
-                assert_eq!(workloads::group_of(c.id), g, "{} {}", c.id, c.op);
+                assert_eq!(workloads::group_of(c.id, c.op), g, "{} {}", c.id, c.op);
             }
         }
     }

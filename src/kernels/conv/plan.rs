@@ -48,11 +48,13 @@ pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
 }
 
 /// Whether the direct path runs on cnnkit's micro-kernels (depthwise convolutions have their own
-/// kernel).
+/// kernel). Not under bf16 precision: its tiles multiply f32, while the packed GEMM of the
+/// im2col path rounds its operands to bf16 ([`crate::gemm::precision`]).
 pub(super) fn use_direct(g: &Conv2dGeom) -> bool {
     // The direct path splits the input into stride_h·stride_w phase planes: for large strides
     // (rare, and mostly empty planes) im2col keeps the scratch small.
     packed::enabled()
+        && !crate::gemm::precision::bf16()
         && !g.is_depthwise()
         && g.params().stride.iter().all(|&s| s <= MAX_DIRECT_STRIDE)
         && direct::Direct::forward(g).offsets_fit()

@@ -185,7 +185,9 @@ const AT4: [[f32; 6]; 4] = [
     [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
-/// Whether `g` has Winograd's shape: one group, 3×3, stride 1, dilation 1.
+/// Whether `g` has Winograd's shape: one group, 3×3, stride 1, dilation 1 (and the precision is
+/// f32: under bf16 the transformed operands would be rounded, an error Winograd's bounds do not
+/// allow for).
 pub(super) fn fits(g: &Conv2dGeom) -> bool {
     let p = g.params();
     g.groups() == 1
@@ -193,6 +195,7 @@ pub(super) fn fits(g: &Conv2dGeom) -> bool {
         && p.stride == [1, 1]
         && p.dilation == [1, 1]
         && crate::gemm::packed::enabled()
+        && !crate::gemm::precision::bf16()
 }
 
 /// The pass a tile is chosen for: each has its own measured table.
