@@ -192,6 +192,50 @@ fn bf16_convolutions_are_within_the_rounding_bound_on_every_instruction_set() {
     set_precision(Precision::F32);
 }
 
+/// Which passes multiply in bf16 (the rest stay f32, the same bits as without the setting): the
+/// forward pass always; both gradients from 128 output channels and of 1x1 layers, and where the
+/// direct path cannot run them; Winograd's F(4×4) picks (in f32) before the bf16 path.
+#[test]
+fn each_pass_takes_bf16_where_it_measured_faster() {
+    let _switch = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    if arch::active() < Isa::Avx2Fma {
+        return; // The portable path multiplies f32 in either precision.
+    }
+    let geom = |n, c, k, kk: usize, hw, s| {
+        let p = Conv2dParams::default().stride(s).padding(kk / 2);
+        Conv2dGeom::new(Shape4::new(n, c, hw, hw), k, [kk, kk], p).unwrap()
+    };
+    // (geometry, forward, input gradient, weight gradient in bf16)
+    for (g, want) in [
+        (geom(2, 16, 32, 3, 12, 1), [true, false, false]),
+        (geom(2, 16, 128, 3, 12, 1), [true, true, true]),
+        (geom(2, 24, 40, 1, 9, 1), [true, true, true]),
+        (geom(2, 2, 32, 3, 12, 1), [true, true, false]),
+        (geom(1, 64, 64, 3, 56, 1), [true, false, false]),
+        (geom(1, 128, 128, 3, 28, 1), [true, false, false]),
+    ] {
+        let (x, w, dy) = (
+            values(1, g.x_len()),
+            values(2, g.w_len()),
+            values(3, g.y_len()),
+        );
+        set_precision(Precision::F32);
+        let f = passes(&g, &x, &w, &dy, 1);
+        set_precision(Precision::Bf16);
+        let b = passes(&g, &x, &w, &dy, 1);
+        set_precision(Precision::F32);
+        let got = [
+            bits(&b.0) != bits(&f.0),
+            bits(&b.1) != bits(&f.1),
+            bits(&b.2) != bits(&f.2),
+        ];
+        assert_eq!(
+            got, want,
+            "{g:?}: forward, input and weight gradient in bf16"
+        );
+    }
+}
+
 /// A dense product (`sgemm`) in bf16 against the reference within [`bound`], on edge sizes of
 /// the tile and across a packed block of `k`.
 #[test]

@@ -309,6 +309,33 @@ pub(crate) fn gemm_serial(
     c: MatMut<'_>,
     dots: bool,
 ) {
+    gemm_serial_in(alpha, a, b, beta, c, dots, false)
+}
+
+/// [`gemm_serial`] in f32 whatever the [`Precision`]: for products whose operands are not a
+/// layer's weights and activations but transforms of them (Winograd's), where a rounding to
+/// bf16 would be amplified by the inverse transform.
+pub(crate) fn gemm_serial_f32(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    dots: bool,
+) {
+    gemm_serial_in(alpha, a, b, beta, c, dots, true)
+}
+
+/// [`gemm_serial`], in f32 when `f32_only`.
+fn gemm_serial_in(
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+    dots: bool,
+    f32_only: bool,
+) {
     assert!(
         a.cols == b.rows && a.rows == c.rows && b.cols == c.cols,
         "gemm_serial: A is {}x{}, B {}x{}, C {}x{}",
@@ -370,7 +397,11 @@ pub(crate) fn gemm_serial(
         };
         let done = crate::arch::with_kernel!(
             kern => {
-                packed::gemm(kern, k, alpha, &l, &r, beta, out);
+                if f32_only {
+                    packed::gemm_f32(kern, k, alpha, &l, &r, beta, out);
+                } else {
+                    packed::gemm(kern, k, alpha, &l, &r, beta, out);
+                }
                 true
             };
             else false

@@ -126,6 +126,19 @@ pub(crate) fn gemm<K: MicroKernel>(
     gemm_in(Narrow::of::<K>(), kern, k, alpha, a, b, beta, c)
 }
 
+/// [`gemm`] in f32 whatever the precision.
+pub(crate) fn gemm_f32<K: MicroKernel>(
+    kern: K,
+    k: usize,
+    alpha: f32,
+    a: &impl PackA,
+    b: &impl PackB,
+    beta: f32,
+    c: Out<'_>,
+) {
+    gemm_in(Narrow::F32, kern, k, alpha, a, b, beta, c)
+}
+
 /// [`gemm`] with the panels' format given.
 #[allow(clippy::too_many_arguments)]
 fn gemm_in<K: MicroKernel>(

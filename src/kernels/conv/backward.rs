@@ -2,7 +2,7 @@
 
 use super::backward_data::{DataPass, conv2d_backward_data_from};
 use super::backward_weights::conv2d_backward_weights_from;
-use super::plan::{backward_data_slot, direct_backward_data, use_direct};
+use super::plan::{backward_data_slot, direct_backward_data, use_direct_wgrad};
 use super::{direct, winograd};
 use crate::error::{Result, check_len, check_min_len};
 use crate::kernels::accum::Accum;
@@ -30,7 +30,7 @@ pub(crate) fn conv2d_backward_from(
     const OP: &str = "conv2d_backward";
     // Winograd's weight gradient runs as its own pass.
     let wino = winograd::wgrad_choice(g).is_some();
-    if matches!(dy, Planes::Dense(_)) || g.groups() != 1 || !use_direct(g) || wino {
+    if matches!(dy, Planes::Dense(_)) || g.groups() != 1 || !use_direct_wgrad(g) || wino {
         conv2d_backward_weights_from(g, x, dy, dw, db, accum, ws)?;
         if let Some(dx) = dx {
             conv2d_backward_data_from(g, w, dy, dx, Accum::Replace, ws)?;

@@ -3,7 +3,7 @@
 
 use super::plan::{
     Src, backward_weights_len, conv2d_backward_weights_scratch_len, group_spans, im2col_parallel,
-    image_work, needs_col, taps, tiles, use_direct,
+    image_work, needs_col, taps, tiles, use_direct_wgrad,
 };
 use super::{depthwise, direct, winograd};
 use crate::error::{Result, check_len, check_min_len};
@@ -84,7 +84,7 @@ pub(crate) fn conv2d_backward_weights_from(
         let (img, ws) = ws.split_at_mut(img.min(ws.len()));
         return winograd::weight_grad(g, t, x, dy, img, dw, accum, ws);
     }
-    if use_direct(g) {
+    if use_direct_wgrad(g) {
         let d = direct::Direct::for_wgrad(g);
         let per_group = g.c_out_g() * g.k_g();
         for (gi, dw_g) in dw.chunks_exact_mut(per_group).enumerate() {

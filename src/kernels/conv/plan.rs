@@ -47,17 +47,56 @@ pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
     }
 }
 
-/// Whether the direct path runs on cnnkit's micro-kernels (depthwise convolutions have their own
-/// kernel). Not under bf16 precision: its tiles multiply f32, while the packed GEMM of the
-/// im2col path rounds its operands to bf16 ([`crate::gemm::precision`]).
-pub(super) fn use_direct(g: &Conv2dGeom) -> bool {
+/// Whether the direct path can run `g` on cnnkit's micro-kernels (depthwise convolutions have
+/// their own kernel).
+fn direct_ok(g: &Conv2dGeom) -> bool {
     // The direct path splits the input into stride_h·stride_w phase planes: for large strides
     // (rare, and mostly empty planes) im2col keeps the scratch small.
     packed::enabled()
-        && !crate::gemm::precision::bf16()
         && !g.is_depthwise()
         && g.params().stride.iter().all(|&s| s <= MAX_DIRECT_STRIDE)
         && direct::Direct::forward(g).offsets_fit()
+}
+
+/// A pass of a convolution, for [`in_bf16`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Pass {
+    Forward,
+    Data,
+    Weights,
+}
+
+/// Least output channels per group for which the input and weight gradients multiply in bf16
+/// (where the direct path could run them in f32 instead).
+const BF16_MIN_OUT: usize = 128;
+
+/// Whether `pass` of `g` multiplies in bf16 ([`crate::gemm::precision`]): on the im2col + GEMM
+/// path, whose packed GEMM rounds its operands, while the direct tiles multiply f32. Measured
+/// per pass on ResNet-style layers (batch 8, 64–512 channels, 7×7 to 224×224, one and two
+/// threads; `docs/perf-log.md`): the forward pass is 1.1–2x faster in bf16 everywhere, and so
+/// are both gradients from 128 output channels and of 1x1 layers; with fewer output channels the
+/// direct f32 gradients were up to 3x faster on two threads (each thread packs the whole
+/// im2col operand for few output channels), so they stay f32, where the direct path runs.
+pub(super) fn in_bf16(g: &Conv2dGeom, pass: Pass) -> bool {
+    if !crate::gemm::precision::bf16() || !packed::enabled() || g.is_depthwise() {
+        return false;
+    }
+    let wide = g.c_out_g() >= BF16_MIN_OUT || g.is_pointwise();
+    match pass {
+        Pass::Forward => true,
+        Pass::Weights => wide || !direct_ok(g),
+        Pass::Data => wide || direct_data(g).is_none(),
+    }
+}
+
+/// Whether the forward pass takes the direct path (not under bf16: see [`in_bf16`]).
+pub(super) fn use_direct(g: &Conv2dGeom) -> bool {
+    direct_ok(g) && !in_bf16(g, Pass::Forward)
+}
+
+/// Whether the weight gradient takes the direct path (see [`in_bf16`]).
+pub(super) fn use_direct_wgrad(g: &Conv2dGeom) -> bool {
+    direct_ok(g) && !in_bf16(g, Pass::Weights)
 }
 
 /// Largest stride (per axis) taken by the direct path.
@@ -84,7 +123,12 @@ fn path_slot(g: &Conv2dGeom) -> usize {
 /// group to fill the 6-channel panels (with fewer, most of the work would be padding; the im2col
 /// path is faster).
 pub(super) fn direct_backward_data(g: &Conv2dGeom) -> Option<direct::Direct> {
-    direct::Direct::backward_data(g).filter(|d| use_direct(g) && g.c_in_g() >= 4 && d.offsets_fit())
+    direct_data(g).filter(|_| !in_bf16(g, Pass::Data))
+}
+
+/// [`direct_backward_data`] in f32.
+fn direct_data(g: &Conv2dGeom) -> Option<direct::Direct> {
+    direct::Direct::backward_data(g).filter(|d| direct_ok(g) && g.c_in_g() >= 4 && d.offsets_fit())
 }
 
 /// Scratch of one worker for the backward-data pass on this machine.
@@ -128,7 +172,7 @@ pub(super) fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
     let img = if made { g.c_out() * g.out_plane() } else { 0 };
     let wino =
         super::winograd::wgrad_choice(g).map_or(0, |t| super::winograd::wgrad_len(g, t) + img);
-    let passes = wino.max(if use_direct(g) {
+    let passes = wino.max(if use_direct_wgrad(g) {
         direct::Direct::for_wgrad(g).wgrad_scratch(g.n(), made)
     } else {
         slot_len(g) + img
@@ -147,7 +191,7 @@ pub(super) fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
 /// merged backward pass's per-chunk scratch and bias sums.
 pub(crate) fn conv2d_pooled_scratch_len(g: &Conv2dGeom) -> usize {
     let img = g.c_out() * g.out_plane();
-    let merged = if use_direct(g) {
+    let merged = if use_direct_wgrad(g) {
         let d = direct::Direct::for_wgrad(g);
         g.n() * g.c_out() + d.wgrad_then_scratch(g.n(), true, backward_data_slot(g))
     } else {

@@ -36,7 +36,7 @@
 //! gradient's sums are split by output channel and run in image and block order.
 
 use crate::error::{Error, Result};
-use crate::gemm::{MatMut, MatRef, gemm_serial};
+use crate::gemm::{MatMut, MatRef, gemm_serial_f32};
 use crate::kernels::accum::Accum;
 use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
@@ -185,9 +185,7 @@ const AT4: [[f32; 6]; 4] = [
     [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
 ];
 
-/// Whether `g` has Winograd's shape: one group, 3×3, stride 1, dilation 1 (and the precision is
-/// f32: under bf16 the transformed operands would be rounded, an error Winograd's bounds do not
-/// allow for).
+/// Whether `g` has Winograd's shape: one group, 3×3, stride 1, dilation 1.
 pub(super) fn fits(g: &Conv2dGeom) -> bool {
     let p = g.params();
     g.groups() == 1
@@ -195,7 +193,6 @@ pub(super) fn fits(g: &Conv2dGeom) -> bool {
         && p.stride == [1, 1]
         && p.dilation == [1, 1]
         && crate::gemm::packed::enabled()
-        && !crate::gemm::precision::bf16()
 }
 
 /// The pass a tile is chosen for: each has its own measured table.
@@ -244,26 +241,36 @@ fn choice(g: &Conv2dGeom, pass: Pass) -> Option<Tile> {
         Winograd::Off => None,
         Winograd::F2 => Some(Tile::F2),
         Winograd::F4 => Some(Tile::F4),
-        Winograd::Auto => {
-            let (lo, hi) = (g.c_in().min(g.c_out()), g.c_in().max(g.c_out()));
-            let pixels = g.out_h() * g.out_w();
-            let at_least = |side: usize| pixels >= side * side;
-            if hi > 256 {
-                return None;
-            }
-            match pass {
-                Pass::Forward if lo >= 128 && at_least(56) => Some(Tile::F4),
-                Pass::Forward if lo >= 256 && at_least(28) => Some(Tile::F2),
-                Pass::Data if lo >= 256 && at_least(28) => Some(Tile::F2),
-                Pass::Data if lo >= 128 && at_least(28) => Some(Tile::F4),
-                Pass::Data if lo >= 64 && at_least(112) => Some(Tile::F4),
-                Pass::Weights if lo >= 256 && at_least(7) => Some(Tile::F2),
-                Pass::Weights if lo >= 128 && at_least(28) => Some(Tile::F4),
-                Pass::Weights if lo >= 128 && at_least(14) => Some(Tile::F2),
-                Pass::Weights if lo >= 64 && at_least(28) => Some(Tile::F4),
-                _ => None,
-            }
+        // Under bf16 only the F(4×4) picks of the tables: they measured faster than the bf16
+        // im2col path (weight gradients at 64 and 128 channels on 56×56 and 28×28, the input
+        // gradient at 128 channels on 28×28), the F(2×2) picks slower. Winograd itself
+        // multiplies f32.
+        Winograd::Auto if crate::gemm::precision::bf16() => {
+            auto(g, pass).filter(|&t| t == Tile::F4)
         }
+        Winograd::Auto => auto(g, pass),
+    }
+}
+
+/// The measured table of `pass` for `g`.
+fn auto(g: &Conv2dGeom, pass: Pass) -> Option<Tile> {
+    let (lo, hi) = (g.c_in().min(g.c_out()), g.c_in().max(g.c_out()));
+    let pixels = g.out_h() * g.out_w();
+    let at_least = |side: usize| pixels >= side * side;
+    if hi > 256 {
+        return None;
+    }
+    match pass {
+        Pass::Forward if lo >= 128 && at_least(56) => Some(Tile::F4),
+        Pass::Forward if lo >= 256 && at_least(28) => Some(Tile::F2),
+        Pass::Data if lo >= 256 && at_least(28) => Some(Tile::F2),
+        Pass::Data if lo >= 128 && at_least(28) => Some(Tile::F4),
+        Pass::Data if lo >= 64 && at_least(112) => Some(Tile::F4),
+        Pass::Weights if lo >= 256 && at_least(7) => Some(Tile::F2),
+        Pass::Weights if lo >= 128 && at_least(28) => Some(Tile::F4),
+        Pass::Weights if lo >= 128 && at_least(14) => Some(Tile::F2),
+        Pass::Weights if lo >= 64 && at_least(28) => Some(Tile::F4),
+        _ => None,
     }
 }
 
@@ -429,7 +436,7 @@ pub(super) fn image(
                 let a = MatRef::new(&u[xi * co * ci + or.start * ci..], or.len(), ci, ci, 1)?;
                 let bm = MatRef::new(&v[xi * pb..], ci, pb, a2 * pb, 1)?;
                 let c = MatMut::new(&mut m[xi * pb..], or.len(), pb, a2 * pb, 1)?;
-                gemm_serial(1.0, a, bm, 0.0, c, false);
+                gemm_serial_f32(1.0, a, bm, 0.0, c, false);
             }
             Ok(())
         };
@@ -766,7 +773,7 @@ pub(super) fn weight_grad(
                         let a = MatRef::new(za, or.len(), pb, a2 * pb, 1)?;
                         let b = MatRef::new(&v[xi * pb..], pb, ci, 1, a2 * pb)?;
                         let c = MatMut::new(&mut s[xi * ci..], or.len(), ci, a2 * ci, 1)?;
-                        gemm_serial(1.0, a, b, 1.0, c, false);
+                        gemm_serial_f32(1.0, a, b, 1.0, c, false);
                     }
                     Ok(())
                 },
