@@ -49,6 +49,19 @@ pub(crate) fn values(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A destination for a tile of `rows` rows of `cols` elements, rows `rs` apart: values of `seed`,
+/// with the tile itself NaN when `beta == 0` (a kernel that reads C there then fails).
+pub(crate) fn c_tile(seed: u64, rows: usize, cols: usize, rs: usize, beta: f32) -> Vec<f32> {
+    let len = if rows == 0 { 0 } else { (rows - 1) * rs + cols };
+    let mut c = values(seed, len);
+    if beta == 0.0 {
+        for i in 0..rows {
+            c[i * rs..][..cols].fill(f32::NAN);
+        }
+    }
+    c
+}
+
 /// Bit-for-bit equality (NaN never expected here).
 #[track_caller]
 pub(crate) fn same_bits(what: &str, got: &[f32], want: &[f32]) {
@@ -108,16 +121,7 @@ fn gemm_tile_matches_the_reference_bit_for_bit() {
                 let (a, b) = (values(1, k * mr), values(2, k * nr));
                 for (alpha, beta) in [(1.0, 0.0), (-2.0, 0.0), (1.0, 1.0), (0.5, -1.5)] {
                     let rs = nr + 3;
-                    let len = (mr - 1) * rs + nr;
-                    let mut c = if beta == 0.0 {
-                        let mut c = values(3, len);
-                        for i in 0..mr {
-                            c[i * rs..][..nr].fill(f32::NAN);
-                        }
-                        c
-                    } else {
-                        values(3, len)
-                    };
+                    let mut c = c_tile(3, mr, nr, rs, beta);
                     let mut want = c.clone();
                     for i in 0..mr {
                         for j in 0..nr {
@@ -159,13 +163,7 @@ fn conv_tile_matches_the_reference_bit_for_bit() {
                 let off: Vec<u32> = (0..taps as u32).map(|t| (t * 37 + 11) % 700).collect();
                 for (base, add) in [(0, false), (5, true), (100, false), (3, true)] {
                     let rs = nr + 1;
-                    let len = (mr - 1) * rs + nr;
-                    let mut c = values(9, len);
-                    if !add {
-                        for i in 0..mr {
-                            c[i * rs..][..nr].fill(f32::NAN);
-                        }
-                    }
+                    let mut c = c_tile(9, mr, nr, rs, if add { 1.0 } else { 0.0 });
                     let mut want = c.clone();
                     for i in 0..mr {
                         for j in 0..nr {

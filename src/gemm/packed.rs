@@ -463,7 +463,7 @@ impl PackB for Strided<'_> {
 mod tests {
     use crate::arch::bf16::round_bf16;
     use crate::arch::kernel::MicroKernel;
-    use crate::arch::tests::{KernelTest, on_every_kernel, same_bits, values};
+    use crate::arch::tests::{KernelTest, c_tile, on_every_kernel, same_bits, values};
     use crate::gemm::packed::{self, Narrow, Out, Strided};
 
     /// The packed GEMM driver around the tile: every `m` in 0..=2·MR against edge and interior
@@ -570,13 +570,7 @@ mod tests {
             }
         };
         let rs = n + 2;
-        let len = if m == 0 { 0 } else { (m - 1) * rs + n };
-        let mut c = values(6, len);
-        if beta == 0.0 {
-            for i in 0..m {
-                c[i * rs..][..n].fill(f32::NAN);
-            }
-        }
+        let mut c = c_tile(6, m, n, rs, beta);
         let mut want = c.clone();
         for i in 0..m {
             for j in 0..n {

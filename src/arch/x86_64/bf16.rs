@@ -246,7 +246,7 @@ unsafe fn tile_raw(
 mod tests {
     use super::Bf16;
     use crate::arch::bf16::round_bf16;
-    use crate::arch::tests::values;
+    use crate::arch::tests::{c_tile, values};
 
     /// Exactly what the instruction computes, in scalar f32: per pair, the odd step's product
     /// and then the even one's added to the sum, each rounded once (bf16 products are exact).
@@ -283,13 +283,7 @@ mod tests {
             kern.pair_rows(&mut b, k, nr);
             for (alpha, beta) in [(1.0, 0.0), (-2.0, 0.0), (1.0, 1.0), (0.5, -1.5)] {
                 let rs = nr + 5;
-                let len = (mr - 1) * rs + nr;
-                let mut c = values(13, len);
-                if beta == 0.0 {
-                    for i in 0..mr {
-                        c[i * rs..][..nr].fill(f32::NAN);
-                    }
-                }
+                let mut c = c_tile(13, mr, nr, rs, beta);
                 let mut want = c.clone();
                 for i in 0..mr {
                     for j in 0..nr {
