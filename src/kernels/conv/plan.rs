@@ -70,7 +70,7 @@ pub(super) enum Pass {
 /// (where the direct path could run them in f32 instead).
 const BF16_MIN_OUT: usize = 128;
 
-/// Whether `pass` of `g` multiplies in bf16 ([`crate::gemm::precision`]): on the im2col + GEMM
+/// Whether `pass` of `g` multiplies in bf16 ([`mod@crate::gemm::precision`]): on the im2col + GEMM
 /// path, whose packed GEMM rounds its operands, while the direct tiles multiply f32. Measured
 /// per pass on ResNet-style layers (batch 8, 64–512 channels, 7×7 to 224×224, one and two
 /// threads; `docs/perf-log.md`): the forward pass is 1.1–2x faster in bf16 everywhere, and so
