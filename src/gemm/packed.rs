@@ -256,6 +256,7 @@ impl Narrow {
     }
 
     /// Converts packed panels of `kc` steps of `w` (panel `p` at `panels[p·kc·w..]`) in place.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn convert(self, panels: &mut [f32], kc: usize, w: usize) {
         match self {
             Narrow::F32 => {}
