@@ -3,6 +3,7 @@
 //! work) over threads, and the operand checks and im2col sources the passes share.
 
 use super::im2col::im2col;
+use super::winograd::Pass;
 use super::{depthwise, direct};
 use crate::error::{Result, check_len};
 use crate::gemm::{MatRef, packed};
@@ -56,14 +57,6 @@ fn direct_ok(g: &Conv2dGeom) -> bool {
         && !g.is_depthwise()
         && g.params().stride.iter().all(|&s| s <= MAX_DIRECT_STRIDE)
         && direct::Direct::forward(g).offsets_fit()
-}
-
-/// A pass of a convolution, for [`in_bf16`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Pass {
-    Forward,
-    Data,
-    Weights,
 }
 
 /// Least output channels per group for which the input and weight gradients multiply in bf16

@@ -195,9 +195,10 @@ pub(super) fn fits(g: &Conv2dGeom) -> bool {
         && crate::gemm::packed::enabled()
 }
 
-/// The pass a tile is chosen for: each has its own measured table.
+/// A pass of a convolution: each has its own measured Winograd table, and its own choice of
+/// precision (`plan::in_bf16`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pass {
+pub(super) enum Pass {
     Forward,
     Data,
     Weights,
