@@ -3,7 +3,7 @@
 //! graph against the `res` layer; the errors of a bad graph.
 
 use cnnkit::kernels::{Accum, cross_entropy_loss};
-use cnnkit::{GraphBuilder, LayerSpec, Model, NodeId, Sequential, gradcheck};
+use cnnkit::{GraphBuilder, LayerSpec, Model, NodeId, Sequential, TensorData, gradcheck};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -214,6 +214,50 @@ proptest! {
         let (two, _) = run(true, 2);
         prop_assert!(two == fused, "two threads differ from one");
         Ok::<(), TestCaseError>(())?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Concatenations that only batch norms read (the dense blocks among the random graphs)
+    /// stacked in place give the copies' outputs, gradients and running statistics bit for bit,
+    /// in training and evaluation mode, on one thread and on two, in no more memory (less
+    /// wherever one is stacked).
+    #[test]
+    fn stacked_concatenations_are_the_copies_bit_for_bit(
+        ops in ops(),
+        n in 1usize..4,
+        training in any::<bool>(),
+        fused in any::<bool>(),
+        seed in 0..1000u64,
+    ) {
+        let x = values(seed, n * 128);
+        let run = |stack: bool, threads: usize| {
+            on_threads(threads, || {
+                let mut m = random_graph(&ops).build(seed).unwrap();
+                m.set_fusion(fused);
+                m.set_stacking(stack);
+                if !training {
+                    m.eval();
+                }
+                let bits = pass_bits(&mut m, &x, n);
+                let state: Vec<Vec<u32>> = m
+                    .state_dict()
+                    .iter()
+                    .filter_map(|(_, t)| match &t.data {
+                        TensorData::F32(v) => Some(v.iter().map(|f| f.to_bits()).collect()),
+                        _ => None,
+                    })
+                    .collect();
+                (bits, state, m.activation_memory(n).training)
+            })
+        };
+        let (stacked, copied) = (run(true, 1), run(false, 1));
+        prop_assert_eq!(&stacked.0, &copied.0, "{}", random_graph(&ops).build(0).unwrap().architecture());
+        prop_assert_eq!(&stacked.1, &copied.1, "running statistics differ");
+        prop_assert!(stacked.2 <= copied.2);
+        prop_assert!(run(true, 2).0 == stacked.0, "two threads differ from one");
     }
 }
 

@@ -100,8 +100,9 @@ fn steady_state_training_and_inference_do_not_allocate() {
         // The layers of the mobile and reconstruction networks.
         "conv(4,3,p=1),bn,relu6,maxpool(2),convt(4,2,s=2),silu,upsample(2,mode=bilinear),hardswish,\
          conv(4,3,s=2,p=1),adaptive_avgpool(5),hardsigmoid,stochastic_depth(0.2),flatten,dense(10)",
-        // A graph: a residual sum, a concatenation (DenseNet, U-Net), a squeeze-and-excitation
-        // gate, a transposed convolution, a node read by three others, fused steps.
+        // A graph: a residual sum, concatenations (a DenseNet block, stacked in place; U-Net's,
+        // copied), a squeeze-and-excitation gate, a transposed convolution, a node read by
+        // three others, fused steps.
         "stem = conv(8,3,p=1,bias=false), bn, relu
          body = conv(8,3,p=1,bias=false), bn, relu, conv(8,3,p=1,bias=false), bn
          sum = add(stem, body), relu
@@ -109,7 +110,9 @@ fn steady_state_training_and_inference_do_not_allocate() {
          gated = mul(se, sum)
          down = conv(8,3,p=1), bn, relu, maxpool(2)
          up = convt(8,2,s=2)
-         cat(up, gated, stem), conv(4,3,p=1), relu, gap, dense(10)",
+         d1 = cat(stem, gated), bn, relu, conv(4,3,p=1)
+         block = cat(stem, gated, d1), bn, relu
+         cat(up, gated, stem, block), conv(4,3,p=1), relu, gap, dense(10)",
     ];
     // The counter sees allocations on this thread (that cnnkit's closures on other threads are
     // marked too is tested beside `par::probe`).

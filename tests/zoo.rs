@@ -589,3 +589,37 @@ fn zoo_inference_is_the_forward_pass_without_copies() {
         }
     }
 }
+
+/// Training keeps one copy of each DenseNet block's feature maps: every concatenation's inputs
+/// are written straight into the block's output (the layers' inputs are views of it), so what
+/// the forward pass keeps is every other output, and no concatenation's — against the copies,
+/// which keep each concatenation too. U-Net's concatenations (read by convolutions) copy.
+#[test]
+fn densenet_training_keeps_each_blocks_feature_maps_once() {
+    let n = 2;
+    for name in ["densenet121", "unet"] {
+        let mut m = zoo::build(name, [1, 32, 32], 3).unwrap().build(0).unwrap();
+        let names = m.node_names();
+        let fused = m.fused_layers();
+        let size = |keep: &dyn Fn(usize) -> bool| -> usize {
+            (0..names.len())
+                .filter(|&i| !fused.contains(&i) && keep(i))
+                .map(|i| m.layer_shapes()[i].iter().product::<usize>())
+                .sum::<usize>()
+                * n
+                * 4
+        };
+        let is_cat = |i: usize| m.architecture().contains(&format!("{} = cat(", names[i]));
+        let cats = (0..names.len()).filter(|&i| is_cat(i)).count();
+        let (all, without_cats) = (size(&|_| true), size(&|i| !is_cat(i)));
+        assert!(cats >= 4, "{name}: {cats} concatenations");
+        let kept = m.activation_memory(n).training;
+        if name == "densenet121" {
+            assert_eq!(kept, without_cats, "{name}");
+        } else {
+            assert_eq!(kept, all, "{name}");
+        }
+        m.set_stacking(false);
+        assert_eq!(m.activation_memory(n).training, all, "{name}");
+    }
+}

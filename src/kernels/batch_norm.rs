@@ -24,6 +24,67 @@ pub struct RunningStats<'a> {
     pub factor: f32,
 }
 
+/// A batch norm's input `[n, c, h, w]` with its channels in one of two orders: each sample's
+/// channels together (NCHW), or in groups, each group a whole `[n, c_g, h, w]` tensor after the
+/// one before — a channel concatenation whose inputs were written in place
+/// ([`Model::activation_memory`](crate::Model::activation_memory)). Both orders hold the same
+/// planes, and every sum runs over them in the same order, so the results are the same bits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Input<'a> {
+    /// The values.
+    pub x: &'a [f32],
+    /// The groups' channel counts; empty for NCHW.
+    pub groups: &'a [usize],
+}
+
+impl<'a> Input<'a> {
+    /// An NCHW input.
+    pub(crate) fn dense(x: &'a [f32]) -> Self {
+        Input { x, groups: &[] }
+    }
+
+    /// Refuses groups that do not add up to the channels of `s`.
+    fn check(&self, op: &'static str, s: Shape4) -> Result<()> {
+        let total = self
+            .groups
+            .iter()
+            .try_fold(0usize, |a, &g| a.checked_add(g));
+        if self.groups.is_empty() || total == Some(s.c) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            op,
+            "x",
+            format!(
+                "channel groups {:?} do not add up to {} channels",
+                self.groups, s.c
+            ),
+        ))
+    }
+
+    /// Where channel `ch`'s plane of the first sample starts, and the distance from one sample's
+    /// plane to the next.
+    #[inline]
+    fn channel(&self, s: Shape4, ch: usize) -> (usize, usize) {
+        let plane = s.plane();
+        let mut first = 0;
+        for &g in self.groups {
+            if ch < first + g {
+                return (s.n * first * plane + (ch - first) * plane, g * plane);
+            }
+            first += g;
+        }
+        (ch * plane, s.c * plane)
+    }
+
+    /// Sample `i`'s plane of channel `ch`.
+    #[inline]
+    fn plane(&self, s: Shape4, i: usize, ch: usize) -> &'a [f32] {
+        let (at, step) = self.channel(s, ch);
+        &self.x[at + i * step..][..s.plane()]
+    }
+}
+
 fn bn_check(
     op: &'static str,
     s: Shape4,
@@ -66,8 +127,35 @@ pub fn batch_norm_forward_train(
     save_invstd: &mut [f32],
     running: Option<RunningStats<'_>>,
 ) -> Result<()> {
+    let x = Input::dense(x);
+    forward_train_in(
+        shape,
+        eps,
+        x,
+        gamma,
+        beta,
+        y,
+        save_mean,
+        save_invstd,
+        running,
+    )
+}
+
+/// [`batch_norm_forward_train`] of an [`Input`] in either channel order.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_train_in(
+    shape: Shape4,
+    eps: f32,
+    x: Input<'_>,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+    running: Option<RunningStats<'_>>,
+) -> Result<()> {
     const OP: &str = "batch_norm_forward_train";
-    let len = bn_check(OP, shape, x, gamma, beta)?;
+    let len = bn_check(OP, shape, x.x, gamma, beta)?;
     check_len(OP, "y", y, len)?;
     batch_norm_train_stats(shape, eps, x, save_mean, save_invstd, running)?;
     normalize(shape, x, save_mean, save_invstd, gamma, beta, y)
@@ -79,13 +167,14 @@ pub fn batch_norm_forward_train(
 pub(crate) fn batch_norm_train_stats(
     shape: Shape4,
     eps: f32,
-    x: &[f32],
+    x: Input<'_>,
     save_mean: &mut [f32],
     save_invstd: &mut [f32],
     running: Option<RunningStats<'_>>,
 ) -> Result<()> {
     const OP: &str = "batch_norm_forward_train";
-    let len = bn_check(OP, shape, x, None, None)?;
+    let len = bn_check(OP, shape, x.x, None, None)?;
+    x.check(OP, shape)?;
     check_len(OP, "save_mean", save_mean, shape.c)?;
     check_len(OP, "save_invstd", save_invstd, shape.c)?;
     if eps.is_nan() || eps < 0.0 {
@@ -103,7 +192,7 @@ pub(crate) fn batch_norm_train_stats(
         check_len(OP, "running.mean", r.mean, shape.c)?;
         check_len(OP, "running.var", r.var, shape.c)?;
     }
-    let (c, plane) = (shape.c, shape.plane());
+    let c = shape.c;
     // Per channel: mean, then the sum of squared deviations (two passes, robust to large means).
     par::for_each(
         c,
@@ -112,7 +201,7 @@ pub(crate) fn batch_norm_train_stats(
         #[inline(always)]
         |r, (Items(mean, _), Items(inv, _))| {
             for ((ch, mo), io) in r.zip(mean.iter_mut()).zip(inv.iter_mut()) {
-                let at = |i: usize| &x[(i * c + ch) * plane..][..plane];
+                let at = |i: usize| x.plane(shape, i, ch);
                 // Plain loops: an iterator's `fold` would keep the lane code out of line.
                 let mut s = 0.0f64;
                 for i in 0..shape.n {
@@ -163,8 +252,27 @@ pub fn batch_norm_forward_eval(
     save_mean: &mut [f32],
     save_invstd: &mut [f32],
 ) -> Result<()> {
+    let (x, stats) = (Input::dense(x), (running_mean, running_var));
+    forward_eval_in(shape, eps, x, gamma, beta, stats, y, save_mean, save_invstd)
+}
+
+/// [`batch_norm_forward_eval`] of an [`Input`] in either channel order (`running`: the mean and
+/// the variance).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_eval_in(
+    shape: Shape4,
+    eps: f32,
+    x: Input<'_>,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    (running_mean, running_var): (&[f32], &[f32]),
+    y: &mut [f32],
+    save_mean: &mut [f32],
+    save_invstd: &mut [f32],
+) -> Result<()> {
     const OP: &str = "batch_norm_forward_eval";
-    let len = bn_check(OP, shape, x, gamma, beta)?;
+    let len = bn_check(OP, shape, x.x, gamma, beta)?;
+    x.check(OP, shape)?;
     check_len(OP, "y", y, len)?;
     batch_norm_eval_stats(
         shape,
@@ -229,7 +337,7 @@ pub(crate) fn batch_norm_affine(
 /// `y = (x − mean_c)·invstd_c·γ_c + β_c` per plane.
 fn normalize(
     shape: Shape4,
-    x: &[f32],
+    x: Input<'_>,
     mean: &[f32],
     invstd: &[f32],
     gamma: Option<&[f32]>,
@@ -250,7 +358,7 @@ fn normalize(
                 let (scale, shift) = affine_of(p % c, mean, invstd, gamma, beta);
                 let (a, b) = (splat(scale), splat(shift));
                 simd::map(
-                    &x[p * plane..][..plane],
+                    x.plane(shape, p / c, p % c),
                     y_p,
                     #[inline(always)]
                     |v| v.mul_add(a, b),
@@ -301,7 +409,7 @@ pub fn batch_norm_backward(
     batch_norm_backward_from(
         shape,
         training,
-        x,
+        Input::dense(x),
         gamma,
         save_mean,
         save_invstd,
@@ -323,7 +431,7 @@ pub fn batch_norm_backward(
 pub(crate) fn batch_norm_backward_from(
     shape: Shape4,
     training: bool,
-    x: &[f32],
+    x: Input<'_>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -390,7 +498,7 @@ pub(crate) fn batch_norm_backward_from(
         #[inline(always)]
         |r, Items(dx, _), s| {
             for (p, dx_p) in r.zip(dx.chunks_exact_mut(plane)) {
-                let (x_p, dy_p) = (&x[p * plane..][..plane], dy.plane(p, plane, c, s)?);
+                let (x_p, dy_p) = (x.plane(shape, p / c, p % c), dy.plane(p, plane, c, s)?);
                 if stream {
                     map.apply_stream(p % c, x_p, dy_p, dx_p);
                 } else {
@@ -411,7 +519,7 @@ pub(crate) fn batch_norm_backward_from(
 fn by_channel(
     shape: Shape4,
     training: bool,
-    x: &[f32],
+    x: Input<'_>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -444,7 +552,7 @@ fn by_channel(
                 let (mut s1, mut s2) = (0.0f64, 0.0f64);
                 for i in 0..n {
                     let at = (i * c + ch) * plane;
-                    let (a, b) = plane_sums(&x[at..][..plane], &dy[at..][..plane], mean);
+                    let (a, b) = plane_sums(x.plane(shape, i, ch), &dy[at..][..plane], mean);
                     (s1, s2) = (s1 + a as f64, s2 + b as f64);
                 }
                 *s_dy = s1 as f32;
@@ -461,7 +569,7 @@ fn by_channel(
                 };
                 for i in 0..n {
                     let at = (i * c + ch) * plane;
-                    let (x_p, dy_p) = (&x[at..][..plane], &dy[at..][..plane]);
+                    let (x_p, dy_p) = (x.plane(shape, i, ch), &dy[at..][..plane]);
                     let dx_p = dx.plane_mut(i, ch);
                     if stream {
                         map.apply_stream(0, x_p, dy_p, dx_p);
@@ -481,12 +589,13 @@ fn by_channel(
 fn check_saved(
     op: &'static str,
     shape: Shape4,
-    x: &[f32],
+    x: Input<'_>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
 ) -> Result<usize> {
-    let len = bn_check(op, shape, x, gamma, None)?;
+    let len = bn_check(op, shape, x.x, gamma, None)?;
+    x.check(op, shape)?;
     check_len(op, "save_mean", save_mean, shape.c)?;
     check_len(op, "save_invstd", save_invstd, shape.c)?;
     Ok(len)
@@ -532,7 +641,7 @@ fn param_grads(
 pub(crate) fn batch_norm_backward_sums<'a>(
     shape: Shape4,
     training: bool,
-    x: &[f32],
+    x: Input<'_>,
     gamma: Option<&'a [f32]>,
     save_mean: &'a [f32],
     save_invstd: &'a [f32],
@@ -565,7 +674,7 @@ pub(crate) fn batch_norm_backward_sums<'a>(
         #[inline(always)]
         |r, (Items(pd, _), Items(pdx, _)), s| {
             for ((p, a), b) in r.zip(pd.iter_mut()).zip(pdx.iter_mut()) {
-                let x_p = &x[p * plane..][..plane];
+                let x_p = x.plane(shape, p / c, p % c);
                 let (x_p, dy_p) = match &dy {
                     // Zero but at the maxima: the sums over those.
                     &Planes::Pooled {
@@ -639,7 +748,7 @@ mod tests {
                 let map = super::batch_norm_backward_sums(
                     shape,
                     training,
-                    &x,
+                    super::Input::dense(&x),
                     Some(&gamma),
                     &mean,
                     &invstd,
@@ -727,7 +836,7 @@ mod tests {
             let map = super::batch_norm_backward_sums(
                 shape,
                 training,
-                &x,
+                super::Input::dense(&x),
                 Some(&gamma),
                 &mean,
                 &invstd,

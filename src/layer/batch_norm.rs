@@ -5,7 +5,7 @@ use super::{Backward, Ctx, Layer, ParamInfo, ParamKind, shape_error};
 use crate::error::{Error, Result};
 use crate::kernels;
 use crate::kernels::accum::Accum;
-use crate::kernels::batch_norm::RunningStats;
+use crate::kernels::batch_norm::{self, Input, RunningStats};
 use crate::shape::Shape4;
 use crate::shape::{Shape3, Tensor, TensorData};
 
@@ -24,6 +24,9 @@ pub(crate) struct BatchNorm2d {
     scale: Vec<f32>,
     shift: Vec<f32>,
     trained: bool,
+    /// The channel groups of the last forward pass's input (empty: NCHW), see
+    /// [`kernels::batch_norm::Input`].
+    groups: Vec<usize>,
 }
 
 impl BatchNorm2d {
@@ -50,6 +53,7 @@ impl BatchNorm2d {
             scale: vec![0.0; c],
             shift: vec![0.0; c],
             trained: false,
+            groups: Vec::new(),
         })
     }
     fn shape4(&self, n: usize) -> Shape4 {
@@ -83,8 +87,10 @@ impl BatchNorm2d {
     ) -> Result<()> {
         let (c, shape, eps) = (self.shape[0], self.shape4(n), self.eps);
         self.trained = training;
+        self.groups.clear();
         if training {
             let (running, mean, inv) = self.running();
+            let x = Input::dense(x);
             kernels::batch_norm_train_stats(shape, eps, x, mean, inv, Some(running))?;
         } else {
             const OP: &str = "batch_norm_forward_eval";
@@ -108,6 +114,41 @@ impl BatchNorm2d {
             &mut self.shift,
         );
         Ok(())
+    }
+
+    /// [`Layer::forward`] of an input in either channel order (its groups are kept for the
+    /// backward pass).
+    pub(crate) fn forward_in(
+        &mut self,
+        n: usize,
+        p: &[f32],
+        x: Input<'_>,
+        y: &mut [f32],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<()> {
+        let c = self.shape[0];
+        let (gamma, beta) = p.split_at(c);
+        self.trained = ctx.training;
+        self.groups.clear();
+        self.groups.extend_from_slice(x.groups);
+        let (shape, eps) = (self.shape4(n), self.eps);
+        if ctx.training {
+            let (running, mean, inv) = self.running();
+            let (g, b) = (Some(gamma), Some(beta));
+            batch_norm::forward_train_in(shape, eps, x, g, b, y, mean, inv, Some(running))
+        } else {
+            batch_norm::forward_eval_in(
+                shape,
+                eps,
+                x,
+                Some(gamma),
+                Some(beta),
+                (&self.running_mean, &self.running_var),
+                y,
+                &mut self.save_mean,
+                &mut self.save_invstd,
+            )
+        }
     }
 
     /// `(scale, shift)` per channel of evaluation mode (`y = x·scale + shift`, from the running
@@ -169,7 +210,10 @@ impl BatchNorm2d {
         kernels::batch_norm::batch_norm_backward_sums(
             self.shape4(n),
             self.trained,
-            x,
+            Input {
+                x,
+                groups: &self.groups,
+            },
             Some(&p[..c]),
             &self.save_mean,
             &self.save_invstd,
@@ -202,7 +246,10 @@ impl BatchNorm2d {
         kernels::batch_norm_backward_from(
             self.shape4(n),
             self.trained,
-            x,
+            Input {
+                x,
+                groups: &self.groups,
+            },
             Some(&p[..c]),
             &self.save_mean,
             &self.save_invstd,
@@ -318,37 +365,7 @@ impl Layer for BatchNorm2d {
         y: &mut [f32],
         ctx: &mut Ctx<'_>,
     ) -> Result<()> {
-        let c = self.shape[0];
-        let (gamma, beta) = p.split_at(c);
-        self.trained = ctx.training;
-        if ctx.training {
-            let (shape, eps) = (self.shape4(n), self.eps);
-            let (running, mean, inv) = self.running();
-            kernels::batch_norm_forward_train(
-                shape,
-                eps,
-                x,
-                Some(gamma),
-                Some(beta),
-                y,
-                mean,
-                inv,
-                Some(running),
-            )
-        } else {
-            kernels::batch_norm_forward_eval(
-                self.shape4(n),
-                self.eps,
-                x,
-                Some(gamma),
-                Some(beta),
-                &self.running_mean,
-                &self.running_var,
-                y,
-                &mut self.save_mean,
-                &mut self.save_invstd,
-            )
-        }
+        self.forward_in(n, p, Input::dense(x), y, ctx)
     }
     fn backward(&mut self, b: Backward<'_>, ctx: &mut Ctx<'_>) -> Result<()> {
         let Backward {

@@ -1,10 +1,10 @@
-//! Inference memory: where each node's output lives when no backward pass follows
-//! ([`Model::infer`](super::Model::infer)).
+//! Activation memory: where each node's output lives, for training ([`Arena::kept`]) and for
+//! inference ([`Arena::new`], [`Model::infer`](super::Model::infer)).
 //!
-//! Training keeps every activation for the backward pass. Inference needs a node's output only
-//! from the step that writes it to the last step that reads it, so outputs share one buffer: each
-//! gets a region of it for its lifetime, and regions whose lifetimes do not overlap reuse the same
-//! memory (first fit, in step order).
+//! Training keeps every activation for the backward pass: each output has a region of its own.
+//! Inference needs a node's output only from the step that writes it to the last step that reads
+//! it, so outputs share one buffer: each gets a region of it for its lifetime, and regions whose
+//! lifetimes do not overlap reuse the same memory (first fit, in step order).
 //!
 //! For one sample at a time, a channel concatenation's output is its inputs laid end to end, so
 //! its inputs can be written straight into their slices of it: the concatenation copies nothing,
@@ -16,12 +16,22 @@
 //! - otherwise it gets its own region, and each input not yet placed is placed at its slice;
 //!   an input placed elsewhere, or the model's input, is copied.
 //!
+//! A batch cannot do that in NCHW, but it can stack: a concatenation's output is then its inputs
+//! one after the other, each a whole `[n, c_t, h, w]` tensor, which is the same layout for one
+//! sample. Only a reader that knows the order can read it, so training stacks the
+//! concatenations that only batch norms read (every layer of a DenseNet block, and its
+//! transition), [`crate::kernels::batch_norm::Input`]: each dense layer's new features are
+//! written straight into the block's output, and each layer's input is a view of its first
+//! part — nothing is copied, and the block keeps one copy of its feature maps instead of one per
+//! layer. Every other concatenation of a batch copies its inputs, in NCHW.
+//!
 //! A region lives from the first step that writes into it to the last step that reads from it.
 //! Every step's inputs must lie outside its output (the plan is checked; should a placement break
 //! that, the plan falls back to one without concatenations in place).
 
 use super::graph::{Join, Node, Op, Src};
 use super::plan::{Plan, Step};
+use crate::layer::Built;
 use crate::shape::numel;
 use std::ops::Range;
 
@@ -40,6 +50,20 @@ pub(crate) struct Arena {
     pub size: usize,
     /// Values the concatenations copy per sample.
     pub copied: usize,
+    /// For a stacked concatenation (see the module documentation), its inputs' channel counts;
+    /// empty for every other node.
+    pub groups: Vec<Vec<usize>>,
+}
+
+/// How [`Arena::place`] lays out outputs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Inference: regions reused over their lifetimes; concatenations in place when `true`
+    /// (one sample at a time).
+    Infer(bool),
+    /// Training: every output kept; concatenations read by batch norms alone stacked when
+    /// `true`.
+    Train(bool),
 }
 
 /// What forward step `step` reads.
@@ -58,12 +82,34 @@ impl Arena {
     /// at a time).
     pub(crate) fn new(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
         if in_place {
-            let a = Arena::place(nodes, plan, input_len, true);
-            if a.checked(plan) {
+            let a = Arena::place(nodes, plan, input_len, Use::Infer(true));
+            if a.checked(&plan.infer, plan) {
                 return a;
             }
         }
-        Arena::place(nodes, plan, input_len, false)
+        Arena::place(nodes, plan, input_len, Use::Infer(false))
+    }
+
+    /// The arena for `plan`'s training steps over `nodes`: every output kept, concatenations read
+    /// by batch norms alone stacked when `stack` (else every concatenation copies).
+    pub(crate) fn kept(nodes: &[Node], plan: &Plan, input_len: usize, stack: bool) -> Arena {
+        if stack {
+            let a = Arena::place(nodes, plan, input_len, Use::Train(true));
+            if a.checked(&plan.forward, plan) {
+                return a;
+            }
+        }
+        Arena::place(nodes, plan, input_len, Use::Train(false))
+    }
+
+    /// Whether concatenation `c`'s output can be stacked: only batch norms read it (as nodes of
+    /// their own), and it is not the model's output.
+    fn stackable(nodes: &[Node], plan: &Plan, c: usize) -> bool {
+        c + 1 < nodes.len() && plan.forward.iter().all(|&step| {
+            let reads_c = step_reads(plan, step).contains(&Src::Node(c));
+            !reads_c
+                || matches!(step, Step::Node(b) if matches!(nodes[b].op, Op::Layer(Built::Bn(_))))
+        })
     }
 
     /// The range of node `j`'s output for a batch of `n`.
@@ -72,15 +118,17 @@ impl Arena {
         Some(n * at..n * (at + self.len[j]))
     }
 
-    fn place(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
+    fn place(nodes: &[Node], plan: &Plan, input_len: usize, to: Use) -> Arena {
         let count = nodes.len();
         let len: Vec<usize> = nodes.iter().map(|n| numel(n.shape)).collect();
-        let steps = plan.infer.len();
-        // The step that writes each node, and the last step that reads it (the output: past
-        // the end).
+        let train = matches!(to, Use::Train(_));
+        let order = if train { &plan.forward } else { &plan.infer };
+        let steps = order.len();
+        // The step that writes each node, and the last step that reads it (the output, and in
+        // training every node: past the end).
         let mut made = vec![usize::MAX; count];
         let mut last = vec![0usize; count];
-        for (s, &step) in plan.infer.iter().enumerate() {
+        for (s, &step) in order.iter().enumerate() {
             made[step.top()] = s;
             for src in step_reads(plan, step) {
                 if let Src::Node(j) = *src {
@@ -89,6 +137,10 @@ impl Arena {
             }
         }
         last[count - 1] = steps;
+        if train {
+            last.fill(steps);
+        }
+        let mut groups = vec![Vec::new(); count];
         let src_len = |s: Src| match s {
             Src::Input => input_len,
             Src::Node(j) => len[j],
@@ -111,11 +163,25 @@ impl Arena {
                     Some(o)
                 })
                 .collect();
+            let in_place = match to {
+                Use::Infer(on) => on,
+                Use::Train(on) => on && Arena::stackable(nodes, plan, c),
+            };
             if !in_place {
                 copy[c] = vec![true; reads.len()];
                 copied += len[c];
                 continue;
             }
+            if train {
+                // Its inputs' channels (each is `len / (h·w)` of them).
+                let plane = nodes[c].shape[1] * nodes[c].shape[2];
+                groups[c] = reads.iter().map(|&s| src_len(s) / plane.max(1)).collect();
+            }
+            // A concatenation read by another is not stacked (only batch norms read those): it
+            // is copied in NCHW.
+            let placeable = |p: usize| {
+                made[p] != usize::MAX && (!train || !matches!(nodes[p].op, Op::Join(Join::Concat)))
+            };
             // Its inputs already end to end, in its order: a view of them.
             let first = match reads[0] {
                 Src::Node(p) => home[p],
@@ -123,7 +189,7 @@ impl Arena {
             };
             let end_to_end = first.is_some_and(|(r, o)| {
                 reads.iter().zip(&offsets).all(|(&s, &off)| match s {
-                    Src::Node(p) => made[p] != usize::MAX && home[p] == Some((r, o + off)),
+                    Src::Node(p) => placeable(p) && home[p] == Some((r, o + off)),
                     Src::Input => false,
                 })
             });
@@ -138,7 +204,7 @@ impl Arena {
                 .iter()
                 .zip(&offsets)
                 .map(|(&s, &off)| match s {
-                    Src::Node(p) if made[p] != usize::MAX => match home[p] {
+                    Src::Node(p) if placeable(p) => match home[p] {
                         Some(h) => h != (r, base + off),
                         None => {
                             home[p] = Some((r, base + off));
@@ -206,13 +272,14 @@ impl Arena {
             view,
             size,
             copied,
+            groups,
         }
     }
 
-    /// Whether every step's inputs (those it reads, not those already in place) lie outside
-    /// its output.
-    fn checked(&self, plan: &Plan) -> bool {
-        plan.infer.iter().all(|&step| {
+    /// Whether every one of `steps`'s inputs (those it reads, not those already in place) lie
+    /// outside its output.
+    fn checked(&self, steps: &[Step], plan: &Plan) -> bool {
+        steps.iter().all(|&step| {
             let top = step.top();
             if self.view[top] {
                 return true;

@@ -56,7 +56,13 @@ pub struct Model {
     ranges: Vec<Range<usize>>,
     params: Vec<f32>,
     grads: Vec<f32>,
-    acts: Vec<Vec<f32>>,
+    /// Every output [`Model::forward`] keeps, where [`Model::kept`] places it.
+    acts: Vec<f32>,
+    /// Where each node's output lives in `acts` (its concatenations stacked, see [`Arena`]).
+    kept: Arena,
+    /// Whether the concatenations that only batch norms read are stacked (off only to test
+    /// that the results are the same bits).
+    stack: bool,
     /// The plan's gradient slots.
     dslots: Vec<Vec<f32>>,
     /// A layer's input gradient before it is added to an earlier one.
@@ -93,7 +99,8 @@ pub type Sequential = Model;
 /// ([`Model::activation_memory`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActivationMemory {
-    /// The outputs [`Model::forward`] keeps for the backward pass.
+    /// The outputs [`Model::forward`] keeps for the backward pass (a concatenation that only
+    /// batch norms read, as in a DenseNet block, keeps its inputs in place rather than a copy).
     pub training: usize,
     /// The buffer [`Model::infer`] needs (outputs share it over their lifetimes).
     pub inference: usize,
@@ -242,7 +249,6 @@ impl Model {
             shapes.push(n.shape);
             infos.push(info);
         }
-        let count = nodes.len();
         crate::memory::check_elems::<f32>(
             OP,
             "the parameters and their gradients",
@@ -256,7 +262,9 @@ impl Model {
             ranges,
             params: crate::memory::vec_of(OP, "parameters", total, 0.0)?,
             grads: crate::memory::vec_of(OP, "gradients", total, 0.0)?,
-            acts: vec![Vec::new(); count],
+            acts: Vec::new(),
+            kept: Arena::default(),
+            stack: true,
             dslots: Vec::new(),
             dtmp: Vec::new(),
             spare_grads: Vec::new(),
@@ -406,11 +414,54 @@ impl Model {
         }
         self.dslots.resize_with(plan.slots, Vec::new);
         let input_len = numel(self.input);
+        self.kept = Arena::kept(&self.nodes, &plan, input_len, self.stack);
         self.arenas = [
             Arena::new(&self.nodes, &plan, input_len, false),
             Arena::new(&self.nodes, &plan, input_len, true),
         ];
         self.plan = plan;
+    }
+
+    /// Whether a channel concatenation that only batch norms read (each layer's input in a
+    /// DenseNet block, and the block's output) keeps its inputs where they were written
+    /// (`true`, the default) or copies them (`false`, for comparison). In place, a batch's
+    /// concatenation holds its inputs one after the other, each a whole `[n, c, h, w]` tensor,
+    /// and the batch norms read their channels from there; a block's layers then read views of
+    /// one buffer, which its new feature maps are written into, rather than copies that grow
+    /// with every layer ([`ActivationMemory::training`]). Results are the same bits either way.
+    /// Changing it discards the last forward pass (a backward pass needs a new one).
+    ///
+    /// # Example
+    /// ```
+    /// use cnnkit::{GraphBuilder, LayerSpec};
+    /// let mut g = GraphBuilder::new([2, 8, 8]);
+    /// let x = g.input();
+    /// let mut feats = vec![g.layer("stem", &LayerSpec::conv(4, 3, 1), x)?];
+    /// for i in 0..3 {
+    ///     let cat = match &feats[..] {
+    ///         [one] => *one,
+    ///         all => g.concat(&format!("cat{i}"), all)?,
+    ///     };
+    ///     let bn = g.layer(&format!("bn{i}"), &LayerSpec::batch_norm(), cat)?;
+    ///     feats.push(g.layer(&format!("conv{i}"), &LayerSpec::conv(2, 3, 1), bn)?);
+    /// }
+    /// let out = g.concat("out", &feats)?;
+    /// let bn = g.layer("bn", &LayerSpec::batch_norm(), out)?;
+    /// let pool = g.layer("pool", &LayerSpec::GlobalAvgPool, bn)?;
+    /// let _ = g.layer("fc", &LayerSpec::dense(3), pool)?;
+    /// let mut m = g.build(0)?;
+    /// let x = vec![0.25; 4 * 128];
+    /// let stacked = (m.forward(&x, 4)?.to_vec(), m.activation_memory(4).training);
+    /// m.set_stacking(false);
+    /// let copied = (m.forward(&x, 4)?.to_vec(), m.activation_memory(4).training);
+    /// assert_eq!(stacked.0, copied.0);
+    /// assert!(stacked.1 < copied.1);
+    /// # Ok::<(), cnnkit::Error>(())
+    /// ```
+    pub fn set_stacking(&mut self, on: bool) {
+        self.stack = on;
+        self.last_n = None;
+        self.kept = Arena::kept(&self.nodes, &self.plan, numel(self.input), on);
     }
 
     /// The nodes that currently run inside a later step (see [`Model::set_fusion`]).
@@ -458,12 +509,11 @@ impl Model {
         const OP: &str = "Sequential::forward";
         let len = |s: Shape3| crate::error::mul(OP, "batch", n, numel(s));
         let mut widest = len(self.input)?;
-        let mut acts = 0u128;
         for &s in &self.shapes {
-            let k = len(s)?;
-            acts += k as u128;
-            widest = widest.max(k);
+            widest = widest.max(len(s)?);
         }
+        let kept = crate::error::mul(OP, "batch", n, self.kept.size)?;
+        let acts = kept as u128;
         let ws = self.scratch_len(n);
         let slots = self.plan.slots + usize::from(self.plan.adds_layer_grad);
         crate::memory::check_elems::<f32>(
@@ -471,16 +521,7 @@ impl Model {
             "the activations of the batch",
             2 * acts + slots as u128 * widest as u128 + ws as u128,
         )?;
-        for ((a, &s), &skip) in self
-            .acts
-            .iter_mut()
-            .zip(&self.shapes)
-            .zip(&self.plan.skipped)
-        {
-            if !skip {
-                crate::memory::grow(OP, "activations", a, len(s)?)?;
-            }
-        }
+        crate::memory::grow(OP, "activations", &mut self.acts, kept)?;
         for d in &mut self.dslots {
             crate::memory::grow(OP, "gradients", d, widest)?;
         }
@@ -598,6 +639,7 @@ impl Model {
             ranges,
             params,
             acts,
+            kept,
             ws,
             plan,
             training,
@@ -614,23 +656,14 @@ impl Model {
             n,
             seed: call_seed,
             folded: &[],
+            groups: &kept.groups,
         };
-        for &step in &plan.forward {
-            let i = step.top();
-            let (prev, rest) = acts.split_at_mut(i);
-            let input = |s: Src| -> &[f32] {
-                match s {
-                    Src::Input => x,
-                    Src::Node(j) => &prev[j][..n * numel(shapes[j])],
-                }
-            };
-            let out = &mut rest[0][..n * numel(shapes[i])];
-            run_step(&run, step, nodes, &input, out, ws, None)?;
-        }
+        run_steps(&run, &plan.forward, kept, nodes, x, acts, ws)?;
         self.last_n = Some(n);
         self.last_x = fingerprint(x);
         let last = self.nodes.len() - 1;
-        Ok(&self.acts[last][..n * self.output_len()])
+        let r = self.kept.range(last, n).ok_or_else(planned)?;
+        Ok(&self.acts[r])
     }
 
     /// The output of [`Model::forward`], bit for bit, without keeping what a backward pass
@@ -710,31 +743,9 @@ impl Model {
             n,
             seed: 0,
             folded,
+            groups: &arena.groups,
         };
-        for &step in &plan.infer {
-            let i = step.top();
-            if arena.view[i] {
-                continue;
-            }
-            let o = arena.range(i, n).ok_or_else(planned)?;
-            let (left, rest) = infer_buf.split_at_mut(o.start);
-            let (out, right) = rest.split_at_mut(o.len());
-            // Inputs lie before or after the output (the arena is checked for it).
-            let input = |s: Src| -> &[f32] {
-                let part = match s {
-                    Src::Input => return x,
-                    Src::Node(j) => arena.range(j, n),
-                };
-                match part {
-                    Some(r) if r.end <= o.start => left.get(r),
-                    Some(r) if r.start >= o.end => right.get(r.start - o.end..r.end - o.end),
-                    _ => None,
-                }
-                .unwrap_or_default()
-            };
-            let copy = arena.copy[i].as_slice();
-            run_step(&run, step, nodes, &input, out, ws, Some(copy))?;
-        }
+        run_steps(&run, &plan.infer, arena, nodes, x, infer_buf, ws)?;
         let last = nodes.len() - 1;
         let r = arenas[which].range(last, n).ok_or_else(planned)?;
         Ok(&self.infer_buf[r])
@@ -744,16 +755,9 @@ impl Model {
     /// backward pass, what [`Model::infer`] needs, and what its concatenations copy per call.
     pub fn activation_memory(&self, n: usize) -> ActivationMemory {
         let f = std::mem::size_of::<f32>();
-        let training = self
-            .shapes
-            .iter()
-            .zip(&self.plan.skipped)
-            .filter(|(_, skip)| !**skip)
-            .map(|(&s, _)| numel(s))
-            .sum::<usize>();
         let a = &self.arenas[usize::from(n == 1)];
         ActivationMemory {
-            training: training.saturating_mul(n).saturating_mul(f),
+            training: self.kept.size.saturating_mul(n).saturating_mul(f),
             inference: a.size.saturating_mul(n).saturating_mul(f),
             copied: a.copied.saturating_mul(n).saturating_mul(f),
         }
@@ -849,6 +853,7 @@ impl Model {
             grads: own_grads,
             spare_grads,
             acts,
+            kept,
             dslots,
             dtmp,
             ws,
@@ -867,10 +872,14 @@ impl Model {
             Src::Node(j) => want_dx || plan.trains[j],
         };
         let last = nodes.len() - 1;
+        let acts = &*acts;
         let act = |s: Src| -> &[f32] {
             match s {
                 Src::Input => x,
-                Src::Node(j) => &acts[j][..n * numel(shapes[j])],
+                Src::Node(j) => kept
+                    .range(j, n)
+                    .and_then(|r| acts.get(r))
+                    .unwrap_or_default(),
             }
         };
         for bs in &plan.backward {
@@ -879,7 +888,7 @@ impl Model {
             if !needed(Src::Node(top)) {
                 continue;
             }
-            let y = &acts[top][..n * numel(shapes[top])];
+            let y = act(Src::Node(top));
             let dy_buf = match plan.slot[top] {
                 Some(s) if top != last => std::mem::take(&mut dslots[s]),
                 _ => Vec::new(),
@@ -1291,6 +1300,46 @@ struct Run<'m> {
     seed: u64,
     /// The convolutions' folded weights, by node (inference; empty otherwise).
     folded: &'m [Option<Folded>],
+    /// The channel groups of each stacked concatenation's output ([`Arena::groups`]).
+    groups: &'m [Vec<usize>],
+}
+
+/// Runs `steps` with every output where `arena` places it in `buf`, `x` the model's input.
+fn run_steps(
+    run: &Run,
+    steps: &[Step],
+    arena: &Arena,
+    nodes: &mut [Node],
+    x: &[f32],
+    buf: &mut [f32],
+    ws: &mut [f32],
+) -> Result<()> {
+    let n = run.n;
+    for &step in steps {
+        let i = step.top();
+        if arena.view[i] {
+            continue;
+        }
+        let o = arena.range(i, n).ok_or_else(planned)?;
+        let (left, rest) = buf.split_at_mut(o.start);
+        let (out, right) = rest.split_at_mut(o.len());
+        // Inputs lie before or after the output (the arena is checked for it).
+        let input = |s: Src| -> &[f32] {
+            let part = match s {
+                Src::Input => return x,
+                Src::Node(j) => arena.range(j, n),
+            };
+            match part {
+                Some(r) if r.end <= o.start => left.get(r),
+                Some(r) if r.start >= o.end => right.get(r.start - o.end..r.end - o.end),
+                _ => None,
+            }
+            .unwrap_or_default()
+        };
+        let copy = arena.copy[i].as_slice();
+        run_step(run, step, nodes, &input, out, ws, Some(copy))?;
+    }
+    Ok(())
 }
 
 /// A convolution's evaluation-mode weights for [`Model::infer`]: the batch norm after it folded
@@ -1366,6 +1415,19 @@ fn run_step<'a>(
             c.forward_fused(n, w, b, pre, epi, input(r[0]), out, ctx.ws)
         }
         Step::Node(_) => match &mut tail[0].op {
+            Op::Layer(Built::Bn(b)) => {
+                let p = &params[ranges[i].clone()];
+                let from = plan.reads[i][0];
+                let groups = match from {
+                    Src::Node(j) => run.groups.get(j).map_or(&[][..], Vec::as_slice),
+                    Src::Input => &[],
+                };
+                let x = crate::kernels::batch_norm::Input {
+                    x: input(from),
+                    groups,
+                };
+                b.forward_in(n, p, x, out, &mut ctx)
+            }
             Op::Layer(l) => {
                 let p = &params[ranges[i].clone()];
                 l.layer_mut()
@@ -1376,14 +1438,17 @@ fn run_step<'a>(
                     Src::Input => run.input_len,
                     Src::Node(k) => numel(run.shapes[k]),
                 };
-                join_forward(*j, n, &plan.reads[i], input, &len, out, run.shapes[i], copy)
+                let stacked = run.groups.get(i).is_some_and(|g| !g.is_empty());
+                let to = (run.shapes[i], stacked);
+                join_forward(*j, n, &plan.reads[i], input, &len, out, to, copy)
             }
         },
     }
 }
 
 /// The forward pass of join `j` reading `reads` (of `len` values per sample) into `out` (of
-/// `shape` per sample); a concatenation skips the inputs `copy` marks as already in place.
+/// `shape` per sample, its inputs stacked when `stacked`, see [`Arena`]); a concatenation skips
+/// the inputs `copy` marks as already in place.
 #[allow(clippy::too_many_arguments)]
 fn join_forward<'a>(
     j: Join,
@@ -1392,7 +1457,7 @@ fn join_forward<'a>(
     input: &dyn Fn(Src) -> &'a [f32],
     len: &dyn Fn(Src) -> usize,
     out: &mut [f32],
-    shape: Shape3,
+    (shape, stacked): (Shape3, bool),
     copy: Option<&[bool]>,
 ) -> Result<()> {
     match j {
@@ -1408,7 +1473,15 @@ fn join_forward<'a>(
             for (t, &s) in reads.iter().enumerate() {
                 let k = len(s);
                 if copy.is_none_or(|c| c.get(t) != Some(&false)) {
-                    join::concat_forward(n, per, at, k, input(s), out)?;
+                    if stacked {
+                        let part = input(s);
+                        check_len("concat_forward", "input", part, n * k)?;
+                        out.get_mut(n * at..n * (at + k))
+                            .ok_or_else(planned)?
+                            .copy_from_slice(part);
+                    } else {
+                        join::concat_forward(n, per, at, k, input(s), out)?;
+                    }
                 }
                 at += k;
             }
