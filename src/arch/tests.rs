@@ -225,6 +225,60 @@ fn wgrad_tile_matches_the_reference_bit_for_bit() {
     on_every_kernel(&mut T);
 }
 
+/// The dot-product tile: every tile shape, lengths from none to several blocks with and without
+/// a tail, rows further apart than their length, two calls adding to the same running sums, and
+/// NaN wherever the tile must not write (the elements of the row stride outside the tile).
+#[test]
+fn dot_tile_matches_the_reference_bit_for_bit() {
+    use super::kernel::bodies::tiles::{DOT_COLS, DOT_LANES, DOT_ROWS};
+    struct T;
+    impl KernelTest for T {
+        fn run<K: MicroKernel>(&mut self, kern: K) {
+            for (rows, cols) in (1..=DOT_ROWS).flat_map(|r| (1..=DOT_COLS).map(move |c| (r, c))) {
+                for k in [0, 1, 15, 16, 17, 33, 100] {
+                    let (lda, ldb, rs) = (k + 3, k + 7, cols + 2);
+                    let a = values(20, (rows - 1) * lda + k.max(1));
+                    let b = values(21, (cols - 1) * ldb + k.max(1));
+                    let elems = (rows - 1) * rs + cols;
+                    let mut cv = vec![f32::NAN; elems * DOT_LANES];
+                    let mut ct = vec![f32::NAN; elems];
+                    let start = values(22, elems * (DOT_LANES + 1));
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            let e = i * rs + j;
+                            cv[e * DOT_LANES..][..DOT_LANES]
+                                .copy_from_slice(&start[e * DOT_LANES..][..DOT_LANES]);
+                            ct[e] = start[elems * DOT_LANES + e];
+                        }
+                    }
+                    let (mut want_v, mut want_t) = (cv.clone(), ct.clone());
+                    let whole = k / DOT_LANES * DOT_LANES;
+                    for _call in 0..2 {
+                        for i in 0..rows {
+                            for j in 0..cols {
+                                let e = i * rs + j;
+                                let (ar, br) = (&a[i * lda..], &b[j * ldb..]);
+                                for s in 0..whole {
+                                    let l = &mut want_v[e * DOT_LANES + s % DOT_LANES];
+                                    *l = ar[s].mul_add(br[s], *l);
+                                }
+                                for s in whole..k {
+                                    want_t[e] = ar[s].mul_add(br[s], want_t[e]);
+                                }
+                            }
+                        }
+                        kern.dot_tile((rows, cols), k, &a, lda, &b, ldb, (&mut cv, &mut ct), rs);
+                    }
+                    let what = format!("{} dot tile {rows}x{cols} k={k}", K::ISA);
+                    same_bits(&format!("{what}, lane sums"), &cv, &want_v);
+                    same_bits(&format!("{what}, tails"), &ct, &want_t);
+                }
+            }
+        }
+    }
+    on_every_kernel(&mut T);
+}
+
 /// The depthwise row: every length up to past four registers, several kernel shapes and
 /// dilations, flipped and not, added or overwriting NaN.
 #[test]

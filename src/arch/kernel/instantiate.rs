@@ -121,6 +121,44 @@ macro_rules! micro_kernels {
             }
 
             #[inline]
+            unsafe fn dot_raw(
+                self,
+                rows: usize,
+                cols: usize,
+                k: usize,
+                a: *const f32,
+                lda: usize,
+                b: *const f32,
+                ldb: usize,
+                (cv, ct): (*mut f32, *mut f32),
+                rs: usize,
+            ) {
+                #[target_feature(enable = $features)]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn f(
+                    rows: usize,
+                    cols: usize,
+                    k: usize,
+                    a: *const f32,
+                    lda: usize,
+                    b: *const f32,
+                    ldb: usize,
+                    cv: *mut f32,
+                    ct: *mut f32,
+                    rs: usize,
+                ) {
+                    // SAFETY: the caller's contract (as `dot_any`'s).
+                    unsafe {
+                        $crate::arch::kernel::bodies::tiles::dot_any::<$v>(
+                            rows, cols, k, a, lda, b, ldb, cv, ct, rs,
+                        )
+                    }
+                }
+                // SAFETY: `self` proves the features; the rest is the caller's contract.
+                unsafe { f(rows, cols, k, a, lda, b, ldb, cv, ct, rs) }
+            }
+
+            #[inline]
             unsafe fn depthwise_raw(
                 self,
                 src: *const f32,

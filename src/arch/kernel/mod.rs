@@ -217,6 +217,23 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         c: *mut f32,
         rs: usize,
     );
+    /// [`dot_any`](bodies::tiles::dot_any) compiled for this instruction set.
+    ///
+    /// # Safety
+    /// As [`dot_any`](bodies::tiles::dot_any).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn dot_raw(
+        self,
+        rows: usize,
+        cols: usize,
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        ldb: usize,
+        c: (*mut f32, *mut f32),
+        rs: usize,
+    );
     /// [`depthwise_body`](bodies::depthwise::depthwise_body) compiled for this instruction set.
     ///
     /// # Safety
@@ -531,6 +548,68 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         }
     }
 
+    /// Dot products of rows, `Σ_{s<k} a[i·lda + s] · b[j·ldb + s]` for `i < rows`, `j < cols`,
+    /// added to running sums per lane: element `(i, j)`'s lane sums at
+    /// `sums.0[(i·rs + j)·DOT_LANES..]`, the products past the last whole vector at
+    /// `sums.1[i·rs + j]` ([`dot_body`](bodies::tiles::dot_body)); [`dot_total`] adds them up.
+    /// `rows <= DOT_ROWS`, `cols <= DOT_COLS`.
+    ///
+    /// Panics (a programming error) if a count is 0 or above its limit, or any read or write
+    /// would leave its slice.
+    #[allow(clippy::too_many_arguments)]
+    fn dot_tile(
+        self,
+        (rows, cols): (usize, usize),
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        ldb: usize,
+        (cv, ct): (&mut [f32], &mut [f32]),
+        rs: usize,
+    ) {
+        use bodies::tiles::{DOT_COLS, DOT_LANES, DOT_ROWS};
+        assert!(
+            (1..=DOT_ROWS).contains(&rows) && (1..=DOT_COLS).contains(&cols),
+            "dot tile of {rows}x{cols}"
+        );
+        assert!(
+            Self::LANES == DOT_LANES || 2 * Self::LANES == DOT_LANES,
+            "lanes of the dot tile"
+        );
+        let covers = |len: usize, n: usize, ld: usize, k: usize| {
+            (n - 1)
+                .checked_mul(ld)
+                .and_then(|v| v.checked_add(k))
+                .is_some_and(|end| end <= len)
+        };
+        assert!(covers(a.len(), rows, lda, k), "A read out of bounds");
+        assert!(covers(b.len(), cols, ldb, k), "B read out of bounds");
+        assert!(covers(ct.len(), rows, rs, cols), "tail sums out of bounds");
+        assert!(
+            covers(cv.len() / DOT_LANES, rows, rs, cols),
+            "lane sums out of bounds"
+        );
+        // SAFETY: the CPU has the instruction set (`self` exists), whose lanes fit DOT_LANES
+        // (checked); the counts are in range (checked); a[i·lda + s] for i < rows, s < k is below
+        // (rows−1)·lda + k <= a.len(), and the same for b; element (i, j) for i < rows, j < cols
+        // has index below (rows−1)·rs + cols, within ct and (times DOT_LANES, plus N) within cv
+        // (all checked).
+        unsafe {
+            self.dot_raw(
+                rows,
+                cols,
+                k,
+                a.as_ptr(),
+                lda,
+                b.as_ptr(),
+                ldb,
+                (cv.as_mut_ptr(), ct.as_mut_ptr()),
+                rs,
+            )
+        }
+    }
+
     /// One output row of a stride-1 (along the row) depthwise sweep:
     /// `out[j] (+)= Σ_{p<kh, q<kw} w(p, q) · src[(top + p·d_h)·cols + j + q·d_w]`, where
     /// `w(p, q)` is `w[p·kw + q]`, or the kernel rotated by 180° if `flip`. Reads `src` up to the
@@ -592,6 +671,16 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     }
 }
 
+/// The total of an element's running sums from [`MicroKernel::dot_tile`]: the
+/// [`DOT_LANES`](bodies::tiles::DOT_LANES) lane sums in lane order, then the tail.
+pub(crate) fn dot_total(lane_sums: &[f32], tail: f32) -> f32 {
+    let mut sum = 0.0f32;
+    for v in &lane_sums[..bodies::tiles::DOT_LANES] {
+        sum += v;
+    }
+    sum + tail
+}
+
 /// The micro-kernels of no instruction set: a type without values, so code written for any
 /// [`MicroKernel`] type-checks on every target (see `with_kernel!`) but never runs with it.
 #[derive(Clone, Copy, Debug)]
@@ -639,6 +728,20 @@ unsafe impl MicroKernel for Never {
         _: *const f32,
         _: usize,
         _: *mut f32,
+        _: usize,
+    ) {
+        match self {}
+    }
+    unsafe fn dot_raw(
+        self,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: *const f32,
+        _: usize,
+        _: *const f32,
+        _: usize,
+        _: (*mut f32, *mut f32),
         _: usize,
     ) {
         match self {}

@@ -57,7 +57,7 @@ fn active_tile() -> (usize, usize) {
 
 /// The error when the instruction set changed between planning a pass and running it (through
 /// [`crate::arch::limit`] on another thread).
-fn changed(op: &'static str) -> Error {
+pub(super) fn changed(op: &'static str) -> Error {
     Error::invalid(
         op,
         "instruction set",

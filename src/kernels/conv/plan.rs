@@ -87,9 +87,48 @@ pub(super) fn use_direct(g: &Conv2dGeom) -> bool {
     direct_ok(g) && !in_bf16(g, Pass::Forward)
 }
 
-/// Whether the weight gradient takes the direct path (see [`in_bf16`]).
+/// Whether the weight gradient takes the direct path (see [`in_bf16`] and [`use_dot_wgrad`]).
 pub(super) fn use_direct_wgrad(g: &Conv2dGeom) -> bool {
-    direct_ok(g) && !in_bf16(g, Pass::Weights)
+    direct_ok(g) && !in_bf16(g, Pass::Weights) && !use_dot_wgrad(g)
+}
+
+/// Most taps per group (input channels per group × kernel height × width) for which the weight
+/// gradient is taken as dot products of rows ([`use_dot_wgrad`]). Measured against the direct
+/// path on ten layers (batch 8–64, 28x28 to 224x224, 1–16 input channels, 3x3 to 7x7; AMD EPYC,
+/// Zen 4, one and two threads; `docs/perf-log.md`): with 9–36 taps the dot products took
+/// 0.48–0.99 of the direct path's time, with 49 and more 1.0–1.6 (on two threads).
+pub(super) const DOT_MAX_TAPS: usize = 36;
+
+/// Output pixels per band of the dot-product weight gradient (its im2col rows are made a band at
+/// a time: at most `DOT_MAX_TAPS` rows of 8 KiB, in L2 beside the output gradient's rows).
+const DOT_BAND_PIXELS: usize = 2048;
+
+/// Whether the weight gradient is taken as dot products of rows of the output gradient and of
+/// the im2col matrix (`backward_weights::dot_weights`): for groups of at most [`DOT_MAX_TAPS`]
+/// taps (first layers on grey or colour images, small kernels on few channels), where the
+/// direct path would pad the taps to its register tile and transpose the whole output gradient
+/// for few multiply-adds per value, and an f32 micro-kernel runs.
+pub(super) fn use_dot_wgrad(g: &Conv2dGeom) -> bool {
+    packed::enabled()
+        && crate::arch::tile().is_some()
+        && !g.is_depthwise()
+        && g.k_g() <= DOT_MAX_TAPS
+        && !in_bf16(g, Pass::Weights)
+}
+
+/// Output rows per band of the dot-product weight gradient.
+pub(super) fn dot_band(g: &Conv2dGeom) -> usize {
+    (DOT_BAND_PIXELS / g.out_w().max(1)).clamp(1, g.out_h().max(1))
+}
+
+/// Scratch of one of `groups` workers of the dot-product weight gradient: its output channels'
+/// sums (taps and bias), a band's im2col rows and row of ones (for the bias), and with `made`
+/// its output channels' planes of one image.
+pub(super) fn dot_slot(g: &Conv2dGeom, groups: usize, made: bool) -> usize {
+    let rows = g.c_out().div_ceil(groups.max(1));
+    let img = if made { rows * g.out_plane() } else { 0 };
+    let lanes = crate::arch::DOT_LANES + 1;
+    (g.k_g() + 1) * (rows * lanes + dot_band(g) * g.out_w()) + img
 }
 
 /// Largest stride (per axis) taken by the direct path.
@@ -165,7 +204,12 @@ pub(super) fn backward_weights_len(g: &Conv2dGeom, made: bool) -> usize {
     let img = if made { g.c_out() * g.out_plane() } else { 0 };
     let wino =
         super::winograd::wgrad_choice(g).map_or(0, |t| super::winograd::wgrad_len(g, t) + img);
-    let passes = wino.max(if use_direct_wgrad(g) {
+    let passes = wino.max(if use_dot_wgrad(g) {
+        (1..=par::threads())
+            .map(|k| k * dot_slot(g, k, made))
+            .max()
+            .unwrap_or(0)
+    } else if use_direct_wgrad(g) {
         direct::Direct::for_wgrad(g).wgrad_scratch(g.n(), made)
     } else {
         slot_len(g) + img
