@@ -26,8 +26,6 @@
 pub mod bf16;
 pub mod isa;
 pub(crate) mod kernel;
-
-pub(crate) use kernel::bodies::tiles::{DOT_COLS, DOT_LANES, DOT_ROWS};
 pub(crate) mod stream;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -9,7 +9,7 @@ use super::plan::{
 };
 use super::{depthwise, direct, winograd};
 use crate::arch::kernel::MicroKernel;
-use crate::arch::{DOT_COLS, DOT_LANES, DOT_ROWS};
+use crate::arch::kernel::bodies::tiles::{DOT_COLS, DOT_LANES, DOT_ROWS};
 use crate::error::{Result, check_len, check_min_len};
 use crate::gemm::{MatMut, MatRef, gemm_serial};
 use crate::kernels::accum::Accum;

@@ -127,7 +127,7 @@ pub(super) fn dot_band(g: &Conv2dGeom) -> usize {
 pub(super) fn dot_slot(g: &Conv2dGeom, groups: usize, made: bool) -> usize {
     let rows = g.c_out().div_ceil(groups.max(1));
     let img = if made { rows * g.out_plane() } else { 0 };
-    let lanes = crate::arch::DOT_LANES + 1;
+    let lanes = crate::arch::kernel::bodies::tiles::DOT_LANES + 1;
     (g.k_g() + 1) * (rows * lanes + dot_band(g) * g.out_w()) + img
 }
 
