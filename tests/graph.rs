@@ -222,8 +222,8 @@ proptest! {
 
     /// Concatenations that only batch norms read (the dense blocks among the random graphs)
     /// stacked in place give the copies' outputs, gradients and running statistics bit for bit,
-    /// in training and evaluation mode, on one thread and on two, in no more memory (less
-    /// wherever one is stacked).
+    /// in training and evaluation mode (and inference's outputs), on one thread and on two, in
+    /// no more memory and with no more copies.
     #[test]
     fn stacked_concatenations_are_the_copies_bit_for_bit(
         ops in ops(),
@@ -242,6 +242,11 @@ proptest! {
                     m.eval();
                 }
                 let bits = pass_bits(&mut m, &x, n);
+                let inferred: Vec<u32> = if training {
+                    Vec::new()
+                } else {
+                    m.infer(&x, n).unwrap().iter().map(|f| f.to_bits()).collect()
+                };
                 let state: Vec<Vec<u32>> = m
                     .state_dict()
                     .iter()
@@ -250,13 +255,15 @@ proptest! {
                         _ => None,
                     })
                     .collect();
-                (bits, state, m.activation_memory(n).training)
+                let mem = m.activation_memory(n);
+                (bits, state, (mem.training, mem.copied), inferred)
             })
         };
         let (stacked, copied) = (run(true, 1), run(false, 1));
         prop_assert_eq!(&stacked.0, &copied.0, "{}", random_graph(&ops).build(0).unwrap().architecture());
         prop_assert_eq!(&stacked.1, &copied.1, "running statistics differ");
-        prop_assert!(stacked.2 <= copied.2);
+        prop_assert_eq!(&stacked.3, &copied.3, "inference differs");
+        prop_assert!(stacked.2.0 <= copied.2.0 && stacked.2.1 <= copied.2.1);
         prop_assert!(run(true, 2).0 == stacked.0, "two threads differ from one");
     }
 }

@@ -9,21 +9,22 @@
 //! For one sample at a time, a channel concatenation's output is its inputs laid end to end, so
 //! its inputs can be written straight into their slices of it: the concatenation copies nothing,
 //! and a concatenation whose inputs already lie end to end in a larger one (DenseNet's growing
-//! feature map, read by each layer of a block) is only a view of that one. (For a batch, an
-//! input's slice of the output is strided, one piece per sample, and layers write whole tensors,
-//! so the batch plan copies.) Concatenations are placed from the last to the first:
+//! feature map, read by each layer of a block) is only a view of that one. Concatenations are
+//! placed from the last to the first:
 //! - one whose inputs all lie end to end, in its order, is a view of where they are;
 //! - otherwise it gets its own region, and each input not yet placed is placed at its slice;
 //!   an input placed elsewhere, or the model's input, is copied.
 //!
-//! A batch cannot do that in NCHW, but it can stack: a concatenation's output is then its inputs
+//! A batch cannot do that in NCHW (an input's slice of the output is one piece per sample, and
+//! layers write whole tensors), but it can stack: a concatenation's output is then its inputs
 //! one after the other, each a whole `[n, c_t, h, w]` tensor, which is the same layout for one
-//! sample. Only a reader that knows the order can read it, so training stacks the
-//! concatenations that only batch norms read (every layer of a DenseNet block, and its
-//! transition), [`crate::kernels::batch_norm::Input`]: each dense layer's new features are
-//! written straight into the block's output, and each layer's input is a view of its first
-//! part — nothing is copied, and the block keeps one copy of its feature maps instead of one per
-//! layer. Every other concatenation of a batch copies its inputs, in NCHW.
+//! sample. Only a reader that knows the order can read it, so training, and inference of a
+//! batch, stack the concatenations that only batch norms read (every layer of a DenseNet block,
+//! and its transition; [`crate::kernels::batch_norm::Input`]): each dense layer's new features
+//! are written straight into the block's output, and each layer's input is a view of its first
+//! part — nothing is copied, and training keeps one copy of a block's feature maps instead of
+//! one per layer. Every other concatenation of a batch copies its inputs, in NCHW; none is
+//! stacked when one of its inputs is a concatenation.
 //!
 //! A region lives from the first step that writes into it to the last step that reads from it.
 //! Every step's inputs must lie outside its output (the plan is checked; should a placement break
@@ -55,15 +56,23 @@ pub(crate) struct Arena {
     pub groups: Vec<Vec<usize>>,
 }
 
-/// How [`Arena::place`] lays out outputs.
+/// How [`Arena::place`] lays out outputs: for training (every output kept) or inference
+/// (regions reused over their lifetimes), and which concatenations it writes in place.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Use {
-    /// Inference: regions reused over their lifetimes; concatenations in place when `true`
-    /// (one sample at a time).
-    Infer(bool),
-    /// Training: every output kept; concatenations read by batch norms alone stacked when
-    /// `true`.
-    Train(bool),
+struct Use {
+    train: bool,
+    concats: Concats,
+}
+
+/// Which concatenations an arena writes in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Concats {
+    /// Every one (one sample at a time, where NCHW is the stacked order).
+    All,
+    /// Those only batch norms read, stacked (see the module documentation).
+    Stacked,
+    /// None: every concatenation copies its inputs.
+    Copied,
 }
 
 /// What forward step `step` reads.
@@ -78,34 +87,53 @@ pub(crate) fn step_reads(plan: &Plan, step: Step) -> &[Src] {
 
 impl Arena {
     /// The arena for `plan`'s inference steps over `nodes` (`input_len` values per sample of
-    /// the model's input), with concatenations written in place when `in_place` (for one sample
-    /// at a time).
-    pub(crate) fn new(nodes: &[Node], plan: &Plan, input_len: usize, in_place: bool) -> Arena {
-        if in_place {
-            let a = Arena::place(nodes, plan, input_len, Use::Infer(true));
-            if a.checked(&plan.infer, plan) {
+    /// the model's input), with every concatenation written in place when `in_place` (for one
+    /// sample at a time), else those only batch norms read stacked when `stack`.
+    pub(crate) fn new(
+        nodes: &[Node],
+        plan: &Plan,
+        input_len: usize,
+        (in_place, stack): (bool, bool),
+    ) -> Arena {
+        let tries: &[Concats] = match (in_place, stack) {
+            (true, true) => &[Concats::All, Concats::Stacked],
+            (true, false) => &[Concats::All],
+            (false, true) => &[Concats::Stacked],
+            (false, false) => &[],
+        };
+        Arena::first_checked(nodes, plan, input_len, false, tries)
+    }
+
+    /// The first of `tries` whose arena passes [`Arena::checked`], else the one that copies.
+    fn first_checked(
+        nodes: &[Node],
+        plan: &Plan,
+        input_len: usize,
+        train: bool,
+        tries: &[Concats],
+    ) -> Arena {
+        let order = if train { &plan.forward } else { &plan.infer };
+        for &concats in tries {
+            let a = Arena::place(nodes, plan, input_len, Use { train, concats });
+            if a.checked(order, plan) {
                 return a;
             }
         }
-        Arena::place(nodes, plan, input_len, Use::Infer(false))
+        let concats = Concats::Copied;
+        Arena::place(nodes, plan, input_len, Use { train, concats })
     }
 
     /// The arena for `plan`'s training steps over `nodes`: every output kept, concatenations read
     /// by batch norms alone stacked when `stack` (else every concatenation copies).
     pub(crate) fn kept(nodes: &[Node], plan: &Plan, input_len: usize, stack: bool) -> Arena {
-        if stack {
-            let a = Arena::place(nodes, plan, input_len, Use::Train(true));
-            if a.checked(&plan.forward, plan) {
-                return a;
-            }
-        }
-        Arena::place(nodes, plan, input_len, Use::Train(false))
+        let tries: &[Concats] = if stack { &[Concats::Stacked] } else { &[] };
+        Arena::first_checked(nodes, plan, input_len, true, tries)
     }
 
     /// Whether concatenation `c`'s output can be stacked: only batch norms read it (as nodes of
-    /// their own), and it is not the model's output.
-    fn stackable(nodes: &[Node], plan: &Plan, c: usize) -> bool {
-        c + 1 < nodes.len() && plan.forward.iter().all(|&step| {
+    /// their own) among the steps `order`, and it is not the model's output.
+    fn stackable(nodes: &[Node], plan: &Plan, order: &[Step], c: usize) -> bool {
+        c + 1 < nodes.len() && order.iter().all(|&step| {
             let reads_c = step_reads(plan, step).contains(&Src::Node(c));
             !reads_c
                 || matches!(step, Step::Node(b) if matches!(nodes[b].op, Op::Layer(Built::Bn(_))))
@@ -121,7 +149,7 @@ impl Arena {
     fn place(nodes: &[Node], plan: &Plan, input_len: usize, to: Use) -> Arena {
         let count = nodes.len();
         let len: Vec<usize> = nodes.iter().map(|n| numel(n.shape)).collect();
-        let train = matches!(to, Use::Train(_));
+        let (train, stack) = (to.train, to.concats == Concats::Stacked);
         let order = if train { &plan.forward } else { &plan.infer };
         let steps = order.len();
         // The step that writes each node, and the last step that reads it (the output, and in
@@ -163,16 +191,17 @@ impl Arena {
                     Some(o)
                 })
                 .collect();
-            let in_place = match to {
-                Use::Infer(on) => on,
-                Use::Train(on) => on && Arena::stackable(nodes, plan, c),
+            let in_place = match to.concats {
+                Concats::All => true,
+                Concats::Stacked => Arena::stackable(nodes, plan, order, c),
+                Concats::Copied => false,
             };
             if !in_place {
                 copy[c] = vec![true; reads.len()];
                 copied += len[c];
                 continue;
             }
-            if train {
+            if stack {
                 // Its inputs' channels (each is `len / (h·w)` of them).
                 let plane = nodes[c].shape[1] * nodes[c].shape[2];
                 groups[c] = reads.iter().map(|&s| src_len(s) / plane.max(1)).collect();
@@ -180,7 +209,7 @@ impl Arena {
             // A concatenation read by another is not stacked (only batch norms read those): it
             // is copied in NCHW.
             let placeable = |p: usize| {
-                made[p] != usize::MAX && (!train || !matches!(nodes[p].op, Op::Join(Join::Concat)))
+                made[p] != usize::MAX && (!stack || !matches!(nodes[p].op, Op::Join(Join::Concat)))
             };
             // Its inputs already end to end, in its order: a view of them.
             let first = match reads[0] {

@@ -105,7 +105,7 @@ pub struct ActivationMemory {
     /// The buffer [`Model::infer`] needs (outputs share it over their lifetimes).
     pub inference: usize,
     /// What [`Model::infer`]'s channel concatenations copy per call (0 for one sample whenever
-    /// every input can be written in place).
+    /// every input can be written in place, and for a batch when batch norms alone read them).
     pub copied: usize,
 }
 
@@ -416,8 +416,8 @@ impl Model {
         let input_len = numel(self.input);
         self.kept = Arena::kept(&self.nodes, &plan, input_len, self.stack);
         self.arenas = [
-            Arena::new(&self.nodes, &plan, input_len, false),
-            Arena::new(&self.nodes, &plan, input_len, true),
+            Arena::new(&self.nodes, &plan, input_len, (false, self.stack)),
+            Arena::new(&self.nodes, &plan, input_len, (true, self.stack)),
         ];
         self.plan = plan;
     }
@@ -428,7 +428,8 @@ impl Model {
     /// concatenation holds its inputs one after the other, each a whole `[n, c, h, w]` tensor,
     /// and the batch norms read their channels from there; a block's layers then read views of
     /// one buffer, which its new feature maps are written into, rather than copies that grow
-    /// with every layer ([`ActivationMemory::training`]). Results are the same bits either way.
+    /// with every layer ([`ActivationMemory::training`]). [`Model::infer`] stacks them for a
+    /// batch too ([`ActivationMemory::copied`]). Results are the same bits either way.
     /// Changing it discards the last forward pass (a backward pass needs a new one).
     ///
     /// # Example
@@ -461,7 +462,9 @@ impl Model {
     pub fn set_stacking(&mut self, on: bool) {
         self.stack = on;
         self.last_n = None;
-        self.kept = Arena::kept(&self.nodes, &self.plan, numel(self.input), on);
+        let (nodes, plan, input_len) = (&self.nodes, &self.plan, numel(self.input));
+        self.kept = Arena::kept(nodes, plan, input_len, on);
+        self.arenas[0] = Arena::new(nodes, plan, input_len, (false, on));
     }
 
     /// The nodes that currently run inside a later step (see [`Model::set_fusion`]).
@@ -671,7 +674,9 @@ impl Model {
     /// the last step that reads it, in one buffer whose regions are reused (see
     /// [`Model::activation_memory`]), and for a single sample (`n == 1`) a channel
     /// concatenation's inputs are written straight into their slices of its output, so it
-    /// copies nothing (DenseNet's growing feature maps, U-Net's skip connections). In training
+    /// copies nothing (DenseNet's growing feature maps, U-Net's skip connections); for a batch,
+    /// so are those of a concatenation that only batch norms read (DenseNet's, stacked as in
+    /// training, see [`Model::set_stacking`]). In training
     /// mode (batch statistics are an effect a caller may want) it is [`Model::forward`].
     ///
     /// A backward pass after it needs a new forward pass. Nothing is allocated once the buffer
