@@ -107,13 +107,15 @@ const DOT_BAND_PIXELS: usize = 2048;
 /// the im2col matrix (`backward_weights::dot_weights`): for groups of at most [`DOT_MAX_TAPS`]
 /// taps (first layers on grey or colour images, small kernels on few channels), where the
 /// direct path would pad the taps to its register tile and transpose the whole output gradient
-/// for few multiply-adds per value, and an f32 micro-kernel runs.
+/// for few multiply-adds per value, and an f32 micro-kernel runs; not where Winograd is chosen
+/// (by its table, or forced with `set_winograd`).
 pub(super) fn use_dot_wgrad(g: &Conv2dGeom) -> bool {
     packed::enabled()
         && crate::arch::tile().is_some()
         && !g.is_depthwise()
         && g.k_g() <= DOT_MAX_TAPS
         && !in_bf16(g, Pass::Weights)
+        && super::winograd::wgrad_choice(g).is_none()
 }
 
 /// Output rows per band of the dot-product weight gradient.
