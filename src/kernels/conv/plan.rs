@@ -93,10 +93,10 @@ pub(super) fn use_direct_wgrad(g: &Conv2dGeom) -> bool {
 }
 
 /// Most taps per group (input channels per group × kernel height × width) for which the weight
-/// gradient is taken as dot products of rows ([`use_dot_wgrad`]). Measured against the direct
-/// path on ten layers (batch 8–64, 28x28 to 224x224, 1–16 input channels, 3x3 to 7x7; AMD EPYC,
+/// gradient is taken as dot products of rows ([`use_dot_wgrad`]). Measured against the path
+/// those layers took before (direct, or Winograd where its table chose it) on ten layers (batch 8–64, 28x28 to 224x224, 1–16 input channels, 3x3 to 7x7; AMD EPYC,
 /// Zen 4, one and two threads; `docs/perf-log.md`): with 9–36 taps the dot products took
-/// 0.48–0.99 of the direct path's time, with 49 and more 1.0–1.6 (on two threads).
+/// 0.48–0.99 of that time, with 49 and more 1.0–1.6 (on two threads).
 pub(super) const DOT_MAX_TAPS: usize = 36;
 
 /// Output pixels per band of the dot-product weight gradient (its im2col rows are made a band at
