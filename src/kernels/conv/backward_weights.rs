@@ -206,9 +206,12 @@ fn dot_weights(
         slot,
         #[inline(always)]
         |r, (Items(dw, _), Items(db, _)), s| {
+            // Each group's channels fit the sums its slot was sized for (the split never gives a
+            // group more than its share, rounded up).
             let rows = c_out.div_ceil(groups);
             if r.len() > rows {
-                return Err(super::direct::changed(OP));
+                let why = format!("{} channels in a slot for {rows}", r.len());
+                return Err(crate::error::Error::invalid(OP, "ws", why));
             }
             let (lane_sums, s) = s.split_at_mut(rows * cols * DOT_LANES);
             let (tails, s) = s.split_at_mut(rows * cols);
@@ -218,8 +221,7 @@ fn dot_weights(
             );
             lane_sums.fill(0.0);
             tails.fill(0.0);
-            let (col, img) = s.split_at_mut(cols * band * out_w);
-            let scratch = (col, img);
+            let scratch = s.split_at_mut(cols * band * out_w);
             crate::arch::with_kernel!(
                 kern => dot_sums(kern, g, x, &dy, r.clone(), cols, scratch, (&mut *lane_sums, &mut *tails));
                 else Err(super::direct::changed(OP))
