@@ -113,9 +113,13 @@ impl Activation {
 // every `#[inline(always)]` lane operation keeps its own stack slots) a stack frame sized for one
 // activation instead of for all of them, which fits the 2 MiB of a test or pool thread.
 
+// ReLU and ReLU6 as `0 > x ? 0 : x` (and `6 < y ? 6 : y`): one `max`/`min` instruction each
+// with x86's operand order, which passes a NaN in `x` on and keeps `-0.0`, as PyTorch does. (A
+// compare and a select made mask-register shuffles in the AVX-512 variant: a fifth of a
+// depthwise layer's time in perf.)
 #[inline(always)]
 fn relu(x: Lane) -> Lane {
-    select(lt(x, splat(0.0)), splat(0.0), x)
+    splat(0.0).fast_max(x)
 }
 #[inline(always)]
 fn leaky_relu(slope: f32, x: Lane) -> Lane {
@@ -143,8 +147,7 @@ fn gelu_tanh(x: Lane) -> Lane {
 
 #[inline(always)]
 fn relu6(x: Lane) -> Lane {
-    let low = select(lt(x, splat(0.0)), splat(0.0), x);
-    select(gt(x, splat(6.0)), splat(6.0), low)
+    splat(6.0).fast_min(splat(0.0).fast_max(x))
 }
 /// `min(max(x + 3, 0), 6)`, NaN kept.
 #[inline(always)]
