@@ -255,11 +255,41 @@ fn multi_band_convolutions_match_reference() {
     }
 }
 
-/// Depthwise layers wide enough for the four-lane blocks of the AVX2 sweep, stride 1 and 2, and
-/// the nine-tap weight-gradient path (3x3 and 1x9, row strides above 1, dilation, row tails).
+/// Depthwise layers wide enough for the four-lane blocks of the AVX2 sweep, stride 1, 2 and 3
+/// (the column phases split in pairs or one by one, either parity of padding), kernels of more
+/// taps than one sweep takes (9x9), and the nine-tap weight-gradient path (3x3 and 1x9, row
+/// strides above 1, dilation, row tails).
 #[test]
 fn wide_depthwise_convolutions_match_reference() {
     for (x, c_out, k, p) in [
+        (
+            Shape4::new(1, 2, 20, 31),
+            2,
+            [9, 9],
+            Conv2dParams::default().stride(3).padding(4).groups(2),
+        ),
+        (
+            Shape4::new(2, 2, 13, 41),
+            4,
+            [3, 3],
+            Conv2dParams {
+                stride: [1, 2],
+                padding: [1, 0],
+                dilation: [1, 1],
+                groups: 2,
+            },
+        ),
+        (
+            Shape4::new(1, 3, 12, 38),
+            3,
+            [5, 4],
+            Conv2dParams {
+                stride: [2, 2],
+                padding: [2, 3],
+                dilation: [1, 2],
+                groups: 3,
+            },
+        ),
         (
             Shape4::new(2, 3, 17, 29),
             6,

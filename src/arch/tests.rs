@@ -279,21 +279,21 @@ fn dot_tile_matches_the_reference_bit_for_bit() {
     on_every_kernel(&mut T);
 }
 
-/// The depthwise row: every length up to past four registers, several kernel shapes and
-/// dilations, flipped and not, added or overwriting NaN.
+/// The depthwise sweep: every length up to past four registers, no taps to 49 taps at any
+/// offsets (repeated ones too), added or overwriting NaN.
 #[test]
-fn depthwise_row_matches_the_reference_bit_for_bit() {
+fn depthwise_taps_match_the_reference_bit_for_bit() {
     struct T;
     impl KernelTest for T {
         fn run<K: MicroKernel>(&mut self, kern: K) {
             let lanes = K::LANES;
-            for (kh, kw, dh, dw) in [(1, 1, 1, 1), (3, 3, 1, 1), (2, 5, 2, 1), (3, 2, 1, 3)] {
-                let w = values(13, kh * kw);
+            for taps in [0, 1, 2, 9, 25, 49] {
+                let w = values(13, taps);
+                // Offsets spread over a few hundred floats, out of order, some equal.
+                let offs: Vec<usize> = (0..taps).map(|t| (t * 37 + t / 3) % 211).collect();
                 for n in (0..=4 * lanes + 3).chain([8 * lanes + 5]) {
-                    let cols = n.div_ceil(lanes) * lanes + (kw - 1) * dw + 3;
-                    let (top, rows) = (1, 1 + (kh - 1) * dh + 2);
-                    let src = values(14, rows * cols + lanes);
-                    for (flip, add) in [(false, false), (true, true), (true, false)] {
+                    let src = values(14, 211 + n.div_ceil(lanes) * lanes);
+                    for add in [false, true] {
                         let mut out = if add {
                             values(15, n)
                         } else {
@@ -302,35 +302,14 @@ fn depthwise_row_matches_the_reference_bit_for_bit() {
                         let mut want = out.clone();
                         for (j, e) in want.iter_mut().enumerate() {
                             let mut acc = 0.0f32;
-                            for p in 0..kh {
-                                for q in 0..kw {
-                                    let wi = if flip {
-                                        (kh - 1 - p) * kw + (kw - 1 - q)
-                                    } else {
-                                        p * kw + q
-                                    };
-                                    let xv = src[(top + p * dh) * cols + j + q * dw];
-                                    acc = xv.mul_add(w[wi], acc);
-                                }
+                            for (&o, &wt) in offs.iter().zip(&w) {
+                                acc = src[o + j].mul_add(wt, acc);
                             }
                             *e = if add { *e + acc } else { acc };
                         }
-                        kern.depthwise_row(
-                            &src,
-                            cols,
-                            top,
-                            [dh, dw],
-                            &w,
-                            [kh, kw],
-                            flip,
-                            &mut out,
-                            add,
-                        );
+                        kern.depthwise_taps(&src, &offs, &w, &mut out, add);
                         same_bits(
-                            &format!(
-                                "{} depthwise row n={n} k={kh}x{kw} d={dh}x{dw} flip={flip} add={add}",
-                                K::ISA
-                            ),
+                            &format!("{} depthwise n={n} taps={taps} add={add}", K::ISA),
                             &out,
                             &want,
                         );
@@ -564,17 +543,15 @@ fn bound_checks_refuse_what_would_wrap() {
             }));
             assert!(refused(&|| {
                 let mut out = [0.0; 8];
-                kern.depthwise_row(
-                    &[0.0; 64],
-                    8,
-                    usize::MAX / 2,
-                    [1, 1],
-                    &[0.0; 9],
-                    [3, 3],
-                    false,
-                    &mut out,
-                    false,
-                );
+                kern.depthwise_taps(&[0.0; 64], &[0, 57], &[0.0; 2], &mut out, false);
+            }));
+            assert!(refused(&|| {
+                let mut out = [0.0; 8];
+                kern.depthwise_taps(&[0.0; 64], &[0, 1], &[0.0; 1], &mut out, false);
+            }));
+            assert!(refused(&|| {
+                let mut out = [0.0; 8];
+                kern.depthwise_taps(&[0.0; 64], &[usize::MAX - 4, 0], &[0.0; 2], &mut out, false);
             }));
             assert!(refused(&|| {
                 let mut dst = [0.0; 64];

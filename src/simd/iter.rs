@@ -32,6 +32,33 @@ pub(crate) fn map(x: &[f32], y: &mut [f32], f: impl Fn(Lane) -> Lane) {
     }
 }
 
+/// `y = x` for short runs (a plane's rows): in lanes, the last lane overlapping the one before;
+/// runs shorter than a lane element by element. A library `memcpy` call per short row costs more
+/// than the copy.
+#[inline(always)]
+pub(crate) fn copy(x: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    assert_eq!(n, y.len(), "copy lengths");
+    if n < LANES {
+        for (y, &x) in y.iter_mut().zip(x) {
+            // Keeps the loop a loop (LLVM would make it a `memcpy` call).
+            loop_barrier();
+            *y = x;
+        }
+        return;
+    }
+    let (xc, _) = x.as_chunks::<LANES>();
+    let (yc, _) = y.as_chunks_mut::<LANES>();
+    for (x, y) in xc.iter().zip(yc) {
+        loop_barrier();
+        *y = *x;
+    }
+    if !n.is_multiple_of(LANES) {
+        let last: [f32; LANES] = x[n - LANES..].try_into().expect("a lane");
+        y[n - LANES..].copy_from_slice(&last);
+    }
+}
+
 /// `y[i] = f(y[i])`.
 #[inline(always)]
 pub(crate) fn map_in_place(y: &mut [f32], f: impl Fn(Lane) -> Lane) {

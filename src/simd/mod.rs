@@ -24,7 +24,7 @@ pub(crate) mod math;
 
 pub(crate) use crate::arch::{dispatch, inlined};
 pub(crate) use iter::{
-    column, dot, map, map_in_place, map_in_place_zip, max, sum, sum_map, sum_sq_dev, sum_zip,
+    column, copy, dot, map, map_in_place, map_in_place_zip, max, sum, sum_map, sum_sq_dev, sum_zip,
     sum_zip_padded, sum_zip3, update, window_max, window_max_2x2, zip_map, zip_map_acc,
     zip_map_stream, zip3_map_acc,
 };

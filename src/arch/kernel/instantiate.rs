@@ -162,26 +162,19 @@ macro_rules! micro_kernels {
             unsafe fn depthwise_raw(
                 self,
                 src: *const f32,
-                cols: usize,
-                top: usize,
-                d: [usize; 2],
+                offs: *const usize,
                 w: *const f32,
-                k: [usize; 2],
-                flip: bool,
+                taps: usize,
                 out: *mut f32,
                 n: usize,
                 add: bool,
             ) {
                 #[target_feature(enable = $features)]
-                #[allow(clippy::too_many_arguments)]
                 unsafe fn f(
                     src: *const f32,
-                    cols: usize,
-                    top: usize,
-                    d: [usize; 2],
+                    offs: *const usize,
                     w: *const f32,
-                    k: [usize; 2],
-                    flip: bool,
+                    taps: usize,
                     out: *mut f32,
                     n: usize,
                     add: bool,
@@ -189,12 +182,12 @@ macro_rules! micro_kernels {
                     // SAFETY: the caller's contract (as `depthwise_body`'s).
                     unsafe {
                         $crate::arch::kernel::bodies::depthwise::depthwise_body::<$v>(
-                            src, cols, top, d, w, k, flip, out, n, add,
+                            src, offs, w, taps, out, n, add,
                         )
                     }
                 }
                 // SAFETY: `self` proves the features; the rest is the caller's contract.
-                unsafe { f(src, cols, top, d, w, k, flip, out, n, add) }
+                unsafe { f(src, offs, w, taps, out, n, add) }
             }
 
             #[inline]

@@ -162,7 +162,7 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     /// Columns of a GEMM tile, pixels of a convolution tile, output channels of a weight-gradient
     /// tile: a whole number of registers.
     const NR: usize;
-    /// Floats per register: a depthwise row reads up to the next multiple of it.
+    /// Floats per register: a depthwise sweep reads up to the next multiple of it.
     const LANES: usize;
     /// The kernels for weight gradients of at most `Narrow::NR` output channels: the same sums,
     /// bit for bit, on a narrower tile, so that a narrow layer is not padded to this tile's
@@ -242,12 +242,9 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
     unsafe fn depthwise_raw(
         self,
         src: *const f32,
-        cols: usize,
-        top: usize,
-        d: [usize; 2],
+        offs: *const usize,
         w: *const f32,
-        k: [usize; 2],
-        flip: bool,
+        taps: usize,
         out: *mut f32,
         n: usize,
         add: bool,
@@ -610,59 +607,31 @@ pub(crate) unsafe trait MicroKernel: Copy + Send + Sync + 'static {
         }
     }
 
-    /// One output row of a stride-1 (along the row) depthwise sweep:
-    /// `out[j] (+)= Σ_{p<kh, q<kw} w(p, q) · src[(top + p·d_h)·cols + j + q·d_w]`, where
-    /// `w(p, q)` is `w[p·kw + q]`, or the kernel rotated by 180° if `flip`. Reads `src` up to the
-    /// next multiple of [`Self::LANES`] outputs past the row's end.
+    /// A depthwise sweep: `out[j] (+)= Σ_t w[t] · src[offs[t] + j]` for `j < out.len()`, the
+    /// taps summed in order with one fused multiply-add each. Reads `src` up to the next
+    /// multiple of [`Self::LANES`] outputs past each tap's run.
     ///
-    /// Panics (a programming error) if `src` does not hold every row read or `w` is shorter than
-    /// the kernel.
-    #[allow(clippy::too_many_arguments)]
-    fn depthwise_row(
-        self,
-        src: &[f32],
-        cols: usize,
-        top: usize,
-        d: [usize; 2],
-        w: &[f32],
-        k: [usize; 2],
-        flip: bool,
-        out: &mut [f32],
-        add: bool,
-    ) {
-        assert!(
-            k[0] > 0 && k[1] > 0 && k[0].checked_mul(k[1]).is_some_and(|n| n <= w.len()),
-            "kernel"
-        );
-        // The last element read: (top + (kh−1)·d_h)·cols + ceil_LANES(out.len()) + (kw−1)·d_w.
-        let end = (|| {
-            let span = out
-                .len()
-                .div_ceil(Self::LANES)
-                .checked_mul(Self::LANES)?
-                .checked_add((k[1] - 1).checked_mul(d[1])?)?;
-            top.checked_add((k[0] - 1).checked_mul(d[0])?)?
-                .checked_mul(cols)?
-                .checked_add(span)
-        })();
+    /// Panics (a programming error) if `src` does not hold every run read or `w` is shorter than
+    /// `offs`.
+    fn depthwise_taps(self, src: &[f32], offs: &[usize], w: &[f32], out: &mut [f32], add: bool) {
+        assert!(offs.len() <= w.len(), "kernel");
+        // The last element read, plus one: max_t offs[t] + ceil_LANES(out.len()).
+        let span = out.len().div_ceil(Self::LANES).checked_mul(Self::LANES);
+        let end = span.and_then(|s| offs.iter().max().copied().unwrap_or(0).checked_add(s));
         assert!(
             end.is_some_and(|e| e <= src.len()),
             "depthwise read out of bounds"
         );
         // SAFETY: the CPU has the instruction set (`self` exists). Every read is
-        // `src[(top + p·d_h)·cols + ow + q·d_w ..][..LANES]` with `ow + LANES <=
-        // ceil_LANES(out.len())`, so it ends at or below `end <= src.len()` (checked above,
-        // without overflow); weights are read at `p·kw + q < kh·kw <= w.len()`; writes touch
-        // `out[..out.len()]` only.
+        // `src[offs[t] + ow ..][..LANES]` with `ow + LANES <= ceil_LANES(out.len())`, so it ends
+        // at or below `end <= src.len()` (checked above, without overflow); weights are read at
+        // `t < offs.len() <= w.len()`; writes touch `out[..out.len()]` only.
         unsafe {
             self.depthwise_raw(
                 src.as_ptr(),
-                cols,
-                top,
-                d,
+                offs.as_ptr(),
                 w.as_ptr(),
-                k,
-                flip,
+                offs.len(),
                 out.as_mut_ptr(),
                 out.len(),
                 add,
@@ -749,12 +718,9 @@ unsafe impl MicroKernel for Never {
     unsafe fn depthwise_raw(
         self,
         _: *const f32,
-        _: usize,
-        _: usize,
-        _: [usize; 2],
+        _: *const usize,
         _: *const f32,
-        _: [usize; 2],
-        _: bool,
+        _: usize,
         _: *mut f32,
         _: usize,
         _: bool,

@@ -1,8 +1,11 @@
 //! Direct kernels for depthwise convolution (one input channel per group, any channel
 //! multiplier `m = c_out / c_in`). An im2col matrix would have `k_h · k_w` rows and one output
 //! channel per GEMM: all packing, no reuse. Here each plane is copied once into a zero-padded
-//! buffer, and the kernels sweep it eight output pixels at a time:
-//! - forward: `y[oh, ow..ow+8] = b + Σ_{p,q} w[p, q] · xpad[oh·s + p·d, ow·s + q·d ..]`;
+//! buffer split by the stride into phases ([`Phased`]), where every tap of every output reads a
+//! contiguous run, and the kernels sweep the whole plane as one run (the padding columns computed
+//! and dropped):
+//! - forward: `y = act(b + Σ_{p,q} w[p, q] · xpad[oh·s + p·d, ow·s + q·d] + residual)`, the
+//!   bias, residual and activation applied plane by plane while it is in cache;
 //! - backward-data: the same sweep over the zero-padded output gradient with the flipped kernel
 //!   (stride 1), or a scatter of each output row into the padded input gradient (strided);
 //! - backward-weights: one pass over the gradient per plane with `k_h · k_w` lane accumulators.
@@ -13,258 +16,351 @@
 use crate::arch::kernel::MAX_LANES;
 use crate::error::Result;
 use crate::kernels::accum::Accum;
+use crate::kernels::activation::Activation;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
 use crate::simd;
 use crate::simd::lane::{LANES, Lane, splat};
 
-/// A zero-padded plane: `rows x cols` with the image at `(pad_h, pad_w)`, plus slack for the
-/// widest register's reads past the last row.
+/// A zero-padded plane split by the stride `s` into `s_h · s_w` phases, one after another: phase
+/// `(a, b)` holds the padded rows `a, a + s_h, …` and columns `b, b + s_w, …`, `rows x cols` of
+/// them. An output `(oh, ow)`'s tap at `(u, v)` from its window's corner reads phase
+/// `(u mod s_h, v mod s_w)` at row `oh + u / s_h`, column `ow + v / s_w`: over the outputs
+/// flattened with row pitch `cols`, one contiguous run per tap ([`Phased::offset`]). Slack for the
+/// widest register's reads past the end follows.
 #[derive(Clone, Copy)]
-struct Padded {
+struct Phased {
+    s: [usize; 2],
     rows: usize,
     cols: usize,
     pad: [usize; 2],
+    /// The outputs, `[rows, cols]`.
+    out: [usize; 2],
 }
 
-impl Padded {
-    fn len(&self) -> usize {
-        self.rows * self.cols + 2 * MAX_LANES
+impl Phased {
+    /// The layout for `out` outputs over an `image` (`[h, w]`) padded by `pad`, at stride `s`,
+    /// of windows spanning `span` padded rows and columns.
+    fn new(
+        image: [usize; 2],
+        pad: [usize; 2],
+        out: [usize; 2],
+        s: [usize; 2],
+        span: [usize; 2],
+    ) -> Self {
+        // With one output along an axis its stride is never taken (and a huge one would make as
+        // many phases).
+        let s = [0, 1].map(|i| if out[i] > 1 { s[i] } else { 1 });
+        // Every padded row and column the image or a window reaches; with more than one output
+        // the stride is at most that extent, so the phases hold at most twice the plane.
+        let extent = |i: usize| {
+            let reach = out[i].saturating_sub(1) * s[i] + span[i];
+            (image[i] + 2 * pad[i]).max(reach)
+        };
+        Phased {
+            s,
+            rows: extent(0).div_ceil(s[0]),
+            cols: extent(1).div_ceil(s[1]),
+            pad,
+            out,
+        }
     }
 
-    /// Copies the `h x w` plane `src` into `dst` (zero border).
+    fn phase_len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn len(&self) -> usize {
+        self.s[0] * self.s[1] * self.phase_len() + MAX_LANES
+    }
+
+    /// The outputs as the sweep writes them: `out_h` rows of pitch `cols`, the last one cut at
+    /// `out_w`.
+    fn run_len(&self) -> usize {
+        match self.out {
+            [0, _] | [_, 0] => 0,
+            [h, w] => (h - 1) * self.cols + w,
+        }
+    }
+
+    /// Where the tap at padded offset `(u, v)` from output `(0, 0)`'s window corner reads.
+    fn offset(&self, u: usize, v: usize) -> usize {
+        let phase = (u % self.s[0]) * self.s[1] + v % self.s[1];
+        phase * self.phase_len() + (u / self.s[0]) * self.cols + v / self.s[1]
+    }
+
+    /// The columns `lo..hi` of column phase `b` that hold the columns of a `w`-wide image:
+    /// `left <= cc·s_w + b < left + w`.
+    fn image_cols(&self, b: usize, w: usize) -> (usize, usize) {
+        let (sw, left) = (self.s[1], self.pad[1]);
+        let lo = left.saturating_sub(b).div_ceil(sw).min(self.cols);
+        let hi = (left + w)
+            .saturating_sub(b)
+            .div_ceil(sw)
+            .clamp(lo, self.cols);
+        (lo, hi)
+    }
+
+    /// Zeroes the layout's buffer `dst`: the border and slack stay zero while [`Phased::fill`]
+    /// writes image after image.
+    fn zero(&self, dst: &mut [f32]) {
+        dst[..self.len()].fill(0.0);
+    }
+
+    /// Copies the `h x w` plane `src` into `dst` (zeroed by [`Phased::zero`]), split into
+    /// phases; writes only the image's places.
     #[inline(always)]
     fn fill(&self, src: &[f32], h: usize, w: usize, dst: &mut [f32]) {
-        let (top, left, cols) = (self.pad[0], self.pad[1], self.cols);
-        let body = (top + h) * cols;
-        dst[..top * cols].fill(0.0);
-        dst[body..].fill(0.0);
-        // Rows are short (a library `memmove` call per row cost a fifth of a depthwise pass in
-        // perf): copied in lanes, inline (callers run inside `simd::dispatch`).
-        for (row, d) in src
-            .chunks_exact(w)
-            .take(h)
-            .zip(dst[top * cols..body].chunks_exact_mut(cols))
-        {
-            let (l, rest) = d.split_at_mut(left);
-            let (mid, r) = rest.split_at_mut(w);
-            l.iter_mut().for_each(|v| *v = 0.0);
-            simd::map(
-                row,
-                mid,
-                #[inline(always)]
-                |v| v,
-            );
-            r.iter_mut().for_each(|v| *v = 0.0);
+        let [sh, sw] = self.s;
+        let [top, left] = self.pad;
+        let (cols, pl) = (self.cols, self.phase_len());
+        for (a, group) in dst[..sh * sw * pl].chunks_exact_mut(sw * pl).enumerate() {
+            for rr in 0..self.rows {
+                let r = rr * sh + a;
+                if r < top || r >= top + h {
+                    continue;
+                }
+                let row = &src[(r - top) * w..][..w];
+                match sw {
+                    // Rows are short: copied in lanes, inline (callers run inside
+                    // `simd::dispatch`), not by a library call per row.
+                    1 => simd::copy(row, &mut group[rr * cols + left..][..w]),
+                    // Stride 2: the row's pairs split between the two column phases.
+                    2 => {
+                        let (even, odd) = group.split_at_mut(pl);
+                        let (even, odd) = (
+                            &mut even[rr * cols..][..cols],
+                            &mut odd[rr * cols..][..cols],
+                        );
+                        // Image column `j` is padded column `j + left`: phase `(j + left) mod
+                        // 2`, column `(j + left) / 2`. From `j0` on, pairs start in the even phase.
+                        let j0 = left % 2;
+                        if j0 == 1 {
+                            odd[left / 2] = row[0];
+                        }
+                        let base = (j0 + left) / 2;
+                        let pairs = row[j0.min(w)..].chunks_exact(2);
+                        let (np, rest) = (pairs.len(), pairs.remainder());
+                        for ((pr, e), o) in pairs
+                            .zip(&mut even[base..base + np])
+                            .zip(&mut odd[base..base + np])
+                        {
+                            *e = pr[0];
+                            *o = pr[1];
+                        }
+                        if let [v] = rest {
+                            even[base + np] = *v;
+                        }
+                    }
+                    _ => {
+                        for (b, plane) in group.chunks_exact_mut(pl).enumerate() {
+                            let (lo, hi) = self.image_cols(b, w);
+                            let first = lo * sw + b - left;
+                            for (j, v) in plane[rr * cols + lo..][..hi - lo].iter_mut().enumerate()
+                            {
+                                *v = row[first + j * sw];
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
-/// The padded input layout of a forward (or stride-1 backward-data) sweep.
-fn padded(
-    in_h: usize,
-    in_w: usize,
-    pad: [usize; 2],
-    out_w: usize,
-    s_w: usize,
-    span_w: usize,
-) -> Padded {
-    // Columns: the image plus padding, and enough for the last lane of outputs to read (a whole
-    // lane at stride 1; strided gathers read only the valid outputs, so a huge stride does not
-    // make the plane huge).
-    let reach = if s_w == 1 {
-        out_w.div_ceil(LANES) * LANES + span_w
-    } else {
-        (out_w - 1) * s_w + span_w
-    };
-    let cols = (in_w + 2 * pad[1]).max(reach);
-    Padded {
-        rows: in_h + 2 * pad[0],
-        cols,
-        pad,
-    }
-}
-
-fn fwd_layout(g: &Conv2dGeom) -> Padded {
+/// The forward (and strided backward-weights) layout of `g`'s input planes.
+fn fwd_layout(g: &Conv2dGeom) -> Phased {
     let p = g.params();
-    padded(
-        g.in_h(),
-        g.in_w(),
+    Phased::new(
+        [g.in_h(), g.in_w()],
         p.padding,
-        g.out_w(),
-        p.stride[1],
-        (g.k_w() - 1) * p.dilation[1] + 1,
+        [g.out_h(), g.out_w()],
+        p.stride,
+        [
+            (g.k_h() - 1) * p.dilation[0] + 1,
+            (g.k_w() - 1) * p.dilation[1] + 1,
+        ],
     )
 }
 
-/// The stride-1 backward-data layout: the output gradient padded by `d·(k − 1) − pad`.
-fn bwd_layout(g: &Conv2dGeom) -> Option<Padded> {
+/// The stride-1 backward-data layout: the output gradient padded by `d·(k − 1) − pad`, swept
+/// for the input gradient.
+fn bwd_layout(g: &Conv2dGeom) -> Option<Phased> {
     let p = g.params();
     if p.stride != [1, 1] {
         return None;
     }
     let pad_h = (p.dilation[0] * (g.k_h() - 1)).checked_sub(p.padding[0])?;
     let pad_w = (p.dilation[1] * (g.k_w() - 1)).checked_sub(p.padding[1])?;
-    Some(padded(
-        g.out_h(),
-        g.out_w(),
+    Some(Phased::new(
+        [g.out_h(), g.out_w()],
         [pad_h, pad_w],
-        g.in_w(),
-        1,
-        (g.k_w() - 1) * p.dilation[1] + 1,
+        [g.in_h(), g.in_w()],
+        [1, 1],
+        [
+            (g.k_h() - 1) * p.dilation[0] + 1,
+            (g.k_w() - 1) * p.dilation[1] + 1,
+        ],
     ))
 }
 
-/// Scratch of one worker (a padded plane).
-pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
-    let f = fwd_layout(g).len();
-    bwd_layout(g).map_or(f, |b| f.max(b.len()))
+/// Scratch of one layout's worker: the phased plane and the swept run.
+fn lay_slot(l: &Phased) -> usize {
+    l.len() + l.out[0] * l.cols
 }
 
-/// `out[oh, ·] (+)= Σ_{p,q} w[p·k_w + q] · src[oh·s_h + p·d_h, ··s_w + q·d_w]` for the
-/// `out_h x out_w` plane `out` over the padded plane `src`; `flip` reads the kernel rotated by
-/// 180°.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn sweep(
-    lay: &Padded,
-    src: &[f32],
-    w: &[f32],
-    kh: usize,
-    kw: usize,
-    s: [usize; 2],
+/// Scratch of one worker (a phased plane and a swept run).
+pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
+    let f = lay_slot(&fwd_layout(g));
+    bwd_layout(g).map_or(f, |b| f.max(lay_slot(&b)))
+}
+
+/// Most taps one sweep takes (their offsets live on the stack); larger kernels are swept in parts
+/// of this many taps, each part's sums added to the run.
+const SWEEP_TAPS: usize = 64;
+
+/// A kernel's taps over a [`Phased`] layout: `(p, q)` reads at `lay.offset(p·d_h, q·d_w)`, or
+/// at the tap rotated by 180° if `flip`. The first [`SWEEP_TAPS`] offsets are computed once (the
+/// divisions cost more than a small plane's sweep).
+struct Taps {
+    lay: Phased,
+    k: [usize; 2],
     d: [usize; 2],
     flip: bool,
-    out: &mut [f32],
-    out_w: usize,
-    add: bool,
-) {
-    let tap = |p: usize, q: usize| {
-        if flip {
-            w[(kh - 1 - p) * kw + (kw - 1 - q)]
-        } else {
-            w[p * kw + q]
-        }
-    };
-    if s[1] == 1 {
-        let done = crate::arch::with_kernel!(
-            kern => {
-                for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
-                    crate::arch::kernel::MicroKernel::depthwise_row(
-                        kern,
-                        src,
-                        lay.cols,
-                        oh * s[0],
-                        d,
-                        w,
-                        [kh, kw],
-                        flip,
-                        orow,
-                        add,
-                    );
-                }
-                true
-            };
-            else false
-        );
-        if done {
-            return;
-        }
-    }
-    for (oh, orow) in out.chunks_exact_mut(out_w).enumerate() {
-        let mut ow = 0;
-        while ow < out_w {
-            // Up to four lanes of outputs at once: independent accumulators hide the FMA
-            // latency that a single chain of `k_h · k_w` dependent FMAs would expose.
-            let b = Block {
-                src,
-                cols: lay.cols,
-                top: oh * s[0],
-                ow,
-                s,
-                d,
-            };
-            ow += match (out_w - ow).div_ceil(LANES) {
-                1 => b.run::<1>(kh, kw, &tap, orow, add),
-                2 => b.run::<2>(kh, kw, &tap, orow, add),
-                3 => b.run::<3>(kh, kw, &tap, orow, add),
-                _ => b.run::<4>(kh, kw, &tap, orow, add),
-            };
-        }
-    }
+    first: [usize; SWEEP_TAPS],
 }
 
-/// `NB` lanes of one output row of [`sweep`], starting at column `ow`.
-struct Block<'a> {
-    src: &'a [f32],
-    cols: usize,
-    top: usize,
-    ow: usize,
-    s: [usize; 2],
-    d: [usize; 2],
-}
+impl Taps {
+    fn new(lay: Phased, k: [usize; 2], d: [usize; 2], flip: bool) -> Self {
+        let mut t = Taps {
+            lay,
+            k,
+            d,
+            flip,
+            first: [0; SWEEP_TAPS],
+        };
+        let mut first = [0; SWEEP_TAPS];
+        t.offsets(0, &mut first);
+        t.first = first;
+        t
+    }
 
-impl Block<'_> {
-    /// Computes and stores the block; returns the number of outputs written.
-    #[inline(always)]
-    fn run<const NB: usize>(
-        &self,
-        kh: usize,
-        kw: usize,
-        tap: &impl Fn(usize, usize) -> f32,
-        orow: &mut [f32],
-        add: bool,
-    ) -> usize {
-        let mut acc = [splat(0.0); NB];
-        for p in 0..kh {
-            let row = &self.src[(self.top + p * self.d[0]) * self.cols..];
-            for q in 0..kw {
-                let wv = splat(tap(p, q));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let at = (self.ow + j * LANES) * self.s[1] + q * self.d[1];
-                    let v = if self.s[1] == 1 {
-                        Lane::new(row[at..at + LANES].try_into().expect("a lane"))
-                    } else {
-                        // Lanes past the row's end repeat the last valid output.
-                        let valid = (orow.len() - (self.ow + j * LANES)).min(LANES);
-                        Lane::new(std::array::from_fn(|k| {
-                            row[at + k.min(valid - 1) * self.s[1]]
-                        }))
-                    };
-                    *acc = v.mul_add(wv, *acc);
-                }
-            }
-        }
-        let end = (self.ow + NB * LANES).min(orow.len());
-        for (o, v) in orow[self.ow..end]
+    /// The offsets of taps `t0..t0 + offs.len()` (in the order of the weights, `p·kw + q`).
+    fn offsets(&self, t0: usize, offs: &mut [usize]) {
+        let [kh, kw] = self.k;
+        for (j, o) in offs
             .iter_mut()
-            .zip(acc.iter().flat_map(|a| a.to_array()))
+            .enumerate()
+            .take((kh * kw).saturating_sub(t0))
         {
-            *o = if add { *o + v } else { v };
+            let (p, q) = ((t0 + j) / kw, (t0 + j) % kw);
+            let (p, q) = if self.flip {
+                (kh - 1 - p, kw - 1 - q)
+            } else {
+                (p, q)
+            };
+            *o = self.lay.offset(p * self.d[0], q * self.d[1]);
         }
-        end - self.ow
     }
+
+    /// `run[j] = Σ_t w[t] · src[offs[t] + j]` over the taps in the order of `w`, in parts of
+    /// [`SWEEP_TAPS`] taps, each part added to the run.
+    #[inline(always)]
+    fn sweep(&self, src: &[f32], w: &[f32], run: &mut [f32]) {
+        let kk = self.k[0] * self.k[1];
+        let m = SWEEP_TAPS.min(kk);
+        sweep_taps(src, &self.first[..m], &w[..m], run, false);
+        let mut offs = [0usize; SWEEP_TAPS];
+        for t0 in (SWEEP_TAPS..kk).step_by(SWEEP_TAPS) {
+            let m = SWEEP_TAPS.min(kk - t0);
+            self.offsets(t0, &mut offs[..m]);
+            sweep_taps(src, &offs[..m], &w[t0..t0 + m], run, true);
+        }
+    }
+}
+
+/// `out[j] (+)= Σ_t w[t] · src[offs[t] + j]`: the micro-kernel's sweep, or the same sums in lanes.
+#[inline(always)]
+fn sweep_taps(src: &[f32], offs: &[usize], w: &[f32], out: &mut [f32], add: bool) {
+    let done = crate::arch::with_kernel!(
+        kern => {
+            crate::arch::kernel::MicroKernel::depthwise_taps(kern, src, offs, w, out, add);
+            true
+        };
+        else false
+    );
+    if done {
+        return;
+    }
+    let n = out.len();
+    let mut ow = 0;
+    while ow < n {
+        // Up to four lanes of outputs at once: independent accumulators hide the FMA latency
+        // that a single chain of dependent FMAs would expose.
+        ow += match (n - ow).div_ceil(LANES) {
+            1 => taps_block::<1>(src, offs, w, out, ow, add),
+            2 => taps_block::<2>(src, offs, w, out, ow, add),
+            3 => taps_block::<3>(src, offs, w, out, ow, add),
+            _ => taps_block::<4>(src, offs, w, out, ow, add),
+        };
+    }
+}
+
+/// `NB` lanes of [`sweep_taps`] from output `ow`; returns the number of outputs written.
+#[inline(always)]
+fn taps_block<const NB: usize>(
+    src: &[f32],
+    offs: &[usize],
+    w: &[f32],
+    out: &mut [f32],
+    ow: usize,
+    add: bool,
+) -> usize {
+    let mut acc = [splat(0.0); NB];
+    for (&o, &wt) in offs.iter().zip(w) {
+        let wv = splat(wt);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            let at = o + ow + j * LANES;
+            let v = Lane::new(src[at..at + LANES].try_into().expect("a lane"));
+            *acc = v.mul_add(wv, *acc);
+        }
+    }
+    let end = (ow + NB * LANES).min(out.len());
+    for (o, v) in out[ow..end]
+        .iter_mut()
+        .zip(acc.iter().flat_map(|a| a.to_array()))
+    {
+        *o = if add { *o + v } else { v };
+    }
+    end - ow
 }
 
 fn work(g: &Conv2dGeom) -> usize {
     2 * g.k_h() * g.k_w() * g.out_plane() * g.n() * g.c_out()
 }
 
+/// The forward pass with its epilogue: `y = act(conv(x) + b + residual)`, summed in that order.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     g: &Conv2dGeom,
     x: &[f32],
     w: &[f32],
     b: Option<&[f32]>,
+    (residual, act): (Option<&[f32]>, Option<Activation>),
     y: &mut [f32],
     ws: &mut [f32],
 ) -> Result<()> {
     let (c_in, c_out, m) = (g.c_in(), g.c_out(), g.c_out_g());
-    let (in_plane, out_plane) = (g.in_plane(), g.out_plane());
-    let (kh, kw, kk) = (g.k_h(), g.k_w(), g.k_h() * g.k_w());
+    let (in_plane, out_plane, out_w) = (g.in_plane(), g.out_plane(), g.out_w());
+    let kk = g.k_h() * g.k_w();
     let p = g.params();
     let lay = fwd_layout(g);
+    let taps = Taps::new(lay, [g.k_h(), g.k_w()], p.dilation, false);
     let slot = slot_len(g);
     let planes = g.n() * c_out;
+    if out_plane == 0 {
+        return Ok(());
+    }
     let groups = par::groups(planes, work(g)).min(ws.len() / slot).max(1);
     par::for_each_group(
         planes,
@@ -273,40 +369,55 @@ pub(super) fn forward(
         ws,
         slot,
         #[inline(always)]
-        |r, Items(y, _), pad| {
+        |r, Items(y, _), ws| {
+            let (pad, run) = ws.split_at_mut(lay.len());
+            let run = &mut run[..lay.run_len()];
+            lay.zero(pad);
             let mut last = usize::MAX;
             for (pi, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
                 let (i, o) = (pi / c_out, pi % c_out);
                 let src = i * c_in + o / m;
                 if src != last {
-                    lay.fill(
-                        &x[src * in_plane..][..in_plane],
-                        g.in_h(),
-                        g.in_w(),
-                        &mut pad[..lay.len()],
-                    );
+                    lay.fill(&x[src * in_plane..][..in_plane], g.in_h(), g.in_w(), pad);
                     last = src;
                 }
-                sweep(
-                    &lay,
-                    pad,
-                    &w[o * kk..][..kk],
-                    kh,
-                    kw,
-                    p.stride,
-                    p.dilation,
-                    false,
-                    y_p,
-                    g.out_w(),
-                    false,
-                );
-                if let Some(b) = b {
-                    let bv = splat(b[o]);
-                    simd::map_in_place(
-                        y_p,
-                        #[inline(always)]
-                        |v| v + bv,
-                    );
+                taps.sweep(pad, &w[o * kk..][..kk], run);
+                // The epilogue while the plane is in cache, `act((v + b) + residual)`: without a
+                // residual over the whole run (one stretch of lanes, the dropped columns too),
+                // then its rows copied out.
+                let bv = b.map(|b| splat(b[o]));
+                match residual {
+                    None => {
+                        if let Some(bv) = bv {
+                            simd::map_in_place(
+                                run,
+                                #[inline(always)]
+                                |v| v + bv,
+                            );
+                        }
+                        if let Some(a) = act {
+                            crate::kernels::activation::activation_in_place(a, run);
+                        }
+                        for (oh, yr) in y_p.chunks_exact_mut(out_w).enumerate() {
+                            simd::copy(&run[oh * lay.cols..][..out_w], yr);
+                        }
+                    }
+                    Some(res) => {
+                        let bv = bv.unwrap_or(splat(0.0));
+                        let res = &res[pi * out_plane..][..out_plane];
+                        for (oh, yr) in y_p.chunks_exact_mut(out_w).enumerate() {
+                            simd::zip_map(
+                                &run[oh * lay.cols..][..out_w],
+                                &res[oh * out_w..][..out_w],
+                                yr,
+                                #[inline(always)]
+                                |v, r| (v + bv) + r,
+                            );
+                        }
+                        if let Some(a) = act {
+                            crate::kernels::activation::activation_in_place(a, y_p);
+                        }
+                    }
                 }
             }
             Ok(())
@@ -324,7 +435,7 @@ pub(super) fn backward_data(
 ) -> Result<()> {
     let (c_in, c_out, m) = (g.c_in(), g.c_out(), g.c_out_g());
     let (in_plane, out_plane, in_w, out_w) = (g.in_plane(), g.out_plane(), g.in_w(), g.out_w());
-    let (kh, kw, kk) = (g.k_h(), g.k_w(), g.k_h() * g.k_w());
+    let kk = g.k_h() * g.k_w();
     let p = g.params();
     let slot = slot_len(g);
     let planes = g.n() * c_in;
@@ -332,6 +443,7 @@ pub(super) fn backward_data(
         .min(ws.len() / slot.max(1))
         .max(1);
     let blay = bwd_layout(g);
+    let taps = blay.map(|l| Taps::new(l, [g.k_h(), g.k_w()], p.dilation, true));
     par::for_each_group(
         planes,
         groups,
@@ -339,7 +451,10 @@ pub(super) fn backward_data(
         ws,
         slot,
         #[inline(always)]
-        |r, Items(dx, _), pad| {
+        |r, Items(dx, _), ws| {
+            if let Some(lay) = &blay {
+                lay.zero(ws);
+            }
             for (pi, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
                 let (i, c) = (pi / c_in, pi % c_in);
                 if accum == Accum::Replace {
@@ -348,26 +463,27 @@ pub(super) fn backward_data(
                 for o in c * m..(c + 1) * m {
                     let dy_p = &dy[(i * c_out + o) * out_plane..][..out_plane];
                     let w_o = &w[o * kk..][..kk];
-                    match &blay {
-                        // Stride 1: dx = flipped-kernel sweep over the padded gradient.
-                        Some(lay) => {
-                            lay.fill(dy_p, g.out_h(), out_w, &mut pad[..lay.len()]);
-                            sweep(
-                                lay,
-                                pad,
-                                w_o,
-                                kh,
-                                kw,
-                                [1, 1],
-                                p.dilation,
-                                true,
-                                dx_p,
-                                in_w,
-                                true,
-                            );
+                    match (&blay, &taps) {
+                        // Stride 1: dx += the flipped-kernel sweep over the padded gradient.
+                        (Some(lay), Some(taps)) => {
+                            if in_plane == 0 {
+                                continue;
+                            }
+                            let (pad, run) = ws.split_at_mut(lay.len());
+                            let run = &mut run[..lay.run_len()];
+                            lay.fill(dy_p, g.out_h(), out_w, pad);
+                            taps.sweep(pad, w_o, run);
+                            for (ih, xr) in dx_p.chunks_exact_mut(in_w).enumerate() {
+                                simd::map_in_place_zip(
+                                    &run[ih * lay.cols..][..in_w],
+                                    xr,
+                                    #[inline(always)]
+                                    |v, x| x + v,
+                                );
+                            }
                         }
                         // Strided: scatter each output row into its taps' input rows.
-                        None => scatter(g, dy_p, w_o, dx_p),
+                        _ => scatter(g, dy_p, w_o, dx_p),
                     }
                 }
             }
@@ -405,20 +521,21 @@ fn scatter(g: &Conv2dGeom, dy_p: &[f32], w_o: &[f32], dx_p: &mut [f32]) {
 /// Most taps handled by the lane accumulators of the weight gradient at once.
 const MAX_TAPS: usize = 25;
 
-/// For a fixed number of taps `T` and stride 1 along rows: lane `t` of the result is
-/// `Σ_{oh, ow} pad[oh·row_step + offs[t] + ow] · dy[oh, ow]`, accumulated in the same order as the
-/// general loop in [`backward_weights`] (rows in order, lanes left to right, one fused
-/// multiply-add per tap), so both give the same bits. With `T` known the accumulators are
-/// registers rather than an indexed array in memory.
+/// Lane `t` of the result (for `t < offs.len() <= T`) is
+/// `Σ_{oh, ow} pad[oh·row_step + offs[t] + ow] · dy[oh, ow]`: rows in order, lanes left to
+/// right, one fused multiply-add per tap, the tail of each row masked by zero-padding the gradient
+/// lane. With `T` and the number of taps known (nine, the 3x3 case) the accumulators are registers
+/// rather than an indexed array in memory; either way the sums are the same bits.
 #[inline(always)]
 fn tap_dots<const T: usize>(
     pad: &[f32],
     dy_p: &[f32],
     out_w: usize,
     row_step: usize,
-    offs: &[usize; T],
+    offs: &[usize],
 ) -> [Lane; T] {
     let mut acc = [splat(0.0); T];
+    let acc_t = &mut acc[..offs.len()];
     for (oh, drow) in dy_p.chunks_exact(out_w).enumerate() {
         let base = oh * row_step;
         let mut ow = 0;
@@ -432,10 +549,10 @@ fn tap_dots<const T: usize>(
                     Lane::new(dv)
                 }
             };
-            for t in 0..T {
-                let at = base + offs[t] + ow;
+            for (a, &off) in acc_t.iter_mut().zip(offs) {
+                let at = base + off + ow;
                 let v = Lane::new(pad[at..at + LANES].try_into().expect("a lane"));
-                acc[t] = v.mul_add(dv, acc[t]);
+                *a = v.mul_add(dv, *a);
             }
             ow += nn;
         }
@@ -466,65 +583,34 @@ pub(super) fn backward_weights(
         ws,
         slot,
         #[inline(always)]
-        |r, Items(dw, _), pad| {
+        |r, Items(dw, _), ws| {
+            let pad = &mut ws[..lay.len()];
+            lay.zero(pad);
             for (o, dw_o) in r.zip(dw.chunks_exact_mut(kk)) {
                 let mut total = [0.0f64; MAX_TAPS];
                 for t0 in (0..kk).step_by(MAX_TAPS) {
                     let taps = MAX_TAPS.min(kk - t0);
+                    let mut offs = [0usize; MAX_TAPS];
+                    for (t, off) in offs[..taps].iter_mut().enumerate() {
+                        let (pp, q) = ((t0 + t) / kw, (t0 + t) % kw);
+                        *off = lay.offset(pp * p.dilation[0], q * p.dilation[1]);
+                    }
                     for i in 0..n {
                         lay.fill(
                             &x[(i * c_in + o / m) * in_plane..][..in_plane],
                             g.in_h(),
                             g.in_w(),
-                            &mut pad[..lay.len()],
+                            pad,
                         );
                         let dy_p = &dy[(i * c_out + o) * out_plane..][..out_plane];
-                        if taps == 9 && p.stride[1] == 1 {
+                        let mut acc = [splat(0.0); MAX_TAPS];
+                        if taps == 9 {
                             // Nine taps (3x3, the common case): nine accumulators that stay in
                             // registers.
-                            let offs: [usize; 9] = std::array::from_fn(|t| {
-                                let (pp, q) = ((t0 + t) / kw, (t0 + t) % kw);
-                                pp * p.dilation[0] * lay.cols + q * p.dilation[1]
-                            });
-                            let acc = tap_dots(
-                                &pad[..lay.len()],
-                                dy_p,
-                                out_w,
-                                p.stride[0] * lay.cols,
-                                &offs,
-                            );
-                            for (t, a) in acc.iter().enumerate() {
-                                total[t] += a.reduce_add() as f64;
-                            }
-                            continue;
-                        }
-                        // One lane accumulator per tap, over the whole plane; the tail of each row is
-                        // masked by zero-padding the gradient lane.
-                        let mut acc = [splat(0.0); MAX_TAPS];
-                        for (oh, drow) in dy_p.chunks_exact(out_w).enumerate() {
-                            let mut ow = 0;
-                            while ow < out_w {
-                                let nn = LANES.min(out_w - ow);
-                                let mut dv = [0.0f32; LANES];
-                                dv[..nn].copy_from_slice(&drow[ow..ow + nn]);
-                                let dv = Lane::new(dv);
-                                for (t, a) in acc[..taps].iter_mut().enumerate() {
-                                    let (pp, q) = ((t0 + t) / kw, (t0 + t) % kw);
-                                    let row =
-                                        &pad[(oh * p.stride[0] + pp * p.dilation[0]) * lay.cols..];
-                                    let at = ow * p.stride[1] + q * p.dilation[1];
-                                    let v = if p.stride[1] == 1 {
-                                        Lane::new(row[at..at + LANES].try_into().expect("a lane"))
-                                    } else {
-                                        // Lanes past `nn` meet a zero gradient.
-                                        Lane::new(std::array::from_fn(|k| {
-                                            row[at + k.min(nn - 1) * p.stride[1]]
-                                        }))
-                                    };
-                                    *a = v.mul_add(dv, *a);
-                                }
-                                ow += nn;
-                            }
+                            let a = tap_dots::<9>(pad, dy_p, out_w, lay.cols, &offs[..9]);
+                            acc[..9].copy_from_slice(&a);
+                        } else {
+                            acc = tap_dots::<MAX_TAPS>(pad, dy_p, out_w, lay.cols, &offs[..taps]);
                         }
                         for t in 0..taps {
                             total[t] += acc[t].reduce_add() as f64;

@@ -59,7 +59,7 @@ pub fn conv2d_forward(
         return Ok(());
     }
     if g.is_depthwise() {
-        return depthwise::forward(g, x, w, b, y, ws);
+        return depthwise::forward(g, x, w, b, (None, None), y, ws);
     }
     forward_images(g, x, w, b, None, Epilogue::default(), Out::Conv(y), ws)
 }
@@ -138,9 +138,7 @@ pub(crate) fn conv2d_forward_prepacked(
         return Ok(());
     }
     if g.is_depthwise() {
-        depthwise::forward(g, x, w, b, y, ws)?;
-        epilogue_pass(epi, y);
-        return Ok(());
+        return depthwise::forward(g, x, w, b, (epi.residual, epi.act), y, ws);
     }
     forward_images(g, x, w, b, pre, epi, Out::Conv(y), ws)
 }
