@@ -59,6 +59,23 @@ pub(crate) fn copy(x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y += x` for short runs (a plane's rows): in lanes, the tail element by element (not through
+/// a padded lane on the stack, which costs more than a short row's sums).
+#[inline(always)]
+pub(crate) fn add_into(x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "add_into lengths");
+    let (xc, xt) = x.as_chunks::<LANES>();
+    let (yc, yt) = y.as_chunks_mut::<LANES>();
+    for (x, y) in xc.iter().zip(yc) {
+        loop_barrier();
+        *y = (Lane(*y) + Lane(*x)).to_array();
+    }
+    for (y, &x) in yt.iter_mut().zip(xt) {
+        loop_barrier();
+        *y += x;
+    }
+}
+
 /// `y[i] = f(y[i])`.
 #[inline(always)]
 pub(crate) fn map_in_place(y: &mut [f32], f: impl Fn(Lane) -> Lane) {

@@ -24,9 +24,9 @@ pub(crate) mod math;
 
 pub(crate) use crate::arch::{dispatch, inlined};
 pub(crate) use iter::{
-    column, copy, dot, map, map_in_place, map_in_place_zip, max, sum, sum_map, sum_sq_dev, sum_zip,
-    sum_zip_padded, sum_zip3, update, window_max, window_max_2x2, zip_map, zip_map_acc,
-    zip_map_stream, zip3_map_acc,
+    add_into, column, copy, dot, map, map_in_place, map_in_place_zip, max, sum, sum_map,
+    sum_sq_dev, sum_zip, sum_zip_padded, sum_zip3, update, window_max, window_max_2x2, zip_map,
+    zip_map_acc, zip_map_stream, zip3_map_acc,
 };
 pub(crate) use lane::{LANES, Lane, gt, lt, max_lanes, select, splat};
 pub(crate) use math::{erfc, exp, expm1, ln, ln_1p, sigmoid, tanh};

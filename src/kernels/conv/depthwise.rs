@@ -168,6 +168,60 @@ impl Phased {
     }
 }
 
+impl Phased {
+    /// `dst (+)= ` the `h x w` image's places of the phased plane `src` (the inverse of
+    /// [`Phased::fill`]; the border is dropped).
+    #[inline(always)]
+    fn read_out(&self, src: &[f32], h: usize, w: usize, dst: &mut [f32], accum: Accum) {
+        let [sh, sw] = self.s;
+        let [top, left] = self.pad;
+        let (cols, pl) = (self.cols, self.phase_len());
+        for (ih, drow) in dst.chunks_exact_mut(w).take(h).enumerate() {
+            let (a, rr) = ((ih + top) % sh, (ih + top) / sh);
+            let group = &src[a * sw * pl..][..sw * pl];
+            match sw {
+                1 => {
+                    let srow = &group[rr * cols + left..][..w];
+                    match accum {
+                        Accum::Replace => simd::copy(srow, drow),
+                        Accum::Add => simd::add_into(srow, drow),
+                    }
+                }
+                // Stride 2: the row's pairs from the two column phases (see `fill`).
+                2 => {
+                    let (even, odd) = (
+                        &group[rr * cols..][..cols],
+                        &group[pl + rr * cols..][..cols],
+                    );
+                    let j0 = left % 2;
+                    if j0 == 1 {
+                        drow[0] = accum.apply(drow[0], odd[left / 2]);
+                    }
+                    let base = (j0 + left) / 2;
+                    let mut pairs = drow[j0.min(w)..].chunks_exact_mut(2);
+                    let np = pairs.len();
+                    for ((pr, &e), &o) in (&mut pairs)
+                        .zip(&even[base..base + np])
+                        .zip(&odd[base..base + np])
+                    {
+                        pr[0] = accum.apply(pr[0], e);
+                        pr[1] = accum.apply(pr[1], o);
+                    }
+                    if let [v] = pairs.into_remainder() {
+                        *v = accum.apply(*v, even[base + np]);
+                    }
+                }
+                _ => {
+                    for (j, v) in drow.iter_mut().enumerate() {
+                        let c = j + left;
+                        *v = accum.apply(*v, group[(c % sw) * pl + rr * cols + c / sw]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The forward (and strided backward-weights) layout of `g`'s input planes.
 fn fwd_layout(g: &Conv2dGeom) -> Phased {
     let p = g.params();
@@ -204,9 +258,9 @@ fn bwd_layout(g: &Conv2dGeom) -> Option<Phased> {
     ))
 }
 
-/// Scratch of one layout's worker: the phased plane and the swept run.
+/// Scratch of one layout's worker: the phased plane and the swept run (with a register's slack).
 fn lay_slot(l: &Phased) -> usize {
-    l.len() + l.out[0] * l.cols
+    l.len() + l.out[0] * l.cols + MAX_LANES
 }
 
 /// Scratch of one worker (a phased plane and a swept run).
@@ -260,6 +314,23 @@ impl Taps {
                 (p, q)
             };
             *o = self.lay.offset(p * self.d[0], q * self.d[1]);
+        }
+    }
+
+    /// Calls `f(t, offset)` for every tap in the order of the weights.
+    #[inline(always)]
+    fn each(&self, mut f: impl FnMut(usize, usize)) {
+        let kk = self.k[0] * self.k[1];
+        for (t, &o) in self.first.iter().enumerate().take(kk) {
+            f(t, o);
+        }
+        let mut offs = [0usize; SWEEP_TAPS];
+        for t0 in (SWEEP_TAPS..kk).step_by(SWEEP_TAPS) {
+            let m = SWEEP_TAPS.min(kk - t0);
+            self.offsets(t0, &mut offs[..m]);
+            for (j, &o) in offs[..m].iter().enumerate() {
+                f(t0 + j, o);
+            }
         }
     }
 
@@ -425,6 +496,12 @@ pub(super) fn forward(
     )
 }
 
+/// The input gradient. At stride 1 (and padding within the kernel's reach) the forward sweep of
+/// the zero-padded output gradient with the flipped kernel; otherwise the adjoint of the forward
+/// sweep: the output gradient's rows laid out as the forward pass's run (the dropped columns
+/// zero), each tap's run added into a phased input gradient,
+/// `grad[offs[t] + j] += w[t] · dy_run[j]`, taps in order, and the image's places read out of the
+/// phases.
 pub(super) fn backward_data(
     g: &Conv2dGeom,
     w: &[f32],
@@ -439,11 +516,19 @@ pub(super) fn backward_data(
     let p = g.params();
     let slot = slot_len(g);
     let planes = g.n() * c_in;
+    if in_plane == 0 {
+        return Ok(());
+    }
     let groups = par::groups(planes, work(g))
         .min(ws.len() / slot.max(1))
         .max(1);
-    let blay = bwd_layout(g);
-    let taps = blay.map(|l| Taps::new(l, [g.k_h(), g.k_w()], p.dilation, true));
+    let kern = [g.k_h(), g.k_w()];
+    // The stride-1 sweep, or the adjoint over the forward layout.
+    let (lay, flip) = match bwd_layout(g) {
+        Some(l) => (l, true),
+        None => (fwd_layout(g), false),
+    };
+    let taps = Taps::new(lay, kern, p.dilation, flip);
     par::for_each_group(
         planes,
         groups,
@@ -452,70 +537,64 @@ pub(super) fn backward_data(
         slot,
         #[inline(always)]
         |r, Items(dx, _), ws| {
-            if let Some(lay) = &blay {
-                lay.zero(ws);
+            let (pad, run) = ws.split_at_mut(lay.len());
+            let run = &mut run[..lay.out[0] * lay.cols + MAX_LANES];
+            lay.zero(pad);
+            if !flip {
+                // The run's dropped columns stay zero.
+                run.fill(0.0);
             }
+            let run_len = lay.run_len();
             for (pi, dx_p) in r.zip(dx.chunks_exact_mut(in_plane)) {
                 let (i, c) = (pi / c_in, pi % c_in);
-                if accum == Accum::Replace {
-                    dx_p.fill(0.0);
+                if !flip {
+                    lay.zero(pad);
                 }
                 for o in c * m..(c + 1) * m {
                     let dy_p = &dy[(i * c_out + o) * out_plane..][..out_plane];
                     let w_o = &w[o * kk..][..kk];
-                    match (&blay, &taps) {
-                        // Stride 1: dx += the flipped-kernel sweep over the padded gradient.
-                        (Some(lay), Some(taps)) => {
-                            if in_plane == 0 {
-                                continue;
-                            }
-                            let (pad, run) = ws.split_at_mut(lay.len());
-                            let run = &mut run[..lay.run_len()];
-                            lay.fill(dy_p, g.out_h(), out_w, pad);
-                            taps.sweep(pad, w_o, run);
-                            for (ih, xr) in dx_p.chunks_exact_mut(in_w).enumerate() {
-                                simd::map_in_place_zip(
-                                    &run[ih * lay.cols..][..in_w],
-                                    xr,
-                                    #[inline(always)]
-                                    |v, x| x + v,
-                                );
+                    if flip {
+                        // dx (+)= the flipped-kernel sweep over the padded gradient.
+                        let run = &mut run[..run_len];
+                        lay.fill(dy_p, g.out_h(), out_w, pad);
+                        taps.sweep(pad, w_o, run);
+                        let first = o == c * m && accum == Accum::Replace;
+                        for (ih, xr) in dx_p.chunks_exact_mut(in_w).enumerate() {
+                            let v = &run[ih * lay.cols..][..in_w];
+                            if first {
+                                simd::copy(v, xr);
+                            } else {
+                                simd::add_into(v, xr);
                             }
                         }
-                        // Strided: scatter each output row into its taps' input rows.
-                        _ => scatter(g, dy_p, w_o, dx_p),
+                        continue;
                     }
+                    for (oh, drow) in dy_p.chunks_exact(out_w).enumerate() {
+                        simd::copy(drow, &mut run[oh * lay.cols..][..out_w]);
+                    }
+                    // Whole lanes: the run's slack is zero, the plane's slack takes the sums.
+                    let run_len = run_len.next_multiple_of(LANES);
+                    let dy_run = &run[..run_len];
+                    taps.each(
+                        #[inline(always)]
+                        |t, off| {
+                            let wv = splat(w_o[t]);
+                            simd::map_in_place_zip(
+                                dy_run,
+                                &mut pad[off..][..run_len],
+                                #[inline(always)]
+                                |d, acc| d.mul_add(wv, acc),
+                            );
+                        },
+                    );
+                }
+                if !flip {
+                    lay.read_out(pad, g.in_h(), in_w, dx_p, accum);
                 }
             }
             Ok(())
         },
     )
-}
-
-/// Strided backward-data for one plane: `dx[oh·s + p·d − pad, ow·s + q·d − pad] += w[p, q] ·
-/// dy[oh, ow]` over the positions inside the image.
-fn scatter(g: &Conv2dGeom, dy_p: &[f32], w_o: &[f32], dx_p: &mut [f32]) {
-    let p = g.params();
-    let (in_h, in_w, out_w) = (g.in_h() as isize, g.in_w() as isize, g.out_w());
-    for (oh, row) in dy_p.chunks_exact(out_w).enumerate() {
-        for pp in 0..g.k_h() {
-            let ih = (oh * p.stride[0] + pp * p.dilation[0]) as isize - p.padding[0] as isize;
-            if ih < 0 || ih >= in_h {
-                continue;
-            }
-            let dst = &mut dx_p[ih as usize * in_w as usize..][..in_w as usize];
-            for q in 0..g.k_w() {
-                let wv = w_o[pp * g.k_w() + q];
-                for (ow, &d) in row.iter().enumerate() {
-                    let iw =
-                        (ow * p.stride[1] + q * p.dilation[1]) as isize - p.padding[1] as isize;
-                    if iw >= 0 && iw < in_w {
-                        dst[iw as usize] += wv * d;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Most taps handled by the lane accumulators of the weight gradient at once.
