@@ -9,6 +9,7 @@ use crate::error::{Error, Result, check_len};
 use crate::kernels::accum::{Accum, scatter_planes};
 use crate::par::{self, Items};
 use crate::shape::Shape4;
+use crate::simd;
 
 /// The input range `[start, end)` of output index `i` of `out` along an axis of length `len`.
 #[inline]
@@ -79,12 +80,19 @@ pub fn adaptive_avg_pool2d_forward(
                     let (h0, h1) = window(oh, out[0], h);
                     for ow in 0..out[1] {
                         let (w0, w1) = window(ow, out[1], w);
-                        let mut sum = 0.0f32;
-                        for row in x_p[h0 * w..h1 * w].chunks_exact(w) {
-                            for &v in &row[w0..w1] {
-                                sum += v;
+                        // In lanes (a sum element by element was a tenth of EfficientNet-B0's
+                        // inference in perf, its squeeze-and-excitation blocks' pools): a
+                        // window of whole rows at once, otherwise row by row.
+                        let rows = &x_p[h0 * w..h1 * w];
+                        let sum = if w1 - w0 == w {
+                            simd::sum(rows)
+                        } else {
+                            let mut sum = 0.0f32;
+                            for row in rows.chunks_exact(w) {
+                                sum += simd::sum(&row[w0..w1]);
                             }
-                        }
+                            sum
+                        };
                         y_p[oh * out[1] + ow] = sum / (h1 - h0) as f32 / (w1 - w0) as f32;
                     }
                 }
