@@ -317,36 +317,41 @@ impl Taps {
         }
     }
 
-    /// Calls `f(t, offset)` for every tap in the order of the weights.
+    /// Calls `f(t0, offsets)` for the taps in parts of at most [`SWEEP_TAPS`], in the order of
+    /// the weights (`t0`: the part's first tap).
     #[inline(always)]
-    fn each(&self, mut f: impl FnMut(usize, usize)) {
+    fn parts(&self, mut f: impl FnMut(usize, &[usize])) {
         let kk = self.k[0] * self.k[1];
-        for (t, &o) in self.first.iter().enumerate().take(kk) {
-            f(t, o);
-        }
+        f(0, &self.first[..SWEEP_TAPS.min(kk)]);
         let mut offs = [0usize; SWEEP_TAPS];
         for t0 in (SWEEP_TAPS..kk).step_by(SWEEP_TAPS) {
             let m = SWEEP_TAPS.min(kk - t0);
             self.offsets(t0, &mut offs[..m]);
-            for (j, &o) in offs[..m].iter().enumerate() {
-                f(t0 + j, o);
-            }
+            f(t0, &offs[..m]);
         }
+    }
+
+    /// Calls `f(t, offset)` for every tap in the order of the weights.
+    #[inline(always)]
+    fn each(&self, mut f: impl FnMut(usize, usize)) {
+        self.parts(
+            #[inline(always)]
+            |t0, offs| {
+                for (j, &o) in offs.iter().enumerate() {
+                    f(t0 + j, o);
+                }
+            },
+        );
     }
 
     /// `run[j] = Σ_t w[t] · src[offs[t] + j]` over the taps in the order of `w`, in parts of
     /// [`SWEEP_TAPS`] taps, each part added to the run.
     #[inline(always)]
     fn sweep(&self, src: &[f32], w: &[f32], run: &mut [f32]) {
-        let kk = self.k[0] * self.k[1];
-        let m = SWEEP_TAPS.min(kk);
-        sweep_taps(src, &self.first[..m], &w[..m], run, false);
-        let mut offs = [0usize; SWEEP_TAPS];
-        for t0 in (SWEEP_TAPS..kk).step_by(SWEEP_TAPS) {
-            let m = SWEEP_TAPS.min(kk - t0);
-            self.offsets(t0, &mut offs[..m]);
-            sweep_taps(src, &offs[..m], &w[t0..t0 + m], run, true);
-        }
+        self.parts(
+            #[inline(always)]
+            |t0, offs| sweep_taps(src, offs, &w[t0..t0 + offs.len()], run, t0 > 0),
+        );
     }
 }
 
@@ -539,9 +544,11 @@ pub(super) fn backward_data(
         |r, Items(dx, _), ws| {
             let (pad, run) = ws.split_at_mut(lay.len());
             let run = &mut run[..lay.out[0] * lay.cols + MAX_LANES];
-            lay.zero(pad);
-            if !flip {
-                // The run's dropped columns stay zero.
+            if flip {
+                // The border stays zero while `fill` writes gradient after gradient.
+                lay.zero(pad);
+            } else {
+                // The run's dropped columns stay zero; the phased gradient is zeroed per plane.
                 run.fill(0.0);
             }
             let run_len = lay.run_len();
