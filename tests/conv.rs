@@ -82,6 +82,61 @@ proptest! {
     }
 }
 
+/// Split inside the image (two threads, no serial threshold), each worker convolves its own
+/// output-channel panels and copies them out through the epilogue itself: bit for bit the three
+/// passes, over channel counts that leave a short last panel, several row bands, and shapes with
+/// and without padding.
+#[test]
+fn conv2d_fused_epilogue_split_inside_an_image_is_the_separate_passes() {
+    for (x, c_out, k, p) in [
+        (
+            Shape4::new(1, 16, 40, 36),
+            70,
+            [1, 1],
+            Conv2dParams::default(),
+        ),
+        (
+            Shape4::new(1, 5, 150, 130),
+            45,
+            [3, 3],
+            Conv2dParams::default().padding(1),
+        ),
+        (
+            Shape4::new(2, 8, 31, 29),
+            33,
+            [3, 3],
+            Conv2dParams::default().stride(2),
+        ),
+    ] {
+        let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
+        let (x, w, b) = (values(1, g.x_len()), values(2, g.w_len()), values(3, c_out));
+        let residual = values(4, g.y_len());
+        let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+        let mut want = vec![0.0; g.y_len()];
+        conv2d_forward(&g, &x, &w, Some(&b), &mut want, &mut ws).unwrap();
+        add_forward(&residual, &mut want, Accum::Add).unwrap();
+        let pre = want.clone();
+        activation_forward(Activation::Relu6, &pre, &mut want).unwrap();
+        let epi = Epilogue {
+            residual: Some(&residual),
+            act: Some(Activation::Relu6),
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut y = nans(g.y_len());
+        let threshold = cnnkit::par::parallel_threshold();
+        // Results do not depend on the threshold: other tests may run meanwhile.
+        cnnkit::par::set_parallel_threshold(0);
+        let r = pool.install(|| conv2d_forward_fused(&g, &x, &w, Some(&b), epi, &mut y, &mut ws));
+        cnnkit::par::set_parallel_threshold(threshold);
+        r.unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&y), bits(&want), "{g:?}");
+    }
+}
+
 /// A residual of the wrong length is refused, as is an activation's invalid parameter (softplus
 /// with β = 0).
 #[test]

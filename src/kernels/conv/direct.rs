@@ -619,30 +619,16 @@ fn conv_into_on<K: MicroKernel>(
                 }
             }
         };
-        if split {
-            par::for_each(
-                panels,
-                work,
-                Items(&mut *yp, mr * lay.npix),
-                #[inline(always)]
-                |pr, Items(y, _)| {
-                    run(pr, y);
-                    Ok(())
-                },
-            )?;
-        } else {
-            run(0..panels, yp);
-        }
-        // Copy the band's valid pixels out through the epilogue (bias, residual, activation),
-        // one channel's rows at a time while they are in cache.
-        let yp = &*yp;
-        let copy = |cr: std::ops::Range<usize>, out: &mut [f32]| {
+        // Copy the band's valid pixels of channels `cr` (their tiles' rows in `yrows`, from
+        // `cr.start`) out through the epilogue (bias, residual, activation), one channel's rows
+        // at a time while they are in cache.
+        let copy = |cr: std::ops::Range<usize>, yrows: &[f32], out: &mut [f32]| {
             for (ci, o) in cr.enumerate() {
                 let b = epi.bias.map_or(0.0, |b| b[o]);
                 let (at, len) = (oh0 * d.out_w, lay.rows * d.out_w);
                 let dst = &mut out[ci * out_plane + at..][..len];
                 let res = epi.residual.map(|r| &r[o * out_plane + at..][..len]);
-                let src = &yp[o * lay.npix..];
+                let src = &yrows[ci * lay.npix..];
                 for (r, drow) in dst.chunks_exact_mut(d.out_w).enumerate() {
                     let srow = &src[r * lay.pw..][..d.out_w];
                     let rrow = res.map(|res| &res[r * d.out_w..][..d.out_w]);
@@ -669,18 +655,25 @@ fn conv_into_on<K: MicroKernel>(
             }
         };
         if split {
+            // One fork per band: each worker copies out the channels of its own panels, while
+            // they are in its cache.
             par::for_each(
-                d.out_ch,
-                out_img.len(),
-                Items(&mut *out_img, out_plane),
+                panels,
+                work,
+                (
+                    Items(&mut *yp, mr * lay.npix),
+                    Items(&mut *out_img, mr * out_plane),
+                ),
                 #[inline(always)]
-                |cr, Items(o, _)| {
-                    copy(cr, o);
+                |pr, (Items(y, _), Items(o, _))| {
+                    run(pr.clone(), y);
+                    copy(pr.start * mr..(pr.end * mr).min(d.out_ch), y, o);
                     Ok(())
                 },
             )?;
         } else {
-            copy(0..d.out_ch, out_img);
+            run(0..panels, yp);
+            copy(0..d.out_ch, yp, out_img);
         }
     }
     Ok(())
