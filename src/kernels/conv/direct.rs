@@ -263,6 +263,22 @@ impl Direct {
             let jhi = ((self.src_w + self.pad[1]).saturating_sub(phi))
                 .div_ceil(sw)
                 .min(lay.pw);
+            if (sh, sw, jlo, jhi, self.pad[1]) == (1, 1, 0, lay.pw, 0) && lay.pw == self.src_w {
+                // Rows as wide as the source's, unpadded (a 1x1 kernel, or any kernel without
+                // column padding that spans the row): the band's rows inside the source are one
+                // contiguous run, copied at once instead of row by row.
+                let first = (oh0 + psi) as isize - self.pad[0] as isize;
+                let lo = first.clamp(0, self.src_h as isize) as usize;
+                let hi =
+                    (first + (dst.len() / lay.pw) as isize).clamp(0, self.src_h as isize) as usize;
+                let (skip, n) = ((lo as isize - first) as usize, hi.saturating_sub(lo));
+                let (head, rest) = dst.split_at_mut(skip * lay.pw);
+                head.fill(0.0);
+                let (body, tail) = rest.split_at_mut(n * lay.pw);
+                body.copy_from_slice(&src_c[lo * self.src_w..hi * self.src_w]);
+                tail.fill(0.0);
+                continue;
+            }
             for (i, row) in dst.chunks_exact_mut(lay.pw).enumerate() {
                 let ih = ((oh0 + i) * sh + psi) as isize - self.pad[0] as isize;
                 if ih < 0 || ih >= self.src_h as isize || jlo >= jhi {
