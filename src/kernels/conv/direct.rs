@@ -263,11 +263,11 @@ impl Direct {
             let jhi = ((self.src_w + self.pad[1]).saturating_sub(phi))
                 .div_ceil(sw)
                 .min(lay.pw);
-            if (sh, sw, jlo, jhi, self.pad[1]) == (1, 1, 0, lay.pw, 0) && lay.pw == self.src_w {
-                // Rows as wide as the source's, unpadded (a 1x1 kernel, or any kernel without
-                // column padding that spans the row): the band's rows inside the source are one
-                // contiguous run, copied at once instead of row by row.
-                let first = (oh0 + psi) as isize - self.pad[0] as isize;
+            if (sh, sw, self.pad[1]) == (1, 1, 0) && lay.pw == self.src_w {
+                // Stride 1, no column padding, rows as wide as the source's (every kernel
+                // without column padding): the band's rows inside the source are one contiguous
+                // run, copied at once instead of row by row.
+                let first = oh0 as isize - self.pad[0] as isize;
                 let lo = first.clamp(0, self.src_h as isize) as usize;
                 let hi =
                     (first + (dst.len() / lay.pw) as isize).clamp(0, self.src_h as isize) as usize;
