@@ -137,6 +137,96 @@ fn conv2d_fused_epilogue_split_inside_an_image_is_the_separate_passes() {
     }
 }
 
+/// Planes large enough that the depthwise kernels sweep them a strip of rows at a time, rows wide
+/// enough to take the epilogue straight into the output and rows too short for it, and direct
+/// convolutions whose rows are one run (1x1) or rows of their own: bit for bit the separate
+/// passes, with and without a bias and a residual, for activations that clamp and that do not,
+/// on one and two threads.
+#[test]
+fn conv2d_fused_epilogue_on_large_planes_is_the_separate_passes() {
+    for (x, c_out, k, p) in [
+        // Depthwise: three strips of 66-wide rows.
+        (
+            Shape4::new(1, 6, 70, 66),
+            6,
+            [3, 3],
+            Conv2dParams::default().padding(1).groups(6),
+        ),
+        // Depthwise: two strips of 20-wide rows (the strip's stretch of lanes).
+        (
+            Shape4::new(1, 4, 100, 20),
+            4,
+            [5, 5],
+            Conv2dParams::default().padding(2).groups(4),
+        ),
+        // Depthwise, strided, channel multiplier 2, two images.
+        (
+            Shape4::new(2, 3, 150, 90),
+            6,
+            [3, 3],
+            Conv2dParams::default().stride(2).padding(1).groups(3),
+        ),
+        // Direct 1x1: each band's rows one run.
+        (
+            Shape4::new(1, 8, 33, 17),
+            12,
+            [1, 1],
+            Conv2dParams::default(),
+        ),
+        // Direct 3x3: 40-wide rows with dropped columns.
+        (
+            Shape4::new(1, 4, 20, 40),
+            10,
+            [3, 3],
+            Conv2dParams::default().padding(1),
+        ),
+    ] {
+        let g = Conv2dGeom::new(x, c_out, k, p).unwrap();
+        let (x, w, b) = (values(1, g.x_len()), values(2, g.w_len()), values(3, c_out));
+        let residual = values(4, g.y_len());
+        let mut ws = vec![0.0; conv2d_forward_scratch_len(&g)];
+        for act in [
+            None,
+            Some(Activation::Relu),
+            Some(Activation::Relu6),
+            Some(Activation::Silu),
+            Some(Activation::Gelu),
+        ] {
+            for (bias, res) in [(true, false), (false, false), (true, true), (false, true)] {
+                let bias = bias.then_some(&b[..]);
+                let res = res.then_some(&residual[..]);
+                let mut want = vec![0.0; g.y_len()];
+                conv2d_forward(&g, &x, &w, bias, &mut want, &mut ws).unwrap();
+                if let Some(r) = res {
+                    add_forward(r, &mut want, Accum::Add).unwrap();
+                }
+                if let Some(a) = act {
+                    let pre = want.clone();
+                    activation_forward(a, &pre, &mut want).unwrap();
+                }
+                let epi = Epilogue { residual: res, act };
+                for threads in [1, 2] {
+                    let mut y = nans(g.y_len());
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    pool.install(|| conv2d_forward_fused(&g, &x, &w, bias, epi, &mut y, &mut ws))
+                        .unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&y),
+                        bits(&want),
+                        "{g:?} {act:?} bias {} residual {} {threads} threads",
+                        bias.is_some(),
+                        res.is_some()
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A residual of the wrong length is refused, as is an activation's invalid parameter (softplus
 /// with β = 0).
 #[test]

@@ -391,6 +391,145 @@ pub(crate) fn relu_in_place(y: &mut [f32]) {
     );
 }
 
+/// Expands `$run!(g)` with the lane function `g` of an activation that costs about as much as
+/// an add (ReLU, ReLU6, LeakyReLU: worth applying in the pass that writes a kernel's output), and
+/// `$after!(act)` for the others (applied in a pass of their own, by [`activation_in_place`]).
+/// Only these few are inlined into a kernel's pass: with all of them, the pass grew past what
+/// the compiler inlines lane helpers into.
+macro_rules! fused_activation {
+    ($act:expr, $run:ident, $after:ident) => {
+        match $act {
+            Activation::Relu => $run!(
+                #[inline(always)]
+                |v| relu(v)
+            ),
+            Activation::Relu6 => $run!(
+                #[inline(always)]
+                |v| relu6(v)
+            ),
+            Activation::LeakyRelu { slope } => $run!(
+                #[inline(always)]
+                |v| leaky_relu(slope, v)
+            ),
+            other => $after!(other),
+        }
+    };
+}
+
+/// `act` split into the part [`map_act`] and its kin apply in their own pass (the cheap
+/// activations, see `fused_activation!`) and the part to apply after it, over the whole output
+/// block at once ([`activation_in_place`]).
+pub(crate) fn split_fused(act: Option<Activation>) -> (Option<Activation>, Option<Activation>) {
+    match act {
+        Some(Activation::Relu | Activation::Relu6 | Activation::LeakyRelu { .. }) | None => {
+            (act, None)
+        }
+        Some(a) => (None, Some(a)),
+    }
+}
+
+/// `y = act(f(x))` lane by lane (`f(x)` without an activation), on this thread: a kernel's
+/// epilogue, the values of `f` followed by [`activation_forward`]; the cheap activations in the
+/// same pass (see `fused_activation!`). Callers run inside `arch::dispatch` (the lane functions
+/// are inlined here).
+#[inline(always)]
+pub(crate) fn map_act(act: Option<Activation>, x: &[f32], y: &mut [f32], f: impl Fn(Lane) -> Lane) {
+    let Some(act) = act else {
+        return simd::map(x, y, f);
+    };
+    #[inline(always)]
+    fn then(x: &[f32], y: &mut [f32], f: impl Fn(Lane) -> Lane, g: impl Fn(Lane) -> Lane) {
+        simd::map(
+            x,
+            y,
+            #[inline(always)]
+            |v| g(f(v)),
+        )
+    }
+    macro_rules! run {
+        ($g:expr) => {
+            then(x, y, &f, $g)
+        };
+    }
+    macro_rules! after {
+        ($a:expr) => {{
+            simd::map(x, y, &f);
+            activation_in_place($a, y)
+        }};
+    }
+    fused_activation!(act, run, after)
+}
+
+/// `y = act(f(y))` in place, as [`map_act`].
+#[inline(always)]
+pub(crate) fn map_act_in_place(act: Option<Activation>, y: &mut [f32], f: impl Fn(Lane) -> Lane) {
+    let Some(act) = act else {
+        return simd::map_in_place(y, f);
+    };
+    #[inline(always)]
+    fn then(y: &mut [f32], f: impl Fn(Lane) -> Lane, g: impl Fn(Lane) -> Lane) {
+        simd::map_in_place(
+            y,
+            #[inline(always)]
+            |v| g(f(v)),
+        )
+    }
+    macro_rules! run {
+        ($g:expr) => {
+            then(y, &f, $g)
+        };
+    }
+    macro_rules! after {
+        ($a:expr) => {{
+            simd::map_in_place(y, &f);
+            activation_in_place($a, y)
+        }};
+    }
+    fused_activation!(act, run, after)
+}
+
+/// `y = act(f(a, b))` lane by lane, as [`map_act`].
+#[inline(always)]
+pub(crate) fn zip_map_act(
+    act: Option<Activation>,
+    a: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    f: impl Fn(Lane, Lane) -> Lane,
+) {
+    let Some(act) = act else {
+        return simd::zip_map(a, b, y, f);
+    };
+    #[inline(always)]
+    fn then(
+        a: &[f32],
+        b: &[f32],
+        y: &mut [f32],
+        f: impl Fn(Lane, Lane) -> Lane,
+        g: impl Fn(Lane) -> Lane,
+    ) {
+        simd::zip_map(
+            a,
+            b,
+            y,
+            #[inline(always)]
+            |u, v| g(f(u, v)),
+        )
+    }
+    macro_rules! run {
+        ($g:expr) => {
+            then(a, b, y, &f, $g)
+        };
+    }
+    macro_rules! after {
+        ($x:expr) => {{
+            simd::zip_map(a, b, y, &f);
+            activation_in_place($x, y)
+        }};
+    }
+    fused_activation!(act, run, after)
+}
+
 /// `y = act(y)` in place, on this thread, the values of [`activation_forward`]: for a kernel
 /// that applies an activation to a block of its own output while it is in cache.
 pub(crate) fn activation_in_place(act: Activation, y: &mut [f32]) {

@@ -16,7 +16,7 @@
 use crate::arch::kernel::MAX_LANES;
 use crate::error::Result;
 use crate::kernels::accum::Accum;
-use crate::kernels::activation::Activation;
+use crate::kernels::activation::{Activation, map_act, map_act_in_place, split_fused, zip_map_act};
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
 use crate::simd;
@@ -269,6 +269,14 @@ pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
     bwd_layout(g).map_or(f, |b| f.max(lay_slot(&b)))
 }
 
+/// Floats of swept output a forward strip holds (8 KiB: with the input rows it reads, it stays in
+/// L1 through the epilogue).
+const STRIP: usize = 2048;
+
+/// Rows of at least this many lanes are taken through the forward epilogue straight into the
+/// output, row by row.
+const ROW_LANES: usize = 4;
+
 /// Most taps one sweep takes (their offsets live on the stack); larger kernels are swept in parts
 /// of this many taps, each part's sums added to the run.
 const SWEEP_TAPS: usize = 64;
@@ -434,6 +442,10 @@ pub(super) fn forward(
     let taps = Taps::new(lay, [g.k_h(), g.k_w()], p.dilation, false);
     let slot = slot_len(g);
     let planes = g.n() * c_out;
+    let out_h = g.out_h();
+    let strip = (STRIP / lay.cols.max(1)).clamp(1, out_h.max(1));
+    // The cheap activations in the epilogue's pass, the others over each strip's output after it.
+    let (fused, after) = split_fused(act);
     if out_plane == 0 {
         return Ok(());
     }
@@ -447,7 +459,6 @@ pub(super) fn forward(
         #[inline(always)]
         |r, Items(y, _), ws| {
             let (pad, run) = ws.split_at_mut(lay.len());
-            let run = &mut run[..lay.run_len()];
             lay.zero(pad);
             let mut last = usize::MAX;
             for (pi, y_p) in r.zip(y.chunks_exact_mut(out_plane)) {
@@ -457,42 +468,54 @@ pub(super) fn forward(
                     lay.fill(&x[src * in_plane..][..in_plane], g.in_h(), g.in_w(), pad);
                     last = src;
                 }
-                taps.sweep(pad, &w[o * kk..][..kk], run);
-                // The epilogue while the plane is in cache, `act((v + b) + residual)`: without a
-                // residual over the whole run (one stretch of lanes, the dropped columns too),
-                // then its rows copied out.
                 let bv = b.map(|b| splat(b[o]));
-                match residual {
-                    None => {
-                        if let Some(bv) = bv {
-                            simd::map_in_place(
-                                run,
-                                #[inline(always)]
-                                |v| v + bv,
-                            );
+                let res = residual.map(|res| &res[pi * out_plane..][..out_plane]);
+                // A strip of output rows at a time, swept and taken through the epilogue
+                // (`act((v + b) + residual)`) while it is in L1: swept as one run over the whole
+                // plane, a large plane's run left L1 before the bias, the activation and the copy
+                // out each passed over it again.
+                for r0 in (0..out_h).step_by(strip) {
+                    let rows = strip.min(out_h - r0);
+                    let run = &mut run[..(rows - 1) * lay.cols + out_w];
+                    taps.sweep(&pad[r0 * lay.cols..], &w[o * kk..][..kk], run);
+                    let y_s = &mut y_p[r0 * out_w..][..rows * out_w];
+                    // `act((v + b) + residual)` in one pass; without a bias `v + (-0.0)`,
+                    // which is `v` exactly. Rows of a few registers or more go straight to the
+                    // output; short rows (where a row's partial register would cost as much as
+                    // the row) are taken as one stretch of lanes over the strip, the dropped
+                    // columns too, then copied out.
+                    let bv = bv.unwrap_or(splat(-0.0));
+                    let add_b = crate::arch::inlined(
+                        #[inline(always)]
+                        move |v: Lane| v + bv,
+                    );
+                    match res {
+                        None if out_w < ROW_LANES * LANES => {
+                            map_act_in_place(fused, run, add_b);
+                            for (oh, yr) in y_s.chunks_exact_mut(out_w).enumerate() {
+                                simd::copy(&run[oh * lay.cols..][..out_w], yr);
+                            }
                         }
-                        if let Some(a) = act {
-                            crate::kernels::activation::activation_in_place(a, run);
+                        None => {
+                            for (oh, yr) in y_s.chunks_exact_mut(out_w).enumerate() {
+                                map_act(fused, &run[oh * lay.cols..][..out_w], yr, add_b);
+                            }
                         }
-                        for (oh, yr) in y_p.chunks_exact_mut(out_w).enumerate() {
-                            simd::copy(&run[oh * lay.cols..][..out_w], yr);
+                        Some(res) => {
+                            for (oh, yr) in y_s.chunks_exact_mut(out_w).enumerate() {
+                                zip_map_act(
+                                    fused,
+                                    &run[oh * lay.cols..][..out_w],
+                                    &res[(r0 + oh) * out_w..][..out_w],
+                                    yr,
+                                    #[inline(always)]
+                                    |v, r| (v + bv) + r,
+                                );
+                            }
                         }
                     }
-                    Some(res) => {
-                        let bv = bv.unwrap_or(splat(0.0));
-                        let res = &res[pi * out_plane..][..out_plane];
-                        for (oh, yr) in y_p.chunks_exact_mut(out_w).enumerate() {
-                            simd::zip_map(
-                                &run[oh * lay.cols..][..out_w],
-                                &res[oh * out_w..][..out_w],
-                                yr,
-                                #[inline(always)]
-                                |v, r| (v + bv) + r,
-                            );
-                        }
-                        if let Some(a) = act {
-                            crate::kernels::activation::activation_in_place(a, y_p);
-                        }
+                    if let Some(a) = after {
+                        crate::kernels::activation::activation_in_place(a, y_s);
                     }
                 }
             }
