@@ -22,14 +22,18 @@
 use crate::arch::kernel::{MicroKernel, Taps};
 use crate::error::{Error, Result};
 use crate::kernels::accum::Accum;
-use crate::kernels::activation::Activation;
+use crate::kernels::activation::{Activation, map_act, split_fused, zip_map_act};
 use crate::kernels::planes::Planes;
 use crate::par::{self, Items, Parts};
 use crate::shape::Conv2dGeom;
+use crate::simd::lane::{LANES, splat};
 use std::cell::RefCell;
 
 /// Target size (floats) of one band's prepared input plus its output or gradient buffer.
 const BAND_BUDGET: usize = 1 << 20;
+/// Output rows of at least this many lanes take the epilogue's activation in the same pass as the
+/// bias.
+const ROW_LANES: usize = 4;
 /// Pixels per weight-gradient step block (the transposed gradient block stays in L2).
 const WGRAD_BLOCK: usize = 512;
 
@@ -638,16 +642,65 @@ fn conv_into_on<K: MicroKernel>(
         // Copy the band's valid pixels of channels `cr` (their tiles' rows in `yrows`, from
         // `cr.start`) out through the epilogue (bias, residual, activation), one channel's rows
         // at a time while they are in cache.
-        let copy = |cr: std::ops::Range<usize>, yrows: &[f32], out: &mut [f32]| {
+        let (at, len) = (oh0 * d.out_w, lay.rows * d.out_w);
+        // Rows as long as the output's (no dropped columns: every 1x1 layer) are one run.
+        let (rw, pitch) = if lay.pw == d.out_w {
+            (len, len)
+        } else {
+            (d.out_w, lay.pw)
+        };
+        // Replaced, in rows of a few registers or more: compiled per instruction set, a cheap
+        // activation in the pass that adds the bias, any other after it over the band's rows.
+        // Added to, or short rows (where the per-instruction-set loops would spend their time on
+        // the remainder): the sums row by row, then the activation.
+        let fused = accum == Accum::Replace && rw >= ROW_LANES * LANES;
+        let (in_pass, after) = split_fused(epi.act);
+        let copy_fused = |cr: std::ops::Range<usize>, yrows: &[f32], out: &mut [f32]| {
+            crate::arch::dispatch(
+                #[inline(always)]
+                || {
+                    for (ci, o) in cr.enumerate() {
+                        // Without a bias `v + (-0.0)`, which is `v` exactly.
+                        let bv = splat(epi.bias.map_or(-0.0, |b| b[o]));
+                        let dst = &mut out[ci * out_plane + at..][..len];
+                        let res = epi.residual.map(|r| &r[o * out_plane + at..][..len]);
+                        let src = &yrows[ci * lay.npix..];
+                        for (r, drow) in dst.chunks_exact_mut(rw).enumerate() {
+                            let srow = &src[r * pitch..][..rw];
+                            match res.map(|res| &res[r * rw..][..rw]) {
+                                None => map_act(
+                                    in_pass,
+                                    srow,
+                                    drow,
+                                    #[inline(always)]
+                                    |v| v + bv,
+                                ),
+                                Some(rr) => zip_map_act(
+                                    in_pass,
+                                    srow,
+                                    rr,
+                                    drow,
+                                    #[inline(always)]
+                                    |v, r| (v + bv) + r,
+                                ),
+                            }
+                        }
+                        if let Some(a) = after {
+                            crate::kernels::activation::activation_in_place(a, dst);
+                        }
+                    }
+                },
+            )
+        };
+        let copy_rows = |cr: std::ops::Range<usize>, yrows: &[f32], out: &mut [f32]| {
             for (ci, o) in cr.enumerate() {
-                let b = epi.bias.map_or(0.0, |b| b[o]);
-                let (at, len) = (oh0 * d.out_w, lay.rows * d.out_w);
+                let b = epi.bias.map_or(-0.0, |b| b[o]);
                 let dst = &mut out[ci * out_plane + at..][..len];
                 let res = epi.residual.map(|r| &r[o * out_plane + at..][..len]);
                 let src = &yrows[ci * lay.npix..];
-                for (r, drow) in dst.chunks_exact_mut(d.out_w).enumerate() {
-                    let srow = &src[r * lay.pw..][..d.out_w];
-                    let rrow = res.map(|res| &res[r * d.out_w..][..d.out_w]);
+                for (r, drow) in dst.chunks_exact_mut(rw).enumerate() {
+                    let srow = &src[r * pitch..][..rw];
+                    let rrow = res.map(|res| &res[r * rw..][..rw]);
                     match (accum, rrow) {
                         (Accum::Replace, None) => {
                             drow.iter_mut().zip(srow).for_each(|(y, v)| *y = v + b)
@@ -668,6 +721,13 @@ fn conv_into_on<K: MicroKernel>(
                 if let Some(act) = epi.act {
                     crate::kernels::activation::activation_in_place(act, dst);
                 }
+            }
+        };
+        let copy = |cr: std::ops::Range<usize>, yrows: &[f32], out: &mut [f32]| {
+            if fused {
+                copy_fused(cr, yrows, out)
+            } else {
+                copy_rows(cr, yrows, out)
             }
         };
         if split {
