@@ -2,10 +2,11 @@
 //! multiplier `m = c_out / c_in`). An im2col matrix would have `k_h · k_w` rows and one output
 //! channel per GEMM: all packing, no reuse. Here each plane is copied once into a zero-padded
 //! buffer split by the stride into phases ([`Phased`]), where every tap of every output reads a
-//! contiguous run, and the kernels sweep the whole plane as one run (the padding columns computed
-//! and dropped):
-//! - forward: `y = act(b + Σ_{p,q} w[p, q] · xpad[oh·s + p·d, ow·s + q·d] + residual)`, the
-//!   bias, residual and activation applied plane by plane while it is in cache;
+//! contiguous run, and the kernels sweep the plane as one run (the padding columns computed and
+//! dropped):
+//! - forward: `y = act(b + Σ_{p,q} w[p, q] · xpad[oh·s + p·d, ow·s + q·d] + residual)`, swept a
+//!   strip of rows at a time, each strip taken through the bias, residual and activation while
+//!   it is in L1 (wide rows straight into the output in one pass);
 //! - backward-data: the same sweep over the zero-padded output gradient with the flipped kernel
 //!   (stride 1), or a scatter of each output row into the padded input gradient (strided);
 //! - backward-weights: one pass over the gradient per plane with `k_h · k_w` lane accumulators.
