@@ -55,6 +55,7 @@ fn shapes() -> Vec<Conv2dGeom> {
         (2, 32, 40, 20, 20, 1),
         (1, 64, 64, 56, 56, 1),
         (1, 5, 7, 4, 30, 0),
+        (1, 2, 3, 5, 300, 1),
     ] {
         v.push(
             Conv2dGeom::new(
@@ -247,7 +248,10 @@ fn the_cost_model_and_the_switch_choose_where_winograd_runs() {
         y != direct
     };
     assert!(differs(Winograd::Auto, &geom(128, 56, 3, 1, 1)));
-    assert!(!differs(Winograd::Auto, &geom(64, 56, 3, 1, 1)));
+    assert!(differs(Winograd::Auto, &geom(64, 56, 3, 1, 1)));
+    assert!(differs(Winograd::Auto, &geom(128, 28, 3, 1, 1)));
+    assert!(!differs(Winograd::Auto, &geom(64, 28, 3, 1, 1)));
+    assert!(!differs(Winograd::Auto, &geom(32, 56, 3, 1, 1)));
     assert!(!differs(Winograd::Auto, &geom(128, 14, 3, 1, 1)));
     for g in [
         geom(8, 9, 3, 2, 1),

@@ -110,7 +110,18 @@ pub(crate) fn conv2d_backward_data_from(
             let image = |i: usize, Items(dx_n, _): Items<'_, f32>, ws: &mut [f32], split| {
                 let (img, ws) = ws.split_at_mut(made);
                 let dy_n = dy.planes(i * c_out, c_out, out_plane, c_out, img, split)?;
-                winograd::image(&gd, t, u, None, dy_n, dx_n, add, ws, split)
+                winograd::image(
+                    &gd,
+                    t,
+                    u,
+                    None,
+                    winograd::Epi::default(),
+                    dy_n,
+                    dx_n,
+                    add,
+                    ws,
+                    split,
+                )
             };
             each_image(groups, g.n(), Items(&mut *dx, x_item), ws, slot, &image)
         });

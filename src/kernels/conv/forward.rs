@@ -329,10 +329,12 @@ pub(super) fn forward_images(
         let images = |u: &[f32]| {
             let conv = |i: usize, y_n: &mut [f32], ws: &mut [f32], split: bool| {
                 let x_n = &x[i * x_item..][..x_item];
-                winograd::image(g, t, u, b, x_n, y_n, false, ws, split)?;
                 let residual = epi.residual.map(|r| &r[i * y_item..][..y_item]);
-                epilogue_pass(Epilogue { residual, ..epi }, y_n);
-                Ok(())
+                let epi = winograd::Epi {
+                    residual,
+                    act: epi.act,
+                };
+                winograd::image(g, t, u, b, epi, x_n, y_n, false, ws, split)
             };
             run(winograd::slot_len(g, t), &conv, out, ws)
         };

@@ -8,8 +8,18 @@
 //! tiles]`), run on the packed GEMM's micro-kernels, and each output tile is `Aᵀ M A`. That is
 //! `α²` multiplies per tile and channel pair where the direct path does `9·m²`: 2.25x fewer for
 //! F(2×2, 3×3) and 4x fewer for F(4×4, 3×3), against transforms that cost `O(α³)` per tile and
-//! channel. The transforms run eight tiles at a time on lanes of plain `f32` arrays, in a fixed
-//! order and without fused multiply-adds, so every instruction set gives the same bits.
+//! channel. The transforms run eight tiles at a time on lanes, in a fixed order and without
+//! fused multiply-adds, so every instruction set gives the same bits.
+//!
+//! In the forward pass (and the input gradient, which runs as one) the tiles' windows reach the
+//! lanes through the instruction set's 8 × 8 register transpose: eight tiles of a tile row lie
+//! `m` floats apart in each input row, so a transpose whose source rows are `m` apart gives one
+//! lane per column of the window, without a gather. The input rows of a stretch of tiles are
+//! first copied into a buffer on the stack, zero in the padding. The 1-D transforms are in
+//! factored form (`Axis`: the products of the matrices' rows shared, 19 lane operations for
+//! `Bᵀ` of F(4×4) where the matrix has 44), and the output transform turns its lanes back into
+//! rows with the same transpose, then adds the shortcut and applies the activation to each tile
+//! row of a channel while it is in L1.
 //!
 //! The two gradients run on the same pieces. The input gradient of a 3×3 stride-1 convolution
 //! with padding `p ≤ 2` is itself one ([`data_choice`]): `dy` convolved with every filter
@@ -22,8 +32,8 @@
 //! Numerics: the transforms' coefficients (up to 8 and 1/24 for F(4×4)) widen the range of the
 //! intermediate values, so the error grows with the tile. Against the `f64` reference over the
 //! test shapes (`tests/winograd.rs`), the largest error relative to the result's magnitude is
-//! 4e-7 for F(2×2) and 7e-6 for F(4×4) in the forward pass, 4e-7 and 1e-5 in the input
-//! gradient, 5e-7 and 4e-6 in the weight gradient; against the direct path at 64–512 channels
+//! 4e-7 for F(2×2) and 9e-6 for F(4×4) in the forward pass, 4e-7 and 1e-5 in the input
+//! gradient, 7e-7 and 9e-6 in the weight gradient; against the direct path at 64–512 channels
 //! (576–4608 terms per sum) the forward pass reaches 1e-6 and 3e-5. The tests bound all three at
 //! 1e-5 and 3e-4, and the gradient checks, the PyTorch comparisons of `tests/zoo.rs` and the
 //! other suites run with each tile forced (`CNNKIT_WINOGRAD`, `.ci/run`), F(4×4) within ten
@@ -35,12 +45,15 @@
 //! thread in a fixed order, so the bits do not depend on the thread count. The weight
 //! gradient's sums are split by output channel and run in image and block order.
 
+use crate::arch::kernel::MicroKernel;
 use crate::error::{Error, Result};
 use crate::gemm::{MatMut, MatRef, gemm_serial_f32};
 use crate::kernels::accum::Accum;
+use crate::kernels::activation::{Activation, activation_in_place};
 use crate::kernels::planes::Planes;
 use crate::par::{self, Items};
 use crate::shape::Conv2dGeom;
+use crate::simd::lane::{Lane, splat};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -48,7 +61,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 const L: usize = 8;
 
 /// Target floats of one worker's transformed input and products per block of tiles.
-const BLOCK_BUDGET: usize = 1 << 18;
+const BLOCK_BUDGET: usize = 1 << 19;
 
 /// Which convolution algorithm 3×3 stride-1 convolutions use ([`set_winograd`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,7 +159,9 @@ impl Tile {
     }
 }
 
-// F(2×2, 3×3): interpolation points 0, ±1, ∞.
+// F(2×2, 3×3): interpolation points 0, ±1, ∞. (`BT2` and `BT4` are the matrices the factored
+// forms of `Axis::bt` compute; the tests check them against each other.)
+#[cfg(test)]
 const BT2: [[f32; 4]; 4] = [
     [1.0, 0.0, -1.0, 0.0],
     [0.0, 1.0, 1.0, 0.0],
@@ -162,6 +177,7 @@ const G2: [[f32; 3]; 4] = [
 const AT2: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, -1.0]];
 
 // F(4×4, 3×3): interpolation points 0, ±1, ±2, ∞.
+#[cfg(test)]
 const BT4: [[f32; 6]; 6] = [
     [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
     [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
@@ -212,11 +228,12 @@ pub(super) enum Pass {
 /// every call; `docs/perf-log.md` has the grid): the transforms cost about as much per tile
 /// and channel as the products save at 16–32 channels, and the products of a few tiles over
 /// many channels run below the GEMM's speed (512 channels lose at every size up to 28×28).
-/// F(4×4) from 128 channels (at most 256) on images of at least 56×56 outputs (1.5x at 128–256
-/// channels, 1.8x at 128 channels on 112×112); F(2×2) at 256 channels on images of at least
-/// 28×28 (1.3x). At 64 channels on 56×56 F(4×4) measured 1.2x alone but 4 % slower inside
-/// ResNet-18's inference (its output is not fused with the shortcut and ReLU, and the
-/// transforms run cold), so the direct path keeps it.
+/// F(4×4) from 64 channels (at most 256) on images of at least 56×56 outputs, and from 128
+/// channels on 28×28; F(2×2) at 256 channels on 28×28, where F(4×4)'s weight transform (36
+/// values per filter, made on every training step) costs more than its products save. With the
+/// transforms on register transposes and the epilogue in the output transform, 64 channels on
+/// 56×56 measured 1.5x the direct path alone (one thread, the weights transformed on every
+/// call), 128 channels on 28×28 1.3x, and ResNet-18's batch-1 inference 1.13x with both.
 pub(super) fn winograd_choice(g: &Conv2dGeom) -> Option<Tile> {
     choice(g, Pass::Forward)
 }
@@ -262,8 +279,9 @@ fn auto(g: &Conv2dGeom, pass: Pass) -> Option<Tile> {
         return None;
     }
     match pass {
-        Pass::Forward if lo >= 128 && at_least(56) => Some(Tile::F4),
+        Pass::Forward if lo >= 64 && at_least(56) => Some(Tile::F4),
         Pass::Forward if lo >= 256 && at_least(28) => Some(Tile::F2),
+        Pass::Forward if lo >= 128 && at_least(28) => Some(Tile::F4),
         Pass::Data if lo >= 256 && at_least(28) => Some(Tile::F2),
         Pass::Data if lo >= 128 && at_least(28) => Some(Tile::F4),
         Pass::Data if lo >= 64 && at_least(112) => Some(Tile::F4),
@@ -319,7 +337,14 @@ fn block_rows(g: &Conv2dGeom, t: Tile) -> usize {
 pub(super) fn slot_len(g: &Conv2dGeom, t: Tile) -> usize {
     let (_, tw) = tiles(g, t);
     let a2 = t.alpha() * t.alpha();
-    a2 * (g.c_in() + g.c_out()) * tw * block_rows(g, t)
+    a2 * (g.c_in() + g.c_out()) * stride(tw * block_rows(g, t))
+}
+
+/// The distance between two positions' rows of a block's transformed values for `pb` tiles:
+/// [`L`] more, so that the last group of lanes is read and written whole (the lanes past `pb`
+/// are never used).
+fn stride(pb: usize) -> usize {
+    pb + L
 }
 
 thread_local! {
@@ -398,15 +423,48 @@ fn filter_tf<const A: usize>(gm: &[[f32; 3]; A], k: &[f32; 9], out: &mut [f32]) 
     }
 }
 
-/// Image `x_n`'s output into `y_n` (bias added), or added to `y_n` with `add`, with the
-/// transformed weights `u`, in blocks of tile rows; `ws` holds one [`slot_len`]; with `split`,
-/// each block's work is shared by the pool.
+/// What follows a forward pass's sums in [`image`]: `act(conv + bias + residual)` (the direct
+/// path's epilogue, for one image).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Epi<'a> {
+    /// Added after the bias (the output's shape).
+    pub(super) residual: Option<&'a [f32]>,
+    /// Applied last.
+    pub(super) act: Option<Activation>,
+}
+
+/// Image `x_n`'s output into `y_n` (bias added, then `epi`'s residual, this image's, and
+/// activation, as each tile row of a channel is written), or added to `y_n` with `add` (and
+/// `epi` unused), with the transformed weights `u`, in blocks of tile rows; `ws` holds one
+/// [`slot_len`]; with `split`, each block's work is shared by the pool.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn image(
     g: &Conv2dGeom,
     t: Tile,
     u: &[f32],
     b: Option<&[f32]>,
+    epi: Epi<'_>,
+    x_n: &[f32],
+    y_n: &mut [f32],
+    add: bool,
+    ws: &mut [f32],
+    split: bool,
+) -> Result<()> {
+    crate::arch::with_kernel!(
+        kern => image_on(kern, g, t, u, b, epi, x_n, y_n, add, ws, split);
+        else Err(no_kernels())
+    )
+}
+
+/// [`image`] with `kern`'s transposes.
+#[allow(clippy::too_many_arguments)]
+fn image_on<K: MicroKernel>(
+    kern: K,
+    g: &Conv2dGeom,
+    t: Tile,
+    u: &[f32],
+    b: Option<&[f32]>,
+    epi: Epi<'_>,
     x_n: &[f32],
     y_n: &mut [f32],
     add: bool,
@@ -426,17 +484,18 @@ pub(super) fn image(
     for r0 in (0..th).step_by(rows) {
         let tr = r0..(r0 + rows).min(th);
         let pb = tr.len() * tw;
-        let (v, rest) = ws.split_at_mut(a2 * ci * pb);
-        let m = &mut rest[..a2 * co * pb];
+        let ps = stride(pb);
+        let (v, rest) = ws.split_at_mut(a2 * ci * ps);
+        let m = &mut rest[..a2 * co * ps];
         let out_plane = g.out_plane();
-        transform_input(g, t, x_n, tr.start, tw, v, split)?;
+        transform_input_on(kern, g, t, x_n, tr.start, tw, v, split)?;
         // Products: M_ξ = U_ξ · V_ξ into M[o][ξ][p], by output channel.
         let v: &[f32] = v;
         let products = |or: std::ops::Range<usize>, m: &mut [f32]| -> Result<()> {
             for xi in 0..a2 {
                 let a = MatRef::new(&u[xi * co * ci + or.start * ci..], or.len(), ci, ci, 1)?;
-                let bm = MatRef::new(&v[xi * pb..], ci, pb, a2 * pb, 1)?;
-                let c = MatMut::new(&mut m[xi * pb..], or.len(), pb, a2 * pb, 1)?;
+                let bm = MatRef::new(&v[xi * ps..], ci, pb, a2 * ps, 1)?;
+                let c = MatMut::new(&mut m[xi * ps..], or.len(), pb, a2 * ps, 1)?;
                 gemm_serial_f32(1.0, a, bm, 0.0, c, false);
             }
             Ok(())
@@ -445,7 +504,7 @@ pub(super) fn image(
             par::for_each(
                 co,
                 2 * a2 * co * ci * pb,
-                Items(&mut *m, a2 * pb),
+                Items(&mut *m, a2 * ps),
                 #[inline(always)]
                 |or, Items(m, _)| products(or, m),
             )?;
@@ -458,11 +517,16 @@ pub(super) fn image(
             #[inline(always)]
             |or: std::ops::Range<usize>, y: &mut [f32]| {
                 for (o, y_o) in or.zip(y.chunks_exact_mut(out_plane)) {
-                    let m_o = &m[o * a2 * pb..][..a2 * pb];
+                    let m_o = &m[o * a2 * ps..][..a2 * ps];
                     let bias = b.map_or(0.0, |b| b[o]);
+                    let epi = Epi {
+                        residual: epi.residual.map(|r| &r[o * out_plane..][..out_plane]),
+                        act: epi.act,
+                    };
+                    let to = (m_o, bias, epi, add, tr.start, tw, y_o);
                     match t {
-                        Tile::F2 => output_tf(&AT2, g, m_o, bias, add, tr.start, tw, y_o),
-                        Tile::F4 => output_tf(&AT4, g, m_o, bias, add, tr.start, tw, y_o),
+                        Tile::F2 => output_tf::<K, Axis2, 4, 2>(kern, g, to),
+                        Tile::F4 => output_tf::<K, Axis4, 6, 4>(kern, g, to),
                     }
                 }
             },
@@ -499,17 +563,45 @@ fn transform_input(
     v: &mut [f32],
     split: bool,
 ) -> Result<()> {
+    crate::arch::with_kernel!(
+        kern => transform_input_on(kern, g, t, x_n, r0, tw, v, split);
+        else Err(no_kernels())
+    )
+}
+
+/// Winograd runs only where micro-kernels do ([`fits`]); reaching it without them is a setting
+/// changed between planning and running.
+fn no_kernels() -> Error {
+    Error::invalid(
+        "conv2d",
+        "winograd",
+        "no micro-kernels active (the instruction set was limited between planning and running)",
+    )
+}
+
+/// [`transform_input`] with `kern`'s transposes.
+#[allow(clippy::too_many_arguments)]
+fn transform_input_on<K: MicroKernel>(
+    kern: K,
+    g: &Conv2dGeom,
+    t: Tile,
+    x_n: &[f32],
+    r0: usize,
+    tw: usize,
+    v: &mut [f32],
+    split: bool,
+) -> Result<()> {
     let (ci, in_plane) = (g.c_in(), g.in_plane());
     let a2 = t.alpha() * t.alpha();
-    let pb = v.len() / (a2 * ci);
+    let ps = v.len() / (a2 * ci);
     let input = crate::arch::inlined(
         #[inline(always)]
         |cr: std::ops::Range<usize>, v: &mut [f32]| {
-            for (c, v_c) in cr.zip(v.chunks_exact_mut(a2 * pb)) {
+            for (c, v_c) in cr.zip(v.chunks_exact_mut(a2 * ps)) {
                 let x_c = &x_n[c * in_plane..][..in_plane];
                 match t {
-                    Tile::F2 => input_tf(&BT2, g, x_c, r0, tw, v_c),
-                    Tile::F4 => input_tf(&BT4, g, x_c, r0, tw, v_c),
+                    Tile::F2 => input_tf::<K, Axis2, 4, 2>(kern, g, x_c, r0, tw, v_c),
+                    Tile::F4 => input_tf::<K, Axis4, 6, 4>(kern, g, x_c, r0, tw, v_c),
                 }
             }
         },
@@ -517,8 +609,8 @@ fn transform_input(
     if split {
         par::for_each(
             ci,
-            a2 * ci * pb * 8,
-            Items(v, a2 * pb),
+            a2 * ci * ps * 8,
+            Items(v, a2 * ps),
             #[inline(always)]
             |cr, Items(v, _)| {
                 input(cr, v);
@@ -534,161 +626,261 @@ fn transform_input(
     }
 }
 
-/// `V = Bᵀ d B` of tile rows from `r0` (all `tw` tiles of each) of one input channel `x_c`,
-/// into `v_c[ξ][p]` (`p` counting the block's tiles).
+/// Tiles of a tile row whose input rows are copied at once (a chunk): one copy per row and chunk.
+const CHUNK: usize = 8 * L;
+
+/// Floats of one input row of a chunk: its tiles at F(4×4)'s stride and one register more, so
+/// that every lane's row of [`MicroKernel::transpose8`] lies inside it.
+const CHUNK_W: usize = CHUNK * 4 + 8;
+
+/// `row_buf` = columns `ox..ox + row_buf.len()` of input row `iy` of the plane `x_c` (`h × w`),
+/// zero where they lie outside it (the padding). In lanes, without library calls (a `memcpy`
+/// or `memset` call per short run costs more than the copy).
 #[inline(always)]
-fn input_tf<const A: usize>(
-    bt: &[[f32; A]; A],
+fn copy_row(x_c: &[f32], [h, w]: [isize; 2], iy: isize, ox: isize, row_buf: &mut [f32]) {
+    let n = row_buf.len() as isize;
+    let (lo, hi) = (ox.max(0), (ox + n).min(w));
+    let (a, b) = if iy < 0 || iy >= h || lo >= hi {
+        (row_buf.len(), row_buf.len())
+    } else {
+        ((lo - ox) as usize, (hi - ox) as usize)
+    };
+    for v in &mut row_buf[..a] {
+        crate::arch::stream::loop_barrier();
+        *v = 0.0;
+    }
+    if a < b {
+        let row = &x_c[(iy * w) as usize..][..w as usize];
+        crate::simd::iter::copy(&row[lo as usize..hi as usize], &mut row_buf[a..b]);
+    }
+    for v in &mut row_buf[b..] {
+        crate::arch::stream::loop_barrier();
+        *v = 0.0;
+    }
+}
+
+/// One tile's transforms along one axis, on the lanes of the tile's `α` positions (a value of
+/// each of [`L`] tiles per lane): the input transform `Bᵀ d` and the output transform `Aᵀ m`, in
+/// factored forms (the products of the matrices' rows shared), the same operations on every
+/// instruction set.
+trait Axis<const A: usize, const M: usize> {
+    fn bt(d: [Lane; A]) -> [Lane; A];
+    fn at(m: [Lane; A]) -> [Lane; M];
+}
+
+/// F(2×2, 3×3)'s axis.
+struct Axis2;
+/// F(4×4, 3×3)'s axis.
+struct Axis4;
+
+impl Axis<4, 2> for Axis2 {
+    /// The rows of `BT2`.
+    #[inline(always)]
+    fn bt([d0, d1, d2, d3]: [Lane; 4]) -> [Lane; 4] {
+        [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+    }
+    /// The rows of [`AT2`].
+    #[inline(always)]
+    fn at([m0, m1, m2, m3]: [Lane; 4]) -> [Lane; 2] {
+        [m0 + m1 + m2, m1 - m2 - m3]
+    }
+}
+
+impl Axis<6, 4> for Axis4 {
+    /// The rows of `BT4`: rows 1 and 2 are `(d4 − 4d2) ± (d3 − 4d1)`, rows 3 and 4
+    /// `(d4 − d2) ± 2(d3 − d1)`.
+    #[inline(always)]
+    fn bt([d0, d1, d2, d3, d4, d5]: [Lane; 6]) -> [Lane; 6] {
+        let (two, four, five) = (splat(2.0), splat(4.0), splat(5.0));
+        let a = d4 - four * d2;
+        let b = d3 - four * d1;
+        let c = d4 - d2;
+        let e = two * (d3 - d1);
+        [
+            (four * d0 + d4) - five * d2,
+            a + b,
+            a - b,
+            c + e,
+            c - e,
+            (four * d1 + d5) - five * d3,
+        ]
+    }
+    /// The rows of [`AT4`], on the sums and differences of `m1, m2` and of `m3, m4`.
+    #[inline(always)]
+    fn at([m0, m1, m2, m3, m4, m5]: [Lane; 6]) -> [Lane; 4] {
+        let (s1, d1, s2, d2) = (m1 + m2, m1 - m2, m3 + m4, m3 - m4);
+        [
+            m0 + s1 + s2,
+            d1 + splat(2.0) * d2,
+            s1 + splat(4.0) * s2,
+            d1 + splat(8.0) * d2 + m5,
+        ]
+    }
+}
+
+/// The lane at `a[at..at + L]`.
+#[inline(always)]
+fn lane(a: &[f32], at: usize) -> Lane {
+    Lane(a[at..][..L].try_into().expect("L lanes"))
+}
+
+/// `V = Bᵀ d B` of tile rows from `r0` (all `tw` tiles of each) of one input channel `x_c`,
+/// into `v_c[ξ][p]` (`p` counting the block's tiles, positions [`stride`] apart).
+///
+/// Each tile row is taken a chunk of tiles at a time: the `α` input rows they read are copied
+/// into a buffer (zero in the padding); then, [`L`] tiles at a time, one 8 × 8 register
+/// transpose per row, its source rows `m` apart, puts column `s` of every tile's window into
+/// one lane. The arithmetic runs on lanes (tiles), the same operations on every instruction set.
+#[inline(always)]
+fn input_tf<K: MicroKernel, X: Axis<A, M>, const A: usize, const M: usize>(
+    kern: K,
     g: &Conv2dGeom,
     x_c: &[f32],
     r0: usize,
     tw: usize,
     v_c: &mut [f32],
 ) {
-    let m = A - 2;
-    let pb = v_c.len() / (A * A);
-    let (h, w) = (g.in_h() as isize, g.in_w() as isize);
+    let bw = CHUNK * M + 8;
+    let ps = v_c.len() / (A * A);
+    let pb = ps - L;
+    let hw = [g.in_h() as isize, g.in_w() as isize];
     let [pad_h, pad_w] = g.params().padding.map(|p| p as isize);
-    for q0 in (0..pb).step_by(L) {
-        let live = (pb - q0).min(L);
-        let mut d = [[[0.0f32; L]; A]; A];
-        for l in 0..live {
-            let p = q0 + l;
-            let (ty, tx) = (r0 + p / tw, p % tw);
-            let (oy, ox) = ((ty * m) as isize - pad_h, (tx * m) as isize - pad_w);
-            let inside = ox >= 0 && ox + A as isize <= w;
-            for (r, d_r) in d.iter_mut().enumerate() {
-                let iy = oy + r as isize;
-                if iy < 0 || iy >= h {
-                    continue;
-                }
-                let row = &x_c[(iy * w) as usize..][..w as usize];
-                if inside {
-                    let src: &[f32; A] = row[ox as usize..][..A].try_into().expect("A values");
-                    for (d_rs, &v) in d_r.iter_mut().zip(src) {
-                        d_rs[l] = v;
-                    }
-                    continue;
-                }
-                for (s, d_rs) in d_r.iter_mut().enumerate() {
-                    let ix = ox + s as isize;
-                    if ix >= 0 && ix < w {
-                        d_rs[l] = row[ix as usize];
-                    }
-                }
+    let mut buf = [0.0f32; 6 * CHUNK_W];
+    // dt[r][s·8 + l]: column s of row r of tile l's window.
+    let mut dt = [[0.0f32; 64]; A];
+    let zero = splat(0.0);
+    for (tr, ty) in (r0..).enumerate().take(pb / tw.max(1)) {
+        let oy = (ty * M) as isize - pad_h;
+        for c0 in (0..tw).step_by(CHUNK) {
+            let ct = (tw - c0).min(CHUNK);
+            // The columns the transposes of the chunk's groups read.
+            let need = ct.div_ceil(L) * L * M + 8;
+            let ox = (c0 * M) as isize - pad_w;
+            for r in 0..A {
+                copy_row(x_c, hw, oy + r as isize, ox, &mut buf[r * bw..][..need]);
             }
-        }
-        // t = Bᵀ d, then V = t B (B = Bᵀ transposed), lane by lane.
-        let mut t = [[[0.0f32; L]; A]; A];
-        for i in 0..A {
-            for k in 0..A {
-                let c = bt[i][k];
-                if c != 0.0 {
-                    for j in 0..A {
-                        for l in 0..L {
-                            t[i][j][l] += c * d[k][j][l];
-                        }
+            for g0 in (0..ct).step_by(L) {
+                for (r, dt_r) in dt.iter_mut().enumerate() {
+                    kern.transpose8(&buf[r * bw + g0 * M..r * bw + need], M, dt_r, 8);
+                }
+                // t = Bᵀ d by columns (t[s][i]), then V = t B by rows.
+                let mut t = [[zero; A]; A];
+                for (s, t_s) in t.iter_mut().enumerate() {
+                    // One lane operation at a time (vectorised across `s`, this loop became
+                    // scatters).
+                    crate::arch::stream::loop_barrier();
+                    let mut d = [zero; A];
+                    for (r, d_r) in d.iter_mut().enumerate() {
+                        *d_r = lane(&dt[r], s * 8);
+                    }
+                    *t_s = X::bt(d);
+                }
+                let p0 = tr * tw + c0 + g0;
+                for i in 0..A {
+                    crate::arch::stream::loop_barrier();
+                    let mut d = [zero; A];
+                    for (s, d_s) in d.iter_mut().enumerate() {
+                        *d_s = t[s][i];
+                    }
+                    for (j, v_ij) in X::bt(d).iter().enumerate() {
+                        put_lanes(&mut v_c[(i * A + j) * ps + p0..], &v_ij.0);
                     }
                 }
-            }
-        }
-        for i in 0..A {
-            for j in 0..A {
-                let mut acc = [0.0f32; L];
-                for k in 0..A {
-                    let c = bt[j][k];
-                    if c != 0.0 {
-                        for l in 0..L {
-                            acc[l] += c * t[i][k][l];
-                        }
-                    }
-                }
-                put_lanes(&mut v_c[(i * A + j) * pb + q0..], &acc, live);
             }
         }
     }
 }
 
-/// `dst[..live] = lanes[..live]`, as one fixed-size copy when every lane is live (a copy of a
-/// variable length is a call to `memcpy`, which cost a third of the transforms).
+/// `dst[..L] = lanes`: one fixed-size copy (a copy of a variable length is a call to `memcpy`,
+/// which cost a third of the transforms). The lanes past the block's tiles land in the
+/// position's slack ([`stride`]).
 #[inline(always)]
-fn put_lanes(dst: &mut [f32], lanes: &[f32; L], live: usize) {
-    if live == L {
-        let d: &mut [f32; L] = (&mut dst[..L]).try_into().expect("L lanes");
-        *d = *lanes;
-    } else {
-        dst[..live].copy_from_slice(&lanes[..live]);
-    }
+fn put_lanes(dst: &mut [f32], lanes: &[f32; L]) {
+    let d: &mut [f32; L] = (&mut dst[..L]).try_into().expect("L lanes");
+    *d = *lanes;
 }
 
-/// `Y = Aᵀ M A + bias` of the block's tiles of one output channel (`m_o[ξ][p]`), written into
-/// (with `add`, added to) the output plane `y_o` where the tile lies inside it.
-#[allow(clippy::too_many_arguments)]
+/// What [`output_tf`] takes for one output channel: its products `m_o`, bias, epilogue (the
+/// residual as the channel's plane), whether to add to the output, the block's first tile row,
+/// tiles per row, and the output plane.
+type ChannelOut<'a> = (&'a [f32], f32, Epi<'a>, bool, usize, usize, &'a mut [f32]);
+
+/// `Y = Aᵀ M A + bias` of the block's tiles of one output channel (`m_o[ξ][p]`, positions
+/// [`stride`] apart), written into (with `add`, added to) the output plane `y_o` where the tile
+/// lies inside it.
+///
+/// [`L`] tiles of a tile row at a time: the arithmetic on lanes (tiles), then per output row one
+/// 8 × 8 register transpose turns the lanes back into each tile's `m` columns, and the row's
+/// stretch of `L·m` outputs is written (or added) in one pass. Without `add`, the residual (the
+/// channel's plane) and the activation of `epi` follow over each tile row's `m` output rows
+/// while they are in L1: `act(conv + bias + residual)`, summed in that order.
 #[inline(always)]
-fn output_tf<const A: usize, const M: usize>(
-    at: &[[f32; A]; M],
+fn output_tf<K: MicroKernel, X: Axis<A, M>, const A: usize, const M: usize>(
+    kern: K,
     g: &Conv2dGeom,
-    m_o: &[f32],
-    bias: f32,
-    add: bool,
-    r0: usize,
-    tw: usize,
-    y_o: &mut [f32],
+    (m_o, bias, epi, add, r0, tw, y_o): ChannelOut<'_>,
 ) {
-    let pb = m_o.len() / (A * A);
+    let ps = m_o.len() / (A * A);
+    let pb = ps - L;
     let (oh, ow) = (g.out_h(), g.out_w());
-    for q0 in (0..pb).step_by(L) {
-        let live = (pb - q0).min(L);
-        let mut mt = [[[0.0f32; L]; A]; A];
-        for (xi, v) in mt.iter_mut().flatten().enumerate() {
-            let src = &m_o[xi * pb + q0..];
-            if live == L {
-                *v = src[..L].try_into().expect("L lanes");
-            } else {
-                v[..live].copy_from_slice(&src[..live]);
-            }
-        }
-        let mut t = [[[0.0f32; L]; A]; M];
-        for i in 0..M {
-            for k in 0..A {
-                let c = at[i][k];
-                if c != 0.0 {
-                    for j in 0..A {
-                        for l in 0..L {
-                            t[i][j][l] += c * mt[k][j][l];
-                        }
-                    }
+    // src[j·8 + l]: Y[i][j] of tile l.
+    let mut src = [0.0f32; 64];
+    let mut cols = [0.0f32; 64];
+    let zero = splat(0.0);
+    for (tr, ty) in (r0..).enumerate().take(pb / tw.max(1)) {
+        for g0 in (0..tw).step_by(L) {
+            let live = (tw - g0).min(L);
+            let q0 = tr * tw + g0;
+            // t = Aᵀ M by columns (t[j][i]), then Y = t A by rows.
+            let mut t = [[zero; M]; A];
+            for (j, t_j) in t.iter_mut().enumerate() {
+                crate::arch::stream::loop_barrier();
+                let mut d = [zero; A];
+                for (k, d_k) in d.iter_mut().enumerate() {
+                    *d_k = lane(m_o, (k * A + j) * ps + q0);
                 }
+                *t_j = X::at(d);
             }
-        }
-        let mut yt = [[[0.0f32; L]; M]; M];
-        for i in 0..M {
-            for j in 0..M {
-                let mut acc = [0.0f32; L];
-                for k in 0..A {
-                    let c = at[j][k];
-                    if c != 0.0 {
-                        for l in 0..L {
-                            acc[l] += c * t[i][k][l];
-                        }
-                    }
+            let (oy, ox) = (ty * M, g0 * M);
+            let n = (live * M).min(ow - ox);
+            for i in 0..M.min(oh - oy) {
+                crate::arch::stream::loop_barrier();
+                let mut d = [zero; A];
+                for (j, d_j) in d.iter_mut().enumerate() {
+                    *d_j = t[j][i];
                 }
-                yt[i][j] = acc;
-            }
-        }
-        for l in 0..live {
-            let p = q0 + l;
-            let (ty, tx) = (r0 + p / tw, p % tw);
-            let (oy, ox) = (ty * M, tx * M);
-            for (i, yt_i) in yt.iter().enumerate().take(oh.saturating_sub(oy).min(M)) {
-                let row = &mut y_o[(oy + i) * ow + ox..];
-                for (j, yt_ij) in yt_i.iter().enumerate().take(ow.saturating_sub(ox).min(M)) {
-                    if add {
-                        row[j] += yt_ij[l];
+                for (j, y_ij) in X::at(d).iter().enumerate() {
+                    src[j * 8..][..L].copy_from_slice(&y_ij.0);
+                }
+                // cols[l·8 + j] = Y[i][j] of tile l, written (added) in place tile by tile.
+                kern.transpose8(&src, 8, &mut cols, 8);
+                let row = &mut y_o[(oy + i) * ow + ox..][..n];
+                for (l, y) in row.chunks_mut(M).enumerate() {
+                    let c = &cols[l * 8..][..M];
+                    if let Ok(y) = <&mut [f32; M]>::try_from(&mut *y) {
+                        // A whole tile: one fixed-size operation.
+                        let c: &[f32; M] = c.try_into().expect("M columns");
+                        for j in 0..M {
+                            y[j] = if add { y[j] + c[j] } else { c[j] + bias };
+                        }
                     } else {
-                        row[j] = yt_ij[l] + bias;
+                        for (y, &c) in y.iter_mut().zip(c) {
+                            *y = if add { *y + c } else { c + bias };
+                        }
                     }
                 }
+            }
+        }
+        if !add && (epi.residual.is_some() || epi.act.is_some()) {
+            let rows = ty * M * ow..((ty + 1) * M).min(oh) * ow;
+            let span = &mut y_o[rows.clone()];
+            if let Some(r) = epi.residual {
+                for (y, &r) in span.iter_mut().zip(&r[rows]) {
+                    *y += r;
+                }
+            }
+            if let Some(a) = epi.act {
+                activation_in_place(a, span);
             }
         }
     }
@@ -741,17 +933,18 @@ pub(super) fn weight_grad(
         for r0 in (0..th).step_by(rows) {
             let tr = r0..(r0 + rows).min(th);
             let pb = tr.len() * tw;
-            let (v, rest) = ws.split_at_mut(a2 * ci * pb);
-            let z = &mut rest[..a2 * co * pb];
+            let ps = stride(pb);
+            let (v, rest) = ws.split_at_mut(a2 * ci * ps);
+            let z = &mut rest[..a2 * co * ps];
             transform_input(g, t, x_n, tr.start, tw, v, true)?;
             // Z[o][ξ][p], by output channel.
             par::for_each(
                 co,
                 a2 * co * pb * 8,
-                Items(&mut *z, a2 * pb),
+                Items(&mut *z, a2 * ps),
                 #[inline(always)]
                 |or, Items(z, _)| {
-                    for (o, z_o) in or.zip(z.chunks_exact_mut(a2 * pb)) {
+                    for (o, z_o) in or.zip(z.chunks_exact_mut(a2 * ps)) {
                         let dy_o = &dy_n[o * out_plane..][..out_plane];
                         match t {
                             Tile::F2 => grad_tf(&AT2, g, dy_o, tr.start, tw, z_o),
@@ -770,9 +963,9 @@ pub(super) fn weight_grad(
                 #[inline(always)]
                 |or, Items(s, _)| {
                     for xi in 0..a2 {
-                        let za = &z[or.start * a2 * pb + xi * pb..];
-                        let a = MatRef::new(za, or.len(), pb, a2 * pb, 1)?;
-                        let b = MatRef::new(&v[xi * pb..], pb, ci, 1, a2 * pb)?;
+                        let za = &z[or.start * a2 * ps + xi * ps..];
+                        let a = MatRef::new(za, or.len(), pb, a2 * ps, 1)?;
+                        let b = MatRef::new(&v[xi * ps..], pb, ci, 1, a2 * ps)?;
                         let c = MatMut::new(&mut s[xi * ci..], or.len(), ci, a2 * ci, 1)?;
                         gemm_serial_f32(1.0, a, b, 1.0, c, false);
                     }
@@ -820,7 +1013,8 @@ fn grad_tf<const A: usize, const M: usize>(
     tw: usize,
     z_o: &mut [f32],
 ) {
-    let pb = z_o.len() / (A * A);
+    let ps = z_o.len() / (A * A);
+    let pb = ps - L;
     let (oh, ow) = (g.out_h(), g.out_w());
     for q0 in (0..pb).step_by(L) {
         let live = (pb - q0).min(L);
@@ -865,7 +1059,7 @@ fn grad_tf<const A: usize, const M: usize>(
                         }
                     }
                 }
-                put_lanes(&mut z_o[(k * A + xl) * pb + q0..], &acc, live);
+                put_lanes(&mut z_o[(k * A + xl) * ps + q0..], &acc);
             }
         }
     }
@@ -918,4 +1112,58 @@ fn filter_grad<const A: usize>(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Σ_k mat[i][k]·v[k]` in `f64`, and the sum of the terms' magnitudes.
+    fn apply<const R: usize, const C: usize>(mat: &[[f32; C]; R], v: &[f32; C]) -> [(f64, f64); R] {
+        std::array::from_fn(|i| {
+            let terms = (0..C).map(|k| mat[i][k] as f64 * v[k] as f64);
+            (terms.clone().sum(), terms.map(f64::abs).sum())
+        })
+    }
+
+    /// Lanes of values spread over several magnitudes and both signs.
+    fn lanes<const A: usize>(seed: usize) -> [Lane; A] {
+        std::array::from_fn(|k| {
+            Lane(std::array::from_fn(|l| {
+                let i = (seed * 131 + k * 17 + l * 7) % 97;
+                (i as f32 - 48.0) * [0.01, 1.0, 300.0][(seed + k + l) % 3]
+            }))
+        })
+    }
+
+    /// Each lane of `got` against the matrix `mat` applied to that lane of `input`.
+    fn check<const R: usize, const C: usize>(
+        mat: &[[f32; C]; R],
+        input: &[Lane; C],
+        got: &[Lane; R],
+    ) {
+        for l in 0..L {
+            let v: [f32; C] = std::array::from_fn(|k| input[k].0[l]);
+            for (i, (exact, scale)) in apply(mat, &v).into_iter().enumerate() {
+                let e = (got[i].0[l] as f64 - exact).abs();
+                assert!(
+                    e <= 1e-6 * scale.max(1e-30),
+                    "row {i}, lane {l}: {} vs {exact}",
+                    got[i].0[l]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_factored_transforms_are_the_matrices() {
+        for seed in 0..20 {
+            let d4: [Lane; 4] = lanes(seed);
+            check(&BT2, &d4, &Axis2::bt(d4));
+            check(&AT2, &d4, &Axis2::at(d4));
+            let d6: [Lane; 6] = lanes(seed);
+            check(&BT4, &d6, &Axis4::bt(d6));
+            check(&AT4, &d6, &Axis4::at(d6));
+        }
+    }
 }
