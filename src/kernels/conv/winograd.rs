@@ -489,27 +489,28 @@ fn image_on<K: MicroKernel>(
         let m = &mut rest[..a2 * co * ps];
         let out_plane = g.out_plane();
         transform_input_on(kern, g, t, x_n, tr.start, tw, v, split)?;
-        // Products: M_ξ = U_ξ · V_ξ into M[o][ξ][p], by output channel.
+        // Products: M_ξ = U_ξ · V_ξ into M[ξ][o][p], by position: each product has every output
+        // channel (a split by channel would leave each thread a few rows of the register tile).
         let v: &[f32] = v;
-        let products = |or: std::ops::Range<usize>, m: &mut [f32]| -> Result<()> {
-            for xi in 0..a2 {
-                let a = MatRef::new(&u[xi * co * ci + or.start * ci..], or.len(), ci, ci, 1)?;
+        let products = |xr: std::ops::Range<usize>, m: &mut [f32]| -> Result<()> {
+            for (xi, m_xi) in xr.zip(m.chunks_exact_mut(co * ps)) {
+                let a = MatRef::new(&u[xi * co * ci..], co, ci, ci, 1)?;
                 let bm = MatRef::new(&v[xi * ps..], ci, pb, a2 * ps, 1)?;
-                let c = MatMut::new(&mut m[xi * ps..], or.len(), pb, a2 * ps, 1)?;
+                let c = MatMut::new(m_xi, co, pb, ps, 1)?;
                 gemm_serial_f32(1.0, a, bm, 0.0, c, false);
             }
             Ok(())
         };
         if split {
             par::for_each(
-                co,
+                a2,
                 2 * a2 * co * ci * pb,
-                Items(&mut *m, a2 * ps),
+                Items(&mut *m, co * ps),
                 #[inline(always)]
-                |or, Items(m, _)| products(or, m),
+                |xr, Items(m, _)| products(xr, m),
             )?;
         } else {
-            products(0..co, m)?;
+            products(0..a2, m)?;
         }
         // Output transform, by output channel.
         let m: &[f32] = m;
@@ -517,13 +518,13 @@ fn image_on<K: MicroKernel>(
             #[inline(always)]
             |or: std::ops::Range<usize>, y: &mut [f32]| {
                 for (o, y_o) in or.zip(y.chunks_exact_mut(out_plane)) {
-                    let m_o = &m[o * a2 * ps..][..a2 * ps];
+                    let m_o = &m[o * ps..];
                     let bias = b.map_or(0.0, |b| b[o]);
                     let epi = Epi {
                         residual: epi.residual.map(|r| &r[o * out_plane..][..out_plane]),
                         act: epi.act,
                     };
-                    let to = (m_o, bias, epi, add, tr.start, tw, y_o);
+                    let to = (m_o, co * ps, ps, bias, epi, add, tr.start, tw, y_o);
                     match t {
                         Tile::F2 => output_tf::<K, Axis2, 4, 2>(kern, g, to),
                         Tile::F4 => output_tf::<K, Axis4, 6, 4>(kern, g, to),
@@ -800,13 +801,23 @@ fn put_lanes(dst: &mut [f32], lanes: &[f32; L]) {
     *d = *lanes;
 }
 
-/// What [`output_tf`] takes for one output channel: its products `m_o`, bias, epilogue (the
-/// residual as the channel's plane), whether to add to the output, the block's first tile row,
-/// tiles per row, and the output plane.
-type ChannelOut<'a> = (&'a [f32], f32, Epi<'a>, bool, usize, usize, &'a mut [f32]);
+/// What [`output_tf`] takes for one output channel: its products `m_o` (position `ξ`'s tiles at
+/// `ξ·xs`), the tiles' stride `ps` ([`stride`]), bias, epilogue (the residual as the channel's
+/// plane), whether to add to the output, the block's first tile row, tiles per row, and the
+/// output plane.
+type ChannelOut<'a> = (
+    &'a [f32],
+    usize,
+    usize,
+    f32,
+    Epi<'a>,
+    bool,
+    usize,
+    usize,
+    &'a mut [f32],
+);
 
-/// `Y = Aᵀ M A + bias` of the block's tiles of one output channel (`m_o[ξ][p]`, positions
-/// [`stride`] apart), written into (with `add`, added to) the output plane `y_o` where the tile
+/// `Y = Aᵀ M A + bias` of the block's tiles of one output channel (`m_o[ξ·xs + p]`), written into (with `add`, added to) the output plane `y_o` where the tile
 /// lies inside it.
 ///
 /// [`L`] tiles of a tile row at a time: the arithmetic on lanes (tiles), then per output row one
@@ -818,9 +829,8 @@ type ChannelOut<'a> = (&'a [f32], f32, Epi<'a>, bool, usize, usize, &'a mut [f32
 fn output_tf<K: MicroKernel, X: Axis<A, M>, const A: usize, const M: usize>(
     kern: K,
     g: &Conv2dGeom,
-    (m_o, bias, epi, add, r0, tw, y_o): ChannelOut<'_>,
+    (m_o, xs, ps, bias, epi, add, r0, tw, y_o): ChannelOut<'_>,
 ) {
-    let ps = m_o.len() / (A * A);
     let pb = ps - L;
     let (oh, ow) = (g.out_h(), g.out_w());
     // src[j·8 + l]: Y[i][j] of tile l.
@@ -837,7 +847,7 @@ fn output_tf<K: MicroKernel, X: Axis<A, M>, const A: usize, const M: usize>(
                 crate::arch::stream::loop_barrier();
                 let mut d = [zero; A];
                 for (k, d_k) in d.iter_mut().enumerate() {
-                    *d_k = lane(m_o, (k * A + j) * ps + q0);
+                    *d_k = lane(m_o, (k * A + j) * xs + q0);
                 }
                 *t_j = X::at(d);
             }
