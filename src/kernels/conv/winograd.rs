@@ -40,8 +40,9 @@
 //! times the direct path's tolerances. A NaN or infinity in an input tile reaches the whole
 //! output tile (the direct path confines it to the outputs whose window holds it).
 //!
-//! Work is split per image over output-channel ranges for the products and the output
-//! transform and over input channels for the input transform: each value is summed by one
+//! Work is split per image over transformed positions for the products (each a product over
+//! every output channel), over output channels for the output transform and over input
+//! channels for the input transform: each value is summed by one
 //! thread in a fixed order, so the bits do not depend on the thread count. The weight
 //! gradient's sums are split by output channel and run in image and block order.
 
