@@ -274,10 +274,6 @@ pub(super) fn slot_len(g: &Conv2dGeom) -> usize {
 /// L1 through the epilogue).
 const STRIP: usize = 2048;
 
-/// Rows of at least this many lanes are taken through the forward epilogue straight into the
-/// output, row by row.
-const ROW_LANES: usize = 4;
-
 /// Most taps one sweep takes (their offsets live on the stack); larger kernels are swept in parts
 /// of this many taps, each part's sums added to the run.
 const SWEEP_TAPS: usize = 64;
@@ -491,7 +487,7 @@ pub(super) fn forward(
                         move |v: Lane| v + bv,
                     );
                     match res {
-                        None if out_w < ROW_LANES * LANES => {
+                        None if out_w < super::ROW_LANES * LANES => {
                             map_act_in_place(fused, run, add_b);
                             for (oh, yr) in y_s.chunks_exact_mut(out_w).enumerate() {
                                 simd::copy(&run[oh * lay.cols..][..out_w], yr);

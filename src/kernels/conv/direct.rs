@@ -31,9 +31,6 @@ use std::cell::RefCell;
 
 /// Target size (floats) of one band's prepared input plus its output or gradient buffer.
 const BAND_BUDGET: usize = 1 << 20;
-/// Output rows of at least this many lanes take the epilogue's activation in the same pass as the
-/// bias.
-const ROW_LANES: usize = 4;
 /// Pixels per weight-gradient step block (the transposed gradient block stays in L2).
 const WGRAD_BLOCK: usize = 512;
 
@@ -653,7 +650,7 @@ fn conv_into_on<K: MicroKernel>(
         // activation in the pass that adds the bias, any other after it over the band's rows.
         // Added to, or short rows (where the per-instruction-set loops would spend their time on
         // the remainder): the sums row by row, then the activation.
-        let fused = accum == Accum::Replace && rw >= ROW_LANES * LANES;
+        let fused = accum == Accum::Replace && rw >= super::ROW_LANES * LANES;
         let (in_pass, after) = split_fused(epi.act);
         let copy_fused = |cr: std::ops::Range<usize>, yrows: &[f32], out: &mut [f32]| {
             crate::arch::dispatch(

@@ -59,3 +59,8 @@ pub use transpose::{
     conv_transpose2d_forward, conv_transpose2d_forward_scratch_len,
 };
 pub use winograd::{WINOGRAD_ENV, Winograd, set_winograd, winograd};
+
+/// Output rows of at least this many lanes take the forward epilogue (bias, shortcut and a cheap
+/// activation) in the pass that writes them, row by row, in the direct and depthwise paths;
+/// shorter rows take it as one stretch of lanes over several rows.
+const ROW_LANES: usize = 4;
