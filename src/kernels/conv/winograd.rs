@@ -263,9 +263,12 @@ fn choice(g: &Conv2dGeom, pass: Pass) -> Option<Tile> {
         // Under bf16 only the F(4×4) picks of the tables: they measured faster than the bf16
         // im2col path (weight gradients at 64 and 128 channels on 56×56 and 28×28, the input
         // gradient at 128 channels on 28×28), the F(2×2) picks slower. Winograd itself
-        // multiplies f32.
+        // multiplies f32. The forward pass's picks below 128 channels or 56×56 were measured
+        // against the f32 direct path only; under bf16 those layers keep the bf16 path.
         Winograd::Auto if crate::gemm::precision::bf16() => {
-            auto(g, pass).filter(|&t| t == Tile::F4)
+            let forward_measured =
+                g.c_in().min(g.c_out()) >= 128 && g.out_h() * g.out_w() >= 56 * 56;
+            auto(g, pass).filter(|&t| t == Tile::F4 && (pass != Pass::Forward || forward_measured))
         }
         Winograd::Auto => auto(g, pass),
     }
